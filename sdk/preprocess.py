@@ -1,0 +1,537 @@
+"""The one definition of preprocessing, shared by training and by the runtime.
+
+Training (``fusionedge.training``) and the device runtime both call these functions, so a model sees
+on the device exactly what it saw while it learned. The order of work for one clip:
+
+1. :func:`clip_frame_indices` picks the ``T`` frames of the clip window (the last one is the
+   "current" frame that detections refer to);
+2. :func:`resize_frame` stretches each frame to the model input (``cv2.INTER_AREA`` shrinking,
+   ``cv2.INTER_LINEAR`` growing; no letterbox, so :func:`scale_boxes` maps boxes back by a plain
+   per-axis scale);
+3. :func:`normalize_image` turns ``uint8`` HWC RGB into ``float32`` CHW, ``(x/255 - mean) / std``,
+   through the native extension when it is built (``NATIVE_AVAILABLE``) and a NumPy lookup table
+   otherwise — both bit-for-bit equal to :func:`normalize_image_reference`;
+4. :func:`preprocess_audio` down-mixes to mono, resamples (windowed-sinc, band-limited) to the
+   model's rate and crops or zero-pads to the window.
+
+**Time convention.** Frame ``i`` of a video at ``fps`` is at ``i / fps`` seconds; audio sample ``j``
+at ``j / sample_rate``. A clip window is ``[start, start + clip_seconds)``: the frames whose time lies
+in it, and the audio samples of that span.
+
+Only NumPy (and OpenCV, imported when a frame is resized) — never torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from fractions import Fraction
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from fusionedge.sdk.errors import InputError
+
+if TYPE_CHECKING:
+    from fusionedge.sdk.spec import InputGeometry
+
+__all__ = [
+    "NATIVE_AVAILABLE",
+    "clip_frame_indices",
+    "frame_window",
+    "resize_frame",
+    "normalize_image",
+    "normalize_image_reference",
+    "preprocess_video",
+    "preprocess_audio",
+    "resample_audio",
+    "scale_boxes",
+]
+
+log = logging.getLogger(__name__)
+
+try:  # the extension is optional: a source checkout without a build still runs (slower)
+    from fusionedge.sdk import _native
+except ImportError as _e:  # pragma: no cover - depends on the build
+    _native = None
+    log.debug("fusionedge.sdk._native not built (%s); using the NumPy normalize path", _e)
+
+#: True when the compiled fast path (``fusionedge.sdk._native``) is importable.
+NATIVE_AVAILABLE: bool = _native is not None
+
+# Half-open windows are computed from float seconds * fps; this tolerance keeps e.g. 1.0 s * 30 fps
+# = 30.000000000000004 from adding a 31st frame.
+_EPS = 1e-6
+
+
+# --------------------------------------------------------------------------------------- video
+
+
+def frame_window(fps: float, start_seconds: float, seconds: float | None) -> tuple[int, int | None]:
+    """Frame index range ``[first, stop)`` of the window ``[start, start + seconds)``.
+
+    Frame ``i`` is at ``i / fps`` s; the window holds the frames with ``start <= i/fps < start + seconds``.
+    :func:`fusionedge.sdk.media.read_video` reads exactly these frames, so reading a window and then
+    preprocessing it from 0 equals preprocessing the whole video at ``start_seconds``.
+
+    Args:
+        fps: frames per second, > 0.
+        start_seconds: window start, >= 0.
+        seconds: window length, > 0, or None for "to the end".
+
+    Returns:
+        ``(first, stop)``; ``stop`` is None when ``seconds`` is None.
+
+    Raises:
+        InputError: fps, start or length is not a finite positive number.
+    """
+    fps = _positive_finite(fps, "fps")
+    start = _start(start_seconds)
+    first = max(0, math.ceil(start * fps - _EPS))
+    if seconds is None:
+        return first, None
+    length = _positive_finite(seconds, "clip length in seconds")
+    stop = max(first + 1, math.ceil((start + length) * fps - _EPS))
+    return first, stop
+
+
+def clip_frame_indices(
+    n_frames: int, fps: float, geometry: "InputGeometry", start_seconds: float = 0.0
+) -> np.ndarray:
+    """Indices of the ``T = geometry.clip_frames`` frames that make one clip.
+
+    The window is ``[start, start + clip_seconds)`` (see :func:`frame_window`). The ``T`` indices are
+    spread evenly (rounded, half up) from the window's first frame to its last one; the last index is
+    the frame at or just before the window's end — the "current" frame detections refer to. When the
+    video ends inside the window, the window is cut at the last frame, which stays the current frame;
+    with fewer frames than ``T`` some frames repeat.
+
+    Args:
+        n_frames: frames available in the video, >= 1.
+        fps: the video's frame rate, > 0.
+        geometry: the model's input geometry (``clip_frames``, ``clip_seconds``).
+        start_seconds: window start in seconds from frame 0.
+
+    Returns:
+        ``(T,)`` int64 indices into the video, non-decreasing.
+
+    Raises:
+        InputError: no frames, a bad fps/start, or a start at or past the end of the video.
+    """
+    if int(n_frames) != n_frames or n_frames < 1:
+        raise InputError(f"n_frames must be a positive integer, got {n_frames!r}")
+    n_frames = int(n_frames)
+    t = int(geometry.clip_frames)
+    if t < 1:
+        raise InputError(f"geometry.clip_frames must be >= 1, got {geometry.clip_frames!r}")
+    first, stop = frame_window(fps, start_seconds, geometry.clip_seconds)
+    if first >= n_frames:
+        raise InputError(
+            f"start_seconds={start_seconds} is past the end of the video "
+            f"({n_frames} frames at {fps:g} fps = {n_frames / fps:.3f} s)"
+        )
+    last = min(stop, n_frames) - 1
+    if t == 1:
+        return np.array([last], dtype=np.int64)
+    pos = first + (last - first) * np.arange(t, dtype=np.float64) / (t - 1)
+    idx = np.floor(pos + 0.5).astype(np.int64)
+    idx[-1] = last  # exact, whatever the float rounding did
+    return idx
+
+
+def resize_frame(frame: np.ndarray, geometry: "InputGeometry") -> np.ndarray:
+    """Stretch one frame to the model input size (no letterbox).
+
+    ``cv2.INTER_AREA`` when neither side grows (it averages, so it does not alias), ``cv2.INTER_LINEAR``
+    when a side grows. A frame already at the size is returned as is (not copied).
+
+    Args:
+        frame: ``(h, w, 3)`` uint8.
+        geometry: gives ``height`` and ``width`` of the model input.
+
+    Returns:
+        ``(geometry.height, geometry.width, 3)`` uint8, C-contiguous.
+
+    Raises:
+        InputError: the frame is not a ``(h, w, 3)`` uint8 array.
+    """
+    _check_image(frame, "frame")
+    h, w = frame.shape[:2]
+    th, tw = int(geometry.height), int(geometry.width)
+    if (h, w) == (th, tw):
+        return np.ascontiguousarray(frame)
+    import cv2  # lazy: the runtime imports preprocess before any frame exists
+
+    interp = cv2.INTER_AREA if (th <= h and tw <= w) else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(frame), (tw, th), interpolation=interp)
+
+
+def normalize_image_reference(
+    image: np.ndarray, mean: Sequence[float], std: Sequence[float], *, bgr: bool = False
+) -> np.ndarray:
+    """The oracle: ``(x / 255 - mean) / std`` per channel in float64, rounded to float32 once.
+
+    Args:
+        image: ``(H, W, 3)`` uint8, RGB (or BGR with ``bgr=True``).
+        mean: three per-channel means on [0, 1] pixel values, RGB order.
+        std: three per-channel standard deviations, RGB order, > 0.
+        bgr: the image's channels are in BGR order; the output is RGB regardless.
+
+    Returns:
+        ``(3, H, W)`` float32, RGB.
+
+    Raises:
+        InputError: wrong shape/dtype, or mean/std not three finite numbers (std > 0).
+    """
+    _check_image(image, "image")
+    m, s = _check_mean_std(mean, std)
+    x = image.astype(np.float64)
+    if bgr:
+        x = x[..., ::-1]
+    y = (x / 255.0 - np.asarray(m)) / np.asarray(s)  # (H, W, 3) float64
+    return np.ascontiguousarray(y.transpose(2, 0, 1)).astype(np.float32)
+
+
+def normalize_image(
+    image: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    out: np.ndarray | None = None,
+    bgr: bool = False,
+) -> np.ndarray:
+    """Normalize a ``uint8`` HWC image into ``float32`` CHW, the fast way.
+
+    Uses the native extension when built (one pass, GIL released) and a NumPy lookup table
+    otherwise; both equal :func:`normalize_image_reference` bit for bit.
+
+    Args:
+        image: ``(H, W, 3)`` uint8, RGB (or BGR with ``bgr=True``). Any strides (copied if needed).
+        mean: three per-channel means on [0, 1] pixel values, RGB order.
+        std: three per-channel standard deviations, RGB order, > 0.
+        out: optional preallocated ``(3, H, W)`` float32 C-contiguous writable array (e.g. one slot
+            of a batch tensor); it is filled in place and returned.
+        bgr: the image's channels are in BGR order (an OpenCV frame); the output is RGB regardless.
+
+    Returns:
+        ``out`` if given, else a new ``(3, H, W)`` float32 array.
+
+    Raises:
+        InputError: wrong image shape/dtype, a wrong ``out``, or bad mean/std.
+    """
+    _check_image(image, "image")
+    m, s = _check_mean_std(mean, std)
+    h, w = image.shape[:2]
+    if out is None:
+        out = np.empty((3, h, w), dtype=np.float32)
+    elif not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (3, h, w):
+        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise InputError(f"out must be a float32 array of shape (3, {h}, {w}), got {got}")
+    elif not out.flags.c_contiguous or not out.flags.writeable:
+        raise InputError("out must be C-contiguous and writable")
+    image = np.ascontiguousarray(image)
+    if _native is not None:
+        _native.normalize_hwc_to_chw(image, out, m, s, bool(bgr))
+    else:
+        _normalize_lut(image, m, s, out, bgr)
+    return out
+
+
+def _normalize_lut(image: np.ndarray, m: tuple, s: tuple, out: np.ndarray, bgr: bool) -> None:
+    """NumPy fallback: a uint8 channel has 256 values, so compute them once and gather."""
+    lut = ((np.arange(256, dtype=np.float64)[:, None] / 255.0 - np.asarray(m)) / np.asarray(s)).astype(
+        np.float32
+    )  # (256, 3), same float64 expression as the reference
+    for k in range(3):
+        src = 2 - k if bgr else k
+        np.take(lut[:, k], image[..., src], out=out[k])
+
+
+def preprocess_video(
+    frames: np.ndarray, fps: float, geometry: "InputGeometry", start_seconds: float = 0.0
+) -> np.ndarray:
+    """Turn decoded frames into the model's ``video`` input for one sample.
+
+    Args:
+        frames: ``(N, h, w, 3)`` uint8 RGB (as :func:`fusionedge.sdk.media.read_video` returns).
+        fps: the frames' rate, > 0.
+        geometry: the model's input geometry.
+        start_seconds: where the clip window starts, seconds from ``frames[0]``.
+
+    Returns:
+        ``(T, 3, H, W)`` float32.
+
+    Raises:
+        InputError: wrong shape/dtype, no frames, a bad fps, or a start past the end.
+    """
+    ok = isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4
+    if not ok or frames.shape[-1] != 3:
+        raise InputError(f"frames must be a uint8 array of shape (N, H, W, 3), got {_describe(frames)}")
+    if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise InputError(f"frames is empty: shape {frames.shape}")
+    idx = clip_frame_indices(frames.shape[0], fps, geometry, start_seconds)
+    out = np.empty((len(idx), 3, int(geometry.height), int(geometry.width)), dtype=np.float32)
+    for t, i in enumerate(idx):
+        normalize_image(resize_frame(frames[i], geometry), geometry.mean, geometry.std, out=out[t])
+    return out
+
+
+# --------------------------------------------------------------------------------------- audio
+
+
+def preprocess_audio(
+    samples: np.ndarray, sample_rate: int, geometry: "InputGeometry", start_seconds: float = 0.0
+) -> np.ndarray:
+    """Turn a waveform into the model's ``audio`` input for one sample.
+
+    Down-mix to mono (the mean of the channels), take the window ``[start, start + clip_seconds)``,
+    resample it to ``geometry.sample_rate`` with :func:`resample_audio` (filter context is taken from
+    outside the window where the signal has it), and zero-pad where the signal ends early.
+
+    Args:
+        samples: ``(S,)`` or ``(S, C)`` float array, values nominally in [-1, 1].
+        sample_rate: the samples' rate in Hz, > 0.
+        geometry: the model's input geometry (``sample_rate``, ``clip_seconds``).
+        start_seconds: window start in seconds from sample 0.
+
+    Returns:
+        ``(geometry.audio_samples,)`` float32 mono.
+
+    Raises:
+        InputError: not a float array of shape (S,) / (S, C), NaN or Inf in it, a bad rate or start.
+    """
+    _check_waveform(samples)
+    sr_in = _positive_int(sample_rate, "sample_rate")
+    sr_out = _positive_int(geometry.sample_rate, "geometry.sample_rate")
+    start = _start(start_seconds)
+    n_out = int(geometry.audio_samples)
+    s0 = int(round(start * sr_in))  # the window starts at input sample s0 (within half a sample)
+    # Only the window and the filter's context are down-mixed and checked: a long recording is
+    # never copied whole.
+    ratio = Fraction(sr_in, sr_out)
+    half = _filter_shape(ratio.numerator, ratio.denominator)[1] if ratio != 1 else 1
+    lo = max(0, s0 - half + 1)
+    hi = min(samples.shape[0], s0 + ((n_out - 1) * ratio.numerator) // ratio.denominator + half + 1)
+    mono = _downmix(samples[lo:max(lo, hi)], offset=lo)
+    return _resample_window(mono, sr_in, sr_out, s0 - lo, n_out).astype(np.float32)
+
+
+def resample_audio(samples: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """Resample a mono or multi-channel waveform (down-mixed to mono) to ``target_rate``.
+
+    A Kaiser-windowed sinc (32 zero crossings, beta 8.6, -6 dB at 95% of the lower Nyquist
+    frequency) evaluated at the exact rational positions, one phase table per ratio, taps
+    normalised to unit DC gain. Output sample ``j`` is the band-limited signal at
+    ``j / target_rate`` s. Measured for 44.1/48 kHz -> 16 kHz: flat within 0.01 dB up to 7 kHz,
+    < -85 dB from 8 kHz (the new Nyquist frequency) up, so nothing aliases.
+
+    Args:
+        samples: ``(S,)`` or ``(S, C)`` float array.
+        sample_rate: input rate in Hz.
+        target_rate: output rate in Hz.
+
+    Returns:
+        ``(round(S * target_rate / sample_rate),)`` float32 mono.
+
+    Raises:
+        InputError: as :func:`preprocess_audio`.
+    """
+    _check_waveform(samples)
+    mono = _downmix(samples, offset=0)
+    sr_in = _positive_int(sample_rate, "sample_rate")
+    sr_out = _positive_int(target_rate, "target_rate")
+    n_out = int(round(mono.shape[0] * sr_out / sr_in))
+    return _resample_window(mono, sr_in, sr_out, 0, n_out).astype(np.float32)
+
+
+_ZERO_CROSSINGS = 32  # of the (possibly stretched) sinc on each side
+_KAISER_BETA = 8.6
+_ROLLOFF = 0.95  # cut-off as a fraction of the lower Nyquist frequency
+_MAX_CACHED_PHASES = 2048
+_CHUNK = 8192  # outputs per vectorized block (bounds memory to ~ _CHUNK * taps floats)
+
+
+def _resample_window(x: np.ndarray, sr_in: int, sr_out: int, s0: int, n_out: int) -> np.ndarray:
+    """``n_out`` samples at ``sr_out`` of mono ``x`` (float64), starting at input sample ``s0``.
+
+    Output ``j`` is the band-limited interpolation of ``x`` at input position ``s0 + j * sr_in/sr_out``;
+    outputs at or past the end of ``x`` are exactly 0 (zero padding, not filter ringing).
+    """
+    n_in = x.shape[0]
+    y = np.zeros(n_out, dtype=np.float64)
+    ratio = Fraction(sr_in, sr_out)
+    down, up = ratio.numerator, ratio.denominator  # input position of output j: s0 + j*down/up
+    # outputs whose position lies inside the signal: s0*up + j*down < n_in*up
+    n_valid = 0 if s0 >= n_in else min(n_out, -(-((n_in - s0) * up) // down))
+    if n_valid == 0:
+        return y
+    if down == up:  # same rate: a plain crop
+        y[:n_valid] = x[s0 : s0 + n_valid]
+        return y
+    _, half = _filter_shape(down, up)
+    # input context the filter needs, zero outside the signal
+    lo = s0 - half + 1
+    hi = s0 + (((n_valid - 1) * down) // up) + half + 1
+    buf = np.zeros(hi - lo, dtype=np.float64)
+    a, b = max(lo, 0), min(hi, n_in)
+    buf[a - lo : b - lo] = x[a:b]
+    j = np.arange(n_valid, dtype=np.int64)
+    num = j * down  # exact integer positions * up
+    base = num // up  # floor(position) - s0
+    phase = num % up
+    if up <= _MAX_CACHED_PHASES:  # the usual rates (44.1k -> 16k: 160 phases): one cached table
+        taps, inv = _phase_table(down, up), phase
+    else:  # odd rates: only the phases this window uses
+        uniq, inv = np.unique(phase, return_inverse=True)
+        taps = _phase_rows(uniq, down, up)
+    offs = np.arange(0, 2 * half, dtype=np.int64)  # buffer index of tap k=-half+1 is base+offs
+    for c0 in range(0, n_valid, _CHUNK):
+        c1 = min(c0 + _CHUNK, n_valid)
+        win = buf[base[c0:c1, None] + offs[None, :]]  # (chunk, L)
+        y[c0:c1] = np.einsum("ij,ij->i", win, taps[inv[c0:c1]])
+    return y
+
+
+def _filter_shape(down: int, up: int) -> tuple[float, int]:
+    """Cut-off (fraction of the input Nyquist frequency) and taps per side (input samples)."""
+    cutoff = _ROLLOFF * min(1.0, up / down)
+    return cutoff, int(math.ceil(_ZERO_CROSSINGS / cutoff))
+
+
+@functools.lru_cache(maxsize=8)
+def _phase_table(down: int, up: int) -> np.ndarray:
+    """``(up, L)`` taps for every phase of the ratio ``down/up`` (read-only, cached)."""
+    table = _phase_rows(np.arange(up), down, up)
+    table.flags.writeable = False
+    return table
+
+
+def _phase_rows(phases: np.ndarray, down: int, up: int) -> np.ndarray:
+    """Taps ``(P, L)`` for fractional input positions ``phases / up``, each row summing to 1."""
+    cutoff, half = _filter_shape(down, up)
+    k = np.arange(-half + 1, half + 1, dtype=np.float64)  # tap offsets from floor(position)
+    taps = _sinc_taps(k[None, :] - (np.asarray(phases)[:, None] / up), cutoff, half)
+    taps /= taps.sum(axis=1, keepdims=True)  # unit DC gain for every phase
+    return taps
+
+
+def _sinc_taps(t: np.ndarray, cutoff: float, half: int) -> np.ndarray:
+    """Kaiser-windowed sinc low-pass (cut-off in units of the input Nyquist) at offsets ``t``."""
+    window = np.i0(_KAISER_BETA * np.sqrt(np.clip(1.0 - (t / half) ** 2, 0.0, 1.0))) / np.i0(_KAISER_BETA)
+    return cutoff * np.sinc(cutoff * t) * window
+
+
+def _check_waveform(samples: object) -> None:
+    if not isinstance(samples, np.ndarray) or not np.issubdtype(samples.dtype, np.floating):
+        raise InputError(
+            f"audio samples must be a float array in [-1, 1] (scale int16 PCM by 1/32768), "
+            f"got {_describe(samples)}"
+        )
+    if not (samples.ndim == 1 or (samples.ndim == 2 and samples.shape[1] >= 1)):
+        raise InputError(f"audio samples must have shape (S,) or (S, C), got {samples.shape}")
+
+
+def _downmix(samples: np.ndarray, offset: int) -> np.ndarray:
+    """Float64 mono (the mean of the channels); NaN/Inf raise, naming the sample (``offset`` + index)."""
+    mono = samples.astype(np.float64) if samples.ndim == 1 else samples.astype(np.float64).mean(axis=1)
+    if not np.all(np.isfinite(mono)):
+        bad = int(np.flatnonzero(~np.isfinite(mono))[0])
+        kind = "NaN" if np.isnan(samples[bad]).any() else "Inf"
+        raise InputError(f"audio samples contain {kind} (first at sample {offset + bad})")
+    return mono
+
+
+# --------------------------------------------------------------------------------------- boxes
+
+
+def scale_boxes(boxes: np.ndarray, from_wh: tuple[int, int], to_wh: tuple[int, int]) -> np.ndarray:
+    """Map ``x1y1x2y2`` boxes between two image sizes (the inverse of the stretch in :func:`resize_frame`).
+
+    Args:
+        boxes: ``(K, 4)`` x1, y1, x2, y2 in pixels of an image of size ``from_wh``.
+        from_wh: ``(width, height)`` the boxes are in.
+        to_wh: ``(width, height)`` to map them to.
+
+    Returns:
+        ``(K, 4)`` float64 boxes in ``to_wh`` pixels.
+
+    Raises:
+        InputError: boxes not ``(K, 4)`` numbers, or a size that is not two positive numbers.
+    """
+    b = np.asarray(boxes, dtype=np.float64) if _is_numeric(boxes) else None
+    if b is None or b.ndim != 2 or b.shape[1] != 4:
+        raise InputError(f"boxes must be a (K, 4) numeric array, got {_describe(boxes)}")
+    fw, fh = _wh(from_wh, "from_wh")
+    tw, th = _wh(to_wh, "to_wh")
+    return b * np.array([tw / fw, th / fh, tw / fw, th / fh])
+
+
+# --------------------------------------------------------------------------------------- checks
+
+
+def _check_image(image: object, what: str) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"{what} must be a uint8 array of shape (H, W, 3), got {_describe(image)}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError(f"{what} is empty: shape {image.shape}")
+
+
+def _check_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple, tuple]:
+    try:
+        m = tuple(float(v) for v in mean)
+        s = tuple(float(v) for v in std)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"mean and std must be three numbers each, got {mean!r}, {std!r}") from e
+    if len(m) != 3 or len(s) != 3 or not all(math.isfinite(v) for v in m + s) or min(s) <= 0:
+        raise InputError(f"mean and std must be three finite numbers each (std > 0), got {mean!r}, {std!r}")
+    return m, s
+
+
+def _start(value: float) -> float:
+    try:
+        start = float(value)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"start_seconds must be a number >= 0, got {value!r}") from e
+    if not math.isfinite(start) or start < 0:
+        raise InputError(f"start_seconds must be a finite number >= 0, got {value!r}")
+    return start
+
+
+def _positive_finite(value: float, what: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{what} must be a positive number, got {value!r}") from e
+    if not math.isfinite(v) or v <= 0:
+        raise InputError(f"{what} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def _positive_int(value: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise InputError(f"{what} must be a positive integer (Hz), got {value!r}")
+    return int(value)
+
+
+def _wh(value: tuple[int, int], what: str) -> tuple[float, float]:
+    try:
+        w, h = (float(v) for v in value)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{what} must be (width, height), got {value!r}") from e
+    if not (math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0):
+        raise InputError(f"{what} must be two positive numbers (width, height), got {value!r}")
+    return w, h
+
+
+def _is_numeric(x: object) -> bool:
+    try:
+        return np.issubdtype(np.asarray(x).dtype, np.number)
+    except (TypeError, ValueError):
+        return False
+
+
+def _describe(x: object) -> str:
+    if isinstance(x, np.ndarray):
+        return f"{x.dtype} array of shape {x.shape}"
+    return type(x).__name__

@@ -1,0 +1,264 @@
+"""Audio synthesis for the synthetic driving scenes: mono waveforms built from a few sound models.
+
+Every clip has road/tyre noise (spectrally shaped noise). On top of it, as the scene's flags ask:
+
+``engine``  a low harmonic hum (firing frequency 25-70 Hz and its harmonics) with rpm drift
+``siren``   one of three patterns - *wail* (slow 600-1500 Hz sweep), *yelp* (fast sweep), *hi-lo*
+            (two alternating tones) - with an approach, recede or steady loudness envelope and a
+            matching small Doppler shift
+``horn``    a two-tone harmonic burst (one or two honks)
+``speech``  babble of 1-3 talkers: glottal pulse trains filtered by vowel formants, cut into
+            syllables with smooth envelopes, with a little fricative noise
+
+Each source is mixed at a random level relative to the road noise (a siren is always audible but
+sometimes faint), and the mix is peak-normalized to a random level below full scale.
+
+Only numpy is used; filtering is done in the frequency domain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .rules import SceneFlags
+
+__all__ = ["AudioInfo", "synthesize_audio", "SIREN_PATTERNS", "SIREN_ENVELOPES"]
+
+SIREN_PATTERNS: tuple[str, ...] = ("wail", "yelp", "hilo")
+SIREN_ENVELOPES: tuple[str, ...] = ("approach", "recede", "steady")
+
+# Levels in dB relative to the road noise (power ratio of the whole clip).
+SIREN_SNR_DB = (-6.0, 15.0)
+HORN_SNR_DB = (-2.0, 14.0)
+SPEECH_SNR_DB = (-4.0, 10.0)
+ENGINE_SNR_DB = (-3.0, 12.0)
+
+# Vowel formants (F1, F2, F3) in Hz, adult average.
+_VOWELS = np.array(
+    [[730, 1090, 2440], [530, 1840, 2480], [270, 2290, 3010], [570, 840, 2410], [300, 870, 2240],
+     [660, 1720, 2410], [490, 1350, 1690]],
+    dtype=np.float64,
+)
+
+
+@dataclass
+class AudioInfo:
+    """What was mixed into a clip (kept in the manifest's ``synth`` metadata)."""
+
+    siren_pattern: str | None = None
+    siren_envelope: str | None = None
+    levels_db: dict[str, float] = field(default_factory=dict)  # per source, relative to road noise
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x)) + 1e-20))
+
+
+def _shape_noise(rng: np.random.Generator, n: int, sr: int, gain_fn) -> np.ndarray:
+    """White noise filtered by a magnitude response ``gain_fn(freqs_hz)`` (zero phase)."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1.0 / sr)
+    return np.fft.irfft(spec * gain_fn(freqs), n)
+
+
+def _road_noise(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """Tyre roar and wind: pinkish noise with a broad bump a few hundred Hz wide, slowly modulated."""
+    bump = rng.uniform(250.0, 900.0)
+    width = rng.uniform(200.0, 600.0)
+    tilt = rng.uniform(1.0, 1.6)
+    rumble = rng.uniform(0.5, 2.0)
+
+    def gain(f):
+        f = np.maximum(f, 20.0)
+        roar = (100.0 / f) ** (tilt / 2) * (1.0 + 1.5 * np.exp(-(((f - bump) / width) ** 2)))
+        return roar + rumble * np.exp(-((f / 120.0) ** 2))
+
+    x = _shape_noise(rng, n, sr, gain)
+    t = np.arange(n) / sr
+    x *= 1.0 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.3, 1.5) * t + rng.uniform(0, 2 * np.pi))
+    return x
+
+
+def _harmonic(phase: np.ndarray, amps: np.ndarray, f_inst: np.ndarray, sr: int) -> np.ndarray:
+    """Sum of harmonics k*phase with amplitude amps[k-1], each muted above 0.45*sr (no aliasing)."""
+    out = np.zeros_like(phase)
+    nyq = 0.45 * sr
+    for k, a in enumerate(amps, start=1):
+        if a == 0:
+            continue
+        alive = (k * f_inst) < nyq
+        if not alive.any():
+            break
+        out += a * np.sin(k * phase) * alive
+    return out
+
+
+def _engine(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    t = np.arange(n) / sr
+    f0 = rng.uniform(25.0, 70.0)
+    drift = rng.uniform(-0.25, 0.35)  # relative rpm change over the clip
+    f = f0 * (1.0 + drift * t / max(t[-1], 1e-9)) * (1.0 + 0.02 * np.sin(2 * np.pi * rng.uniform(2, 6) * t))
+    phase = 2 * np.pi * np.cumsum(f) / sr + rng.uniform(0, 2 * np.pi)
+    k = np.arange(1, 16)
+    amps = rng.uniform(0.4, 1.0, size=k.size) / k**0.8
+    x = _harmonic(phase, amps, f, sr)
+    x += 0.3 * _rms(x) * _shape_noise(rng, n, sr, lambda fr: np.exp(-((fr / (4 * f0)) ** 2)))  # exhaust noise
+    return x
+
+
+def _siren(rng: np.random.Generator, n: int, sr: int, pattern: str, envelope: str) -> np.ndarray:
+    t = np.arange(n) / sr
+    if pattern == "wail":  # slow sweep up and down between ~600 and ~1500 Hz
+        lo, hi = rng.uniform(550.0, 700.0), rng.uniform(1300.0, 1600.0)
+        period = rng.uniform(2.0, 5.0)
+        f = lo + (hi - lo) * (0.5 - 0.5 * np.cos(2 * np.pi * (t / period + rng.random())))
+    elif pattern == "yelp":  # fast sweep, several per second
+        lo, hi = rng.uniform(600.0, 800.0), rng.uniform(1300.0, 1700.0)
+        period = rng.uniform(0.15, 0.35)
+        saw = (t / period + rng.random()) % 1.0
+        f = lo + (hi - lo) * (0.5 - 0.5 * np.cos(2 * np.pi * saw))
+    else:  # hi-lo: two tones alternating
+        lo = rng.uniform(500.0, 750.0)
+        hi = lo * rng.uniform(1.25, 1.5)
+        half = rng.uniform(0.3, 0.6)
+        high = ((t / half + rng.uniform(0, 2)) % 2.0) < 1.0
+        f = np.where(high, hi, lo)
+        # soften the steps a little (a real hi-lo takes a few ms to switch)
+        kernel = np.hanning(max(3, int(0.004 * sr)))
+        f = np.convolve(f, kernel / kernel.sum(), mode="same")
+        f[: kernel.size] = f[kernel.size]
+        f[-kernel.size :] = f[-kernel.size - 1]
+    # loudness envelope and Doppler: approaching sources sound higher and grow louder
+    if envelope == "approach":
+        g = np.linspace(rng.uniform(0.15, 0.5), 1.0, n) ** 1.5
+        doppler = rng.uniform(1.01, 1.05)
+    elif envelope == "recede":
+        g = np.linspace(1.0, rng.uniform(0.15, 0.5), n) ** 1.5
+        doppler = rng.uniform(0.95, 0.99)
+    else:
+        g = np.ones(n)
+        doppler = 1.0
+    f = f * doppler
+    phase = 2 * np.pi * np.cumsum(f) / sr + rng.uniform(0, 2 * np.pi)
+    # odd harmonics (a horn-driver siren is square-ish) plus a weak second harmonic
+    amps = np.array([1.0, 0.12, rng.uniform(0.2, 0.4), 0.05, rng.uniform(0.08, 0.2), 0.0, 0.06])
+    return g * _harmonic(phase, amps, f, sr)
+
+
+def _horn(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    t = np.arange(n) / sr
+    f1 = rng.uniform(350.0, 480.0)
+    f2 = f1 * rng.uniform(1.18, 1.30)
+    amps = rng.uniform(0.5, 1.0, size=10) / np.arange(1, 11) ** 0.9  # bright, sawtooth-like
+    tone = np.zeros(n)
+    for f in (f1, f2):
+        fi = np.full(n, f)
+        tone += _harmonic(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi), amps, fi, sr)
+    env = np.zeros(n)
+    honks = 1 if rng.random() < 0.6 else 2
+    start = rng.uniform(0.0, 0.5) * n
+    for _ in range(honks):
+        dur = rng.uniform(0.12, 0.5) * sr
+        a, b = int(start), int(min(n, start + dur))
+        if b - a > 8:
+            ramp = max(2, min(int(0.01 * sr), (b - a) // 4))
+            seg = np.ones(b - a)
+            seg[:ramp] = np.linspace(0, 1, ramp)
+            seg[-ramp:] = np.linspace(1, 0, ramp)
+            env[a:b] = np.maximum(env[a:b], seg)
+        start = b + rng.uniform(0.05, 0.15) * sr
+        if start >= n - 16:
+            break
+    return tone * env
+
+
+def _formant_gain(freqs: np.ndarray, formants: np.ndarray) -> np.ndarray:
+    g = np.zeros_like(freqs)
+    for i, fc in enumerate(formants):
+        bw = 60.0 + 0.06 * fc
+        g += (0.9**i) / (1.0 + ((freqs - fc) / bw) ** 2)
+    return g * np.exp(-freqs / 6000.0)
+
+
+def _talker(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    out = np.zeros(n)
+    f0_base = rng.uniform(95.0, 230.0)
+    pos = int(rng.uniform(-0.1, 0.15) * sr)
+    while pos < n:
+        dur = int(rng.uniform(0.10, 0.26) * sr)
+        a, b = max(pos, 0), min(pos + dur, n)
+        if b - a > 64:
+            m = b - a
+            tt = np.arange(m) / sr
+            f0 = f0_base * (1.0 + rng.uniform(-0.15, 0.15) + rng.uniform(-0.2, 0.2) * tt / max(tt[-1], 1e-9))
+            phase = np.cumsum(f0) / sr + rng.random()
+            pulses = np.diff(np.floor(phase), prepend=np.floor(phase[0]))  # 1 where a glottal period starts
+            vowel = _VOWELS[rng.integers(len(_VOWELS))] * rng.uniform(0.9, 1.15)
+            freqs = np.fft.rfftfreq(m, 1.0 / sr)
+            voiced = np.fft.irfft(np.fft.rfft(pulses) * _formant_gain(freqs, vowel), m)
+            env = np.sin(np.pi * np.linspace(0, 1, m)) ** rng.uniform(0.6, 1.5)
+            seg = voiced / (_rms(voiced) + 1e-9) * env
+            if rng.random() < 0.4:  # a fricative onset (s, sh, f): short high-passed noise
+                k = min(m, int(rng.uniform(0.03, 0.07) * sr))
+                fc = rng.uniform(2500.0, 5500.0)
+                fric = _shape_noise(rng, k, sr, lambda fr: 1.0 / (1.0 + np.exp(-(fr - fc) / 300.0)))
+                seg[:k] += 0.5 * fric / (_rms(fric) + 1e-9) * np.hanning(k)
+            out[a:b] += seg
+        pos += dur + int(rng.uniform(0.02, 0.12) * sr)  # syllable gap
+    return out
+
+
+def _babble(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    talkers = int(rng.integers(1, 4))
+    out = np.zeros(n)
+    for i in range(talkers):
+        out += _talker(rng, n, sr) * (0.75**i)
+    return out
+
+
+def _mix_in(mix: np.ndarray, src: np.ndarray, ref_rms: float, snr_db: float) -> np.ndarray:
+    return mix + src * (ref_rms * 10 ** (snr_db / 20.0) / _rms(src))
+
+
+def synthesize_audio(
+    flags: SceneFlags, rng: np.random.Generator, *, sample_rate: int = 16000, seconds: float = 1.0
+) -> tuple[np.ndarray, AudioInfo]:
+    """Synthesize the sound of one scene.
+
+    Args:
+        flags: the scene's latent decisions (which sources are present).
+        rng: the generator for the audio of this sample (consumed).
+        sample_rate: Hz.
+        seconds: clip length.
+
+    Returns:
+        ``(waveform, info)``: ``waveform`` is int16 of shape ``(round(seconds * sample_rate),)``,
+        never clipping; ``info`` says which siren pattern/envelope and which levels were used.
+    """
+    n = int(round(seconds * sample_rate))
+    sr = sample_rate
+    info = AudioInfo()
+    road = _road_noise(rng, n, sr)
+    ref = _rms(road)
+    mix = road.copy()
+    if flags.engine:
+        info.levels_db["engine"] = float(rng.uniform(*ENGINE_SNR_DB))
+        mix = _mix_in(mix, _engine(rng, n, sr), ref, info.levels_db["engine"])
+    if flags.speech:
+        info.levels_db["speech"] = float(rng.uniform(*SPEECH_SNR_DB))
+        mix = _mix_in(mix, _babble(rng, n, sr), ref, info.levels_db["speech"])
+    if flags.horn:
+        info.levels_db["horn"] = float(rng.uniform(*HORN_SNR_DB))
+        mix = _mix_in(mix, _horn(rng, n, sr), ref, info.levels_db["horn"])
+    if flags.siren:
+        info.siren_pattern = SIREN_PATTERNS[int(rng.integers(len(SIREN_PATTERNS)))]
+        info.siren_envelope = SIREN_ENVELOPES[int(rng.integers(len(SIREN_ENVELOPES)))]
+        info.levels_db["siren"] = float(rng.uniform(*SIREN_SNR_DB))
+        siren = _siren(rng, n, sr, info.siren_pattern, info.siren_envelope)
+        mix = _mix_in(mix, siren, ref, info.levels_db["siren"])
+    peak = float(np.max(np.abs(mix))) + 1e-12
+    target = rng.uniform(0.25, 0.9)  # recording level varies; never clips
+    wave = np.round(mix * (target * 32767.0 / peak)).astype(np.int16)
+    return wave, info
