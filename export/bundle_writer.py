@@ -1,0 +1,328 @@
+"""Write a model bundle folder (``manifest.json``, ``model.onnx``, ``golden.npz``) atomically.
+
+:func:`write_bundle` builds the whole bundle in a temporary folder beside the target
+(``<out_dir>.tmp-XXXX``), fsyncs it, verifies it with the runtime's own
+:func:`~fusionedge.sdk.bundle.load_bundle`, and only then renames it to ``out_dir``. A failure at
+any point removes the temporary folder: ``out_dir`` either holds a complete, verified bundle or is
+left as it was.
+
+The manifest schema is documented (and checked) in :mod:`fusionedge.sdk.bundle`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from fusionedge.export.onnx_export import MAX_BATCH, OPSET, ExportError
+from fusionedge.export.parity import ParityReport
+from fusionedge.sdk.bundle import (
+    GOLDEN_NAME,
+    MANIFEST_NAME,
+    MODEL_NAME,
+    SCHEMA_VERSION,
+    json_safe,
+    load_bundle,
+    sha256_file,
+    write_json_atomic,
+)
+from fusionedge.sdk.errors import FusionEdgeError
+from fusionedge.sdk.spec import INPUT_NAMES, MODALITIES, OUTPUT_NAMES, InputGeometry
+
+__all__ = ["DECODES", "write_bundle", "build_manifest", "check_target", "git_rev"]
+
+#: How the runtime decodes each contract output.
+DECODES: dict[str, str] = {
+    "event_logits": "softmax",
+    "audio_tag_logits": "sigmoid",
+    "det_heatmap": "centernet-heatmap",
+    "det_size": "centernet-size",
+    "det_offset": "centernet-offset",
+}
+_LABEL_KINDS = ("events", "objects", "audio_tags")
+
+
+def git_rev(start: str | os.PathLike | None = None) -> str | None:
+    """The git commit of the source tree holding ``start`` (default: this package), or None.
+
+    Returns:
+        40 hex digits, or None where the code is not in a git checkout or git is missing.
+    """
+    where = Path(start) if start is not None else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rev = out.stdout.strip()
+    return rev if len(rev) == 40 else None
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_target(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Check that a bundle may be written at ``out_dir`` (call before expensive work).
+
+    Args:
+        out_dir: the bundle folder to create.
+        overwrite: allow replacing an existing non-empty folder.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        ExportError: ``out_dir`` is a file, or a non-empty folder and ``overwrite`` is False, or its
+            parent does not exist.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"{out}: folder exists and is not empty; remove it or pass overwrite=True")
+    if not out.parent.is_dir():
+        raise ExportError(f"{out.parent}: parent folder does not exist")
+    return out
+
+
+def _input_entries(geometry: InputGeometry, golden_inputs: Mapping[str, np.ndarray]) -> list[dict]:
+    g = geometry
+    expected = {
+        "video": (g.clip_frames, 3, g.height, g.width),
+        "audio": (g.audio_samples,),
+        "presence": (len(MODALITIES),),
+    }
+    for name in INPUT_NAMES:
+        if name not in golden_inputs:
+            raise ExportError(f"golden inputs lack {name!r}")
+        got = tuple(golden_inputs[name].shape[1:])
+        if got != expected[name]:
+            raise ExportError(
+                f"golden input {name!r} has per-sample shape {got}, the geometry says {expected[name]}"
+            )
+    return [
+        {
+            "name": "video", "modality": "video", "shape": ["batch", *expected["video"]], "dtype": "float32",
+            "layout": "NTCHW",
+            "preprocessing": {
+                "clip_frames": g.clip_frames, "height": g.height, "width": g.width,
+                "clip_seconds": g.clip_seconds, "mean": list(g.mean), "std": list(g.std),
+                "color": "RGB", "resize": "area-stretch",
+            },
+        },
+        {
+            "name": "audio", "modality": "audio", "shape": ["batch", *expected["audio"]], "dtype": "float32",
+            "layout": "NS",
+            "preprocessing": {"sample_rate": g.sample_rate, "clip_seconds": g.clip_seconds, "channels": 1},
+        },
+        {
+            "name": "presence", "modality": "vector", "shape": ["batch", *expected["presence"]],
+            "dtype": "float32", "layout": "NM",
+            "preprocessing": {"order": list(MODALITIES), "values": "1 present, 0 missing"},
+        },
+    ]
+
+
+def _output_entries(golden_outputs: Mapping[str, np.ndarray]) -> list[dict]:
+    entries = []
+    for name in OUTPUT_NAMES:
+        if name not in golden_outputs:
+            raise ExportError(f"golden outputs lack {name!r}")
+        entries.append({
+            "name": name,
+            "shape": ["batch", *(int(d) for d in golden_outputs[name].shape[1:])],
+            "dtype": "float32",
+            "decode": DECODES[name],
+        })
+    return entries
+
+
+def build_manifest(
+    info: Mapping[str, Any],
+    parity: ParityReport,
+    golden_inputs: Mapping[str, np.ndarray],
+    golden_outputs: Mapping[str, np.ndarray],
+    files: Mapping[str, Mapping[str, Any]],
+    *,
+    name: str,
+    version: str,
+    metrics: Mapping[str, Any] | None = None,
+    checkpoint_sha256: str | None = None,
+) -> dict:
+    """Assemble the manifest dict (schema version 1) for a bundle's files.
+
+    Args:
+        info: the checkpoint info (``model_name``, ``model_config``, ``geometry``, ``labels``,
+            optionally ``metrics`` and ``epoch`` from training).
+        parity: the passed parity report (its tolerances become the golden tolerances).
+        golden_inputs: reference inputs, ``{name: (B, ...)}``.
+        golden_outputs: reference outputs, ``{name: (B, ...)}``.
+        files: ``{relpath: {"sha256", "size"}}`` of every file except the manifest.
+        name: bundle name.
+        version: bundle version.
+        metrics: evaluation metrics (usually empty at export; ``fusionedge eval`` fills them).
+        checkpoint_sha256: hash of the source checkpoint file, or None for an in-memory model.
+
+    Returns:
+        The manifest as a JSON-safe dict.
+
+    Raises:
+        ExportError: ``info`` lacks a field, or the golden arrays disagree with the geometry.
+    """
+    for key in ("model_name", "geometry", "labels"):
+        if key not in info:
+            raise ExportError(f"model info lacks {key!r} (expected from load_checkpoint)")
+    labels = info["labels"]
+    missing = [k for k in _LABEL_KINDS if k not in labels]
+    if missing:
+        raise ExportError(f"model info labels lack {missing}")
+    geometry = InputGeometry.from_dict(dict(info["geometry"]))
+    batch = int(next(iter(golden_inputs.values())).shape[0])
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "version": version,
+        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "source": {
+            "checkpoint_sha256": checkpoint_sha256,
+            "model_name": str(info["model_name"]),
+            "model_config": dict(info.get("model_config") or {}),
+            "git_rev": git_rev(),
+            "fusionedge_version": _package_version("fusionedge") or "0+unknown",
+            "training": {"epoch": info.get("epoch"), "metrics": dict(info.get("metrics") or {})},
+        },
+        "inputs": _input_entries(geometry, golden_inputs),
+        "outputs": _output_entries(golden_outputs),
+        "labels": {k: [str(v) for v in labels[k]] for k in _LABEL_KINDS},
+        "geometry": geometry.to_dict(),
+        "precision": "fp32",
+        "metrics": dict(metrics or {}),
+        "files": {rel: dict(entry) for rel, entry in files.items()},
+        "golden": {"file": GOLDEN_NAME, "rtol": parity.rtol, "atol": parity.atol, "batch": batch},
+        "batch": {"min": 1, "opt": 1, "max": MAX_BATCH},
+        "export": {
+            "opset": OPSET,
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "torch_version": _package_version("torch"),
+            "onnx_version": _package_version("onnx"),
+            "parity": parity.to_dict(),
+        },
+    }
+    return json_safe(manifest)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move a finished bundle from ``tmp`` to ``out`` (replacing an old one only when allowed)."""
+    check_target(out, overwrite=overwrite)
+    old: Path | None = None
+    if out.is_dir():
+        if any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
+            old.rmdir()
+            os.rename(out, old)
+        else:
+            out.rmdir()
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out)  # put the previous bundle back
+        raise
+    _fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_bundle(
+    out_dir: str | os.PathLike,
+    onnx_path: str | os.PathLike,
+    info: Mapping[str, Any],
+    parity: ParityReport,
+    golden_inputs: Mapping[str, np.ndarray],
+    golden_outputs: Mapping[str, np.ndarray],
+    metrics: Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    version: str = "0.1.0",
+    checkpoint_sha256: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write and verify a bundle at ``out_dir``, atomically.
+
+    Args:
+        out_dir: the bundle folder to create (must not exist, or be empty, unless ``overwrite``).
+        onnx_path: the checked, parity-tested ONNX file (copied as ``model.onnx``).
+        info: checkpoint info (see :func:`build_manifest`).
+        parity: the passed :class:`ParityReport`.
+        golden_inputs: reference inputs ``{name: (B, ...)}``.
+        golden_outputs: reference outputs ``{name: (B, ...)}``.
+        metrics: evaluation metrics for the manifest (default: none yet).
+        name: bundle name (default: ``info["model_name"]``).
+        version: bundle version.
+        checkpoint_sha256: hash of the source checkpoint, if any.
+        overwrite: replace an existing bundle at ``out_dir`` (swapped in only once the new one verified).
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        ExportError: the parity report failed, the target is not writable, the inputs are
+            inconsistent, or the written bundle does not verify. Nothing is left at ``out_dir``.
+    """
+    if not parity.ok:
+        raise ExportError(f"refusing to write a bundle whose parity check failed: {parity.summary()}")
+    out = check_target(out_dir, overwrite=overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    try:
+        shutil.copyfile(onnx_path, tmp / MODEL_NAME)
+        arrays = {f"input.{k}": np.asarray(v) for k, v in golden_inputs.items()}
+        arrays.update({f"output.{k}": np.asarray(v) for k, v in golden_outputs.items()})
+        np.savez(tmp / GOLDEN_NAME, **arrays)
+        files = {}
+        for rel in (MODEL_NAME, GOLDEN_NAME):
+            _fsync_file(tmp / rel)
+            files[rel] = {"sha256": sha256_file(tmp / rel), "size": (tmp / rel).stat().st_size}
+        manifest = build_manifest(
+            info, parity, golden_inputs, golden_outputs, files,
+            name=name or str(info.get("model_name", "model")), version=version, metrics=metrics,
+            checkpoint_sha256=checkpoint_sha256,
+        )
+        write_json_atomic(tmp / MANIFEST_NAME, manifest)
+        try:
+            load_bundle(tmp, verify=True).golden()
+        except FusionEdgeError as e:
+            raise ExportError(f"the written bundle does not verify: {e}") from e
+        _fsync_dir(tmp)
+        _publish(tmp, out, overwrite)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (FusionEdgeError, KeyboardInterrupt, SystemExit)):
+            raise
+        raise ExportError(f"writing the bundle at {out} failed: {type(e).__name__}: {e}") from e
+    return out

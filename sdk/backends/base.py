@@ -1,0 +1,308 @@
+"""The inference backend interface: public methods check, subclasses implement.
+
+A backend runs one model file. Its life is ``load -> infer* -> close`` (or a ``with`` block)::
+
+    backend = get_backend("onnxruntime")
+    with backend.load(bundle.model_path, ModelIO.from_manifest(bundle.manifest)):
+        outputs = backend.infer({"video": v, "audio": a, "presence": p})
+
+The public methods (:meth:`Backend.load`, :meth:`Backend.infer`, :meth:`Backend.close`) check the
+state and every input against the manifest's tensor specs — names, dtypes, ranks, fixed dimensions,
+a consistent batch within the bundle's batch range, finite values — and keep timings, so a backend
+(ONNX Runtime, TensorRT, ...) writes only ``_load_impl``, ``_infer_impl`` and ``_close_impl``, and
+every backend refuses bad input with the same :class:`~fusionedge.sdk.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, cast
+
+import numpy as np
+
+from fusionedge.sdk.errors import BackendError, FusionEdgeError, InputError
+
+__all__ = ["TensorSpec", "ModelIO", "Backend", "check_feeds"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output as the manifest declares it."""
+
+    name: str
+    shape: tuple[int | str, ...]  # an int is a fixed dimension, a str a named dynamic one ("batch")
+    dtype: str  # NumPy dtype name, e.g. "float32"
+
+    @classmethod
+    def from_manifest(cls, entry: Mapping[str, Any]) -> "TensorSpec":
+        """Build a spec from a manifest ``inputs[i]`` / ``outputs[i]`` entry (dtype defaults to float32)."""
+        return cls(
+            name=str(entry["name"]), shape=tuple(entry["shape"]), dtype=str(entry.get("dtype", "float32"))
+        )
+
+    def describe(self) -> str:
+        """The shape as people write it, e.g. ``(batch, 4, 3, 96, 160)``."""
+        return "(" + ", ".join(str(d) for d in self.shape) + ")"
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """What a backend needs to know about a model's interface: tensors and the batch range."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batch_min: int = 1
+    batch_opt: int = 1
+    batch_max: int = 32
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> "ModelIO":
+        """Build from a (schema-checked) manifest's ``inputs``, ``outputs`` and ``batch``."""
+        batch = manifest.get("batch", {})
+        return cls(
+            inputs=tuple(TensorSpec.from_manifest(e) for e in manifest["inputs"]),
+            outputs=tuple(TensorSpec.from_manifest(e) for e in manifest["outputs"]),
+            batch_min=int(batch.get("min", 1)),
+            batch_opt=int(batch.get("opt", 1)),
+            batch_max=int(batch.get("max", 32)),
+        )
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.outputs)
+
+
+class Backend(ABC):
+    """Base of every inference backend. Subclasses set ``name``/``requires`` and write the ``_impl`` methods.
+
+    Attributes:
+        name: the registry name ("onnxruntime", "tensorrt", ...).
+        requires: modules that must import for this backend to be available.
+        last_timings: milliseconds of the last ``load`` / ``infer`` call, by stage.
+    """
+
+    name: ClassVar[str] = "base"
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        self._state = "new"  # new -> loaded -> closed
+        self._io: ModelIO | None = None
+        self._model_path: Path | None = None
+        self.last_timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------ availability
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this backend cannot run here (a module that does not import), or None when it can."""
+        for module in cls.requires:
+            try:
+                importlib.import_module(module)
+            except Exception as e:  # an ImportError, or an OSError from a missing shared library
+                return f"{cls.name}: cannot import {module!r} ({type(e).__name__}: {e})"
+        return None
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """True when every module in ``requires`` imports."""
+        return cls.unavailable_reason() is None
+
+    # ------------------------------------------------------------------------------- public API
+
+    @property
+    def loaded(self) -> bool:
+        return self._state == "loaded"
+
+    @property
+    def closed(self) -> bool:
+        return self._state == "closed"
+
+    @property
+    def io(self) -> ModelIO:
+        """The loaded model's interface."""
+        self._require_loaded()
+        return cast(ModelIO, self._io)  # set together with the "loaded" state
+
+    def load(self, model_path: str | Path, manifest_io: ModelIO | Mapping[str, Any]) -> "Backend":
+        """Load a model file for inference.
+
+        Args:
+            model_path: the model file (``model.onnx`` of a bundle; a backend may look beside it,
+                e.g. for cached engines).
+            manifest_io: a :class:`ModelIO`, or the bundle manifest to build one from.
+
+        Returns:
+            ``self``, so ``with get_backend("onnxruntime").load(path, io) as b:`` works.
+
+        Raises:
+            BackendError: already loaded or closed, the file is missing, the backend's library is
+                unavailable, or the backend cannot load this model (the cause is chained).
+        """
+        if self._state != "new":
+            raise BackendError(f"{self.name}: load() called on a backend that is already {self._state}")
+        io = manifest_io if isinstance(manifest_io, ModelIO) else ModelIO.from_manifest(manifest_io)
+        path = Path(model_path)
+        if not path.is_file():
+            raise BackendError(f"{self.name}: model file {path} does not exist")
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise BackendError(reason)
+        t0 = time.perf_counter()
+        try:
+            self._load_impl(path, io)
+        except FusionEdgeError:
+            raise
+        except Exception as e:
+            raise BackendError(f"{self.name}: cannot load {path.name}: {type(e).__name__}: {e}") from e
+        self._io, self._model_path, self._state = io, path, "loaded"
+        self.last_timings = {"load": (time.perf_counter() - t0) * 1e3}
+        return self
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on one batch.
+
+        Args:
+            feeds: ``{input name: array}`` for exactly the model's inputs, with the manifest's
+                dtypes and shapes (the same batch size in every input, within the bundle's range).
+
+        Returns:
+            ``{output name: array}`` for every output the manifest lists.
+
+        Raises:
+            BackendError: not loaded, closed, or the backend failed to run (the cause is chained).
+            InputError: a missing or unknown input, a wrong dtype, rank, dimension or batch size,
+                or NaN/Inf in an input (each names the input).
+        """
+        self._require_loaded()
+        io = self.io
+        checked = check_feeds(feeds, io)
+        t0 = time.perf_counter()
+        try:
+            outputs = self._infer_impl(checked)
+        except FusionEdgeError:
+            raise
+        except Exception as e:
+            raise BackendError(f"{self.name}: inference failed: {type(e).__name__}: {e}") from e
+        elapsed = (time.perf_counter() - t0) * 1e3
+        missing = [n for n in io.output_names if n not in outputs]
+        if missing:
+            raise BackendError(f"{self.name}: the model did not return output(s) {', '.join(missing)}")
+        self.last_timings = {"infer": elapsed}
+        return {n: outputs[n] for n in io.output_names}
+
+    def close(self) -> None:
+        """Release the model and its memory. Safe to call more than once."""
+        if self._state == "loaded":
+            try:
+                self._close_impl()
+            finally:
+                self._state = "closed"
+        else:
+            self._state = "closed"
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = f" {self._model_path}" if self._model_path else ""
+        return f"<{type(self).__name__} {self._state}{where}>"
+
+    # ------------------------------------------------------------------------- for subclasses
+
+    @abstractmethod
+    def _load_impl(self, model_path: Path, io: ModelIO) -> None:
+        """Create the session/engine for ``model_path``. Raise BackendError (or anything: it is wrapped)."""
+
+    @abstractmethod
+    def _infer_impl(self, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """Run checked, C-contiguous feeds; return at least every output in ``io.outputs``."""
+
+    @abstractmethod
+    def _close_impl(self) -> None:
+        """Release what ``_load_impl`` created."""
+
+    def _require_loaded(self) -> None:
+        if self._state == "new":
+            raise BackendError(f"{self.name}: call load() before infer()")
+        if self._state == "closed":
+            raise BackendError(f"{self.name}: the backend is closed")
+
+
+def check_feeds(feeds: Mapping[str, Any], io: ModelIO) -> dict[str, np.ndarray]:
+    """Check feeds against a model's input specs; return them C-contiguous.
+
+    Args:
+        feeds: ``{input name: array}``.
+        io: the model's interface.
+
+    Returns:
+        The same arrays (C-contiguous), keyed in the model's input order.
+
+    Raises:
+        InputError: see :meth:`Backend.infer`; the message names the input and what was expected.
+    """
+    if not isinstance(feeds, Mapping):
+        raise InputError(f"feeds must be a mapping of input name to array, got {type(feeds).__name__}")
+    expected = ", ".join(io.input_names)
+    missing = [n for n in io.input_names if n not in feeds]
+    if missing:
+        raise InputError(f"missing input(s) {', '.join(map(repr, missing))} (the model takes {expected})")
+    unknown = [str(n) for n in feeds if n not in io.input_names]
+    if unknown:
+        raise InputError(f"unknown input(s) {', '.join(map(repr, unknown))} (the model takes {expected})")
+    dims: dict[str, tuple[int, str]] = {}  # named dimension -> (size, first input that set it)
+    out: dict[str, np.ndarray] = {}
+    for spec in io.inputs:
+        arr = feeds[spec.name]
+        _check_array(arr, spec, dims)
+        out[spec.name] = np.ascontiguousarray(arr)
+    if "batch" in dims:
+        batch = dims["batch"][0]
+        if not io.batch_min <= batch <= io.batch_max:
+            raise InputError(
+                f"batch size {batch} is outside the bundle's range [{io.batch_min}, {io.batch_max}]; "
+                f"split the batch"
+            )
+    return out
+
+
+def _check_array(arr: Any, spec: TensorSpec, dims: dict[str, tuple[int, str]]) -> None:
+    where = f"input '{spec.name}'"
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"{where}: expected a numpy array, got {type(arr).__name__}")
+    if arr.dtype != np.dtype(spec.dtype):
+        raise InputError(f"{where}: expected dtype {spec.dtype}, got {arr.dtype} (convert with .astype)")
+    if arr.ndim != len(spec.shape):
+        raise InputError(
+            f"{where}: expected {len(spec.shape)} dimensions {spec.describe()}, got shape {tuple(arr.shape)}"
+        )
+    for axis, (want, got) in enumerate(zip(spec.shape, arr.shape)):
+        if isinstance(want, str):
+            if got < 1:
+                raise InputError(f"{where}: dimension {axis} ({want}) must be >= 1, got {got}")
+            if want in dims and dims[want][0] != got:
+                size, other = dims[want]
+                raise InputError(
+                    f"{where}: dimension {axis} ({want}) is {got} but input '{other}' has {size}"
+                )
+            dims.setdefault(want, (got, spec.name))
+        elif want != got:
+            raise InputError(
+                f"{where}: dimension {axis} must be {want}, got {got} (expected {spec.describe()}, "
+                f"got {tuple(arr.shape)})"
+            )
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        first = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        kind = "NaN" if np.isnan(arr).any() else "Inf"
+        raise InputError(f"{where} holds {kind} values (first at index {first})")

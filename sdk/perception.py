@@ -1,0 +1,468 @@
+"""The embedded Python API: load a bundle, run it on a clip, get events, audio tags and boxes.
+
+::
+
+    from fusionedge.sdk import Perception
+
+    with Perception.load("bundle/", backends=["tensorrt", "onnxruntime"]) as p:
+        r = p.infer(video_path="clip.mp4", audio_path="clip.wav")
+        print(r.event, r.scores[r.event], r.boxes, r.audio_tags, r.backend, r.timings)
+
+:meth:`Perception.load` verifies the bundle and tries the backends in the order given: a backend
+that cannot load is logged (``logging.warning``) and recorded in :attr:`Perception.fallbacks`, and
+every :class:`Result` names the backend that ran — a fallback is never silent.
+
+:meth:`Perception.infer` takes raw arrays (frames at any size, audio at any rate and channel count)
+or file paths, preprocesses them with the bundle's own geometry, runs the model and decodes its heads.
+A missing modality runs as zeros with presence 0 (the model is trained with modality dropout) and is
+listed in ``Result.missing``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from fusionedge.sdk.backends import Backend, ModelIO, get_backend
+from fusionedge.sdk.bundle import Bundle, load_bundle
+from fusionedge.sdk.errors import BackendError, BundleError, InputError
+from fusionedge.sdk.media import read_audio, read_video
+from fusionedge.sdk.postprocess import Detection, decode_centernet, sigmoid, softmax
+from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
+from fusionedge.sdk.spec import InputGeometry
+
+__all__ = ["Perception", "Result", "Fallback"]
+
+log = logging.getLogger(__name__)
+
+_INPUTS = ("video", "audio", "presence")
+_OUTPUTS = {  # name -> the decode the manifest must declare for it
+    "event_logits": "softmax",
+    "audio_tag_logits": "sigmoid",
+    "det_heatmap": "centernet-heatmap",
+    "det_size": "centernet-size",
+    "det_offset": "centernet-offset",
+}
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A backend that was asked for but could not be loaded, and why."""
+
+    backend: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the model made of one clip.
+
+    ``boxes`` refer to the last frame of the clip window, in the original frame's pixels; they are
+    empty when video is missing. ``audio_tags`` is empty when audio is missing.
+    """
+
+    event: str  # the most likely event class
+    scores: dict[str, float]  # softmax over event classes
+    audio_tags: dict[str, float]  # sigmoid per audio tag (multi-label)
+    boxes: list[Detection]  # best score first
+    backend: str  # the backend that ran
+    model: str  # name@version of the bundle
+    missing: tuple[str, ...] = ()  # modalities that were absent ("video", "audio")
+    timings: dict[str, float] = field(default_factory=dict)  # ms: decode, preprocess, infer, postprocess
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict of the result (boxes as ``{label, score, x1, y1, x2, y2}``)."""
+        return {
+            "event": self.event,
+            "scores": {k: float(v) for k, v in self.scores.items()},
+            "audio_tags": {k: float(v) for k, v in self.audio_tags.items()},
+            "boxes": [
+                {"label": b.label, "score": float(b.score), "x1": float(b.x1), "y1": float(b.y1),
+                 "x2": float(b.x2), "y2": float(b.y2)}
+                for b in self.boxes
+            ],
+            "backend": self.backend,
+            "model": self.model,
+            "missing": list(self.missing),
+            "timings": {k: round(float(v), 3) for k, v in self.timings.items()},
+        }
+
+
+class Perception:
+    """A loaded bundle bound to one backend. Create with :meth:`Perception.load`."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: Backend,
+        *,
+        fallbacks: Sequence[Fallback] = (),
+        score_threshold: float = 0.3,
+        top_k: int = 50,
+    ) -> None:
+        """Bind a loaded backend to a bundle (use :meth:`load`, which does the loading and fallback).
+
+        Raises:
+            BundleError: the bundle does not follow the FusionEdge model contract.
+            InputError: ``score_threshold`` outside [0, 1] or ``top_k`` < 1.
+        """
+        if not 0.0 <= float(score_threshold) <= 1.0:
+            raise InputError(f"score_threshold must be in [0, 1], got {score_threshold!r}")
+        if int(top_k) < 1:
+            raise InputError(f"top_k must be >= 1, got {top_k!r}")
+        _check_contract(bundle)
+        self.bundle = bundle
+        self.backend = backend
+        self.fallbacks: tuple[Fallback, ...] = tuple(fallbacks)
+        self.score_threshold = float(score_threshold)
+        self.top_k = int(top_k)
+
+    # ----------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def load(
+        cls,
+        bundle_path: str | os.PathLike,
+        backends: Sequence[str] = ("onnxruntime",),
+        *,
+        verify: bool = True,
+        score_threshold: float = 0.3,
+        top_k: int = 50,
+        backend_options: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> "Perception":
+        """Load and verify a bundle, then the first backend in ``backends`` that loads.
+
+        Args:
+            bundle_path: the bundle folder.
+            backends: backend names in order of preference, e.g. ``["tensorrt", "onnxruntime"]``.
+                Each one that fails is logged and recorded in :attr:`fallbacks` before the next is tried.
+            verify: check every bundle file's size and SHA-256 first (see :func:`load_bundle`).
+            score_threshold: lowest detection score kept in ``Result.boxes``, in [0, 1].
+            top_k: most boxes per result.
+            backend_options: per-backend constructor options, e.g.
+                ``{"onnxruntime": {"intra_op_threads": 2}}``.
+
+        Returns:
+            A ready :class:`Perception`.
+
+        Raises:
+            BundleError: the bundle is invalid, altered, or does not follow the model contract.
+            BackendError: no backend could be loaded (the message gives each one's reason), or
+                ``backends`` is empty.
+        """
+        names = [backends] if isinstance(backends, str) else list(backends)
+        if not names:
+            raise BackendError("no backend given; pass e.g. backends=['onnxruntime']")
+        bundle = load_bundle(bundle_path, verify=verify)
+        _check_contract(bundle)
+        io = ModelIO.from_manifest(bundle.manifest)
+        options = dict(backend_options or {})
+        fallbacks: list[Fallback] = []
+        for name in names:
+            try:
+                backend = get_backend(name, **dict(options.get(name, {})))
+                backend.load(bundle.model_path, io)
+            except BackendError as e:
+                fallbacks.append(Fallback(name, str(e)))
+                if len(fallbacks) < len(names):
+                    log.warning("backend %r could not be loaded, trying the next one: %s", name, e)
+                continue
+            if fallbacks:
+                log.warning("running %s on backend %r (fell back from %s)", bundle.model_id, name,
+                            ", ".join(f.backend for f in fallbacks))
+            return cls(bundle, backend, fallbacks=fallbacks, score_threshold=score_threshold, top_k=top_k)
+        reasons = "; ".join(f"{f.backend}: {f.reason}" for f in fallbacks)
+        raise BackendError(f"no backend could load {bundle.model_id} ({reasons})")
+
+    # -------------------------------------------------------------------------------- properties
+
+    @property
+    def geometry(self) -> InputGeometry:
+        """The model's input geometry, from the bundle manifest."""
+        return self.bundle.geometry
+
+    @property
+    def labels(self) -> dict[str, tuple[str, ...]]:
+        """``{"events", "objects", "audio_tags"}`` from the bundle manifest."""
+        return self.bundle.labels
+
+    @property
+    def backend_name(self) -> str:
+        """The name of the backend that runs the model."""
+        return self.backend.name
+
+    @property
+    def model(self) -> str:
+        """``name@version`` of the bundle."""
+        return self.bundle.model_id
+
+    # ---------------------------------------------------------------------------------- inference
+
+    def infer(
+        self,
+        *,
+        video: np.ndarray | None = None,
+        audio: np.ndarray | None = None,
+        sample_rate: int | None = None,
+        fps: float | None = None,
+        video_path: str | os.PathLike | None = None,
+        audio_path: str | os.PathLike | None = None,
+        start_seconds: float = 0.0,
+    ) -> Result:
+        """Run the model on one clip window ``[start_seconds, start_seconds + clip_seconds)``.
+
+        Args:
+            video: ``(N, H, W, 3)`` uint8 RGB frames, any size.
+            audio: ``(S,)`` or ``(S, C)`` float samples in [-1, 1], any rate and channel count.
+            sample_rate: Hz of ``audio`` (required with ``audio``).
+            fps: frame rate of ``video``; None takes the N frames as spanning one clip window.
+            video_path: a video file or a folder of images, instead of ``video``.
+            audio_path: a WAV file, instead of ``audio``.
+            start_seconds: where the window starts, from the first frame / sample, >= 0.
+
+        Returns:
+            A :class:`Result`; boxes are in the original frames' pixels (last frame of the window).
+
+        Raises:
+            InputError: both modalities missing, an array and a path for the same modality, a bad
+                shape/dtype/rate, or NaN/Inf (each named).
+            MediaError: a file cannot be decoded.
+            BackendError: the backend failed to run.
+        """
+        if video is not None and video_path is not None:
+            raise InputError("pass either video or video_path, not both")
+        if audio is not None and audio_path is not None:
+            raise InputError("pass either audio or audio_path, not both")
+        if video is None and video_path is None and audio is None and audio_path is None:
+            raise InputError("no input: pass video/video_path, audio/audio_path, or both")
+        start = float(start_seconds)
+        if not math.isfinite(start) or start < 0:
+            raise InputError(f"start_seconds must be a finite number >= 0, got {start_seconds!r}")
+        g = self.geometry
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        frames, frame_fps, video_start = self._decode_video(video, video_path, fps, start)
+        samples, rate = self._decode_audio(audio, audio_path, sample_rate)
+        timings["decode"] = _ms(t0)
+
+        t0 = time.perf_counter()
+        missing = []
+        if frames is not None:
+            video_t = preprocess_video(frames, frame_fps, g, start_seconds=video_start)  # (T, 3, H, W)
+        else:
+            video_t = np.zeros((g.clip_frames, 3, g.height, g.width), np.float32)
+            missing.append("video")
+        if samples is not None:
+            audio_t = preprocess_audio(samples, rate, g, start_seconds=start)  # (S,)
+        else:
+            audio_t = np.zeros(g.audio_samples, np.float32)
+            missing.append("audio")
+        presence = np.array([frames is not None, samples is not None], np.float32)  # (2,) video, audio
+        timings["preprocess"] = _ms(t0)
+
+        t0 = time.perf_counter()
+        out = self.backend.infer({"video": video_t[None], "audio": audio_t[None], "presence": presence[None]})
+        timings["infer"] = _ms(t0)
+
+        t0 = time.perf_counter()
+        events, tags = self.labels["events"], self.labels["audio_tags"]
+        scores = softmax(out["event_logits"][0].astype(np.float64))
+        boxes: list[Detection] = []
+        if frames is not None:
+            frame_h, frame_w = frames.shape[1:3]
+            boxes = decode_centernet(
+                out["det_heatmap"][0], out["det_size"][0], out["det_offset"][0],
+                stride=g.output_stride, labels=self.labels["objects"], score_threshold=self.score_threshold,
+                top_k=self.top_k, out_wh=(frame_w, frame_h), in_wh=(g.width, g.height),
+            )
+        tag_scores = sigmoid(out["audio_tag_logits"][0].astype(np.float64)) if samples is not None else None
+        timings["postprocess"] = _ms(t0)
+        return Result(
+            event=events[int(np.argmax(scores))],
+            scores={e: float(s) for e, s in zip(events, scores)},
+            audio_tags={} if tag_scores is None else {t: float(s) for t, s in zip(tags, tag_scores)},
+            boxes=boxes,
+            backend=self.backend_name,
+            model=self.model,
+            missing=tuple(missing),
+            timings=timings,
+        )
+
+    def infer_batch(
+        self, video: np.ndarray, audio: np.ndarray, presence: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Run preprocessed inputs, split into chunks of at most the bundle's maximum batch.
+
+        Args:
+            video: ``(B, T, 3, H, W)`` float32, preprocessed.
+            audio: ``(B, S)`` float32, preprocessed.
+            presence: ``(B, 2)`` float32, 1 where the modality is present (video, audio).
+
+        Returns:
+            The raw outputs ``{name: (B, ...) array}`` in the manifest's output order.
+
+        Raises:
+            InputError: wrong shapes/dtypes, batch sizes that differ, or NaN/Inf (named).
+            BackendError: the backend failed to run.
+        """
+        arrays = {"video": video, "audio": audio, "presence": presence}
+        for name, arr in arrays.items():
+            if not isinstance(arr, np.ndarray) or arr.ndim == 0:
+                raise InputError(f"input '{name}': expected a batched numpy array, got {type(arr).__name__}")
+        sizes = {name: arr.shape[0] for name, arr in arrays.items()}
+        if len(set(sizes.values())) != 1:
+            raise InputError(f"inputs have different batch sizes: {sizes}")
+        total = sizes["video"]
+        if total == 0:
+            raise InputError("empty batch")
+        step = self.backend.io.batch_max
+        chunks = [
+            self.backend.infer({k: v[i : i + step] for k, v in arrays.items()}) for i in range(0, total, step)
+        ]
+        return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+    def self_test(self) -> float:
+        """Run the bundle's golden inputs on the loaded backend and compare with the golden outputs.
+
+        Returns:
+            The largest absolute difference over all outputs.
+
+        Raises:
+            BundleError: an output differs beyond the bundle's recorded tolerance (``golden.rtol`` /
+                ``golden.atol``, elementwise ``|a - b| <= atol + rtol * |b|``), naming the output.
+            BackendError: the backend failed to run.
+        """
+        inputs, expected = self.bundle.golden()
+        got = self.backend.infer(inputs)
+        golden = self.bundle.manifest["golden"]
+        rtol, atol = float(golden["rtol"]), float(golden["atol"])
+        worst = 0.0
+        for name, ref in expected.items():
+            out = got[name]
+            if out.shape != ref.shape:
+                raise BundleError(
+                    f"self-test on {self.backend_name}: output '{name}' has shape {out.shape}, golden "
+                    f"{ref.shape}"
+                )
+            diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+            err = float(diff.max()) if diff.size else 0.0
+            worst = max(worst, err)
+            if not np.all(diff <= atol + rtol * np.abs(ref.astype(np.float64))):
+                raise BundleError(
+                    f"self-test on {self.backend_name}: output '{name}' differs from the golden outputs by "
+                    f"up to {err:.3g} (tolerance rtol {rtol:g}, atol {atol:g}); the model or backend is "
+                    f"broken"
+                )
+        return worst
+
+    # -------------------------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Release the backend. Safe to call more than once."""
+        self.backend.close()
+
+    def __enter__(self) -> "Perception":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Perception {self.model} on {self.backend_name}>"
+
+    # ---------------------------------------------------------------------------------- helpers
+
+    def _decode_video(
+        self, video: np.ndarray | None, path: str | os.PathLike | None, fps: float | None, start: float
+    ) -> tuple[np.ndarray | None, float, float]:
+        """Return ``(frames, fps, window start within frames)``; frames None when video is missing."""
+        g = self.geometry
+        if path is not None:
+            clip = read_video(path, max_seconds=g.clip_seconds, start_seconds=start)
+            return clip.frames, clip.fps, 0.0  # the reader already cut the window
+        if video is None:
+            return None, 0.0, 0.0
+        if not (isinstance(video, np.ndarray) and video.dtype == np.uint8 and video.ndim == 4
+                and video.shape[-1] == 3):
+            raise InputError(
+                f"video must be uint8 RGB frames of shape (N, H, W, 3), got "
+                f"{getattr(video, 'dtype', type(video).__name__)} {getattr(video, 'shape', '')}"
+            )
+        if fps is None:
+            fps = video.shape[0] / g.clip_seconds  # the frames span one clip window
+        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+            raise InputError(f"fps must be a finite number > 0, got {fps!r}")
+        return video, float(fps), start
+
+    def _decode_audio(
+        self, audio: np.ndarray | None, path: str | os.PathLike | None, sample_rate: int | None
+    ) -> tuple[np.ndarray | None, int]:
+        """Return ``(samples, rate)``; samples None when audio is missing."""
+        if path is not None:
+            return read_audio(path)
+        if audio is None:
+            return None, 0
+        if sample_rate is None:
+            raise InputError("audio given as an array needs sample_rate (Hz)")
+        return audio, sample_rate
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _check_contract(bundle: Bundle) -> None:
+    """Check that a bundle's manifest describes a FusionEdge perception model Perception can drive."""
+    inputs = {e["name"]: (i, e) for i, e in enumerate(bundle.inputs)}
+    outputs = {e["name"]: (i, e) for i, e in enumerate(bundle.outputs)}
+    for name in _INPUTS:
+        if name not in inputs:
+            raise BundleError(
+                f"manifest.json: field 'inputs': no input named {name!r} (has {', '.join(inputs)})"
+            )
+    for name, decode in _OUTPUTS.items():
+        if name not in outputs:
+            raise BundleError(
+                f"manifest.json: field 'outputs': no output named {name!r} (has {', '.join(outputs)})"
+            )
+        i, entry = outputs[name]
+        if entry["decode"] != decode:
+            raise BundleError(f"manifest.json: field 'outputs[{i}].decode': expected {decode!r} for {name}")
+    g = bundle.geometry
+    h, w = g.heatmap_size
+    expect_in = {
+        "video": ["batch", g.clip_frames, 3, g.height, g.width],
+        "audio": ["batch", g.audio_samples],
+        "presence": ["batch", 2],
+    }
+    for name, shape in expect_in.items():
+        i, entry = inputs[name]
+        if list(entry["shape"]) != shape:
+            raise BundleError(
+                f"manifest.json: field 'inputs[{i}].shape': expected {shape} from the geometry, "
+                f"got {entry['shape']}"
+            )
+    labels = bundle.labels
+    expect_out = {
+        "event_logits": ["batch", len(labels["events"])],
+        "audio_tag_logits": ["batch", len(labels["audio_tags"])],
+        "det_heatmap": ["batch", len(labels["objects"]), h, w],
+        "det_size": ["batch", 2, h, w],
+        "det_offset": ["batch", 2, h, w],
+    }
+    for name, shape in expect_out.items():
+        i, entry = outputs[name]
+        if list(entry["shape"]) != shape:
+            raise BundleError(
+                f"manifest.json: field 'outputs[{i}].shape': expected {shape} from the labels and geometry, "
+                f"got {entry['shape']}"
+            )
+    if not labels["events"]:
+        raise BundleError("manifest.json: field 'labels.events': expected at least one event class")
