@@ -290,8 +290,9 @@ def generate_dataset(
             cv2.setNumThreads(threads)
     else:
         chunk = max(1, min(8, samples // (workers * 4)))
-        # the pool starts before the progress bar, so no tqdm thread exists when workers fork
-        with mp.get_context().Pool(workers, initializer=_init_worker) as pool:
+        # forkserver, not fork: the caller may hold threads (torch/OpenMP pools, tqdm's monitor,
+        # a training loop in the same process) and forking a threaded process can deadlock a worker.
+        with mp.get_context("forkserver").Pool(workers, initializer=_init_worker) as pool:
             done = pool.imap_unordered(_work, jobs, chunksize=chunk)
             bar = tqdm(done, total=samples, desc="synth", unit="sample", disable=not progress)
             for s in bar:

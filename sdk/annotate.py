@@ -1,0 +1,90 @@
+"""Draw a result onto video frames and write an annotated clip (``fusionedge predict --out``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fusionedge.sdk.errors import MediaError
+from fusionedge.sdk.media import read_video
+
+if TYPE_CHECKING:
+    from fusionedge.sdk.perception import Result
+
+__all__ = ["draw_result", "write_annotated_clip"]
+
+#: BGR colours per object label; unknown labels get grey.
+_COLOURS = {
+    "car": (255, 200, 0),
+    "pedestrian": (0, 220, 0),
+    "traffic_light": (0, 220, 255),
+    "emergency_vehicle": (0, 0, 255),
+}
+
+
+def draw_result(frame_bgr: np.ndarray, result: "Result") -> np.ndarray:
+    """Return a copy of a BGR frame with the boxes, the event and the audio tags drawn on it."""
+    import cv2
+
+    img = frame_bgr.copy()
+    h, w = img.shape[:2]
+    scale = max(0.35, min(w, h) / 500.0)
+    thick = max(1, int(round(scale * 2)))
+    for b in result.boxes:
+        colour = _COLOURS.get(b.label, (160, 160, 160))
+        p1, p2 = (int(round(b.x1)), int(round(b.y1))), (int(round(b.x2)), int(round(b.y2)))
+        cv2.rectangle(img, p1, p2, colour, thick)
+        cv2.putText(img, f"{b.label} {b.score:.2f}", (p1[0], max(10, p1[1] - 3)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, colour, max(1, thick - 1), cv2.LINE_AA)
+    tags = ", ".join(k for k, v in result.audio_tags.items() if v >= 0.5) or "-"
+    lines = [f"{result.event} {result.scores[result.event]:.2f}", f"audio: {tags}"]
+    if result.missing:
+        lines.append("missing: " + ", ".join(result.missing))
+    y = int(22 * scale) + 4
+    for line in lines:
+        cv2.putText(img, line, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+        cv2.putText(img, line, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+        y += int(26 * scale) + 4
+    return img
+
+
+def write_annotated_clip(
+    video_path: str | Path,
+    result: "Result",
+    out_path: str | Path,
+    geometry,
+    *,
+    start_seconds: float = 0.0,
+) -> Path:
+    """Write the clip window the result was computed on, annotated, as an mp4 (``mp4v``).
+
+    The boxes belong to the clip's last frame (the model's "current" frame); they are drawn on every
+    frame of the window so they stay visible, together with the event and the audio tags. The file is written next to ``out_path`` first and renamed into place, so an
+    interrupted run leaves no half-written video.
+
+    Raises:
+        MediaError: the source cannot be decoded or the output cannot be written.
+    """
+    import cv2
+
+    clip = read_video(video_path, start_seconds=start_seconds, max_seconds=geometry.clip_seconds)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}.mp4")
+    h, w = clip.frames.shape[1:3]
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(clip.fps), (w, h))
+    if not writer.isOpened():
+        raise MediaError(f"{out_path}: cannot open a video writer (is the folder writable?)")
+    try:
+        for frame in clip.frames:
+            writer.write(draw_result(np.ascontiguousarray(frame[..., ::-1]), result))
+    finally:
+        writer.release()
+    if not tmp.exists() or tmp.stat().st_size == 0:
+        tmp.unlink(missing_ok=True)
+        raise MediaError(f"{out_path}: the video writer produced no file")
+    os.replace(tmp, out_path)
+    return out_path

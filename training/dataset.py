@@ -1,0 +1,275 @@
+"""Training data: decode a manifest once into memory, then serve augmented, normalized batches.
+
+Decoding uses the runtime's one definition of preprocessing (``fusionedge.sdk.media`` /
+``fusionedge.sdk.preprocess``), so the model trains on exactly what a device feeds it:
+
+1. ``load_clips(manifest, geometry)`` reads every sample ONCE: the clip's ``T`` frames
+   (``clip_frame_indices`` + ``resize_frame``, kept as uint8), the mono 16 kHz window
+   (``preprocess_audio``), the labels, and the boxes scaled to model-input pixels with their
+   CenterNet targets (``encode_centernet_targets``). A synthetic set of 2,000 clips is ~0.5 GB.
+2. ``iterate_batches(clips, batch_size, ...)`` draws batches from that cache: optional horizontal
+   flip (boxes and targets flipped with it), audio gain, and **modality dropout** (per sample, with
+   probability ``modality_dropout``, the video or the audio — never both — is zeroed and its presence
+   set to 0, as a missing sensor looks at run time); frames are normalized per batch through the same
+   lookup table as ``normalize_image`` (bit-identical).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fusionedge.sdk.errors import DataError
+from fusionedge.sdk.media import read_audio, read_video
+from fusionedge.sdk.postprocess import encode_centernet_targets
+from fusionedge.sdk.preprocess import clip_frame_indices, preprocess_audio, resize_frame, scale_boxes
+from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
+
+from .losses import IGNORE_INDEX
+
+__all__ = ["Labels", "ClipCache", "Augment", "load_clips", "split_for_validation", "iterate_batches",
+           "flipped_boxes"]
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The label vocabularies a model is trained with (defaults: ``sdk.spec``)."""
+
+    events: tuple[str, ...] = EVENTS
+    audio_tags: tuple[str, ...] = AUDIO_TAGS
+    objects: tuple[str, ...] = OBJECTS
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"events": list(self.events), "audio_tags": list(self.audio_tags), "objects": list(self.objects)}
+
+
+@dataclass
+class ClipCache:
+    """Decoded samples of one split, in memory. ``N`` samples; shapes per field."""
+
+    ids: list[str]
+    video: torch.Tensor  # (N, T, H, W, 3) uint8 RGB, resized; frame T-1 is the current frame
+    audio: torch.Tensor  # (N, S) float32 mono at geometry.sample_rate
+    has_audio: torch.Tensor  # (N,) bool: the sample has an audio file
+    event: torch.Tensor  # (N,) int64 class index, IGNORE_INDEX where unlabelled
+    audio_tags: torch.Tensor  # (N, A) float32 multi-hot
+    boxes: list[np.ndarray]  # per sample (K, 4) float64 x1,y1,x2,y2 in model-input pixels (last frame)
+    box_labels: list[np.ndarray]  # per sample (K,) int64 object class indices
+    targets: dict[str, torch.Tensor]  # heatmap (N,C,h,w), size (N,2,h,w), offset (N,2,h,w), mask (N,h,w)
+    geometry: InputGeometry
+    labels: Labels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation (all per sample)."""
+
+    modality_dropout: float = 0.1  # probability of zeroing video or audio (50/50, never both)
+    hflip: float = 0.5  # probability of a horizontal flip (frames, boxes, targets)
+    audio_gain_db: float = 6.0  # gain drawn uniformly from ±this many dB (result clipped to [-1, 1])
+
+
+def split_for_validation(samples: Sequence, fraction: float = 0.1) -> tuple[list, list]:
+    """Deterministic train/validation split by a hash of each sample id (independent of order and seed).
+
+    Args:
+        samples: objects with an ``id`` attribute.
+        fraction: share of samples that go to validation, in (0, 1).
+
+    Returns:
+        ``(train, val)``; ``val`` has at least one sample and ``train`` keeps at least one when
+        there are two or more.
+    """
+    buckets = 10_000
+    cut = int(round(fraction * buckets))
+
+    def bucket(s) -> int:
+        return int(hashlib.sha256(str(s.id).encode()).hexdigest()[:8], 16) % buckets
+
+    train = [s for s in samples if bucket(s) >= cut]
+    val = [s for s in samples if bucket(s) < cut]
+    if not val and len(train) > 1:
+        val = [train.pop()]
+    return train, val
+
+
+def _index(name: str, vocab: Sequence[str], what: str, sample_id: str) -> int:
+    try:
+        return vocab.index(name)
+    except ValueError:
+        raise DataError(f"sample {sample_id!r}: unknown {what} {name!r}; the model knows {list(vocab)}") from None
+
+
+def _decode(sample, geometry: InputGeometry, labels: Labels) -> dict:
+    """Decode one manifest sample into cache entries (numpy)."""
+    clip = read_video(sample.video, max_seconds=geometry.clip_seconds)
+    idx = clip_frame_indices(clip.frames.shape[0], clip.fps, geometry)
+    frames = np.stack([resize_frame(clip.frames[i], geometry) for i in idx])  # (T, H, W, 3) uint8
+    frame_h, frame_w = clip.frames.shape[1:3]
+    if sample.audio is not None:
+        samples, sr = read_audio(sample.audio)
+        audio = preprocess_audio(samples, sr, geometry)  # (S,)
+    else:
+        audio = np.zeros(geometry.audio_samples, np.float32)
+    sid = str(sample.id)
+    event = IGNORE_INDEX if sample.event is None else _index(sample.event, labels.events, "event", sid)
+    tags = np.zeros(len(labels.audio_tags), np.float32)
+    for t in sample.audio_tags:
+        tags[_index(t, labels.audio_tags, "audio tag", sid)] = 1.0
+    if sample.boxes:
+        raw = np.array([[b.x1, b.y1, b.x2, b.y2] for b in sample.boxes], np.float64)
+        boxes = scale_boxes(raw, (frame_w, frame_h), (geometry.width, geometry.height))
+        box_labels = np.array([_index(b.label, labels.objects, "object", sid) for b in sample.boxes], np.int64)
+    else:
+        boxes, box_labels = np.zeros((0, 4)), np.zeros((0,), np.int64)
+    targets = encode_centernet_targets(boxes, box_labels, num_classes=len(labels.objects),
+                                       heatmap_hw=geometry.heatmap_size, stride=geometry.output_stride)
+    return {"id": sid, "video": frames, "audio": audio, "has_audio": sample.audio is not None, "event": event,
+            "tags": tags, "boxes": boxes, "box_labels": box_labels, "targets": targets}
+
+
+def load_clips(samples: Sequence, geometry: InputGeometry, labels: Labels = Labels(), *, workers: int = 1,
+               progress: bool = True, desc: str = "decode") -> ClipCache:
+    """Decode samples (from ``read_manifest``) into an in-memory ``ClipCache``.
+
+    Args:
+        samples: manifest samples (``id, video, audio, event, audio_tags, boxes``).
+        geometry: the model input geometry.
+        labels: label vocabularies; a label outside them is an error.
+        workers: decoding threads (OpenCV and NumPy release the GIL).
+        progress: show a tqdm bar on stderr.
+        desc: the bar's title.
+
+    Raises:
+        DataError: no samples, or a sample uses an unknown label.
+        MediaError: a media file cannot be decoded.
+
+    Returns:
+        The cache.
+    """
+    if not samples:
+        raise DataError("no samples to load")
+    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+        items = list(tqdm(pool.map(lambda s: _decode(s, geometry, labels), samples), total=len(samples),
+                          desc=desc, unit="clip", disable=not progress, leave=False))
+    return ClipCache(
+        ids=[it["id"] for it in items],
+        video=torch.from_numpy(np.stack([it["video"] for it in items])),
+        audio=torch.from_numpy(np.stack([it["audio"] for it in items]).astype(np.float32)),
+        has_audio=torch.tensor([it["has_audio"] for it in items], dtype=torch.bool),
+        event=torch.tensor([it["event"] for it in items], dtype=torch.int64),
+        audio_tags=torch.from_numpy(np.stack([it["tags"] for it in items])),
+        boxes=[it["boxes"] for it in items],
+        box_labels=[it["box_labels"] for it in items],
+        targets={k: torch.from_numpy(np.stack([it["targets"][k] for it in items]))
+                 for k in ("heatmap", "size", "offset", "mask")},
+        geometry=geometry,
+        labels=labels,
+    )
+
+
+def _normalize_lut(geometry: InputGeometry) -> torch.Tensor:
+    """(3, 256) float32: the same float64 expression as ``sdk.preprocess.normalize_image``, rounded once."""
+    x = np.arange(256, dtype=np.float64)[:, None] / 255.0
+    lut = ((x - np.asarray(geometry.mean)) / np.asarray(geometry.std)).astype(np.float32)  # (256, 3)
+    return torch.from_numpy(np.ascontiguousarray(lut.T))
+
+
+def _normalize(frames: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) → float32 (B, T, 3, H, W) via the lookup table."""
+    idx = frames.permute(0, 1, 4, 2, 3).long()  # (B, T, 3, H, W)
+    out = torch.empty(idx.shape, dtype=torch.float32)
+    for k in range(3):
+        out[:, :, k] = lut[k][idx[:, :, k]]
+    return out
+
+
+def iterate_batches(clips: ClipCache, batch_size: int, *, shuffle: bool = False,
+                    generator: torch.Generator | None = None, augment: Augment | None = None,
+                    drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield batches from the cache.
+
+    Args:
+        clips: the decoded split.
+        batch_size: samples per batch, >= 1.
+        shuffle: draw a random order (from ``generator``).
+        generator: the source of all randomness (order and augmentation); required when
+            ``shuffle`` or ``augment`` is used, so runs are reproducible.
+        augment: augmentation, or ``None`` for none (validation).
+        drop_last: skip a last incomplete batch.
+
+    Raises:
+        ValueError: a bad batch size, or randomness asked for without a generator.
+
+    Yields:
+        ``video`` (B,T,3,H,W) float32 normalized, ``audio`` (B,S), ``presence`` (B,2), ``event`` (B,),
+        ``audio_tags`` (B,A), ``heatmap`` (B,C,h,w), ``size`` (B,2,h,w), ``offset`` (B,2,h,w),
+        ``mask`` (B,h,w), ``index`` (B,) positions in the cache.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if (shuffle or augment is not None) and generator is None:
+        raise ValueError("shuffle/augment need a torch.Generator for reproducibility")
+    n = len(clips)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    lut = _normalize_lut(clips.geometry)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        yield _make_batch(clips, idx, lut, generator, augment)
+
+
+def _make_batch(clips: ClipCache, idx: torch.Tensor, lut: torch.Tensor, generator: torch.Generator | None,
+                augment: Augment | None) -> dict[str, torch.Tensor]:
+    b = len(idx)
+    frames = clips.video[idx]  # (B, T, H, W, 3) uint8 (a copy)
+    audio = clips.audio[idx].clone()  # (B, S)
+    presence = torch.stack([torch.ones(b), clips.has_audio[idx].float()], dim=1)  # (B, 2)
+    targets = {k: v[idx].clone() for k, v in clips.targets.items()}
+    if augment is not None:
+        # Draw every random number up front, in a fixed order, so a batch depends only on the generator.
+        u_flip, u_drop, u_which, u_gain = torch.rand(4, b, generator=generator)
+        flip = u_flip < augment.hflip
+        if flip.any():
+            frames[flip] = frames[flip].flip(3)
+            _flip_targets(clips, idx, flip, targets)
+        gain = 10.0 ** ((u_gain * 2.0 - 1.0) * augment.audio_gain_db / 20.0)  # (B,)
+        audio = (audio * gain.unsqueeze(1)).clamp(-1.0, 1.0)
+        drop = u_drop < augment.modality_dropout
+        drop_audio = drop & (u_which < 0.5) & (presence[:, 1] > 0)
+        drop_video = drop & ~drop_audio & (presence[:, 1] > 0)  # never leave a sample with nothing
+        presence[drop_video, 0] = 0.0
+        presence[drop_audio, 1] = 0.0
+    video = _normalize(frames, lut)  # (B, T, 3, H, W)
+    video = video * presence[:, 0].reshape(-1, 1, 1, 1, 1)  # a missing modality's tensor is zeros
+    audio = audio * presence[:, 1].reshape(-1, 1)
+    return {"video": video, "audio": audio, "presence": presence, "event": clips.event[idx],
+            "audio_tags": clips.audio_tags[idx], **targets, "index": idx}
+
+
+def _flip_targets(clips: ClipCache, idx: torch.Tensor, flip: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
+    """Re-encode the CenterNet targets of the flipped samples from their mirrored boxes (exact cells)."""
+    g = clips.geometry
+    for j in torch.nonzero(flip).flatten().tolist():
+        i = int(idx[j])
+        t = encode_centernet_targets(flipped_boxes(clips.boxes[i], g.width), clips.box_labels[i],
+                                     num_classes=len(clips.labels.objects), heatmap_hw=g.heatmap_size,
+                                     stride=g.output_stride)
+        for k, v in t.items():
+            targets[k][j] = torch.from_numpy(v)
+
+
+def flipped_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    """Mirror ``(K, 4)`` x1,y1,x2,y2 boxes horizontally in an image ``width`` pixels wide."""
+    out = np.asarray(boxes, dtype=np.float64).copy()
+    out[:, [0, 2]] = width - out[:, [2, 0]]
+    return out

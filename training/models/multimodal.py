@@ -1,0 +1,191 @@
+"""The FusionEdge multimodal model and its configuration.
+
+``MultimodalModel(config)`` consumes the three inputs of the model contract (``sdk/spec.py``) and
+returns the five outputs as a tuple in ``OUTPUT_NAMES`` order::
+
+    video (B,T,3,H,W) ─► ClipEncoder ──tokens──┐
+                          │ last-frame s4 +     ├─► fusion (presence-masked) ─► EventHead ─► event_logits
+                          │ s16 context         │
+    audio (B,S) ─► log-mel ─► AudioEncoder ─────┘──────────────────────────► AudioTagHead ─► audio_tag_logits
+                          └──────────────────────────────► CenterNetHead ─► det_heatmap, det_size, det_offset
+    presence (B,2) ───────────────────────────────┘ (and into EventHead)
+
+Create models by name through ``fusionedge.training.models.create_model``; the config is a plain
+dataclass, stored in every checkpoint as a dict (``ModelConfig.to_dict`` / ``from_dict``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from fusionedge.sdk.errors import FusionEdgeError
+from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
+
+from .encoders import AudioEncoder, ClipEncoder, conv_out_len
+from .fusion import FUSIONS, build_fusion
+from .heads import AudioTagHead, CenterNetHead, EventHead
+
+__all__ = ["ModelConfig", "MultimodalModel", "ModelConfigError", "count_flops", "count_params"]
+
+
+class ModelConfigError(FusionEdgeError, ValueError):
+    """A model name is unknown or a model configuration value is invalid."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes a model's architecture. Units in the comments."""
+
+    # -- contract / geometry (must match the data the model is trained and run on)
+    num_events: int = len(EVENTS)
+    num_audio_tags: int = len(AUDIO_TAGS)
+    num_objects: int = len(OBJECTS)
+    clip_frames: int = 4  # T
+    height: int = 96  # model-input pixels, multiple of 16
+    width: int = 160  # model-input pixels, multiple of 16
+    audio_samples: int = 16000  # S, samples per clip
+    sample_rate: int = 16000  # Hz
+    output_stride: int = 4  # model-input pixels per heatmap cell (only 4 is built)
+    # -- audio front end
+    n_fft: int = 400  # samples (25 ms at 16 kHz)
+    hop_length: int = 160  # samples (10 ms)
+    n_mels: int = 64  # mel bands, multiple of 8
+    f_min: float = 0.0  # Hz
+    f_max: float = 8000.0  # Hz, at most sample_rate / 2
+    # -- encoders
+    video_channels: tuple[int, int, int, int] = (16, 24, 48, 64)  # widths at stride 2, 4, 8, 16
+    video_depth: int = 1  # extra 3×3 convolutions per video stage
+    temporal_kernel: int = 3  # frames spanned by the temporal convolution
+    audio_channels: tuple[int, int, int] = (16, 32, 64)  # widths of the audio CNN stages
+    audio_depth: int = 1  # extra 3×3 convolutions in the last audio stage
+    audio_dim: int = 64  # audio token width
+    # -- fusion
+    fusion: str = "cross_attention"  # a key of fusion.FUSIONS
+    fusion_dim: int = 64  # shared token width
+    fusion_heads: int = 4
+    fusion_layers: int = 1
+    dropout: float = 0.1  # in fusion and the event head
+    # -- heads
+    head_hidden: int = 64  # hidden width of the event and audio-tag MLPs
+    det_channels: int = 32  # width of the CenterNet head
+    size_scale_px: float = 16.0  # model-input pixels; det_size = size_scale_px * exp(raw)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.height % 16 or self.width % 16 or self.height <= 0 or self.width <= 0:
+            problems.append(f"height and width must be positive multiples of 16, got {self.height}x{self.width}")
+        if self.output_stride != 4:
+            problems.append(f"output_stride must be 4, got {self.output_stride}")
+        if self.fusion not in FUSIONS:
+            problems.append(f"fusion must be one of {sorted(FUSIONS)}, got {self.fusion!r}")
+        if self.n_mels % 8 or self.n_mels <= 0:
+            problems.append(f"n_mels must be a positive multiple of 8, got {self.n_mels}")
+        if self.fusion_dim % self.fusion_heads:
+            problems.append(f"fusion_dim {self.fusion_dim} must be divisible by fusion_heads {self.fusion_heads}")
+        if len(self.video_channels) != 4 or len(self.audio_channels) != 3:
+            problems.append("video_channels needs 4 widths and audio_channels 3")
+        if min(self.clip_frames, self.audio_samples, self.num_events, self.num_audio_tags, self.num_objects) < 1:
+            problems.append("clip_frames, audio_samples and the label counts must be >= 1")
+        if not 0.0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            problems.append(f"need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}")
+        if problems:
+            raise ModelConfigError("invalid ModelConfig: " + "; ".join(problems))
+
+    @property
+    def video_tokens(self) -> int:
+        """Video tokens: one per stride-16 cell."""
+        return (self.height // 16) * (self.width // 16)
+
+    @property
+    def audio_tokens(self) -> int:
+        """Audio tokens: one per time step after three stride-2 stages over the log-mel frames."""
+        return conv_out_len(conv_out_len(conv_out_len(1 + self.audio_samples // self.hop_length)))
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Inverse of ``to_dict``.
+
+        Raises:
+            ModelConfigError: unknown keys or invalid values.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ModelConfigError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def matches(self, geometry: InputGeometry) -> bool:
+        """True when this model was built for ``geometry``'s input shapes."""
+        return (self.clip_frames, self.height, self.width, self.audio_samples, self.sample_rate,
+                self.output_stride) == (geometry.clip_frames, geometry.height, geometry.width,
+                                        geometry.audio_samples, geometry.sample_rate, geometry.output_stride)
+
+
+class MultimodalModel(nn.Module):
+    """Video + audio + presence → (event_logits, audio_tag_logits, det_heatmap, det_size, det_offset).
+
+    Args:
+        config: the architecture; see ``ModelConfig``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.video_encoder = ClipEncoder(c.video_channels, c.video_depth, c.clip_frames, c.temporal_kernel)
+        self.audio_encoder = AudioEncoder(c.audio_channels, c.audio_depth, c.audio_dim, c.sample_rate, c.n_fft,
+                                          c.hop_length, c.n_mels, c.f_min, c.f_max)
+        self.fusion = build_fusion(c.fusion, video_dim=self.video_encoder.out_channels, audio_dim=c.audio_dim,
+                                   video_tokens=c.video_tokens, audio_tokens=c.audio_tokens, dim=c.fusion_dim,
+                                   heads=c.fusion_heads, layers=c.fusion_layers, dropout=c.dropout)
+        self.event_head = EventHead(self.fusion.out_dim, c.head_hidden, c.num_events, c.dropout)
+        self.audio_tag_head = AudioTagHead(c.audio_dim, c.head_hidden, c.num_audio_tags)
+        self.det_head = CenterNetHead(self.video_encoder.s4_channels, self.video_encoder.out_channels,
+                                      c.det_channels, c.num_objects, c.size_scale_px)
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor,
+                presence: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        v_tokens, _, last_s4, context = self.video_encoder(video)  # (B, Nv, Cv), (B, C4, h, w), (B, Cv, h16, w16)
+        a_tokens, _ = self.audio_encoder(audio)  # (B, Na, Ca)
+        fused = self.fusion(v_tokens, a_tokens, presence)  # (B, F)
+        event_logits = self.event_head(fused, presence)  # (B, E)
+        audio_tag_logits = self.audio_tag_head(a_tokens)  # (B, A)
+        det_heatmap, det_size, det_offset = self.det_head(last_s4, context)  # (B, C|2|2, H/4, W/4)
+        return event_logits, audio_tag_logits, det_heatmap, det_size, det_offset
+
+    def example_inputs(self, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Random inputs of the right shapes (both modalities present), for export and tests."""
+        c = self.config
+        g = torch.Generator().manual_seed(0)
+        video = torch.randn(batch, c.clip_frames, 3, c.height, c.width, generator=g)
+        audio = torch.rand(batch, c.audio_samples, generator=g) * 0.2 - 0.1
+        return video, audio, torch.ones(batch, 2)
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_flops(model: MultimodalModel) -> int:
+    """Floating-point operations of one forward pass at batch 1 (2 per multiply-add), in eval mode.
+
+    Counts matrix products and convolutions (torch's ``FlopCounterMode``); elementwise work is
+    not counted.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*model.example_inputs(1))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())

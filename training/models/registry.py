@@ -1,0 +1,104 @@
+"""Models by name: ``create_model("fusion_student", fusion="concat")``.
+
+A registered name maps to a function that returns a ``ModelConfig``; ``create_model`` applies the
+keyword overrides to that config and builds a ``MultimodalModel``. The tests iterate over
+``list_models()``, so a model is tested the day it is registered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from .multimodal import ModelConfig, ModelConfigError, MultimodalModel
+
+__all__ = ["register_model", "create_model", "model_config", "list_models"]
+
+_REGISTRY: dict[str, Callable[[], ModelConfig]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[[], ModelConfig]], Callable[[], ModelConfig]]:
+    """Decorator: register a function returning the default ``ModelConfig`` of model ``name``.
+
+    Raises:
+        ModelConfigError: ``name`` is already registered.
+    """
+
+    def deco(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
+        if name in _REGISTRY:
+            raise ModelConfigError(f"model {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_config(name: str, **overrides) -> ModelConfig:
+    """The configuration of model ``name`` with ``overrides`` applied.
+
+    Args:
+        name: a registered model name (see ``list_models()``).
+        **overrides: ``ModelConfig`` fields to change (lists are accepted for tuple fields).
+
+    Raises:
+        ModelConfigError: unknown name, unknown field, or an invalid resulting config.
+
+    Returns:
+        The frozen config.
+    """
+    if name not in _REGISTRY:
+        raise ModelConfigError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ModelConfigError(f"unknown ModelConfig field(s) for {name!r}: {', '.join(unknown)}")
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return dataclasses.replace(_REGISTRY[name](), **overrides)
+
+
+def create_model(name: str, **overrides) -> MultimodalModel:
+    """Build model ``name`` (in training mode, freshly initialized).
+
+    Args:
+        name: a registered model name.
+        **overrides: ``ModelConfig`` fields to change, e.g. ``fusion="concat"``.
+
+    Raises:
+        ModelConfigError: unknown name, unknown field or invalid value.
+
+    Returns:
+        The model; its config is ``model.config``.
+    """
+    return MultimodalModel(model_config(name, **overrides))
+
+
+@register_model("fusion_student")
+def fusion_student() -> ModelConfig:
+    """The quickstart model: ~0.34 M parameters, ~0.27 GFLOPs per sample.
+
+    With ``TrainConfig`` defaults (10 epochs, batch 32, lr 3e-3) on 2,000 synthetic clips it trains
+    in ~3.5 min on 2 CPU cores (~17 s per epoch) and reaches ~0.99 event accuracy on a fresh seed.
+    """
+    return ModelConfig()
+
+
+@register_model("fusion_teacher")
+def fusion_teacher() -> ModelConfig:
+    """A wider, deeper model (distillation teacher): ~2.8 M parameters, ~2.2 GFLOPs (~8x the student)."""
+    return ModelConfig(
+        video_channels=(32, 64, 128, 192),
+        video_depth=2,
+        audio_channels=(32, 64, 128),
+        audio_depth=2,
+        audio_dim=128,
+        fusion_dim=128,
+        fusion_heads=4,
+        fusion_layers=2,
+        head_hidden=128,
+        det_channels=64,
+    )
