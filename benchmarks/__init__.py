@@ -1,0 +1,18 @@
+"""On-device benchmarks: ``fusionedge bench`` (MLPerf LoadGen scenarios, engine-only and end-to-end,
+eager baseline, system fingerprint, results.json / report.md / plots, ``bench compare``) and the
+pytest-benchmark component suites in ``bench_*.py``.
+
+Modules (import what you use; nothing heavy is imported here):
+
+``harness``      :class:`~fusionedge.benchmarks.harness.BenchConfig`, ``plan_benchmark``, ``run_benchmark``
+``loadgen``      one LoadGen test on a Python system under test, and its logs parsed
+``stages``       the engine-only and end-to-end pipelines and their stage timings
+``eager``        the PyTorch eager baseline (torch imported lazily)
+``fingerprint``  ``collect_fingerprint``: CPU, GPU, Jetson, software, thermal, power
+``results``      the versioned ``results.json`` schema, validation, ratios
+``report``       ``report.md`` and PNG plots
+``compare``      ``fusionedge bench compare``
+``cli``          ``add_bench_parser`` for the ``fusionedge`` command line
+"""
+
+__all__: list[str] = []

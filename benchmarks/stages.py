@@ -1,0 +1,407 @@
+"""The work a benchmark times: clips on disk, their preprocessed tensors, and the two pipelines.
+
+Two pipelines run a batch of sample indices and return per-stage times (milliseconds):
+
+:class:`EnginePipeline` (``mode="engine"``)
+    ``batch`` (gather the samples' preprocessed tensors, kept in RAM, into one batch) + ``infer``
+    (the raw backend call). What a backend vendor would quote.
+:class:`E2EPipeline` (``mode="e2e"``)
+    ``decode`` (read the mp4 and wav files) + ``preprocess`` (resize, normalize, resample, with the
+    bundle's own geometry) + ``batch`` + ``infer`` + ``postprocess`` (softmax, sigmoid, CenterNet
+    boxes in the original frame's pixels) — exactly the steps of
+    :meth:`fusionedge.sdk.Perception.infer`, batched. What an application sees.
+
+Both call an *engine*: anything with ``name`` and ``infer(feeds) -> {output: array}`` — an SDK
+:class:`~fusionedge.sdk.backends.Backend`, or the PyTorch eager baseline.
+
+Clips come from a data-set manifest (``--data``) or, without one, from :func:`synthesize_clips`,
+which writes a few short mp4 + wav files so that decoding is always part of the end-to-end time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+
+from fusionedge.sdk.datamanifest import Sample, read_manifest
+from fusionedge.sdk.errors import InputError, MediaError
+from fusionedge.sdk.media import read_audio, read_video
+from fusionedge.sdk.postprocess import Detection, decode_centernet, sigmoid, softmax
+from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
+from fusionedge.sdk.spec import InputGeometry
+
+__all__ = [
+    "STAGES",
+    "Engine",
+    "Decoded",
+    "StageLog",
+    "TensorCache",
+    "EnginePipeline",
+    "E2EPipeline",
+    "synthesize_clips",
+    "load_clips",
+]
+
+#: Stage names, in pipeline order.
+STAGES = ("decode", "preprocess", "batch", "infer", "postprocess")
+
+
+class Engine(Protocol):
+    """What a pipeline calls: an SDK backend or the eager baseline."""
+
+    name: str
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One sample's answer after post-processing."""
+
+    event_scores: np.ndarray  # (E,) softmax
+    tag_scores: np.ndarray | None  # (A,) sigmoid; None when the sample has no audio
+    boxes: list[Detection]  # in the original frame's pixels
+    frame_wh: tuple[int, int]  # (width, height) of the original frames
+
+
+@dataclass
+class StageLog:
+    """Per-call stage times (ms) and wall times of a pipeline, for the stage breakdown."""
+
+    calls: list[dict[str, float]] = field(default_factory=list)
+    samples: list[int] = field(default_factory=list)  # samples per call
+
+    def add(self, timings: dict[str, float], n: int) -> None:
+        self.calls.append(timings)
+        self.samples.append(n)
+
+    def clear(self) -> None:
+        self.calls.clear()
+        self.samples.clear()
+
+    def totals_ms(self) -> np.ndarray:
+        """Wall time of every call (the sum of its stages), ms."""
+        return np.array([sum(c.values()) for c in self.calls], dtype=np.float64)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """``{stage: {"mean", "p50", "p90", "share"}}`` per call, for the stages that ran.
+
+        ``share`` is the stage's fraction of the summed mean time of all stages.
+        """
+        if not self.calls:
+            return {}
+        out: dict[str, dict[str, float]] = {}
+        names = [s for s in STAGES if any(s in c for c in self.calls)]
+        total = sum(float(np.mean([c.get(s, 0.0) for c in self.calls])) for s in names) or 1.0
+        for s in names:
+            v = np.array([c.get(s, 0.0) for c in self.calls], dtype=np.float64)
+            out[s] = {
+                "mean": _r(v.mean()),
+                "p50": _r(np.percentile(v, 50)),
+                "p90": _r(np.percentile(v, 90)),
+                "share": round(float(v.mean()) / total, 4),
+            }
+        return out
+
+
+def _r(x: float) -> float:
+    return round(float(x), 4)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def _decode(sample: Sample, geometry: InputGeometry) -> tuple[np.ndarray, float, np.ndarray | None, int]:
+    clip = read_video(sample.video, max_seconds=geometry.clip_seconds)
+    if sample.audio is None:
+        return clip.frames, clip.fps, None, 0
+    samples, rate = read_audio(sample.audio)
+    return clip.frames, clip.fps, samples, rate
+
+
+def _preprocess(
+    frames: np.ndarray, fps: float, audio: np.ndarray | None, rate: int, geometry: InputGeometry
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    video = preprocess_video(frames, fps, geometry)  # (T, 3, H, W)
+    if audio is None:
+        return video, np.zeros(geometry.audio_samples, np.float32), np.array([1.0, 0.0], np.float32)
+    return video, preprocess_audio(audio, rate, geometry), np.array([1.0, 1.0], np.float32)
+
+
+class TensorCache:
+    """Preprocessed tensors of the clips that LoadGen asked to hold in memory (its "RAM").
+
+    Args:
+        samples: the clips.
+        geometry: the bundle's input geometry.
+    """
+
+    def __init__(self, samples: Sequence[Sample], geometry: InputGeometry) -> None:
+        self.samples = list(samples)
+        self.geometry = geometry
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def load(self, indices: Sequence[int]) -> None:
+        """Decode and preprocess these samples (those not yet held).
+
+        Raises:
+            MediaError: a clip cannot be decoded.
+        """
+        for i in indices:
+            if i not in self._cache:
+                frames, fps, audio, rate = _decode(self.samples[i], self.geometry)
+                self._cache[i] = _preprocess(frames, fps, audio, rate, self.geometry)
+
+    def unload(self, indices: Sequence[int]) -> None:
+        """Drop nothing: tensors are shared by every configuration of a run (LoadGen may ask again)."""
+
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(video (T,3,H,W), audio (S,), presence (2,))`` of sample ``i`` (loading it if needed)."""
+        if i not in self._cache:
+            self.load([i])
+        return self._cache[i]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def _stack(items: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(items) == 1:  # a view, no copy: batch 1 costs nothing to assemble
+        v, a, p = items[0]
+        return {"video": v[None], "audio": a[None], "presence": p[None]}
+    return {
+        "video": np.stack([x[0] for x in items]),
+        "audio": np.stack([x[1] for x in items]),
+        "presence": np.stack([x[2] for x in items]),
+    }
+
+
+# --------------------------------------------------------------------------------------- pipelines
+
+
+class EnginePipeline:
+    """Engine-only: the raw engine call on preprocessed tensors held in RAM.
+
+    Args:
+        engine: a loaded backend (or the eager baseline).
+        cache: the preprocessed tensors.
+    """
+
+    mode = "engine"
+
+    def __init__(self, engine: Engine, cache: TensorCache) -> None:
+        self.engine = engine
+        self.cache = cache
+        self.log = StageLog()
+
+    def __call__(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        """Run one batch; returns the raw outputs ``{name: (B, ...)}``."""
+        t0 = time.perf_counter()
+        feeds = _stack([self.cache.get(i) for i in indices])
+        t_batch = _ms(t0)
+        t0 = time.perf_counter()
+        out = self.engine.infer(feeds)
+        self.log.add({"batch": t_batch, "infer": _ms(t0)}, len(indices))
+        return out
+
+
+class E2EPipeline:
+    """End to end: decode the files, preprocess, batch, run the engine, post-process every sample.
+
+    Args:
+        engine: a loaded backend (or the eager baseline).
+        samples: the clips.
+        geometry: the bundle's input geometry.
+        labels: the bundle's ``{"events", "objects", "audio_tags"}``.
+        score_threshold: lowest detection score kept (Perception's default 0.3; evaluation uses 0.05).
+        top_k: most boxes per sample.
+    """
+
+    mode = "e2e"
+
+    def __init__(
+        self,
+        engine: Engine,
+        samples: Sequence[Sample],
+        geometry: InputGeometry,
+        labels: Mapping[str, Sequence[str]],
+        *,
+        score_threshold: float = 0.3,
+        top_k: int = 50,
+    ) -> None:
+        self.engine = engine
+        self.samples = list(samples)
+        self.geometry = geometry
+        self.labels = labels
+        self.score_threshold = float(score_threshold)
+        self.top_k = int(top_k)
+        self.log = StageLog()
+
+    def __call__(self, indices: Sequence[int]) -> list[Decoded]:
+        """Run one batch of samples from their files; returns one :class:`Decoded` per index."""
+        g = self.geometry
+        t0 = time.perf_counter()
+        raw = [_decode(self.samples[i], g) for i in indices]
+        t_decode = _ms(t0)
+        t0 = time.perf_counter()
+        tensors = [_preprocess(frames, fps, audio, rate, g) for frames, fps, audio, rate in raw]
+        t_pre = _ms(t0)
+        t0 = time.perf_counter()
+        feeds = _stack(tensors)
+        t_batch = _ms(t0)
+        t0 = time.perf_counter()
+        out = self.engine.infer(feeds)
+        t_infer = _ms(t0)
+        t0 = time.perf_counter()
+        decoded = []
+        for k, (frames, _, audio, _) in enumerate(raw):
+            h, w = frames.shape[1:3]
+            boxes = decode_centernet(
+                out["det_heatmap"][k],
+                out["det_size"][k],
+                out["det_offset"][k],
+                stride=g.output_stride,
+                labels=self.labels["objects"],
+                score_threshold=self.score_threshold,
+                top_k=self.top_k,
+                out_wh=(w, h),
+                in_wh=(g.width, g.height),
+            )
+            tags = None if audio is None else sigmoid(out["audio_tag_logits"][k].astype(np.float64))
+            decoded.append(Decoded(softmax(out["event_logits"][k].astype(np.float64)), tags, boxes, (w, h)))
+        self.log.add(
+            {
+                "decode": t_decode,
+                "preprocess": t_pre,
+                "batch": t_batch,
+                "infer": t_infer,
+                "postprocess": _ms(t0),
+            },
+            len(indices),
+        )
+        return decoded
+
+
+# -------------------------------------------------------------------------------------------- clips
+
+
+def load_clips(
+    data: str | Path,
+    labels: Mapping[str, Sequence[str]],
+    *,
+    require_labels: bool = False,
+    limit: int | None = None,
+) -> list[Sample]:
+    """Read the clips of a data-set manifest (see :mod:`fusionedge.sdk.datamanifest`).
+
+    Args:
+        data: ``manifest.jsonl`` or its folder.
+        labels: the bundle's label vocabularies (labels in the manifest must be among them).
+        require_labels: every sample must have an event label (accuracy mode).
+        limit: keep only the first ``limit`` samples.
+
+    Returns:
+        The samples, with absolute media paths.
+
+    Raises:
+        DataError: the manifest is missing or invalid (file, line and field named).
+    """
+    samples = read_manifest(
+        data,
+        require_labels=require_labels,
+        events=labels["events"],
+        audio_tags=labels["audio_tags"],
+        objects=labels["objects"],
+    )
+    return samples[:limit] if limit is not None else samples
+
+
+def synthesize_clips(
+    folder: str | Path,
+    geometry: InputGeometry,
+    *,
+    count: int = 8,
+    width: int = 320,
+    height: int = 192,
+    fps: float = 12.0,
+    sample_rate: int = 16000,
+    seed: int = 0,
+) -> list[Sample]:
+    """Write ``count`` short clips (mp4 + mono 16-bit wav) of moving boxes over a road-like scene.
+
+    The clips cover one model window (``geometry.clip_seconds``) at the given size and rate; the
+    defaults match the synthetic training data (320x192 at 12 fps, 16 kHz audio). They carry no
+    labels: they time decoding and preprocessing, not accuracy.
+
+    Args:
+        folder: where to write (created).
+        geometry: the bundle's geometry (for the clip length).
+        count: number of clips, >= 1.
+        width, height: frame size in pixels, even, >= 16.
+        fps: frames per second, > 0.
+        sample_rate: audio rate in Hz.
+        seed: the content's random seed.
+
+    Returns:
+        Samples pointing at the files (``event`` is None).
+
+    Raises:
+        InputError: bad sizes or counts.
+        MediaError: OpenCV cannot write mp4 here.
+    """
+    import cv2
+
+    if count < 1 or width < 16 or height < 16 or width % 2 or height % 2 or not fps > 0:
+        raise InputError(
+            f"synthetic clips need count >= 1, even width/height >= 16 and fps > 0; got "
+            f"count {count}, {width}x{height}, fps {fps}"
+        )
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = float(geometry.clip_seconds)
+    n_frames = max(1, math.ceil(seconds * fps))
+    n_audio = max(1, int(round(seconds * sample_rate)))
+    rng = np.random.default_rng(seed)
+    samples = []
+    for c in range(count):
+        video_path, audio_path = out / f"clip{c:03d}.mp4", out / f"clip{c:03d}.wav"
+        writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not writer.isOpened():
+            raise MediaError(f"{video_path}: OpenCV cannot write mp4 (mp4v) here")
+        boxes = rng.uniform(0, 1, (4, 6))  # x, y, w, h, vx, vy per box (fractions of the frame)
+        colors = rng.integers(40, 255, (4, 3))
+        base = np.zeros((height, width, 3), np.uint8)
+        base[: height // 2] = (150, 110, 70)  # sky (BGR)
+        base[height // 2 :] = (70, 70, 70)  # road
+        try:
+            for f in range(n_frames):
+                frame = base.copy()
+                for (x, y, bw, bh, vx, _), color in zip(boxes, colors, strict=True):
+                    cx = int(((x + 0.05 * vx * f) % 1.0) * width)
+                    cy = int((0.4 + 0.5 * y) * height)
+                    sw, sh = int(10 + bw * width / 4), int(8 + bh * height / 4)
+                    cv2.rectangle(frame, (cx, cy), (cx + sw, cy + sh), tuple(int(v) for v in color), -1)
+                noise = rng.integers(0, 12, frame.shape, dtype=np.uint8)
+                writer.write(cv2.add(frame, noise))
+        finally:
+            writer.release()
+        t = np.arange(n_audio) / sample_rate
+        tone = 0.3 * np.sin(2 * np.pi * (600 + 400 * np.sin(2 * np.pi * 2 * t)) * t)
+        pcm = np.clip(tone + rng.normal(0, 0.02, n_audio), -1, 1)
+        with wave.open(str(audio_path), "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(sample_rate)
+            wav.writeframes((pcm * 32767).astype("<i2").tobytes())
+        samples.append(Sample(id=f"clip{c:03d}", video=video_path, audio=audio_path, event=None))
+    return samples
