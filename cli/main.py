@@ -243,8 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Verbs owned by the other parts register themselves (their modules import nothing heavy).
     from fusionedge.benchmarks.cli import add_bench_parser
+    from fusionedge.export.fleet_cli import add_fleet_parser
+    from fusionedge.export.fleet_watch import add_watch_parser
+    from fusionedge.sdk.fleet.cli import add_agent_parsers
 
     add_bench_parser(verbs)
+    fleet = add_fleet_parser(verbs)
+    add_agent_parsers(fleet)
+    add_watch_parser(fleet)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -280,3 +281,15 @@ def test_bad_arguments(tmp_path, kwargs, match):
 def test_generator_does_not_import_torch():
     code = "import sys, fusionedge.training.synth as s; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_relative_output_folder_gives_paths_relative_to_the_manifest(tmp_path, monkeypatch):
+    # A cwd-relative --out once produced media paths relative to the cwd, doubled on reading.
+    from fusionedge.sdk.datamanifest import read_manifest
+
+    monkeypatch.chdir(tmp_path)
+    manifest = generate_dataset(Path("runs") / "data", 2, 3, workers=1, progress=False)
+    line = json.loads(manifest.read_text().splitlines()[0])
+    assert line["video"].startswith("media/")
+    samples = read_manifest(manifest)
+    assert all(s.video.is_file() and s.audio.is_file() for s in samples)

@@ -261,7 +261,7 @@ def generate_dataset(
     config = SynthConfig(width=width, height=height, fps=fps, seconds=seconds, sample_rate=sample_rate)
     config.check()
 
-    out = Path(out_dir)
+    out = Path(out_dir).absolute()  # media paths are made relative to it; a cwd-relative path would double
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     manifest = out / MANIFEST_NAME
