@@ -29,6 +29,7 @@ from fusionedge.sdk.bundle import (
     MANIFEST_NAME,
     MODEL_NAME,
     SCHEMA_VERSION,
+    fsync_dir,
     json_safe,
     load_bundle,
     sha256_file,
@@ -229,14 +230,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
     """Move a finished bundle from ``tmp`` to ``out`` (replacing an old one only when allowed)."""
     check_target(out, overwrite=overwrite)
@@ -254,7 +247,7 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
         if old is not None:
             os.rename(old, out)  # put the previous bundle back
         raise
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -318,7 +311,7 @@ def write_bundle(
             load_bundle(tmp, verify=True).golden()
         except FusionEdgeError as e:
             raise ExportError(f"the written bundle does not verify: {e}") from e
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _publish(tmp, out, overwrite)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)

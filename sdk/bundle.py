@@ -50,6 +50,7 @@ __all__ = [
     "update_bundle_metrics",
     "sha256_file",
     "write_json_atomic",
+    "fsync_dir",
     "json_safe",
 ]
 
@@ -88,6 +89,15 @@ def sha256_file(path: str | os.PathLike) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a folder, so a rename or a new entry in it survives a power cut (POSIX)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from fusionedge.sdk.bundle import MANIFEST_NAME, load_bundle
+from fusionedge.sdk.bundle import MANIFEST_NAME, fsync_dir, load_bundle
 from fusionedge.sdk.errors import BundleError, InputError, VerificationError
 
 __all__ = ["pack_bundle", "unpack_bundle", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_FILES"]
@@ -163,14 +163,6 @@ def _copy_exact(src: IO[bytes], dest: Path, size: int, where: str) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _extract(tar: tarfile.TarFile, members: list[tuple[str, tarfile.TarInfo]], root: Path,
              where: str) -> None:
     folders = {root}
@@ -192,7 +184,7 @@ def _extract(tar: tarfile.TarFile, members: list[tuple[str, tarfile.TarInfo]], r
         with src:
             _copy_exact(src, dest, member.size, where)
     for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
 
 def unpack_bundle(
@@ -268,7 +260,7 @@ def unpack_bundle(
         except BundleError as e:
             raise VerificationError(f"{where}: the unpacked bundle does not verify: {e}") from e
         os.rename(tmp, dest)  # atomic within one file system; fails if dest appeared meanwhile
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -61,7 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from fusionedge.sdk.bundle import write_json_atomic
+from fusionedge.sdk.bundle import fsync_dir, write_json_atomic
 from fusionedge.sdk.bundle_archive import unpack_bundle
 from fusionedge.sdk.errors import (
     BackendError,
@@ -270,14 +270,6 @@ class _Fetcher:
 # --------------------------------------------------------------------------------------- helpers
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _switch_link(link: Path, target: str) -> None:
     """Point ``link`` at ``target`` atomically: a temp symlink beside it, ``os.replace``, fsync the folder."""
     tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -287,7 +279,7 @@ def _switch_link(link: Path, target: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(link.parent)
+    fsync_dir(link.parent)
 
 
 def _version_tuple(text: str, what: str) -> tuple[int, ...]:
@@ -983,7 +975,7 @@ class Agent:
                 _switch_link(self.state_dir / "current", f"store/{committed_from}")
             else:
                 (self.state_dir / "current").unlink(missing_ok=True)
-                _fsync_dir(self.state_dir)
+                fsync_dir(self.state_dir)
         self._mark_bad(release.model, release.version, release.release, release.sha256, reason)
         self._clean_store()
         self.journal.end(txn, "rollback")

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from fusionedge.sdk.bundle import fsync_dir
 from fusionedge.sdk.errors import UpdateError
 
 __all__ = ["Journal", "Transaction", "STEPS", "utc_now"]
@@ -184,7 +185,7 @@ class Journal:
             return False
         with self._lock:
             os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             return True
 
     # ---------------------------------------------------------------------------------- internals
@@ -220,9 +221,3 @@ class Journal:
         self._seq = max((int(r.get("seq", 0)) for r in self._iter_records()), default=0)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
