@@ -6,7 +6,7 @@ Use it in this order (``fusionedge fleet agent`` does the same from the command 
                   device_class="jetson-orin", model="student", root="/etc/fusionedge/root.json")
     agent.recover()              # after a restart: bring the state folder to a consistent point
     outcome = agent.check_once()  # one check: refresh -> rollout -> download -> verify -> install
-                                  #             -> health check -> commit (or roll back)
+                                  #   -> [prebuilt engine] -> health check -> commit (or roll back)
     print(outcome.action, outcome.release, outcome.error)
 
 Every check is one transaction in the crash-safe journal (:mod:`.journal`); every step is idempotent,
@@ -16,6 +16,7 @@ one fully committed, never a mix. The state folder::
     STATE/ tuf/              TUF metadata cache (python-tuf's Updater; the trust anchor is the embedded root)
            staging/          downloads in progress (<sha256>.part) and verified archives (<sha256>.tar)
            store/<sha256>/   unpacked, verified bundles; store/<sha256>.release.json says which release
+                             (+ engines/<fingerprint>.plan: a verified prebuilt TensorRT plan, if any)
            current -> store/<sha256>    the model the device runs (switched atomically)
            previous -> store/<sha256>   the one before it (kept for rollback)
            journal.jsonl  status.json  bad_releases.json  lock
@@ -29,6 +30,15 @@ What is trusted and when:
   are TUF targets: their bytes are used only after ``TargetFile.verify_length_and_hashes`` passed.
   The archive is fetched with a resumable ranged download bounded by the signed length, a read
   timeout and an overall deadline; the bytes in ``staging/`` are never trusted before verification.
+* A prebuilt engine (TensorRT plan) is fetched only when the agent has an ``engine_fingerprint``
+  callable and the release's signed ``custom.fusionedge.engines`` map lists this device's fingerprint.
+  The plan is a TUF target like the archive: a ranged download into ``staging/<sha256>.part`` bounded
+  by its signed length, ``verify_length_and_hashes``, then a rename into
+  ``store/<sha256>/engines/<fingerprint>.plan`` — after the install, before the health check (journal
+  step ``engine``). A failed engine download is a failed update (``failed``, nothing committed, the
+  uncommitted install removed) but does not mark the release bad: it is usually transient and the
+  next check retries (the partial plan resumes; the archive is fetched again). No listed engine:
+  the backend builds one on first load, as before.
 * The release's ``custom.fusionedge`` block must agree with the rollout record (model, version,
   release counter) — a mix of records from different releases is refused — and the release counter
   must be higher than the installed one (no downgrade, even to a validly signed older release).
@@ -61,12 +71,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from fusionedge.sdk.bundle import fsync_dir, write_json_atomic
+from fusionedge.sdk.bundle import Bundle, fsync_dir, load_bundle, write_json_atomic
 from fusionedge.sdk.bundle_archive import unpack_bundle
 from fusionedge.sdk.errors import (
     BackendError,
     BundleError,
     DownloadError,
+    FusionEdgeError,
     InputError,
     UpdateError,
     VerificationError,
@@ -82,11 +93,13 @@ log = logging.getLogger(__name__)
 ACTIONS = ("updated", "up-to-date", "no-rollout", "paused", "not-eligible", "incompatible", "skipped-bad",
            "rolled-back", "failed")
 #: Points where ``fault_hooks`` are called (fault-injection seams for tests: kill -9, ENOSPC, ...).
-HOOK_POINTS = ("download:chunk", "verify", "install", "health", "commit", "commit:switched")
+HOOK_POINTS = ("download:chunk", "verify", "install", "engine:chunk", "engine", "health", "commit",
+               "commit:switched")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_FINGERPRINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as fleet_repo.publish accepts
 _CHUNK = 1 << 16
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -139,6 +152,8 @@ class UpdateOutcome:
     ``action`` is one of :data:`ACTIONS`; ``error`` holds the typed error for ``failed``,
     ``rolled-back`` and ``incompatible`` (a :class:`DownloadError` or :class:`VerificationError`);
     ``running`` is ``model@version`` of the release ``current`` points to after the check.
+    With an ``engine_fingerprint`` callable, ``health["engine"]`` says what the engine step did:
+    ``{"fingerprint": str | None, "prebuilt": bool}`` (+ ``"error"`` when no fingerprint could be had).
     """
 
     action: str
@@ -399,13 +414,19 @@ class Agent:
         timeout_s: the longest silence tolerated from the server (connect and read), seconds.
         min_rate_bps: the slowest overall download accepted; the deadline of a download is
             ``timeout_s + length / min_rate_bps``.
-        max_bundle_bytes: the largest archive accepted even when signed.
+        max_bundle_bytes: the largest archive (and prebuilt engine plan) accepted even when signed.
         max_health_crashes: a release whose health check killed the process this many times is
             marked bad (a crash there may be the model's fault, e.g. an engine build running out of memory).
         sdk_version: the runtime version compared with a release's ``min_sdk`` (default: installed
             ``fusionedge``).
         fault_hooks: ``{point: callable}`` called at :data:`HOOK_POINTS` — a fault-injection seam for tests.
         progress: show a progress bar while downloading.
+        engine_fingerprint: returns this device's engine fingerprint for an installed (verified,
+            uncommitted) bundle, or None when it runs no prebuilt engines (e.g. no TensorRT here). When
+            the release lists a plan for that fingerprint, it is downloaded through TUF into
+            ``<bundle>/engines/<fingerprint>.plan`` before the health check. None (the default): no
+            engine step at all. A :class:`FusionEdgeError` it raises (or a malformed return value) is
+            logged and the update goes on without a prebuilt engine; the health check then decides.
 
     Raises:
         InputError: a bad device id, model name, URL or option.
@@ -435,6 +456,7 @@ class Agent:
         sdk_version: str | None = None,
         fault_hooks: Mapping[str, Callable[[], None]] | None = None,
         progress: bool = False,
+        engine_fingerprint: Callable[[Bundle], str | None] | None = None,
     ) -> None:
         if not isinstance(url, str) or not re.match(r"^https?://", url):
             raise InputError(f"url must start with http:// or https://, got {url!r}")
@@ -449,6 +471,8 @@ class Agent:
             raise InputError("backends must name at least one backend, e.g. ['onnxruntime']")
         if min(int(health_runs), float(timeout_s), float(min_rate_bps), int(max_bundle_bytes)) <= 0:
             raise InputError("health_runs, timeout_s, min_rate_bps and max_bundle_bytes must be positive")
+        if engine_fingerprint is not None and not callable(engine_fingerprint):
+            raise InputError(f"engine_fingerprint must be a callable or None, got {engine_fingerprint!r}")
         unknown = sorted(set(fault_hooks or {}) - set(HOOK_POINTS))
         if unknown:
             raise InputError(f"unknown fault hook point(s) {unknown}; known: {', '.join(HOOK_POINTS)}")
@@ -468,6 +492,7 @@ class Agent:
         self.max_health_crashes = int(max_health_crashes)
         self.sdk_version = sdk_version or _sdk_version()
         self.progress = progress
+        self.engine_fingerprint = engine_fingerprint
         self._hooks = dict(fault_hooks or {})
         self._attempt: Release | None = None  # the release the running check is about
 
@@ -520,11 +545,12 @@ class Agent:
         """Bring the state folder to a consistent point after a crash; safe to call any time.
 
         An interrupted download keeps its partial file (it resumes, and is verified in full); other
-        staging files are removed. An install or health check without a commit is rolled back (the
-        store entry removed). A commit whose ``current`` link switched but whose end was not
-        journaled is finished (``previous`` set); one whose link did not switch is rolled back. A
-        release whose health check was interrupted ``max_health_crashes`` times is marked bad.
-        Store entries other than ``current`` and ``previous`` are removed.
+        staging files are removed (a partial prebuilt-engine plan is kept too). An install, engine
+        download or health check without a commit is rolled back (the store entry removed). A commit
+        whose ``current`` link switched but whose end was not journaled is finished (``previous``
+        set); one whose link did not switch is rolled back. A release whose health check was
+        interrupted ``max_health_crashes`` times is marked bad. Store entries other than ``current``
+        and ``previous`` are removed.
 
         Returns:
             What was done, one line per action (empty when the state was already consistent).
@@ -643,6 +669,12 @@ class Agent:
         t0 = time.perf_counter()
         path = self._install(txn, release, archive)
         timings["install"] = (time.perf_counter() - t0) * 1e3
+        engine: dict | None = None
+        if self.engine_fingerprint is not None:
+            t0 = time.perf_counter()
+            # a failure removed the uncommitted install and raised (-> "failed", not marked bad)
+            engine = self._engine(txn, updater, release, path, self.engine_fingerprint)
+            timings["engine"] = (time.perf_counter() - t0) * 1e3
         self._progress("health-check", release)
         t0 = time.perf_counter()
         try:
@@ -651,8 +683,10 @@ class Agent:
             self._reject(txn, release, str(e), committed_from=None)
             timings["health"] = (time.perf_counter() - t0) * 1e3
             return UpdateOutcome("rolled-back", release=release, running=self._running(), error=e,
-                                 timings=timings)
+                                 health={} if engine is None else {"engine": engine}, timings=timings)
         timings["health"] = (time.perf_counter() - t0) * 1e3
+        if engine is not None:
+            health["engine"] = engine
         self._progress("committing", release, health=health)
         t0 = time.perf_counter()
         previous_sha = current.sha256 if current is not None else None
@@ -768,9 +802,12 @@ class Agent:
         if info.length > self.max_bundle_bytes:
             raise VerificationError(f"{path}: {info.length} bytes is more than this device accepts "
                                     f"({self.max_bundle_bytes})")
+        engines = fe.get("engines") or {}
+        if not isinstance(engines, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in engines.items()):
+            raise VerificationError(f"{where}: 'engines' must map device fingerprints to target paths")
         release = Release(model=self.model, version=rollout.version, release=release_no, sha256=sha,
-                          length=int(info.length), target=path, compat=dict(compat),
-                          engines=dict(fe.get("engines") or {}))
+                          length=int(info.length), target=path, compat=dict(compat), engines=dict(engines))
         return info, release
 
     def _incompatibility(self, release: Release) -> str | None:
@@ -801,8 +838,9 @@ class Agent:
         part = self.staging_dir / f"{release.sha256}.part"
         self.journal.begin(txn, "download", sha256=release.sha256, release=release.release,
                            version=release.version, length=release.length)
+        url = f"{self.url}/targets/{release.target.rpartition('/')[0]}/{release.sha256}.bundle.tar"
         try:
-            got = self._fetch_ranged(release, part)
+            got = self._fetch_ranged(url, release.length, part, release.label, "download:chunk")
         except _expected_errors() as e:
             error = _wrap_tuf(e, f"download of {release.label}")
             if isinstance(e, OSError) and e.errno in _DISK_FULL:
@@ -812,21 +850,24 @@ class Agent:
         self.journal.end(txn, "download", bytes=got)
         return part
 
-    def _fetch_ranged(self, release: Release, part: Path) -> int:
+    def _fetch_ranged(self, url: str, length: int, part: Path, desc: str, hook: str) -> int:
+        """Download ``url`` into ``part`` (resuming what it holds), never beyond the signed ``length``.
+
+        The bytes are unverified: the caller checks them against the signed hashes before any use.
+        """
         from tuf.api import exceptions as tuf_exc
 
-        url = f"{self.url}/targets/{release.target.rpartition('/')[0]}/{release.sha256}.bundle.tar"
         have = part.stat().st_size if part.exists() else 0
-        if have > release.length:
+        if have > length:
             part.unlink()
             have = 0
-        if have == release.length:
+        if have == length:
             return have
         response = self._fetcher.request(url, {"Range": f"bytes={have}-"} if have else None)
         if response.status == 416 and have:  # our partial file is not a prefix the server knows: restart
             response.release_conn()
             part.unlink()
-            return self._fetch_ranged(release, part)
+            return self._fetch_ranged(url, length, part, desc, hook)
         if response.status >= 400:
             response.release_conn()
             raise tuf_exc.DownloadHTTPError(f"{url}: HTTP {response.status}", response.status)
@@ -839,34 +880,34 @@ class Agent:
             mode = "ab"
         else:  # 200: the server ignores Range, start over
             have, mode = 0, "wb"
-        deadline = time.monotonic() + self.timeout_s + release.length / self.min_rate_bps
+        deadline = time.monotonic() + self.timeout_s + length / self.min_rate_bps
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=release.length, initial=have, unit="B", unit_scale=True, desc=release.label,
-                       file=None, leave=False)
+            bar = tqdm(total=length, initial=have, unit="B", unit_scale=True, desc=desc, file=None,
+                       leave=False)
         try:
             with open(part, mode) as f:
                 for chunk in self._fetcher.chunks(response, url, deadline):
-                    if have + len(chunk) > release.length:
+                    if have + len(chunk) > length:
                         f.close()
                         part.unlink(missing_ok=True)
                         raise tuf_exc.DownloadLengthMismatchError(
-                            f"{url}: the server sent more than the signed {release.length} bytes"
+                            f"{url}: the server sent more than the signed {length} bytes"
                         )
                     f.write(chunk)
                     have += len(chunk)
                     if bar is not None:
                         bar.update(len(chunk))
-                    self._hook("download:chunk")
+                    self._hook(hook)
                 f.flush()
                 os.fsync(f.fileno())
         finally:
             if bar is not None:
                 bar.close()
-        if have < release.length:
-            raise tuf_exc.DownloadError(f"{url}: the connection ended after {have} of {release.length} bytes "
+        if have < length:
+            raise tuf_exc.DownloadError(f"{url}: the connection ended after {have} of {length} bytes "
                                         f"(the partial download is kept and resumes next time)")
         return have
 
@@ -913,6 +954,128 @@ class Agent:
             archive.unlink(missing_ok=True)
         self.journal.end(txn, "install")
         return dest
+
+    def _device_engine_fingerprint(self, fingerprint_of: Callable[[Bundle], str | None],
+                                   path: Path) -> tuple[str | None, str | None]:
+        """``(fingerprint, problem)`` of this device for the installed bundle at ``path``."""
+        try:
+            fingerprint = fingerprint_of(load_bundle(path, verify=False))  # the install verified it
+        except FusionEdgeError as e:
+            problem = f"no engine fingerprint for this device ({type(e).__name__}: {e})"
+            log.warning("%s; going on without a prebuilt engine", problem)
+            return None, problem
+        if fingerprint is not None and not (isinstance(fingerprint, str) and _FINGERPRINT.match(fingerprint)):
+            problem = (f"engine_fingerprint returned {fingerprint!r}, expected None or letters, digits, '.', "
+                       f"'_' or '-'")
+            log.warning("%s; going on without a prebuilt engine", problem)
+            return None, problem
+        return fingerprint, None
+
+    def _engine_target(self, updater: Any, release: Release, fingerprint: str, path: str) -> Any:
+        """The signed TargetFile of the release's plan for ``fingerprint``; raise VerificationError."""
+        expected = f"models/{release.model}/{release.version}/engines/{fingerprint}.plan"
+        if path != expected:
+            raise VerificationError(f"{release.target}: custom.fusionedge.engines names {path!r} for "
+                                    f"fingerprint {fingerprint!r}, expected {expected!r}")
+        try:
+            info = updater.get_targetinfo(path)
+        except _expected_errors() as e:
+            raise _wrap_tuf(e, path) from e
+        if info is None:
+            raise VerificationError(f"{path}: the release lists this engine but no signed targets metadata "
+                                    f"does")
+        if not isinstance(info.hashes.get("sha256"), str) or not _SHA256.match(info.hashes["sha256"]):
+            raise VerificationError(f"{path}: the signed metadata gives no sha256 hash")
+        if info.length > self.max_bundle_bytes:
+            raise VerificationError(f"{path}: {info.length} bytes is more than this device accepts "
+                                    f"({self.max_bundle_bytes})")
+        return info
+
+    def _engine(self, txn: str, updater: Any, release: Release, path: Path,
+                fingerprint_of: Callable[[Bundle], str | None]) -> dict:
+        """Put the release's prebuilt plan for this device into ``<bundle>/engines/<fingerprint>.plan``.
+
+        Runs after the install and before the health check. Without a matching engine nothing is
+        fetched or journaled. A failure removes the uncommitted install and raises (DownloadError or
+        VerificationError); the release is not marked bad, so the next check tries again.
+        """
+        from tuf.api import exceptions as tuf_exc
+
+        fingerprint, problem = self._device_engine_fingerprint(fingerprint_of, path)
+        target = release.engines.get(fingerprint) if fingerprint is not None else None
+        if target is None:
+            if fingerprint is not None:
+                log.info("%s lists no prebuilt engine for fingerprint %s; the backend builds one on first "
+                         "load", release.label, fingerprint)
+            return {"fingerprint": fingerprint, "prebuilt": False, **({"error": problem} if problem else {})}
+        try:
+            info = self._engine_target(updater, release, fingerprint, target)
+        except UpdateError as e:
+            self.journal.begin(txn, "engine", sha256=release.sha256, release=release.release,
+                               fingerprint=fingerprint, target=target)
+            self.journal.fail(txn, "engine", str(e))
+            self._discard_install(release)
+            raise
+        engine_sha, length = info.hashes["sha256"], int(info.length)
+        part = self.staging_dir / f"{engine_sha}.part"
+        final = path / "engines" / f"{fingerprint}.plan"
+        self.journal.begin(txn, "engine", sha256=release.sha256, release=release.release,
+                           fingerprint=fingerprint, target=target, engine_sha256=engine_sha, length=length)
+        self._progress("downloading-engine", release, fingerprint=fingerprint)
+        try:
+            got = self._fetch_ranged(self._target_url(info), length, part, f"engine {fingerprint}",
+                                     "engine:chunk")
+            try:
+                with open(part, "rb") as f:
+                    info.verify_length_and_hashes(f)
+            except tuf_exc.LengthOrHashMismatchError as e:
+                part.unlink(missing_ok=True)  # never keep bytes that failed verification
+                raise VerificationError(f"{target}: the downloaded plan does not match the signed length and "
+                                        f"hashes ({e}); discarded") from e
+            self._hook("engine")
+            self._place(part, final)
+        except UpdateError as e:
+            self.journal.fail(txn, "engine", str(e))
+            self._discard_install(release)
+            raise
+        except _expected_errors() as e:
+            error = _wrap_tuf(e, f"engine {fingerprint} of {release.label}")
+            if isinstance(e, OSError) and e.errno in _DISK_FULL:
+                part.unlink(missing_ok=True)  # free the space
+            self.journal.fail(txn, "engine", str(error))
+            self._discard_install(release)
+            raise error from e
+        self.journal.end(txn, "engine", bytes=got, path=f"engines/{final.name}")
+        return {"fingerprint": fingerprint, "prebuilt": True}
+
+    @staticmethod
+    def _place(src: Path, dest: Path) -> None:
+        """Move a verified file into the store atomically (a copy when staging is another filesystem)."""
+        dest.parent.mkdir(exist_ok=True)
+        try:
+            os.replace(src, dest)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, _CHUNK * 16)
+                    fout.flush()
+                    os.fsync(fout.fileno())
+                os.replace(tmp, dest)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            src.unlink()
+        fsync_dir(dest.parent)
+        fsync_dir(dest.parent.parent)
+
+    def _discard_install(self, release: Release) -> None:
+        """Remove an uncommitted store entry (never one that ``current`` or ``previous`` points to)."""
+        if release.sha256 not in self._kept():
+            shutil.rmtree(self.store_dir / release.sha256, ignore_errors=True)
+            (self.store_dir / f"{release.sha256}.release.json").unlink(missing_ok=True)
 
     def _health(self, txn: str, release: Release, path: Path) -> dict:
         """Verify, load on the preferred backend, self-test, latency budget; raise VerificationError."""
@@ -994,6 +1157,8 @@ class Agent:
     def _recover_transaction(self, txn: Transaction) -> list[str]:
         actions: list[str] = []
         step = txn.interrupted_step
+        if txn.began("engine") is not None and not txn.ended("engine"):
+            step = "engine"  # after the install (which ended), so rolled back below like an install
         sha = txn.value("sha256") or txn.value("to_sha")
         self.journal.begin(txn.txn, "recover", interrupted=step, sha256=sha)
         outcome = "interrupted"
@@ -1048,24 +1213,30 @@ class Agent:
                    if r["step"] == "recover" and r["phase"] == "begin" and r.get("interrupted") == "health"
                    and r.get("sha256") == sha)  # including the recovery being recorded now
 
-    def _resumable_part(self) -> str | None:
-        """The ``.part`` file of the last download that was not verified yet (kept so it can resume).
+    def _resumable_parts(self) -> set[str]:
+        """The ``.part`` files of the last transaction that downloaded something (kept so they resume).
 
-        Keeping it is safe: a partial file is only ever used after the whole file passed
-        ``verify_length_and_hashes``; a file that failed verification was deleted at once.
+        That is the archive's part when it was not verified yet, and the prebuilt engine's part when
+        that transaction began an engine download (a verified plan was moved away, so at most a
+        partial one is left). Keeping them is safe: a partial file is only ever used after the whole
+        file passed ``verify_length_and_hashes``; a file that failed verification was deleted at once.
         """
         for txn in reversed(self.journal.transactions()):
             begin = txn.began("download")
             if begin is None:
                 continue
-            return None if txn.ended("verify") else f"{begin['sha256']}.part"
-        return None
+            keep = set() if txn.ended("verify") else {f"{begin['sha256']}.part"}
+            engine = txn.began("engine")
+            if engine is not None and engine.get("engine_sha256"):
+                keep.add(f"{engine['engine_sha256']}.part")
+            return keep
+        return set()
 
     def _clean_staging(self) -> list[str]:
-        keep = self._resumable_part()
+        keep = self._resumable_parts()
         actions = []
         for entry in sorted(self.staging_dir.iterdir()):
-            if entry.name == keep:
+            if entry.name in keep:
                 continue
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             actions.append(f"removed staging/{entry.name}")
