@@ -243,10 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Verbs owned by the other parts register themselves (their modules import nothing heavy).
     from fusionedge.benchmarks.cli import add_bench_parser
+    from fusionedge.export.compare import add_compare_parser
+    from fusionedge.export.engine_cli import add_engine_parser
     from fusionedge.export.fleet_cli import add_fleet_parser
     from fusionedge.export.fleet_watch import add_watch_parser
+    from fusionedge.export.quantize_cli import add_quantize_parsers
     from fusionedge.sdk.fleet.cli import add_agent_parsers
 
+    add_quantize_parsers(verbs)
+    add_engine_parser(verbs)
+    add_compare_parser(verbs)
     add_bench_parser(verbs)
     fleet = add_fleet_parser(verbs)
     add_agent_parsers(fleet)

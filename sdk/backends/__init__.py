@@ -30,6 +30,9 @@ __all__ = [
 
 _REGISTRY: dict[str, type[Backend] | str] = {
     "onnxruntime": "fusionedge.sdk.backends.onnxruntime:OnnxRuntimeBackend",
+    "onnxruntime-cuda": "fusionedge.sdk.backends.onnxruntime_gpu:OnnxRuntimeCudaBackend",
+    "onnxruntime-trt": "fusionedge.sdk.backends.onnxruntime_gpu:OnnxRuntimeTensorRTBackend",
+    "tensorrt": "fusionedge.sdk.backends.tensorrt:TensorRTBackend",
 }
 
 

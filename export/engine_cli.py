@@ -1,0 +1,65 @@
+"""CLI verb ``fusionedge engine``: ``build`` a TensorRT plan into ``<bundle>/engines/``, ``check`` one.
+
+Register with :func:`add_engine_parser` (the lead's ``cli/main.py`` calls it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_engine_parser"]
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from fusionedge.export.engine_builder import build_engine
+
+    plan = build_engine(args.bundle, workspace_mib=args.workspace_mib, rebuild=args.rebuild,
+                        progress=not args.json, verbose=args.trt_verbose)
+    if args.json:
+        json.dump({"plan": str(plan)}, sys.stdout)
+        print()
+    else:
+        print(plan)
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from fusionedge.sdk.bundle import load_bundle
+    from fusionedge.sdk.engine_fingerprint import check_fingerprint, device_fingerprint, plan_paths
+
+    bundle = load_bundle(args.bundle)
+    expected = device_fingerprint(bundle.manifest)
+    plan = args.plan or plan_paths(bundle.engines_dir, expected)[0]
+    fp = check_fingerprint(plan, expected)
+    if args.json:
+        json.dump({"plan": str(plan), "fingerprint": fp.to_dict(), "ok": True}, sys.stdout)
+        print()
+    else:
+        print(f"{plan}: matches this device ({fp.key})")
+    return 0
+
+
+def add_engine_parser(verbs: Any) -> None:
+    """Add ``fusionedge engine build|check`` to the CLI's sub-parsers.
+
+    Args:
+        verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` command.
+    """
+    engine = verbs.add_parser("engine", help="TensorRT plans (a per-device cache inside the bundle)")
+    sub = engine.add_subparsers(dest="engine_verb", required=True)
+    p = sub.add_parser("build", help="build the plan for this device into <bundle>/engines/")
+    p.add_argument("--bundle", required=True, type=Path)
+    p.add_argument("--workspace-mib", type=int, default=1024)
+    p.add_argument("--rebuild", action="store_true", help="build even when a matching plan exists")
+    p.add_argument("--trt-verbose", action="store_true", help="TensorRT INFO logging")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_build)
+    p = sub.add_parser("check", help="check that a plan matches this device and bundle")
+    p.add_argument("--bundle", required=True, type=Path)
+    p.add_argument("--plan", type=Path, default=None, help="a plan file (default: this device's key)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_check)

@@ -1,0 +1,463 @@
+"""Post-training INT8 quantization of a bundle's ONNX model, written as a sibling bundle.
+
+The graph gets explicit Q/DQ nodes (``onnxruntime.quantization.quantize_static``, QDQ format,
+per-channel weights), the form TensorRT 10 and 11 and ONNX Runtime all run (DESIGN.md, "INT8 as
+explicit Q/DQ nodes"). Two profiles:
+
+* ``cpu``       uint8 activations + int8 weights: all convolutions fuse in ONNX Runtime (TOOLCHAIN.md).
+* ``tensorrt``  int8 activations and weights, symmetric (``ActivationSymmetric``/``WeightSymmetric``),
+  so every zero-point is 0 as TensorRT requires.
+
+Calibration samples come from a data-set manifest through the runtime's own preprocessing
+(:func:`fusionedge.sdk.evaluate.load_sample_inputs`), so the ranges describe what the device feeds.
+The audio front end (fixed DFT convolution → power → mel matmul → log) and numerically sensitive
+operators are kept in float through ``nodes_to_exclude``.
+
+**How a variant lives**: a quantized model is a separate, complete bundle (its own ``manifest.json``
+with ``precision: "int8"``, ``model.onnx``, and a ``golden.npz`` whose outputs the quantized model
+produced), so ``Perception.load(variant_dir)`` runs it unchanged and an engine cache keyed by the ONNX
+hash stays per-variant. The manifest's ``variant`` section names the FP32 parent (name, version,
+model sha256) and what was kept in float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from fusionedge.export.bundle_writer import check_target
+from fusionedge.export.onnx_export import ExportError
+from fusionedge.sdk.bundle import (
+    GOLDEN_NAME,
+    MANIFEST_NAME,
+    MODEL_NAME,
+    Bundle,
+    json_safe,
+    load_bundle,
+    sha256_file,
+    write_json_atomic,
+)
+from fusionedge.sdk.errors import FusionEdgeError
+
+__all__ = [
+    "PROFILES",
+    "CALIBRATION_METHODS",
+    "SENSITIVE_OPS",
+    "QuantizeConfig",
+    "ManifestCalibrationReader",
+    "ArrayCalibrationReader",
+    "load_calibration_feeds",
+    "frontend_nodes",
+    "sensitive_nodes",
+    "quantize_onnx",
+    "quantize_bundle",
+    "write_variant_bundle",
+]
+
+PROFILES = ("cpu", "tensorrt")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+#: Operators whose output range is wide or whose error is amplified; kept in float.
+SENSITIVE_OPS = ("Log", "Exp", "Softmax", "LayerNormalization", "Erf", "Div", "Sigmoid", "Sqrt", "Pow")
+#: Operators that carry weights (the ones quantization shrinks and speeds up).
+WEIGHT_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
+
+#: Golden tolerances a quantized bundle's self-test uses (another backend / CPU ISA rounds differently).
+INT8_GOLDEN_TOL = {"rtol": 0.05, "atol": 0.05}
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """What :func:`quantize_onnx` does.
+
+    Attributes:
+        profile: ``cpu`` (uint8 activations, int8 weights) or ``tensorrt`` (symmetric int8).
+        calibration: ``minmax``, ``entropy`` or ``percentile``.
+        per_channel: per-output-channel weight scales (False: one scale per tensor).
+        exclude_frontend: keep the audio front end (DFT conv, power, mel, log) in float.
+        exclude_sensitive: keep :data:`SENSITIVE_OPS` in float.
+        keep_float: further node names to keep in float (e.g. the precision gate's choice).
+        percentile: the percentile for ``percentile`` calibration.
+    """
+
+    profile: str = "cpu"
+    calibration: str = "minmax"
+    per_channel: bool = True
+    exclude_frontend: bool = True
+    exclude_sensitive: bool = True
+    keep_float: tuple[str, ...] = ()
+    percentile: float = 99.999
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ExportError(f"quantize: profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ExportError(
+                f"quantize: calibration must be one of {', '.join(CALIBRATION_METHODS)}, got {self.calibration!r}"
+            )
+        if not 50.0 < float(self.percentile) <= 100.0:
+            raise ExportError(f"quantize: percentile must be in (50, 100], got {self.percentile}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile, "calibration": self.calibration, "per_channel": self.per_channel,
+            "exclude_frontend": self.exclude_frontend, "exclude_sensitive": self.exclude_sensitive,
+            "keep_float": list(self.keep_float), "percentile": self.percentile,
+        }
+
+
+# ------------------------------------------------------------------------------------ calibration
+
+
+def load_calibration_feeds(
+    bundle: Bundle, data: str | os.PathLike, *, limit: int = 64, batch_size: int = 8, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """Decode and preprocess samples of a data-set manifest into model feeds (the runtime's path).
+
+    Args:
+        bundle: the bundle whose geometry preprocesses the media.
+        data: a ``manifest.jsonl`` or its folder (labels are not needed).
+        limit: most samples used, drawn evenly spaced after a seeded shuffle.
+        batch_size: samples per feed dict.
+        seed: shuffle seed.
+
+    Returns:
+        A list of ``{"video", "audio", "presence"}`` batches.
+
+    Raises:
+        ExportError: no samples, or ``limit``/``batch_size`` < 1.
+        DataError / MediaError: the manifest or a media file is invalid.
+    """
+    from fusionedge.sdk.datamanifest import read_manifest
+    from fusionedge.sdk.evaluate import load_sample_inputs
+
+    if limit < 1 or batch_size < 1:
+        raise ExportError(f"calibration: limit and batch_size must be >= 1, got {limit}, {batch_size}")
+    samples = read_manifest(data, require_labels=False)
+    if not samples:
+        raise ExportError(f"calibration: {data} has no samples")
+    order = np.random.default_rng(seed).permutation(len(samples))[:limit]
+    chosen = [samples[i] for i in sorted(order)]
+    feeds = []
+    for i in range(0, len(chosen), batch_size):
+        loaded = [load_sample_inputs(s, bundle.geometry) for s in chosen[i : i + batch_size]]
+        feeds.append({
+            "video": np.stack([v for v, _, _, _ in loaded]).astype(np.float32),
+            "audio": np.stack([a for _, a, _, _ in loaded]).astype(np.float32),
+            "presence": np.stack([p for _, _, p, _ in loaded]).astype(np.float32),
+        })
+    return feeds
+
+
+class ArrayCalibrationReader:
+    """A ``CalibrationDataReader`` over feed dicts already in memory (rewindable)."""
+
+    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
+        if not feeds:
+            raise ExportError("calibration: no feeds given")
+        self._feeds = [dict(f) for f in feeds]
+        self._it = iter(self._feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+
+class ManifestCalibrationReader(ArrayCalibrationReader):
+    """A ``CalibrationDataReader`` fed from a data-set manifest through the runtime's preprocessing.
+
+    Args:
+        bundle: the bundle (for its geometry).
+        data: a ``manifest.jsonl`` or its folder.
+        limit: most samples.
+        batch_size: samples per calibration batch.
+    """
+
+    def __init__(self, bundle: Bundle, data: str | os.PathLike, *, limit: int = 64, batch_size: int = 8) -> None:
+        super().__init__(load_calibration_feeds(bundle, data, limit=limit, batch_size=batch_size))
+
+
+# ------------------------------------------------------------------------------ graph inspection
+
+
+def _load_onnx(path: str | os.PathLike) -> Any:
+    import onnx
+
+    try:
+        return onnx.load(str(path))
+    except Exception as e:
+        raise ExportError(f"{path}: cannot be read as ONNX: {e}") from e
+
+
+def frontend_nodes(model: Any) -> list[str]:
+    """Names of the audio front-end nodes: every node between the ``audio`` input and the first ``Log``.
+
+    Args:
+        model: an ``onnx.ModelProto`` following the FusionEdge contract.
+
+    Returns:
+        Node names (the DFT convolution, power, mel matmul, log and the shape plumbing between them);
+        empty when the graph has no ``audio`` input or no ``Log`` fed from it.
+    """
+    nodes = list(model.graph.node)
+    from_audio: set[str] = {"audio"}
+    downstream: set[int] = set()
+    for i, n in enumerate(nodes):  # ONNX graphs are topologically sorted
+        if any(x in from_audio for x in n.input):
+            downstream.add(i)
+            from_audio.update(n.output)
+    logs = [i for i in sorted(downstream) if nodes[i].op_type == "Log"]
+    if not logs:
+        return []
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    keep: set[int] = set()
+    stack = [logs[0]]
+    while stack:
+        i = stack.pop()
+        if i in keep or i not in downstream:
+            continue
+        keep.add(i)
+        stack.extend(producer[x] for x in nodes[i].input if x in producer)
+    return [nodes[i].name for i in sorted(keep)]
+
+
+def sensitive_nodes(model: Any, ops: Iterable[str] = SENSITIVE_OPS) -> list[str]:
+    """Names of nodes whose operator is in ``ops``."""
+    ops = set(ops)
+    return [n.name for n in model.graph.node if n.op_type in ops]
+
+
+def weight_nodes(model: Any) -> list[str]:
+    """Names of the weight-carrying nodes (Conv, MatMul, Gemm, ConvTranspose) in graph order."""
+    return [n.name for n in model.graph.node if n.op_type in WEIGHT_OPS]
+
+
+# ---------------------------------------------------------------------------------- quantization
+
+
+def quantize_onnx(
+    model_in: str | os.PathLike,
+    model_out: str | os.PathLike,
+    reader: Any,
+    config: QuantizeConfig = QuantizeConfig(),
+) -> dict[str, Any]:
+    """Quantize an FP32 ONNX model to a Q/DQ INT8 model with ``quantize_static``.
+
+    Args:
+        model_in: the FP32 model (opset ≥ 13).
+        model_out: where to write the Q/DQ model (one file, weights inside).
+        reader: an ONNX Runtime ``CalibrationDataReader`` (e.g. :class:`ManifestCalibrationReader`);
+            it is rewound first when it can be.
+        config: profile, calibration method, exclusions.
+
+    Returns:
+        ``{"config", "excluded": [node names kept in float], "quantized_nodes": int}``.
+
+    Raises:
+        ExportError: the model cannot be read or quantization failed (the cause is chained).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as _quantize_static
+
+    model = _load_onnx(model_in)
+    excluded: list[str] = []
+    if config.exclude_frontend:
+        excluded += frontend_nodes(model)
+    if config.exclude_sensitive:
+        excluded += [n for n in sensitive_nodes(model) if n not in excluded]
+    known = {n.name for n in model.graph.node}
+    unknown = [n for n in config.keep_float if n not in known]
+    if unknown:
+        raise ExportError(f"quantize: keep_float names node(s) not in the graph: {', '.join(unknown[:5])}")
+    excluded += [n for n in config.keep_float if n not in excluded]
+
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[config.calibration]
+    extra: dict[str, Any] = {}
+    if config.profile == "tensorrt":
+        activation_type = QuantType.QInt8
+        extra.update(ActivationSymmetric=True, WeightSymmetric=True)
+    else:
+        activation_type = QuantType.QUInt8
+    if config.calibration == "percentile":
+        extra["CalibPercentile"] = float(config.percentile)
+    if hasattr(reader, "rewind"):
+        reader.rewind()
+    kwargs: dict[str, Any] = {}
+    if _supports_calibration_providers():
+        kwargs["calibration_providers"] = ["CPUExecutionProvider"]
+    try:
+        # the entropy/percentile calibrators print to stdout; keep stdout clean for --json output
+        with contextlib.redirect_stdout(sys.stderr):
+            _quantize_static(
+                str(model_in), str(model_out), reader,
+                quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+                activation_type=activation_type, weight_type=QuantType.QInt8,
+                calibrate_method=method, nodes_to_exclude=excluded, extra_options=extra, **kwargs,
+            )
+    except FusionEdgeError:
+        raise
+    except Exception as e:
+        raise ExportError(f"quantize: quantize_static failed: {type(e).__name__}: {e}") from e
+    out = _load_onnx(model_out)
+    n_q = sum(1 for n in out.graph.node if n.op_type == "QuantizeLinear")
+    if n_q == 0:
+        raise ExportError("quantize: the output has no QuantizeLinear node; nothing was quantized")
+    return {"config": config.to_dict(), "excluded": excluded, "quantized_nodes": n_q}
+
+
+def _supports_calibration_providers() -> bool:
+    import inspect
+
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_providers" in inspect.signature(quantize_static).parameters
+
+
+# ----------------------------------------------------------------------------------- bundle output
+
+
+def _run_onnx(path: Path, feeds: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    outs = session.run(list(names), dict(feeds))
+    return dict(zip(names, outs))
+
+
+def write_variant_bundle(
+    source: Bundle,
+    model_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    precision: str,
+    variant: Mapping[str, Any],
+    golden_tol: Mapping[str, float],
+    overwrite: bool = False,
+) -> Path:
+    """Write a complete bundle for a variant model of ``source`` (atomically, then verify it).
+
+    The golden outputs are recomputed with the variant model on the source's golden inputs, so the
+    variant's self-test checks the variant itself.
+
+    Args:
+        source: the FP32 bundle.
+        model_path: the variant ONNX model.
+        out_dir: the new bundle folder.
+        precision: the manifest ``precision`` (``int8``, ``fp16``, ``mixed``).
+        variant: what to record under the manifest's ``variant`` key (merged with the parent's identity).
+        golden_tol: ``{"rtol", "atol"}`` for the variant's golden self-test.
+        overwrite: replace an existing folder.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        ExportError: the target exists, or the written bundle does not verify.
+    """
+    out = check_target(out_dir, overwrite=overwrite)
+    golden_in, _ = source.golden()
+    names = [o["name"] for o in source.outputs]
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    try:
+        shutil.copyfile(model_path, tmp / MODEL_NAME)
+        try:
+            golden_out = _run_onnx(tmp / MODEL_NAME, golden_in, names)
+        except Exception as e:
+            raise ExportError(f"variant: the {precision} model does not run in ONNX Runtime: {e}") from e
+        arrays = {f"input.{k}": v for k, v in golden_in.items()}
+        arrays.update({f"output.{k}": v for k, v in golden_out.items()})
+        np.savez(tmp / GOLDEN_NAME, **arrays)
+        manifest = json_safe(dict(source.manifest))
+        files = {rel: {"sha256": sha256_file(tmp / rel), "size": (tmp / rel).stat().st_size}
+                 for rel in (MODEL_NAME, GOLDEN_NAME)}
+        manifest.update(
+            precision=precision,
+            files=files,
+            metrics={},
+            golden={**manifest["golden"], "file": GOLDEN_NAME, "rtol": float(golden_tol["rtol"]),
+                    "atol": float(golden_tol["atol"])},
+            variant=json_safe({
+                "parent": {"name": source.name, "version": source.version,
+                           "model_sha256": source.manifest["files"][MODEL_NAME]["sha256"],
+                           "model_size": source.manifest["files"][MODEL_NAME]["size"]},
+                **dict(variant),
+            }),
+        )
+        write_json_atomic(tmp / MANIFEST_NAME, manifest)
+        try:
+            load_bundle(tmp)
+        except FusionEdgeError as e:
+            raise ExportError(f"variant: the written bundle does not verify: {e}") from e
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def quantize_bundle(
+    bundle_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    *,
+    config: QuantizeConfig = QuantizeConfig(),
+    reader: Any = None,
+    calibration_limit: int = 64,
+    extra_manifest: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Quantize a bundle to INT8 Q/DQ and write the result as a sibling bundle (``precision: int8``).
+
+    Args:
+        bundle_dir: the FP32 bundle.
+        out_dir: the INT8 bundle folder to create.
+        data: a data-set manifest for calibration (required unless ``reader`` is given).
+        config: see :class:`QuantizeConfig`.
+        reader: a ready ``CalibrationDataReader`` (overrides ``data``).
+        calibration_limit: most calibration samples taken from ``data``.
+        extra_manifest: more to record under the manifest's ``variant`` key (e.g. the precision gate's
+            measured drop).
+        overwrite: replace an existing folder.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        ExportError: no calibration data, quantization failed, or the result does not verify.
+        BundleError: the source bundle is invalid.
+    """
+    source = load_bundle(bundle_dir)
+    if source.precision != "fp32":
+        raise ExportError(f"{bundle_dir}: quantize an fp32 bundle, this one is {source.precision}")
+    check_target(out_dir, overwrite=overwrite)
+    if reader is None:
+        if data is None:
+            raise ExportError("quantize: pass calibration data (a data-set manifest) or a reader")
+        reader = ManifestCalibrationReader(source, data, limit=calibration_limit)
+    with tempfile.TemporaryDirectory(prefix="fusionedge-quant-") as work:
+        q_path = Path(work) / "model.int8.onnx"
+        report = quantize_onnx(source.model_path, q_path, reader, config)
+        variant = {"kind": f"int8-{config.profile}", "method": "ptq", "quantization": report,
+                   **dict(extra_manifest or {})}
+        return write_variant_bundle(source, q_path, out_dir, precision="int8", variant=variant,
+                                    golden_tol=INT8_GOLDEN_TOL, overwrite=overwrite)

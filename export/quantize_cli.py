@@ -1,0 +1,88 @@
+"""CLI verbs for precision variants: ``fusionedge quantize`` (INT8, optionally gated) and ``fusionedge fp16``.
+
+Register with :func:`add_quantize_parsers` (the lead's ``cli/main.py`` calls it). Each writes a sibling
+bundle (``precision: int8`` / ``fp16``) that ``Perception.load`` and ``fusionedge eval`` run unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_quantize_parsers"]
+
+
+def _print(args: argparse.Namespace, obj: dict, text: str) -> None:
+    if args.json:
+        json.dump(obj, sys.stdout, indent=2)
+        print()
+    else:
+        print(text)
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from fusionedge.export.quantize import QuantizeConfig, quantize_bundle
+
+    config = QuantizeConfig(profile=args.profile, calibration=args.calibration, per_channel=not args.per_tensor,
+                            exclude_frontend=not args.quantize_frontend)
+    if args.validation is not None:
+        from fusionedge.export.precision_gate import Budget, gate_bundle
+
+        out, report = gate_bundle(
+            args.bundle, args.out, args.data, args.validation, config=config,
+            budget=Budget(args.budget_event, args.budget_det), calibration_limit=args.calibration_samples,
+            overwrite=args.overwrite, progress=not args.json,
+        )
+        chosen = report.chosen
+        _print(args, {"bundle": str(out), "gate": report.to_dict()},
+               f"{out}: int8 ({args.profile}); kept {len(chosen.keep_float) if chosen else 0} layer(s) in float; "
+               f"drop {chosen.drop if chosen else '-'}")
+        return 0
+    out = quantize_bundle(args.bundle, args.out, args.data, config=config,
+                          calibration_limit=args.calibration_samples, overwrite=args.overwrite)
+    _print(args, {"bundle": str(out)}, f"{out}: int8 ({args.profile}, {args.calibration})")
+    return 0
+
+
+def _cmd_fp16(args: argparse.Namespace) -> int:
+    from fusionedge.export.fp16 import fp16_bundle
+
+    out = fp16_bundle(args.bundle, args.out, overwrite=args.overwrite)
+    _print(args, {"bundle": str(out)}, f"{out}: fp16 (float32 inputs/outputs)")
+    return 0
+
+
+def add_quantize_parsers(verbs: Any) -> None:
+    """Add ``fusionedge quantize`` and ``fusionedge fp16`` to the CLI's sub-parsers.
+
+    Args:
+        verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` command.
+    """
+    p = verbs.add_parser("quantize", help="INT8 Q/DQ variant of a bundle (post-training quantization)",
+                         description="Write an INT8 sibling bundle; with --validation, run the precision gate.")
+    p.add_argument("--bundle", required=True, type=Path, help="the FP32 bundle")
+    p.add_argument("--out", required=True, type=Path, help="the INT8 bundle folder to create")
+    p.add_argument("--data", required=True, type=Path, help="calibration data-set manifest (or its folder)")
+    p.add_argument("--profile", choices=("cpu", "tensorrt"), default="cpu",
+                   help="cpu: uint8 activations; tensorrt: symmetric int8 (zero-point 0)")
+    p.add_argument("--calibration", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--calibration-samples", type=int, default=64)
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default: per channel)")
+    p.add_argument("--quantize-frontend", action="store_true", help="also quantize the audio front end")
+    p.add_argument("--validation", type=Path, default=None,
+                   help="labelled data-set manifest: run the precision gate against it")
+    p.add_argument("--budget-event", type=float, default=0.01, help="allowed event-accuracy drop (0.01 = 1 pt)")
+    p.add_argument("--budget-det", type=float, default=0.01, help="allowed detection mAP@0.5 drop")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=_cmd_quantize)
+
+    p = verbs.add_parser("fp16", help="FP16 variant of a bundle (float32 inputs/outputs)")
+    p.add_argument("--bundle", required=True, type=Path, help="the FP32 bundle")
+    p.add_argument("--out", required=True, type=Path, help="the FP16 bundle folder to create")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=_cmd_fp16)

@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""The prepared GPU check for issue 4: run once on a machine with a CUDA GPU; prints (and writes) JSON.
+
+    python scripts/device_check.py [--checkpoint run/best.pt] [--bundle B] [--out $OUT/device_check.json]
+
+1. **CUDA memory through the TensorRT backend's own code** (``fusionedge.sdk.backends.tensorrt``:
+   ``CudaRuntime``, ``HostDeviceBuffer``): pinned host + device buffers, async H2D → D2D-free round trip
+   H2D then D2H into a second buffer on one stream, byte-exact; then the same copies captured as a
+   CUDA graph and replayed.
+2. **The model on the GPU in PyTorch** FP32 and FP16 (autocast) vs the CPU FP32 reference on the
+   same seeded inputs: max abs error and cosine per output.
+3. Where TensorRT is installed (not on the lent H100 image): build the bundle's plan and compare the
+   ``tensorrt`` backend with the golden outputs.
+
+Every section records ``ok``/``skipped`` with the reason; the exit status is 1 when a section that ran
+failed. It cannot run on the CPU-only development machine (no GPU was lent to this session).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+
+def check_cuda_memory() -> dict:
+    from fusionedge.sdk.backends.tensorrt import CudaRuntime, HostDeviceBuffer
+
+    cuda = CudaRuntime()
+    shape = (32, 4, 3, 96, 160)
+    src, dst = HostDeviceBuffer(cuda, shape, np.float32), HostDeviceBuffer(cuda, shape, np.float32)
+    stream = cuda.stream_create()
+    try:
+        data = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        src.host_view(shape)[...] = data
+        nbytes = data.nbytes
+        t0 = time.perf_counter()
+        cuda.htod_async(src.device, src.host, nbytes, stream)
+        cuda.dtoh_async(dst.host, src.device, nbytes, stream)
+        cuda.synchronize(stream)
+        copy_ms = (time.perf_counter() - t0) * 1e3
+        exact = bool(np.array_equal(dst.host_view(shape), data))
+        dst.host_view(shape)[...] = 0
+        cuda.begin_capture(stream)
+        cuda.htod_async(src.device, src.host, nbytes, stream)
+        cuda.dtoh_async(dst.host, src.device, nbytes, stream)
+        graph = cuda.end_capture(stream)
+        src.host_view(shape)[...] = data * 2  # the replay must read the host buffer anew
+        cuda.graph_launch(graph, stream)
+        cuda.synchronize(stream)
+        cuda.graph_destroy(graph)
+        replay = bool(np.array_equal(dst.host_view(shape), data * 2))
+    finally:
+        cuda.stream_destroy(stream)
+        src.free()
+        dst.free()
+    return {"ok": exact and replay, "bytes": nbytes, "roundtrip_exact": exact, "graph_replay_exact": replay,
+            "roundtrip_ms": round(copy_ms, 3), "compute_capability": cuda.compute_capability(0)}
+
+
+def check_torch_gpu(checkpoint: str | None) -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"ok": None, "skipped": "torch.cuda.is_available() is False"}
+    if checkpoint:
+        from fusionedge.training.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(checkpoint)
+    else:
+        from fusionedge.training.models.registry import create_model
+
+        torch.manual_seed(0)
+        model = create_model("fusion_student")
+    model = model.eval()
+    video, audio, presence = model.example_inputs(batch=4)
+    with torch.no_grad():
+        ref = [t.float() for t in model(video, audio, presence)]
+        gpu = model.cuda()
+        args = (video.cuda(), audio.cuda(), presence.cuda())
+        fp32 = [t.float().cpu() for t in gpu(*args)]
+        with torch.autocast("cuda", dtype=torch.float16):
+            fp16 = [t.float().cpu() for t in gpu(*args)]
+    res: dict = {"device": torch.cuda.get_device_name(0)}
+    ok = True
+    for label, outs, min_cos in (("fp32", fp32, 0.99999), ("fp16", fp16, 0.999)):
+        per = []
+        for r, g in zip(ref, outs):
+            cos = float(torch.nn.functional.cosine_similarity(r.flatten(), g.flatten(), dim=0))
+            per.append({"max_abs": float((r - g).abs().max()), "cosine": cos})
+            ok &= cos >= min_cos
+        res[label] = per
+    res["ok"] = ok
+    return res
+
+
+def check_tensorrt(bundle: str | None) -> dict:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return {"ok": None, "skipped": "tensorrt is not installed on this machine"}
+    if bundle is None:
+        return {"ok": None, "skipped": "no --bundle given"}
+    from fusionedge.export.compare import compare
+    from fusionedge.export.engine_builder import build_engine
+
+    plan = build_engine(bundle)
+    report = compare(bundle, ["onnxruntime", "tensorrt"])
+    return {"ok": report.ok, "plan": str(plan), "compare": report.to_dict()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="FusionEdge GPU check (issue 4)")
+    ap.add_argument("--checkpoint", default=None, help="a training checkpoint (default: seeded fusion_student)")
+    ap.add_argument("--bundle", default=None, help="a bundle to build a TensorRT plan for (needs TensorRT)")
+    ap.add_argument("--out", default=None, help="also write the JSON result here")
+    args = ap.parse_args(argv)
+    result = {}
+    for name, fn in (("cuda_memory", check_cuda_memory), ("torch_gpu", lambda: check_torch_gpu(args.checkpoint)),
+                     ("tensorrt", lambda: check_tensorrt(args.bundle))):
+        try:
+            result[name] = fn()
+        except Exception as e:  # record and go on: one failing section must not hide the others
+            result[name] = {"ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 1 if any(r.get("ok") is False for r in result.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

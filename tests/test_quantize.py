@@ -1,0 +1,119 @@
+"""PTQ (Q/DQ INT8) and FP16 variants: graph form, exclusions, bundle contents, runtime parity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from _precision_fixtures import fp16_variant, int8_variant, student_bundle, synth_data
+from fusionedge.export.onnx_export import ExportError
+from fusionedge.export.quantize import (
+    ArrayCalibrationReader,
+    QuantizeConfig,
+    frontend_nodes,
+    load_calibration_feeds,
+    quantize_bundle,
+    quantize_onnx,
+)
+from fusionedge.sdk.bundle import load_bundle
+from fusionedge.sdk.perception import Perception
+
+
+def _cos(a, b):
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _run(bundle_dir, feeds):
+    with Perception.load(bundle_dir) as p:
+        return p.backend.infer(feeds)
+
+
+def test_frontend_nodes_cover_dft_mel_log_only(tmp_path_factory):
+    model = onnx.load(str(student_bundle(tmp_path_factory) / "model.onnx"))
+    names = frontend_nodes(model)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    kinds = {ops[n] for n in names}
+    assert {"Conv", "MatMul", "Log"} <= kinds  # DFT conv, mel matmul, log
+    assert sum(1 for n in names if ops[n] == "Conv") == 1  # the audio CNN after the log is not front end
+    video_convs = [n.name for n in model.graph.node if n.op_type == "Conv" and "video" in n.input[0]]
+    assert not set(video_convs) & set(names)
+
+
+def test_int8_bundle_is_qdq_and_runs(tmp_path_factory):
+    fp32, int8 = student_bundle(tmp_path_factory), int8_variant(tmp_path_factory)
+    b = load_bundle(int8)
+    assert b.precision == "int8"
+    variant = b.manifest["variant"]
+    assert variant["parent"]["model_sha256"] == load_bundle(fp32).manifest["files"]["model.onnx"]["sha256"]
+    assert variant["quantization"]["config"]["profile"] == "cpu"
+    model = onnx.load(str(b.model_path))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    # the audio front end stays float: its DFT conv weight is still a float32 initializer
+    dft = next(n for n in onnx.load(str(fp32 / "model.onnx")).graph.node
+               if n.name in set(frontend_nodes(onnx.load(str(fp32 / "model.onnx")))) and n.op_type == "Conv")
+    init = {t.name: t for t in model.graph.initializer}
+    assert init[dft.input[1]].data_type == onnx.TensorProto.FLOAT
+    # every other convolution's weight is stored as int8 (per channel)
+    excluded = set(variant["quantization"]["excluded"])
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in excluded]
+    producer = {o: n for n in model.graph.node for o in n.output}
+    assert len(convs) > 5
+    for conv in convs:
+        dq = producer[conv.input[1]]
+        assert dq.op_type == "DequantizeLinear" and init[dq.input[0]].data_type == onnx.TensorProto.INT8, conv.name
+    with Perception.load(int8) as p:
+        assert p.self_test() <= 1.0  # the variant's own golden outputs, within its tolerances
+    feeds, ref = load_bundle(fp32).golden()
+    got = _run(int8, feeds)
+    assert _cos(got["event_logits"], ref["event_logits"]) > 0.9
+
+
+def test_tensorrt_profile_is_symmetric(tmp_path_factory):
+    fp32, data = student_bundle(tmp_path_factory), synth_data(tmp_path_factory)
+    feeds = load_calibration_feeds(load_bundle(fp32), data, limit=8)
+    out = tmp_path_factory.mktemp("trtq") / "m.onnx"
+    report = quantize_onnx(fp32 / "model.onnx", out, ArrayCalibrationReader(feeds), QuantizeConfig(profile="tensorrt"))
+    model = onnx.load(str(out))
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    zps = [init[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
+    assert report["quantized_nodes"] == sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear")
+
+
+def test_bad_inputs_are_refused(tmp_path_factory):
+    fp32 = student_bundle(tmp_path_factory)
+    with pytest.raises(ExportError, match="profile"):
+        QuantizeConfig(profile="gpu")
+    with pytest.raises(ExportError, match="calibration"):
+        QuantizeConfig(calibration="mse")
+    with pytest.raises(ExportError, match="calibration data"):
+        quantize_bundle(fp32, tmp_path_factory.mktemp("x") / "out")
+    feeds = [load_bundle(fp32).golden()[0]]
+    with pytest.raises(ExportError, match="keep_float"):
+        quantize_onnx(fp32 / "model.onnx", tmp_path_factory.mktemp("y") / "m.onnx", ArrayCalibrationReader(feeds),
+                      QuantizeConfig(keep_float=("no_such_node",)))
+    with pytest.raises(ExportError, match="fp32"):
+        quantize_bundle(int8_variant(tmp_path_factory), tmp_path_factory.mktemp("z") / "out",
+                        reader=ArrayCalibrationReader(feeds))
+
+
+def test_fp16_bundle_keeps_float32_io(tmp_path_factory):
+    fp32, fp16 = student_bundle(tmp_path_factory), fp16_variant(tmp_path_factory)
+    b = load_bundle(fp16)
+    assert b.precision == "fp16" and b.manifest["variant"]["keep_io_types"] is True
+    model = onnx.load(str(b.model_path))
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in model.graph.input)
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    feeds, ref = load_bundle(fp32).golden()
+    got = _run(fp16, feeds)
+    for name in ref:
+        assert _cos(got[name], ref[name]) > 0.999, name
+    assert json.loads((fp16 / "manifest.json").read_text())["files"]["model.onnx"]["size"] < \
+        (fp32 / "model.onnx").stat().st_size

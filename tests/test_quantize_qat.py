@@ -1,0 +1,89 @@
+"""QAT: fake-quant numerics, wrapping/unwrapping, and a short fine-tune that changes weights and records itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from _precision_fixtures import SMALL_STUDENT, synth_data
+from fusionedge.training.qat import (
+    FakeQuantActivation,
+    QATConfig,
+    _QATFrontend,
+    _QATLayer,
+    fake_quant_weight,
+    finetune_qat,
+    prepare_qat,
+    strip_qat,
+)
+
+
+def test_fake_quant_weight_grid_and_ste():
+    torch.manual_seed(0)
+    w = torch.randn(8, 4, 3, 3, requires_grad=True)
+    q = fake_quant_weight(w, per_channel=True)
+    scale = w.detach().abs().flatten(1).amax(1) / 127
+    steps = q.detach() / scale.view(-1, 1, 1, 1)
+    assert torch.allclose(steps, steps.round(), atol=1e-4) and steps.abs().max() <= 127 + 1e-4
+    err_pc = (q - w).abs().mean()
+    err_pt = (fake_quant_weight(w, per_channel=False) - w).abs().mean()
+    assert err_pc <= err_pt
+    q.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))  # straight-through
+
+
+def test_fake_quant_activation_observes_and_rounds():
+    fq = FakeQuantActivation(momentum=0.5).train()
+    x = torch.linspace(-1.0, 3.0, 1000)
+    y = fq(x)
+    assert float(fq.lo) == pytest.approx(-1.0) and float(fq.hi) == pytest.approx(3.0)
+    assert len(torch.unique(y)) <= 256 and (y - x).abs().max() <= 4.0 / 255
+    fq.eval()
+    fq(torch.full((4,), 100.0))
+    assert float(fq.hi) == pytest.approx(3.0)  # eval does not move the range
+
+
+def test_prepare_and_strip_round_trip():
+    from fusionedge.training.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("fusion_student", **SMALL_STUDENT).eval()
+    n_layers = sum(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) for m in model.modules())
+    video, audio, presence = model.example_inputs(batch=2)
+    with torch.no_grad():
+        ref = model(video, audio, presence)
+        prepare_qat(model, QATConfig(quantize_frontend=True))
+        assert sum(isinstance(m, _QATLayer) for m in model.modules()) >= n_layers - 8  # attention's own stay
+        assert sum(isinstance(m, _QATFrontend) for m in model.modules()) == 1
+        for m in model.modules():  # only the observers train here (BatchNorm statistics must not move)
+            if isinstance(m, FakeQuantActivation):
+                m.train()
+        model(video, audio, presence)
+        model.eval()
+        fq = model(video, audio, presence)
+        assert not torch.equal(fq[0], ref[0])
+        strip_qat(model)
+        assert not any(isinstance(m, (_QATLayer, _QATFrontend)) for m in model.modules())
+        assert torch.allclose(model(video, audio, presence)[0], ref[0], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_short_finetune_changes_weights_and_records_config(tmp_path, tmp_path_factory):
+    from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
+    from fusionedge.training.checkpoint import save_checkpoint
+    from fusionedge.training.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("fusion_student", **SMALL_STUDENT)
+    ckpt = save_checkpoint(tmp_path / "c.pt", model, model_name="fusion_student", model_config=model.config.to_dict(),
+                           geometry=InputGeometry(), labels={"events": list(EVENTS), "audio_tags": list(AUDIO_TAGS),
+                                                             "objects": list(OBJECTS)}, metrics={}, epoch=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned, info = finetune_qat(ckpt, synth_data(tmp_path_factory), QATConfig(per_channel=False, batch_size=8),
+                               progress=False)
+    after = tuned.state_dict()
+    assert set(after) == set(before)  # stripped: the exportable FP32 module tree
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
+    assert info["extra"]["qat"]["per_channel"] is False and info["extra"]["qat"]["samples"] == 24
+    assert not tuned.training

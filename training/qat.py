@@ -1,0 +1,299 @@
+"""Quantization-aware fine-tuning (QAT): train with INT8 rounding simulated, export the same Q/DQ form as PTQ.
+
+What is simulated mirrors what ``onnxruntime.quantization.quantize_static`` (the PTQ path,
+:mod:`fusionedge.export.quantize`) does to the graph, for a :class:`QATConfig` matching its
+``QuantizeConfig``:
+
+* weights of every ``Conv1d``/``Conv2d``/``Linear``: symmetric int8, per output channel or per tensor;
+* the inputs of those layers: asymmetric uint8 (``cpu`` profile) from an exponential moving min/max;
+* with ``quantize_frontend=True`` also the audio front end's DFT convolution (input waveform and DFT
+  kernels) and the mel matmul (power spectrum and filterbank), as PTQ does without front-end exclusion.
+
+Rounding uses the straight-through estimator (the gradient passes the rounding unchanged), so the
+weights learn to sit where rounding hurts least. After fine-tuning, the fake-quant is removed and the
+model is exported with the normal exporter; :func:`qat_to_bundle` then quantizes the fine-tuned FP32
+bundle with the *same* ``quantize_static`` settings, so the QAT graph has exactly the PTQ graph's Q/DQ
+form (node placement, per-channel axes, zero-points) — only the weights differ. (Activation ranges are
+recalibrated on the fine-tuned model; they match the ranges the fake-quant observed to within the
+calibration set's spread.)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from fusionedge.sdk.errors import FusionEdgeError
+
+__all__ = ["QATError", "QATConfig", "FakeQuantActivation", "fake_quant_weight", "prepare_qat", "strip_qat", "finetune_qat",
+           "qat_to_bundle"]
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """What to simulate and how long to train.
+
+    Attributes:
+        per_channel: per-output-channel weight scales (False: one per tensor), as PTQ ``per_channel``.
+        quantize_frontend: also simulate quantizing the audio front end (PTQ ``exclude_frontend=False``).
+        epochs: fine-tuning epochs.
+        lr: AdamW learning rate (small: this refines a trained model).
+        batch_size: samples per step.
+        momentum: EMA momentum of the activation range observers.
+        seed: the run's seed.
+    """
+
+    per_channel: bool = True
+    quantize_frontend: bool = False
+    epochs: int = 1
+    lr: float = 2e-4
+    batch_size: int = 32
+    momentum: float = 0.9
+    seed: int = 0
+
+
+class QATError(FusionEdgeError):
+    """Quantization-aware fine-tuning diverged."""
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return g
+
+
+def fake_quant_weight(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """Symmetric int8 fake quantization of a weight (scale = max|w| / 127, per output channel or tensor).
+
+    Args:
+        w: the weight, output channels first.
+        per_channel: one scale per output channel.
+
+    Returns:
+        ``w`` rounded to the int8 grid, with straight-through gradients.
+    """
+    if per_channel and w.dim() > 1:
+        amax = w.detach().abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, *([1] * (w.dim() - 1)))
+    else:
+        amax = w.detach().abs().amax().clamp_min(1e-12)
+    scale = amax / 127.0
+    return torch.clamp(_RoundSTE.apply(w / scale), -127, 127) * scale
+
+
+class FakeQuantActivation(nn.Module):
+    """Asymmetric uint8 fake quantization with an EMA min/max observer (the range always includes 0)."""
+
+    def __init__(self, momentum: float = 0.9) -> None:
+        super().__init__()
+        self.momentum = float(momentum)
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.zeros(()))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            lo, hi = x.detach().min().clamp(max=0), x.detach().max().clamp(min=0)
+            if not bool(self.seen):
+                self.lo.copy_(lo), self.hi.copy_(hi), self.seen.fill_(True)
+            else:
+                m = self.momentum
+                self.lo.mul_(m).add_((1 - m) * lo)
+                self.hi.mul_(m).add_((1 - m) * hi)
+        scale = ((self.hi - self.lo) / 255.0).clamp_min(1e-12)
+        zero = torch.round(-self.lo / scale)
+        q = torch.clamp(_RoundSTE.apply(x / scale) + zero, 0, 255)
+        return (q - zero) * scale
+
+
+class _QATLayer(nn.Module):
+    """A Conv/Linear whose input and weight are fake-quantized."""
+
+    def __init__(self, layer: nn.Module, cfg: QATConfig) -> None:
+        super().__init__()
+        self.layer = layer
+        self.act = FakeQuantActivation(cfg.momentum)
+        self.per_channel = cfg.per_channel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(x)
+        w = fake_quant_weight(self.layer.weight, self.per_channel)
+        if isinstance(self.layer, nn.Linear):
+            return nn.functional.linear(x, w, self.layer.bias)
+        return self.layer._conv_forward(x, w, self.layer.bias)  # type: ignore[operator]
+
+
+class _QATFrontend(nn.Module):
+    """The log-mel front end with PTQ's quantization points simulated when it is not excluded.
+
+    ``quantize_static`` (QDQ) puts Q/DQ pairs on the DFT convolution's input, weight and output, on
+    both products and the sum of the power spectrum, and on the mel matmul's weight and output. The output of the matmul is where most accuracy goes: quiet mel
+    bins round to zero and the log turns them into ``log(eps)``.
+    """
+
+    def __init__(self, frontend: nn.Module, cfg: QATConfig) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.per_channel = cfg.per_channel
+        names = ("audio", "spec", "rr", "ii", "power", "mel")
+        self.q = nn.ModuleDict({n: FakeQuantActivation(cfg.momentum) for n in names})
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        f, q = self.frontend, self.q
+        x = q["audio"](audio.unsqueeze(1))
+        dft = fake_quant_weight(f.dft, self.per_channel)
+        spec = q["spec"](nn.functional.conv1d(x, dft, stride=f.hop_length, padding=f.n_fft // 2))
+        real, imag = spec[:, : f.n_freqs], spec[:, f.n_freqs:]
+        power = q["power"](q["rr"](real * real) + q["ii"](imag * imag))
+        mel_fb = fake_quant_weight(f.mel_fb.t(), self.per_channel).t()  # MatMul weight: per column
+        mel = q["mel"](torch.matmul(power.transpose(1, 2), mel_fb))
+        # the "+ eps" output is not fake-quantized: a rounded 0 there would give log(0) = -inf in training
+        return torch.log(mel + f.eps).transpose(1, 2)
+
+
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def _wrap(module: nn.Module, cfg: QATConfig) -> None:
+    from fusionedge.training.models.audio_frontend import LogMelFrontend
+
+    for name, child in module.named_children():
+        if isinstance(child, LogMelFrontend):
+            if cfg.quantize_frontend:
+                setattr(module, name, _QATFrontend(child, cfg))
+        elif isinstance(child, _LAYERS):
+            setattr(module, name, _QATLayer(child, cfg))
+        elif isinstance(child, nn.MultiheadAttention):
+            continue  # its projections run through F.multi_head_attention_forward, not the modules
+        else:
+            _wrap(child, cfg)
+
+
+def prepare_qat(model: nn.Module, cfg: QATConfig = QATConfig()) -> nn.Module:
+    """Wrap a model's Conv/Linear layers (and optionally its audio front end) with fake quantization, in place.
+
+    Returns:
+        ``model`` (for chaining).
+    """
+    _wrap(model, cfg)
+    return model
+
+
+def strip_qat(model: nn.Module) -> nn.Module:
+    """Undo :func:`prepare_qat` in place: the original modules with their fine-tuned weights.
+
+    Returns:
+        ``model``.
+    """
+    for name, child in model.named_children():
+        if isinstance(child, _QATLayer):
+            setattr(model, name, child.layer)
+        elif isinstance(child, _QATFrontend):
+            setattr(model, name, child.frontend)
+        else:
+            strip_qat(child)
+    return model
+
+
+def finetune_qat(
+    checkpoint: str | os.PathLike, data: str | os.PathLike, cfg: QATConfig = QATConfig(), *,
+    limit: int | None = None, progress: bool = True,
+) -> tuple[nn.Module, dict]:
+    """Fine-tune a trained checkpoint with fake quantization; return the stripped FP32 model and its info.
+
+    Args:
+        checkpoint: a training checkpoint (``save_checkpoint``).
+        data: the training data-set manifest (labelled).
+        cfg: see :class:`QATConfig`.
+        limit: use only the first ``limit`` samples.
+        progress: progress bars on stderr.
+
+    Returns:
+        ``(model in eval mode without fake-quant, info)`` — ``info`` is the checkpoint's, with
+        ``extra.qat`` recording the config; pass both to :func:`fusionedge.export.pipeline.export_model`.
+
+    Raises:
+        DataError: the data manifest is invalid. CheckpointError: the checkpoint is invalid.
+    """
+    from tqdm import tqdm
+
+    from fusionedge.sdk.datamanifest import read_manifest
+    from fusionedge.sdk.spec import InputGeometry
+    from fusionedge.training.checkpoint import load_checkpoint
+    from fusionedge.training.dataset import Labels, iterate_batches, load_clips
+    from fusionedge.training.losses import LossWeights, multitask_loss
+
+    torch.manual_seed(cfg.seed)
+    model, info = load_checkpoint(checkpoint)
+    geometry = InputGeometry.from_dict(dict(info["geometry"]))
+    labels = Labels(**{k: tuple(v) for k, v in info["labels"].items()})
+    samples = read_manifest(data, require_labels=True, events=labels.events, audio_tags=labels.audio_tags,
+                            objects=labels.objects)[:limit]
+    clips = load_clips(samples, geometry, labels, workers=2, progress=progress, desc="decode qat")
+    prepare_qat(model, cfg)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    weights = LossWeights()
+    for epoch in range(cfg.epochs):
+        batches: Iterator = iterate_batches(clips, cfg.batch_size, shuffle=True, generator=gen)
+        bar = tqdm(batches, desc=f"qat {epoch + 1}/{cfg.epochs}", file=sys.stderr, disable=not progress,
+                   leave=False)
+        for batch in bar:
+            loss, _ = multitask_loss(model(batch["video"], batch["audio"], batch["presence"]), batch, weights)
+            if not torch.isfinite(loss):
+                raise QATError(f"QAT loss became {loss.item()} in epoch {epoch + 1}; lower QATConfig.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    strip_qat(model).eval()
+    info = dict(info)
+    info["extra"] = {**dict(info.get("extra") or {}), "qat": {
+        "per_channel": cfg.per_channel, "quantize_frontend": cfg.quantize_frontend, "epochs": cfg.epochs,
+        "lr": cfg.lr, "samples": len(samples), "seed": cfg.seed}}
+    return model, info
+
+
+def qat_to_bundle(
+    checkpoint: str | os.PathLike, data: str | os.PathLike, calibration: str | os.PathLike,
+    out_dir: str | os.PathLike, cfg: QATConfig = QATConfig(), *, limit: int | None = None,
+    calibration_limit: int = 64, overwrite: bool = False, progress: bool = True,
+) -> Path:
+    """QAT fine-tune, export FP32 (beside ``out_dir`` as ``<name>-fp32``), then quantize with PTQ's settings.
+
+    Args:
+        checkpoint: the trained checkpoint.
+        data: training data for fine-tuning.
+        calibration: calibration data for the final ``quantize_static``.
+        out_dir: the INT8 bundle to create.
+        cfg: see :class:`QATConfig` (its ``per_channel``/``quantize_frontend`` pick the PTQ settings).
+        limit: fine-tuning samples.
+        calibration_limit: calibration samples.
+        overwrite: replace existing folders.
+        progress: progress bars.
+
+    Returns:
+        ``out_dir``; its manifest's ``variant.method`` is ``"qat"``.
+
+    Raises:
+        ExportError: export or quantization failed.
+    """
+    from fusionedge.export.pipeline import export_model
+    from fusionedge.export.quantize import QuantizeConfig, quantize_bundle
+
+    model, info = finetune_qat(checkpoint, data, cfg, limit=limit, progress=progress)
+    out = Path(out_dir)
+    fp32 = export_model(model, info, out.parent / f"{out.name}-fp32", overwrite=overwrite, progress=progress)
+    qcfg = QuantizeConfig(per_channel=cfg.per_channel, exclude_frontend=not cfg.quantize_frontend)
+    return quantize_bundle(fp32, out, calibration, config=qcfg, calibration_limit=calibration_limit,
+                           extra_manifest={"method": "qat", "qat": info["extra"]["qat"]}, overwrite=overwrite)
