@@ -249,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fusionedge.export.fleet_watch import add_watch_parser
     from fusionedge.export.quantize_cli import add_quantize_parsers
     from fusionedge.sdk.fleet.cli import add_agent_parsers
+    from fusionedge.sdk.streaming.cli import add_run_parser
 
+    add_run_parser(verbs)
     add_quantize_parsers(verbs)
     add_engine_parser(verbs)
     add_compare_parser(verbs)

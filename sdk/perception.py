@@ -253,17 +253,14 @@ class Perception:
         timings["decode"] = _ms(t0)
 
         t0 = time.perf_counter()
-        missing = []
         if frames is not None:
             video_t = preprocess_video(frames, frame_fps, g, start_seconds=video_start)  # (T, 3, H, W)
         else:
             video_t = np.zeros((g.clip_frames, 3, g.height, g.width), np.float32)
-            missing.append("video")
         if samples is not None:
             audio_t = preprocess_audio(samples, rate, g, start_seconds=start)  # (S,)
         else:
             audio_t = np.zeros(g.audio_samples, np.float32)
-            missing.append("audio")
         presence = np.array([frames is not None, samples is not None], np.float32)  # (2,) video, audio
         timings["preprocess"] = _ms(t0)
 
@@ -272,18 +269,45 @@ class Perception:
         timings["infer"] = _ms(t0)
 
         t0 = time.perf_counter()
+        frame_wh = None if frames is None else (frames.shape[2], frames.shape[1])
+        result = self.decode(out, frame_wh=frame_wh, has_audio=samples is not None, timings=timings)
+        timings["postprocess"] = _ms(t0)  # the same dict the result holds
+        return result
+
+    def decode(
+        self,
+        outputs: Mapping[str, np.ndarray],
+        *,
+        frame_wh: tuple[int, int] | None,
+        has_audio: bool,
+        timings: dict[str, float] | None = None,
+        index: int = 0,
+    ) -> Result:
+        """Turn one sample of raw model outputs into a :class:`Result` — the one post-processing path.
+
+        Args:
+            outputs: the backend's outputs (batch first).
+            frame_wh: (width, height) of the original frame the boxes are scaled to; None when video
+                was missing (then no boxes, and "video" is listed as missing).
+            has_audio: False when audio was missing (then no audio tags, and "audio" is listed as missing).
+            timings: stage timings (ms) to attach to the result; kept by reference.
+            index: which sample of the batch.
+
+        Returns:
+            The result: softmax event scores, sigmoid audio tags, boxes in the frame's pixels.
+        """
+        g = self.geometry
         events, tags = self.labels["events"], self.labels["audio_tags"]
-        scores = softmax(out["event_logits"][0].astype(np.float64))
+        scores = softmax(outputs["event_logits"][index].astype(np.float64))
         boxes: list[Detection] = []
-        if frames is not None:
-            frame_h, frame_w = frames.shape[1:3]
+        if frame_wh is not None:
             boxes = decode_centernet(
-                out["det_heatmap"][0], out["det_size"][0], out["det_offset"][0],
+                outputs["det_heatmap"][index], outputs["det_size"][index], outputs["det_offset"][index],
                 stride=g.output_stride, labels=self.labels["objects"], score_threshold=self.score_threshold,
-                top_k=self.top_k, out_wh=(frame_w, frame_h), in_wh=(g.width, g.height),
+                top_k=self.top_k, out_wh=tuple(frame_wh), in_wh=(g.width, g.height),
             )
-        tag_scores = sigmoid(out["audio_tag_logits"][0].astype(np.float64)) if samples is not None else None
-        timings["postprocess"] = _ms(t0)
+        tag_scores = sigmoid(outputs["audio_tag_logits"][index].astype(np.float64)) if has_audio else None
+        missing = tuple(m for m, present in (("video", frame_wh is not None), ("audio", has_audio)) if not present)
         return Result(
             event=events[int(np.argmax(scores))],
             scores={e: float(s) for e, s in zip(events, scores)},
@@ -291,8 +315,8 @@ class Perception:
             boxes=boxes,
             backend=self.backend_name,
             model=self.model,
-            missing=tuple(missing),
-            timings=timings,
+            missing=missing,
+            timings=timings if timings is not None else {},
         )
 
     def infer_batch(

@@ -1,0 +1,37 @@
+"""Real-time streaming: sensors by URI, one clock, a staged pipeline with live/offline policies, sinks.
+
+::
+
+    from fusionedge.sdk import Perception
+    from fusionedge.sdk.streaming import Pipeline, PipelineConfig, JsonlEventSink, VideoFileSink
+
+    with Perception.load("bundle/") as p:
+        pipe = Pipeline(p, video="csi://0", audio="mic://default",
+                        sinks=[JsonlEventSink("events.jsonl")], config=PipelineConfig(policy="live"))
+        print(pipe.run())
+
+The parts, one file each: :mod:`.uri` (parse a sensor URI), :mod:`.sources` (open it), :mod:`.clock`
+(timestamps, audio ring buffer, synchronizer), :mod:`.health` (failure detection and retry),
+:mod:`.pipeline` (stages, queues, stats), :mod:`.sinks` (outputs), :mod:`.cli` (``fusionedge run``).
+"""
+
+from fusionedge.sdk.streaming.clock import AudioRing, StreamClock, Synchronizer
+from fusionedge.sdk.streaming.health import HealthEvent, SourceSupervisor
+from fusionedge.sdk.streaming.pipeline import BoundedQueue, Pipeline, PipelineConfig, StreamResult
+from fusionedge.sdk.streaming.sinks import CallbackSink, JsonlEventSink, Sink, VideoFileSink
+from fusionedge.sdk.streaming.sources import (
+    AudioChunk,
+    AudioSource,
+    Frame,
+    VideoSource,
+    open_audio_source,
+    open_video_source,
+)
+from fusionedge.sdk.streaming.uri import SourceURI, parse_uri
+
+__all__ = [
+    "AudioChunk", "AudioRing", "AudioSource", "BoundedQueue", "CallbackSink", "Frame", "HealthEvent",
+    "JsonlEventSink", "Pipeline", "PipelineConfig", "Sink", "SourceSupervisor", "SourceURI", "StreamClock",
+    "StreamResult", "Synchronizer", "VideoFileSink", "VideoSource", "open_audio_source", "open_video_source",
+    "parse_uri",
+]

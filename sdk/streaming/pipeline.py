@@ -1,0 +1,643 @@
+"""The streaming pipeline: capture -> preprocess -> infer -> postprocess -> sinks over bounded queues.
+
+::
+
+    from fusionedge.sdk import Perception
+    from fusionedge.sdk.streaming import Pipeline, PipelineConfig, JsonlEventSink
+
+    with Perception.load("bundle/") as p:
+        pipe = Pipeline(p, video="/dev/video0", audio="mic://default",
+                        sinks=[JsonlEventSink("events.jsonl")], config=PipelineConfig(policy="live"))
+        summary = pipe.run()          # until the sources end, stop() or Ctrl-C
+        print(summary["fps"], summary["latency_ms"]["capture_to_result"])
+
+Each stage is a thread; between stages sit bounded queues. Policy ``live`` never blocks a producer:
+a full queue drops its oldest item and counts the drop (the newest frame always gets through, so
+latency stays bounded). Policy ``offline`` blocks the producer instead (back-pressure): nothing is
+dropped, and replay runs as fast as the slowest stage. :meth:`Pipeline.stats` gives live counters:
+frames captured, results, drops per queue, FPS, and latency percentiles per stage and capture->result.
+
+A sensor that fails is supervised (:mod:`fusionedge.sdk.streaming.health`): while video is down, steps
+are made from audio alone at the frame rate (video presence 0); while audio is down, frames run with
+audio presence 0; fusion resumes when the sensor returns.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+
+import numpy as np
+
+from fusionedge.sdk.errors import InputError
+from fusionedge.sdk.media import DEFAULT_FPS
+from fusionedge.sdk.preprocess import normalize_image, resize_frame
+from fusionedge.sdk.streaming.clock import AudioRing, StreamClock, Synchronizer
+from fusionedge.sdk.streaming.health import OK, HealthEvent, SourceSupervisor
+from fusionedge.sdk.streaming.sources import (
+    AudioChunk,
+    AudioSource,
+    Frame,
+    VideoSource,
+    open_audio_source,
+    open_video_source,
+)
+
+if TYPE_CHECKING:
+    from fusionedge.sdk.perception import Perception, Result
+    from fusionedge.sdk.streaming.sinks import Sink
+
+__all__ = ["Pipeline", "PipelineConfig", "StreamResult", "BoundedQueue", "POLICIES"]
+
+log = logging.getLogger(__name__)
+
+POLICIES: tuple[str, ...] = ("live", "offline")
+_END = object()  # the end-of-stream marker that flows through the queues
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How the pipeline runs. Units in the comments."""
+
+    policy: Literal["live", "offline"] = "live"
+    realtime: bool = True  # replay files at their native rate (False: as fast as possible)
+    queue_size: int = 2  # items per inter-stage queue
+    stall_timeout: float = 1.0  # s without data before a sensor counts as stalled
+    backoff_initial: float = 0.2  # s before the first retry of a failed sensor
+    backoff_max: float = 5.0  # s, longest retry delay
+    audio_wait: float = 0.2  # s a live step waits for audio to reach its window end
+    min_audio_coverage: float = 0.5  # fraction of captured samples below which audio counts as absent
+    audio_buffer_seconds: float = 4.0  # s of audio kept (>= clip_seconds + latency)
+    latency_window: int = 4096  # samples kept per latency percentile
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise InputError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if int(self.queue_size) < 1:
+            raise InputError(f"queue_size must be >= 1, got {self.queue_size!r}")
+        for name in ("stall_timeout", "backoff_initial", "backoff_max", "audio_buffer_seconds"):
+            if not float(getattr(self, name)) > 0:
+                raise InputError(f"{name} must be > 0, got {getattr(self, name)!r}")
+
+
+@dataclass
+class StreamResult:
+    """One step's result, as the sinks receive it."""
+
+    index: int  # step number since start
+    t: float  # stream-clock time of the current frame (or of the step, audio-only)
+    frame: np.ndarray | None  # the current BGR frame (None when video is missing)
+    result: "Result"  # the model's output; result.missing lists absent modalities
+    health: dict[str, str]  # modality -> sensor state ("ok", "stalled", ...)
+    latency_ms: float  # capture of the current frame (or audio) -> result ready
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form for the event log."""
+        return {"type": "result", "index": self.index, "t": round(self.t, 6),
+                "latency_ms": round(self.latency_ms, 3), "health": dict(self.health), **self.result.to_dict()}
+
+
+class BoundedQueue:
+    """A bounded FIFO with a policy: ``live`` drops the oldest when full, ``offline`` blocks.
+
+    Args:
+        maxsize: capacity, >= 1.
+        policy: ``"live"`` or ``"offline"``.
+        stop: an event that ends any blocking wait.
+    """
+
+    def __init__(self, maxsize: int, policy: str, stop: threading.Event) -> None:
+        if policy not in POLICIES:
+            raise InputError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        self.maxsize = int(maxsize)
+        self.policy = policy
+        self._stop = stop
+        self._items: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self.dropped = 0  # items discarded to make room (live policy only)
+        self.put_count = 0
+
+    def put(self, item: Any) -> bool:
+        """Add an item; returns False when it was not added because the pipeline stopped.
+
+        The end marker is never dropped and never blocks.
+        """
+        with self._cond:
+            if item is not _END:
+                if self.policy == "offline":
+                    while len(self._items) >= self.maxsize and not self._stop.is_set():
+                        self._cond.wait(0.1)
+                    if self._stop.is_set():
+                        return False
+                else:
+                    while len(self._items) >= self.maxsize:
+                        victim = self._items.popleft()
+                        if victim is _END:  # keep the end marker; nothing comes after it anyway
+                            self._items.appendleft(victim)
+                            return False
+                        self.dropped += 1
+            self._items.append(item)
+            self.put_count += 1
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float) -> Any:
+        """The oldest item, or None after ``timeout`` seconds (or at a stop) with nothing in."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._items:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    return None
+                self._cond.wait(min(left, 0.1))
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+@dataclass
+class _Step:
+    index: int
+    t: float
+    captured: float  # monotonic time the newest input of the step arrived
+    image: np.ndarray | None
+    video: np.ndarray  # (T, 3, H, W) float32
+    audio: np.ndarray  # (S,) float32
+    presence: np.ndarray  # (2,) float32
+    timings: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, np.ndarray] | None = None
+
+
+class _Latencies:
+    """Recent durations per stage (ms) and their percentiles."""
+
+    def __init__(self, window: int) -> None:
+        self._data: dict[str, collections.deque] = {}
+        self._window = window
+        self._lock = threading.Lock()
+
+    def add(self, name: str, ms: float) -> None:
+        with self._lock:
+            self._data.setdefault(name, collections.deque(maxlen=self._window)).append(ms)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            data = {k: np.fromiter(v, float) for k, v in self._data.items()}
+        return {k: {"p50": round(float(np.percentile(v, 50)), 3), "p90": round(float(np.percentile(v, 90)), 3),
+                    "p99": round(float(np.percentile(v, 99)), 3), "max": round(float(v.max()), 3),
+                    "n": int(v.size)}
+                for k, v in data.items() if v.size}
+
+
+
+
+class Pipeline:
+    """Run a :class:`~fusionedge.sdk.Perception` on live or replayed sensors.
+
+    Args:
+        perception: a loaded Perception (its bundle geometry drives the synchronizer).
+        video: a video URI, a callable ``clock -> VideoSource`` (e.g. a fake sensor), or None.
+        audio: an audio URI, a callable ``clock -> AudioSource``, or None.
+        sinks: where results go (:mod:`fusionedge.sdk.streaming.sinks`); closed at shutdown.
+        config: a :class:`PipelineConfig`.
+
+    Raises:
+        InputError: neither video nor audio given, or a URI that cannot be parsed.
+    """
+
+    def __init__(self, perception: "Perception", video: Any = None, audio: Any = None,
+                 sinks: Sequence["Sink"] = (), config: PipelineConfig | None = None) -> None:
+        if video is None and audio is None:
+            raise InputError("give a video source, an audio source, or both")
+        self.perception = perception
+        self.config = config or PipelineConfig()
+        self.geometry = perception.geometry
+        self.sinks = list(sinks)
+        self.clock = StreamClock()
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._started = False
+        self._closed = False
+        self._error: BaseException | None = None
+        c = self.config
+        self._video_src: VideoSource | None = None
+        self._audio_src: AudioSource | None = None
+        if video is not None:
+            self._video_src = video(self.clock) if callable(video) else \
+                open_video_source(video, self.clock, realtime=c.realtime)
+        if audio is not None:
+            self._audio_src = audio(self.clock) if callable(audio) else \
+                open_audio_source(audio, self.clock, realtime=c.realtime)
+        q = lambda: BoundedQueue(c.queue_size, c.policy, self._stop)  # noqa: E731
+        self._q_frames, self._q_steps, self._q_outputs = q(), q(), q()
+        # results wait only on file writes: a deeper queue absorbs a slow first write (codec start-up)
+        self._q_results = BoundedQueue(max(c.queue_size, 32), c.policy, self._stop)
+        self._ring: AudioRing | None = None
+        self._ring_lock = threading.Lock()
+        self._audio_ended = threading.Event()
+        self._lat = _Latencies(c.latency_window)
+        self._counts = collections.Counter()
+        self._result_times: collections.deque = collections.deque(maxlen=256)
+        self._t_start = 0.0
+        self._t_stop: float | None = None
+        self._events: list[HealthEvent] = []
+        self._events_lock = threading.Lock()
+        self._pending_events: collections.deque = collections.deque()
+        self._sup: dict[str, SourceSupervisor] = {}
+        sup_args = dict(stall_timeout=c.stall_timeout, backoff_initial=c.backoff_initial,
+                        backoff_max=c.backoff_max)
+        if self._video_src is not None:
+            self._sup["video"] = SourceSupervisor("video", self._video_src, self._on_frame, self._on_health,
+                                                  self._on_video_end, self._stop, **sup_args)
+        if self._audio_src is not None:
+            self._sup["audio"] = SourceSupervisor("audio", self._audio_src, self._on_chunk, self._on_health,
+                                                  self._audio_ended.set, self._stop, **sup_args)
+        self._threads = [threading.Thread(target=self._guard(f), name=n, daemon=True) for n, f in (
+            ("preprocess", self._preprocess_loop), ("infer", self._infer_loop),
+            ("postprocess", self._postprocess_loop), ("sinks", self._sink_loop), ("monitor", self._monitor_loop))]
+
+    # --------------------------------------------------------------------------------- public API
+
+    def start(self) -> None:
+        """Start capture and the stages (returns at once).
+
+        Raises:
+            InputError: the pipeline was already started.
+        """
+        if self._started:
+            raise InputError("a Pipeline can be started once; make a new one")
+        self._started = True
+        self.clock.restart()
+        self._t_start = time.monotonic()
+        for s in self._sup.values():
+            s.start()
+        for t in self._threads:
+            t.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every result is out (sources ended) or the pipeline stopped; True if so."""
+        return self._done.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop capture and every stage, then flush and close the sinks. Idempotent.
+
+        Args:
+            timeout: seconds to wait for each thread.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        for s in self._sup.values():
+            s.close()
+        stuck = []
+        for t in self._threads:
+            if t.ident is not None:
+                t.join(timeout)
+                if t.is_alive():
+                    stuck.append(t.name)
+        for name, s in self._sup.items():
+            if not s.join(timeout):
+                stuck.append(f"capture-{name}")
+        if not self._threads[3].ident:  # the sink thread never ran: close the sinks here
+            self._close_sinks()
+        self._t_stop = self._t_stop or time.monotonic()
+        self._done.set()
+        if stuck:
+            log.error("threads still running after stop: %s", ", ".join(stuck))
+        self._counts["stuck_threads"] = len(stuck)
+
+    def run(self, *, progress: Callable[[dict], None] | None = None, interval: float = 1.0) -> dict:
+        """Start, run until the sources end or SIGINT / Ctrl-C, stop cleanly and return the summary.
+
+        Args:
+            progress: called with :meth:`stats` every ``interval`` seconds.
+            interval: seconds between progress calls.
+
+        Returns:
+            The final :meth:`stats` (``interrupted`` True when stopped by a signal).
+
+        Raises:
+            Exception: whatever a stage raised (e.g. BackendError), after a clean stop.
+        """
+        previous = None
+        interrupted = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+        try:
+            self.start()
+            next_progress = time.monotonic() + interval
+            while not self._done.wait(0.05) and not interrupted.is_set():
+                if progress is not None and time.monotonic() >= next_progress:
+                    progress(self.stats())
+                    next_progress += interval
+        finally:
+            self.stop()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        summary = self.stats()
+        summary["interrupted"] = interrupted.is_set()
+        if self._error is not None:
+            raise self._error
+        return summary
+
+    def stats(self) -> dict:
+        """Live counters: frames, results, drops per queue, FPS, latency percentiles (ms), sensor states."""
+        end = self._t_stop or time.monotonic()
+        elapsed = max(1e-9, end - self._t_start) if self._t_start else 0.0
+        times = list(self._result_times)
+        recent = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+        drops = {"capture->preprocess": self._q_frames.dropped, "preprocess->infer": self._q_steps.dropped,
+                 "infer->postprocess": self._q_outputs.dropped, "postprocess->sinks": self._q_results.dropped}
+        ring = self._ring
+        return {
+            "policy": self.config.policy,
+            "elapsed_s": round(elapsed, 3),
+            "frames_captured": self._counts["frames"],
+            "audio_chunks": self._counts["chunks"],
+            "steps": self._counts["steps"],
+            "results": self._counts["results"],
+            "results_with_video": self._counts["results_video"],
+            "results_with_audio": self._counts["results_audio"],
+            "dropped": sum(drops.values()),
+            "dropped_by_queue": drops,
+            "discarded_at_stop": self._counts["discarded"],
+            "fps": round(self._counts["results"] / elapsed, 2) if elapsed else 0.0,
+            "fps_recent": round(recent, 2),
+            "latency_ms": self._lat.summary(),
+            "sensors": {k: {"state": s.state, "reason": s.reason, "failures": s.failures,
+                            "recoveries": s.recoveries} for k, s in self._sup.items()},
+            "audio_gaps": ring.gaps if ring else 0,
+            "audio_resyncs": ring.resyncs if ring else 0,
+            "stuck_threads": self._counts["stuck_threads"],
+        }
+
+    @property
+    def video_fps(self) -> float:
+        """The video source's frame rate (its nominal rate once opened; ``DEFAULT_FPS`` without video)."""
+        return self._fps()
+
+    @property
+    def health_events(self) -> list[HealthEvent]:
+        """Every sensor state change so far, oldest first."""
+        with self._events_lock:
+            return list(self._events)
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------------------ capture side
+
+    def _on_frame(self, frame: Frame) -> None:
+        self._counts["frames"] += 1
+        self._q_frames.put(frame)
+
+    def _on_chunk(self, chunk: AudioChunk) -> None:
+        self._counts["chunks"] += 1
+        with self._ring_lock:
+            if self._ring is None or self._ring.rate != chunk.rate:
+                self._ring = AudioRing(chunk.rate, self.config.audio_buffer_seconds,
+                                       tolerance=max(0.04, 2.0 * chunk.samples.size / chunk.rate))
+            ring = self._ring
+        ring.reopen()
+        wait = self._stop if self.config.policy == "offline" else None
+        ring.write(chunk.samples, chunk.t_end, wait=wait)
+
+    def _on_video_end(self) -> None:
+        self._q_frames.put(_END)
+
+    def _on_health(self, event: HealthEvent) -> None:
+        with self._events_lock:
+            self._events.append(event)
+        if event.modality == "audio" and event.state != OK:
+            ring = self._ring
+            if ring is not None and event.state != "ended":
+                ring.close()  # wake a step waiting for audio that will not come
+        with self._events_lock:
+            self._pending_events.append(event)  # the sink thread writes it before its next item
+
+    def _health(self) -> dict[str, str]:
+        return {k: s.state for k, s in self._sup.items()}
+
+    # ------------------------------------------------------------------------------------ stages
+
+    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:  # a stage failed: stop everything, re-raise from run()
+                log.error("pipeline stage %s failed: %s", threading.current_thread().name, e)
+                if self._error is None:
+                    self._error = e
+                self._stop.set()
+                self._done.set()
+        return run
+
+    def _audio_live(self) -> bool:
+        s = self._sup.get("audio")
+        return s is not None and s.state in (OK, "starting") and not self._audio_ended.is_set()
+
+    def _video_failed(self) -> bool:
+        s = self._sup.get("video")
+        return s is None or (s.state not in (OK, "starting", "ended"))
+
+    def _fps(self) -> float:
+        return self._video_src.fps if self._video_src is not None and self._sup["video"].opened.is_set() \
+            else DEFAULT_FPS
+
+    def _preprocess_loop(self) -> None:
+        g = self.geometry
+        sync: Synchronizer | None = None
+        index = 0
+        last_t: float | None = None
+        while not self._stop.is_set():
+            if sync is None and (self._video_src is None or self._sup["video"].opened.wait(0.05)
+                                 or self._video_failed()):
+                sync = Synchronizer(g, self._fps(), min_coverage=self.config.min_audio_coverage)
+            if sync is None:
+                continue
+            item = self._q_frames.get(timeout=sync.period)
+            if item is _END:
+                break
+            if item is None:  # no frame in one period: make audio-only steps while video is down
+                if self._video_failed() or self._video_src is None:
+                    done = self._audio_only_steps(sync, index, last_t)
+                    if done is None:
+                        break  # audio ended too: nothing left to run on
+                    index, last_t = done
+                continue
+            frame: Frame = item
+            t0 = time.perf_counter()
+            tensor = np.empty((3, g.height, g.width), np.float32)  # (3, H, W)
+            normalize_image(resize_frame(frame.image, g), g.mean, g.std, out=tensor, bgr=True)
+            sync.add_frame(frame.t, tensor)
+            prep_ms = (time.perf_counter() - t0) * 1e3
+            self._wait_audio(sync.window_end(frame.t))
+            t0 = time.perf_counter()
+            step = self._make_step(sync, index, frame.t, frame.captured, frame.image, video=True)
+            step.timings["preprocess"] = prep_ms + (time.perf_counter() - t0) * 1e3
+            self._lat.add("preprocess", step.timings["preprocess"])
+            index, last_t = index + 1, frame.t
+            self._q_steps.put(step)
+        self._q_steps.put(_END)
+
+    def _audio_only_steps(self, sync: Synchronizer, index: int, last_t: float | None) -> tuple[int, float] | None:
+        """Steps at the frame rate from audio alone, for as far as audio has arrived; None when it ended."""
+        ring = self._ring
+        if ring is None:
+            return (index, last_t if last_t is not None else -sync.period) \
+                if self._audio_live() or "audio" not in self._sup else None
+        newest = ring.newest_time()
+        t = (last_t if last_t is not None else newest - sync.period) + sync.period
+        while sync.window_end(t) <= newest + 1e-9 and not self._stop.is_set():
+            step = self._make_step(sync, index, t, time.monotonic(), None, video=False)
+            self._q_steps.put(step)
+            index, last_t = index + 1, t
+            t += sync.period
+        if not self._audio_live() and ring.closed and self._video_src is None:
+            return None
+        return index, (last_t if last_t is not None else t - sync.period)
+
+    def _wait_audio(self, t_end: float) -> None:
+        ring = self._ring
+        if "audio" not in self._sup:
+            return
+        if ring is None:  # audio has not started yet
+            if not self._audio_live():
+                return
+            deadline = time.monotonic() + (self.config.audio_wait if self.config.policy == "live" else 5.0)
+            while self._ring is None and time.monotonic() < deadline and self._audio_live() \
+                    and not self._stop.is_set():
+                time.sleep(0.005)
+            ring = self._ring
+            if ring is None:
+                return
+        if self.config.policy == "live":
+            if self._audio_live():
+                ring.wait_until(t_end, self.config.audio_wait, self._stop)
+            return
+        while self._audio_live() and not self._stop.is_set():  # offline: wait as long as audio comes
+            if ring.wait_until(t_end, 0.1, self._stop):
+                return
+
+    def _make_step(self, sync: Synchronizer, index: int, t: float, captured: float,
+                   image: np.ndarray | None, *, video: bool) -> _Step:
+        g = self.geometry
+        if video:
+            clip = sync.video_clip(t)  # (T, 3, H, W)
+        else:
+            clip = np.zeros((g.clip_frames, 3, g.height, g.width), np.float32)
+        ring = self._ring
+        win = sync.audio_window(ring, t)
+        audio_present = win.coverage >= self.config.min_audio_coverage
+        if ring is not None:
+            ring.release_before(sync.window_end(t) - g.clip_seconds - 0.5)
+        self._counts["steps"] += 1
+        return _Step(index=index, t=t, captured=captured, image=image, video=clip,
+                     audio=win.samples if audio_present else np.zeros_like(win.samples),
+                     presence=np.array([float(video), float(audio_present)], np.float32))
+
+    def _infer_loop(self) -> None:
+        while not self._stop.is_set():
+            step = self._q_steps.get(timeout=0.1)
+            if step is None:
+                continue
+            if step is _END:
+                break
+            t0 = time.perf_counter()
+            step.outputs = self.perception.infer_batch(step.video[None], step.audio[None], step.presence[None])
+            step.timings["infer"] = (time.perf_counter() - t0) * 1e3
+            self._lat.add("infer", step.timings["infer"])
+            self._q_outputs.put(step)
+        self._q_outputs.put(_END)
+
+    def _postprocess_loop(self) -> None:
+        p = self.perception
+        while not self._stop.is_set():
+            step = self._q_outputs.get(timeout=0.1)
+            if step is None:
+                continue
+            if step is _END:
+                break
+            t0 = time.perf_counter()
+            has_video, has_audio = bool(step.presence[0]), bool(step.presence[1])
+            frame_wh = None
+            if has_video and step.image is not None:
+                frame_wh = (step.image.shape[1], step.image.shape[0])
+            timings = step.timings
+            result = p.decode(step.outputs, frame_wh=frame_wh, has_audio=has_audio, timings=timings)
+            timings["postprocess"] = (time.perf_counter() - t0) * 1e3
+            self._lat.add("postprocess", timings["postprocess"])
+            for k, v in timings.items():
+                timings[k] = round(v, 3)
+            latency = (time.monotonic() - step.captured) * 1e3
+            self._lat.add("capture_to_result", latency)
+            sr = StreamResult(index=step.index, t=step.t, frame=step.image if has_video else None,
+                              result=result, health=self._health(), latency_ms=latency)
+            self._q_results.put(sr)
+        self._q_results.put(_END)
+
+    def _sink_loop(self) -> None:
+        try:
+            while True:
+                item = self._q_results.get(timeout=0.1)
+                self._write_health_events()
+                if item is _END:
+                    self._t_stop = time.monotonic()
+                    break
+                if item is None:
+                    if self._stop.is_set():
+                        break
+                    continue
+                t0 = time.perf_counter()
+                for sink in self.sinks:
+                    sink.write(item)
+                self._lat.add("sinks", (time.perf_counter() - t0) * 1e3)
+                self._counts["results"] += 1  # delivered to every sink
+                self._counts["results_video"] += int(item.frame is not None)
+                self._counts["results_audio"] += int("audio" not in item.result.missing)
+                self._result_times.append(time.monotonic())
+        finally:
+            self._write_health_events()
+            self._counts["discarded"] += sum(len(q) for q in (self._q_frames, self._q_steps, self._q_outputs,
+                                                               self._q_results))
+            self._close_sinks()
+            self._done.set()
+
+    def _write_health_events(self) -> None:
+        while True:
+            with self._events_lock:
+                if not self._pending_events:
+                    return
+                event = self._pending_events.popleft()
+            for sink in self.sinks:
+                sink.on_health(event)
+
+    def _close_sinks(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as e:  # one broken sink must not keep the others from flushing
+                log.error("closing sink %r failed: %s", sink, e)
+                if self._error is None:
+                    self._error = e
+
+    def _monitor_loop(self) -> None:
+        while not self._stop.wait(0.05):
+            now = time.monotonic()
+            for s in self._sup.values():
+                s.check(now)
+            if self._done.is_set():
+                return
