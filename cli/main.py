@@ -71,14 +71,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _require_training()
     from fusionedge.training.train import TrainConfig, train
 
-    overrides = dict(
-        data=args.data, out=args.out, model=args.model, seed=args.seed,
-        **{k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
-                             ("val_data", args.val)) if v is not None},
-    )
-    if args.init is not None:
-        overrides["init"] = args.init
-    cfg = TrainConfig(**overrides)
+    # Options left unset keep TrainConfig's defaults.
+    optional = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                "val_data": args.val, "init": args.init}
+    cfg = TrainConfig(data=args.data, out=args.out, model=args.model, seed=args.seed,
+                      **{k: v for k, v in optional.items() if v is not None})
     metrics = train(cfg)
     if args.json:
         _print_json(metrics)
