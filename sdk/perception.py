@@ -352,6 +352,17 @@ class Perception:
         ]
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
+    def run_batch(
+        self, video: np.ndarray, audio: np.ndarray, presence: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], "Perception"]:
+        """:meth:`infer_batch`, plus the model that ran it — decode its outputs with that model.
+
+        A pipeline that infers in one stage and decodes in another calls this, so that a model that
+        can be replaced while it serves (``fusionedge.sdk.fleet.hotswap.HotSwapPerception``) decodes
+        every output with the labels of the model that produced it.
+        """
+        return self.infer_batch(video, audio, presence), self
+
     def self_test(self) -> float:
         """Run the bundle's golden inputs on the loaded backend and compare with the golden outputs.
 

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from fusionedge.sdk.errors import UpdateError
 from fusionedge.sdk.perception import Perception, Result
 from fusionedge.sdk.spec import InputGeometry
 
@@ -133,6 +134,19 @@ class HotSwapPerception:
         finally:
             self._release(p)
 
+    def run_batch(self, video: np.ndarray, audio: np.ndarray,
+                  presence: np.ndarray) -> tuple[dict[str, np.ndarray], Perception]:
+        """Run preprocessed inputs on the active model and return it too (see :meth:`Perception.run_batch`).
+
+        The returned model may be retired by a swap right after; decoding with it stays valid (decoding
+        needs its labels and geometry, not its backend).
+        """
+        p = self._acquire()
+        try:
+            return p.infer_batch(video, audio, presence), p
+        finally:
+            self._release(p)
+
     # ---------------------------------------------------------------------------------- swaps
 
     def swap_to(self, bundle_dir: str | os.PathLike) -> "Future[str]":
@@ -208,6 +222,12 @@ class HotSwapPerception:
                               score_threshold=self._score_threshold, top_k=self._top_k)
         try:
             new.self_test()  # golden outputs within the manifest tolerance, on this backend
+            current = self.active
+            # A running stream has sized its buffers and clock for the current geometry and labels.
+            if new.geometry != current.geometry or new.labels != current.labels:
+                raise UpdateError(
+                    f"{bundle_dir}: cannot hot-swap {current.model} -> {new.model}: the input geometry or "
+                    "labels differ; restart the runtime with the new bundle instead")
         except BaseException:
             new.close()
             raise

@@ -175,6 +175,7 @@ class _Step:
     presence: np.ndarray  # (2,) float32
     timings: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, np.ndarray] | None = None
+    model: Any = None  # the Perception that produced ``outputs``; it decodes them
 
 
 class _Latencies:
@@ -557,14 +558,14 @@ class Pipeline:
             if step is _END:
                 break
             t0 = time.perf_counter()
-            step.outputs = self.perception.infer_batch(step.video[None], step.audio[None], step.presence[None])
+            step.outputs, step.model = self.perception.run_batch(
+                step.video[None], step.audio[None], step.presence[None])
             step.timings["infer"] = (time.perf_counter() - t0) * 1e3
             self._lat.add("infer", step.timings["infer"])
             self._q_outputs.put(step)
         self._q_outputs.put(_END)
 
     def _postprocess_loop(self) -> None:
-        p = self.perception
         while not self._stop.is_set():
             step = self._q_outputs.get(timeout=0.1)
             if step is None:
@@ -577,7 +578,7 @@ class Pipeline:
             if has_video and step.image is not None:
                 frame_wh = (step.image.shape[1], step.image.shape[0])
             timings = step.timings
-            result = p.decode(step.outputs, frame_wh=frame_wh, has_audio=has_audio, timings=timings)
+            result = step.model.decode(step.outputs, frame_wh=frame_wh, has_audio=has_audio, timings=timings)
             timings["postprocess"] = (time.perf_counter() - t0) * 1e3
             self._lat.add("postprocess", timings["postprocess"])
             for k, v in timings.items():
