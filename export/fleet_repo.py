@@ -539,7 +539,8 @@ def publish(
         device_classes: the device classes this release may run on (at least one), e.g.
             ``["jetson-orin", "x86-cpu"]``.
         min_sdk: the oldest fusionedge runtime that can run it (default: the version that exported it).
-        engines: prebuilt TensorRT plans, ``{device fingerprint: plan file}``.
+        engines: prebuilt TensorRT plans, ``{device fingerprint: plan file}``; a plan's sidecar
+            (``<plan>.json``, written by ``fusionedge engine build``) is published with it when present.
         backends: backends the release supports (default ``onnxruntime``, plus ``tensorrt`` with engines).
         offline_keys: folder holding the targets key (default ``REPO/keys/offline``).
         online_keys: folder holding the snapshot and timestamp keys (default ``REPO/keys/online``).
@@ -601,6 +602,12 @@ def publish(
                 f"{prefix}/{MANIFEST_NAME}", bundle.path / MANIFEST_NAME)}
             for fp, plan in engines.items():
                 new_targets[engine_paths[fp]] = state.add_target(engine_paths[fp], Path(plan))
+                # The sidecar `fusionedge engine build` writes beside a plan (its full fingerprint and
+                # sha256) travels with it: the TensorRT backend loads a plan only through its sidecar.
+                sidecar = Path(plan).with_suffix(".json")
+                if sidecar.is_file():
+                    side_target = f"{prefix}/engines/{fp}.json"
+                    new_targets[side_target] = state.add_target(side_target, sidecar)
             sha = _sha256(archive)
             custom = {"fusionedge": {
                 "model": model, "version": version, "release": release,

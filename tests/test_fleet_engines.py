@@ -127,7 +127,8 @@ def test_matching_engine_lands_in_the_bundle_before_the_health_check(env, releas
     plan = agent.current_path / "engines" / f"{FP}.plan"
     assert plan.read_bytes() == signed
     assert sorted(p.name for p in plan.parent.iterdir()) == [f"{FP}.plan"]
-    assert outcome.health["engine"] == {"fingerprint": FP, "prebuilt": True} and "engine" in outcome.timings
+    assert outcome.health["engine"] == {"fingerprint": FP, "prebuilt": True, "sidecar": False}
+    assert "engine" in outcome.timings
     # the plan was fetched by its content-addressed name, once; the other device's plan never
     (req,) = _plan_requests(env)
     assert req.path.endswith(f"/engines/{hashlib.sha256(signed).hexdigest()}.{FP}.plan") and req.status == 200
@@ -255,3 +256,29 @@ def test_kill_9_in_the_engine_step_then_recover(installed, releases, point):
     assert (agent.current_path / "engines" / f"{FP}.plan").read_bytes() == releases[FP].read_bytes()
     assert_consistent(installed.state)
     assert os.readlink(installed.state / "previous") == installed.before["current"]
+
+
+def test_plan_with_its_sidecar_passes_the_tensorrt_backends_fingerprint_gate(env, releases, tmp_path):
+    """A plan built by `fusionedge engine build` (plan + sidecar) reaches the device with its sidecar, and
+    the TensorRT backend's own gate (check_fingerprint) accepts it there. The fingerprint values are
+    given explicitly (no GPU or TensorRT to query here); everything else is the real code."""
+    import json
+
+    from fusionedge.sdk.engine_fingerprint import check_fingerprint, device_fingerprint
+
+    manifest = load_bundle(releases["0.1.0"]).manifest
+    fp = device_fingerprint(manifest, compute_capability="8.7", trt_version="10.3.0", l4t="36.4.0")
+    plan = tmp_path / f"{fp.key}.plan"
+    plan.write_bytes(releases[FP].read_bytes())
+    plan.with_suffix(".json").write_text(json.dumps({
+        "fingerprint": fp.to_dict(), "key": fp.key,
+        "plan_sha256": hashlib.sha256(plan.read_bytes()).hexdigest()}))
+    env.publish(releases["0.1.0"], "0.1.0", engines={fp.key: plan})
+    env.rollout("0.1.0")
+    agent = env.agent("dev-1", engine_fingerprint=fake_fingerprint(fp.key))
+    outcome = agent.check_once()
+    assert outcome.action == "updated" and outcome.health["engine"]["sidecar"] is True, outcome
+    placed = agent.current_path / "engines" / f"{fp.key}.plan"
+    assert placed.with_suffix(".json").read_bytes() == plan.with_suffix(".json").read_bytes()
+    assert check_fingerprint(placed, fp) == fp
+    assert_consistent(agent.state_dir)

@@ -101,6 +101,7 @@ _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _FINGERPRINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as fleet_repo.publish accepts
 _CHUNK = 1 << 16
+_MAX_SIDECAR_BYTES = 1 << 20  # an engine sidecar is a small JSON file
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -1034,6 +1035,7 @@ class Agent:
                                         f"hashes ({e}); discarded") from e
             self._hook("engine")
             self._place(part, final)
+            sidecar = self._engine_sidecar(updater, target, final)
         except UpdateError as e:
             self.journal.fail(txn, "engine", str(e))
             self._discard_install(release)
@@ -1045,8 +1047,28 @@ class Agent:
             self.journal.fail(txn, "engine", str(error))
             self._discard_install(release)
             raise error from e
-        self.journal.end(txn, "engine", bytes=got, path=f"engines/{final.name}")
-        return {"fingerprint": fingerprint, "prebuilt": True}
+        self.journal.end(txn, "engine", bytes=got, path=f"engines/{final.name}", sidecar=sidecar)
+        return {"fingerprint": fingerprint, "prebuilt": True, "sidecar": sidecar}
+
+    def _engine_sidecar(self, updater: Any, plan_target: str, plan: Path) -> bool:
+        """Fetch the plan's signed sidecar (``engines/<fingerprint>.json``) next to it, when published.
+
+        The TensorRT backend loads a plan only through its sidecar (full fingerprint + plan sha256).
+        tuf's download_target verifies length and hashes; it is written to staging, then moved.
+
+        Returns:
+            Whether a sidecar was placed.
+        """
+        side_target = plan_target[: -len(".plan")] + ".json"
+        info = updater.get_targetinfo(side_target)
+        if info is None:
+            log.warning("%s has no signed sidecar: a TensorRT backend will not load it", plan_target)
+            return False
+        if info.length > _MAX_SIDECAR_BYTES:
+            raise VerificationError(f"{side_target}: {info.length} bytes is too large for an engine sidecar")
+        staged = Path(updater.download_target(info, str(self.staging_dir / f".{plan.stem}.json.part")))
+        self._place(staged, plan.with_suffix(".json"))
+        return True
 
     @staticmethod
     def _place(src: Path, dest: Path) -> None:
