@@ -20,13 +20,12 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from fusionedge.export.onnx_export import ExportError
-from fusionedge.sdk.bundle import json_safe, load_bundle, write_json_atomic
+from fusionedge.sdk.bundle import json_safe, load_bundle, write_bytes_atomic, write_json_atomic
 from fusionedge.sdk.engine_fingerprint import EngineFingerprint, device_fingerprint, plan_paths, shape_profile
 
 __all__ = ["EngineBuildError", "TIMING_CACHE_NAME", "build_engine", "network_flags", "trt_major", "describe"]
@@ -149,8 +148,8 @@ def build_engine(
     if serialized is None:
         raise EngineBuildError(f"TensorRT could not build an engine for {bundle.model_id} (see its log above)")
     data = bytes(serialized)
-    _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
-    _write_atomic(plan_path, data)
+    write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    write_bytes_atomic(plan_path, data)
     write_json_atomic(sidecar_path, json_safe({
         "fingerprint": fp.to_dict(),
         "key": fp.key,
@@ -162,19 +161,6 @@ def build_engine(
         "strongly_typed": True,
     }))
     return plan_path
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def describe(fp: EngineFingerprint) -> str:

@@ -61,7 +61,7 @@ from fusionedge.export.fleet_keys import (
     remove_keys,
     save_key,
 )
-from fusionedge.sdk.bundle import MANIFEST_NAME, load_bundle, write_json_atomic
+from fusionedge.sdk.bundle import MANIFEST_NAME, load_bundle, write_bytes_atomic, write_json_atomic
 
 __all__ = [
     "RepositoryError",
@@ -157,19 +157,9 @@ def _iso(t: datetime) -> str:
 
 
 def _write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file in the same folder, fsync, chmod (served files must be world-readable), rename."""
+    """Atomic write into a folder that may not exist yet (served files must be world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, data, mode=mode)
 
 
 @contextlib.contextmanager

@@ -50,6 +50,7 @@ __all__ = [
     "update_bundle_metrics",
     "sha256_file",
     "write_json_atomic",
+    "write_bytes_atomic",
     "fsync_dir",
     "json_safe",
 ]
@@ -100,8 +101,31 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, chmod, rename.
+
+    Readers see the old file or the new one, never a torn one. ``mode`` is applied before the rename
+    (``mkstemp`` creates files readable by their owner only; bundles and served files are shared).
+
+    Raises:
+        OSError: the folder is not writable.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temp file in the same folder, fsync, rename).
+    """Write ``obj`` as indented JSON to ``path`` atomically (see :func:`write_bytes_atomic`).
 
     Args:
         path: the destination file.
@@ -116,16 +140,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
     except (TypeError, ValueError) as e:
         raise InputError(f"{path.name}: cannot write as JSON: {e}") from e
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------- schema

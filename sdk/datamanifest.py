@@ -30,12 +30,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bundle import fsync_dir, write_bytes_atomic
 from .errors import DataError
 from .spec import AUDIO_TAGS, EVENTS, OBJECTS
 
@@ -308,22 +308,8 @@ def write_manifest(path: str | os.PathLike, samples: Iterable[Sample]) -> None:
             lines.append(json.dumps(_record(s, root), ensure_ascii=False, allow_nan=False))
         except (TypeError, ValueError) as e:
             raise DataError(f"{file}: sample {s.id!r} cannot be written as JSON: {e}") from e
-    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=root)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a manifest is meant to be shared
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + ("\n" if lines else ""))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(root / file.name, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
     try:  # make the rename itself durable
-        dfd = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(root)
     except OSError:
         pass
