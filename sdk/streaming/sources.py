@@ -20,6 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -68,56 +69,45 @@ class AudioChunk:
     t_end: float  # stream-clock time just after the last sample
 
 
-class VideoSource(ABC):
-    """A camera, stream or replayed file giving BGR frames."""
+class Source(ABC):
+    """What every sensor has: a URI, the stream clock, open/read/close."""
 
     def __init__(self, uri: SourceURI, clock: StreamClock) -> None:
         self.uri = uri
         self.clock = clock
+
+    @property
+    def live(self) -> bool:
+        """True for a sensor (the end of data is a failure)."""
+        return self.uri.live
+
+    @abstractmethod
+    def open(self) -> None:
+        """Open the device or file. Raises SensorError naming the URI and what to check."""
+
+    @abstractmethod
+    def read(self) -> Any:
+        """The next frame or chunk; None at the end of a file. Raises SensorError when the sensor fails."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the device (idempotent; may be called from another thread)."""
+
+
+class VideoSource(Source):
+    """A camera, stream or replayed file giving BGR frames (``read() -> Frame | None``)."""
+
+    def __init__(self, uri: SourceURI, clock: StreamClock) -> None:
+        super().__init__(uri, clock)
         self.fps: float = DEFAULT_FPS  # nominal frames per second (known after open)
 
-    @property
-    def live(self) -> bool:
-        """True for a sensor (the end of data is a failure)."""
-        return self.uri.live
 
-    @abstractmethod
-    def open(self) -> None:
-        """Open the device or file. Raises SensorError naming the URI and what to check."""
-
-    @abstractmethod
-    def read(self) -> Frame | None:
-        """The next frame; None at the end of a file. Raises SensorError when the sensor fails."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release the device (idempotent; may be called from another thread)."""
-
-
-class AudioSource(ABC):
-    """A microphone or replayed WAV file giving mono float chunks."""
+class AudioSource(Source):
+    """A microphone or replayed WAV file giving mono float chunks (``read() -> AudioChunk | None``)."""
 
     def __init__(self, uri: SourceURI, clock: StreamClock) -> None:
-        self.uri = uri
-        self.clock = clock
+        super().__init__(uri, clock)
         self.rate: int = 0  # Hz (known after open)
-
-    @property
-    def live(self) -> bool:
-        """True for a sensor (the end of data is a failure)."""
-        return self.uri.live
-
-    @abstractmethod
-    def open(self) -> None:
-        """Open the device or file. Raises SensorError naming the URI and what to check."""
-
-    @abstractmethod
-    def read(self) -> AudioChunk | None:
-        """The next chunk; None at the end of a file. Raises SensorError when the sensor fails."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release the device (idempotent; may be called from another thread)."""
 
 
 # ------------------------------------------------------------------------------------------- video
