@@ -15,7 +15,7 @@ __all__ = ["add_engine_parser"]
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from fusionedge.export.engine_builder import build_engine
+    from fusionedge.sdk.engine_build import build_engine
 
     plan = build_engine(args.bundle, workspace_mib=args.workspace_mib, rebuild=args.rebuild,
                         progress=not args.json, verbose=args.trt_verbose)

@@ -107,7 +107,7 @@ def check_tensorrt(bundle: str | None) -> dict:
     if bundle is None:
         return {"ok": None, "skipped": "no --bundle given"}
     from fusionedge.export.compare import compare
-    from fusionedge.export.engine_builder import build_engine
+    from fusionedge.sdk.engine_build import build_engine
 
     plan = build_engine(bundle)
     report = compare(bundle, ["onnxruntime", "tensorrt"])

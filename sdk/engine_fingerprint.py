@@ -26,6 +26,7 @@ from fusionedge.sdk.errors import BackendError
 __all__ = [
     "EngineFingerprint",
     "EngineMismatchError",
+    "NoEngineError",
     "shape_profile",
     "read_l4t_release",
     "cuda_compute_capability",
@@ -41,6 +42,10 @@ _L4T = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)")
 
 class EngineMismatchError(BackendError):
     """A cached plan was built for another device, TensorRT version, precision, profile or model."""
+
+
+class NoEngineError(EngineMismatchError):
+    """No plan for this device and bundle exists yet: build one (the backend can, on first load)."""
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,16 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fusionedge.sdk.backends import Backend, ModelIO, get_backend
+from fusionedge.sdk.backends import Backend, ModelIO, backend_class, get_backend
 from fusionedge.sdk.bundle import Bundle, load_bundle
+from fusionedge.sdk.engine_fingerprint import NoEngineError
 from fusionedge.sdk.errors import BackendError, BundleError, InputError
 from fusionedge.sdk.media import read_audio, read_video
 from fusionedge.sdk.postprocess import Detection, decode_centernet, sigmoid, softmax
@@ -75,6 +77,7 @@ class Result:
     model: str  # name@version of the bundle
     missing: tuple[str, ...] = ()  # modalities that were absent ("video", "audio")
     timings: dict[str, float] = field(default_factory=dict)  # ms: decode, preprocess, infer, postprocess
+    engine: str | None = None  # background engine build: "building", "ready" or "failed: ..."; None: none
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict of the result (boxes as ``{label, score, x1, y1, x2, y2}``)."""
@@ -91,6 +94,7 @@ class Result:
             "model": self.model,
             "missing": list(self.missing),
             "timings": {k: round(float(v), 3) for k, v in self.timings.items()},
+            "engine": self.engine,
         }
 
 
@@ -120,6 +124,10 @@ class Perception:
         self.bundle = bundle
         self.backend = backend
         self.fallbacks: tuple[Fallback, ...] = tuple(fallbacks)
+        #: state of a background engine build (see ``engine_build`` in :meth:`load`); None when there is none
+        self.engine_state: str | None = None
+        self._retired: list[Backend] = []  # backends replaced by a finished build; closed in close()
+        self._builder: threading.Thread | None = None
         self.score_threshold = float(score_threshold)
         self.top_k = int(top_k)
 
@@ -135,6 +143,7 @@ class Perception:
         score_threshold: float = 0.3,
         top_k: int = 50,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
+        engine_build: str = "first",
     ) -> "Perception":
         """Load and verify a bundle, then the first backend in ``backends`` that loads.
 
@@ -147,6 +156,11 @@ class Perception:
             top_k: most boxes per result.
             backend_options: per-backend constructor options, e.g.
                 ``{"onnxruntime": {"intra_op_threads": 2}}``.
+            engine_build: for a backend that compiles a device engine (TensorRT) when this device has
+                none yet: ``"first"`` (default) builds it during load — minutes on a Jetson, nothing
+                served meanwhile; ``"background"`` serves on the next backend in ``backends`` at once,
+                builds in a background thread, and switches to the engine when it is ready. The state
+                is on every result (``Result.engine``) and in :attr:`engine_state`.
 
         Returns:
             A ready :class:`Perception`.
@@ -159,15 +173,27 @@ class Perception:
         names = [backends] if isinstance(backends, str) else list(backends)
         if not names:
             raise BackendError("no backend given; pass e.g. backends=['onnxruntime']")
+        if engine_build not in ("first", "background"):
+            raise BackendError(f"engine_build must be 'first' or 'background', got {engine_build!r}")
         bundle = load_bundle(bundle_path, verify=verify)
         _check_contract(bundle)
         io = ModelIO.from_manifest(bundle.manifest)
         options = dict(backend_options or {})
         fallbacks: list[Fallback] = []
+        deferred: str | None = None  # a backend whose engine builds in the background
         for name in names:
+            opts = dict(options.get(name, {}))
             try:
-                backend = get_backend(name, **dict(options.get(name, {})))
+                if engine_build == "background" and deferred is None and backend_class(name).builds_engines:
+                    opts["build"] = "never"  # don't block on a build: NoEngineError defers it
+                backend = get_backend(name, **opts)
                 backend.load(bundle.model_path, io)
+            except NoEngineError as e:
+                deferred = name
+                fallbacks.append(Fallback(name, f"no engine for this device yet; building it in the background ({e})"))
+                log.warning("backend %r has no engine for this device yet: serving on the next backend while "
+                            "it builds", name)
+                continue
             except BackendError as e:
                 fallbacks.append(Fallback(name, str(e)))
                 if len(fallbacks) < len(names):
@@ -176,7 +202,10 @@ class Perception:
             if fallbacks:
                 log.warning("running %s on backend %r (fell back from %s)", bundle.model_id, name,
                             ", ".join(f.backend for f in fallbacks))
-            return cls(bundle, backend, fallbacks=fallbacks, score_threshold=score_threshold, top_k=top_k)
+            p = cls(bundle, backend, fallbacks=fallbacks, score_threshold=score_threshold, top_k=top_k)
+            if deferred is not None:
+                p._build_in_background(deferred, dict(options.get(deferred, {})), io)
+            return p
         reasons = "; ".join(f"{f.backend}: {f.reason}" for f in fallbacks)
         raise BackendError(f"no backend could load {bundle.model_id} ({reasons})")
 
@@ -265,12 +294,14 @@ class Perception:
         timings["preprocess"] = _ms(t0)
 
         t0 = time.perf_counter()
-        out = self.backend.infer({"video": video_t[None], "audio": audio_t[None], "presence": presence[None]})
+        backend = self.backend  # a background engine build may replace it; this call stays on one
+        out = backend.infer({"video": video_t[None], "audio": audio_t[None], "presence": presence[None]})
         timings["infer"] = _ms(t0)
 
         t0 = time.perf_counter()
         frame_wh = None if frames is None else (frames.shape[2], frames.shape[1])
-        result = self.decode(out, frame_wh=frame_wh, has_audio=samples is not None, timings=timings)
+        result = self.decode(out, frame_wh=frame_wh, has_audio=samples is not None, timings=timings,
+                             backend_name=backend.name)
         timings["postprocess"] = _ms(t0)  # the same dict the result holds
         return result
 
@@ -282,6 +313,7 @@ class Perception:
         has_audio: bool,
         timings: dict[str, float] | None = None,
         index: int = 0,
+        backend_name: str | None = None,
     ) -> Result:
         """Turn one sample of raw model outputs into a :class:`Result` — the one post-processing path.
 
@@ -292,6 +324,7 @@ class Perception:
             has_audio: False when audio was missing (then no audio tags, and "audio" is listed as missing).
             timings: stage timings (ms) to attach to the result; kept by reference.
             index: which sample of the batch.
+            backend_name: the backend that produced ``outputs`` (default: the current one).
 
         Returns:
             The result: softmax event scores, sigmoid audio tags, boxes in the frame's pixels.
@@ -313,10 +346,11 @@ class Perception:
             scores={e: float(s) for e, s in zip(events, scores)},
             audio_tags={} if tag_scores is None else {t: float(s) for t, s in zip(tags, tag_scores)},
             boxes=boxes,
-            backend=self.backend_name,
+            backend=backend_name or self.backend_name,
             model=self.model,
             missing=missing,
             timings=timings if timings is not None else {},
+            engine=self.engine_state,
         )
 
     def infer_batch(
@@ -399,8 +433,41 @@ class Perception:
 
     # -------------------------------------------------------------------------------- lifecycle
 
+    def wait_for_engine(self, timeout: float | None = None) -> str | None:
+        """Wait for a background engine build to finish; returns :attr:`engine_state`."""
+        if self._builder is not None:
+            self._builder.join(timeout)
+        return self.engine_state
+
+    def _build_in_background(self, name: str, options: dict[str, Any], io: ModelIO) -> None:
+        """Build ``name``'s engine in a thread, then make it the backend between two inferences."""
+        self.engine_state = "building"
+
+        def build() -> None:
+            try:
+                backend = get_backend(name, **{**options, "build": "first", "build_progress": False})
+                backend.load(self.bundle.model_path, io)  # builds the engine, then loads it
+            except Exception as e:  # noqa: BLE001 - reported on every result, never raised into serving
+                self.engine_state = f"failed: {e}"
+                log.error("background engine build for %s failed; staying on %s: %s", self.model,
+                          self.backend_name, e)
+                return
+            # An inference in flight keeps its reference to the old backend, which stays open until
+            # close(); the next inference uses the new one.
+            self._retired.append(self.backend)
+            self.backend = backend
+            self.engine_state = "ready"
+            log.warning("engine for %s is ready: now running on %s", self.model, name)
+
+        self._builder = threading.Thread(target=build, name=f"engine-build-{name}", daemon=True)
+        self._builder.start()
+
     def close(self) -> None:
-        """Release the backend. Safe to call more than once."""
+        """Release the backend (and wait for a background engine build). Safe to call more than once."""
+        if self._builder is not None:
+            self._builder.join()
+        for old in self._retired:
+            old.close()
         self.backend.close()
 
     def __enter__(self) -> "Perception":

@@ -14,7 +14,7 @@ import types
 import pytest
 
 from _precision_fixtures import int8_variant, student_bundle
-from fusionedge.export.engine_builder import EngineBuildError, build_engine, network_flags
+from fusionedge.sdk.engine_build import EngineBuildError, build_engine, network_flags
 from fusionedge.sdk.bundle import load_bundle
 from fusionedge.sdk.errors import BackendError
 from fusionedge.sdk.engine_fingerprint import (

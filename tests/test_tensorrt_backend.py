@@ -56,7 +56,7 @@ def test_tensorrt_backend_rejects_bad_options():
 def test_tensorrt_matches_golden(tmp_path, tmp_path_factory, cuda_graph):
     import shutil
 
-    from fusionedge.export.engine_builder import build_engine
+    from fusionedge.sdk.engine_build import build_engine
 
     bundle_dir = shutil.copytree(student_bundle(tmp_path_factory), tmp_path / "b")
     build_engine(bundle_dir, progress=False)

@@ -86,11 +86,15 @@ class Backend(ABC):
     Attributes:
         name: the registry name ("onnxruntime", "tensorrt", ...).
         requires: modules that must import for this backend to be available.
+        builds_engines: the backend compiles a device-specific engine from the ONNX model; it then
+            takes a ``build="first"|"never"`` option and raises ``NoEngineError`` under "never" when
+            this device has no engine yet (``Perception`` can build it in the background).
         last_timings: milliseconds of the last ``load`` / ``infer`` call, by stage.
     """
 
     name: ClassVar[str] = "base"
     requires: ClassVar[tuple[str, ...]] = ()
+    builds_engines: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._state = "new"  # new -> loaded -> closed

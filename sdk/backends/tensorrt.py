@@ -4,7 +4,7 @@ Loading computes this device's :class:`~fusionedge.sdk.engine_fingerprint.Engine
 bundle (compute capability, TensorRT version, L4T release, precision, shape profile, ONNX sha256), looks
 for ``engines/<key>.plan`` and checks its sidecar; a plan for another GPU, TensorRT version, precision,
 profile or model is refused with the reason (:class:`EngineMismatchError`), never deserialized. Build
-plans with ``fusionedge engine build`` (:mod:`fusionedge.export.engine_builder`).
+plans with ``fusionedge engine build`` (:mod:`fusionedge.sdk.engine_build`).
 
 Memory: one pinned host buffer and one device buffer per I/O tensor, sized for the profile's max batch,
 allocated once at load through cuda-python (``cuda.bindings.runtime``, as TensorRT's samples do) or,
@@ -28,6 +28,7 @@ import numpy as np
 from fusionedge.sdk.backends.base import Backend, ModelIO
 from fusionedge.sdk.engine_fingerprint import (
     EngineMismatchError,
+    NoEngineError,
     check_fingerprint,
     device_fingerprint,
     plan_paths,
@@ -240,16 +241,25 @@ class TensorRTBackend(Backend):
         cuda_api: ``cuda-python`` (default) or ``pycuda``.
         cuda_graph: capture and replay copy-in/execute/copy-out as a CUDA graph per batch size.
         plan: an explicit plan path (its fingerprint is still checked).
+        build: ``"first"`` (default) builds the plan on load when this device has none (minutes on a
+            Jetson; see :class:`~fusionedge.sdk.perception.Perception` for building in the background
+            instead); ``"never"`` raises :class:`NoEngineError`.
+        build_progress: show the build's progress on stderr.
     """
 
     name = "tensorrt"
     requires = ("tensorrt",)
+    builds_engines = True
 
     def __init__(self, *, device: int = 0, cuda_api: str = "cuda-python", cuda_graph: bool = False,
-                 plan: str | Path | None = None) -> None:
+                 plan: str | Path | None = None, build: str = "first", build_progress: bool = True) -> None:
         super().__init__()
         if cuda_api not in ("cuda-python", "pycuda"):
             raise BackendError(f"{self.name}: cuda_api must be 'cuda-python' or 'pycuda', got {cuda_api!r}")
+        if build not in ("first", "never"):
+            raise BackendError(f"{self.name}: build must be 'first' or 'never', got {build!r}")
+        self.build = build
+        self.build_progress = bool(build_progress)
         self.device = int(device)
         self.cuda_api = cuda_api
         self.cuda_graph = bool(cuda_graph)
@@ -290,7 +300,7 @@ class TensorRTBackend(Backend):
                 except EngineMismatchError as e:
                     reasons.append(str(e))
             detail = ("; other plans: " + " | ".join(reasons)) if reasons else ""
-            raise EngineMismatchError(
+            raise NoEngineError(
                 f"{self.name}: no plan for this device ({expected.key}) in {engines}{detail}; build one with "
                 f"'fusionedge engine build --bundle {model_path.parent}'"
             )
@@ -303,7 +313,17 @@ class TensorRTBackend(Backend):
 
         manifest = load_bundle(model_path.parent, verify=False).manifest
         self._cuda = cuda_runtime(self.cuda_api)
-        plan, self.fingerprint = self._find_plan(model_path, manifest)
+        try:
+            plan, self.fingerprint = self._find_plan(model_path, manifest)
+        except NoEngineError:
+            if self.build != "first" or self.plan is not None:
+                raise
+            from fusionedge.sdk.engine_build import build_engine
+
+            log.warning("%s: no TensorRT plan for this device yet; building one now (minutes on a Jetson)",
+                        model_path.parent)
+            build_engine(model_path.parent, progress=self.build_progress)
+            plan, self.fingerprint = self._find_plan(model_path, manifest)
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
         engine = runtime.deserialize_cuda_engine(plan.read_bytes())

@@ -13,6 +13,11 @@ One optimization profile covers the manifest's batch ``min/opt/max``. A timing c
 :class:`~fusionedge.sdk.engine_fingerprint.EngineFingerprint`, the plan's sha256 and build facts.
 
 TensorRT is imported lazily; without it :func:`build_engine` raises ``EngineBuildError``.
+
+It lives in the runtime (not in ``export/``) because a device builds its own engine: the TensorRT
+backend builds on first load when no plan matches (``build="first"``), and :class:`Perception` can
+build in the background while ONNX Runtime serves (``engine_build="background"``).
+``fusionedge engine build`` calls the same function ahead of time.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fusionedge.export.onnx_export import ExportError
+from fusionedge.sdk.errors import BackendError
 from fusionedge.sdk.bundle import json_safe, load_bundle, write_bytes_atomic, write_json_atomic
 from fusionedge.sdk.engine_fingerprint import EngineFingerprint, device_fingerprint, plan_paths, shape_profile
 
@@ -33,7 +38,7 @@ __all__ = ["EngineBuildError", "TIMING_CACHE_NAME", "build_engine", "network_fla
 TIMING_CACHE_NAME = "timing.cache"
 
 
-class EngineBuildError(ExportError):
+class EngineBuildError(BackendError):
     """TensorRT is missing, the ONNX model does not parse, or the build failed."""
 
 
