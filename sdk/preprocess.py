@@ -5,20 +5,31 @@ on the device exactly what it saw while it learned. The order of work for one cl
 
 1. :func:`clip_frame_indices` picks the ``T`` frames of the clip window (the last one is the
    "current" frame that detections refer to);
-2. :func:`resize_frame` stretches each frame to the model input (``cv2.INTER_AREA`` shrinking,
-   ``cv2.INTER_LINEAR`` growing; no letterbox, so :func:`scale_boxes` maps boxes back by a plain
-   per-axis scale);
-3. :func:`normalize_image` turns ``uint8`` HWC RGB into ``float32`` CHW, ``(x/255 - mean) / std``,
-   through the native extension when it is built (``NATIVE_AVAILABLE``) and a NumPy lookup table
-   otherwise — both bit-for-bit equal to :func:`normalize_image_reference`;
-4. :func:`preprocess_audio` down-mixes to mono, resamples (windowed-sinc, band-limited) to the
+2. :func:`preprocess_frame` turns each ``uint8`` frame (RGB, BGR or NV12) into the model's
+   ``float32`` ``(3, H, W)`` RGB input in one step: resize to the model size, then
+   ``(x/255 - mean) / std``. Its definition is :func:`preprocess_frame_reference` (NumPy, float64):
+   a separable resize computed in float (no rounding to integers), per axis **area** resampling
+   (each output pixel is the mean of the input pixels it covers, weighted by the exact fractional
+   coverage — the math of ``cv2.INTER_AREA`` without its rounding) when the axis shrinks or keeps
+   its size, and **bilinear** (half-pixel centres, edges clamped) when it grows. No letterbox, so
+   :func:`scale_boxes` maps boxes back by a plain per-axis scale. The native extension
+   (``NATIVE_AVAILABLE``) computes the same thing in one pass with the same weights (within 1e-5);
+3. :func:`preprocess_audio` down-mixes to mono, resamples (windowed-sinc, band-limited) to the
    model's rate and crops or zero-pads to the window.
+
+:func:`resize_frame` (OpenCV, ``uint8`` out) and :func:`normalize_image` remain as utilities (e.g.
+for drawing); the model input is :func:`preprocess_frame`.
+
+**NV12** (what Jetson cameras deliver) is a ``(H * 3 / 2, W)`` ``uint8`` array: the ``H`` rows of
+the Y plane, then ``H / 2`` rows of interleaved U, V at half resolution (each chroma pair covers a
+2x2 block of pixels). It is read as **BT.601 limited range** (Y in [16, 235], chroma in [16, 240]),
+see :func:`nv12_to_rgb_reference`.
 
 **Time convention.** Frame ``i`` of a video at ``fps`` is at ``i / fps`` seconds; audio sample ``j``
 at ``j / sample_rate``. A clip window is ``[start, start + clip_seconds)``: the frames whose time lies
 in it, and the audio samples of that span.
 
-Only NumPy (and OpenCV, imported when a frame is resized) — never torch.
+Only NumPy (and OpenCV, imported when :func:`resize_frame` is called) — never torch.
 """
 
 from __future__ import annotations
@@ -40,6 +51,10 @@ __all__ = [
     "NATIVE_AVAILABLE",
     "clip_frame_indices",
     "frame_window",
+    "COLORS",
+    "preprocess_frame",
+    "preprocess_frame_reference",
+    "nv12_to_rgb_reference",
     "resize_frame",
     "normalize_image",
     "normalize_image_reference",
@@ -55,7 +70,7 @@ try:  # the extension is optional: a source checkout without a build still runs 
     from fusionedge.sdk import _native
 except ImportError as _e:  # pragma: no cover - depends on the build
     _native = None
-    log.debug("fusionedge.sdk._native not built (%s); using the NumPy normalize path", _e)
+    log.debug("fusionedge.sdk._native not built (%s); using the NumPy preprocessing path", _e)
 
 #: True when the compiled fast path (``fusionedge.sdk._native``) is importable.
 NATIVE_AVAILABLE: bool = _native is not None
@@ -141,9 +156,11 @@ def clip_frame_indices(
 
 
 def resize_frame(frame: np.ndarray, geometry: "InputGeometry") -> np.ndarray:
-    """Stretch one frame to the model input size (no letterbox).
+    """Stretch one frame to the model input size (no letterbox), as ``uint8`` — a utility.
 
-    ``cv2.INTER_AREA`` when neither side grows (it averages, so it does not alias), ``cv2.INTER_LINEAR``
+    The model's input is :func:`preprocess_frame` (float resize, no rounding); this OpenCV resize
+    rounds to integers and differs from it by up to about one pixel level (e.g. for drawing or
+    saving a preview). ``cv2.INTER_AREA`` when neither side grows (it averages, so it does not alias), ``cv2.INTER_LINEAR``
     when a side grows. A frame already at the size is returned as is (not copied).
 
     Args:
@@ -223,13 +240,7 @@ def normalize_image(
     _check_image(image, "image")
     m, s = _check_mean_std(mean, std)
     h, w = image.shape[:2]
-    if out is None:
-        out = np.empty((3, h, w), dtype=np.float32)
-    elif not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (3, h, w):
-        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
-        raise InputError(f"out must be a float32 array of shape (3, {h}, {w}), got {got}")
-    elif not out.flags.c_contiguous or not out.flags.writeable:
-        raise InputError("out must be C-contiguous and writable")
+    out = _check_out(out, h, w)
     image = np.ascontiguousarray(image)
     if _native is not None:
         _native.normalize_hwc_to_chw(image, out, m, s, bool(bgr))
@@ -248,10 +259,208 @@ def _normalize_lut(image: np.ndarray, m: tuple, s: tuple, out: np.ndarray, bgr: 
         np.take(lut[:, k], image[..., src], out=out[k])
 
 
+#: The pixel layouts :func:`preprocess_frame` accepts.
+COLORS: tuple[str, ...] = ("rgb", "bgr", "nv12")
+_COLOR_CODE = {"rgb": 0, "bgr": 1, "nv12": 2}
+
+# BT.601 limited range -> RGB on [0, 255]: Y' = (Y - 16) * 255/219, chroma (C - 128) * 255/224.
+_KR, _KB = 0.299, 0.114
+_KG = 1.0 - _KR - _KB
+_Y_SCALE = 255.0 / 219.0
+_C_SCALE = 255.0 / 224.0
+
+
+def nv12_to_rgb_reference(nv12: np.ndarray) -> np.ndarray:
+    """NV12 to RGB, BT.601 limited range (what Jetson CSI cameras deliver), in float64.
+
+    ``R = 1.164 (Y-16) + 1.596 (V-128)``, ``G = 1.164 (Y-16) - 0.392 (U-128) - 0.813 (V-128)``,
+    ``B = 1.164 (Y-16) + 2.017 (U-128)`` (exact: ``255/219`` and ``255/224`` times the BT.601
+    ``Kr = 0.299``, ``Kb = 0.114`` matrix), clamped to ``[0, 255]``. Each U, V pair applies to its
+    2x2 block of pixels (nearest chroma, no interpolation).
+
+    Args:
+        nv12: ``(H * 3 / 2, W)`` uint8, H and W even: the Y plane, then interleaved U, V rows.
+
+    Returns:
+        ``(H, W, 3)`` float64 RGB on ``[0, 255]`` (not rounded).
+
+    Raises:
+        InputError: not a uint8 array of that shape.
+    """
+    h, w = _check_frame(nv12, "nv12", "nv12")
+    y = (nv12[:h].astype(np.float64) - 16.0) * _Y_SCALE
+    uv = nv12[h:].reshape(h // 2, w // 2, 2).astype(np.float64) - 128.0
+    uv = np.repeat(np.repeat(uv, 2, axis=0), 2, axis=1) * _C_SCALE  # (h, w, 2)
+    u, v = uv[..., 0], uv[..., 1]
+    rgb = np.stack([
+        y + 2.0 * (1.0 - _KR) * v,
+        y - (2.0 * _KB * (1.0 - _KB) / _KG) * u - (2.0 * _KR * (1.0 - _KR) / _KG) * v,
+        y + 2.0 * (1.0 - _KB) * u,
+    ], axis=-1)
+    return np.clip(rgb, 0.0, 255.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` float64 weights of one axis; each row sums to 1. Read-only, cached.
+
+    Area (box) when ``n_out <= n_in``: output ``i`` covers input ``[i s, (i + 1) s)`` with
+    ``s = n_in / n_out``; input pixel ``j`` (``[j, j + 1)``) gets its overlap with that span / ``s``.
+    Bilinear when ``n_out > n_in``: output ``i`` samples input position ``(i + 0.5) s - 0.5``,
+    clamped to ``[0, n_in - 1]``, between its two neighbours.
+    """
+    s = n_in / n_out
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    i = np.arange(n_out)
+    if n_out <= n_in:
+        lo, hi = i * s, (i + 1) * s
+        j = np.arange(n_in)
+        overlap = np.minimum(j[None, :] + 1.0, hi[:, None]) - np.maximum(j[None, :], lo[:, None])
+        m[:] = np.clip(overlap, 0.0, None) / s
+    else:
+        pos = np.clip((i + 0.5) * s - 0.5, 0.0, n_in - 1.0)
+        j0 = np.floor(pos).astype(np.int64)
+        f = pos - j0
+        j1 = np.minimum(j0 + 1, n_in - 1)
+        np.add.at(m, (i, j0), 1.0 - f)
+        np.add.at(m, (i, j1), f)
+    m.setflags(write=False)
+    return m
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same weights, sparse: ``starts`` (n_out,) int32 and ``taps`` (n_out, K) float32.
+
+    Output ``i`` is ``sum_k taps[i, k] * in[starts[i] + k]``; ``K`` is the widest row's support and
+    ``starts[i] + K <= n_in`` (rows near the end start earlier and carry zero weights).
+    """
+    m = _resize_matrix(n_in, n_out)
+    nz = m != 0.0
+    first = nz.argmax(axis=1)
+    last = n_in - 1 - nz[:, ::-1].argmax(axis=1)
+    k = int((last - first).max()) + 1
+    starts = np.minimum(first, n_in - k).astype(np.int32)
+    taps = np.stack([m[r, starts[r]:starts[r] + k] for r in range(n_out)]).astype(np.float32)
+    starts.setflags(write=False)
+    taps.setflags(write=False)
+    return starts, taps
+
+
+def preprocess_frame_reference(
+    frame: np.ndarray, geometry: "InputGeometry", *, color: str = "rgb"
+) -> np.ndarray:
+    """The definition of the model's frame input, in NumPy float64 (the oracle).
+
+    RGB (from ``color``) on ``[0, 255]`` as float64 → separable resize to ``(geometry.height,
+    geometry.width)`` as one weight-matrix product per axis (area when the axis shrinks or keeps
+    its size, bilinear when it grows; see the module docstring) → ``(x/255 - mean) / std`` →
+    float32 ``(3, H, W)`` RGB, rounded once.
+
+    Args:
+        frame: ``(h, w, 3)`` uint8 RGB or BGR, or ``(h * 3 / 2, w)`` uint8 NV12.
+        geometry: ``height``, ``width``, ``mean``, ``std`` of the model input.
+        color: ``"rgb"``, ``"bgr"`` or ``"nv12"`` (BT.601 limited range).
+
+    Returns:
+        ``(3, geometry.height, geometry.width)`` float32.
+
+    Raises:
+        InputError: a bad frame for ``color``, an unknown ``color``, or bad mean/std.
+    """
+    h, w = _check_frame(frame, color, "frame")
+    m, s = _check_mean_std(geometry.mean, geometry.std)
+    th, tw = _target_size(geometry)
+    if color == "nv12":
+        rgb = nv12_to_rgb_reference(frame)
+    else:
+        rgb = frame.astype(np.float64)
+        if color == "bgr":
+            rgb = rgb[..., ::-1]
+    x = rgb.transpose(2, 0, 1)  # (3, h, w)
+    x = _resize_matrix(h, th) @ x @ _resize_matrix(w, tw).T  # (3, th, tw)
+    y = (x / 255.0 - np.asarray(m)[:, None, None]) / np.asarray(s)[:, None, None]
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def preprocess_frame(
+    frame: np.ndarray,
+    geometry: "InputGeometry",
+    *,
+    color: str = "rgb",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Turn one camera frame into the model's ``(3, H, W)`` float32 input, the fast way.
+
+    Computes :func:`preprocess_frame_reference` (within 1e-5): with the native extension in one pass
+    over the input (resize taps + normalization + CHW layout, GIL released, no allocation per frame
+    once ``out`` is given); without it, the NumPy reference is copied into ``out``.
+
+    Args:
+        frame: ``(h, w, 3)`` uint8 RGB or BGR, or ``(h * 3 / 2, w)`` uint8 NV12; any strides
+            (copied to C order if needed).
+        geometry: ``height``, ``width``, ``mean``, ``std`` of the model input.
+        color: ``"rgb"``, ``"bgr"`` (an OpenCV frame) or ``"nv12"`` (BT.601 limited range).
+        out: optional preallocated ``(3, H, W)`` float32 C-contiguous writable array (e.g. one slot
+            of a batch); it is filled in place and returned.
+
+    Returns:
+        ``out`` if given, else a new ``(3, H, W)`` float32 array.
+
+    Raises:
+        InputError: a bad frame for ``color``, an unknown ``color``, a wrong ``out``, or bad mean/std.
+    """
+    h, w = _check_frame(frame, color, "frame")
+    m, s = _check_mean_std(geometry.mean, geometry.std)
+    th, tw = _target_size(geometry)
+    out = _check_out(out, th, tw)
+    if _native is None:
+        out[...] = preprocess_frame_reference(frame, geometry, color=color)
+        return out
+    ys, wy = _resize_taps(h, th)
+    xs, wx = _resize_taps(w, tw)
+    _native.preprocess_frame(np.ascontiguousarray(frame), out, ys, wy, xs, wx, m, s, _COLOR_CODE[color])
+    return out
+
+
+def _check_frame(frame: object, color: str, what: str) -> tuple[int, int]:
+    """``(h, w)`` of a frame in layout ``color``; raises InputError naming the problem."""
+    if color not in _COLOR_CODE:
+        raise InputError(f"color must be one of {COLORS}, got {color!r}")
+    if color != "nv12":
+        _check_image(frame, what)
+        return int(frame.shape[0]), int(frame.shape[1])  # type: ignore[union-attr]
+    ok = isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 2
+    if not ok or frame.shape[0] == 0 or frame.shape[0] % 3 or frame.shape[1] == 0 or frame.shape[1] % 2:
+        raise InputError(f"{what} must be NV12: a uint8 array of shape (H * 3 / 2, W) with H and W even "
+                         f"and > 0, got {_describe(frame)}")
+    return frame.shape[0] // 3 * 2, int(frame.shape[1])
+
+
+def _target_size(geometry: "InputGeometry") -> tuple[int, int]:
+    th, tw = int(geometry.height), int(geometry.width)
+    if th < 1 or tw < 1:
+        raise InputError(f"geometry height and width must be >= 1, got {geometry.height}x{geometry.width}")
+    return th, tw
+
+
+def _check_out(out: np.ndarray | None, h: int, w: int) -> np.ndarray:
+    if out is None:
+        return np.empty((3, h, w), dtype=np.float32)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (3, h, w):
+        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise InputError(f"out must be a float32 array of shape (3, {h}, {w}), got {got}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise InputError("out must be C-contiguous and writable")
+    return out
+
+
 def preprocess_video(
     frames: np.ndarray, fps: float, geometry: "InputGeometry", start_seconds: float = 0.0
 ) -> np.ndarray:
     """Turn decoded frames into the model's ``video`` input for one sample.
+
+    The clip's frames (:func:`clip_frame_indices`), each through :func:`preprocess_frame`.
 
     Args:
         frames: ``(N, h, w, 3)`` uint8 RGB (as :func:`fusionedge.sdk.media.read_video` returns).
@@ -271,9 +480,10 @@ def preprocess_video(
     if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
         raise InputError(f"frames is empty: shape {frames.shape}")
     idx = clip_frame_indices(frames.shape[0], fps, geometry, start_seconds)
-    out = np.empty((len(idx), 3, int(geometry.height), int(geometry.width)), dtype=np.float32)
+    th, tw = _target_size(geometry)
+    out = np.empty((len(idx), 3, th, tw), dtype=np.float32)
     for t, i in enumerate(idx):
-        normalize_image(resize_frame(frames[i], geometry), geometry.mean, geometry.std, out=out[t])
+        preprocess_frame(frames[i], geometry, out=out[t])
     return out
 
 

@@ -1,4 +1,8 @@
-"""Preprocessing: frame sampling, resizing, native vs reference normalization, audio resampling."""
+"""Preprocessing: frame sampling, the resize/normalize utilities, clips, audio resampling.
+
+The model's frame input (``preprocess_frame``: fused resize + normalize, native vs reference, NV12)
+is tested in ``test_native_preprocess.py``.
+"""
 
 from __future__ import annotations
 
@@ -76,7 +80,8 @@ def test_clip_indices_bad_input(args: tuple) -> None:
 # ------------------------------------------------------------------------------ resize
 
 
-def test_resize_shrink_uses_area_and_grow_uses_linear() -> None:
+def test_resize_frame_utility_is_opencv_area_or_linear() -> None:
+    # resize_frame is the uint8 OpenCV utility (e.g. for drawing); the model input is preprocess_frame
     import cv2
 
     frame = _rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
@@ -212,6 +217,7 @@ def test_normalize_timing_report(capsys: pytest.CaptureFixture) -> None:
 
 def test_preprocess_video_shape_and_frames() -> None:
     # frame i is filled with value i: the output must hold the normalized frames 0, 10, 19, 29
+    # (a constant frame stays constant through the area / bilinear resize)
     frames = np.stack([np.full((48, 64, 3), i, np.uint8) for i in range(60)])
     x = P.preprocess_video(frames, 30.0, G)
     assert x.shape == (4, 3, 96, 160) and x.dtype == np.float32

@@ -14,7 +14,8 @@ import torch
 from fusionedge.sdk.datamanifest import read_manifest
 from fusionedge.sdk.errors import DataError, FusionEdgeError
 from fusionedge.sdk.postprocess import encode_centernet_targets
-from fusionedge.sdk.preprocess import normalize_image
+from fusionedge.sdk.media import read_video
+from fusionedge.sdk.preprocess import preprocess_frame_reference, preprocess_video
 from fusionedge.sdk.spec import InputGeometry
 from fusionedge.training.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from fusionedge.training.dataset import (
@@ -62,7 +63,7 @@ def _tiny_config(data_dir, out, **kw) -> TrainConfig:
 def test_load_clips_shapes_and_targets(clips):
     n, g = len(clips), GEOMETRY
     h, w = g.heatmap_size
-    assert clips.video.shape == (n, g.clip_frames, g.height, g.width, 3) and clips.video.dtype == torch.uint8
+    assert clips.video.shape == (n, g.clip_frames, 3, g.height, g.width) and clips.video.dtype == torch.float32
     assert clips.audio.shape == (n, g.audio_samples) and clips.audio.dtype == torch.float32
     assert clips.targets["heatmap"].shape == (n, len(Labels().objects), h, w)
     assert clips.targets["mask"].shape == (n, h, w)
@@ -74,13 +75,17 @@ def test_load_clips_shapes_and_targets(clips):
     assert sum(len(b) for b in clips.boxes) > 0
 
 
-def test_batches_normalize_like_the_runtime(clips):
+def test_batches_preprocess_like_the_runtime(clips, data_dir):
     batch = next(iterate_batches(clips, 4))
     g = GEOMETRY
     assert batch["video"].shape == (4, g.clip_frames, 3, g.height, g.width)
-    for t in (0, g.clip_frames - 1):
-        ref = normalize_image(clips.video[2, t].numpy(), g.mean, g.std)
-        assert np.array_equal(batch["video"][2, t].numpy(), ref)  # bit for bit
+    sample = read_manifest(data_dir)[2]
+    clip = read_video(sample.video, max_seconds=g.clip_seconds)
+    runtime = preprocess_video(clip.frames, clip.fps, g)  # what a device feeds the model
+    assert np.array_equal(batch["video"][2].numpy(), runtime)  # bit for bit: the same function
+    # and that function is the one definition (the float64 reference) of the last, current frame
+    ref = preprocess_frame_reference(clip.frames[-1], g)
+    assert np.abs(batch["video"][2, -1].numpy() - ref).max() <= 1e-5
     assert torch.equal(batch["presence"], torch.ones(4, 2))
 
 

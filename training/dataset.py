@@ -4,14 +4,16 @@ Decoding uses the runtime's one definition of preprocessing (``fusionedge.sdk.me
 ``fusionedge.sdk.preprocess``), so the model trains on exactly what a device feeds it:
 
 1. ``load_clips(manifest, geometry)`` reads every sample ONCE: the clip's ``T`` frames
-   (``clip_frame_indices`` + ``resize_frame``, kept as uint8), the mono 16 kHz window
-   (``preprocess_audio``), the labels, and the boxes scaled to model-input pixels with their
-   CenterNet targets (``encode_centernet_targets``). A synthetic set of 2,000 clips is ~0.5 GB.
+   already preprocessed by the runtime's ``preprocess_video`` (``clip_frame_indices`` +
+   ``preprocess_frame``: resized, normalized float32 CHW, the very function a device calls per
+   frame), the mono 16 kHz window (``preprocess_audio``), the labels, and the boxes scaled to
+   model-input pixels with their CenterNet targets (``encode_centernet_targets``). A synthetic set
+   of 2,000 clips at the default geometry is ~1.5 GB.
 2. ``iterate_batches(clips, batch_size, ...)`` draws batches from that cache: optional horizontal
    flip (boxes and targets flipped with it), audio gain, and **modality dropout** (per sample, with
    probability ``modality_dropout``, the video or the audio — never both — is zeroed and its presence
-   set to 0, as a missing sensor looks at run time); frames are normalized per batch through the same
-   lookup table as ``normalize_image`` (bit-identical).
+   set to 0, as a missing sensor looks at run time). Flipping a normalized frame equals normalizing
+   the flipped frame (the resize and the normalization act per pixel / per axis).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tqdm import tqdm
 from fusionedge.sdk.errors import DataError
 from fusionedge.sdk.media import read_audio, read_video
 from fusionedge.sdk.postprocess import encode_centernet_targets
-from fusionedge.sdk.preprocess import clip_frame_indices, preprocess_audio, resize_frame, scale_boxes
+from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video, scale_boxes
 from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
 
 from .losses import IGNORE_INDEX
@@ -54,7 +56,7 @@ class ClipCache:
     """Decoded samples of one split, in memory. ``N`` samples; shapes per field."""
 
     ids: list[str]
-    video: torch.Tensor  # (N, T, H, W, 3) uint8 RGB, resized; frame T-1 is the current frame
+    video: torch.Tensor  # (N, T, 3, H, W) float32, preprocess_video's output; frame T-1 is the current one
     audio: torch.Tensor  # (N, S) float32 mono at geometry.sample_rate
     has_audio: torch.Tensor  # (N,) bool: the sample has an audio file
     event: torch.Tensor  # (N,) int64 class index, IGNORE_INDEX where unlabelled
@@ -112,8 +114,7 @@ def _index(name: str, vocab: Sequence[str], what: str, sample_id: str) -> int:
 def _decode(sample, geometry: InputGeometry, labels: Labels) -> dict:
     """Decode one manifest sample into cache entries (numpy)."""
     clip = read_video(sample.video, max_seconds=geometry.clip_seconds)
-    idx = clip_frame_indices(clip.frames.shape[0], clip.fps, geometry)
-    frames = np.stack([resize_frame(clip.frames[i], geometry) for i in idx])  # (T, H, W, 3) uint8
+    frames = preprocess_video(clip.frames, clip.fps, geometry)  # (T, 3, H, W) float32, as at run time
     frame_h, frame_w = clip.frames.shape[1:3]
     if sample.audio is not None:
         samples, sr = read_audio(sample.audio)
@@ -177,22 +178,6 @@ def load_clips(samples: Sequence, geometry: InputGeometry, labels: Labels = Labe
     )
 
 
-def _normalize_lut(geometry: InputGeometry) -> torch.Tensor:
-    """(3, 256) float32: the same float64 expression as ``sdk.preprocess.normalize_image``, rounded once."""
-    x = np.arange(256, dtype=np.float64)[:, None] / 255.0
-    lut = ((x - np.asarray(geometry.mean)) / np.asarray(geometry.std)).astype(np.float32)  # (256, 3)
-    return torch.from_numpy(np.ascontiguousarray(lut.T))
-
-
-def _normalize(frames: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, T, H, W, 3) → float32 (B, T, 3, H, W) via the lookup table."""
-    idx = frames.permute(0, 1, 4, 2, 3).long()  # (B, T, 3, H, W)
-    out = torch.empty(idx.shape, dtype=torch.float32)
-    for k in range(3):
-        out[:, :, k] = lut[k][idx[:, :, k]]
-    return out
-
-
 def iterate_batches(clips: ClipCache, batch_size: int, *, shuffle: bool = False,
                     generator: torch.Generator | None = None, augment: Augment | None = None,
                     drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
@@ -221,17 +206,16 @@ def iterate_batches(clips: ClipCache, batch_size: int, *, shuffle: bool = False,
         raise ValueError("shuffle/augment need a torch.Generator for reproducibility")
     n = len(clips)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    lut = _normalize_lut(clips.geometry)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
-        yield _make_batch(clips, idx, lut, generator, augment)
+        yield _make_batch(clips, idx, generator, augment)
 
 
-def _make_batch(clips: ClipCache, idx: torch.Tensor, lut: torch.Tensor, generator: torch.Generator | None,
+def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator | None,
                 augment: Augment | None) -> dict[str, torch.Tensor]:
     b = len(idx)
-    frames = clips.video[idx]  # (B, T, H, W, 3) uint8 (a copy)
+    frames = clips.video[idx]  # (B, T, 3, H, W) float32 normalized (a copy)
     audio = clips.audio[idx].clone()  # (B, S)
     presence = torch.stack([torch.ones(b), clips.has_audio[idx].float()], dim=1)  # (B, 2)
     targets = {k: v[idx].clone() for k, v in clips.targets.items()}
@@ -240,7 +224,7 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, lut: torch.Tensor, generato
         u_flip, u_drop, u_which, u_gain = torch.rand(4, b, generator=generator)
         flip = u_flip < augment.hflip
         if flip.any():
-            frames[flip] = frames[flip].flip(3)
+            frames[flip] = frames[flip].flip(4)
             _flip_targets(clips, idx, flip, targets)
         gain = 10.0 ** ((u_gain * 2.0 - 1.0) * augment.audio_gain_db / 20.0)  # (B,)
         audio = (audio * gain.unsqueeze(1)).clamp(-1.0, 1.0)
@@ -249,8 +233,7 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, lut: torch.Tensor, generato
         drop_video = drop & ~drop_audio & (presence[:, 1] > 0)  # never leave a sample with nothing
         presence[drop_video, 0] = 0.0
         presence[drop_audio, 1] = 0.0
-    video = _normalize(frames, lut)  # (B, T, 3, H, W)
-    video = video * presence[:, 0].reshape(-1, 1, 1, 1, 1)  # a missing modality's tensor is zeros
+    video = frames * presence[:, 0].reshape(-1, 1, 1, 1, 1)  # a missing modality's tensor is zeros
     audio = audio * presence[:, 1].reshape(-1, 1)
     return {"video": video, "audio": audio, "presence": presence, "event": clips.event[idx],
             "audio_tags": clips.audio_tags[idx], **targets, "index": idx}

@@ -36,7 +36,7 @@ import numpy as np
 
 from fusionedge.sdk.errors import InputError
 from fusionedge.sdk.media import DEFAULT_FPS
-from fusionedge.sdk.preprocess import normalize_image, resize_frame
+from fusionedge.sdk.preprocess import preprocess_frame
 from fusionedge.sdk.streaming.clock import AudioRing, StreamClock, Synchronizer
 from fusionedge.sdk.streaming.health import OK, HealthEvent, SourceSupervisor
 from fusionedge.sdk.streaming.sources import (
@@ -482,7 +482,7 @@ class Pipeline:
             frame: Frame = item
             t0 = time.perf_counter()
             tensor = np.empty((3, g.height, g.width), np.float32)  # (3, H, W)
-            normalize_image(resize_frame(frame.image, g), g.mean, g.std, out=tensor, bgr=True)
+            preprocess_frame(frame.image, g, color="bgr", out=tensor)  # the model's one definition
             sync.add_frame(frame.t, tensor)
             prep_ms = (time.perf_counter() - t0) * 1e3
             self._wait_audio(sync.window_end(frame.t))
