@@ -69,20 +69,46 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     _require_training()
+    import os
+
+    from fusionedge.training.distributed import DistContext, process_group, resolve_device
     from fusionedge.training.train import TrainConfig, train
 
+    # Under torchrun this process is one of several: the environment is read here, and only here.
+    dist = DistContext.from_env(os.environ)
+    out = args.out if args.out is not None else (args.resume.parent if args.resume is not None else None)
+    if out is None:
+        raise FusionEdgeError("--out is required (unless --resume gives the run folder)")
     # Options left unset keep TrainConfig's defaults.
     optional = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                "val_data": args.val, "init": args.init}
-    cfg = TrainConfig(data=args.data, out=args.out, model=args.model, seed=args.seed,
+                "val_data": args.val, "init": args.init, "resume": args.resume, "device": args.device}
+    cfg = TrainConfig(data=args.data, out=out, model=args.model, seed=args.seed,
+                      model_overrides=_parse_overrides(args.set), progress=dist.is_main and not args.json,
                       **{k: v for k, v in optional.items() if v is not None})
-    metrics = train(cfg)
+    with process_group(dist, resolve_device(cfg.device, dist)):
+        metrics = train(cfg, dist)
+    if not dist.is_main:
+        return 0
     if args.json:
         _print_json(metrics)
     else:
-        print(f"run written to {args.out}")
+        print(f"run written to {out}")
         print(_format_metrics(metrics.get("best", metrics)))
     return 0
+
+
+def _parse_overrides(items: Sequence[str] | None) -> dict:
+    """``["video_depth=0", "audio_channels=[8,8,16]"]`` → ModelConfig overrides (values parsed as JSON)."""
+    overrides = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise FusionEdgeError(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value  # a bare string, e.g. fusion=concat
+    return overrides
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -200,13 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", _cmd_train, "train a model on a data-set manifest")
     p.add_argument("--data", required=True, type=Path, help="training manifest or its folder")
     p.add_argument("--val", type=Path, default=None, help="validation manifest (default: 10%% of --data)")
-    p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, metrics)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folder (checkpoints, metrics); default with --resume: that run's folder")
     p.add_argument("--model", default="fusion_student", help="registry name (see fusionedge.training.models)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a ModelConfig field (JSON value), e.g. --set video_depth=0; repeatable")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", type=Path, default=None, help="initialize weights from a checkpoint")
+    p.add_argument("--resume", type=Path, default=None,
+                   help="continue a run exactly from its last.pt (give the first run's options again)")
+    p.add_argument("--device", default=None, help="auto (default: cuda:LOCAL_RANK if available), cpu, cuda:0...")
 
     p = add("export", _cmd_export, "export a checkpoint to a verified ONNX bundle")
     p.add_argument("--checkpoint", required=True, type=Path)

@@ -173,10 +173,11 @@ def test_missing_modality_content_is_ignored_by_event_head(model, missing):
 
 def test_presence_changes_the_event_logits(model):
     video, audio, presence = _inputs(model, 2, seed=4)
+    used = 1 if "audio" in model.config.modalities else 0  # drop a modality the model reads
     with torch.no_grad():
         both = model(video, audio, presence)[0]
         absent = presence.clone()
-        absent[:, 1] = 0.0
+        absent[:, used] = 0.0
         audio_off = model(video, audio, absent)[0]
     assert not torch.allclose(both, audio_off, atol=1e-4)
 
@@ -210,15 +211,49 @@ def test_every_parameter_gets_a_gradient(name):
     assert not missing
 
 
+def test_comparison_variants_are_registered():
+    assert {"fusion_student", "concat_student", "audio_only_student", "vision_only_student"} <= set(list_models())
+    assert model_config("concat_student").fusion == "concat"
+    assert model_config("audio_only_student").modalities == ("audio",)
+    assert model_config("vision_only_student").modalities == ("video",)
+    assert model_config("fusion_student", modalities=["audio", "video"]).modalities == ("video", "audio")
+    with pytest.raises(ModelConfigError, match="modalities"):
+        model_config("fusion_student", modalities=("video", "lidar"))
+    with pytest.raises(ModelConfigError, match="modalities"):
+        model_config("fusion_student", modalities=())
+
+
+@pytest.mark.parametrize("name, ignored", [("audio_only_student", 0), ("vision_only_student", 1)])
+def test_single_modality_models_never_read_the_other_input(name, ignored):
+    torch.manual_seed(0)
+    m = create_model(name).eval()
+    video, audio, presence = _inputs(m, 2, seed=5)
+    other = [video, audio]
+    other[ignored] = torch.randn_like(other[ignored]) * 3.0
+    flipped = presence.clone()
+    flipped[:, ignored] = 0.0  # nor its presence flag
+    with torch.no_grad():
+        a = m(video, audio, presence)
+        b = m(*other, flipped)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    if name == "audio_only_student":  # no video: a constant "no detection"
+        assert float(torch.sigmoid(a[2]).max()) < 1e-6
+        assert "video_encoder" not in dict(m.named_children()) or m.video_encoder is None
+    else:  # no audio: the tag logits are the same learned prior for every sample
+        assert torch.equal(a[1][0], a[1][1])
+
+
 # ------------------------------------------------------------------------------------------ export
 
 
 @pytest.mark.slow
-def test_student_exports_to_onnx_with_dynamic_batch(tmp_path):
+@pytest.mark.parametrize("name", ["fusion_student", "audio_only_student"])
+def test_student_exports_to_onnx_with_dynamic_batch(tmp_path, name):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     torch.manual_seed(0)
-    model = create_model("fusion_student").eval()
+    model = create_model(name).eval()
     batch = torch.export.Dim("batch", min=1, max=256)
     path = tmp_path / "student.onnx"
     torch.onnx.export(model, _inputs(model, 2), str(path), dynamo=True, opset_version=18, external_data=False,

@@ -6,7 +6,8 @@ A checkpoint is a ``torch.save`` dict of plain data and tensors (loadable with
     format "fusionedge-checkpoint", format_version 1,
     model_name, model_config (ModelConfig.to_dict()), geometry (InputGeometry.to_dict()),
     labels {"events", "audio_tags", "objects"}, metrics, epoch,
-    state_dict, optimizer (optional), extra (optional)
+    state_dict, optimizer (optional), extra (optional), training_state (optional: what exact
+    resume needs — step, epoch, history, best, random states; see ``train.py``)
 
 Files are written atomically (temp file in the same folder, fsync, ``os.replace``): a crash while
 saving leaves the previous checkpoint intact.
@@ -41,7 +42,8 @@ class CheckpointError(FusionEdgeError):
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, model_name: str, model_config: dict,
                     geometry: InputGeometry, labels: dict, metrics: dict, epoch: int,
-                    optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None) -> Path:
+                    optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None,
+                    training_state: dict | None = None) -> Path:
     """Write a checkpoint atomically.
 
     Args:
@@ -55,6 +57,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, model_name: st
         epoch: epochs completed (1-based).
         optimizer: saved too when given (to continue training).
         extra: any further JSON-ready data (e.g. the training config).
+        training_state: plain data and tensors to continue training exactly (see ``train.py``).
 
     Raises:
         CheckpointError: the labels lack a key, or the file cannot be written.
@@ -80,6 +83,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, model_name: st
         state["optimizer"] = optimizer.state_dict()
     if extra is not None:
         state["extra"] = extra
+    if training_state is not None:
+        state["training_state"] = training_state
     path = Path(path)
     tmp_name = None
     try:

@@ -11,10 +11,24 @@ backward, clip, step — validate, and write the run folder:
 
 Validation uses a held-out manifest (``val_data``) or a deterministic 10% of the training manifest.
 Seeds are fixed (python, numpy, torch); ``torch.set_num_threads`` is left to the caller.
+
+**Exact resume.** ``last.pt`` also holds the optimizer, the step, the history, the best epoch so
+far and every random state (python, numpy, torch, the data generator). ``TrainConfig(resume=...)``
+continues from it: training E epochs straight and training k epochs (``stop_after_epoch=k``, or a
+kill after epoch k), then resuming to E give bit-identical weights on the CPU. The options that
+shape the trajectory (epochs, batch size, lr, seed, model, ...) must be those of the first run.
+
+**Several processes.** ``train(cfg, dist=DistContext(rank, world_size, local_rank))`` inside an
+initialized process group (see ``distributed.py``; ``fusionedge train`` under ``torchrun`` does it)
+wraps the model in ``DistributedDataParallel`` and gives each rank ``perm[rank::world]`` of each
+epoch's permutation: ``batch_size`` is per process. Only rank 0 validates and writes the run
+folder; the others wait. On CUDA the forward pass runs under autocast (bf16, or fp16 with a
+``GradScaler`` where bf16 is not supported); on the CPU in float32.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -35,8 +49,9 @@ from fusionedge.sdk.errors import DataError, FusionEdgeError
 from fusionedge.sdk.postprocess import decode_centernet
 from fusionedge.sdk.spec import InputGeometry
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .dataset import Augment, ClipCache, Labels, iterate_batches, load_clips, split_for_validation
+from .distributed import DistContext, parameter_digest, resolve_device, shard_indices, take_clips
 from .losses import IGNORE_INDEX, LossWeights, multitask_loss
 from .models import model_config
 from .models.multimodal import MultimodalModel
@@ -54,6 +69,10 @@ class TrainConfig:
     model: str = "fusion_student"  # registry name
     model_overrides: dict = field(default_factory=dict)  # ModelConfig fields to change
     init: Path | None = None  # checkpoint to initialize the weights from (same architecture)
+    resume: Path | None = None  # a run's last.pt: continue that run exactly (same options)
+    stop_after_epoch: int | None = None  # end after this epoch, keeping the schedule of `epochs` (resumable)
+    device: str = "auto"  # "auto": cuda:LOCAL_RANK when CUDA is available, else cpu; or e.g. "cpu"
+    amp: bool = True  # mixed precision on CUDA (bf16, else fp16 + GradScaler); no effect on the CPU
     geometry: InputGeometry = field(default_factory=InputGeometry)
     epochs: int = 10  # ~175 s of training for 2,000 clips on 2 cores (student)
     batch_size: int = 32
@@ -77,6 +96,7 @@ class TrainConfig:
         self.out = Path(self.out)
         self.val_data = None if self.val_data is None else Path(self.val_data)
         self.init = None if self.init is None else Path(self.init)
+        self.resume = None if self.resume is None else Path(self.resume)
         if isinstance(self.loss_weights, dict):
             self.loss_weights = LossWeights(**self.loss_weights)
         if isinstance(self.geometry, dict):
@@ -92,6 +112,10 @@ class TrainConfig:
             bad.append(f"modality_dropout={self.modality_dropout} (need 0..1)")
         if not 0.0 <= self.hflip <= 1.0:
             bad.append(f"hflip={self.hflip} (need 0..1)")
+        if self.stop_after_epoch is not None and not 1 <= self.stop_after_epoch <= self.epochs:
+            bad.append(f"stop_after_epoch={self.stop_after_epoch} (need 1..epochs or None)")
+        if self.init is not None and self.resume is not None:
+            bad.append("init and resume together (resume restores the weights)")
         for name in ("max_train_samples", "max_val_samples"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -102,7 +126,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update(data=str(self.data), out=str(self.out), val_data=None if self.val_data is None else str(self.val_data),
-                 init=None if self.init is None else str(self.init), geometry=self.geometry.to_dict(),
+                 init=None if self.init is None else str(self.init),
+                 resume=None if self.resume is None else str(self.resume), geometry=self.geometry.to_dict(),
                  loss_weights=asdict(self.loss_weights))
         return d
 
@@ -173,7 +198,8 @@ def _lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
 
 @torch.no_grad()
 def evaluate_model(model: MultimodalModel, clips: ClipCache, *, batch_size: int = 64,
-                   loss_weights: LossWeights = LossWeights(), score_threshold: float = 0.05) -> dict:
+                   loss_weights: LossWeights = LossWeights(), score_threshold: float = 0.05,
+                   device: torch.device | str = "cpu") -> dict:
     """Validation metrics of a model on a decoded split (boxes in model-input pixels).
 
     Args:
@@ -182,6 +208,7 @@ def evaluate_model(model: MultimodalModel, clips: ClipCache, *, batch_size: int 
         batch_size: samples per forward pass.
         loss_weights: for the reported validation loss.
         score_threshold: lowest detection score decoded for mAP.
+        device: where the model lives (batches are moved there).
 
     Returns:
         ``loss``, ``event_accuracy``, ``event_macro_f1``, ``audio_tag_map``, ``detection_map50``
@@ -192,10 +219,11 @@ def evaluate_model(model: MultimodalModel, clips: ClipCache, *, batch_size: int 
     labels, g = clips.labels, clips.geometry
     losses, y_true, y_pred, tag_true, tag_score, det_pred, det_true = [], [], [], [], [], [], []
     for batch in iterate_batches(clips, batch_size):
-        outputs = model(batch["video"], batch["audio"], batch["presence"])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        outputs = tuple(o.float() for o in model(batch["video"], batch["audio"], batch["presence"]))
         loss, _ = multitask_loss(outputs, batch, loss_weights)
         losses.append(float(loss) * len(batch["index"]))
-        event_logits, tag_logits, heatmap, size, offset = (o.numpy() for o in outputs)
+        event_logits, tag_logits, heatmap, size, offset = (o.cpu().numpy() for o in outputs)
         for j, i in enumerate(batch["index"].tolist()):
             if int(clips.event[i]) != IGNORE_INDEX:
                 y_true.append(int(clips.event[i]))
@@ -229,38 +257,106 @@ def _better(a: dict, b: dict | None) -> bool:
     return (acc_a, -a["loss"]) > (acc_b, -b["loss"])
 
 
-def train(cfg: TrainConfig) -> dict:
+#: TrainConfig fields that shape a run's trajectory: a resumed run must keep them to be exact.
+_TRAJECTORY_FIELDS = ("model", "model_overrides", "geometry", "epochs", "batch_size", "lr", "min_lr_ratio",
+                      "warmup_epochs", "weight_decay", "grad_clip", "seed", "loss_weights", "modality_dropout",
+                      "hflip", "audio_gain_db", "max_train_samples", "amp")
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    """Every random state a run draws from (as tensors and plain data, loadable with weights_only)."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "data": gen.get_state(),
+    }
+
+
+def _set_rng_state(state: dict, gen: torch.Generator) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"], "has_gauss": n["has_gauss"], "gauss": n["gauss"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]}})
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    gen.set_state(state["data"])
+
+
+def _resume_state(cfg: TrainConfig, mcfg_dict: dict, world_size: int) -> dict:
+    """Read ``cfg.resume`` and check that it continues this run; returns the raw checkpoint dict."""
+    state = read_checkpoint(cfg.resume)
+    if "training_state" not in state or "optimizer" not in state:
+        raise CheckpointError(f"{cfg.resume}: no training state to resume from (use a run's last.pt)")
+    if state["model_config"] != mcfg_dict:
+        raise CheckpointError(f"{cfg.resume}: model {state['model_name']!r} as saved differs from {cfg.model!r} "
+                              "as configured")
+    saved = state.get("extra", {}).get("train_config", {})
+    now = _json_safe(cfg.to_dict())
+    changed = [k for k in _TRAJECTORY_FIELDS if k in saved and saved[k] != now[k]]
+    if changed:
+        raise CheckpointError(f"{cfg.resume}: resuming needs the options of the first run; changed: "
+                              + ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in changed))
+    if state["training_state"]["world_size"] != world_size:
+        raise CheckpointError(f"{cfg.resume}: saved by {state['training_state']['world_size']} process(es), "
+                              f"resumed by {world_size}: the data shards would differ")
+    return state
+
+
+def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
     """Train, validate every epoch, and write the run folder (see the module docstring).
 
     Args:
         cfg: the run's configuration.
+        dist: this process's place in a data-parallel job; with ``world_size > 1`` the default
+            process group must be initialized (``distributed.process_group``).
 
     Raises:
         DataError: the manifests are missing, invalid or empty.
         MediaError: a media file cannot be decoded.
         ModelConfigError: unknown model name or override.
-        CheckpointError: ``cfg.init`` is not a usable checkpoint.
-        FusionEdgeError: the loss became NaN/Inf.
+        CheckpointError: ``cfg.init`` is not a usable checkpoint, or ``cfg.resume`` does not
+            continue this run.
+        FusionEdgeError: the loss became NaN/Inf, or no process group for several processes.
 
     Returns:
-        ``{"best": {epoch, val metrics}, "final": {...}, "history": [...], "run_dir", "seconds"}``.
+        On rank 0 ``{"best": {epoch, val metrics}, "final": {...}, "history": [...], "run_dir",
+        "seconds", ...}`` (with ``"distributed": {"world_size", "parameter_digests"}`` for several
+        processes); on other ranks ``{"rank", "parameter_digest"}``.
     """
+    import torch.distributed as tdist
+
+    if dist.distributed and not tdist.is_initialized():
+        raise FusionEdgeError(f"world_size={dist.world_size} needs an initialized process group "
+                              "(run under torchrun through `fusionedge train`, or use distributed.process_group)")
     t_start = time.perf_counter()
     gen = _seed_everything(cfg.seed)
     labels = Labels()
     g = cfg.geometry
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device, dist)
+    main, show = dist.is_main, cfg.progress and dist.is_main
+    if main:
+        cfg.out.mkdir(parents=True, exist_ok=True)
 
-    # -- data: decode once, keep in memory
-    train_clips, val_clips = _load_splits(cfg, labels)
-    t_data = time.perf_counter() - t_start
-
-    # -- model
     overrides = dict(num_events=len(labels.events), num_audio_tags=len(labels.audio_tags),
                      num_objects=len(labels.objects), clip_frames=g.clip_frames, height=g.height, width=g.width,
                      audio_samples=g.audio_samples, sample_rate=g.sample_rate, output_stride=g.output_stride)
     overrides.update(cfg.model_overrides)
     mcfg = model_config(cfg.model, **overrides)
+    resume = None if cfg.resume is None else _resume_state(cfg, mcfg.to_dict(), dist.world_size)  # fail early
+
+    # -- data: decode once, keep in memory (every rank holds the whole training split)
+    train_clips, val_clips = _load_splits(dataclasses.replace(cfg, progress=show), labels)
+    t_data = time.perf_counter() - t_start
+
+    # -- model
     torch.manual_seed(cfg.seed)  # weights depend only on the seed, not on what decoding consumed
     model = MultimodalModel(mcfg)
     if cfg.init is not None:
@@ -269,40 +365,78 @@ def train(cfg: TrainConfig) -> dict:
             model.load_state_dict(init_model.state_dict())
         except RuntimeError as e:
             raise CheckpointError(f"{cfg.init}: weights do not fit {cfg.model!r} as configured: {e}") from e
+    model.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
-    _write_json(cfg.out / "config.json", {"train": cfg.to_dict(), "model_name": cfg.model,
-                                          "model_config": mcfg.to_dict(), "labels": labels.to_dict()})
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    net: torch.nn.Module = model
+    if dist.distributed:  # gradients are averaged over ranks in backward(); rank 0's buffers are broadcast
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    if main:
+        _write_json(cfg.out / "config.json", {"train": cfg.to_dict(), "model_name": cfg.model,
+                                              "model_config": mcfg.to_dict(), "labels": labels.to_dict(),
+                                              "world_size": dist.world_size})
 
-    steps_per_epoch = math.ceil(len(train_clips) / cfg.batch_size)
+    shard_size = -(-len(train_clips) // dist.world_size)
+    steps_per_epoch = math.ceil(shard_size / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     augment = Augment(cfg.modality_dropout, cfg.hflip, cfg.audio_gain_db)
-    ckpt_meta = dict(model_name=cfg.model, model_config=mcfg.to_dict(), geometry=g, labels=labels.to_dict())
+    ckpt_meta = dict(model_name=cfg.model, model_config=mcfg.to_dict(), geometry=g, labels=labels.to_dict(),
+                     extra={"train_config": _json_safe(cfg.to_dict())})
 
     history: list[dict] = []
     best: dict | None = None
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
+    step, start_epoch = 0, 1
+    if resume is not None:
+        model.load_state_dict(resume["state_dict"])
+        optimizer.load_state_dict(resume["optimizer"])
+        ts = resume["training_state"]
+        if ts["scaler"]:
+            scaler.load_state_dict(ts["scaler"])
+        step, start_epoch, history, best = ts["step"], ts["epoch"] + 1, list(ts["history"]), ts["best"]
+        _set_rng_state(ts["rng"], gen)  # last: everything above may have drawn random numbers
+
+    def summary() -> dict:
+        final = {"epoch": history[-1]["epoch"], **history[-1]["val"]} if history else None
+        return {"best": best, "final": final, "history": history, "run_dir": str(cfg.out),
+                "data_seconds": round(t_data, 2), "seconds": round(time.perf_counter() - t_start, 2),
+                "train_samples": len(train_clips), "val_samples": len(val_clips)}
+
+    last_epoch = cfg.stop_after_epoch or cfg.epochs
+    for epoch in range(start_epoch, last_epoch + 1):
         t_epoch = time.perf_counter()
-        model.train()
+        net.train()
         sums: dict[str, float] = {}
         seen = 0
-        bar = tqdm(iterate_batches(train_clips, cfg.batch_size, shuffle=True, generator=gen, augment=augment),
-                   total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
-                   disable=not cfg.progress, leave=False)
+        if dist.distributed:  # this rank's share of the epoch's permutation (the same on every rank)
+            perm = torch.randperm(len(train_clips), generator=gen)  # (N,)
+            shard = take_clips(train_clips, shard_indices(perm, dist.rank, dist.world_size))  # a copy, N/world
+            batches = iterate_batches(shard, cfg.batch_size, generator=gen, augment=augment)
+        else:  # the same draws from `gen`, without copying the cache
+            batches = iterate_batches(train_clips, cfg.batch_size, shuffle=True, generator=gen, augment=augment)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+                   disable=not show, leave=False)
         for batch in bar:
             lr = _lr_at(step, total_steps, warmup, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            outputs = model(batch["video"], batch["audio"], batch["presence"])
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                outputs = net(batch["video"], batch["audio"], batch["presence"])
+            outputs = tuple(o.float() for o in outputs)  # the losses in float32
             loss, parts = multitask_loss(outputs, batch, cfg.loss_weights)
             if not torch.isfinite(loss):  # a CPU sync point, but one float per step is cheap
                 raise FusionEdgeError(f"loss became {float(loss.detach())} at epoch {epoch}, step {step}; "
                                       f"lower lr (now {cfg.lr}) or check the data")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients (a no-op without fp16 scaling)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             b = len(batch["index"])
             seen += b
@@ -310,28 +444,46 @@ def train(cfg: TrainConfig) -> dict:
                 sums[k] = sums.get(k, 0.0) + v * b
             bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", lr=f"{lr:.1e}")
         bar.close()
+        if dist.distributed:  # the epoch's training means over all ranks
+            keys = sorted(sums)
+            t = torch.tensor([seen] + [sums[k] for k in keys], dtype=torch.float64, device=device)
+            tdist.all_reduce(t)
+            seen, sums = int(t[0]), dict(zip(keys, t[1:].tolist()))
         train_seconds = time.perf_counter() - t_epoch
 
-        val = evaluate_model(model, val_clips, loss_weights=cfg.loss_weights)
-        record = {"epoch": epoch, "lr": lr, "train": {k: v / seen for k, v in sums.items()}, "val": val,
-                  "train_seconds": round(train_seconds, 2),
-                  "seconds": round(time.perf_counter() - t_epoch, 2)}
-        history.append(record)
-        if cfg.progress:
-            print(f"epoch {epoch}/{cfg.epochs}  loss {record['train']['loss']:.3f}  "
-                  f"val loss {val['loss']:.3f}  event acc {val['event_accuracy']:.3f}  "
-                  f"tag mAP {val['audio_tag_map']:.3f}  det mAP50 {val['detection_map50']:.3f}  "
-                  f"({record['seconds']:.0f} s)", file=sys.stderr, flush=True)
+        if main:
+            val = evaluate_model(model, val_clips, loss_weights=cfg.loss_weights, device=device)
+            record = {"epoch": epoch, "lr": lr, "train": {k: v / seen for k, v in sums.items()}, "val": val,
+                      "train_seconds": round(train_seconds, 2),
+                      "seconds": round(time.perf_counter() - t_epoch, 2)}
+            history.append(record)
+            if cfg.progress:
+                print(f"epoch {epoch}/{cfg.epochs}  loss {record['train']['loss']:.3f}  "
+                      f"val loss {val['loss']:.3f}  event acc {val['event_accuracy']:.3f}  "
+                      f"tag mAP {val['audio_tag_map']:.3f}  det mAP50 {val['detection_map50']:.3f}  "
+                      f"({record['seconds']:.0f} s)", file=sys.stderr, flush=True)
+            metrics = {"epoch": epoch, **val}
+            if _better(val, best):
+                best = metrics
+                save_checkpoint(cfg.out / "best.pt", model, metrics=_json_safe(metrics), epoch=epoch, **ckpt_meta)
+            training_state = {"step": step, "epoch": epoch, "history": history, "best": best,
+                              "world_size": dist.world_size, "scaler": scaler.state_dict(),
+                              "rng": _rng_state(gen)}  # validation drew no random numbers
+            save_checkpoint(cfg.out / "last.pt", model, metrics=_json_safe(metrics), epoch=epoch, **ckpt_meta,
+                            optimizer=optimizer, training_state=training_state)
+            _write_json(cfg.out / "metrics.json", summary())
+        if dist.distributed:
+            tdist.barrier()  # the others wait while rank 0 validates and saves
 
-        metrics = {"epoch": epoch, **val}
-        if _better(val, best):
-            best = metrics
-            save_checkpoint(cfg.out / "best.pt", model, metrics=_json_safe(metrics), epoch=epoch, **ckpt_meta,
-                            extra={"train_config": _json_safe(cfg.to_dict())})
-        save_checkpoint(cfg.out / "last.pt", model, metrics=_json_safe(metrics), epoch=epoch, **ckpt_meta,
-                        optimizer=optimizer, extra={"train_config": _json_safe(cfg.to_dict())})
-        summary = {"best": best, "final": metrics, "history": history, "run_dir": str(cfg.out),
-                   "data_seconds": round(t_data, 2), "seconds": round(time.perf_counter() - t_start, 2),
-                   "train_samples": len(train_clips), "val_samples": len(val_clips)}
-        _write_json(cfg.out / "metrics.json", summary)
-    return _json_safe(summary)
+    if not dist.distributed:
+        if main and start_epoch > last_epoch:  # resumed a finished run: nothing to train
+            _write_json(cfg.out / "metrics.json", summary())
+        return _json_safe(summary())
+    # DDP keeps the replicas identical; prove it (one all_gather of 64-character digests)
+    digests: list = [None] * dist.world_size
+    tdist.all_gather_object(digests, parameter_digest(model))
+    if not main:
+        return {"rank": dist.rank, "parameter_digest": digests[dist.rank]}
+    result = {**summary(), "distributed": {"world_size": dist.world_size, "parameter_digests": digests}}
+    _write_json(cfg.out / "metrics.json", result)
+    return _json_safe(result)

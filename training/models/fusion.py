@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["CrossAttentionFusion", "ConcatFusion", "FUSIONS", "build_fusion"]
+__all__ = ["CrossAttentionFusion", "ConcatFusion", "SingleModalityFusion", "FUSIONS", "build_fusion"]
 
 
 def _replace_missing(tokens: torch.Tensor, present: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
@@ -123,6 +123,32 @@ class ConcatFusion(nn.Module):
         v = self.proj_v(video_tokens.mean(dim=1)) * pv + self.missing_v * (1.0 - pv)  # (B, D)
         a = self.proj_a(audio_tokens.mean(dim=1)) * pa + self.missing_a * (1.0 - pa)  # (B, D)
         return self.mlp(torch.cat([v, a], dim=1))  # (B, 2D)
+
+
+class SingleModalityFusion(nn.Module):
+    """The "fusion" of a single-modality model: project one modality's tokens, pool, normalize.
+
+    Reads only the tokens and the presence of ``modality`` (0 video, 1 audio); where that modality
+    is absent its tokens are replaced by the learned "missing" embedding. Output
+    ``[mean, max of tokens]`` → ``(B, 2 * dim)``.
+
+    Args:
+        in_dim: token width. tokens: token count (learned positions). dim: projected width.
+        modality: index of the modality in the presence mask.
+    """
+
+    def __init__(self, in_dim: int, tokens: int, dim: int, modality: int) -> None:
+        super().__init__()
+        self.modality = int(modality)
+        self.proj = nn.Linear(in_dim, dim)
+        self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+        self.missing = nn.Parameter(torch.zeros(1, 1, dim))
+        self.norm = nn.LayerNorm(2 * dim)
+        self.out_dim = 2 * dim
+
+    def forward(self, tokens: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+        x = _replace_missing(self.proj(tokens) + self.pos, presence[:, self.modality], self.missing)  # (B, N, D)
+        return self.norm(torch.cat([x.mean(dim=1), x.amax(dim=1)], dim=1))  # (B, 2D)
 
 
 #: Fusion modules by config name; each takes the keyword arguments of ``CrossAttentionFusion``.

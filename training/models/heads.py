@@ -7,10 +7,14 @@ from torch import nn
 
 from .encoders import ConvBNReLU
 
-__all__ = ["EventHead", "AudioTagHead", "CenterNetHead", "HEATMAP_BIAS_INIT"]
+__all__ = ["EventHead", "AudioTagHead", "CenterNetHead", "AudioTagPrior", "NoDetectionHead", "HEATMAP_BIAS_INIT",
+           "NO_DETECTION_LOGIT"]
 
 #: CenterNet's heatmap bias: sigmoid(-2.19) ≈ 0.1, so the focal loss starts stable.
 HEATMAP_BIAS_INIT = -2.19
+
+#: Heatmap logit of a model without video: sigmoid(-20) ≈ 2e-9, below any score threshold.
+NO_DETECTION_LOGIT = -20.0
 
 
 class EventHead(nn.Module):
@@ -75,3 +79,37 @@ class CenterNetHead(nn.Module):
         size = torch.exp(torch.clamp(self.size(x), -4.0, 4.0)) * self.size_scale_px  # (B, 2, h, w) px
         offset = torch.sigmoid(self.offset(x))  # (B, 2, h, w) cells
         return heatmap, size, offset
+
+
+class AudioTagPrior(nn.Module):
+    """Audio-tag logits of a model without audio: learned per-tag biases (zero features → bias).
+
+    The logits are the same for every sample: the tag frequencies of the training data.
+    """
+
+    def __init__(self, num_tags: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_tags))
+
+    def forward(self, like: torch.Tensor) -> torch.Tensor:
+        return self.bias.unsqueeze(0).expand(like.shape[0], -1).clone()  # (B, A), B from any input
+
+
+class NoDetectionHead(nn.Module):
+    """Detection outputs of a model without video: a constant "no detection".
+
+    The heatmap logits are ``NO_DETECTION_LOGIT`` everywhere (no score passes a threshold), the
+    sizes ``size_scale_px`` and the offsets 0.5; all are fixed buffers, nothing is trained. The
+    shapes are those of ``CenterNetHead``, so the model keeps the I/O contract.
+    """
+
+    def __init__(self, num_classes: int, heatmap_hw: tuple[int, int], size_scale_px: float = 16.0) -> None:
+        super().__init__()
+        h, w = heatmap_hw
+        self.register_buffer("heatmap", torch.full((1, num_classes, h, w), NO_DETECTION_LOGIT), persistent=False)
+        self.register_buffer("size", torch.full((1, 2, h, w), float(size_scale_px)), persistent=False)
+        self.register_buffer("offset", torch.full((1, 2, h, w), 0.5), persistent=False)
+
+    def forward(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b = like.shape[0]
+        return tuple(t.expand(b, -1, -1, -1).clone() for t in (self.heatmap, self.size, self.offset))

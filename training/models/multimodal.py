@@ -10,6 +10,13 @@ returns the five outputs as a tuple in ``OUTPUT_NAMES`` order::
                           └──────────────────────────────► CenterNetHead ─► det_heatmap, det_size, det_offset
     presence (B,2) ───────────────────────────────┘ (and into EventHead)
 
+A model may use only one modality (``modalities=("video",)`` or ``("audio",)``), for comparisons:
+it keeps the same inputs and outputs, but never reads the other modality's tensor (its presence
+reads as 0 everywhere). Without video the detection outputs are a constant "no detection"
+(``NoDetectionHead``: heatmap logits -20, nothing passes a threshold); without audio the audio-tag
+logits are learned per-tag biases (``AudioTagPrior``). The ``fusion`` field applies only to two
+modalities; one modality is pooled by ``SingleModalityFusion``.
+
 Create models by name through ``fusionedge.training.models.create_model``; the config is a plain
 dataclass, stored in every checkpoint as a dict (``ModelConfig.to_dict`` / ``from_dict``).
 """
@@ -25,10 +32,13 @@ from fusionedge.sdk.errors import FusionEdgeError
 from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
 
 from .encoders import AudioEncoder, ClipEncoder, conv_out_len
-from .fusion import FUSIONS, build_fusion
-from .heads import AudioTagHead, CenterNetHead, EventHead
+from .fusion import FUSIONS, SingleModalityFusion, build_fusion
+from .heads import AudioTagHead, AudioTagPrior, CenterNetHead, EventHead, NoDetectionHead
 
-__all__ = ["ModelConfig", "MultimodalModel", "ModelConfigError", "count_flops", "count_params"]
+__all__ = ["ModelConfig", "MultimodalModel", "ModelConfigError", "count_flops", "count_params", "MODALITIES"]
+
+#: The modalities of the model contract, in presence-mask order.
+MODALITIES: tuple[str, str] = ("video", "audio")
 
 
 class ModelConfigError(FusionEdgeError, ValueError):
@@ -63,6 +73,7 @@ class ModelConfig:
     audio_depth: int = 1  # extra 3×3 convolutions in the last audio stage
     audio_dim: int = 64  # audio token width
     # -- fusion
+    modalities: tuple[str, ...] = MODALITIES  # ("video", "audio"), ("video",) or ("audio",)
     fusion: str = "cross_attention"  # a key of fusion.FUSIONS
     fusion_dim: int = 64  # shared token width
     fusion_heads: int = 4
@@ -91,6 +102,11 @@ class ModelConfig:
             problems.append("clip_frames, audio_samples and the label counts must be >= 1")
         if not 0.0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             problems.append(f"need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}")
+        mods = tuple(self.modalities)
+        if not mods or len(set(mods)) != len(mods) or not set(mods) <= set(MODALITIES):
+            problems.append(f"modalities must be a non-empty subset of {MODALITIES}, got {mods!r}")
+        else:
+            object.__setattr__(self, "modalities", tuple(m for m in MODALITIES if m in mods))  # canonical order
         if problems:
             raise ModelConfigError("invalid ModelConfig: " + "; ".join(problems))
 
@@ -138,25 +154,52 @@ class MultimodalModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.video_encoder = ClipEncoder(c.video_channels, c.video_depth, c.clip_frames, c.temporal_kernel)
-        self.audio_encoder = AudioEncoder(c.audio_channels, c.audio_depth, c.audio_dim, c.sample_rate, c.n_fft,
-                                          c.hop_length, c.n_mels, c.f_min, c.f_max)
-        self.fusion = build_fusion(c.fusion, video_dim=self.video_encoder.out_channels, audio_dim=c.audio_dim,
-                                   video_tokens=c.video_tokens, audio_tokens=c.audio_tokens, dim=c.fusion_dim,
-                                   heads=c.fusion_heads, layers=c.fusion_layers, dropout=c.dropout)
+        use_video, use_audio = "video" in c.modalities, "audio" in c.modalities
+        # (1, 2): multiplies the presence mask, so an unused modality always reads as absent
+        self.register_buffer("modality_mask", torch.tensor([[float(use_video), float(use_audio)]]), persistent=False)
+        self.video_encoder = self.audio_encoder = None
+        if use_video:
+            self.video_encoder = ClipEncoder(c.video_channels, c.video_depth, c.clip_frames, c.temporal_kernel)
+        if use_audio:
+            self.audio_encoder = AudioEncoder(c.audio_channels, c.audio_depth, c.audio_dim, c.sample_rate, c.n_fft,
+                                              c.hop_length, c.n_mels, c.f_min, c.f_max)
+        if use_video and use_audio:
+            self.fusion = build_fusion(c.fusion, video_dim=self.video_encoder.out_channels, audio_dim=c.audio_dim,
+                                       video_tokens=c.video_tokens, audio_tokens=c.audio_tokens, dim=c.fusion_dim,
+                                       heads=c.fusion_heads, layers=c.fusion_layers, dropout=c.dropout)
+        elif use_video:
+            self.fusion = SingleModalityFusion(self.video_encoder.out_channels, c.video_tokens, c.fusion_dim, 0)
+        else:
+            self.fusion = SingleModalityFusion(c.audio_dim, c.audio_tokens, c.fusion_dim, 1)
         self.event_head = EventHead(self.fusion.out_dim, c.head_hidden, c.num_events, c.dropout)
-        self.audio_tag_head = AudioTagHead(c.audio_dim, c.head_hidden, c.num_audio_tags)
-        self.det_head = CenterNetHead(self.video_encoder.s4_channels, self.video_encoder.out_channels,
-                                      c.det_channels, c.num_objects, c.size_scale_px)
+        if use_audio:
+            self.audio_tag_head = AudioTagHead(c.audio_dim, c.head_hidden, c.num_audio_tags)
+        else:
+            self.audio_tag_head = AudioTagPrior(c.num_audio_tags)
+        if use_video:
+            self.det_head = CenterNetHead(self.video_encoder.s4_channels, self.video_encoder.out_channels,
+                                          c.det_channels, c.num_objects, c.size_scale_px)
+        else:
+            hw = (c.height // c.output_stride, c.width // c.output_stride)
+            self.det_head = NoDetectionHead(c.num_objects, hw, c.size_scale_px)
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor,
                 presence: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.video_encoder is None or self.audio_encoder is None:
+            presence = presence * self.modality_mask  # (B, 2)
+        if self.video_encoder is None:  # audio only: the video tensor is never read
+            a_tokens, _ = self.audio_encoder(audio)  # (B, Na, Ca)
+            fused = self.fusion(a_tokens, presence)  # (B, F)
+            return (self.event_head(fused, presence), self.audio_tag_head(a_tokens), *self.det_head(audio))
         v_tokens, _, last_s4, context = self.video_encoder(video)  # (B, Nv, Cv), (B, C4, h, w), (B, Cv, h16, w16)
+        det_heatmap, det_size, det_offset = self.det_head(last_s4, context)  # (B, C|2|2, H/4, W/4)
+        if self.audio_encoder is None:  # video only: the audio tensor is never read
+            fused = self.fusion(v_tokens, presence)  # (B, F)
+            return self.event_head(fused, presence), self.audio_tag_head(video), det_heatmap, det_size, det_offset
         a_tokens, _ = self.audio_encoder(audio)  # (B, Na, Ca)
         fused = self.fusion(v_tokens, a_tokens, presence)  # (B, F)
         event_logits = self.event_head(fused, presence)  # (B, E)
         audio_tag_logits = self.audio_tag_head(a_tokens)  # (B, A)
-        det_heatmap, det_size, det_offset = self.det_head(last_s4, context)  # (B, C|2|2, H/4, W/4)
         return event_logits, audio_tag_logits, det_heatmap, det_size, det_offset
 
     def example_inputs(self, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -102,3 +102,24 @@ def fusion_teacher() -> ModelConfig:
         head_hidden=128,
         det_channels=64,
     )
+
+
+# -- variants of the student for comparisons (same size class; see docs of ModelConfig.modalities)
+
+
+@register_model("concat_student")
+def concat_student() -> ModelConfig:
+    """The student with late fusion: pooled video and audio embeddings concatenated (no attention)."""
+    return ModelConfig(fusion="concat")
+
+
+@register_model("vision_only_student")
+def vision_only_student() -> ModelConfig:
+    """The student without audio: the audio input is ignored, audio-tag logits are learned priors."""
+    return ModelConfig(modalities=("video",))
+
+
+@register_model("audio_only_student")
+def audio_only_student() -> ModelConfig:
+    """The student without video: the video input is ignored, the detection outputs say "no detection"."""
+    return ModelConfig(modalities=("audio",))
