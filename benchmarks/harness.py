@@ -389,7 +389,7 @@ def _record(
         "duration_s": round(outcome.wall_s, 3),
         "metric": {"name": metric_name, "value": round(float(value), 4)},
         "latency_ms": latency,
-        "throughput_sps": round(float(throughput), 3),
+        "throughput_sps": round(float(throughput), 4),  # same rounding as metric.value (Offline reports it)
         "sut_latency_ms": {
             k: round(float(np.percentile(sut, q)), 4) if sut.size else 0.0
             for k, q in (("p50", 50), ("p90", 90), ("p99", 99))

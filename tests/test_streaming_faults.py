@@ -102,7 +102,7 @@ def perception(tmp_path_factory):
         yield p
 
 
-CONFIG = PipelineConfig(policy="live", stall_timeout=0.3, backoff_initial=0.05, backoff_max=0.2, audio_wait=0.05)
+CONFIG = PipelineConfig(policy="live", stall_timeout=0.5, backoff_initial=0.05, backoff_max=0.2, audio_wait=0.05)
 
 
 def run_for(perception, seconds: float, **sources):
@@ -127,7 +127,7 @@ def test_video_failure_is_detected_audio_keeps_running_and_fusion_resumes(percep
         return cams[-1]
 
     with caplog.at_level(logging.WARNING, logger="fusionedge.sdk.streaming"):
-        pipe, results = run_for(perception, 2.5, video=camera, audio=lambda c: FakeMic(c))
+        pipe, results = run_for(perception, 3.0, video=camera, audio=lambda c: FakeMic(c))
     states = _states(pipe, "video")
     assert states[:2] == ["ok", {"stall": "stalled", "stop": "stopped", "error": "error"}[fault]]
     assert "error" in states[2:] and states[-1] == "ok"  # refused re-opens, then back
@@ -141,7 +141,7 @@ def test_video_failure_is_detected_audio_keeps_running_and_fusion_resumes(percep
     assert any("video sensor fake-camera://0" in m for m in caplog.messages)
     if fault == "stall":  # found by the watchdog (no timing assertion: the reason states the limit)
         stall = next(e for e in pipe.health_events if e.state == "stalled")
-        assert "limit 0.3 s" in stall.reason
+        assert f"limit {CONFIG.stall_timeout} s" in stall.reason
 
 
 @pytest.mark.parametrize("fault", ["stall", "stop", "error"])
