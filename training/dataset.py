@@ -28,9 +28,9 @@ import torch
 from tqdm import tqdm
 
 from fusionedge.sdk.errors import DataError
-from fusionedge.sdk.media import read_audio, read_video
+from fusionedge.sdk.evaluate import load_sample_inputs
 from fusionedge.sdk.postprocess import encode_centernet_targets
-from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video, scale_boxes
+from fusionedge.sdk.preprocess import scale_boxes
 from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
 
 from .losses import IGNORE_INDEX
@@ -113,14 +113,8 @@ def _index(name: str, vocab: Sequence[str], what: str, sample_id: str) -> int:
 
 def _decode(sample, geometry: InputGeometry, labels: Labels) -> dict:
     """Decode one manifest sample into cache entries (numpy)."""
-    clip = read_video(sample.video, max_seconds=geometry.clip_seconds)
-    frames = preprocess_video(clip.frames, clip.fps, geometry)  # (T, 3, H, W) float32, as at run time
-    frame_h, frame_w = clip.frames.shape[1:3]
-    if sample.audio is not None:
-        samples, sr = read_audio(sample.audio)
-        audio = preprocess_audio(samples, sr, geometry)  # (S,)
-    else:
-        audio = np.zeros(geometry.audio_samples, np.float32)
+    # (T, 3, H, W), (S,): exactly what the runtime feeds the model for this sample
+    frames, audio, _, (frame_w, frame_h) = load_sample_inputs(sample, geometry)
     sid = str(sample.id)
     event = IGNORE_INDEX if sample.event is None else _index(sample.event, labels.events, "event", sid)
     tags = np.zeros(len(labels.audio_tags), np.float32)
