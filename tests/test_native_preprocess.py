@@ -116,13 +116,14 @@ def test_nv12_chroma_covers_two_by_two_blocks() -> None:
 SIZES = [(480, 640), (720, 1280), (96, 160), (97, 161), (37, 53), (50, 300), (200, 90), (2, 2), (1, 1)]
 
 
+# NV12 subsamples chroma 2x2, so it only exists at even sizes: those cases are not generated at all.
+CASES = [(h, w, c) for c in ("rgb", "bgr", "nv12") for h, w in SIZES if c != "nv12" or (h % 2 == 0 and w % 2 == 0)]
+
+
 @needs_native
-@pytest.mark.parametrize("h, w", SIZES)
-@pytest.mark.parametrize("color", ["rgb", "bgr", "nv12"])
+@pytest.mark.parametrize("h, w, color", CASES)
 def test_native_matches_reference(h: int, w: int, color: str) -> None:
     if color == "nv12":
-        if h % 2 or w % 2:
-            pytest.skip("NV12 needs even sizes")
         frame = _nv12(h, w, seed=h * 7 + w)
     else:
         frame = _frame(h, w, seed=h * 7 + w)
