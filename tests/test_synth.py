@@ -159,6 +159,12 @@ def test_labels_follow_the_rules(dataset):
             assert syn["lights_on_ev_box"] in ev_boxes  # the lights-ON vehicle is in view, with a box
         else:
             assert syn["lights_on_ev_box"] is None
+        # the correspondence latents are recorded where they apply (tests/test_synth_correspondence.py)
+        assert (syn["ev_distance_m"] is None) == (syn["ev_motion"] is None) == (s.event == "none")
+        assert (syn["near_car_m"] is None) == ("engine" not in s.audio_tags)
+        assert (syn["near_pedestrian_m"] is None) == ("speech" not in s.audio_tags)
+        if s.event in SIREN_EVENTS:
+            assert syn["siren_envelope"] == syn["ev_motion"]
 
 
 def test_light_bar_flashes_only_when_on(dataset):

@@ -2,7 +2,9 @@
 
 The event of a clip depends on a visual cue (an emergency vehicle with its lights ON in view) and an
 audio cue (a siren), so neither modality alone can tell the four events apart; the rules are in
-:mod:`.rules` and documented in ``training/synth/README.md``.
+:mod:`.rules` and documented in ``training/synth/README.md``. Sounds also follow what is seen
+(siren level and envelope <-> the lights-ON vehicle's distance and motion, engine <-> a near car,
+speech <-> a near pedestrian), in ways that do not tell the event to either modality alone.
 
 ::
 

@@ -98,6 +98,10 @@ class SynthSample:
     info: dict  # rendering details (lighting, siren pattern, levels, ...)
 
 
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 2)
+
+
 def make_sample(seed: int, index: int, config: SynthConfig = SynthConfig()) -> SynthSample:
     """Make sample ``index`` of the data set with this ``seed``, in memory.
 
@@ -124,9 +128,19 @@ def make_sample(seed: int, index: int, config: SynthConfig = SynthConfig()) -> S
         "lights_on_ev": flags.lights_on_ev,
         "lights_off_ev": flags.lights_off_ev,
         "lights_on_ev_box": vinfo.lights_on_ev_box,
+        "lights_on_ev_box_first": vinfo.lights_on_ev_box_first,
         "siren_pattern": ainfo.siren_pattern,
         "siren_envelope": ainfo.siren_envelope,
         "levels_db": {k: round(v, 2) for k, v in ainfo.levels_db.items()},
+        # audio-visual correspondences (rules.py): the lights-ON vehicle's / siren source's distance and
+        # motion (a pseudo-distance when the siren is behind), the engine's car, the talking pedestrian
+        "ev_distance_m": _round(flags.ev_distance_m),
+        "ev_motion": flags.ev_motion,
+        "ev_depth_change_m": _round(flags.ev_depth_change_m),
+        "near_car_m": _round(flags.near_car_m),
+        "near_car_box": vinfo.near_car_box,
+        "near_pedestrian_m": _round(flags.near_pedestrian_m),
+        "near_pedestrian_box": vinfo.near_pedestrian_box,
     }
     return SynthSample(
         index=index,

@@ -16,6 +16,30 @@ pairs it cannot tell apart: the best audio-only or vision-only predictor is righ
 and only the two cues together identify the event. Everything else (horn, speech, engine, cars,
 pedestrians, traffic lights, emergency vehicles with their lights OFF) is drawn independently of the
 event, so it carries no information about it.
+
+Audio-visual correspondences (sounds come from things you see), none of which tells the event to one
+modality alone:
+
+* **Siren source distance and motion.** Whenever an emergency vehicle is involved (every event but
+  ``none``) a distance ``ev_distance_m`` (mid-clip depth, uniform in :data:`EV_DISTANCE_M`) and a
+  motion ``ev_motion`` (approach / recede / steady, each 1/3, with a signed depth change
+  ``ev_depth_change_m``) are drawn from ONE distribution, whatever the event. In
+  ``emergency_ahead`` the lights-ON vehicle is rendered at that depth and moves that way, and the
+  siren's level falls with its log distance and its envelope follows the motion, so audio and video
+  agree. In ``emergency_behind`` the same draw is the unseen siren source's pseudo-distance/motion,
+  so the siren's level and envelope have the same distribution as ahead (audio alone cannot tell
+  ahead from behind); in ``lights_no_siren`` it places the silent lights-ON vehicle, so the vehicle's
+  distance and motion have the same distribution as ahead (video alone cannot tell them apart).
+* **Engine <-> near car.** ``engine`` iff one extra car is near (``near_car_m`` in
+  :data:`NEAR_CAR_M`, in a lane, visible); the ``cars`` other cars stay beyond
+  :data:`FAR_CAR_MIN_M`. The engine level falls with ``near_car_m``.
+* **Speech <-> near pedestrian.** ``speech`` iff one extra pedestrian is near
+  (``near_pedestrian_m`` in :data:`NEAR_PEDESTRIAN_M`, visible); the ``pedestrians`` others stay
+  beyond :data:`FAR_PEDESTRIAN_MIN_M`. The speech level falls with ``near_pedestrian_m``.
+
+Engine and speech are independent of the event, and the distance/motion draw has the same
+distribution in every event that has it, so the Bayes-optimal single-modality predictors stay at
+chance between the paired events.
 """
 
 from __future__ import annotations
@@ -39,6 +63,14 @@ __all__ = [
     "MAX_CARS",
     "MAX_PEDESTRIANS",
     "MAX_TRAFFIC_LIGHTS",
+    "EV_MOTIONS",
+    "EV_DISTANCE_M",
+    "EV_DEPTH_CHANGE_M",
+    "EV_STEADY_CHANGE_M",
+    "NEAR_CAR_M",
+    "FAR_CAR_MIN_M",
+    "NEAR_PEDESTRIAN_M",
+    "FAR_PEDESTRIAN_MIN_M",
 ]
 
 # Distractor probabilities, independent of the event.
@@ -49,6 +81,16 @@ P_LIGHTS_OFF_EV = 0.3  # an emergency vehicle with its lights OFF is in view (pa
 MAX_CARS = 5  # ordinary cars in view: uniform 0..MAX_CARS
 MAX_PEDESTRIANS = 3  # uniform 0..MAX_PEDESTRIANS
 MAX_TRAFFIC_LIGHTS = 2  # uniform 0..MAX_TRAFFIC_LIGHTS
+
+# Audio-visual correspondences (all in metres of depth ahead of the camera; see the module docstring).
+EV_MOTIONS: tuple[str, ...] = ("approach", "recede", "steady")  # equally likely
+EV_DISTANCE_M = (10.5, 22.5)  # mid-clip depth; with the depth change the vehicle stays within 9-24 m
+EV_DEPTH_CHANGE_M = (1.0, 3.0)  # |depth change over the clip| when approaching or receding
+EV_STEADY_CHANGE_M = 0.3  # |depth change| of a steady vehicle is below this
+NEAR_CAR_M = (5.0, 12.0)  # mid-clip depth of the engine's car (iff ``engine``)
+FAR_CAR_MIN_M = 14.0  # every other ordinary car stays at least this far during the whole clip
+NEAR_PEDESTRIAN_M = (6.0, 15.0)  # mid-clip depth of the talking pedestrian (iff ``speech``)
+FAR_PEDESTRIAN_MIN_M = 18.0  # every other pedestrian stays at least this far during the whole clip
 
 _RULES: dict[tuple[bool, bool], str] = {
     # (siren audible, lights-on emergency vehicle in view) -> event
@@ -72,9 +114,15 @@ class SceneFlags:
     horn: bool
     speech: bool
     engine: bool
-    cars: int  # ordinary cars asked for (dropped if no free spot; some end up hidden or off-screen)
-    pedestrians: int
+    cars: int  # other ordinary cars asked for, all >= FAR_CAR_MIN_M (dropped if no free spot; some hidden)
+    pedestrians: int  # other pedestrians asked for, all >= FAR_PEDESTRIAN_MIN_M
     traffic_lights: int
+    # Siren source / lights-ON vehicle, same distribution in every event but ``none`` (None there):
+    ev_distance_m: float | None = None  # mid-clip depth (a pseudo-distance when the siren is behind)
+    ev_motion: str | None = None  # one of EV_MOTIONS
+    ev_depth_change_m: float | None = None  # depth at the end minus at the start (< 0: approaching)
+    near_car_m: float | None = None  # mid-clip depth of the near car, iff ``engine``
+    near_pedestrian_m: float | None = None  # mid-clip depth of the near pedestrian, iff ``speech``
 
 
 def event_from_cues(siren: bool, lights_on_ev: bool) -> str:
@@ -120,6 +168,9 @@ def audio_tags_for(flags: SceneFlags) -> tuple[str, ...]:
 def sample_flags(rng: np.random.Generator) -> SceneFlags:
     """Draw the latent decisions of one scene: the event uniformly, then independent distractors.
 
+    The source distance/motion and the near car/pedestrian distances are drawn for every scene (so
+    the number of draws does not depend on the event) and kept only where they apply.
+
     Args:
         rng: the sample's random generator (consumed).
 
@@ -129,15 +180,33 @@ def sample_flags(rng: np.random.Generator) -> SceneFlags:
     event = EVENTS[int(rng.integers(len(EVENTS)))]
     siren, lights_on_ev = cues_for_event(event)
     u = rng.random(4)
+    cars = int(rng.integers(MAX_CARS + 1))
+    pedestrians = int(rng.integers(MAX_PEDESTRIANS + 1))
+    traffic_lights = int(rng.integers(MAX_TRAFFIC_LIGHTS + 1))
+    # drawn after the old fields, so a seed keeps giving the same event and distractors as before
+    ev_distance = float(rng.uniform(*EV_DISTANCE_M))
+    motion = EV_MOTIONS[int(rng.integers(len(EV_MOTIONS)))]
+    magnitude = float(rng.uniform(*EV_DEPTH_CHANGE_M))
+    steady = float(rng.uniform(-EV_STEADY_CHANGE_M, EV_STEADY_CHANGE_M))
+    change = {"approach": -magnitude, "recede": magnitude, "steady": steady}[motion]
+    near_car = float(rng.uniform(*NEAR_CAR_M))
+    near_ped = float(rng.uniform(*NEAR_PEDESTRIAN_M))
+    engine, speech = bool(u[3] < P_ENGINE), bool(u[2] < P_SPEECH)
+    ev = siren or lights_on_ev
     return SceneFlags(
         event=event,
         siren=siren,
         lights_on_ev=lights_on_ev,
         lights_off_ev=bool(u[0] < P_LIGHTS_OFF_EV),
         horn=bool(u[1] < P_HORN),
-        speech=bool(u[2] < P_SPEECH),
-        engine=bool(u[3] < P_ENGINE),
-        cars=int(rng.integers(MAX_CARS + 1)),
-        pedestrians=int(rng.integers(MAX_PEDESTRIANS + 1)),
-        traffic_lights=int(rng.integers(MAX_TRAFFIC_LIGHTS + 1)),
+        speech=speech,
+        engine=engine,
+        cars=cars,
+        pedestrians=pedestrians,
+        traffic_lights=traffic_lights,
+        ev_distance_m=ev_distance if ev else None,
+        ev_motion=motion if ev else None,
+        ev_depth_change_m=change if ev else None,
+        near_car_m=near_car if engine else None,
+        near_pedestrian_m=near_ped if speech else None,
     )

@@ -17,6 +17,14 @@ An emergency vehicle with its lights ON flashes its light bar: the left lamp red
 blue alternate at 3-4 Hz with a random phase, and in every frame exactly one of them is lit, so a
 single frame shows "lights on". With its lights OFF both lamps are dark grey.
 
+The scene follows the latent values of :class:`~.rules.SceneFlags` that the audio also follows: the
+lights-ON vehicle sits at ``ev_distance_m`` mid-clip and its depth changes by ``ev_depth_change_m``
+over the clip (approach / recede / steady, the siren's envelope); with ``engine`` one extra car is at
+``near_car_m`` (5-12 m) in a lane, and with ``speech`` one extra pedestrian at ``near_pedestrian_m``
+(6-15 m). These three are "protected": placed first, jointly, fully (the vehicle) or mostly in view,
+never overlapping each other on screen and never covered by another object. The other cars stay
+beyond 14 m and the other pedestrians beyond 18 m during the whole clip.
+
 Randomized per clip: lighting (day, dusk, night with the ego car's headlight cone and glowing
 lamps), camera (focal length, horizon, height, centre), object placement and motion, deliberate
 partial occlusion, optical blur, sensor noise and per-frame camera jitter.
@@ -35,7 +43,7 @@ import numpy as np
 
 from fusionedge.sdk.spec import OBJECTS
 
-from .rules import SceneFlags
+from .rules import FAR_CAR_MIN_M, FAR_PEDESTRIAN_MIN_M, SceneFlags
 
 __all__ = ["LIGHTINGS", "VideoInfo", "render_video"]
 
@@ -140,6 +148,9 @@ class VideoInfo:
     lighting: str
     lights_on_ev_box: list[int] | None  # the lights-ON emergency vehicle's box in the last frame
     objects_placed: dict[str, int]
+    lights_on_ev_box_first: list[int] | None = None  # its box in the first frame (same rules, unoccluded)
+    near_car_box: list[int] | None = None  # the engine's near car, last frame
+    near_pedestrian_box: list[int] | None = None  # the talking pedestrian, last frame
 
 
 # A primitive: (op, geometry, rgb, emissive, boxed). op is "rect" (x1, y1, x2, y2 inclusive),
@@ -426,46 +437,83 @@ def _vehicle_spot(rng: np.random.Generator) -> tuple[float, str]:
 
 
 class _Layout:
-    """Places objects on the ground without collisions and keeps the lights-ON vehicle unoccluded."""
+    """Places objects on the ground without collisions and keeps the protected objects unoccluded.
+
+    Protected objects (the lights-ON vehicle, the engine's near car, the talking pedestrian) never
+    overlap one another on screen, and no other object that may come nearer than one of them during
+    the clip is allowed to overlap it.
+    """
 
     def __init__(self, cam: _Camera, seconds: float):
         self.cam = cam
         self.seconds = seconds
         self.objs: list[_Obj] = []
-        self.protected: _Obj | None = None
+        self.protected: list[_Obj] = []
 
     def extent(self, o: _Obj):
         """Screen box swept over the clip (union of the first and last frame; motion is slow)."""
         a, b = (_screen_extent(o, self.cam, t) for t in (0.0, self.seconds))
         return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
 
-    def fits(self, o: _Obj) -> bool:
+    def nearest(self, o: _Obj) -> float:
+        """The smallest depth the object reaches during the clip."""
+        return min(o.at(0.0)[1], o.at(self.seconds)[1])
+
+    def fits(self, o: _Obj, protect: bool = False) -> bool:
         for other in self.objs:
             if o.kind != "pedestrian" and other.kind != "pedestrian" and "occluder" not in o.extra:
                 if abs(o.X - other.X) < (o.w + other.w) / 2 + 0.4 and abs(o.Z - other.Z) < 6.0:
                     return False
             elif abs(o.X - other.X) < (o.w + other.w) / 2 + 0.2 and abs(o.Z - other.Z) < 1.5:
                 return False
-        p = self.protected
-        if p is not None and o is not p:
-            # anything that may come nearer than the lights-ON vehicle during the clip must not cover it
-            near = min(o.at(0.0)[1], o.at(self.seconds)[1]) < max(p.at(0.0)[1], p.at(self.seconds)[1]) + 1.0
-            if near and _overlap(self.extent(o), self.extent(p)):
-                return False
+        if self.protected:
+            e = self.extent(o)
+            for p in self.protected:
+                if protect:  # protected objects never overlap on screen
+                    if _overlap(e, self.extent(p)):
+                        return False
+                    continue
+                # anything that may come nearer than a protected object during the clip must not cover it
+                near = self.nearest(o) < max(p.at(0.0)[1], p.at(self.seconds)[1]) + 1.0
+                if near and _overlap(e, self.extent(p)):
+                    return False
         return True
 
-    def add(self, o: _Obj) -> bool:
-        if self.fits(o):
+    def add(self, o: _Obj, protect: bool = False) -> bool:
+        if self.fits(o, protect):
             self.objs.append(o)
+            if protect:
+                self.protected.append(o)
             return True
         return False
 
+    def inside(self, o: _Obj, margin: int) -> bool:
+        """The whole object stays inside the frame (with a margin) during the clip."""
+        e = self.extent(o)
+        W, H = self.cam.width, self.cam.height
+        return e[0] >= margin and e[2] <= W - margin and e[1] >= margin and e[3] <= H - margin
 
-def _make_ev(rng: np.random.Generator, lights: str, X: float, Z: float, facing: str) -> _Obj:
-    # slow: a vehicle with its lights on is usually stopped or creeping (and stays easy to find)
+    def mostly_inside(self, o: _Obj) -> bool:
+        """At least 70% of the object's width and its top stay in the frame (its feet may be cut off)."""
+        e = self.extent(o)
+        w = e[2] - e[0]
+        seen = min(e[2], self.cam.width) - max(e[0], 0.0)
+        return seen >= 0.7 * w and e[1] >= 2
+
+
+def _motion(depth_mid: float, change: float, seconds: float) -> tuple[float, float]:
+    """Depth at t = 0 and depth speed: ``depth_mid`` mid-clip, the depth changing by ``change``."""
+    return depth_mid - change / 2.0, change / seconds
+
+
+def _make_ev(
+    rng: np.random.Generator, lights: str, X: float, Z: float, facing: str, vZ: float | None = None
+) -> _Obj:
+    # slow: a vehicle with its lights on is usually stopped or creeping (and stays easy to find); its
+    # depth speed vZ comes from the scene flags when given (approach / recede / steady)
     return _Obj(
         kind="emergency_vehicle", X=X, Z=Z,
-        vX=rng.uniform(-0.15, 0.15), vZ=Z * rng.uniform(-0.03, 0.03),
+        vX=rng.uniform(-0.15, 0.15), vZ=Z * rng.uniform(-0.03, 0.03) if vZ is None else vZ,
         w=rng.uniform(2.0, 2.3), h=rng.uniform(2.5, 2.9),
         colour=tuple(float(v) for v in _EV_BODIES[rng.integers(len(_EV_BODIES))]),
         facing=facing, lights=lights, freq=rng.uniform(3.0, 4.0), phase=rng.random(),
@@ -484,65 +532,136 @@ def _make_car(rng: np.random.Generator, X: float, Z: float, facing: str) -> _Obj
     )
 
 
+def _make_pedestrian(rng: np.random.Generator, X: float, Z: float, vX: float, vZ: float) -> _Obj:
+    h = rng.uniform(1.5, 1.9)
+    return _Obj(
+        kind="pedestrian", X=X, Z=Z, vX=vX, vZ=vZ, w=0.3 * h, h=h, colour=(0, 0, 0),
+        freq=(1.8 if (vX or vZ) else 0.0), phase=rng.random(),
+        extra={"shirt": tuple(float(v) for v in _SHIRTS[rng.integers(len(_SHIRTS))]),
+               "pants": tuple(float(v) for v in _PANTS[rng.integers(len(_PANTS))]),
+               "skin": tuple(float(v) for v in _SKIN[rng.integers(len(_SKIN))])},
+    )
+
+
+def _lane_spot(rng: np.random.Generator) -> tuple[float, str]:
+    """Lateral position and facing for a moving car: oncoming lane, ego lane or right lane."""
+    u = rng.random()
+    if u < 0.25:
+        return -LANE_W + rng.uniform(-0.4, 0.4), "front"
+    if u < 0.6:
+        return rng.uniform(-0.6, 0.6), "rear"
+    return LANE_W + rng.uniform(-0.4, 0.4), "rear"
+
+
+def _near_car(rng: np.random.Generator, depth_mid: float, seconds: float) -> _Obj:
+    X, facing = _lane_spot(rng)
+    Z, vZ = _motion(depth_mid, rng.uniform(-0.5, 0.5), seconds)
+    car = _make_car(rng, X, Z, facing)
+    car.vX, car.vZ = rng.uniform(-0.2, 0.2), vZ
+    return car
+
+
+def _near_pedestrian(rng: np.random.Generator, cam: _Camera, depth_mid: float, seconds: float) -> _Obj:
+    # On the sidewalk or the kerb if that is in view at this depth, else crossing the road.
+    reach = (min(cam.cx, cam.width - cam.cx) - 12.0) * depth_mid / cam.focal  # |X| that stays in view
+    if reach > ROAD_EDGE + 0.6 and rng.random() < 0.6:
+        X = rng.choice([-1.0, 1.0]) * rng.uniform(ROAD_EDGE + 0.3, min(SIDEWALK - 0.3, reach))
+        change = 0.0 if rng.random() < 0.4 else rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.2) * seconds
+        Z, vZ = _motion(depth_mid, change, seconds)
+        return _make_pedestrian(rng, X, Z, 0.0, vZ)
+    X = rng.uniform(-min(ROAD_EDGE, reach), min(ROAD_EDGE, reach))
+    vX = 0.0 if rng.random() < 0.3 else rng.choice([-1.0, 1.0]) * rng.uniform(0.6, 1.4)
+    return _make_pedestrian(rng, X - vX * seconds / 2, depth_mid, vX, 0.0)
+
+
+def _place_protected(flags: SceneFlags, rng: np.random.Generator, lay: _Layout) -> None:
+    """Place the lights-ON vehicle, the near car and the near pedestrian where the flags put them.
+
+    Their depths and depth motion come from the flags (the audio follows the same numbers); only
+    their lateral spots are searched, jointly, so that all of them are in view and unoccluded.
+    """
+    seconds, margin = lay.seconds, 4
+    for attempt in range(40):
+        lay.objs.clear()
+        lay.protected.clear()
+        last = attempt == 39
+        if flags.lights_on_ev:
+            Z, vZ = _motion(flags.ev_distance_m, flags.ev_depth_change_m, seconds)
+            for k in range(12):
+                if last and k == 11:  # straight ahead in the ego lane: in view at any allowed depth
+                    X, facing = rng.uniform(-0.3, 0.3), "rear"
+                else:
+                    X, facing = _vehicle_spot(rng)
+                ev = _make_ev(rng, "on", X, Z, facing, vZ)
+                ev.extra["role"] = "lights_on_ev"
+                if lay.inside(ev, margin) and lay.add(ev, protect=True):
+                    break
+            else:
+                if not last:
+                    continue
+                lay.objs.append(ev)  # first on an empty layout: nothing can cover it
+                lay.protected.append(ev)
+        if flags.engine:
+            for _ in range(12):
+                car = _near_car(rng, flags.near_car_m, seconds)
+                car.extra["role"] = "near_car"
+                if lay.mostly_inside(car) and lay.add(car, protect=True):
+                    break
+            else:
+                if not last:
+                    continue
+                # give up on "unoccluded": keep it in view, behind nothing that covers the vehicle
+                lay.objs.append(car)
+        if flags.speech:
+            for _ in range(12):
+                ped = _near_pedestrian(rng, lay.cam, flags.near_pedestrian_m, seconds)
+                ped.extra["role"] = "near_pedestrian"
+                if lay.mostly_inside(ped) and lay.add(ped, protect=True):
+                    break
+            else:
+                if not last:
+                    continue
+                lay.objs.append(ped)
+        return
+
+
 def _layout(flags: SceneFlags, rng: np.random.Generator, cam: _Camera, seconds: float) -> list[_Obj]:
     lay = _Layout(cam, seconds)
-    W, H = cam.width, cam.height
-    margin = 4
-    if flags.lights_on_ev:
-        ev = None
-        for _ in range(50):
-            X, facing = _vehicle_spot(rng)
-            cand = _make_ev(rng, "on", X, rng.uniform(7.0, 24.0), facing)
-            e = lay.extent(cand)
-            if e[0] >= margin and e[2] <= W - margin and e[1] >= margin and e[3] <= H - margin:
-                ev = cand
-                break
-        if ev is None:  # a spot that always fits: straight ahead at mid distance
-            ev = _make_ev(rng, "on", 0.0, 14.0, "rear")
-            ev.vX, ev.vZ = 0.0, 0.0
-        lay.objs.append(ev)
-        lay.protected = ev
+    _place_protected(flags, rng, lay)
     tries = 30
     if flags.lights_off_ev:
         for _ in range(tries):
             X, facing = _vehicle_spot(rng)
             if lay.add(_make_ev(rng, "off", X, rng.uniform(6.0, 45.0), facing)):
                 break
+    far_car = FAR_CAR_MIN_M
     for _ in range(flags.cars):
         for _ in range(tries):
-            targets = [o for o in lay.objs if o is not lay.protected and o.Z > 10.0]
+            targets = [o for o in lay.objs if o not in lay.protected and o.Z > far_car + 3.5]
             if targets and rng.random() < P_OCCLUDER:
                 # deliberately in front of another object, shifted sideways so it hides part of it
                 tgt = targets[int(rng.integers(len(targets)))]
-                Z = max(6.0, tgt.Z - rng.uniform(3.5, 9.0))
+                Z = tgt.Z - rng.uniform(3.5, 9.0)
                 shift = rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 0.9) * tgt.w
                 facing = "rear" if tgt.X > -LANE_W / 2 else "front"
                 car = _make_car(rng, (tgt.X + shift) * Z / tgt.Z, Z, facing)
                 car.extra["occluder"] = True
             else:
                 X, facing = _vehicle_spot(rng)
-                car = _make_car(rng, X, rng.uniform(6.0, 55.0), facing)
-            if lay.add(car):
+                car = _make_car(rng, X, rng.uniform(far_car * 1.1 + 0.1, 55.0), facing)
+            if lay.nearest(car) >= far_car and lay.add(car):
                 break
     for _ in range(flags.pedestrians):
         for _ in range(tries):
-            crossing = rng.random() < 0.3
-            if crossing:
-                X, Z = rng.uniform(-ROAD_EDGE, ROAD_EDGE), rng.uniform(7.0, 25.0)
+            if rng.random() < 0.3:  # crossing
+                X, Z = rng.uniform(-ROAD_EDGE, ROAD_EDGE), rng.uniform(FAR_PEDESTRIAN_MIN_M, 28.0)
                 vX, vZ = rng.choice([-1.0, 1.0]) * rng.uniform(0.8, 1.6), 0.0
             else:
                 X = rng.choice([-1.0, 1.0]) * rng.uniform(ROAD_EDGE + 0.4, SIDEWALK - 0.3)
-                Z = rng.uniform(5.0, 35.0)
+                Z = rng.uniform(FAR_PEDESTRIAN_MIN_M + 1.5, 40.0)
                 vX, vZ = 0.0, (0.0 if rng.random() < 0.3 else rng.choice([-1.0, 1.0]) * rng.uniform(0.8, 1.5))
-            h = rng.uniform(1.5, 1.9)
-            ped = _Obj(
-                kind="pedestrian", X=X, Z=Z, vX=vX, vZ=vZ, w=0.3 * h, h=h, colour=(0, 0, 0),
-                freq=(1.8 if (vX or vZ) else 0.0), phase=rng.random(),
-                extra={"shirt": tuple(float(v) for v in _SHIRTS[rng.integers(len(_SHIRTS))]),
-                       "pants": tuple(float(v) for v in _PANTS[rng.integers(len(_PANTS))]),
-                       "skin": tuple(float(v) for v in _SKIN[rng.integers(len(_SKIN))])},
-            )
-            if lay.add(ped):
+            ped = _make_pedestrian(rng, X, Z, vX, vZ)
+            if lay.nearest(ped) >= FAR_PEDESTRIAN_MIN_M and lay.add(ped):
                 break
     for _ in range(flags.traffic_lights):
         for _ in range(tries):
@@ -607,6 +726,22 @@ def _finish(
     oy, ox = noise_off
     img += noise[oy : oy + H, ox : ox + W]
     return np.clip(img, 0.0, 255.0).astype(np.uint8)
+
+
+def _own_box(prims: list, jitter, W: int, H: int) -> list[int] | None:
+    """The box of one object's boxed primitives alone (no occlusion), shifted by the jitter and clipped."""
+    alone = np.zeros((H, W), np.uint8)
+    for op, geom, _, _, boxed in prims:
+        if boxed:
+            _draw(alone, op, geom, 1)
+    cols = np.flatnonzero(alone.any(axis=0))
+    if cols.size == 0:
+        return None
+    rows = np.flatnonzero(alone.any(axis=1))
+    dx, dy = int(jitter[0]), int(jitter[1])
+    x1, x2 = (min(max(v + dx, 0), W) for v in (int(cols[0]), int(cols[-1]) + 1))
+    y1, y2 = (min(max(v + dy, 0), H) for v in (int(rows[0]), int(rows[-1]) + 1))
+    return [x1, y1, x2, y2]
 
 
 def _boxes(objs: list[_Obj], prims: list[list], jitter, W: int, H: int) -> list[tuple[str, list[int], int]]:
@@ -677,15 +812,22 @@ def render_video(
     glow = np.zeros((height, width, 3), np.float32)
     frames = np.empty((T, height, width, 3), np.uint8)
     prims = []
+    ev_first = None
     for k in range(T):
         t = k / fps
         img, prims = _draw_frame(bg, objs, cam, style, t, glow)
         frames[k] = _finish(img, glow, style, style.jitter[k], noise, noise_offsets[k])
+        if k == 0:
+            ev_first = next((_own_box(ps, style.jitter[0], width, height)
+                             for o, ps in zip(objs, prims) if o.lights == "on"), None)
     boxes = _boxes(objs, prims, style.jitter[-1], width, height)
-    lit = [b for label, b, i in boxes if objs[i].lights == "on"]
+    role = {objs[i].extra.get("role"): b for _, b, i in boxes}
     info = VideoInfo(
         lighting=style.lighting,
-        lights_on_ev_box=lit[0] if lit else None,
+        lights_on_ev_box=role.get("lights_on_ev"),
         objects_placed={k: sum(o.kind == k for o in objs) for k in OBJECTS},
+        lights_on_ev_box_first=ev_first if role.get("lights_on_ev") is not None else None,
+        near_car_box=role.get("near_car"),
+        near_pedestrian_box=role.get("near_pedestrian"),
     )
     return frames, [(label, b) for label, b, _ in boxes], info

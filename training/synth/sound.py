@@ -10,8 +10,20 @@ Every clip has road/tyre noise (spectrally shaped noise). On top of it, as the s
 ``speech``  babble of 1-3 talkers: glottal pulse trains filtered by vowel formants, cut into
             syllables with smooth envelopes, with a little fricative noise
 
-Each source is mixed at a random level relative to the road noise (a siren is always audible but
-sometimes faint), and the mix is peak-normalized to a random level below full scale.
+Each source is mixed at a level relative to the road noise, and the mix is peak-normalized to a
+random level below full scale. Levels follow the scene's geometry (the inverse-distance law,
+``-20 log10(distance)`` dB, minus a random source loudness):
+
+* siren: from ``flags.ev_distance_m`` (the lights-ON vehicle in view ahead, or the pseudo-distance
+  of a siren behind, drawn from the same distribution), and its envelope is ``flags.ev_motion``:
+  *approach* grows louder with a small upward Doppler shift, *recede* fades with a downward one,
+  *steady* stays; the larger ``|flags.ev_depth_change_m|``, the stronger the change;
+* engine: from ``flags.near_car_m`` (the near car in view);
+* speech: from ``flags.near_pedestrian_m`` (the near pedestrian in view);
+* horn: random (it has no visual counterpart).
+
+The distance and motion draws have the same distribution whatever the event, so the siren's level
+and envelope cannot tell ``emergency_ahead`` from ``emergency_behind``.
 
 Only numpy is used; filtering is done in the frequency domain.
 """
@@ -22,18 +34,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .rules import SceneFlags
+from fusionedge.sdk.errors import InputError
 
-__all__ = ["AudioInfo", "synthesize_audio", "SIREN_PATTERNS", "SIREN_ENVELOPES"]
+from .rules import EV_DISTANCE_M, EV_MOTIONS, NEAR_CAR_M, NEAR_PEDESTRIAN_M, SceneFlags
+
+__all__ = ["AudioInfo", "synthesize_audio", "SIREN_PATTERNS", "SIREN_ENVELOPES", "level_at_distance"]
 
 SIREN_PATTERNS: tuple[str, ...] = ("wail", "yelp", "hilo")
-SIREN_ENVELOPES: tuple[str, ...] = ("approach", "recede", "steady")
+SIREN_ENVELOPES: tuple[str, ...] = EV_MOTIONS  # the envelope is the source's motion
 
 # Levels in dB relative to the road noise (power ratio of the whole clip).
 SIREN_SNR_DB = (-6.0, 15.0)
 HORN_SNR_DB = (-2.0, 14.0)
 SPEECH_SNR_DB = (-4.0, 10.0)
 ENGINE_SNR_DB = (-3.0, 12.0)
+# Random source loudness subtracted from the loudest level: the spread of a level at a given distance.
+SIREN_SPREAD_DB = 7.0
+ENGINE_SPREAD_DB = 7.35
+SPEECH_SPREAD_DB = 6.0
 
 # Vowel formants (F1, F2, F3) in Hz, adult average.
 _VOWELS = np.array(
@@ -50,6 +68,32 @@ class AudioInfo:
     siren_pattern: str | None = None
     siren_envelope: str | None = None
     levels_db: dict[str, float] = field(default_factory=dict)  # per source, relative to road noise
+
+
+def level_at_distance(
+    distance_m: float, near_m: float, loudest_db: float, spread_db: float, rng: np.random.Generator
+) -> float:
+    """A source's level (dB re road noise) at ``distance_m``: inverse-distance law plus a random loudness.
+
+    ``loudest_db - 20 log10(distance_m / near_m) - U(0, spread_db)``, so nearer is louder and the
+    level at ``near_m`` is at most ``loudest_db``.
+
+    Args:
+        distance_m: the source's distance in metres (> 0).
+        near_m: the nearest distance the source is placed at (its loudest level there).
+        loudest_db: the level of the loudest source at ``near_m``.
+        spread_db: the range of the random source loudness.
+        rng: consumed (one uniform draw).
+
+    Raises:
+        InputError: a distance is not positive.
+
+    Returns:
+        The level in dB.
+    """
+    if not (distance_m > 0 and near_m > 0):
+        raise InputError(f"distances must be positive, got distance_m={distance_m!r}, near_m={near_m!r}")
+    return float(loudest_db - 20.0 * np.log10(distance_m / near_m) - rng.uniform(0.0, spread_db))
 
 
 def _rms(x: np.ndarray) -> float:
@@ -108,7 +152,9 @@ def _engine(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     return x
 
 
-def _siren(rng: np.random.Generator, n: int, sr: int, pattern: str, envelope: str) -> np.ndarray:
+def _siren(
+    rng: np.random.Generator, n: int, sr: int, pattern: str, envelope: str, depth_change_m: float
+) -> np.ndarray:
     t = np.arange(n) / sr
     if pattern == "wail":  # slow sweep up and down between ~600 and ~1500 Hz
         lo, hi = rng.uniform(550.0, 700.0), rng.uniform(1300.0, 1600.0)
@@ -130,13 +176,17 @@ def _siren(rng: np.random.Generator, n: int, sr: int, pattern: str, envelope: st
         f = np.convolve(f, kernel / kernel.sum(), mode="same")
         f[: kernel.size] = f[kernel.size]
         f[-kernel.size :] = f[-kernel.size - 1]
-    # loudness envelope and Doppler: approaching sources sound higher and grow louder
+    # loudness envelope and Doppler: approaching sources sound higher and grow louder; the faster
+    # the depth changes (1-3 m over the clip), the stronger both effects (exaggerated for audibility)
+    speed = abs(depth_change_m)
+    quiet = float(np.clip(0.6 - 0.15 * speed + rng.uniform(-0.05, 0.05), 0.15, 0.5))  # gain at the far end
+    shift = 0.013 * speed + rng.uniform(-0.003, 0.003)
     if envelope == "approach":
-        g = np.linspace(rng.uniform(0.15, 0.5), 1.0, n) ** 1.5
-        doppler = rng.uniform(1.01, 1.05)
+        g = np.linspace(quiet, 1.0, n) ** 1.5
+        doppler = 1.0 + shift
     elif envelope == "recede":
-        g = np.linspace(1.0, rng.uniform(0.15, 0.5), n) ** 1.5
-        doppler = rng.uniform(0.95, 0.99)
+        g = np.linspace(1.0, quiet, n) ** 1.5
+        doppler = 1.0 - shift
     else:
         g = np.ones(n)
         doppler = 1.0
@@ -228,15 +278,27 @@ def synthesize_audio(
     """Synthesize the sound of one scene.
 
     Args:
-        flags: the scene's latent decisions (which sources are present).
+        flags: the scene's latent decisions (which sources are present, the siren source's distance
+            and motion, the near car's and the near pedestrian's distances).
         rng: the generator for the audio of this sample (consumed).
         sample_rate: Hz.
         seconds: clip length.
+
+    Raises:
+        InputError: a source is present but its distance (or the siren's motion) is missing from
+            ``flags``.
 
     Returns:
         ``(waveform, info)``: ``waveform`` is int16 of shape ``(round(seconds * sample_rate),)``,
         never clipping; ``info`` says which siren pattern/envelope and which levels were used.
     """
+    if flags.engine and flags.near_car_m is None:
+        raise InputError("flags.engine is set but flags.near_car_m is None")
+    if flags.speech and flags.near_pedestrian_m is None:
+        raise InputError("flags.speech is set but flags.near_pedestrian_m is None")
+    if flags.siren and (flags.ev_distance_m is None or flags.ev_motion not in EV_MOTIONS
+                        or flags.ev_depth_change_m is None):
+        raise InputError("flags.siren is set but its ev_distance_m/ev_motion/ev_depth_change_m are missing")
     n = int(round(seconds * sample_rate))
     sr = sample_rate
     info = AudioInfo()
@@ -244,19 +306,22 @@ def synthesize_audio(
     ref = _rms(road)
     mix = road.copy()
     if flags.engine:
-        info.levels_db["engine"] = float(rng.uniform(*ENGINE_SNR_DB))
+        info.levels_db["engine"] = level_at_distance(
+            flags.near_car_m, NEAR_CAR_M[0], ENGINE_SNR_DB[1], ENGINE_SPREAD_DB, rng)
         mix = _mix_in(mix, _engine(rng, n, sr), ref, info.levels_db["engine"])
     if flags.speech:
-        info.levels_db["speech"] = float(rng.uniform(*SPEECH_SNR_DB))
+        info.levels_db["speech"] = level_at_distance(
+            flags.near_pedestrian_m, NEAR_PEDESTRIAN_M[0], SPEECH_SNR_DB[1], SPEECH_SPREAD_DB, rng)
         mix = _mix_in(mix, _babble(rng, n, sr), ref, info.levels_db["speech"])
     if flags.horn:
         info.levels_db["horn"] = float(rng.uniform(*HORN_SNR_DB))
         mix = _mix_in(mix, _horn(rng, n, sr), ref, info.levels_db["horn"])
     if flags.siren:
         info.siren_pattern = SIREN_PATTERNS[int(rng.integers(len(SIREN_PATTERNS)))]
-        info.siren_envelope = SIREN_ENVELOPES[int(rng.integers(len(SIREN_ENVELOPES)))]
-        info.levels_db["siren"] = float(rng.uniform(*SIREN_SNR_DB))
-        siren = _siren(rng, n, sr, info.siren_pattern, info.siren_envelope)
+        info.siren_envelope = flags.ev_motion
+        info.levels_db["siren"] = level_at_distance(
+            flags.ev_distance_m, EV_DISTANCE_M[0], SIREN_SNR_DB[1], SIREN_SPREAD_DB, rng)
+        siren = _siren(rng, n, sr, info.siren_pattern, info.siren_envelope, flags.ev_depth_change_m)
         mix = _mix_in(mix, siren, ref, info.levels_db["siren"])
     peak = float(np.max(np.abs(mix))) + 1e-12
     target = rng.uniform(0.25, 0.9)  # recording level varies; never clips
