@@ -9,16 +9,25 @@ A missing modality (presence 0, its tensor all zeros) must not leak into the res
 replaced by a learned "missing" embedding and masked out of attention. Attention always keeps one
 learned "null" key, so a query whose other modality is missing attends to that token instead of to
 an empty set (a fully masked softmax would give NaN).
+
+``aligned_attention`` (``AlignedAttentionFusion``) relates the two modalities *in time*: it also
+takes per-frame video tokens, and its constructor the time of every frame and audio token
+(constants of the geometry, see ``encoders.frame_times`` / ``encoders.audio_token_times``). A fusion
+that wants these sets the class attribute ``uses_frame_tokens = True``; the model then passes
+``frame_times=`` and ``audio_times=`` to the constructor and ``frame_tokens`` (B, T, Cv) as the fourth
+argument of ``forward``.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["CrossAttentionFusion", "ConcatFusion", "SingleModalityFusion", "FUSIONS", "build_fusion"]
+__all__ = ["CrossAttentionFusion", "ConcatFusion", "SingleModalityFusion", "AlignedAttentionFusion",
+           "time_embedding", "FUSIONS", "build_fusion"]
 
 
 def _replace_missing(tokens: torch.Tensor, present: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
@@ -151,10 +160,197 @@ class SingleModalityFusion(nn.Module):
         return self.norm(torch.cat([x.mean(dim=1), x.amax(dim=1)], dim=1))  # (B, 2D)
 
 
-#: Fusion modules by config name; each takes the keyword arguments of ``CrossAttentionFusion``.
+def time_embedding(seconds: torch.Tensor, dim: int, min_period: float = 0.05,
+                   max_period: float = 10.0) -> torch.Tensor:
+    """Sinusoidal code of a time in seconds, the same function for every modality.
+
+    ``[sin(2π t / P_k) for k] ++ [cos(2π t / P_k) for k]`` with ``dim / 2`` periods ``P_k`` spaced
+    geometrically from ``min_period`` to ``max_period``: equal times get equal codes, and the dot
+    product of two codes depends only on the time between them.
+
+    Args:
+        seconds: ``(...)`` times, s.
+        dim: code width, even.
+        min_period: shortest period, s (> 0).
+        max_period: longest period, s (>= ``min_period``).
+
+    Raises:
+        ValueError: ``dim`` is not a positive even number, or the periods are out of range.
+
+    Returns:
+        ``(..., dim)`` float32 codes.
+    """
+    if dim < 2 or dim % 2:
+        raise ValueError(f"time_embedding needs a positive even dim, got {dim}")
+    if not 0.0 < min_period <= max_period:
+        raise ValueError(f"need 0 < min_period <= max_period, got {min_period}, {max_period}")
+    half = dim // 2
+    k = torch.arange(half, dtype=torch.float64) / max(half - 1, 1)
+    periods = min_period * (max_period / min_period) ** k  # (dim/2,) s
+    angle = 2.0 * math.pi * seconds.double().unsqueeze(-1) / periods  # (..., dim/2)
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1).float()
+
+
+class _LocalCrossAttention(nn.Module):
+    """Multi-head cross-attention with a learned temporal-locality bias.
+
+    Query ``i`` (at ``query_times[i]``) and key ``j`` (at ``key_times[j]``) get ``-|Δt| / τ_h`` added to
+    their logit in head ``h``, ``τ_h = exp(log_tau_h)`` seconds (> 0, learned, one per head, initialized
+    geometrically between ``tau_range``): a small τ makes a head look only at keys near the query's
+    time, a large one at all of them. A learned null key (bias 0, never masked) keeps the softmax
+    defined when every real key is masked. The distances are a constant buffer, so the bias has fixed
+    shapes in the exported graph.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, query_times: Sequence[float],
+                 key_times: Sequence[float], tau_range: tuple[float, float]) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.q, self.kv, self.out = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.null = nn.Parameter(torch.zeros(1, 1, dim))
+        self.drop = nn.Dropout(dropout)
+        dt = torch.tensor(query_times, dtype=torch.float64)[:, None] - torch.tensor(key_times, dtype=torch.float64)
+        self.register_buffer("distance", dt.abs().float(), persistent=False)  # (Lq, Lk) s
+        lo, hi = tau_range
+        steps = torch.arange(heads, dtype=torch.float64) / max(heads - 1, 1)
+        self.log_tau = nn.Parameter((math.log(lo) + (math.log(hi) - math.log(lo)) * steps).float())  # (H,)
+
+    def tau(self) -> torch.Tensor:
+        """``(H,)`` locality scales in seconds (floored at 1 ms so the bias stays finite)."""
+        return self.log_tau.exp().clamp(min=1e-3)
+
+    def bias(self) -> torch.Tensor:
+        """``(1, H, Lq, 1 + Lk)`` logit bias: 0 for the null key, ``-|Δt| / τ_h`` for the others."""
+        local = -self.distance.unsqueeze(0) / self.tau()[:, None, None]  # (H, Lq, Lk)
+        return torch.cat([local.new_zeros(local.shape[0], local.shape[1], 1), local], dim=2).unsqueeze(0)
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, absent: torch.Tensor,
+                need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (B, Lq, D) queries, ``keys`` (B, Lk, D), ``absent`` (B, 1) bool (keys' modality missing).
+
+        Returns ``(B, Lq, D)``, and with ``need_weights`` also the weights ``(B, H, Lq, 1 + Lk)``
+        (index 0: the null key).
+        """
+        b, lq, d = x.shape
+        lk = keys.shape[1]
+        h, hd = self.heads, self.head_dim
+        kv_in = torch.cat([self.null.expand(b, -1, -1), keys], dim=1)  # (B, 1+Lk, D)
+        q = self.q(x).reshape(b, lq, h, hd).transpose(1, 2)  # (B, H, Lq, hd)
+        k, v = self.kv(kv_in).reshape(b, 1 + lk, 2, h, hd).permute(2, 0, 3, 1, 4)  # 2 × (B, H, 1+Lk, hd)
+        logits = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(hd) + self.bias()  # (B, H, Lq, 1+Lk)
+        mask = torch.cat([torch.zeros_like(absent), absent.expand(-1, lk)], dim=1)  # (B, 1+Lk), True = ignore
+        weights = logits.masked_fill(mask[:, None, None, :], float("-inf")).softmax(dim=-1)
+        out = torch.matmul(self.drop(weights), v).transpose(1, 2).reshape(b, lq, d)  # (B, Lq, D)
+        out = self.out(out)
+        return (out, weights) if need_weights else out
+
+
+class _TemporalAlignBlock(nn.Module):
+    """Frame tokens attend to audio tokens near their time, and audio tokens to frames near theirs."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, frame_times: Sequence[float],
+                 audio_times: Sequence[float], tau_range: tuple[float, float]) -> None:
+        super().__init__()
+        self.norm_f, self.norm_a = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.f_from_a = _LocalCrossAttention(dim, heads, dropout, frame_times, audio_times, tau_range)
+        self.a_from_f = _LocalCrossAttention(dim, heads, dropout, audio_times, frame_times, tau_range)
+        self.ff_f, self.ff_a = _FeedForward(dim, 2 * dim, dropout), _FeedForward(dim, 2 * dim, dropout)
+
+    def forward(self, f: torch.Tensor, a: torch.Tensor, v_absent: torch.Tensor,
+                a_absent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        qf, qa = self.norm_f(f), self.norm_a(a)
+        f = f + self.f_from_a(qf, qa, a_absent)  # (B, T, D)
+        a = a + self.a_from_f(qa, qf, v_absent)  # (B, Na, D)
+        return f + self.ff_f(f), a + self.ff_a(a)
+
+
+class AlignedAttentionFusion(nn.Module):
+    """Cross-modal fusion aligned in time: frames attend to the audio heard around them.
+
+    All three token sets are projected into one ``dim``-wide space. Frame tokens (B, T, Cv) and
+    audio tokens (B, Na, Ca) get the same sinusoidal code of their time in seconds
+    (``time_embedding``), so a frame and an audio token from the same moment carry the same code;
+    the time-merged spatial video tokens (B, Nv, Cv) get learned positions. Each of ``layers`` layers
+    runs the spatial block of ``CrossAttentionFusion`` (spatial video ↔ audio) and then a temporal
+    block: frame ↔ audio cross-attention with a learned locality bias ``-|t_frame - t_audio| / τ``
+    (one τ > 0 per head). Presence works as in ``CrossAttentionFusion``: a missing modality's tokens
+    become a learned "missing" embedding (plus the time code, which carries no content) and are
+    masked out as keys; a null key is always valid.
+
+    The output is ``[mean, max of spatial tokens, of frame tokens, of audio tokens]`` → ``(B, 6 * dim)``.
+
+    Args:
+        video_dim, audio_dim: input token widths (frame tokens have ``video_dim`` too).
+        video_tokens, audio_tokens: token counts (fixed by the geometry).
+        dim: shared width, even. heads: attention heads (divides ``dim``). layers: layers.
+        dropout: inside attention and feed-forward.
+        frame_times: ``T`` frame times, s (``encoders.frame_times``).
+        audio_times: ``audio_tokens`` token times, s (``encoders.audio_token_times``).
+
+    Raises:
+        ValueError: times missing or of the wrong length, or an odd ``dim``.
+    """
+
+    uses_frame_tokens = True
+
+    def __init__(self, video_dim: int, audio_dim: int, video_tokens: int, audio_tokens: int, dim: int,
+                 heads: int, layers: int, dropout: float = 0.0, *, frame_times: Sequence[float] | None = None,
+                 audio_times: Sequence[float] | None = None) -> None:
+        super().__init__()
+        if frame_times is None or audio_times is None or len(frame_times) < 1:
+            raise ValueError("aligned_attention needs frame_times and audio_times (seconds)")
+        if len(audio_times) != audio_tokens:
+            raise ValueError(f"audio_times has {len(audio_times)} entries for {audio_tokens} audio tokens")
+        if dim % 2:
+            raise ValueError(f"aligned_attention needs an even dim for its time code, got {dim}")
+        self.frame_times, self.audio_times = tuple(map(float, frame_times)), tuple(map(float, audio_times))
+        span = max(max(self.frame_times + self.audio_times) - min(self.frame_times + self.audio_times), 1e-2)
+        tau_range = (span / 16, span / 2)  # s: from "this frame's own audio" to "most of the clip"
+        self.proj_v, self.proj_f, self.proj_a = (nn.Linear(video_dim, dim), nn.Linear(video_dim, dim),
+                                                 nn.Linear(audio_dim, dim))
+        self.pos_v = nn.Parameter(torch.randn(1, video_tokens, dim) * 0.02)
+        # constant time codes, rebuilt from the config (not saved)
+        self.register_buffer("time_f", time_embedding(torch.tensor(self.frame_times), dim).unsqueeze(0),
+                             persistent=False)  # (1, T, D)
+        self.register_buffer("time_a", time_embedding(torch.tensor(self.audio_times), dim).unsqueeze(0),
+                             persistent=False)  # (1, Na, D)
+        self.missing_v = nn.Parameter(torch.zeros(1, 1, dim))
+        self.missing_f = nn.Parameter(torch.zeros(1, 1, dim))
+        self.missing_a = nn.Parameter(torch.zeros(1, 1, dim))
+        self.spatial = nn.ModuleList([_CrossAttentionBlock(dim, heads, dropout) for _ in range(layers)])
+        self.temporal = nn.ModuleList([
+            _TemporalAlignBlock(dim, heads, dropout, self.frame_times, self.audio_times, tau_range)
+            for _ in range(layers)
+        ])
+        self.norm = nn.LayerNorm(6 * dim)
+        self.out_dim = 6 * dim
+
+    def fuse_tokens(self, video_tokens: torch.Tensor, audio_tokens: torch.Tensor, presence: torch.Tensor,
+                    frame_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The fused token sets before pooling: ``(spatial (B, Nv, D), frames (B, T, D), audio (B, Na, D))``."""
+        pv, pa = presence[:, 0], presence[:, 1]  # (B,)
+        v = _replace_missing(self.proj_v(video_tokens) + self.pos_v, pv, self.missing_v)  # (B, Nv, D)
+        f = _replace_missing(self.proj_f(frame_tokens), pv, self.missing_f) + self.time_f  # (B, T, D)
+        a = _replace_missing(self.proj_a(audio_tokens), pa, self.missing_a) + self.time_a  # (B, Na, D)
+        v_absent, a_absent = (pv < 0.5).unsqueeze(1), (pa < 0.5).unsqueeze(1)  # (B, 1) bool
+        for spatial, temporal in zip(self.spatial, self.temporal):
+            v, a = spatial(v, a, v_absent, a_absent)
+            f, a = temporal(f, a, v_absent, a_absent)
+        return v, f, a
+
+    def forward(self, video_tokens: torch.Tensor, audio_tokens: torch.Tensor, presence: torch.Tensor,
+                frame_tokens: torch.Tensor) -> torch.Tensor:
+        v, f, a = self.fuse_tokens(video_tokens, audio_tokens, presence, frame_tokens)
+        pooled = [v.mean(dim=1), v.amax(dim=1), f.mean(dim=1), f.amax(dim=1), a.mean(dim=1), a.amax(dim=1)]
+        return self.norm(torch.cat(pooled, dim=1))  # (B, 6D)
+
+
+#: Fusion modules by config name; each takes the keyword arguments of ``CrossAttentionFusion``
+#: (and ``frame_times``/``audio_times`` where ``uses_frame_tokens`` is set).
 FUSIONS: dict[str, Callable[..., nn.Module]] = {
     "cross_attention": CrossAttentionFusion,
     "concat": ConcatFusion,
+    "aligned_attention": AlignedAttentionFusion,
 }
 
 

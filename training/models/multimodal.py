@@ -10,6 +10,10 @@ returns the five outputs as a tuple in ``OUTPUT_NAMES`` order::
                           └──────────────────────────────► CenterNetHead ─► det_heatmap, det_size, det_offset
     presence (B,2) ───────────────────────────────┘ (and into EventHead)
 
+With ``fusion="aligned_attention"`` the clip encoder also hands per-frame tokens (B, T, Cv) to the
+fusion, which relates each frame to the audio heard around its time (``ModelConfig.frame_times`` /
+``audio_token_times``, constants of the geometry).
+
 A model may use only one modality (``modalities=("video",)`` or ``("audio",)``), for comparisons:
 it keeps the same inputs and outputs, but never reads the other modality's tensor (its presence
 reads as 0 everywhere). Without video the detection outputs are a constant "no detection"
@@ -31,7 +35,7 @@ from torch import nn
 from fusionedge.sdk.errors import FusionEdgeError
 from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
 
-from .encoders import AudioEncoder, ClipEncoder, conv_out_len
+from .encoders import AudioEncoder, ClipEncoder, audio_token_times, conv_out_len, frame_times
 from .fusion import FUSIONS, SingleModalityFusion, build_fusion
 from .heads import AudioTagHead, AudioTagPrior, CenterNetHead, EventHead, NoDetectionHead
 
@@ -96,6 +100,8 @@ class ModelConfig:
             problems.append(f"n_mels must be a positive multiple of 8, got {self.n_mels}")
         if self.fusion_dim % self.fusion_heads:
             problems.append(f"fusion_dim {self.fusion_dim} must be divisible by fusion_heads {self.fusion_heads}")
+        if self.fusion in FUSIONS and getattr(FUSIONS[self.fusion], "uses_frame_tokens", False) and self.fusion_dim % 2:
+            problems.append(f"fusion {self.fusion!r} needs an even fusion_dim (time code), got {self.fusion_dim}")
         if len(self.video_channels) != 4 or len(self.audio_channels) != 3:
             problems.append("video_channels needs 4 widths and audio_channels 3")
         if min(self.clip_frames, self.audio_samples, self.num_events, self.num_audio_tags, self.num_objects) < 1:
@@ -119,6 +125,21 @@ class ModelConfig:
     def audio_tokens(self) -> int:
         """Audio tokens: one per time step after three stride-2 stages over the log-mel frames."""
         return conv_out_len(conv_out_len(conv_out_len(1 + self.audio_samples // self.hop_length)))
+
+    @property
+    def clip_seconds(self) -> float:
+        """Length of the clip window, s (``audio_samples / sample_rate``)."""
+        return self.audio_samples / self.sample_rate
+
+    @property
+    def frame_times(self) -> tuple[float, ...]:
+        """Time of each clip frame within the window, s (see ``encoders.frame_times``)."""
+        return frame_times(self.clip_frames, self.clip_seconds)
+
+    @property
+    def audio_token_times(self) -> tuple[float, ...]:
+        """Time of each audio token within the window, s (see ``encoders.audio_token_times``)."""
+        return audio_token_times(self.audio_samples, self.sample_rate, self.n_fft, self.hop_length)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""
@@ -158,15 +179,19 @@ class MultimodalModel(nn.Module):
         # (1, 2): multiplies the presence mask, so an unused modality always reads as absent
         self.register_buffer("modality_mask", torch.tensor([[float(use_video), float(use_audio)]]), persistent=False)
         self.video_encoder = self.audio_encoder = None
+        # a time-aligned fusion also reads per-frame video tokens (only built when used)
+        self.uses_frame_tokens = use_video and use_audio and getattr(FUSIONS[c.fusion], "uses_frame_tokens", False)
         if use_video:
-            self.video_encoder = ClipEncoder(c.video_channels, c.video_depth, c.clip_frames, c.temporal_kernel)
+            self.video_encoder = ClipEncoder(c.video_channels, c.video_depth, c.clip_frames, c.temporal_kernel,
+                                             frame_tokens=self.uses_frame_tokens)
         if use_audio:
             self.audio_encoder = AudioEncoder(c.audio_channels, c.audio_depth, c.audio_dim, c.sample_rate, c.n_fft,
                                               c.hop_length, c.n_mels, c.f_min, c.f_max)
         if use_video and use_audio:
+            times = dict(frame_times=c.frame_times, audio_times=c.audio_token_times) if self.uses_frame_tokens else {}
             self.fusion = build_fusion(c.fusion, video_dim=self.video_encoder.out_channels, audio_dim=c.audio_dim,
                                        video_tokens=c.video_tokens, audio_tokens=c.audio_tokens, dim=c.fusion_dim,
-                                       heads=c.fusion_heads, layers=c.fusion_layers, dropout=c.dropout)
+                                       heads=c.fusion_heads, layers=c.fusion_layers, dropout=c.dropout, **times)
         elif use_video:
             self.fusion = SingleModalityFusion(self.video_encoder.out_channels, c.video_tokens, c.fusion_dim, 0)
         else:
@@ -191,13 +216,19 @@ class MultimodalModel(nn.Module):
             a_tokens, _ = self.audio_encoder(audio)  # (B, Na, Ca)
             fused = self.fusion(a_tokens, presence)  # (B, F)
             return (self.event_head(fused, presence), self.audio_tag_head(a_tokens), *self.det_head(audio))
-        v_tokens, _, last_s4, context = self.video_encoder(video)  # (B, Nv, Cv), (B, C4, h, w), (B, Cv, h16, w16)
+        if self.uses_frame_tokens:
+            v_tokens, _, last_s4, context, f_tokens = self.video_encoder.forward_with_frames(video)  # f: (B, T, Cv)
+        else:
+            v_tokens, _, last_s4, context = self.video_encoder(video)  # (B, Nv, Cv), (B, C4, h, w), (B, Cv, h16, w16)
         det_heatmap, det_size, det_offset = self.det_head(last_s4, context)  # (B, C|2|2, H/4, W/4)
         if self.audio_encoder is None:  # video only: the audio tensor is never read
             fused = self.fusion(v_tokens, presence)  # (B, F)
             return self.event_head(fused, presence), self.audio_tag_head(video), det_heatmap, det_size, det_offset
         a_tokens, _ = self.audio_encoder(audio)  # (B, Na, Ca)
-        fused = self.fusion(v_tokens, a_tokens, presence)  # (B, F)
+        if self.uses_frame_tokens:
+            fused = self.fusion(v_tokens, a_tokens, presence, f_tokens)  # (B, F)
+        else:
+            fused = self.fusion(v_tokens, a_tokens, presence)  # (B, F)
         event_logits = self.event_head(fused, presence)  # (B, E)
         audio_tag_logits = self.audio_tag_head(a_tokens)  # (B, A)
         return event_logits, audio_tag_logits, det_heatmap, det_size, det_offset
