@@ -81,8 +81,9 @@ def test_torchrun_two_process_gloo_run(data_dir, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout)  # exactly one JSON document: only rank 0 printed
-    # only rank 0 wrote the run folder: exactly its four files, no temp files of a second writer
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.json"]
+    # only rank 0 wrote the run folder: exactly its files, no temp files of a second writer
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "curves.png", "last.pt",
+                                                     "metrics.json", "summary.md"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     digests = metrics["distributed"]["parameter_digests"]

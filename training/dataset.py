@@ -192,7 +192,8 @@ def iterate_batches(clips: ClipCache, batch_size: int, *, shuffle: bool = False,
     Yields:
         ``video`` (B,T,3,H,W) float32 normalized, ``audio`` (B,S), ``presence`` (B,2), ``event`` (B,),
         ``audio_tags`` (B,A), ``heatmap`` (B,C,h,w), ``size`` (B,2,h,w), ``offset`` (B,2,h,w),
-        ``mask`` (B,h,w), ``index`` (B,) positions in the cache.
+        ``mask`` (B,h,w), ``index`` (B,) positions in the cache, ``flipped`` (B,) bool: the samples
+        mirrored by the augmentation (all False without ``augment``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -213,6 +214,7 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
     audio = clips.audio[idx].clone()  # (B, S)
     presence = torch.stack([torch.ones(b), clips.has_audio[idx].float()], dim=1)  # (B, 2)
     targets = {k: v[idx].clone() for k, v in clips.targets.items()}
+    flip = torch.zeros(b, dtype=torch.bool)
     if augment is not None:
         # Draw every random number up front, in a fixed order, so a batch depends only on the generator.
         u_flip, u_drop, u_which, u_gain = torch.rand(4, b, generator=generator)
@@ -230,7 +232,7 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
     video = frames * presence[:, 0].reshape(-1, 1, 1, 1, 1)  # a missing modality's tensor is zeros
     audio = audio * presence[:, 1].reshape(-1, 1)
     return {"video": video, "audio": audio, "presence": presence, "event": clips.event[idx],
-            "audio_tags": clips.audio_tags[idx], **targets, "index": idx}
+            "audio_tags": clips.audio_tags[idx], **targets, "index": idx, "flipped": flip}
 
 
 def _flip_targets(clips: ClipCache, idx: torch.Tensor, flip: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:

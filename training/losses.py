@@ -1,5 +1,15 @@
 """Multi-task loss: event cross-entropy, audio-tag BCE, CenterNet focal + L1 (size, offset).
 
+The terms fall into three task groups (``TASK_GROUPS``): ``event``, ``audio_tags`` and ``detection``
+(heatmap + size + offset). How the groups are combined is a training option:
+
+- weighting ``"fixed"``: the ``LossWeights``-weighted sum; ``"uncertainty"``: Kendall, Gal & Cipolla
+  (2018) homoscedastic-uncertainty weighting with one learned log-variance ``s_i`` per group,
+  ``L = sum_i exp(-s_i) * L_i + s_i`` (``UncertaintyWeighting``), where ``L_i`` is the group's
+  ``LossWeights``-weighted sum (so the size/offset balance inside detection stays fixed);
+- schedule ``"joint"``: every group every step; ``"alternating"``: one group per step, round-robin
+  (``scheduled_groups``); the encoders are shared, so each step still updates them.
+
 Each term honours the presence mask: the audio-tag loss counts only samples whose audio is present,
 the detection losses only samples whose video is present (a model cannot see boxes in a zero clip),
 and the event loss skips unlabelled samples (event index ``IGNORE_INDEX``).
@@ -9,10 +19,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Mapping, Sequence
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["LossWeights", "IGNORE_INDEX", "centernet_focal_loss", "masked_l1", "multitask_loss"]
+__all__ = ["LossWeights", "IGNORE_INDEX", "centernet_focal_loss", "masked_l1", "multitask_loss", "multitask_terms",
+           "TASK_GROUPS", "TERM_GROUPS", "TASK_WEIGHTINGS", "TASK_SCHEDULES", "UncertaintyWeighting",
+           "scheduled_groups", "combine_task_losses"]
 
 #: Event target of a sample without an event label.
 IGNORE_INDEX = -100
@@ -66,19 +81,11 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> t
     return ((pred - target).abs() * m).sum() / (2.0 * m.sum()).clamp(min=1.0)
 
 
-def multitask_loss(outputs: tuple[torch.Tensor, ...], batch: dict[str, torch.Tensor],
-                   weights: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
-    """The weighted sum of all task losses for one batch.
-
-    Args:
-        outputs: the model's outputs in ``OUTPUT_NAMES`` order.
-        batch: ``presence`` (B, 2), ``event`` (B,) int64 (``IGNORE_INDEX`` = unlabelled),
-            ``audio_tags`` (B, A) {0,1}, ``heatmap`` (B, C, h, w), ``size`` (B, 2, h, w) pixels,
-            ``offset`` (B, 2, h, w) cells, ``mask`` (B, h, w).
-        weights: per-task weights.
+def multitask_terms(outputs: tuple[torch.Tensor, ...], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The unweighted task losses of one batch, as scalar tensors (see ``multitask_loss``).
 
     Returns:
-        ``(total, parts)``: the scalar to back-propagate, and each unweighted term as a float.
+        ``{"event", "audio_tags", "heatmap", "size", "offset"}`` in that order.
     """
     event_logits, tag_logits, heatmap, size, offset = outputs
     video_on, audio_on = batch["presence"][:, 0], batch["presence"][:, 1]  # (B,)
@@ -96,8 +103,115 @@ def multitask_loss(outputs: tuple[torch.Tensor, ...], batch: dict[str, torch.Ten
     log_size = torch.log(size.clamp(min=1e-3))
     size_l1 = masked_l1(log_size, torch.log(batch["size"].clamp(min=1e-3)), mask)
     off_l1 = masked_l1(offset, batch["offset"], mask)
+    return {"event": event, "audio_tags": tags, "heatmap": hm, "size": size_l1, "offset": off_l1}
 
-    total = (weights.event * event + weights.audio_tags * tags + weights.heatmap * hm
-             + weights.size * size_l1 + weights.offset * off_l1)
-    parts = {"event": event, "audio_tags": tags, "heatmap": hm, "size": size_l1, "offset": off_l1}
+
+def multitask_loss(outputs: tuple[torch.Tensor, ...], batch: dict[str, torch.Tensor],
+                   weights: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
+    """The weighted sum of all task losses for one batch.
+
+    Args:
+        outputs: the model's outputs in ``OUTPUT_NAMES`` order.
+        batch: ``presence`` (B, 2), ``event`` (B,) int64 (``IGNORE_INDEX`` = unlabelled),
+            ``audio_tags`` (B, A) {0,1}, ``heatmap`` (B, C, h, w), ``size`` (B, 2, h, w) pixels,
+            ``offset`` (B, 2, h, w) cells, ``mask`` (B, h, w).
+        weights: per-task weights.
+
+    Returns:
+        ``(total, parts)``: the scalar to back-propagate, and each unweighted term as a float.
+    """
+    parts = multitask_terms(outputs, batch)
+    total = (weights.event * parts["event"] + weights.audio_tags * parts["audio_tags"]
+             + weights.heatmap * parts["heatmap"] + weights.size * parts["size"] + weights.offset * parts["offset"])
     return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+#: The task groups a multi-task strategy weights or schedules (one learned weight / one turn each).
+TASK_GROUPS: tuple[str, ...] = ("event", "audio_tags", "detection")
+#: The group of each loss term (the supervised terms, and the distillation terms of ``distill.py``).
+TERM_GROUPS: dict[str, str] = {"event": "event", "audio_tags": "audio_tags", "heatmap": "detection",
+                               "size": "detection", "offset": "detection", "kd_event": "event",
+                               "kd_feature": "event", "kd_tags": "audio_tags", "kd_heatmap": "detection"}
+TASK_WEIGHTINGS: tuple[str, ...] = ("fixed", "uncertainty")
+TASK_SCHEDULES: tuple[str, ...] = ("joint", "alternating")
+
+
+class UncertaintyWeighting(nn.Module):
+    """Learned task weights (Kendall et al. 2018): ``L = sum_i exp(-s_i) * L_i + s_i``.
+
+    One log-variance ``s_i`` per group, initialized to 0 (weight 1). The ``+ s_i`` term keeps the
+    weights from collapsing to 0; at the optimum ``exp(-s_i) = 1 / L_i``.
+
+    Args:
+        groups: the group names, in a fixed order (the order of ``log_vars``).
+    """
+
+    def __init__(self, groups: Sequence[str] = TASK_GROUPS) -> None:
+        super().__init__()
+        self.groups = tuple(groups)
+        self.log_vars = nn.Parameter(torch.zeros(len(self.groups)))  # (G,)
+
+    def forward(self, group_losses: Mapping[str, torch.Tensor], active: Sequence[str] | None = None) -> torch.Tensor:
+        """The weighted total of the ``active`` groups (default: all groups).
+
+        Raises:
+            KeyError: an active group has no loss or is not one of ``groups``.
+        """
+        total = torch.zeros((), device=self.log_vars.device)
+        for name in self.groups if active is None else active:
+            s = self.log_vars[self.groups.index(name)]
+            total = total + torch.exp(-s) * group_losses[name] + s
+        return total
+
+    def weights(self) -> dict[str, float]:
+        """The current weight ``exp(-s_i)`` of each group."""
+        return {g: float(w) for g, w in zip(self.groups, torch.exp(-self.log_vars.detach()).tolist())}
+
+
+def scheduled_groups(schedule: str, step: int, groups: Sequence[str] = TASK_GROUPS) -> tuple[str, ...]:
+    """The task groups whose loss is back-propagated at optimizer step ``step`` (0-based).
+
+    Args:
+        schedule: ``"joint"`` (every group) or ``"alternating"`` (``groups[step % len(groups)]``).
+        step: the global step (so a resumed run continues the round-robin where it stopped).
+        groups: the groups in turn order.
+
+    Raises:
+        ValueError: an unknown schedule.
+
+    Returns:
+        The active groups.
+    """
+    if schedule == "joint":
+        return tuple(groups)
+    if schedule == "alternating":
+        return (groups[step % len(groups)],)
+    raise ValueError(f"unknown task schedule {schedule!r}; expected one of {TASK_SCHEDULES}")
+
+
+def combine_task_losses(terms: Mapping[str, torch.Tensor], term_weights: Mapping[str, float],
+                        active: Sequence[str] = TASK_GROUPS,
+                        uncertainty: UncertaintyWeighting | None = None) -> torch.Tensor:
+    """The scalar to back-propagate from weighted loss terms.
+
+    Args:
+        terms: scalar loss tensors by name (names in ``TERM_GROUPS``).
+        term_weights: the fixed weight of each term (a term without a weight is left out).
+        active: the groups that count this step (``scheduled_groups``).
+        uncertainty: learned group weighting, or ``None`` for the fixed weighted sum.
+
+    Raises:
+        KeyError: a term of unknown group.
+
+    Returns:
+        Scalar: the fixed weighted sum of the active groups' terms (in ``terms`` order), or the
+        uncertainty-weighted sum of the active groups' weighted sums.
+    """
+    chosen = [(k, v) for k, v in terms.items() if k in term_weights and TERM_GROUPS[k] in active]
+    if uncertainty is None:
+        return sum((term_weights[k] * v for k, v in chosen), torch.zeros(()).to(next(iter(terms.values()))))
+    per_group: dict[str, torch.Tensor] = {}
+    for k, v in chosen:
+        g = TERM_GROUPS[k]
+        per_group[g] = per_group[g] + term_weights[k] * v if g in per_group else term_weights[k] * v
+    return uncertainty(per_group, [g for g in active if g in per_group])

@@ -8,6 +8,15 @@ backward, clip, step — validate, and write the run folder:
     out/last.pt        checkpoint of the last epoch (with the optimizer state)
     out/metrics.json   per-epoch history and the best epoch
     out/config.json    the TrainConfig and the model config
+    out/curves.png     loss and metric curves per epoch (``run_report.py``; skipped with a warning
+    out/summary.md     when plotting fails) and a Markdown summary of the run
+
+**Distillation** (``teacher=CKPT``, see ``distill.py``) and the **multi-task strategies**
+(``task_weighting``, ``task_schedule``, see ``losses.py``) are options of this one loop. The learned
+task log-variances and the distillation projector are trained by the same optimizer and saved in
+``last.pt`` (``training_state["aux"]``); ``best.pt`` holds the student alone. ``init`` takes a full
+checkpoint of the same architecture, or a self-supervised pretraining checkpoint
+(``extra["kind"] == "pretrain"``, ``pretrain.load_pretrained_encoders``: the encoders only).
 
 Validation uses a held-out manifest (``val_data``) or a deterministic 10% of the training manifest.
 Seeds are fixed (python, numpy, torch); ``torch.set_num_threads`` is left to the caller.
@@ -36,6 +45,7 @@ import random
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -52,9 +62,20 @@ from fusionedge.sdk.spec import InputGeometry
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .dataset import Augment, ClipCache, Labels, iterate_batches, load_clips, split_for_validation
 from .distributed import DistContext, parameter_digest, resolve_device, shard_indices, take_clips
-from .losses import IGNORE_INDEX, LossWeights, multitask_loss
+from .distill import DistillWeights, FeatureTap, compute_teacher_cache, distill_terms, load_teacher
+from .losses import (
+    IGNORE_INDEX,
+    TASK_SCHEDULES,
+    TASK_WEIGHTINGS,
+    LossWeights,
+    UncertaintyWeighting,
+    combine_task_losses,
+    multitask_loss,
+    multitask_terms,
+    scheduled_groups,
+)
 from .models import model_config
-from .models.multimodal import MultimodalModel
+from .models.multimodal import MultimodalModel, count_flops, count_params
 
 __all__ = ["TrainConfig", "train", "evaluate_model"]
 
@@ -89,6 +110,11 @@ class TrainConfig:
     num_workers: int = 2  # threads decoding media into the cache
     max_train_samples: int | None = None  # use only the first N training samples
     max_val_samples: int | None = None
+    teacher: Path | None = None  # a `fusionedge train` checkpoint to distill from (see distill.py)
+    distill: DistillWeights = field(default_factory=DistillWeights)  # used only with a teacher
+    task_weighting: str = "fixed"  # "fixed": loss_weights; "uncertainty": learned per-group log-variances
+    task_schedule: str = "joint"  # "joint": all task groups every step; "alternating": one group per step
+    report: bool = True  # write curves.png and summary.md at the end (rank 0)
     progress: bool = True  # tqdm bars on stderr
 
     def __post_init__(self) -> None:
@@ -97,6 +123,9 @@ class TrainConfig:
         self.val_data = None if self.val_data is None else Path(self.val_data)
         self.init = None if self.init is None else Path(self.init)
         self.resume = None if self.resume is None else Path(self.resume)
+        self.teacher = None if self.teacher is None else Path(self.teacher)
+        if isinstance(self.distill, dict):
+            self.distill = DistillWeights(**self.distill)
         if isinstance(self.loss_weights, dict):
             self.loss_weights = LossWeights(**self.loss_weights)
         if isinstance(self.geometry, dict):
@@ -116,6 +145,10 @@ class TrainConfig:
             bad.append(f"stop_after_epoch={self.stop_after_epoch} (need 1..epochs or None)")
         if self.init is not None and self.resume is not None:
             bad.append("init and resume together (resume restores the weights)")
+        if self.task_weighting not in TASK_WEIGHTINGS:
+            bad.append(f"task_weighting={self.task_weighting!r} (need one of {', '.join(TASK_WEIGHTINGS)})")
+        if self.task_schedule not in TASK_SCHEDULES:
+            bad.append(f"task_schedule={self.task_schedule!r} (need one of {', '.join(TASK_SCHEDULES)})")
         for name in ("max_train_samples", "max_val_samples"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -128,7 +161,8 @@ class TrainConfig:
         d.update(data=str(self.data), out=str(self.out), val_data=None if self.val_data is None else str(self.val_data),
                  init=None if self.init is None else str(self.init),
                  resume=None if self.resume is None else str(self.resume), geometry=self.geometry.to_dict(),
-                 loss_weights=asdict(self.loss_weights))
+                 loss_weights=asdict(self.loss_weights), teacher=None if self.teacher is None else str(self.teacher),
+                 distill=asdict(self.distill))
         return d
 
 
@@ -176,14 +210,19 @@ def _load_splits(cfg: TrainConfig, labels: Labels) -> tuple[ClipCache, ClipCache
             load_clips(val_samples, cfg.geometry, labels, desc="decode val", **kw))
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on ≥2-D weights (kernels, matrices); none on norms, biases and embeddings."""
+def _param_groups(model: torch.nn.Module, weight_decay: float, *extra: torch.nn.Module) -> list[dict]:
+    """Weight decay on ≥2-D weights (kernels, matrices); none on norms, biases and embeddings.
+
+    ``extra`` modules (the distillation projector, the task log-variances) follow the model's
+    parameters in the same two groups.
+    """
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_embedding = name.split(".")[-1].startswith(("pos_", "missing_", "null_"))
-        (decay if p.ndim >= 2 and not is_embedding else no_decay).append(p)
+    for module in (model, *extra):
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_embedding = name.split(".")[-1].startswith(("pos_", "missing_", "null_"))
+            (decay if p.ndim >= 2 and not is_embedding else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -260,7 +299,8 @@ def _better(a: dict, b: dict | None) -> bool:
 #: TrainConfig fields that shape a run's trajectory: a resumed run must keep them to be exact.
 _TRAJECTORY_FIELDS = ("model", "model_overrides", "geometry", "epochs", "batch_size", "lr", "min_lr_ratio",
                       "warmup_epochs", "weight_decay", "grad_clip", "seed", "loss_weights", "modality_dropout",
-                      "hflip", "audio_gain_db", "max_train_samples", "amp")
+                      "hflip", "audio_gain_db", "max_train_samples", "amp", "teacher", "distill",
+                      "task_weighting", "task_schedule")
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -310,6 +350,49 @@ def _resume_state(cfg: TrainConfig, mcfg_dict: dict, world_size: int) -> dict:
     return state
 
 
+def _term_weights(cfg: TrainConfig) -> dict[str, float]:
+    """The fixed weight of every loss term of this run (supervised terms scaled by ``distill.hard``)."""
+    w = cfg.loss_weights
+    hard = cfg.distill.hard if cfg.teacher is not None else 1.0
+    weights = {"event": w.event, "audio_tags": w.audio_tags, "heatmap": w.heatmap, "size": w.size, "offset": w.offset}
+    if hard != 1.0:
+        weights = {k: hard * v for k, v in weights.items()}
+    if cfg.teacher is not None:
+        weights.update(cfg.distill.term_weights())
+    return weights
+
+
+def _initialize(model: MultimodalModel, cfg: TrainConfig) -> dict:
+    """Load ``cfg.init`` into ``model``: a whole checkpoint, or the encoders of a pretraining checkpoint."""
+    state = read_checkpoint(cfg.init)
+    if state.get("extra", {}).get("kind") == "pretrain":
+        try:
+            from .pretrain import load_pretrained_encoders
+        except ImportError as e:
+            raise CheckpointError(f"{cfg.init}: a self-supervised pretraining checkpoint, but "
+                                  f"fusionedge.training.pretrain cannot be imported ({e})") from e
+        loaded = load_pretrained_encoders(model, cfg.init)
+        return {"path": str(cfg.init), "kind": "pretrain", "loaded_keys": len(loaded)}
+    init_model, _ = load_checkpoint(cfg.init)
+    try:
+        model.load_state_dict(init_model.state_dict())
+    except RuntimeError as e:
+        raise CheckpointError(f"{cfg.init}: weights do not fit {cfg.model!r} as configured: {e}") from e
+    return {"path": str(cfg.init), "kind": "checkpoint", "loaded_keys": len(init_model.state_dict())}
+
+
+def _report(cfg: TrainConfig) -> None:
+    """Write curves.png and summary.md; a failure warns and keeps the run (metrics.json is written)."""
+    if not cfg.report:
+        return
+    try:
+        from .run_report import write_run_report
+
+        write_run_report(cfg.out)
+    except Exception as e:  # plotting is a convenience: never lose a finished run to it
+        warnings.warn(f"{cfg.out}: could not write the run report ({type(e).__name__}: {e})", stacklevel=2)
+
+
 def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
     """Train, validate every epoch, and write the run folder (see the module docstring).
 
@@ -322,14 +405,19 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
         DataError: the manifests are missing, invalid or empty.
         MediaError: a media file cannot be decoded.
         ModelConfigError: unknown model name or override.
-        CheckpointError: ``cfg.init`` is not a usable checkpoint, or ``cfg.resume`` does not
-            continue this run.
+        CheckpointError: ``cfg.init`` is not a usable checkpoint (or pretraining checkpoint),
+            ``cfg.teacher`` is unreadable or has another geometry or label set than the student, or
+            ``cfg.resume`` does not continue this run.
         FusionEdgeError: the loss became NaN/Inf, or no process group for several processes.
 
     Returns:
         On rank 0 ``{"best": {epoch, val metrics}, "final": {...}, "history": [...], "run_dir",
-        "seconds", ...}`` (with ``"distributed": {"world_size", "parameter_digests"}`` for several
-        processes); on other ranks ``{"rank", "parameter_digest"}``.
+        "seconds", "task_weighting", "task_schedule", ...}`` (with ``"distillation"``: teacher and
+        student FLOPs, parameters and their ratios, for a teacher run; ``"init"``: what ``cfg.init``
+        loaded; ``"distributed": {"world_size", "parameter_digests"}`` for several processes); on
+        other ranks ``{"rank", "parameter_digest"}``. Each epoch's history record holds the
+        training means of every loss term (``kd_*`` for distillation) and, for uncertainty
+        weighting, ``task_weights`` (``exp(-s)`` per task group).
     """
     import torch.distributed as tdist
 
@@ -356,24 +444,55 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
     train_clips, val_clips = _load_splits(dataclasses.replace(cfg, progress=show), labels)
     t_data = time.perf_counter() - t_start
 
+    # -- teacher (distillation): its outputs per training sample, un-flipped and flipped, computed once
+    teacher_cache, distillation = None, None
+    if cfg.teacher is not None:
+        t_teacher = time.perf_counter()
+        teacher, tinfo = load_teacher(cfg.teacher, geometry=g, labels=labels, device="cpu")
+        teacher_flops, teacher_params = count_flops(teacher), sum(p.numel() for p in teacher.parameters())
+        teacher.to(device)
+        teacher_cache = compute_teacher_cache(teacher, train_clips, batch_size=cfg.batch_size, device=device,
+                                              dist=dist, progress=show)
+        teacher_dim = teacher.fusion.out_dim
+        del teacher
+        distillation = {"teacher": str(cfg.teacher), "teacher_model": tinfo["model_name"],
+                        "teacher_flops": teacher_flops, "teacher_params": teacher_params,
+                        "weights": asdict(cfg.distill), "cache_seconds": round(time.perf_counter() - t_teacher, 2),
+                        "cache": "each rank computes its share of the training samples (2 forwards each: "
+                                 "un-flipped and flipped); the shares are all-gathered"}
+
     # -- model
     torch.manual_seed(cfg.seed)  # weights depend only on the seed, not on what decoding consumed
     model = MultimodalModel(mcfg)
+    init_info = None
     if cfg.init is not None:
-        init_model, _ = load_checkpoint(cfg.init)
-        try:
-            model.load_state_dict(init_model.state_dict())
-        except RuntimeError as e:
-            raise CheckpointError(f"{cfg.init}: weights do not fit {cfg.model!r} as configured: {e}") from e
+        init_info = _initialize(model, cfg)
+    # the extra trained modules, created in a fixed order after the model (their init draws from torch's RNG)
+    projector = tap = uncertainty = None
+    if teacher_cache is not None:
+        distillation.update(student_flops=count_flops(model), student_params=count_params(model))
+        projector = torch.nn.Linear(model.fusion.out_dim, teacher_dim).to(device)
+        tap = FeatureTap(model)  # the student's fused embedding, for the feature term
+        distillation.update(flops_ratio=round(distillation["teacher_flops"] / max(1, distillation["student_flops"]), 3),
+                            params_ratio=round(distillation["teacher_params"] / max(1, distillation["student_params"]),
+                                               3), projector=[model.fusion.out_dim, teacher_dim])
+    if cfg.task_weighting == "uncertainty":
+        uncertainty = UncertaintyWeighting().to(device)
+    aux = {k: m for k, m in (("projector", projector), ("uncertainty", uncertainty)) if m is not None}
+    aux_params = [p for m in aux.values() for p in m.parameters()]
+    term_weights = _term_weights(cfg)
     model.to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay, *aux.values()), lr=cfg.lr,
+                                  betas=(0.9, 0.99))
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
     net: torch.nn.Module = model
     if dist.distributed:  # gradients are averaged over ranks in backward(); rank 0's buffers are broadcast
+        # alternating: a step back-propagates one task group, so the other heads get no gradient
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
+                                                        else None,
+                                                        find_unused_parameters=cfg.task_schedule == "alternating")
     if main:
         _write_json(cfg.out / "config.json", {"train": cfg.to_dict(), "model_name": cfg.model,
                                               "model_config": mcfg.to_dict(), "labels": labels.to_dict(),
@@ -396,6 +515,10 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
         ts = resume["training_state"]
         if ts["scaler"]:
             scaler.load_state_dict(ts["scaler"])
+        for name, module in aux.items():
+            if name not in ts.get("aux", {}):
+                raise CheckpointError(f"{cfg.resume}: no saved {name} state to resume from")
+            module.load_state_dict(ts["aux"][name])
         step, start_epoch, history, best = ts["step"], ts["epoch"] + 1, list(ts["history"]), ts["best"]
         _set_rng_state(ts["rng"], gen)  # last: everything above may have drawn random numbers
 
@@ -403,7 +526,10 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
         final = {"epoch": history[-1]["epoch"], **history[-1]["val"]} if history else None
         return {"best": best, "final": final, "history": history, "run_dir": str(cfg.out),
                 "data_seconds": round(t_data, 2), "seconds": round(time.perf_counter() - t_start, 2),
-                "train_samples": len(train_clips), "val_samples": len(val_clips)}
+                "train_samples": len(train_clips), "val_samples": len(val_clips),
+                "task_weighting": cfg.task_weighting, "task_schedule": cfg.task_schedule,
+                **({"distillation": distillation} if distillation is not None else {}),
+                **({"init": init_info} if init_info is not None else {})}
 
     last_epoch = cfg.stop_after_epoch or cfg.epochs
     for epoch in range(start_epoch, last_epoch + 1):
@@ -411,9 +537,11 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
         net.train()
         sums: dict[str, float] = {}
         seen = 0
+        shard_idx = None  # batch["index"] -> position in train_clips (identity without sharding)
         if dist.distributed:  # this rank's share of the epoch's permutation (the same on every rank)
             perm = torch.randperm(len(train_clips), generator=gen)  # (N,)
-            shard = take_clips(train_clips, shard_indices(perm, dist.rank, dist.world_size))  # a copy, N/world
+            shard_idx = shard_indices(perm, dist.rank, dist.world_size)
+            shard = take_clips(train_clips, shard_idx)  # a copy, N/world
             batches = iterate_batches(shard, cfg.batch_size, generator=gen, augment=augment)
         else:  # the same draws from `gen`, without copying the cache
             batches = iterate_batches(train_clips, cfg.batch_size, shuffle=True, generator=gen, augment=augment)
@@ -427,14 +555,26 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 outputs = net(batch["video"], batch["audio"], batch["presence"])
             outputs = tuple(o.float() for o in outputs)  # the losses in float32
-            loss, parts = multitask_loss(outputs, batch, cfg.loss_weights)
+            terms = multitask_terms(outputs, batch)
+            if teacher_cache is not None:
+                index = batch["index"].cpu() if shard_idx is None else shard_idx[batch["index"].cpu()]
+                targets = teacher_cache.lookup(index, batch["flipped"], device)
+                terms.update(distill_terms(outputs, projector(tap.take().float()), targets, batch["presence"],
+                                           cfg.distill.temperature))
+            loss = combine_task_losses(terms, term_weights, scheduled_groups(cfg.task_schedule, step), uncertainty)
+            parts = {k: float(v.detach()) for k, v in terms.items()}
             if not torch.isfinite(loss):  # a CPU sync point, but one float per step is cheap
                 raise FusionEdgeError(f"loss became {float(loss.detach())} at epoch {epoch}, step {step}; "
                                       f"lower lr (now {cfg.lr}) or check the data")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if dist.distributed:  # DDP averages the model's gradients; the extra modules' are averaged here
+                for p in aux_params:
+                    if p.grad is not None:
+                        tdist.all_reduce(p.grad)
+                        p.grad /= dist.world_size
             scaler.unscale_(optimizer)  # clip the true gradients (a no-op without fp16 scaling)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_([*model.parameters(), *aux_params], cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             step += 1
@@ -453,9 +593,13 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
 
         if main:
             val = evaluate_model(model, val_clips, loss_weights=cfg.loss_weights, device=device)
+            if tap is not None:
+                tap.output = None  # validation's embeddings are not needed
             record = {"epoch": epoch, "lr": lr, "train": {k: v / seen for k, v in sums.items()}, "val": val,
                       "train_seconds": round(train_seconds, 2),
                       "seconds": round(time.perf_counter() - t_epoch, 2)}
+            if uncertainty is not None:
+                record["task_weights"] = uncertainty.weights()
             history.append(record)
             if cfg.progress:
                 print(f"epoch {epoch}/{cfg.epochs}  loss {record['train']['loss']:.3f}  "
@@ -468,16 +612,21 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
                 save_checkpoint(cfg.out / "best.pt", model, metrics=_json_safe(metrics), epoch=epoch, **ckpt_meta)
             training_state = {"step": step, "epoch": epoch, "history": history, "best": best,
                               "world_size": dist.world_size, "scaler": scaler.state_dict(),
-                              "rng": _rng_state(gen)}  # validation drew no random numbers
+                              "rng": _rng_state(gen),  # validation drew no random numbers
+                              "aux": {k: m.state_dict() for k, m in aux.items()}}
             save_checkpoint(cfg.out / "last.pt", model, metrics=_json_safe(metrics), epoch=epoch, **ckpt_meta,
                             optimizer=optimizer, training_state=training_state)
             _write_json(cfg.out / "metrics.json", summary())
         if dist.distributed:
             tdist.barrier()  # the others wait while rank 0 validates and saves
 
+    if tap is not None:
+        tap.close()
     if not dist.distributed:
         if main and start_epoch > last_epoch:  # resumed a finished run: nothing to train
             _write_json(cfg.out / "metrics.json", summary())
+        if main:
+            _report(cfg)
         return _json_safe(summary())
     # DDP keeps the replicas identical; prove it (one all_gather of 64-character digests)
     digests: list = [None] * dist.world_size
@@ -486,4 +635,5 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
         return {"rank": dist.rank, "parameter_digest": digests[dist.rank]}
     result = {**summary(), "distributed": {"world_size": dist.world_size, "parameter_digests": digests}}
     _write_json(cfg.out / "metrics.json", result)
+    _report(cfg)
     return _json_safe(result)
