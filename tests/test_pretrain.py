@@ -1,0 +1,236 @@
+"""Self-supervised audio-visual pretraining: batch construction, loss, metrics, runs, encoder transfer, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from fusionedge.sdk.datamanifest import read_manifest
+from fusionedge.sdk.errors import DataError, FusionEdgeError
+from fusionedge.sdk.spec import InputGeometry
+from fusionedge.training.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from fusionedge.training.dataset import Labels, iterate_batches, load_clips
+from fusionedge.training.models import create_model, model_config
+from fusionedge.training.models.multimodal import ModelConfigError, MultimodalModel
+from fusionedge.training.pretrain import (
+    ENCODER_PREFIXES,
+    ContrastiveHeads,
+    PretrainConfig,
+    _shift_discrimination,
+    contrastive_loss,
+    load_pretrained_encoders,
+    pretrain,
+    retrieval_metrics,
+    shifted_audio,
+)
+from fusionedge.training.pretrain_cli import add_pretrain_parser
+
+#: A model small enough that a pretraining epoch on ~44 clips takes well under a second.
+TINY = dict(video_channels=(8, 8, 16, 16), video_depth=0, audio_channels=(8, 8, 16), audio_depth=0, audio_dim=16,
+            fusion_dim=16, fusion_heads=2, head_hidden=16, det_channels=8)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from fusionedge.training.synth.generate import generate_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    generate_dataset(out, 48, seed=5, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def unlabelled(data_dir, tmp_path_factory):
+    """The same clips in a manifest with every label field removed (id, video, audio only)."""
+    out = tmp_path_factory.mktemp("unlabelled")
+    lines = [json.dumps({"id": s.id, "video": str(s.video), "audio": None if s.audio is None else str(s.audio)})
+             for s in read_manifest(data_dir)]
+    (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="event"):  # really unlabelled
+        read_manifest(out)
+    return out
+
+
+def _cfg(data, out, **kw) -> PretrainConfig:
+    base = dict(data=data, out=out, model_overrides=TINY, epochs=1, batch_size=16, embed_dim=32, proj_hidden=64,
+                progress=False, num_workers=2)
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def run(unlabelled, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return out, pretrain(_cfg(unlabelled, out, epochs=2))
+
+
+# ----------------------------------------------------------------------------------- building blocks
+
+
+def test_hard_negatives_are_shifted_copies_of_the_same_audio():
+    g = torch.Generator().manual_seed(0)
+    audio = torch.randn(3, 1600, generator=g)
+    negatives, shifts = shifted_audio(audio, 4, 400, g)
+    assert negatives.shape == (3, 4, 1600) and shifts.shape == (3, 4)
+    assert int(shifts.min()) >= 400 and int(shifts.max()) <= 1600 - 400
+    assert len(set(shifts.flatten().tolist())) > 1  # random, not one fixed shift
+    for b in range(3):
+        for k in range(4):
+            assert torch.equal(negatives[b, k], torch.roll(audio[b], int(shifts[b, k])))
+            assert not torch.equal(negatives[b, k], audio[b])
+    with pytest.raises(ValueError, match="min_shift"):
+        shifted_audio(audio, 2, 801)
+
+
+def test_retrieval_metrics_on_a_hand_built_matrix():
+    sim = torch.tensor([[0.9, 0.1, 0.2, 0.0],   # true match first: rank 0
+                        [0.8, 0.5, 0.1, 0.0],   # one better: rank 1
+                        [0.3, 0.7, 0.7, 0.1],   # tied with one: ties count against, rank 1
+                        [0.5, 0.4, 0.3, 0.2]])  # last: rank 3
+    m = retrieval_metrics(sim, (1, 2, 4))
+    assert m == {"top1": 0.25, "top2": 0.75, "top4": 1.0}
+    assert retrieval_metrics(torch.ones(5, 5), (1,))["top1"] == 0.0  # a collapsed embedding is not a hit
+    with pytest.raises(ValueError, match="square"):
+        retrieval_metrics(torch.zeros(2, 3))
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    hard = torch.tensor([[[0.6, 0.8], [0.0, 1.0]],     # both below the true 1.0: correct
+                         [[0.0, 1.0], [1.0, 0.0]]])    # one ties the true 1.0: wrong
+    assert _shift_discrimination(v, a, hard) == 0.5
+
+
+def test_loss_is_finite_and_falls_when_overfitting_a_fixed_batch(data_dir):
+    torch.manual_seed(0)
+    clips = load_clips([s for s in read_manifest(data_dir) if s.audio is not None][:8], InputGeometry(),
+                       workers=2, progress=False)
+    model = create_model("fusion_student", **TINY)
+    heads = ContrastiveHeads(model.video_encoder.out_channels, model.config.audio_dim, 32, 64)
+    params = [*model.video_encoder.parameters(), *model.audio_encoder.parameters(), *heads.parameters()]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    batch = next(iterate_batches(clips, 8))
+    hard, _ = shifted_audio(batch["audio"], 2, 4000, torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(25):
+        v = heads.embed_video(model, batch["video"])
+        emb = heads.embed_audio(model, torch.cat([batch["audio"], hard.flatten(0, 1)]))
+        loss, parts = contrastive_loss(v, emb[:8], emb[8:].reshape(8, 2, -1), heads.logit_scale)
+        assert torch.isfinite(loss) and set(parts) == {"loss_va", "loss_av"}
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        heads.clamp_()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert 0.01 <= heads.temperature <= 1.0
+
+
+def test_bad_configs_are_refused(tmp_path):
+    with pytest.raises(ModelConfigError, match="only video"):  # checked before any data is read
+        pretrain(_cfg(tmp_path / "nothing-here", tmp_path / "out", model="vision_only_student"))
+    with pytest.raises(ModelConfigError, match="only audio"):
+        pretrain(_cfg(tmp_path / "nothing-here", tmp_path / "out", model="audio_only_student"))
+    with pytest.raises(FusionEdgeError, match="min_shift_seconds"):
+        _cfg(tmp_path, tmp_path, min_shift_seconds=0.6)
+    with pytest.raises(FusionEdgeError, match="hard_negatives"):
+        _cfg(tmp_path, tmp_path, hard_negatives=-1)
+
+
+# ------------------------------------------------------------------------------------------ a run
+
+
+def test_run_on_unlabelled_data_writes_checkpoint_and_metrics(run):
+    out, result = run
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["pretrain"]["hard_negatives"] == 2 and config["model_name"] == "fusion_student"
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    n = result["val_samples"]
+    assert n >= 2 and result["train_samples"] + n <= 48
+    assert metrics["chance"] == pytest.approx({"a2v_top1": 1 / n, "a2v_top5": min(5, n) / n, "v2a_top1": 1 / n,
+                                               "shift_discrimination": 1 / 3})
+    for h in metrics["history"]:
+        assert h["train"]["loss"] > 0 and h["val"]["samples"] == n and 0 < h["temperature"] < 1
+        for key in ("a2v_top1", "a2v_top5", "v2a_top1", "shift_discrimination"):
+            assert 0.0 <= h["val"][key] <= 1.0
+    best = metrics["best"]
+    assert best["a2v_top1"] == max(h["val"]["a2v_top1"] for h in metrics["history"])
+
+    state = read_checkpoint(out / "pretrain.pt")
+    assert state["epoch"] == best["epoch"]
+    extra = state["extra"]
+    assert extra["kind"] == "pretrain" and extra["pretrain_config"]["embed_dim"] == 32
+    proj = extra["projections"]
+    assert proj["logit_scale"].ndim == 0 and proj["video_proj.3.weight"].shape == (32, 64)
+    # Only the encoders were trained: fusion and task heads are still the seed's initialization.
+    torch.manual_seed(0)
+    init = MultimodalModel(model_config("fusion_student", **TINY)).state_dict()
+    for k, v in state["state_dict"].items():
+        if k.startswith(ENCODER_PREFIXES) and ".frontend." not in k:  # trained (weights, BN statistics)
+            continue
+        assert torch.equal(v, init[k]), k
+    assert any(not torch.equal(state["state_dict"][k], init[k]) for k in init if k.startswith("video_encoder."))
+
+
+def test_load_pretrained_encoders_copies_exactly_the_encoders(run):
+    out, _ = run
+    saved = read_checkpoint(out / "pretrain.pt")["state_dict"]
+    torch.manual_seed(123)
+    model = create_model("fusion_student", **TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loaded = load_pretrained_encoders(model, out / "pretrain.pt")
+    assert set(loaded) == {k for k in before if k.startswith(ENCODER_PREFIXES)}
+    assert any(k.startswith("video_encoder.") for k in loaded) and any(k.startswith("audio_encoder.") for k in loaded)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, saved[k] if k in loaded else before[k]), k
+
+
+def test_load_pretrained_encoders_refuses_what_does_not_fit(run, tmp_path):
+    out, _ = run
+    meta = dict(model_config={}, geometry=InputGeometry(), labels=Labels().to_dict(), metrics={}, epoch=0)
+    teacher = create_model("fusion_teacher")
+    save_checkpoint(tmp_path / "teacher.pt", teacher, model_name="fusion_teacher",
+                    **{**meta, "model_config": teacher.config.to_dict()})
+    student = create_model("fusion_student")
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    with pytest.raises(CheckpointError, match="different architecture"):
+        load_pretrained_encoders(student, tmp_path / "teacher.pt")
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())  # nothing half-loaded
+    wider = create_model("fusion_student", **{**TINY, "video_channels": (8, 8, 16, 24)})
+    with pytest.raises(CheckpointError, match="video_encoder shapes differ"):  # the tiny run, one width changed
+        load_pretrained_encoders(wider, out / "pretrain.pt")
+    audio_only = create_model("audio_only_student")
+    save_checkpoint(tmp_path / "audio.pt", audio_only, model_name="audio_only_student",
+                    **{**meta, "model_config": audio_only.config.to_dict()})
+    with pytest.raises(CheckpointError, match="no encoder weights"):
+        load_pretrained_encoders(create_model("vision_only_student"), tmp_path / "audio.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_pretrained_encoders(student, tmp_path / "junk.pt")
+
+
+def test_same_seed_gives_identical_weights(unlabelled, tmp_path):
+    def weights(name, seed):
+        pretrain(_cfg(unlabelled, tmp_path / name, seed=seed, max_train_samples=16))
+        state = read_checkpoint(tmp_path / name / "pretrain.pt")
+        return {**state["state_dict"], **{"proj." + k: v for k, v in state["extra"]["projections"].items()}}
+
+    a, b, c = weights("a", 0), weights("b", 0), weights("c", 1)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_cli_runs_through_its_own_parser(unlabelled, tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="fusionedge")
+    add_pretrain_parser(parser.add_subparsers(dest="verb", required=True))
+    sets = [x for k, v in TINY.items() for x in ("--set", f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}")]
+    args = parser.parse_args(["pretrain", "--data", str(unlabelled), "--out", str(tmp_path / "cli"), "--epochs", "1",
+                              "--batch-size", "16", "--hard-negatives", "1", "--seed", "3", "--json", *sets])
+    assert args.func(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["chance"]["shift_discrimination"] == 0.5
+    assert (tmp_path / "cli" / "pretrain.pt").is_file()
+    saved = json.loads((tmp_path / "cli" / "config.json").read_text())["pretrain"]
+    assert saved["seed"] == 3 and saved["batch_size"] == 16 and saved["model_overrides"]["audio_dim"] == 16

@@ -1,0 +1,543 @@
+"""Self-supervised audio-visual pretraining: ``pretrain(PretrainConfig(data=..., out=...))``.
+
+No labels are read: a clip's own audio is the supervision. Two towers sit on the encoders of a
+``MultimodalModel`` — a projection MLP on the video tokens, another on the audio tokens, each pooled
+by mean and max concatenated, L2-normalized to ``embed_dim`` — and are trained with a symmetric
+InfoNCE loss over the batch (video→audio and audio→video, a learnable temperature clamped as CLIP
+does). The video→audio direction also gets **hard negatives**: the clip's own audio circularly
+shifted by ``[min_shift, clip - min_shift]`` seconds, ``hard_negatives`` of them per clip, appended
+as extra columns of that row only. Matching *which* clip is heard is learned from the batch; matching
+*when* (a siren that swells as the ambulance approaches) only from the shifted copies.
+
+One loop, top to bottom, like ``train.py`` (whose helpers it reuses): decode once, per epoch set the
+learning rate (warm-up, cosine), forward, loss, backward, clip, step, clamp the temperature; then
+measure on the held-out split and write the run folder:
+
+    out/pretrain.pt     checkpoint of the epoch with the best held-out audio→video top-1 (ties: lower
+                        loss): the full MultimodalModel (only its encoders are trained; the fusion and
+                        task heads keep their random initialization), with ``extra = {"kind":
+                        "pretrain", "pretrain_config": {...}, "projections": <state dict of the two
+                        projection heads and the logit scale>}`` (tensors: a checkpoint is a
+                        ``torch.save`` dict that ``weights_only`` loading reads back)
+    out/metrics.json    per-epoch history, the best epoch, chance levels, seconds
+    out/config.json     the PretrainConfig and the model config
+
+Held-out metrics (labels ignored): audio→video retrieval top-1/top-5 over the whole split (each
+audio ranks all N videos; chance 1/N and 5/N), video→audio top-1, and shift discrimination — the
+fraction of clips whose true audio scores above every one of its time-shifted copies (chance
+``1/(1 + hard_negatives)``). Ties count against the model, so a collapsed embedding scores 0.
+
+``load_pretrained_encoders(model, "RUN/pretrain.pt")`` copies the encoder weights into a model
+about to be trained with labels (``fusionedge train --init``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from fusionedge.sdk.datamanifest import read_manifest
+from fusionedge.sdk.errors import DataError, FusionEdgeError
+from fusionedge.sdk.spec import InputGeometry
+
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .dataset import Augment, ClipCache, Labels, iterate_batches, load_clips, split_for_validation
+from .distributed import DistContext, resolve_device, take_clips
+from .models import model_config
+from .models.multimodal import ModelConfigError, MultimodalModel
+from .train import _json_safe, _lr_at, _param_groups, _seed_everything, _write_json
+
+__all__ = ["PretrainConfig", "pretrain", "ContrastiveHeads", "contrastive_loss", "shifted_audio",
+           "retrieval_metrics", "evaluate_pretrain", "load_pretrained_encoders", "ENCODER_PREFIXES"]
+
+#: State-dict prefixes of the weights pretraining learns (what ``load_pretrained_encoders`` copies).
+ENCODER_PREFIXES: tuple[str, str] = ("video_encoder.", "audio_encoder.")
+
+#: CLIP's bound on the logit scale (1 / temperature <= 100).
+MAX_LOGIT_SCALE = 100.0
+
+#: ModelConfig fields that define the audio front end's fixed (non-learned) buffers.
+_FRONTEND_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
+
+
+@dataclass
+class PretrainConfig:
+    """One pretraining run. Defaults suit ~2,000 synthetic clips on 2 CPU cores."""
+
+    data: Path  # manifest.jsonl, or the folder holding it; labels in it are not used
+    out: Path  # run folder (created)
+    val_data: Path | None = None  # held-out manifest; None: a deterministic 10% of `data`
+    model: str = "fusion_student"  # registry name; needs both video and audio
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields to change
+    device: str = "auto"  # "auto": cuda when available, else cpu; or e.g. "cpu"
+    geometry: InputGeometry = field(default_factory=InputGeometry)
+    epochs: int = 10
+    batch_size: int = 64  # clips per step: each row's negatives are the other B-1 audios (+ hard ones)
+    lr: float = 2e-3  # peak AdamW learning rate
+    min_lr_ratio: float = 0.02  # cosine floor, as a fraction of lr
+    warmup_epochs: float = 0.5  # linear warm-up
+    weight_decay: float = 0.05  # on weight matrices/kernels only
+    grad_clip: float = 2.0  # max global gradient norm
+    embed_dim: int = 128  # width of the shared embedding space
+    proj_hidden: int = 256  # hidden width of each projection MLP
+    temperature: float = 0.07  # initial softmax temperature (learned as a logit scale <= 100)
+    hard_negatives: int = 2  # time-shifted copies of the clip's own audio per row (0: none)
+    min_shift_seconds: float = 0.25  # shifts lie in [min, clip_seconds - min]
+    hflip: float = 0.5  # per-sample horizontal flip probability (video)
+    audio_gain_db: float = 6.0  # random gain range, ± dB
+    seed: int = 0
+    num_workers: int = 2  # threads decoding media into the cache
+    max_train_samples: int | None = None  # use only the first N training samples
+    max_val_samples: int | None = None
+    progress: bool = True  # tqdm bars and one line per epoch on stderr
+
+    def __post_init__(self) -> None:
+        self.data = Path(self.data)
+        self.out = Path(self.out)
+        self.val_data = None if self.val_data is None else Path(self.val_data)
+        if isinstance(self.geometry, dict):
+            self.geometry = InputGeometry.from_dict(self.geometry)
+        bad = []
+        for name in ("epochs", "batch_size", "embed_dim", "proj_hidden"):
+            if getattr(self, name) < 1:
+                bad.append(f"{name}={getattr(self, name)} (need >= 1)")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            bad.append(f"lr={self.lr} (need > 0)")
+        if not (0.0 < self.temperature and 1.0 / self.temperature <= MAX_LOGIT_SCALE):
+            bad.append(f"temperature={self.temperature} (need {1 / MAX_LOGIT_SCALE} .. inf)")
+        if self.hard_negatives < 0:
+            bad.append(f"hard_negatives={self.hard_negatives} (need >= 0)")
+        clip = self.geometry.clip_seconds
+        if not 0.0 < self.min_shift_seconds <= clip / 2:
+            bad.append(f"min_shift_seconds={self.min_shift_seconds} (need 0 < s <= clip_seconds/2 = {clip / 2})")
+        if not 0.0 <= self.hflip <= 1.0:
+            bad.append(f"hflip={self.hflip} (need 0..1)")
+        for name in ("max_train_samples", "max_val_samples"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                bad.append(f"{name}={v} (need >= 1 or None)")
+        if bad:
+            raise FusionEdgeError("invalid PretrainConfig: " + ", ".join(bad))
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(data=str(self.data), out=str(self.out),
+                 val_data=None if self.val_data is None else str(self.val_data), geometry=self.geometry.to_dict())
+        return d
+
+
+# ------------------------------------------------------------------------------------- the two towers
+
+
+def _pool(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) tokens → (B, 2C): mean and max over the tokens."""
+    return torch.cat([tokens.mean(dim=1), tokens.amax(dim=1)], dim=1)
+
+
+def _mlp(cin: int, hidden: int, cout: int) -> nn.Sequential:
+    # LayerNorm, not BatchNorm: batch statistics would let a row see the other clips (and its own
+    # shifted copies) and leak the answer of the contrastive task.
+    return nn.Sequential(nn.Linear(cin, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, cout))
+
+
+class ContrastiveHeads(nn.Module):
+    """The projection MLPs of both towers and the learnable logit scale (``1 / temperature``).
+
+    Args:
+        video_dim: width of the video encoder's tokens.
+        audio_dim: width of the audio encoder's tokens.
+        embed_dim: width of the shared, L2-normalized embedding.
+        hidden: hidden width of each MLP.
+        temperature: initial temperature.
+    """
+
+    def __init__(self, video_dim: int, audio_dim: int, embed_dim: int = 128, hidden: int = 256,
+                 temperature: float = 0.07) -> None:
+        super().__init__()
+        self.video_proj = _mlp(2 * video_dim, hidden, embed_dim)
+        self.audio_proj = _mlp(2 * audio_dim, hidden, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))  # log(1/T), as in CLIP
+
+    def embed_video(self, model: MultimodalModel, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) clips → (B, embed_dim) unit vectors."""
+        tokens = model.video_encoder(video)[0]  # (B, Nv, Cv)
+        return F.normalize(self.video_proj(_pool(tokens)), dim=-1)
+
+    def embed_audio(self, model: MultimodalModel, audio: torch.Tensor) -> torch.Tensor:
+        """(B, S) waveforms → (B, embed_dim) unit vectors."""
+        tokens = model.audio_encoder(audio)[0]  # (B, Na, Ca)
+        return F.normalize(self.audio_proj(_pool(tokens)), dim=-1)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Keep the logit scale in [1, 100] (CLIP's clamp, applied after each optimizer step)."""
+        self.logit_scale.clamp_(0.0, math.log(MAX_LOGIT_SCALE))
+
+    @property
+    def temperature(self) -> float:
+        return float(torch.exp(-self.logit_scale.detach()))
+
+
+def shifted_audio(audio: torch.Tensor, count: int, min_shift: int,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard negatives: each waveform circularly shifted by ``count`` random amounts.
+
+    Args:
+        audio: (B, S) waveforms.
+        count: shifted copies per waveform (K).
+        min_shift: the smallest shift in samples; shifts are drawn uniformly from
+            ``[min_shift, S - min_shift]``, so no copy is within ``min_shift`` of the original
+            in either direction around the circle.
+        generator: source of the shifts.
+
+    Raises:
+        ValueError: ``min_shift`` is not in ``1 .. S/2``.
+
+    Returns:
+        ``(negatives (B, K, S), shifts (B, K) int64)`` with ``negatives[b, k] ==
+        torch.roll(audio[b], shifts[b, k])``.
+    """
+    b, s = audio.shape
+    if not 1 <= min_shift <= s // 2:
+        raise ValueError(f"min_shift={min_shift} samples must be in 1..{s // 2} for {s}-sample audio")
+    shifts = torch.randint(min_shift, s - min_shift + 1, (b, count), generator=generator)  # (B, K)
+    src = (torch.arange(s).view(1, 1, s) - shifts.unsqueeze(2)) % s  # (B, K, S): roll semantics
+    negatives = torch.gather(audio.unsqueeze(1).expand(b, count, s), 2, src.to(audio.device))
+    return negatives, shifts
+
+
+def contrastive_loss(video: torch.Tensor, audio: torch.Tensor, hard: torch.Tensor | None,
+                     logit_scale: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Symmetric InfoNCE with per-row hard negatives for video→audio.
+
+    Args:
+        video: (B, D) unit video embeddings.
+        audio: (B, D) unit audio embeddings; row ``i`` is clip ``i``'s true audio.
+        hard: (B, K, D) unit embeddings of clip ``i``'s shifted audio, or None.
+        logit_scale: log of the inverse temperature (a scalar).
+
+    Returns:
+        ``(loss, {"loss_va", "loss_av"})``: the mean of the two directions.
+    """
+    scale = logit_scale.exp()
+    logits = scale * video @ audio.T  # (B, B): row i is video i against every audio
+    target = torch.arange(len(video), device=video.device)
+    rows = logits
+    if hard is not None and hard.shape[1]:
+        rows = torch.cat([logits, scale * torch.einsum("bd,bkd->bk", video, hard)], dim=1)  # (B, B+K)
+    loss_va = F.cross_entropy(rows, target)
+    loss_av = F.cross_entropy(logits.T, target)
+    return 0.5 * (loss_va + loss_av), {"loss_va": float(loss_va.detach()), "loss_av": float(loss_av.detach())}
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def retrieval_metrics(similarity: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Recall@k of a query × gallery similarity matrix whose true matches lie on the diagonal.
+
+    The rank of query ``i`` is the number of other gallery items scoring ``>=`` its true match
+    (ties count against the model). Query ``i`` is a hit at ``k`` when its rank is below ``k``.
+
+    Args:
+        similarity: (N, N) scores; row = query, column = gallery item.
+        ks: cut-offs.
+
+    Raises:
+        ValueError: not a square, non-empty matrix.
+
+    Returns:
+        ``{"top1": ..., "top5": ...}`` (one key per k), fractions of queries.
+    """
+    if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1] or not len(similarity):
+        raise ValueError(f"need a square (N, N) similarity matrix, got {tuple(similarity.shape)}")
+    true = similarity.diagonal().unsqueeze(1)  # (N, 1)
+    rank = (similarity >= true).sum(dim=1) - 1  # (N,): the true item itself is always >=
+    return {f"top{k}": float((rank < k).float().mean()) for k in ks}
+
+
+def _shift_discrimination(video: torch.Tensor, audio: torch.Tensor, hard: torch.Tensor) -> float:
+    """Fraction of rows whose true audio outscores all of its shifted copies (strictly)."""
+    pos = (video * audio).sum(dim=1)  # (N,)
+    neg = torch.einsum("nd,nkd->nk", video, hard)  # (N, K)
+    return float((pos.unsqueeze(1) > neg).all(dim=1).float().mean())
+
+
+@torch.no_grad()
+def evaluate_pretrain(model: MultimodalModel, heads: ContrastiveHeads, clips: ClipCache, *, hard_negatives: int = 2,
+                      min_shift_seconds: float = 0.25, seed: int = 0, batch_size: int = 64,
+                      device: torch.device | str = "cpu") -> dict:
+    """Held-out retrieval and shift-discrimination metrics (labels ignored).
+
+    Args:
+        model: the model whose encoders are measured (eval mode for the call, then restored).
+        heads: the projection heads.
+        clips: the split (every clip must have audio).
+        hard_negatives: shifted copies per clip for shift discrimination (at least 1 is used).
+        min_shift_seconds: the smallest shift.
+        seed: seeds the shifts (the same every epoch, so epochs compare).
+        batch_size: clips per forward pass.
+        device: where the model lives.
+
+    Returns:
+        ``loss`` (the training objective over the whole split), ``a2v_top1``, ``a2v_top5``,
+        ``v2a_top1``, ``shift_discrimination``, ``samples``, and ``chance`` (the same keys at chance).
+    """
+    was = model.training, heads.training
+    model.eval()
+    heads.eval()
+    k = max(1, hard_negatives)
+    min_shift = int(round(min_shift_seconds * clips.geometry.sample_rate))
+    gen = torch.Generator().manual_seed(seed)
+    vs, as_, hs = [], [], []
+    for batch in iterate_batches(clips, batch_size):
+        audio = batch["audio"]  # (B, S)
+        hard, _ = shifted_audio(audio, k, min_shift, gen)  # (B, K, S)
+        vs.append(heads.embed_video(model, batch["video"].to(device)))
+        emb = heads.embed_audio(model, torch.cat([audio, hard.flatten(0, 1)]).to(device))  # (B(1+K), D)
+        as_.append(emb[:len(audio)])
+        hs.append(emb[len(audio):].reshape(len(audio), k, -1))
+    model.train(was[0])
+    heads.train(was[1])
+    v, a, h = torch.cat(vs).float().cpu(), torch.cat(as_).float().cpu(), torch.cat(hs).float().cpu()
+    n = len(v)
+    loss, _ = contrastive_loss(v, a, h[:, :hard_negatives], heads.logit_scale.detach().float().cpu())
+    sim = a @ v.T  # (N, N): row = audio query, column = video
+    a2v, v2a = retrieval_metrics(sim, (1, 5)), retrieval_metrics(sim.T, (1,))
+    return {"loss": float(loss), "a2v_top1": a2v["top1"], "a2v_top5": a2v["top5"], "v2a_top1": v2a["top1"],
+            "shift_discrimination": _shift_discrimination(v, a, h), "samples": n,
+            "chance": {"a2v_top1": 1.0 / n, "a2v_top5": min(5, n) / n, "v2a_top1": 1.0 / n,
+                       "shift_discrimination": 1.0 / (1 + k)}}
+
+
+# ---------------------------------------------------------------------------------------- the loop
+
+
+def _with_audio(clips: ClipCache) -> ClipCache:
+    """The clips that have audio (a clip without a microphone has nothing to match)."""
+    keep = torch.nonzero(clips.has_audio).flatten()
+    return clips if len(keep) == len(clips) else take_clips(clips, keep)
+
+
+def _load_splits(cfg: PretrainConfig) -> tuple[ClipCache, ClipCache]:
+    """Decode both splits (labels not required) and keep the clips with audio."""
+    labels = Labels()
+    vocab = dict(require_labels=False, events=labels.events, audio_tags=labels.audio_tags, objects=labels.objects)
+    train_samples = read_manifest(cfg.data, **vocab)
+    if cfg.val_data is not None:
+        val_samples = read_manifest(cfg.val_data, **vocab)
+    else:
+        train_samples, val_samples = split_for_validation(train_samples)
+    train_samples = [s for s in train_samples if s.audio is not None][: cfg.max_train_samples]
+    val_samples = [s for s in val_samples if s.audio is not None][: cfg.max_val_samples]
+    if len(train_samples) < 2 or len(val_samples) < 2:
+        raise DataError(f"{cfg.data}: pretraining needs at least two training and two held-out clips with audio "
+                        f"(got {len(train_samples)} and {len(val_samples)})")
+    kw = dict(workers=cfg.num_workers, progress=cfg.progress)
+    train = load_clips(train_samples, cfg.geometry, labels, desc="decode train", **kw)
+    val = load_clips(val_samples, cfg.geometry, labels, desc="decode val", **kw)
+    return train, val
+
+
+def _better(a: dict, b: dict | None) -> bool:
+    """Selection: higher held-out audio→video top-1, then lower held-out loss."""
+    return b is None or (a["a2v_top1"], -a["loss"]) > (b["a2v_top1"], -b["loss"])
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """Pretrain the encoders of ``cfg.model`` on unlabelled clips and write the run folder.
+
+    Args:
+        cfg: the run's configuration (see the module docstring for what is learned and written).
+
+    Raises:
+        ModelConfigError: unknown model or override, or a model without both video and audio.
+        DataError: missing/invalid manifests, or fewer than two clips with audio in a split.
+        MediaError: a media file cannot be decoded.
+        CheckpointError: the checkpoint cannot be written.
+        FusionEdgeError: the loss became NaN/Inf.
+
+    Returns:
+        ``{"best": {epoch, held-out metrics}, "final": {...}, "history": [...], "chance": {...},
+        "checkpoint", "run_dir", "seconds", "data_seconds", "train_samples", "val_samples"}``.
+    """
+    t_start = time.perf_counter()
+    g = cfg.geometry
+    labels = Labels()
+    overrides = dict(num_events=len(labels.events), num_audio_tags=len(labels.audio_tags),
+                     num_objects=len(labels.objects), clip_frames=g.clip_frames, height=g.height, width=g.width,
+                     audio_samples=g.audio_samples, sample_rate=g.sample_rate, output_stride=g.output_stride)
+    overrides.update(cfg.model_overrides)
+    mcfg = model_config(cfg.model, **overrides)
+    if set(mcfg.modalities) != {"video", "audio"}:  # fail before decoding anything
+        raise ModelConfigError(f"pretraining matches video with audio: model {cfg.model!r} has only "
+                               f"{', '.join(mcfg.modalities)}; use a model with both (e.g. fusion_student)")
+    gen = _seed_everything(cfg.seed)
+    device = resolve_device(cfg.device, DistContext())
+    cfg.out.mkdir(parents=True, exist_ok=True)
+
+    # -- data: decode once, keep in memory; labels are never read
+    train_clips, val_clips = _load_splits(cfg)
+    t_data = time.perf_counter() - t_start
+
+    # -- model: the encoders of a MultimodalModel + the two projection towers
+    torch.manual_seed(cfg.seed)  # weights depend only on the seed, not on what decoding consumed
+    model = MultimodalModel(mcfg)
+    heads = ContrastiveHeads(model.video_encoder.out_channels, mcfg.audio_dim, cfg.embed_dim, cfg.proj_hidden,
+                             cfg.temperature)
+    model.to(device)
+    heads.to(device)
+    trained = nn.ModuleDict({"video_encoder": model.video_encoder, "audio_encoder": model.audio_encoder,
+                             "heads": heads})  # what the optimizer sees: fusion and task heads stay untouched
+    optimizer = torch.optim.AdamW(_param_groups(trained, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
+    _write_json(cfg.out / "config.json", {"pretrain": cfg.to_dict(), "model_name": cfg.model,
+                                          "model_config": mcfg.to_dict(), "labels": labels.to_dict()})
+
+    steps_per_epoch = math.ceil(len(train_clips) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    augment = Augment(modality_dropout=0.0, hflip=cfg.hflip, audio_gain_db=cfg.audio_gain_db)
+    min_shift = int(round(cfg.min_shift_seconds * g.sample_rate))
+    k = cfg.hard_negatives
+    path = cfg.out / "pretrain.pt"
+    eval_kw = dict(hard_negatives=k, min_shift_seconds=cfg.min_shift_seconds, seed=cfg.seed,
+                   batch_size=cfg.batch_size, device=device)
+
+    history: list[dict] = []
+    best: dict | None = None
+    chance: dict = {}
+    step = 0
+
+    def summary() -> dict:
+        final = {"epoch": history[-1]["epoch"], **history[-1]["val"]} if history else None
+        return {"best": best, "final": final, "history": history, "chance": chance, "checkpoint": str(path),
+                "run_dir": str(cfg.out), "data_seconds": round(t_data, 2),
+                "seconds": round(time.perf_counter() - t_start, 2), "train_samples": len(train_clips),
+                "val_samples": len(val_clips)}
+
+    for epoch in range(1, cfg.epochs + 1):
+        t_epoch = time.perf_counter()
+        trained.train()
+        sums: dict[str, float] = {}
+        seen = 0
+        batches = iterate_batches(train_clips, cfg.batch_size, shuffle=True, generator=gen, augment=augment)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"pretrain {epoch}/{cfg.epochs}", unit="batch",
+                   disable=not cfg.progress, leave=False)
+        for batch in bar:
+            lr = _lr_at(step, total_steps, warmup, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            audio = batch["audio"]  # (B, S), gain already applied: the shifted copies share it
+            b = len(audio)
+            hard, _ = shifted_audio(audio, k, min_shift, gen)  # (B, K, S)
+            v = heads.embed_video(model, batch["video"].to(device, non_blocking=True))  # (B, D)
+            emb = heads.embed_audio(model, torch.cat([audio, hard.flatten(0, 1)]).to(device))  # (B(1+K), D)
+            hard_emb = emb[b:].reshape(b, k, emb.shape[1]) if k else None  # (B, K, D)
+            loss, parts = contrastive_loss(v, emb[:b], hard_emb, heads.logit_scale)
+            if not torch.isfinite(loss):  # a CPU sync point, but one float per step is cheap
+                raise FusionEdgeError(f"loss became {float(loss.detach())} at epoch {epoch}, step {step}; "
+                                      f"lower lr (now {cfg.lr}) or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip)
+            optimizer.step()
+            heads.clamp_()
+            step += 1
+            seen += b
+            for name, val in {"loss": float(loss.detach()), **parts}.items():
+                sums[name] = sums.get(name, 0.0) + val * b
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", T=f"{heads.temperature:.3f}", lr=f"{lr:.1e}")
+        bar.close()
+        train_seconds = time.perf_counter() - t_epoch
+
+        val = evaluate_pretrain(model, heads, val_clips, **eval_kw)
+        chance = val.pop("chance")
+        record = {"epoch": epoch, "lr": lr, "temperature": heads.temperature,
+                  "train": {name: s / seen for name, s in sums.items()}, "val": val,
+                  "train_seconds": round(train_seconds, 2), "seconds": round(time.perf_counter() - t_epoch, 2)}
+        history.append(record)
+        if cfg.progress:
+            print(f"pretrain {epoch}/{cfg.epochs}  loss {record['train']['loss']:.3f}  T {heads.temperature:.3f}  "
+                  f"val loss {val['loss']:.3f}  a->v top1 {val['a2v_top1']:.3f} (chance {chance['a2v_top1']:.3f})  "
+                  f"top5 {val['a2v_top5']:.3f}  v->a top1 {val['v2a_top1']:.3f}  "
+                  f"shift {val['shift_discrimination']:.3f} (chance {chance['shift_discrimination']:.3f})  "
+                  f"({record['seconds']:.0f} s)", file=sys.stderr, flush=True)
+        if _better(val, best):
+            best = {"epoch": epoch, **val}
+            extra = {"kind": "pretrain", "pretrain_config": _json_safe(cfg.to_dict()),
+                     "projections": {n: t.detach().cpu() for n, t in heads.state_dict().items()}}
+            save_checkpoint(path, model, model_name=cfg.model, model_config=mcfg.to_dict(), geometry=g,
+                            labels=labels.to_dict(), metrics=_json_safe(best), epoch=epoch, extra=extra)
+        _write_json(cfg.out / "metrics.json", summary())
+    return _json_safe(summary())
+
+
+# ------------------------------------------------------------------------------- using the encoders
+
+
+def load_pretrained_encoders(model: MultimodalModel, path: str | Path) -> list[str]:
+    """Copy the encoder weights of a checkpoint (a pretrain run's ``pretrain.pt``, or any) into ``model``.
+
+    Only keys under ``ENCODER_PREFIXES`` are copied, and only for encoders that both the model and
+    the checkpoint have (an audio-only checkpoint initializes only the audio encoder). An encoder
+    that is copied must match exactly: the same keys and shapes, and the same audio front end.
+    Nothing is copied unless everything fits.
+
+    Args:
+        model: the model to initialize (in place).
+        path: the checkpoint file.
+
+    Raises:
+        CheckpointError: the file is missing or not a checkpoint, it has no encoder weights this
+            model has, or an encoder differs in architecture (keys, shapes, front end).
+
+    Returns:
+        The state-dict keys that were loaded, sorted.
+    """
+    state = read_checkpoint(path)
+    saved, own = state["state_dict"], model.state_dict()
+    chosen: dict[str, torch.Tensor] = {}
+    problems: list[str] = []
+    for prefix in ENCODER_PREFIXES:
+        mine = {k for k in own if k.startswith(prefix)}
+        theirs = {k for k in saved if k.startswith(prefix)}
+        if not mine or not theirs:
+            continue
+        missing, unexpected = sorted(mine - theirs), sorted(theirs - mine)
+        if missing or unexpected:
+            problems.append(f"{prefix[:-1]} has other layers (missing {_few(missing)}, unexpected {_few(unexpected)})")
+            continue
+        shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(mine)
+                  if saved[k].shape != own[k].shape]
+        if shapes:
+            problems.append(f"{prefix[:-1]} shapes differ: {_few(shapes)}")
+            continue
+        chosen.update({k: saved[k] for k in mine})
+    if any(k.startswith("audio_encoder.") for k in chosen):
+        cfg = state["model_config"]
+        differ = [f"{f} {cfg.get(f)!r} vs {getattr(model.config, f)!r}" for f in _FRONTEND_FIELDS
+                  if cfg.get(f) != getattr(model.config, f)]
+        if differ:
+            problems.append(f"audio front end differs: {', '.join(differ)}")
+    if problems:
+        raise CheckpointError(f"{path}: encoder weights of model {state['model_name']!r} do not fit this model "
+                              f"(different architecture): " + "; ".join(problems))
+    if not chosen:
+        raise CheckpointError(f"{path}: no encoder weights ({', '.join(p + '*' for p in ENCODER_PREFIXES)}) "
+                              f"that this model has")
+    model.load_state_dict(chosen, strict=False)
+    return sorted(chosen)
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    if not items:
+        return "none"
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
