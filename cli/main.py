@@ -67,7 +67,8 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _cmd_train(args: argparse.Namespace, extra: dict | None = None) -> int:
+    """``fusionedge train`` (and, with ``extra`` TrainConfig fields such as ``teacher``, ``fusionedge distill``)."""
     _require_training()
     import os
 
@@ -81,7 +82,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise FusionEdgeError("--out is required (unless --resume gives the run folder)")
     # Options left unset keep TrainConfig's defaults.
     optional = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                "val_data": args.val, "init": args.init, "resume": args.resume, "device": args.device}
+                "val_data": args.val, "init": args.init, "resume": args.resume, "device": args.device,
+                "task_weighting": args.task_weighting, "task_schedule": args.task_schedule,
+                "max_train_samples": args.max_train_samples, **(extra or {})}
     cfg = TrainConfig(data=args.data, out=out, model=args.model, seed=args.seed,
                       model_overrides=_parse_overrides(args.set), progress=dist.is_main and not args.json,
                       **{k: v for k, v in optional.items() if v is not None})
@@ -239,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, default=None,
                    help="continue a run exactly from its last.pt (give the first run's options again)")
     p.add_argument("--device", default=None, help="auto (default: cuda:LOCAL_RANK if available), cpu, cuda:0...")
+    p.add_argument("--task-weighting", choices=("fixed", "uncertainty"), default=None,
+                   help="fixed loss weights (default) or learned uncertainty weights per task group")
+    p.add_argument("--task-schedule", choices=("joint", "alternating"), default=None,
+                   help="all task groups every step (default) or one group per step, round-robin")
+    p.add_argument("--max-train-samples", type=int, default=None,
+                   help="train on the first N training samples only (few-label experiments)")
 
     p = add("export", _cmd_export, "export a checkpoint to a verified ONNX bundle")
     p.add_argument("--checkpoint", required=True, type=Path)
@@ -279,7 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     from fusionedge.export.quantize_cli import add_quantize_parsers
     from fusionedge.sdk.fleet.cli import add_agent_parsers
     from fusionedge.sdk.streaming.cli import add_run_parser
+    from fusionedge.training.distill_cli import add_distill_parser
+    from fusionedge.training.pretrain_cli import add_pretrain_parser
+    from fusionedge.training.report_cli import add_report_parser
 
+    add_pretrain_parser(verbs)
+    add_distill_parser(verbs)
+    add_report_parser(verbs)
     add_run_parser(verbs)
     add_quantize_parsers(verbs)
     add_engine_parser(verbs)

@@ -1,0 +1,108 @@
+"""`fusionedge report`: the comparison tables, their target checks, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fusionedge.cli.main import main  # noqa: E402
+from fusionedge.sdk.errors import FusionEdgeError  # noqa: E402
+from fusionedge.training.report import EXPERIMENTS, ReportConfig, _fill_tables, render_markdown, run_report  # noqa: E402
+
+
+def _res(model: str, acc: float, det: float = 0.5, flops: float = 1e9, audio_missing: float = 0.5,
+         video_missing: float = 0.5) -> dict:
+    def m(a: float, d: float) -> dict:
+        return {"event_accuracy": a, "event_macro_f1": a, "audio_tag_map": 0.9, "detection_map50": d}
+
+    return {"model_name": model, "params": 1000, "flops": flops, "both": m(acc, det),
+            "audio_missing": m(audio_missing, det), "video_missing": m(video_missing, 0.0)}
+
+
+def _report(test: dict) -> dict:
+    cfg = {"train_samples": 2000, "val_samples": 300, "test_samples": 400, "seed": 0, "epochs": 10,
+           "few_label_fraction": 0.1, "few_label_epochs": 30}
+    r = {"config": cfg, "test": test, "pretrain": None, "train_seconds": {}, "tables": {}, "checks": {}}
+    _fill_tables(r, {})
+    return r
+
+
+def test_tables_compute_gaps_ratios_and_verdicts():
+    r = _report({
+        "fusion": _res("fusion_student", 0.95, det=0.70, flops=0.3e9, audio_missing=0.49, video_missing=0.51),
+        "vision_only": _res("vision_only_student", 0.50), "audio_only": _res("audio_only_student", 0.52),
+        "teacher": _res("fusion_teacher", 0.98, det=0.80, flops=2.0e9),
+        "distilled": _res("fusion_student", 0.96, det=0.74, flops=0.3e9),
+        "few_scratch": _res("fusion_student", 0.60), "few_pretrained": _res("fusion_student", 0.64),
+    })
+    c = r["checks"]
+    assert c["fusion_gap"]["points"] == pytest.approx(43.0) and c["fusion_gap"]["pass"]
+    # 0.96/0.98 = 98.0% ≥ 97%, but 0.74/0.80 = 92.5% < 95%: a miss, reported as one
+    assert c["distillation"]["accuracy_ratio"] == pytest.approx(0.96 / 0.98, abs=1e-4)
+    assert c["distillation"]["map_ratio"] == pytest.approx(0.925, abs=1e-4)
+    assert c["distillation"]["flops_ratio"] == pytest.approx(0.15)
+    assert c["distillation"]["pass"] is False
+    assert c["distillation"]["gain_over_scratch_points"]["detection_map50"] == pytest.approx(4.0)
+    assert c["pretraining"]["points"] == pytest.approx(4.0) and c["pretraining"]["pass"] is False
+    # audio missing: 0.49 vs vision-only 0.50 is within the 1-point rule; video missing 0.51 vs 0.52 too
+    assert [m["pass"] for m in r["tables"]["missing_sensor"]] == [True, True]
+    md = render_markdown(r)
+    for heading in ("## Fusion matters", "## Missing sensor", "## Distillation", "## Self-supervised pretraining"):
+        assert heading in md
+    assert "43.0 points" in md and "**MISS**" in md and "92.5%" in md
+
+
+def test_missing_sensor_rule_fails_when_fused_model_collapses():
+    r = _report({"fusion": _res("fusion_student", 0.99, audio_missing=0.30),
+                 "vision_only": _res("vision_only_student", 0.50), "audio_only": _res("audio_only_student", 0.50)})
+    assert r["tables"]["missing_sensor"][0]["pass"] is False
+    assert r["checks"]["missing_sensor"]["pass"] is False
+
+
+def test_config_rejects_unknown_experiment_and_bad_fraction(tmp_path):
+    with pytest.raises(FusionEdgeError, match="unknown experiment"):
+        ReportConfig(workdir=tmp_path, only=("fusion", "nope"))
+    with pytest.raises(FusionEdgeError, match="few_label_fraction"):
+        ReportConfig(workdir=tmp_path, few_label_fraction=0.0)
+
+
+@pytest.mark.slow
+def test_tiny_report_end_to_end_and_reuse(tmp_path):
+    cfg = ReportConfig(workdir=tmp_path, train_samples=24, val_samples=8, test_samples=12, epochs=1,
+                       teacher_epochs=1, pretrain_epochs=1, few_label_fraction=0.5, few_label_epochs=1,
+                       batch_size=8, progress=False, only=("fusion", "vision_only", "audio_only", "distilled",
+                                                           "few_pretrained"))
+    report = run_report(cfg)
+    out = tmp_path / "report"
+    saved = json.loads((out / "report.json").read_text())
+    # the dependencies were added: the teacher for the distilled student, pretraining for the fine-tuning
+    assert set(saved["test"]) == {"fusion", "vision_only", "audio_only", "teacher", "distilled", "few_pretrained"}
+    assert saved["pretrain"] is not None
+    for name in ("fusion", "teacher"):
+        r = saved["test"][name]
+        assert r["flops"] > 0 and r["params"] > 0
+        # with the video missing nothing can be detected: the detection metric collapses
+        assert (r["video_missing"]["detection_map50"] or 0.0) <= (r["both"]["detection_map50"] or 0.0)
+    assert saved["checks"]["distillation"]["flops_ratio"] < 0.5
+    for png in ("fusion.png", "curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Distillation" in (out / "report.md").read_text()
+    assert report["tables"]["fusion"]
+
+    # a second call reuses every finished run (checkpoints untouched) and the cached test metrics
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/*.pt")}
+    assert main(["report", "--workdir", str(tmp_path), "--train-samples", "24", "--val-samples", "8",
+                 "--test-samples", "12", "--epochs", "1", "--teacher-epochs", "1", "--pretrain-epochs", "1",
+                 "--few-label-fraction", "0.5", "--few-label-epochs", "1", "--batch-size", "8", "--only", "fusion,vision_only",
+                 "--json"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_every_experiment_is_known_to_the_cli_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    assert "--workdir" in capsys.readouterr().out
+    assert len(EXPERIMENTS) == len(set(EXPERIMENTS))
