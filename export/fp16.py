@@ -55,11 +55,15 @@ def convert_fp16(
         model = onnx.load(str(model_in))
     except Exception as e:
         raise ExportError(f"{model_in}: cannot be read as ONNX: {e}") from e
+    from fusionedge.export.onnx_compact import compact_model, inline_generated
+
+    inline_generated(model)  # the converter would round-trip the kernel generator through float16
     blocked = (frontend_nodes(model) if keep_frontend_fp32 else []) + list(extra_block)
     try:
         converted = convert_float_to_float16(
             model, keep_io_types=True, node_block_list=blocked or None, disable_shape_infer=False
         )
+        compact_model(converted)  # the front end is float32 again: generate its kernels in-graph as before
         _topological_sort(converted.graph)
         onnx.save(converted, str(model_out))
         onnx.checker.check_model(str(model_out))

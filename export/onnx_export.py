@@ -123,6 +123,17 @@ def export_onnx(
         ) from e
     if not path.is_file():
         raise ExportError(f"torch.onnx.export wrote no file at {path}")
+    import onnx
+
+    from fusionedge.export.onnx_compact import compact_model
+
+    try:  # strip the exporter's per-node debug metadata, generate the DFT kernels in-graph
+        proto = onnx.load(str(path))
+        compact_model(proto)
+        onnx.save(proto, str(path))
+    except Exception as e:
+        path.unlink(missing_ok=True)
+        raise ExportError(f"compacting the exported ONNX failed: {type(e).__name__}: {e}") from e
     return path
 
 

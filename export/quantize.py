@@ -208,16 +208,22 @@ def frontend_nodes(model: Any) -> list[str]:
         model: an ``onnx.ModelProto`` following the FusionEdge contract.
 
     Returns:
-        Node names (the DFT convolution, power, mel matmul, log and the shape plumbing between them);
-        empty when the graph has no ``audio`` input or no ``Log`` fed from it.
+        Node names (the DFT convolution, power, mel matmul, log and the shape plumbing between them,
+        plus the constant subgraph that generates the DFT kernels, see ``onnx_compact``); empty when
+        the graph has no ``audio`` input or no ``Log`` fed from it.
     """
     nodes = list(model.graph.node)
     from_audio: set[str] = {"audio"}
+    constant: set[str] = {t.name for t in model.graph.initializer}
     downstream: set[int] = set()
+    constant_nodes: set[int] = set()
     for i, n in enumerate(nodes):  # ONNX graphs are topologically sorted
         if any(x in from_audio for x in n.input):
             downstream.add(i)
             from_audio.update(n.output)
+        elif all(x in constant for x in n.input if x):  # computed from constants only (e.g. DFT kernels)
+            constant.update(n.output)
+            constant_nodes.add(i)
     logs = [i for i in sorted(downstream) if nodes[i].op_type == "Log"]
     if not logs:
         return []
@@ -226,7 +232,7 @@ def frontend_nodes(model: Any) -> list[str]:
     stack = [logs[0]]
     while stack:
         i = stack.pop()
-        if i in keep or i not in downstream:
+        if i in keep or (i not in downstream and i not in constant_nodes):
             continue
         keep.add(i)
         stack.extend(producer[x] for x in nodes[i].input if x in producer)
