@@ -58,6 +58,7 @@ __all__ = [
     "frontend_nodes",
     "sensitive_nodes",
     "quantize_onnx",
+    "requantize_weights",
     "quantize_bundle",
     "write_variant_bundle",
 ]
@@ -85,6 +86,9 @@ class QuantizeConfig:
         exclude_sensitive: keep :data:`SENSITIVE_OPS` in float.
         keep_float: further node names to keep in float (e.g. the precision gate's choice).
         percentile: the percentile for ``percentile`` calibration.
+        weight_bits: 8, or fewer for a coarser symmetric weight grid (``2^(b-1) - 1`` levels each
+            side, e.g. 4 → [-7, 7]) still stored as int8 — a W4A8 setting for studying what
+            quantization-aware training recovers; the graph's Q/DQ form is unchanged.
     """
 
     profile: str = "cpu"
@@ -94,8 +98,11 @@ class QuantizeConfig:
     exclude_sensitive: bool = True
     keep_float: tuple[str, ...] = ()
     percentile: float = 99.999
+    weight_bits: int = 8
 
     def __post_init__(self) -> None:
+        if not 2 <= int(self.weight_bits) <= 8:
+            raise ExportError(f"quantize: weight_bits must be in 2..8, got {self.weight_bits}")
         if self.profile not in PROFILES:
             raise ExportError(f"quantize: profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
         if self.calibration not in CALIBRATION_METHODS:
@@ -109,7 +116,7 @@ class QuantizeConfig:
         return {
             "profile": self.profile, "calibration": self.calibration, "per_channel": self.per_channel,
             "exclude_frontend": self.exclude_frontend, "exclude_sensitive": self.exclude_sensitive,
-            "keep_float": list(self.keep_float), "percentile": self.percentile,
+            "keep_float": list(self.keep_float), "percentile": self.percentile, "weight_bits": self.weight_bits,
         }
 
 
@@ -307,11 +314,22 @@ def quantize_onnx(
     kwargs: dict[str, Any] = {}
     if _supports_calibration_providers():
         kwargs["calibration_providers"] = ["CPUExecutionProvider"]
+    source = str(model_in)
+    if not config.exclude_frontend:
+        # the front end is quantized: its DFT kernels must be a weight (an initializer) again, not a
+        # generated activation (export/onnx_compact.py), to get weight quantization
+        import onnx
+
+        from fusionedge.export.onnx_compact import inline_generated
+
+        if inline_generated(model):
+            source = str(Path(model_out).with_suffix(".inlined.onnx"))
+            onnx.save(model, source)
     try:
         # the entropy/percentile calibrators print to stdout; keep stdout clean for --json output
         with contextlib.redirect_stdout(sys.stderr):
             _quantize_static(
-                str(model_in), str(model_out), reader,
+                source, str(model_out), reader,
                 quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
                 activation_type=activation_type, weight_type=QuantType.QInt8,
                 calibrate_method=method, nodes_to_exclude=excluded, extra_options=extra, **kwargs,
@@ -320,11 +338,64 @@ def quantize_onnx(
         raise
     except Exception as e:
         raise ExportError(f"quantize: quantize_static failed: {type(e).__name__}: {e}") from e
+    finally:
+        if source != str(model_in):
+            Path(source).unlink(missing_ok=True)
     out = _load_onnx(model_out)
     n_q = sum(1 for n in out.graph.node if n.op_type == "QuantizeLinear")
     if n_q == 0:
         raise ExportError("quantize: the output has no QuantizeLinear node; nothing was quantized")
+    if config.weight_bits < 8:
+        import onnx
+
+        n_w = requantize_weights(out, config.weight_bits)
+        onnx.save(out, str(model_out))
+        return {"config": config.to_dict(), "excluded": excluded, "quantized_nodes": n_q, "requantized_weights": n_w}
     return {"config": config.to_dict(), "excluded": excluded, "quantized_nodes": n_q}
+
+
+def requantize_weights(model: Any, bits: int) -> int:
+    """Put every int8 weight of a Q/DQ model on a coarser symmetric grid, in place.
+
+    Each weight ``DequantizeLinear`` (int8 initializer, zero-point 0) is dequantized, given a new scale
+    ``max|w| / (2^(bits-1) - 1)`` (per output channel when its scale is per channel) and rounded again;
+    values stay int8, so the graph and its runtimes are unchanged.
+
+    Args:
+        model: an ``onnx.ModelProto`` from :func:`quantize_onnx` (modified).
+        bits: 2..8.
+
+    Returns:
+        The number of weights requantized.
+    """
+    from onnx import numpy_helper
+
+    qmax = 2 ** (bits - 1) - 1
+    init = {t.name: t for t in model.graph.initializer}
+    done = 0
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in init or len(node.input) < 2:
+            continue
+        q = numpy_helper.to_array(init[node.input[0]])
+        if q.dtype != np.int8 or node.input[1] not in init:
+            continue
+        if len(node.input) > 2 and node.input[2] in init and np.any(numpy_helper.to_array(init[node.input[2]])):
+            continue  # not a symmetric weight
+        scale = numpy_helper.to_array(init[node.input[1]]).astype(np.float64)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * q.ndim
+        if scale.ndim == 1 and scale.size > 1:
+            shape[axis] = -1
+        w = q.astype(np.float64) * scale.reshape(shape)
+        reduce = tuple(i for i in range(q.ndim) if shape[i] == 1) if scale.size > 1 else None
+        amax = np.abs(w).max(axis=reduce, keepdims=scale.size > 1) if reduce is not None else np.abs(w).max()
+        new_scale = np.maximum(amax / qmax, 1e-12)
+        new_q = np.clip(np.round(w / new_scale), -qmax, qmax).astype(np.int8)
+        init[node.input[0]].CopyFrom(numpy_helper.from_array(new_q, node.input[0]))
+        out_scale = np.asarray(new_scale, dtype=np.float32).reshape(scale.shape)
+        init[node.input[1]].CopyFrom(numpy_helper.from_array(out_scale, node.input[1]))
+        done += 1
+    return done
 
 
 def _supports_calibration_providers() -> bool:

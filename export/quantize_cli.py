@@ -27,7 +27,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from fusionedge.export.quantize import QuantizeConfig, quantize_bundle
 
     config = QuantizeConfig(profile=args.profile, calibration=args.calibration, per_channel=not args.per_tensor,
-                            exclude_frontend=not args.quantize_frontend)
+                            exclude_frontend=not args.quantize_frontend, weight_bits=args.weight_bits)
     if args.validation is not None:
         from fusionedge.export.precision_gate import Budget, gate_bundle
 
@@ -71,6 +71,8 @@ def add_quantize_parsers(verbs: Any) -> None:
     p.add_argument("--calibration", choices=("minmax", "entropy", "percentile"), default="minmax")
     p.add_argument("--calibration-samples", type=int, default=64)
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default: per channel)")
+    p.add_argument("--weight-bits", type=int, default=8,
+                   help="symmetric weight grid in bits, stored as int8 (e.g. 4: W4A8); default 8")
     p.add_argument("--quantize-frontend", action="store_true", help="also quantize the audio front end")
     p.add_argument("--validation", type=Path, default=None,
                    help="labelled data-set manifest: run the precision gate against it")

@@ -15,7 +15,7 @@ sensitive ops in float) sibling bundles under ``--work``, evaluates each through
 untrained ``fusion_teacher`` exported with the student's geometry (latency and size only: an untrained
 model has no meaningful accuracy, and QAT needs a trained checkpoint). ``--checkpoint``/``--train-data``
 add INT8-QAT (one epoch of fake-quant fine-tuning, then the same ``quantize_static`` as PTQ);
-``--harsh`` adds per-tensor weights with the audio front end quantized, under PTQ and QAT. ``--profile-ops`` lists the operators that dominate each variant's
+``--harsh`` adds weights on a 4-bit grid (W4A8), under PTQ and QAT. ``--profile-ops`` lists the operators that dominate each variant's
 time (ONNX Runtime profiling).
 """
 
@@ -108,7 +108,8 @@ def export_teacher(student: Path, out: Path) -> Path:
     return export_model(model, info, out, name="fusion_teacher-untrained", overwrite=True, progress=False)
 
 
-HARSH = QuantizeConfig(profile="cpu", per_channel=False, exclude_frontend=False)
+#: The harsher setting where PTQ loses accuracy: weights on a 4-bit grid (W4A8, stored as int8), per channel.
+HARSH = QuantizeConfig(profile="cpu", weight_bits=4)
 
 
 def build_variants(bundle: Path, work: Path, calibration: str, *, checkpoint: str | None = None,
@@ -116,23 +117,23 @@ def build_variants(bundle: Path, work: Path, calibration: str, *, checkpoint: st
                    qat_limit: int | None = None) -> dict[str, Path]:
     """FP32 (the bundle), FP16, INT8-PTQ and — with a checkpoint and training data — INT8-QAT variants.
 
-    ``harsh`` adds the per-tensor / front-end-quantized setting under PTQ and QAT, where PTQ loses accuracy.
+    ``harsh`` adds the W4A8 setting (4-bit weight grid) under PTQ and QAT, where PTQ loses accuracy.
     """
     work.mkdir(parents=True, exist_ok=True)
     v = {"FP32": bundle}
     v["FP16"] = fp16_bundle(bundle, work / "fp16", overwrite=True)
     v["INT8-PTQ"] = quantize_bundle(bundle, work / "int8", calibration, config=QuantizeConfig(profile="cpu"),
                                     overwrite=True)
-    settings = [("", QATConfig())] + ([(" harsh", QATConfig(per_channel=False, quantize_frontend=True))] if harsh else [])
+    settings = [("", QATConfig())] + ([(" W4", QATConfig(weight_bits=HARSH.weight_bits))] if harsh else [])
     if harsh:
-        v["INT8-PTQ harsh"] = quantize_bundle(bundle, work / "int8-harsh", calibration, config=HARSH, overwrite=True)
+        v["INT8-PTQ W4"] = quantize_bundle(bundle, work / "int8-w4", calibration, config=HARSH, overwrite=True)
     if checkpoint and train_data:
         from dataclasses import replace
 
         from fusionedge.training.qat import qat_to_bundle
 
         for suffix, cfg in settings:
-            folder = work / ("int8-qat-harsh" if suffix else "int8-qat")
+            folder = work / ("int8-qat-w4" if suffix else "int8-qat")
             v["INT8-QAT" + suffix] = qat_to_bundle(checkpoint, train_data, calibration, folder,
                                                    replace(cfg, epochs=qat_epochs), limit=qat_limit,
                                                    overwrite=True, progress=False)
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--qat-limit", type=int, default=640, help="training samples for QAT fine-tuning")
     ap.add_argument("--harsh", action="store_true",
-                    help="add per-tensor, front-end-quantized PTQ and QAT rows (where PTQ loses accuracy)")
+                    help="add W4A8 (4-bit weight grid) PTQ and QAT rows (where PTQ loses accuracy)")
     ap.add_argument("--work", default=None, help="folder for the variant bundles (default: a temp folder)")
     ap.add_argument("--runs", type=int, default=200, help="timed batch-1 calls per variant")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all)")

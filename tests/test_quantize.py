@@ -119,3 +119,35 @@ def test_fp16_bundle_keeps_float32_io(tmp_path_factory):
         assert _cos(got[name], ref[name]) > 0.999, name
     assert json.loads((fp16 / "manifest.json").read_text())["files"]["model.onnx"]["size"] < \
         (fp32 / "model.onnx").stat().st_size
+
+
+def test_w4_weights_sit_on_a_4_bit_grid_and_stay_close(tmp_path_factory):
+    """weight_bits=4: every quantized weight has at most 15 levels per channel, int8 storage, same graph."""
+    from fusionedge.export.quantize import QuantizeConfig, quantize_bundle
+
+    fp32 = student_bundle(tmp_path_factory)
+    w8 = int8_variant(tmp_path_factory)
+    w4 = quantize_bundle(fp32, fp32.parent / "int8-w4", synth_data(tmp_path_factory), calibration_limit=16,
+                         config=QuantizeConfig(weight_bits=4))
+    m8, m4 = onnx.load(str(w8 / "model.onnx")), onnx.load(str(w4 / "model.onnx"))
+    assert [n.op_type for n in m8.graph.node] == [n.op_type for n in m4.graph.node]  # the same Q/DQ form
+    i8 = {t.name: numpy_helper.to_array(t) for t in m8.graph.initializer}
+    i4 = {t.name: numpy_helper.to_array(t) for t in m4.graph.initializer}
+    weights = [n for n in m4.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in i4
+               and i4[n.input[0]].dtype == np.int8]
+    assert len(weights) > 5
+    for dq in weights:
+        q4, s4 = i4[dq.input[0]], i4[dq.input[1]]
+        assert np.abs(q4).max() <= 7
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        shape = [1] * q4.ndim
+        if s4.size > 1:
+            shape[axis] = -1
+        v4 = q4 * s4.reshape(shape)
+        v8 = i8[dq.input[0]] * i8[dq.input[1]].reshape(shape)
+        # per channel: rounding to the coarser grid moves a weight by at most half a 4-bit step
+        step = np.broadcast_to(s4.reshape(shape), v4.shape)
+        assert np.all(np.abs(v4 - v8) <= 0.5 * step + 1e-6), dq.name
+    assert load_bundle(w4).manifest["variant"]["quantization"]["config"]["weight_bits"] == 4
+    with pytest.raises(ExportError, match="weight_bits"):
+        QuantizeConfig(weight_bits=9)

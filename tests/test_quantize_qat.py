@@ -31,6 +31,11 @@ def test_fake_quant_weight_grid_and_ste():
     assert err_pc <= err_pt
     q.sum().backward()
     assert torch.equal(w.grad, torch.ones_like(w))  # straight-through
+    # 4 bits: the grid PTQ's weight_bits=4 uses, 7 levels each side per channel
+    q4 = fake_quant_weight(w.detach(), per_channel=True, bits=4)
+    steps4 = q4 / (w.detach().abs().flatten(1).amax(1) / 7).view(-1, 1, 1, 1)
+    assert torch.allclose(steps4, steps4.round(), atol=1e-4) and steps4.abs().max() <= 7 + 1e-4
+    assert (q4 - w.detach()).abs().mean() > err_pc  # a coarser grid, a larger error
 
 
 def test_fake_quant_activation_observes_and_rounds():

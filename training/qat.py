@@ -42,6 +42,7 @@ class QATConfig:
     Attributes:
         per_channel: per-output-channel weight scales (False: one per tensor), as PTQ ``per_channel``.
         quantize_frontend: also simulate quantizing the audio front end (PTQ ``exclude_frontend=False``).
+        weight_bits: the symmetric weight grid, ``2^(b-1) - 1`` levels each side (PTQ ``weight_bits``).
         epochs: fine-tuning epochs.
         lr: AdamW learning rate (small: this refines a trained model).
         batch_size: samples per step.
@@ -51,6 +52,7 @@ class QATConfig:
 
     per_channel: bool = True
     quantize_frontend: bool = False
+    weight_bits: int = 8  # as PTQ ``QuantizeConfig.weight_bits``: 4 simulates W4A8
     epochs: int = 1
     lr: float = 2e-4
     batch_size: int = 32
@@ -72,7 +74,7 @@ class _RoundSTE(torch.autograd.Function):
         return g
 
 
-def fake_quant_weight(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+def fake_quant_weight(w: torch.Tensor, per_channel: bool, bits: int = 8) -> torch.Tensor:
     """Symmetric int8 fake quantization of a weight (scale = max|w| / 127, per output channel or tensor).
 
     Args:
@@ -86,8 +88,9 @@ def fake_quant_weight(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
         amax = w.detach().abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, *([1] * (w.dim() - 1)))
     else:
         amax = w.detach().abs().amax().clamp_min(1e-12)
-    scale = amax / 127.0
-    return torch.clamp(_RoundSTE.apply(w / scale), -127, 127) * scale
+    qmax = float(2 ** (bits - 1) - 1)
+    scale = amax / qmax
+    return torch.clamp(_RoundSTE.apply(w / scale), -qmax, qmax) * scale
 
 
 class FakeQuantActivation(nn.Module):
@@ -122,11 +125,11 @@ class _QATLayer(nn.Module):
         super().__init__()
         self.layer = layer
         self.act = FakeQuantActivation(cfg.momentum)
-        self.per_channel = cfg.per_channel
+        self.per_channel, self.bits = cfg.per_channel, cfg.weight_bits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(x)
-        w = fake_quant_weight(self.layer.weight, self.per_channel)
+        w = fake_quant_weight(self.layer.weight, self.per_channel, self.bits)
         if isinstance(self.layer, nn.Linear):
             return nn.functional.linear(x, w, self.layer.bias)
         return self.layer._conv_forward(x, w, self.layer.bias)  # type: ignore[operator]
@@ -143,18 +146,18 @@ class _QATFrontend(nn.Module):
     def __init__(self, frontend: nn.Module, cfg: QATConfig) -> None:
         super().__init__()
         self.frontend = frontend
-        self.per_channel = cfg.per_channel
+        self.per_channel, self.bits = cfg.per_channel, cfg.weight_bits
         names = ("audio", "spec", "rr", "ii", "power", "mel")
         self.q = nn.ModuleDict({n: FakeQuantActivation(cfg.momentum) for n in names})
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         f, q = self.frontend, self.q
         x = q["audio"](audio.unsqueeze(1))
-        dft = fake_quant_weight(f.dft, self.per_channel)
+        dft = fake_quant_weight(f.dft, self.per_channel, self.bits)
         spec = q["spec"](nn.functional.conv1d(x, dft, stride=f.hop_length, padding=f.n_fft // 2))
         real, imag = spec[:, : f.n_freqs], spec[:, f.n_freqs:]
         power = q["power"](q["rr"](real * real) + q["ii"](imag * imag))
-        mel_fb = fake_quant_weight(f.mel_fb.t(), self.per_channel).t()  # MatMul weight: per column
+        mel_fb = fake_quant_weight(f.mel_fb.t(), self.per_channel, self.bits).t()  # MatMul weight: per column
         mel = q["mel"](torch.matmul(power.transpose(1, 2), mel_fb))
         # the "+ eps" output is not fake-quantized: a rounded 0 there would give log(0) = -inf in training
         return torch.log(mel + f.eps).transpose(1, 2)
@@ -294,6 +297,7 @@ def qat_to_bundle(
     model, info = finetune_qat(checkpoint, data, cfg, limit=limit, progress=progress)
     out = Path(out_dir)
     fp32 = export_model(model, info, out.parent / f"{out.name}-fp32", overwrite=overwrite, progress=progress)
-    qcfg = QuantizeConfig(per_channel=cfg.per_channel, exclude_frontend=not cfg.quantize_frontend)
+    qcfg = QuantizeConfig(per_channel=cfg.per_channel, exclude_frontend=not cfg.quantize_frontend,
+                          weight_bits=cfg.weight_bits)
     return quantize_bundle(fp32, out, calibration, config=qcfg, calibration_limit=calibration_limit,
                            extra_manifest={"method": "qat", "qat": info["extra"]["qat"]}, overwrite=overwrite)

@@ -177,6 +177,10 @@ def _run_one(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_m: Pat
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+#: Bumped when ``_evaluate`` measures something new, so cached test metrics are recomputed.
+_EVAL_VERSION = 2
+
+
 def _evaluate(checkpoint: Path, test_clips, cache: Path) -> dict:
     """Test metrics of a checkpoint with both sensors, audio missing and video missing (cached)."""
     import torch
@@ -188,19 +192,53 @@ def _evaluate(checkpoint: Path, test_clips, cache: Path) -> dict:
     stamp = checkpoint.stat().st_mtime_ns
     if cache.exists():
         saved = json.loads(cache.read_text())
-        if saved.get("checkpoint_mtime_ns") == stamp and saved.get("samples") == len(test_clips):
+        if (saved.get("checkpoint_mtime_ns") == stamp and saved.get("samples") == len(test_clips)
+                and saved.get("version") == _EVAL_VERSION):
             return saved
     model, info = load_checkpoint(checkpoint)
-    out: dict[str, Any] = {"checkpoint": str(checkpoint), "checkpoint_mtime_ns": stamp, "samples": len(test_clips),
+    out: dict[str, Any] = {"version": _EVAL_VERSION, "checkpoint": str(checkpoint), "checkpoint_mtime_ns": stamp,
+                           "samples": len(test_clips),
                            "model_name": info["model_name"], "params": count_params(model),
                            "flops": count_flops(model)}
     for missing in (None, "audio", "video"):
         net = model if missing is None else _WithoutSensor(model, missing)
         with torch.no_grad():
             m = evaluate_model(net, test_clips)
+            m.update(_cue_accuracy(net, test_clips))
         out["both" if missing is None else f"{missing}_missing"] = _finite(m)
     cache.write_text(json.dumps(out, indent=2))
     return out
+
+
+def _cue_accuracy(net, clips) -> dict:
+    """How often the predicted event has the right siren cue and the right lights cue.
+
+    With one sensor, no model can beat 0.5 event accuracy on this data (each cue splits the four
+    events into two pairs), and two 0.5-models differ by sampling noise alone (±2.5 points at 400
+    clips). Whether the remaining sensor's cue is still read is what a missing sensor can cost: the
+    siren cue (``emergency_*`` vs the others) from audio, the lights cue (``emergency_ahead``,
+    ``lights_no_siren`` vs the others) from video.
+    """
+    from fusionedge.training.dataset import iterate_batches
+    from fusionedge.training.losses import IGNORE_INDEX
+    from fusionedge.training.synth.rules import cues_for_event
+
+    events = clips.labels.events
+    cues = [cues_for_event(e) for e in events]  # (siren, lights) per event index
+    siren_ok = lights_ok = n = 0
+    was = net.training
+    net.eval()
+    for batch in iterate_batches(clips, 64):
+        pred = net(batch["video"], batch["audio"], batch["presence"])[0].argmax(dim=1).tolist()
+        for p, t in zip(pred, batch["event"].tolist()):
+            if t == IGNORE_INDEX:
+                continue
+            siren_ok += cues[p][0] == cues[t][0]
+            lights_ok += cues[p][1] == cues[t][1]
+            n += 1
+    net.train(was)
+    nan = float("nan")
+    return {"siren_cue_accuracy": siren_ok / n if n else nan, "lights_cue_accuracy": lights_ok / n if n else nan}
 
 
 def _finite(d: dict) -> dict:
@@ -325,16 +363,20 @@ def _fill_tables(report: dict, history: dict) -> None:
 
     if "fusion" in res:
         miss = []
-        for pattern, single in (("audio_missing", "vision_only"), ("video_missing", "audio_only")):
-            fused = _acc(res, "fusion", pattern=pattern)
-            ref = _acc(res, single)
+        for pattern, single, cue in (("audio_missing", "vision_only", "lights_cue_accuracy"),
+                                     ("video_missing", "audio_only", "siren_cue_accuracy")):
+            fused, ref = _acc(res, "fusion", pattern=pattern), _acc(res, single)
+            fused_cue, ref_cue = _acc(res, "fusion", cue, pattern), _acc(res, single, cue)
             miss.append({"condition": pattern.replace("_", " "), "fused_event_accuracy": fused,
                          "single_modality_run": single, "single_event_accuracy": ref,
+                         "cue": cue.replace("_accuracy", "").replace("_", " "), "fused_cue_accuracy": fused_cue,
+                         "single_cue_accuracy": ref_cue,
                          "fused_detection_map50": _acc(res, "fusion", "detection_map50", pattern),
-                         "pass": None if ref is None else fused >= ref - 0.01})
+                         "pass": None if ref_cue is None or fused_cue is None else fused_cue >= ref_cue - 0.01})
         tables["missing_sensor"] = miss
         checks["missing_sensor"] = {"pass": all(m["pass"] for m in miss if m["pass"] is not None),
-                                    "rule": "fused model with a sensor missing >= that single-modality model - 1 pt"}
+                                    "rule": "the fused model with a sensor missing reads the remaining sensor's cue "
+                                            "as well as the single-modality model (within 1 pt)"}
 
     mt = [dict(row(n), strategy=s) for n, s in (("fusion", "joint, fixed weights"),
                                                 ("uncertainty", "joint, uncertainty weights"),
@@ -420,8 +462,17 @@ def render_markdown(report: dict) -> str:
                                                     ("fused_event_accuracy", "fused student event acc"),
                                                     ("single_modality_run", "single-modality run"),
                                                     ("single_event_accuracy", "its event acc"),
+                                                    ("cue", "remaining cue"),
+                                                    ("fused_cue_accuracy", "fused cue acc"),
+                                                    ("single_cue_accuracy", "single cue acc"),
                                                     ("fused_detection_map50", "fused det mAP@0.5")]), "",
-                  f"Rule (fused ≥ single-modality − 1 pt): {_verdict(checks.get('missing_sensor'))}.", ""]
+                  "With one sensor no model can exceed 0.5 event accuracy on this data (each cue leaves two "
+                  "events it cannot tell apart), and two such models differ by sampling noise alone (±2.5 "
+                  "points at 400 clips); the cue accuracy — is the predicted event on the right side of the "
+                  "remaining sensor's cue (siren from audio, lights from video) — is what a lost sensor can "
+                  "really cost.", "",
+                  f"Rule (fused cue accuracy ≥ single-modality cue accuracy − 1 pt): "
+                  f"{_verdict(checks.get('missing_sensor'))}.", ""]
     if tables.get("multitask"):
         lines += ["## Multi-task strategies", "",
                   _table(tables["multitask"], [("strategy", "strategy"), *metric_cols]), ""]
