@@ -3,17 +3,21 @@
 
 Usage (the numbers in the issue-4 report came from this command)::
 
-    python scripts/precision_table.py --bundle runs/quickstart/bundle \\
-        --calibration runs/quickstart/data/val --validation runs/quickstart/data/test \\
-        --checkpoint runs/quickstart/run/best.pt --train-data runs/quickstart/data/train --harsh \\
-        --teacher --work /tmp/precision-table --runs 200 --profile-ops --json table.json
+    fusionedge report --workdir runs/report            # trains the student and the teacher
+    fusionedge export --checkpoint runs/report/runs/fusion/best.pt --out runs/report/bundle
+    python scripts/precision_table.py --bundle runs/report/bundle \\
+        --calibration runs/report/data/val --validation runs/report/data/test \\
+        --checkpoint runs/report/runs/fusion/best.pt --train-data runs/report/data/train --harsh \\
+        --teacher-checkpoint runs/report/runs/teacher/best.pt --qat-epochs 2 --qat-limit 800 \\
+        --work /tmp/precision-table --runs 200 --profile-ops --json table.json
 
 For each model it writes the FP16 and INT8 (cpu profile, per-channel, minmax, audio front end and
 sensitive ops in float) sibling bundles under ``--work``, evaluates each through the runtime
 (``fusionedge.sdk.evaluate``), then times batch-1 inference of all variants **interleaved in one loop**
 (one warm session each, same input), so the ratios are measured side by side. ``--teacher`` adds an
 untrained ``fusion_teacher`` exported with the student's geometry (latency and size only: an untrained
-model has no meaningful accuracy, and QAT needs a trained checkpoint). ``--checkpoint``/``--train-data``
+model has no meaningful accuracy, and QAT needs a trained checkpoint); ``--teacher-checkpoint`` adds a
+trained teacher instead (``fusionedge report`` trains one) with every row. ``--checkpoint``/``--train-data``
 add INT8-QAT (one epoch of fake-quant fine-tuning, then the same ``quantize_static`` as PTQ);
 ``--harsh`` adds weights on a 4-bit grid (W4A8), under PTQ and QAT. ``--profile-ops`` lists the operators that dominate each variant's
 time (ONNX Runtime profiling).
@@ -155,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration", required=True, help="data-set manifest for INT8 calibration")
     ap.add_argument("--validation", help="labelled data-set manifest for accuracy (omit: no accuracy)")
     ap.add_argument("--teacher", action="store_true", help="add an untrained fusion_teacher (size, latency)")
+    ap.add_argument("--teacher-checkpoint", default=None,
+                    help="a trained teacher checkpoint (e.g. from `fusionedge report`): all rows, QAT included")
     ap.add_argument("--checkpoint", default=None, help="the student's training checkpoint (enables INT8-QAT)")
     ap.add_argument("--train-data", default=None, help="training data-set manifest for QAT fine-tuning")
     ap.add_argument("--qat-epochs", type=int, default=1)
@@ -170,16 +176,22 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="precision-table-"))
     models = {"fusion_student": Path(args.bundle)}
-    if args.teacher:
+    checkpoints = {"fusion_student": args.checkpoint}
+    if args.teacher_checkpoint:
+        from fusionedge.export import export_checkpoint
+
+        models["fusion_teacher"] = export_checkpoint(args.teacher_checkpoint, work / "teacher" / "fp32",
+                                                     overwrite=True, progress=False)
+        checkpoints["fusion_teacher"] = args.teacher_checkpoint
+    elif args.teacher:
         models["fusion_teacher (untrained)"] = export_teacher(Path(args.bundle), work / "teacher" / "fp32")
     rows = []
     all_variants: dict[str, Path] = {}
     for model, bundle in models.items():
-        student = "untrained" not in model
+        student = model == "fusion_student"
         variants = build_variants(bundle, work / model.split()[0], args.calibration,
-                                  checkpoint=args.checkpoint if student else None,
-                                  train_data=args.train_data, harsh=args.harsh and student,
-                                  qat_epochs=args.qat_epochs, qat_limit=args.qat_limit)
+                                  checkpoint=checkpoints.get(model), train_data=args.train_data,
+                                  harsh=args.harsh and student, qat_epochs=args.qat_epochs, qat_limit=args.qat_limit)
         for kind, path in variants.items():
             size = (path / MODEL_NAME).stat().st_size
             row = {"model": model, "variant": kind, "size_bytes": size}

@@ -15,7 +15,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from fusionedge.sdk.errors import FusionEdgeError
 
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: F401  (only: is it installed?)
     except ImportError as e:
         raise FusionEdgeError("`fusionedge report` trains models: install torch and the training extra "
                               "(`pip install 'fusionedge[train]'`)") from e
