@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.teacher_checkpoint:
         from fusionedge.export import export_checkpoint
 
+        (work / "teacher").mkdir(parents=True, exist_ok=True)
         models["fusion_teacher"] = export_checkpoint(args.teacher_checkpoint, work / "teacher" / "fp32",
                                                      overwrite=True, progress=False)
         checkpoints["fusion_teacher"] = args.teacher_checkpoint

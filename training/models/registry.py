@@ -82,7 +82,7 @@ def fusion_student() -> ModelConfig:
     """The quickstart model: ~0.34 M parameters, ~0.27 GFLOPs per sample.
 
     With ``TrainConfig`` defaults (10 epochs, batch 32, lr 3e-3) on 2,000 synthetic clips it trains
-    in ~3.5 min on 2 CPU cores (~17 s per epoch) and reaches ~0.99 event accuracy on a fresh seed.
+    in ~3.5 min on 2 CPU cores (~17-20 s per epoch) and reaches ~0.98-0.99 event accuracy on a fresh seed.
     """
     return ModelConfig()
 
