@@ -372,6 +372,11 @@ def requantize_weights(model: Any, bits: int) -> int:
 
     qmax = 2 ** (bits - 1) - 1
     init = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
     done = 0
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or node.input[0] not in init or len(node.input) < 2:
@@ -394,8 +399,36 @@ def requantize_weights(model: Any, bits: int) -> int:
         init[node.input[0]].CopyFrom(numpy_helper.from_array(new_q, node.input[0]))
         out_scale = np.asarray(new_scale, dtype=np.float32).reshape(scale.shape)
         init[node.input[1]].CopyFrom(numpy_helper.from_array(out_scale, node.input[1]))
+        for user in consumers.get(node.output[0], []):
+            _rederive_bias(user, out_scale, init, producer)
         done += 1
     return done
+
+
+def _rederive_bias(op: Any, weight_scale: np.ndarray, init: dict, producer: dict) -> None:
+    """Keep an int32 bias on ``input scale x weight scale`` after the weight scale changed.
+
+    ONNX Runtime fuses DQ→Conv→Q into QLinearConv only when the bias is quantized that way; the bias's
+    real value is kept (to the new, finer int32 step).
+    """
+    from onnx import numpy_helper
+
+    if op.op_type not in ("Conv", "Gemm", "ConvTranspose") or len(op.input) < 3:
+        return
+    b_dq, x_dq = producer.get(op.input[2]), producer.get(op.input[0])
+    if b_dq is None or x_dq is None or "DequantizeLinear" not in (b_dq.op_type, x_dq.op_type) \
+            or b_dq.op_type != x_dq.op_type or b_dq.input[0] not in init or len(x_dq.input) < 2 \
+            or x_dq.input[1] not in init or b_dq.input[1] not in init:
+        return
+    q_b = numpy_helper.to_array(init[b_dq.input[0]])
+    if q_b.dtype != np.int32:
+        return
+    bias = q_b.astype(np.float64) * numpy_helper.to_array(init[b_dq.input[1]]).astype(np.float64)
+    s_in = float(numpy_helper.to_array(init[x_dq.input[1]]))
+    s_b = (s_in * weight_scale.astype(np.float64)).reshape(-1) * np.ones_like(bias)
+    new_q = np.clip(np.round(bias / s_b), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
+    init[b_dq.input[0]].CopyFrom(numpy_helper.from_array(new_q, b_dq.input[0]))
+    init[b_dq.input[1]].CopyFrom(numpy_helper.from_array(s_b.astype(np.float32), b_dq.input[1]))
 
 
 def _supports_calibration_providers() -> bool:

@@ -148,6 +148,29 @@ def test_w4_weights_sit_on_a_4_bit_grid_and_stay_close(tmp_path_factory):
         # per channel: rounding to the coarser grid moves a weight by at most half a 4-bit step
         step = np.broadcast_to(s4.reshape(shape), v4.shape)
         assert np.all(np.abs(v4 - v8) <= 0.5 * step + 1e-6), dq.name
+    # the int32 biases follow the new weight scales (input scale x weight scale), so ONNX Runtime still
+    # fuses every Q/DQ convolution into QLinearConv, exactly as for 8-bit weights
+    producer = {o: n for n in m4.graph.node for o in n.output}
+    checked = 0
+    for conv in (n for n in m4.graph.node if n.op_type == "Conv" and len(n.input) > 2):
+        b_dq, x_dq = producer.get(conv.input[2]), producer.get(conv.input[0])
+        w_dq = producer.get(conv.input[1])
+        if not (b_dq and x_dq and w_dq and b_dq.op_type == "DequantizeLinear" and b_dq.input[0] in i4):
+            continue
+        expected = float(i4[x_dq.input[1]]) * i4[w_dq.input[1]].astype(np.float64)
+        np.testing.assert_allclose(i4[b_dq.input[1]], np.broadcast_to(expected, i4[b_dq.input[1]].shape), rtol=1e-6)
+        checked += 1
+    assert checked >= 1
+
+    def fused(path) -> int:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(fp32.parent / "optimized.onnx")
+        ort.InferenceSession(str(path / "model.onnx"), so, providers=["CPUExecutionProvider"])
+        return sum(n.op_type == "QLinearConv" for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+    assert fused(w4) == fused(w8) > 5
     assert load_bundle(w4).manifest["variant"]["quantization"]["config"]["weight_bits"] == 4
     with pytest.raises(ExportError, match="weight_bits"):
         QuantizeConfig(weight_bits=9)
