@@ -545,12 +545,12 @@ def _plots(report: dict, history: dict, out_dir: Path) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, m in history.items():
+    for i, (name, m) in enumerate(history.items()):
         h = m.get("history") or []
         xs = [r["epoch"] for r in h if "val" in r and "event_accuracy" in r["val"]]
         ys = [r["val"]["event_accuracy"] for r in h if "val" in r and "event_accuracy" in r["val"]]
         if xs:
-            ax.plot(xs, ys, marker=".", label=name)
+            ax.plot(xs, ys, marker=".", label=name, ls="-" if i < 10 else "--")  # 10 colours in the cycle
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation event accuracy")
     ax.legend(fontsize=7, ncol=2)
