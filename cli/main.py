@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from fusionedge.sdk.errors import FusionEdgeError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "add_training_arguments"]
 
 EXIT_USER_ERROR = 2
 
@@ -202,6 +202,38 @@ def format_result(result: Any) -> str:
 # ------------------------------------------------------------------------------------------- parser
 
 
+def add_training_arguments(p: argparse.ArgumentParser, *, model_help: str = "registry name "
+                           "(see fusionedge.training.models)") -> None:
+    """The options of a training run, shared by ``train`` and ``distill`` (one handler: ``_cmd_train``).
+
+    Args:
+        p: the verb's parser.
+        model_help: help text of ``--model``.
+    """
+    p.add_argument("--data", required=True, type=Path, help="training manifest or its folder")
+    p.add_argument("--val", type=Path, default=None, help="validation manifest (default: 10%% of --data)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folder (checkpoints, metrics); default with --resume: that run's folder")
+    p.add_argument("--model", default="fusion_student", help=model_help)
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a ModelConfig field (JSON value), e.g. --set video_depth=0; repeatable")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, default=None,
+                   help="initialize weights from a checkpoint (or a pretraining checkpoint's encoders)")
+    p.add_argument("--resume", type=Path, default=None,
+                   help="continue a run exactly from its last.pt (give the first run's options again)")
+    p.add_argument("--device", default=None, help="auto (default: cuda:LOCAL_RANK if available), cpu, cuda:0...")
+    p.add_argument("--task-weighting", choices=("fixed", "uncertainty"), default=None,
+                   help="fixed loss weights (default) or learned uncertainty weights per task group")
+    p.add_argument("--task-schedule", choices=("joint", "alternating"), default=None,
+                   help="all task groups every step (default) or one group per step, round-robin")
+    p.add_argument("--max-train-samples", type=int, default=None,
+                   help="train on the first N training samples only (few-label experiments)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusionedge",
@@ -227,27 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data_synth)
 
     p = add("train", _cmd_train, "train a model on a data-set manifest")
-    p.add_argument("--data", required=True, type=Path, help="training manifest or its folder")
-    p.add_argument("--val", type=Path, default=None, help="validation manifest (default: 10%% of --data)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="run folder (checkpoints, metrics); default with --resume: that run's folder")
-    p.add_argument("--model", default="fusion_student", help="registry name (see fusionedge.training.models)")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="override a ModelConfig field (JSON value), e.g. --set video_depth=0; repeatable")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", type=Path, default=None, help="initialize weights from a checkpoint")
-    p.add_argument("--resume", type=Path, default=None,
-                   help="continue a run exactly from its last.pt (give the first run's options again)")
-    p.add_argument("--device", default=None, help="auto (default: cuda:LOCAL_RANK if available), cpu, cuda:0...")
-    p.add_argument("--task-weighting", choices=("fixed", "uncertainty"), default=None,
-                   help="fixed loss weights (default) or learned uncertainty weights per task group")
-    p.add_argument("--task-schedule", choices=("joint", "alternating"), default=None,
-                   help="all task groups every step (default) or one group per step, round-robin")
-    p.add_argument("--max-train-samples", type=int, default=None,
-                   help="train on the first N training samples only (few-label experiments)")
+    add_training_arguments(p)
 
     p = add("export", _cmd_export, "export a checkpoint to a verified ONNX bundle")
     p.add_argument("--checkpoint", required=True, type=Path)

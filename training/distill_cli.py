@@ -45,29 +45,13 @@ def add_distill_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentPa
     Returns:
         The verb's parser.
     """
+    from fusionedge.cli.main import add_training_arguments  # the same options as `train`
+
     desc = "train a (small) student model from a frozen teacher checkpoint (knowledge distillation)"
     p = verbs.add_parser("distill", help=desc, description=desc)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint (from `fusionedge train`)")
-    p.add_argument("--data", required=True, type=Path, help="training manifest or its folder")
-    p.add_argument("--val", type=Path, default=None, help="validation manifest (default: 10%% of --data)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="run folder (checkpoints, metrics); default with --resume: that run's folder")
-    p.add_argument("--model", default="fusion_student", help="student registry name")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="override a student ModelConfig field (JSON value); repeatable")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", type=Path, default=None,
-                   help="initialize the student from a checkpoint (or a pretraining checkpoint's encoders)")
-    p.add_argument("--resume", type=Path, default=None,
-                   help="continue a distillation run exactly from its last.pt (same options)")
-    p.add_argument("--device", default=None, help="auto (default: cuda:LOCAL_RANK if available), cpu, cuda:0...")
-    p.add_argument("--task-weighting", choices=("fixed", "uncertainty"), default=None)
-    p.add_argument("--task-schedule", choices=("joint", "alternating"), default=None)
-    p.add_argument("--max-train-samples", type=int, default=None)
+    add_training_arguments(p, model_help="student registry name")
     for flag, name, help in _WEIGHT_FLAGS:
         p.add_argument(flag, dest=name, type=float, default=None, help=help)
     p.set_defaults(func=_cmd_distill)
