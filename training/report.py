@@ -32,7 +32,6 @@ targets and says PASS or MISS next to each — a miss is reported, never hidden.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 import time
@@ -187,7 +186,7 @@ def _evaluate(checkpoint: Path, test_clips, cache: Path) -> dict:
 
     from fusionedge.training.checkpoint import load_checkpoint
     from fusionedge.training.models.multimodal import count_flops, count_params
-    from fusionedge.training.train import evaluate_model
+    from fusionedge.training.train import _json_safe, evaluate_model
 
     stamp = checkpoint.stat().st_mtime_ns
     if cache.exists():
@@ -205,7 +204,7 @@ def _evaluate(checkpoint: Path, test_clips, cache: Path) -> dict:
         with torch.no_grad():
             m = evaluate_model(net, test_clips)
             m.update(_cue_accuracy(net, test_clips))
-        out["both" if missing is None else f"{missing}_missing"] = _finite(m)
+        out["both" if missing is None else f"{missing}_missing"] = _json_safe(m)
     cache.write_text(json.dumps(out, indent=2))
     return out
 
@@ -239,10 +238,6 @@ def _cue_accuracy(net, clips) -> dict:
     net.train(was)
     nan = float("nan")
     return {"siren_cue_accuracy": siren_ok / n if n else nan, "lights_cue_accuracy": lights_ok / n if n else nan}
-
-
-def _finite(d: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
 class _WithoutSensor:
