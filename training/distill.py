@@ -10,6 +10,18 @@ frozen teacher (a checkpoint of ``fusionedge train``, typically ``fusion_teacher
     kd_heatmap  Σ (σ(s) − σ(t))² over the heatmap / Σ σ(t) (≥ 1)                samples with video
     kd_feature  1 − cos(P·f_s, f_t) between the fused embeddings                samples with both modalities
                 (``model.fusion``'s output), P a learned linear projector
+    kd_box      L1 between log box sizes and between centre offsets, weighted   samples with video
+                per cell by the teacher's objectness max_c σ(t_c)
+    kd_det_feature  squared error between A·d_s and d_t, the detection heads'   samples with video
+                feature maps (``det_head.shared``'s output), A a learned 1×1
+                convolution, weighted per cell by the teacher's objectness
+
+The two objectness-weighted terms are for localization. mAP@0.5 needs boxes, not just peaks: the
+supervised size and offset losses train only the exact centre cell of each object, so wherever
+the student's peak lands one cell off, its box there was never trained. The teacher's size and
+offset maps are dense around every object it sees, and its detection features carry what made
+them (fine-grained feature imitation, Wang et al., CVPR 2019, with the teacher's objectness as the
+"near an object" mask instead of anchor overlaps). Neither adapter is exported.
 
 The event and feature terms need both modalities: the teacher saw both, so a student missing one
 (modality dropout) cannot match it. The heatmap term is a mass-normalized MSE on probabilities, not
@@ -47,7 +59,8 @@ from .distributed import DistContext, shard_indices
 from .models.multimodal import MultimodalModel
 
 __all__ = ["DistillWeights", "TeacherCache", "FeatureTap", "load_teacher", "compute_teacher_cache",
-           "event_kl_loss", "tag_distill_loss", "heatmap_distill_loss", "feature_distill_loss", "distill_terms"]
+           "event_kl_loss", "tag_distill_loss", "heatmap_distill_loss", "feature_distill_loss", "objectness",
+           "box_distill_loss", "det_feature_distill_loss", "distill_terms"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,8 @@ class DistillWeights:
     tags: float = 0.5
     heatmap: float = 1.0
     feature: float = 0.5
+    box: float = 1.0  # size and offset at the teacher's objects
+    det_feature: float = 1.0  # detection-feature imitation (0: not cached, no adapter)
     hard: float = 1.0  # weight of the ordinary supervised loss
 
     def __post_init__(self) -> None:
@@ -72,7 +87,7 @@ class DistillWeights:
     def term_weights(self) -> dict[str, float]:
         """The weight of each distillation term, by the term names of ``losses.TERM_GROUPS``."""
         return {"kd_event": self.event_kl, "kd_tags": self.tags, "kd_heatmap": self.heatmap,
-                "kd_feature": self.feature}
+                "kd_feature": self.feature, "kd_box": self.box, "kd_det_feature": self.det_feature}
 
 
 # ------------------------------------------------------------------------------------------ losses
@@ -149,30 +164,87 @@ def feature_distill_loss(projected: torch.Tensor, teacher_feature: torch.Tensor,
     return _masked_mean(1.0 - F.cosine_similarity(projected, teacher_feature, dim=1, eps=1e-8), mask)
 
 
+def objectness(teacher_heatmap: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The teacher's per-cell objectness ``max_c σ(t_c)``, zeroed for samples outside ``mask``.
+
+    Args:
+        teacher_heatmap: ``(B, C, h, w)`` heatmap logits.
+        mask: ``(B,)`` 1 for samples that count.
+
+    Returns:
+        ``(B, h, w)`` in [0, 1].
+    """
+    return torch.sigmoid(teacher_heatmap).amax(dim=1) * mask.reshape(-1, 1, 1)
+
+
+def box_distill_loss(student_size: torch.Tensor, student_offset: torch.Tensor, teacher_size: torch.Tensor,
+                     teacher_offset: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Objectness-weighted L1 between log box sizes plus L1 between centre offsets.
+
+    Args:
+        student_size, teacher_size: ``(B, 2, h, w)`` box sizes in pixels (positive).
+        student_offset, teacher_offset: ``(B, 2, h, w)`` centre offsets in cells.
+        weight: ``(B, h, w)`` per-cell weights (``objectness``).
+
+    Returns:
+        Scalar: ``Σ w·(mean_ch |log s − log t| + mean_ch |o_s − o_t|) / max(1, Σ w)``.
+    """
+    log_err = (torch.log(student_size.clamp(min=1e-3)) - torch.log(teacher_size.clamp(min=1e-3))).abs().mean(dim=1)
+    off_err = (student_offset - teacher_offset).abs().mean(dim=1)
+    return ((log_err + off_err) * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def det_feature_distill_loss(adapted: torch.Tensor, teacher_feature: torch.Tensor,
+                             weight: torch.Tensor) -> torch.Tensor:
+    """Objectness-weighted squared error between detection feature maps, mean over channels.
+
+    Args:
+        adapted: ``(B, D_t, h, w)`` the student's detection features through the 1×1 adapter.
+        teacher_feature: ``(B, D_t, h, w)`` (any float dtype; compared in float32).
+        weight: ``(B, h, w)`` per-cell weights (``objectness``).
+
+    Returns:
+        Scalar: ``Σ w·mean_ch (a − t)² / max(1, Σ w)``.
+    """
+    sq = (adapted - teacher_feature.float()).pow(2).mean(dim=1)  # (B, h, w)
+    return (sq * weight).sum() / weight.sum().clamp(min=1.0)
+
+
 def distill_terms(student_outputs: tuple[torch.Tensor, ...], projected_feature: torch.Tensor | None,
-                  targets: dict[str, torch.Tensor], presence: torch.Tensor,
-                  temperature: float) -> dict[str, torch.Tensor]:
-    """The four (unweighted) distillation terms of one batch.
+                  targets: dict[str, torch.Tensor], presence: torch.Tensor, temperature: float,
+                  adapted_det_feature: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The (unweighted) distillation terms of one batch.
 
     Args:
         student_outputs: the student's outputs in ``OUTPUT_NAMES`` order.
         projected_feature: ``(B, F_t)`` the student's fused embedding through the projector, or
             ``None`` to skip the feature term.
-        targets: ``TeacherCache.lookup``'s dict (``event``, ``audio_tags``, ``heatmap``, ``feature``).
+        targets: ``TeacherCache.lookup``'s dict (``event``, ``audio_tags``, ``heatmap``, ``size``,
+            ``offset``, ``feature``[, ``det_feature``]).
         presence: ``(B, 2)`` the student batch's presence mask.
         temperature: for the event KL.
+        adapted_det_feature: ``(B, D_t, h, w)`` the student's detection features through the
+            adapter, or ``None`` to skip the detection-feature term.
 
     Returns:
-        ``{"kd_event", "kd_tags", "kd_heatmap"[, "kd_feature"]}`` scalar tensors.
+        ``{"kd_event", "kd_tags", "kd_heatmap", "kd_box"[, "kd_feature"][, "kd_det_feature"]}``
+        scalar tensors.
     """
-    event_logits, tag_logits, heatmap = student_outputs[:3]
+    event_logits, tag_logits, heatmap, size, offset = student_outputs[:5]
     video_on, audio_on = presence[:, 0], presence[:, 1]
     both = video_on * audio_on
+    weight = objectness(targets["heatmap"], video_on)  # (B, h, w)
     terms = {"kd_event": event_kl_loss(event_logits, targets["event"], temperature, both),
              "kd_tags": tag_distill_loss(tag_logits, targets["audio_tags"], audio_on),
-             "kd_heatmap": heatmap_distill_loss(heatmap, targets["heatmap"], video_on)}
+             "kd_heatmap": heatmap_distill_loss(heatmap, targets["heatmap"], video_on),
+             "kd_box": box_distill_loss(size, offset, targets["size"], targets["offset"], weight)}
     if projected_feature is not None:
         terms["kd_feature"] = feature_distill_loss(projected_feature, targets["feature"], both)
+    if adapted_det_feature is not None:
+        if "det_feature" not in targets:
+            raise FusionEdgeError("detection-feature distillation needs a teacher cache with det_feature "
+                                  "(compute_teacher_cache(..., det_features=True))")
+        terms["kd_det_feature"] = det_feature_distill_loss(adapted_det_feature, targets["det_feature"], weight)
     return terms
 
 
@@ -180,27 +252,41 @@ def distill_terms(student_outputs: tuple[torch.Tensor, ...], projected_feature: 
 
 
 class FeatureTap:
-    """Keeps the latest output of ``model.fusion`` (the fused clip embedding) through a forward hook.
+    """Keeps the latest output of one of a model's modules through a forward hook.
 
     Args:
-        model: the model (the hook sits on ``model.fusion``); works under DDP, whose forward runs it.
+        model: the model; works under DDP, whose forward runs the hook.
+        where: ``"fusion"``: ``model.fusion`` (the fused clip embedding ``(B, F)``);
+            ``"detection"``: ``model.det_head.shared`` (the detection feature map ``(B, D, h, w)``).
+
+    Raises:
+        FusionEdgeError: unknown ``where``, or a model without that module (no video, no detection head).
     """
 
-    def __init__(self, model: MultimodalModel) -> None:
+    def __init__(self, model: MultimodalModel, where: str = "fusion") -> None:
         self.output: torch.Tensor | None = None
-        self._handle = model.fusion.register_forward_hook(self._hook)
+        if where == "fusion":
+            module = model.fusion
+        elif where == "detection":
+            module = getattr(model.det_head, "shared", None)
+            if module is None:
+                raise FusionEdgeError(f"{type(model.det_head).__name__} has no detection features to tap "
+                                      "(a model without video)")
+        else:
+            raise FusionEdgeError(f"FeatureTap: where must be 'fusion' or 'detection', got {where!r}")
+        self._handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
         self.output = output
 
     def take(self) -> torch.Tensor:
-        """The embedding of the last forward pass ``(B, F)``, then forget it.
+        """The tapped output of the last forward pass, then forget it.
 
         Raises:
             FusionEdgeError: no forward pass since the last ``take``.
         """
         if self.output is None:
-            raise FusionEdgeError("no fused embedding captured: run a forward pass first")
+            raise FusionEdgeError("no feature captured: run a forward pass first")
         out, self.output = self.output, None
         return out
 
@@ -247,15 +333,23 @@ def load_teacher(path: Path, *, geometry: InputGeometry, labels: Labels,
 
 @dataclass
 class TeacherCache:
-    """Teacher outputs per training sample, un-flipped (index 0) and flipped (index 1). CPU float32."""
+    """Teacher outputs per training sample, un-flipped (index 0) and flipped (index 1). CPU tensors."""
 
     event: torch.Tensor  # (N, 2, E) event logits
     audio_tags: torch.Tensor  # (N, 2, A) audio-tag logits
     heatmap: torch.Tensor  # (N, 2, C, h, w) heatmap logits
+    size: torch.Tensor  # (N, 2, 2, h, w) box sizes, pixels
+    offset: torch.Tensor  # (N, 2, 2, h, w) centre offsets, cells
     feature: torch.Tensor  # (N, 2, F_t) fused embedding
+    det_feature: torch.Tensor | None = None  # (N, 2, D_t, h, w) detection features, float16 (half the memory)
 
     def __len__(self) -> int:
         return self.event.shape[0]
+
+    def fields(self) -> tuple[str, ...]:
+        """The names of the cached tensors (``det_feature`` only when it was computed)."""
+        names = ("event", "audio_tags", "heatmap", "size", "offset", "feature")
+        return names + (("det_feature",) if self.det_feature is not None else ())
 
     def lookup(self, index: torch.Tensor, flipped: torch.Tensor,
                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -267,14 +361,15 @@ class TeacherCache:
             device: where to put the result.
 
         Returns:
-            ``{"event" (B,E), "audio_tags" (B,A), "heatmap" (B,C,h,w), "feature" (B,F_t)}``.
+            ``{"event" (B,E), "audio_tags" (B,A), "heatmap" (B,C,h,w), "size" (B,2,h,w),
+            "offset" (B,2,h,w), "feature" (B,F_t)[, "det_feature" (B,D_t,h,w)]}``.
         """
         i, f = index.cpu().long(), flipped.cpu().long()
-        return {k: getattr(self, k)[i, f].to(device) for k in ("event", "audio_tags", "heatmap", "feature")}
+        return {k: getattr(self, k)[i, f].to(device) for k in self.fields()}
 
 
 @torch.no_grad()
-def _teacher_forward(teacher: MultimodalModel, tap: FeatureTap, clips: ClipCache, idx: torch.Tensor,
+def _teacher_forward(teacher: MultimodalModel, taps: list[FeatureTap], clips: ClipCache, idx: torch.Tensor,
                      flip: bool, device: torch.device) -> list[torch.Tensor]:
     video = clips.video[idx]
     if flip:
@@ -282,12 +377,14 @@ def _teacher_forward(teacher: MultimodalModel, tap: FeatureTap, clips: ClipCache
     presence = torch.stack([torch.ones(len(idx)), clips.has_audio[idx].float()], dim=1)
     audio = clips.audio[idx] * presence[:, 1:]
     out = teacher(video.to(device), audio.to(device), presence.to(device))
-    return [o.float().cpu() for o in (out[0], out[1], out[2], tap.take())]
+    fused = taps[0].take().float().cpu()
+    det = [t.take().half().cpu() for t in taps[1:]]  # the detection feature map, float16 to halve the cache
+    return [o.float().cpu() for o in out] + [fused] + det
 
 
 def compute_teacher_cache(teacher: MultimodalModel, clips: ClipCache, *, batch_size: int = 16,
                           device: torch.device | str = "cpu", dist: DistContext = DistContext(),
-                          progress: bool = True) -> TeacherCache:
+                          det_features: bool = False, progress: bool = True) -> TeacherCache:
     """Run the teacher on every clip, un-flipped and flipped (2 forwards per sample).
 
     Args:
@@ -297,7 +394,12 @@ def compute_teacher_cache(teacher: MultimodalModel, clips: ClipCache, *, batch_s
         device: where the teacher runs.
         dist: with several processes (process group initialized), each rank computes its share and
             the shares are all-gathered, so every rank returns the whole cache.
+        det_features: also keep the detection feature maps (``D_t·h·w`` float16 values per sample
+            and view: 245 KB for ``fusion_teacher``), for the detection-feature term.
         progress: tqdm bar on stderr.
+
+    Raises:
+        FusionEdgeError: ``det_features`` with a teacher that has no detection head.
 
     Returns:
         The cache.
@@ -305,21 +407,24 @@ def compute_teacher_cache(teacher: MultimodalModel, clips: ClipCache, *, batch_s
     device = torch.device(device)
     n = len(clips)
     mine = shard_indices(torch.arange(n), dist.rank, dist.world_size) if dist.distributed else torch.arange(n)
-    tap = FeatureTap(teacher)
+    taps = [FeatureTap(teacher)]
     chunks: list[list[torch.Tensor]] = []
     try:
+        if det_features:
+            taps.append(FeatureTap(teacher, "detection"))
         starts = range(0, len(mine), batch_size)
         bar = tqdm(total=2 * len(mine), desc="teacher targets", unit="fwd", disable=not progress, leave=False)
         for s in starts:
             idx = mine[s:s + batch_size]
-            plain = _teacher_forward(teacher, tap, clips, idx, False, device)
-            flipped = _teacher_forward(teacher, tap, clips, idx, True, device)
+            plain = _teacher_forward(teacher, taps, clips, idx, False, device)
+            flipped = _teacher_forward(teacher, taps, clips, idx, True, device)
             chunks.append([torch.stack([a, b], dim=1) for a, b in zip(plain, flipped)])  # (b, 2, ...)
             bar.update(2 * len(idx))
         bar.close()
     finally:
-        tap.close()
-    local = [torch.cat([c[k] for c in chunks]) for k in range(4)]  # this rank's share
+        for t in taps:
+            t.close()
+    local = [torch.cat([c[k] for c in chunks]) for k in range(len(chunks[0]))]  # this rank's share
     if dist.distributed:
         import torch.distributed as tdist
 
@@ -334,4 +439,5 @@ def compute_teacher_cache(teacher: MultimodalModel, clips: ClipCache, *, batch_s
                 out[shard_indices(torch.arange(n), r, dist.world_size)] = part.cpu()
             full.append(out)
         local = full
-    return TeacherCache(*local)
+    event, tags, heatmap, size, offset, feature, *det = local
+    return TeacherCache(event, tags, heatmap, size, offset, feature, det[0] if det else None)

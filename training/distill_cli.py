@@ -21,6 +21,9 @@ _WEIGHT_FLAGS = (("--temperature", "temperature", "softmax temperature of the ev
                  ("--w-tags", "tags", "weight of the audio-tag distillation (default 0.5)"),
                  ("--w-heatmap", "heatmap", "weight of the heatmap distillation (default 1)"),
                  ("--w-feature", "feature", "weight of the fused-embedding distillation (default 0.5)"),
+                 ("--w-box", "box", "weight of the size/offset distillation at the teacher's objects (default 1)"),
+                 ("--w-det-feature", "det_feature", "weight of the detection-feature imitation (default 1; 0 skips "
+                  "caching the teacher's feature maps)"),
                  ("--w-hard", "hard", "weight of the ordinary supervised loss (default 1)"))
 
 

@@ -131,7 +131,8 @@ TASK_GROUPS: tuple[str, ...] = ("event", "audio_tags", "detection")
 #: The group of each loss term (the supervised terms, and the distillation terms of ``distill.py``).
 TERM_GROUPS: dict[str, str] = {"event": "event", "audio_tags": "audio_tags", "heatmap": "detection",
                                "size": "detection", "offset": "detection", "kd_event": "event",
-                               "kd_feature": "event", "kd_tags": "audio_tags", "kd_heatmap": "detection"}
+                               "kd_feature": "event", "kd_tags": "audio_tags", "kd_heatmap": "detection",
+                               "kd_box": "detection", "kd_det_feature": "detection"}
 TASK_WEIGHTINGS: tuple[str, ...] = ("fixed", "uncertainty")
 TASK_SCHEDULES: tuple[str, ...] = ("joint", "alternating")
 

@@ -451,9 +451,11 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
         teacher, tinfo = load_teacher(cfg.teacher, geometry=g, labels=labels, device="cpu")
         teacher_flops, teacher_params = count_flops(teacher), sum(p.numel() for p in teacher.parameters())
         teacher.to(device)
+        det_kd = cfg.distill.det_feature > 0 and "video" in mcfg.modalities and "video" in teacher.config.modalities
         teacher_cache = compute_teacher_cache(teacher, train_clips, batch_size=cfg.batch_size, device=device,
-                                              dist=dist, progress=show)
+                                              dist=dist, det_features=det_kd, progress=show)
         teacher_dim = teacher.fusion.out_dim
+        teacher_det_dim = teacher.config.det_channels
         del teacher
         distillation = {"teacher": str(cfg.teacher), "teacher_model": tinfo["model_name"],
                         "teacher_flops": teacher_flops, "teacher_params": teacher_params,
@@ -468,7 +470,7 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
     if cfg.init is not None:
         init_info = _initialize(model, cfg)
     # the extra trained modules, created in a fixed order after the model (their init draws from torch's RNG)
-    projector = tap = uncertainty = None
+    projector = tap = det_adapter = det_tap = uncertainty = None
     if teacher_cache is not None:
         distillation.update(student_flops=count_flops(model), student_params=count_params(model))
         projector = torch.nn.Linear(model.fusion.out_dim, teacher_dim).to(device)
@@ -476,9 +478,14 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
         distillation.update(flops_ratio=round(distillation["teacher_flops"] / max(1, distillation["student_flops"]), 3),
                             params_ratio=round(distillation["teacher_params"] / max(1, distillation["student_params"]),
                                                3), projector=[model.fusion.out_dim, teacher_dim])
+        if teacher_cache.det_feature is not None:  # detection-feature imitation through a 1x1 adapter
+            det_adapter = torch.nn.Conv2d(mcfg.det_channels, teacher_det_dim, 1).to(device)
+            det_tap = FeatureTap(model, "detection")
+            distillation.update(det_adapter=[mcfg.det_channels, teacher_det_dim])
     if cfg.task_weighting == "uncertainty":
         uncertainty = UncertaintyWeighting().to(device)
-    aux = {k: m for k, m in (("projector", projector), ("uncertainty", uncertainty)) if m is not None}
+    aux = {k: m for k, m in (("projector", projector), ("det_adapter", det_adapter), ("uncertainty", uncertainty))
+           if m is not None}
     aux_params = [p for m in aux.values() for p in m.parameters()]
     term_weights = _term_weights(cfg)
     model.to(device)
@@ -559,8 +566,9 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
             if teacher_cache is not None:
                 index = batch["index"].cpu() if shard_idx is None else shard_idx[batch["index"].cpu()]
                 targets = teacher_cache.lookup(index, batch["flipped"], device)
+                adapted = None if det_tap is None else det_adapter(det_tap.take().float())
                 terms.update(distill_terms(outputs, projector(tap.take().float()), targets, batch["presence"],
-                                           cfg.distill.temperature))
+                                           cfg.distill.temperature, adapted))
             loss = combine_task_losses(terms, term_weights, scheduled_groups(cfg.task_schedule, step), uncertainty)
             parts = {k: float(v.detach()) for k, v in terms.items()}
             if not torch.isfinite(loss):  # a CPU sync point, but one float per step is cheap
@@ -593,8 +601,9 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
 
         if main:
             val = evaluate_model(model, val_clips, loss_weights=cfg.loss_weights, device=device)
-            if tap is not None:
-                tap.output = None  # validation's embeddings are not needed
+            for t in (tap, det_tap):
+                if t is not None:
+                    t.output = None  # validation's features are not needed
             record = {"epoch": epoch, "lr": lr, "train": {k: v / seen for k, v in sums.items()}, "val": val,
                       "train_seconds": round(train_seconds, 2),
                       "seconds": round(time.perf_counter() - t_epoch, 2)}
@@ -620,8 +629,9 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
         if dist.distributed:
             tdist.barrier()  # the others wait while rank 0 validates and saves
 
-    if tap is not None:
-        tap.close()
+    for t in (tap, det_tap):
+        if t is not None:
+            t.close()
     if not dist.distributed:
         if main and start_epoch > last_epoch:  # resumed a finished run: nothing to train
             _write_json(cfg.out / "metrics.json", summary())
