@@ -1,4 +1,4 @@
-"""Time-aligned fusion (``aligned_attention`` / ``aligned_student``): timestamps, time code, locality,
+"""Time-aligned fusion (``aligned_attention`` / ``fusion_student``): timestamps, time code, locality,
 presence masking and export."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ GEOMETRY = InputGeometry()
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return create_model("aligned_student").eval()
+    return create_model("fusion_student").eval()
 
 
 def _fusion_inputs(model, batch: int, seed: int):
@@ -56,7 +56,7 @@ def test_frame_times_follow_the_clip_frame_indices_rule(fps):
 
 def test_frame_times_edge_cases_and_config():
     assert frame_times(1, 0.5) == (0.5,)  # a single frame is the current one, at the end
-    assert model_config("aligned_student").frame_times == (0.0, 1 / 3, 2 / 3, 1.0)
+    assert model_config("fusion_student").frame_times == (0.0, 1 / 3, 2 / 3, 1.0)
     with pytest.raises(ValueError, match="clip_frames"):
         frame_times(0, 1.0)
     with pytest.raises(ValueError, match="clip_seconds"):
@@ -64,7 +64,7 @@ def test_frame_times_edge_cases_and_config():
 
 
 def test_audio_token_times_are_span_centres_every_eight_hops():
-    c = model_config("aligned_student")
+    c = model_config("fusion_student")
     times = audio_token_times(c.audio_samples, c.sample_rate, c.n_fft, c.hop_length)
     assert len(times) == c.audio_tokens == 13
     # token j sits on log-mel frame 8j, i.e. sample 8j * hop: 0, 80, 160, ... 960 ms
@@ -84,7 +84,7 @@ def test_audio_token_times_are_span_centres_every_eight_hops():
 
 def test_audio_token_spans_match_the_encoders_receptive_field():
     """The samples each token's gradient reaches are exactly its span (cut to the waveform)."""
-    c = model_config("aligned_student")
+    c = model_config("fusion_student")
     torch.manual_seed(0)
     enc = AudioEncoder(c.audio_channels, c.audio_depth, c.audio_dim, c.sample_rate, c.n_fft, c.hop_length,
                        c.n_mels, c.f_min, c.f_max).eval()
@@ -127,9 +127,9 @@ def test_frame_tokens_are_per_frame_and_only_where_asked():
     assert diff[0] > 0 and diff[1] > 0 and diff[2] == 0 and diff[3] == 0
     with pytest.raises(RuntimeError, match="frame_tokens"):
         ClipEncoder((8, 8, 8, 16), 0, 4).forward_with_frames(video)
-    keys = create_model("fusion_student").state_dict().keys()
-    assert not any("frame_proj" in k for k in keys)  # existing checkpoints keep their keys
-    assert any(k.startswith("video_encoder.frame_proj") for k in create_model("aligned_student").state_dict())
+    keys = create_model("xattn_student").state_dict().keys()
+    assert not any("frame_proj" in k for k in keys)  # only a time-aligned fusion builds the frame tokens
+    assert any(k.startswith("video_encoder.frame_proj") for k in create_model("fusion_student").state_dict())
 
 
 # ------------------------------------------------------------------------------------------ time code
@@ -192,7 +192,7 @@ def test_each_frame_listens_most_to_the_audio_at_its_time():
     of them (the gradient with respect to it) moves the frames nearest to it in time the most;
     without the locality bias it does not."""
     torch.manual_seed(0)
-    m = create_model("aligned_student").eval()
+    m = create_model("fusion_student").eval()
     c, g = m.config, torch.Generator().manual_seed(1)
     cv = m.video_encoder.out_channels
     v = torch.randn(1, c.video_tokens, cv, generator=g)
@@ -247,10 +247,11 @@ def test_aligned_fusion_needs_times():
         AlignedAttentionFusion(8, 8, 4, 3, 8, 2, 1, frame_times=(0.0, 1.0), audio_times=(0.0, 0.5))
 
 
-def test_aligned_student_is_registered_and_in_the_student_size_class(model):
+def test_the_student_is_aligned_and_in_the_size_class_of_its_cross_attention_variant(model):
     from fusionedge.training.models import count_flops, count_params
-    assert model_config("aligned_student").fusion == "aligned_attention"
-    base = create_model("fusion_student")
+    assert model_config("fusion_student").fusion == "aligned_attention"
+    base = create_model("xattn_student")
+    assert model_config("xattn_student").fusion == "cross_attention"
     assert count_params(model) <= 1.5 * count_params(base)
     assert count_flops(model) <= 1.05 * count_flops(base)
 
@@ -265,7 +266,7 @@ def test_aligned_student_exports_with_parity(tmp_path, model):
     from fusionedge.export import export_model
     from fusionedge.export.parity import DEFAULT_ATOL, DEFAULT_RTOL
 
-    info = {"model_name": "aligned_student", "model_config": model.config.to_dict(), "geometry": GEOMETRY.to_dict(),
+    info = {"model_name": "fusion_student", "model_config": model.config.to_dict(), "geometry": GEOMETRY.to_dict(),
             "labels": {"events": list(EVENTS), "audio_tags": list(AUDIO_TAGS), "objects": list(OBJECTS)},
             "metrics": {}, "epoch": 0}
     out = export_model(model, info, tmp_path / "bundle", progress=False)  # dynamo, opset 18, dynamic batch

@@ -108,6 +108,28 @@ def test_tiny_report_end_to_end_and_reuse(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
+def test_a_finished_run_is_reused_only_while_its_registered_model_is_unchanged(tmp_path):
+    """Reuse compares the built architecture too: redefining a registered model retrains its runs."""
+    from fusionedge.training.report import _finished, _model_config
+    from fusionedge.training.train import TrainConfig
+
+    opts = dict(data=tmp_path / "train", out=tmp_path / "run", model="fusion_student", epochs=3, progress=False)
+    built = _model_config(TrainConfig(**opts))
+    assert built["fusion"] == "aligned_attention" and isinstance(built["video_channels"], list)
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = {"train": {"data": str(tmp_path / "train"), "out": str(run), "model": "fusion_student", "epochs": 3}}
+    (run / "metrics.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps({**saved, "model_config": built}))
+    assert _finished(run, opts, "train", built)
+    assert not _finished(run, {**opts, "epochs": 4}, "train", built)  # other options
+    older = {**built, "fusion": "cross_attention"}  # the same name, registered differently when it ran
+    (run / "config.json").write_text(json.dumps({**saved, "model_config": older}))
+    assert not _finished(run, opts, "train", built)
+    (run / "metrics.json").unlink()
+    assert not _finished(run, opts, "train", older)  # an unfinished run is never reused
+
+
 def test_every_experiment_is_known_to_the_cli_help(capsys):
     with pytest.raises(SystemExit):
         main(["report", "--help"])

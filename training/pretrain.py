@@ -51,9 +51,8 @@ from fusionedge.sdk.spec import InputGeometry
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .dataset import Augment, ClipCache, Labels, iterate_batches, load_clips, split_for_validation
 from .distributed import DistContext, resolve_device, take_clips
-from .models import model_config
 from .models.multimodal import ModelConfigError, MultimodalModel
-from .train import _json_safe, _lr_at, _param_groups, _seed_everything, _write_json
+from .train import _json_safe, _lr_at, _param_groups, _seed_everything, _write_json, resolve_model_config
 
 __all__ = ["PretrainConfig", "pretrain", "ContrastiveHeads", "contrastive_loss", "shifted_audio",
            "retrieval_metrics", "evaluate_pretrain", "load_pretrained_encoders", "ENCODER_PREFIXES"]
@@ -372,11 +371,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     t_start = time.perf_counter()
     g = cfg.geometry
     labels = Labels()
-    overrides = dict(num_events=len(labels.events), num_audio_tags=len(labels.audio_tags),
-                     num_objects=len(labels.objects), clip_frames=g.clip_frames, height=g.height, width=g.width,
-                     audio_samples=g.audio_samples, sample_rate=g.sample_rate, output_stride=g.output_stride)
-    overrides.update(cfg.model_overrides)
-    mcfg = model_config(cfg.model, **overrides)
+    mcfg = resolve_model_config(cfg.model, g, labels, cfg.model_overrides)
     if set(mcfg.modalities) != {"video", "audio"}:  # fail before decoding anything
         raise ModelConfigError(f"pretraining matches video with audio: model {cfg.model!r} has only "
                                f"{', '.join(mcfg.modalities)}; use a model with both (e.g. fusion_student)")

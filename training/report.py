@@ -10,9 +10,9 @@ seen in training) — then runs, each in ``WORKDIR/runs/<name>/`` through the or
 ``pretrain()`` entry points (so every run also has its own metrics.json, curves.png, summary.md):
 
 ==================  ======================================================================
-``fusion``          the fused student (cross-attention), all labels
+``fusion``          the fused student (``fusion_student``: time-aligned attention), all labels
 ``vision_only``     the student without audio; ``audio_only`` without video
-``concat``          late fusion (concatenated embeddings); ``aligned`` time-aligned attention
+``concat``          late fusion (concatenated embeddings); ``xattn`` clip-wide cross-attention
 ``uncertainty``     the fused student with learned (uncertainty) task weights
 ``alternating``     the fused student with an alternating task schedule
 ``teacher``         the large model (``fusion_teacher``)
@@ -45,7 +45,7 @@ __all__ = ["ReportConfig", "EXPERIMENTS", "run_report", "render_markdown"]
 
 #: Every run of the report, in the order they are trained (the teacher before the distilled student,
 #: the pretraining before the fine-tuning).
-EXPERIMENTS: tuple[str, ...] = ("fusion", "vision_only", "audio_only", "concat", "aligned", "uncertainty",
+EXPERIMENTS: tuple[str, ...] = ("fusion", "vision_only", "audio_only", "concat", "xattn", "uncertainty",
                                 "alternating", "teacher", "distilled", "pretrain", "few_scratch",
                                 "few_pretrained")
 
@@ -128,7 +128,7 @@ def _train_options(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_
         "vision_only": dict(base, model="vision_only_student"),
         "audio_only": dict(base, model="audio_only_student"),
         "concat": dict(base, model="concat_student"),
-        "aligned": dict(base, model="aligned_student"),
+        "xattn": dict(base, model="xattn_student"),
         "uncertainty": dict(base, model="fusion_student", task_weighting="uncertainty"),
         "alternating": dict(base, model="fusion_student", task_schedule="alternating"),
         "teacher": dict(base, model="fusion_teacher", epochs=cfg.teacher_epochs),
@@ -139,12 +139,16 @@ def _train_options(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_
     }[name]
 
 
-def _finished(run_dir: Path, options: dict, section: str) -> bool:
-    """True when ``run_dir`` holds a finished run whose saved options equal ``options``."""
+def _finished(run_dir: Path, options: dict, section: str, model_config: dict) -> bool:
+    """True when ``run_dir`` holds a finished run whose saved options equal ``options`` and whose model
+    is built as ``model_config`` (a registered model whose definition changed is trained again)."""
     try:
-        saved = json.loads((run_dir / "config.json").read_text())[section]
+        saved_all = json.loads((run_dir / "config.json").read_text())
+        saved = saved_all[section]
         json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError, KeyError):
+        return False
+    if saved_all.get("model_config") != model_config:
         return False
     for k, v in options.items():
         if k == "progress":
@@ -155,6 +159,15 @@ def _finished(run_dir: Path, options: dict, section: str) -> bool:
     return True
 
 
+def _model_config(run_cfg) -> dict:
+    """The model config a TrainConfig / PretrainConfig builds, as ``config.json`` records it."""
+    from fusionedge.training.dataset import Labels
+    from fusionedge.training.train import resolve_model_config
+
+    config = resolve_model_config(run_cfg.model, run_cfg.geometry, Labels(), run_cfg.model_overrides).to_dict()
+    return json.loads(json.dumps(config))  # tuples as lists, as read back from config.json
+
+
 def _run_one(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_m: Path) -> dict:
     """Train (or reuse) run ``name``; returns its metrics.json."""
     run_dir = runs / name
@@ -163,16 +176,18 @@ def _run_one(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_m: Pat
 
         opts = dict(data=train_m, val_data=val_m, out=run_dir, seed=cfg.seed, epochs=cfg.pretrain_epochs,
                     progress=cfg.progress)
-        if cfg.force or not _finished(run_dir, opts, "pretrain"):
+        run_cfg = PretrainConfig(**opts)
+        if cfg.force or not _finished(run_dir, opts, "pretrain", _model_config(run_cfg)):
             shutil.rmtree(run_dir, ignore_errors=True)
-            pretrain(PretrainConfig(**opts))
+            pretrain(run_cfg)
     else:
         from fusionedge.training.train import TrainConfig, train
 
         opts = _train_options(cfg, name, runs, train_m, val_m)
-        if cfg.force or not _finished(run_dir, opts, "train"):
+        run_cfg = TrainConfig(**opts)
+        if cfg.force or not _finished(run_dir, opts, "train", _model_config(run_cfg)):
             shutil.rmtree(run_dir, ignore_errors=True)
-            train(TrainConfig(**opts))
+            train(run_cfg)
     return json.loads((run_dir / "metrics.json").read_text())
 
 
@@ -348,7 +363,7 @@ def _fill_tables(report: dict, history: dict) -> None:
         return {"run": name, "model": res[name]["model_name"], "params": res[name]["params"],
                 "gflops": round(res[name]["flops"] / 1e9, 3), **{m: res[name][pattern].get(m) for m in metrics}}
 
-    fusion_rows = [row(n) for n in ("fusion", "concat", "aligned", "vision_only", "audio_only") if n in res]
+    fusion_rows = [row(n) for n in ("fusion", "xattn", "concat", "vision_only", "audio_only") if n in res]
     tables["fusion"] = fusion_rows
     singles = [a for a in (_acc(res, "vision_only"), _acc(res, "audio_only")) if a is not None]
     if "fusion" in res and singles:

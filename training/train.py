@@ -75,9 +75,9 @@ from .losses import (
     scheduled_groups,
 )
 from .models import model_config
-from .models.multimodal import MultimodalModel, count_flops, count_params
+from .models.multimodal import ModelConfig, MultimodalModel, count_flops, count_params
 
-__all__ = ["TrainConfig", "train", "evaluate_model"]
+__all__ = ["TrainConfig", "train", "evaluate_model", "resolve_model_config"]
 
 
 @dataclass
@@ -350,6 +350,30 @@ def _resume_state(cfg: TrainConfig, mcfg_dict: dict, world_size: int) -> dict:
     return state
 
 
+def resolve_model_config(model: str, geometry: InputGeometry, labels: Labels,
+                         overrides: dict | None = None) -> ModelConfig:
+    """The architecture a run builds: registered model ``model`` fitted to the data's shapes and labels.
+
+    Args:
+        model: a registry name.
+        geometry: the input geometry (clip frames, image size, audio samples, output stride).
+        labels: the label vocabularies (their sizes fix the heads).
+        overrides: the run's ``ModelConfig`` overrides, applied last.
+
+    Raises:
+        ModelConfigError: unknown model, unknown field or invalid value.
+
+    Returns:
+        The frozen config (what ``config.json``'s ``model_config`` records).
+    """
+    fitted = dict(num_events=len(labels.events), num_audio_tags=len(labels.audio_tags),
+                  num_objects=len(labels.objects), clip_frames=geometry.clip_frames, height=geometry.height,
+                  width=geometry.width, audio_samples=geometry.audio_samples, sample_rate=geometry.sample_rate,
+                  output_stride=geometry.output_stride)
+    fitted.update(overrides or {})
+    return model_config(model, **fitted)
+
+
 def _term_weights(cfg: TrainConfig) -> dict[str, float]:
     """The fixed weight of every loss term of this run (supervised terms scaled by ``distill.hard``)."""
     w = cfg.loss_weights
@@ -433,11 +457,7 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
     if main:
         cfg.out.mkdir(parents=True, exist_ok=True)
 
-    overrides = dict(num_events=len(labels.events), num_audio_tags=len(labels.audio_tags),
-                     num_objects=len(labels.objects), clip_frames=g.clip_frames, height=g.height, width=g.width,
-                     audio_samples=g.audio_samples, sample_rate=g.sample_rate, output_stride=g.output_stride)
-    overrides.update(cfg.model_overrides)
-    mcfg = model_config(cfg.model, **overrides)
+    mcfg = resolve_model_config(cfg.model, g, labels, cfg.model_overrides)
     resume = None if cfg.resume is None else _resume_state(cfg, mcfg.to_dict(), dist.world_size)  # fail early
 
     # -- data: decode once, keep in memory (every rank holds the whole training split)

@@ -79,12 +79,18 @@ def create_model(name: str, **overrides) -> MultimodalModel:
 
 @register_model("fusion_student")
 def fusion_student() -> ModelConfig:
-    """The quickstart model: ~0.34 M parameters, ~0.27 GFLOPs per sample.
+    """The quickstart model, time-aligned fusion (``aligned_attention``): ~0.43 M parameters, ~0.27 GFLOPs.
+
+    Each frame attends to the audio heard around its time, in addition to the clip-wide
+    cross-attention. Against the same network with clip-wide cross-attention only (``xattn_student``)
+    it learns the fusion rule sooner (validation accuracy past 0.9 at epoch 2 with seeds 0 and 1,
+    against epoch 7 for ``xattn_student``, seed 0), and so has the epochs left to read the lights cue as well as a vision-only model
+    when the microphone fails (``fusionedge report``), for +25% parameters and +0.5% FLOPs.
 
     With ``TrainConfig`` defaults (10 epochs, batch 32, lr 3e-3) on 2,000 synthetic clips it trains
-    in ~3.5 min on 2 CPU cores (~17-20 s per epoch) and reaches ~0.98-0.99 event accuracy on a fresh seed.
+    in ~3 min on 2 CPU cores (~16-18 s per epoch).
     """
-    return ModelConfig()
+    return ModelConfig(fusion="aligned_attention")
 
 
 @register_model("fusion_teacher")
@@ -107,6 +113,12 @@ def fusion_teacher() -> ModelConfig:
 # -- variants of the student for comparisons (same size class; see docs of ModelConfig.modalities)
 
 
+@register_model("xattn_student")
+def xattn_student() -> ModelConfig:
+    """The student with clip-wide cross-attention only (no timestamps): ~0.34 M parameters, ~0.27 GFLOPs."""
+    return ModelConfig(fusion="cross_attention")
+
+
 @register_model("concat_student")
 def concat_student() -> ModelConfig:
     """The student with late fusion: pooled video and audio embeddings concatenated (no attention)."""
@@ -123,11 +135,3 @@ def vision_only_student() -> ModelConfig:
 def audio_only_student() -> ModelConfig:
     """The student without video: the video input is ignored, the detection outputs say "no detection"."""
     return ModelConfig(modalities=("audio",))
-
-
-@register_model("aligned_student")
-def aligned_student() -> ModelConfig:
-    """The student with time-aligned fusion (``aligned_attention``): each frame attends to the audio
-    heard around its time. ~0.43 M parameters, ~0.27 GFLOPs per sample (fusion_student: 0.34 M, 0.27 G).
-    """
-    return ModelConfig(fusion="aligned_attention")
