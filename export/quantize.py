@@ -425,7 +425,12 @@ def _rederive_bias(op: Any, weight_scale: np.ndarray, init: dict, producer: dict
         return
     bias = q_b.astype(np.float64) * numpy_helper.to_array(init[b_dq.input[1]]).astype(np.float64)
     s_in = float(numpy_helper.to_array(init[x_dq.input[1]]))
-    s_b = (s_in * weight_scale.astype(np.float64)).reshape(-1) * np.ones_like(bias)
+    old_scale = numpy_helper.to_array(init[b_dq.input[1]])
+    s_b = (s_in * weight_scale.astype(np.float64)).reshape(-1)
+    if old_scale.size == 1:  # per-tensor weights: the bias scale stays a scalar (its DQ has no axis)
+        s_b = s_b[:1].reshape(old_scale.shape)
+    else:
+        s_b = s_b * np.ones_like(bias)
     new_q = np.clip(np.round(bias / s_b), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
     init[b_dq.input[0]].CopyFrom(numpy_helper.from_array(new_q, b_dq.input[0]))
     init[b_dq.input[1]].CopyFrom(numpy_helper.from_array(s_b.astype(np.float32), b_dq.input[1]))

@@ -171,6 +171,15 @@ def test_w4_weights_sit_on_a_4_bit_grid_and_stay_close(tmp_path_factory):
         return sum(n.op_type == "QLinearConv" for n in onnx.load(so.optimized_model_filepath).graph.node)
 
     assert fused(w4) == fused(w8) > 5
+    # per-tensor weights: the re-derived bias scales stay scalars (a vector there, on a DequantizeLinear
+    # without an axis, is a graph ONNX Runtime refuses to run)
+    pt = quantize_bundle(fp32, fp32.parent / "int8-w4-pt", synth_data(tmp_path_factory), calibration_limit=16,
+                         config=QuantizeConfig(weight_bits=4, per_channel=False))
+    ipt = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(pt / "model.onnx")).graph.initializer}
+    bias_scales = [ipt[n.input[1]] for n in onnx.load(str(pt / "model.onnx")).graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] in ipt and ipt[n.input[0]].dtype == np.int32]
+    assert bias_scales and all(sc.size == 1 for sc in bias_scales)
+    assert fused(pt) > 5
     assert load_bundle(w4).manifest["variant"]["quantization"]["config"]["weight_bits"] == 4
     with pytest.raises(ExportError, match="weight_bits"):
         QuantizeConfig(weight_bits=9)
