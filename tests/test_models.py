@@ -91,8 +91,8 @@ def test_student_budget_and_teacher_is_bigger():
     student, teacher = create_model("fusion_student"), create_model("fusion_teacher")
     assert 0.3e6 <= count_params(student) <= 0.8e6
     s_flops, t_flops = count_flops(student), count_flops(teacher)
-    assert s_flops <= 0.3e9
-    assert t_flops >= 5 * s_flops
+    assert s_flops <= 0.45e9
+    assert t_flops >= 5 * s_flops  # the distillation budget: a student at most a fifth of its teacher
 
 
 def test_create_model_overrides_and_errors():
