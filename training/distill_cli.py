@@ -17,10 +17,10 @@ __all__ = ["add_distill_parser"]
 
 #: DistillWeights fields settable from the command line: (flag, field, help).
 _WEIGHT_FLAGS = (("--temperature", "temperature", "softmax temperature of the event KL (default 4)"),
-                 ("--w-event-kl", "event_kl", "weight of the event KL (default 1)"),
+                 ("--w-event-kl", "event_kl", "weight of the event KL (default 0: it costs detection mAP here)"),
                  ("--w-tags", "tags", "weight of the audio-tag distillation (default 0.5)"),
-                 ("--w-heatmap", "heatmap", "weight of the heatmap distillation (default 1)"),
-                 ("--w-feature", "feature", "weight of the fused-embedding distillation (default 0.5)"),
+                 ("--w-heatmap", "heatmap", "weight of the heatmap distillation (default 0)"),
+                 ("--w-feature", "feature", "weight of the fused-embedding distillation (default 0)"),
                  ("--w-box", "box", "weight of the size/offset distillation at the teacher's objects (default 1)"),
                  ("--w-det-feature", "det_feature", "weight of the detection-feature imitation (default 1; 0 skips "
                   "caching the teacher's feature maps)"),
