@@ -84,7 +84,8 @@ def _cmd_train(args: argparse.Namespace, extra: dict | None = None) -> int:
     optional = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                 "val_data": args.val, "init": args.init, "resume": args.resume, "device": args.device,
                 "task_weighting": args.task_weighting, "task_schedule": args.task_schedule,
-                "max_train_samples": args.max_train_samples, **(extra or {})}
+                "max_train_samples": args.max_train_samples, "encoder_lr_scale": args.encoder_lr_scale,
+                "frozen_encoder_epochs": args.frozen_encoder_epochs, **(extra or {})}
     cfg = TrainConfig(data=args.data, out=out, model=args.model, seed=args.seed,
                       model_overrides=_parse_overrides(args.set), progress=dist.is_main and not args.json,
                       **{k: v for k, v in optional.items() if v is not None})
@@ -223,6 +224,10 @@ def add_training_arguments(p: argparse.ArgumentParser, *, model_help: str = "reg
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", type=Path, default=None,
                    help="initialize weights from a checkpoint (or a pretraining checkpoint's encoders)")
+    p.add_argument("--encoder-lr-scale", type=float, default=None,
+                   help="the encoders' learning rate as a fraction of --lr (e.g. 0.1 to fine-tune pretrained ones)")
+    p.add_argument("--frozen-encoder-epochs", type=int, default=None,
+                   help="train everything but the encoders for the first N epochs (linear probe, then fine-tune)")
     p.add_argument("--resume", type=Path, default=None,
                    help="continue a run exactly from its last.pt (give the first run's options again)")
     p.add_argument("--device", default=None, help="auto (default: cuda:LOCAL_RANK if available), cpu, cuda:0...")

@@ -288,6 +288,37 @@ def test_init_from_checkpoint(data_dir, tiny_run, tmp_path):
         train(_tiny_config(data_dir, tmp_path / "bad", init=out / "best.pt", model_overrides={**TINY, "det_channels": 12}))
 
 
+def test_encoders_can_be_frozen_first_and_slowed_after(data_dir, tiny_run, tmp_path):
+    out, _ = tiny_run
+    start, _ = load_checkpoint(out / "best.pt")
+    start_params = dict(start.named_parameters())
+
+    def moved(path) -> dict[str, bool]:
+        """Per part of the model: did any parameter (not BatchNorm statistics) move from the init?"""
+        params = dict(load_checkpoint(path)[0].named_parameters())
+        parts = {}
+        for k, v in params.items():
+            part = k.split(".")[0]
+            parts[part] = parts.get(part, False) or not torch.equal(v, start_params[k])
+        return parts
+
+    kw = dict(init=out / "best.pt", epochs=2, max_train_samples=8, batch_size=4)
+    train(_tiny_config(data_dir, tmp_path / "frozen", frozen_encoder_epochs=1, stop_after_epoch=1, **kw))
+    after_one = moved(tmp_path / "frozen" / "last.pt")
+    assert not after_one["video_encoder"] and not after_one["audio_encoder"]  # frozen in epoch 1
+    assert after_one["fusion"] and after_one["event_head"] and after_one["det_head"]  # the rest learns
+    train(_tiny_config(data_dir, tmp_path / "frozen", frozen_encoder_epochs=1, resume=tmp_path / "frozen" / "last.pt",
+                       **{**kw, "init": None}))
+    after_two = moved(tmp_path / "frozen" / "last.pt")
+    assert after_two["video_encoder"] and after_two["audio_encoder"]  # free from epoch 2
+    train(_tiny_config(data_dir, tmp_path / "still", encoder_lr_scale=0.0, **kw))
+    still = moved(tmp_path / "still" / "last.pt")
+    assert not still["video_encoder"] and not still["audio_encoder"] and still["fusion"]
+    for bad in (dict(encoder_lr_scale=-0.1), dict(frozen_encoder_epochs=3), dict(frozen_encoder_epochs=-1)):
+        with pytest.raises(FusionEdgeError, match=next(iter(bad))):
+            _tiny_config(data_dir, tmp_path / "bad", **kw, **bad)
+
+
 def test_bad_configs_and_data_raise_typed_errors(tmp_path, data_dir):
     with pytest.raises(FusionEdgeError, match="epochs"):
         TrainConfig(data=data_dir, out=tmp_path, epochs=0)

@@ -16,7 +16,9 @@ backward, clip, step — validate, and write the run folder:
 task log-variances and the distillation projector are trained by the same optimizer and saved in
 ``last.pt`` (``training_state["aux"]``); ``best.pt`` holds the student alone. ``init`` takes a full
 checkpoint of the same architecture, or a self-supervised pretraining checkpoint
-(``extra["kind"] == "pretrain"``, ``pretrain.load_pretrained_encoders``: the encoders only).
+(``extra["kind"] == "pretrain"``, ``pretrain.load_pretrained_encoders``: the encoders, and a fusion
+that pretraining trained). ``frozen_encoder_epochs`` holds the encoders still while the rest warms
+up (linear probe, then fine-tune: Kumar et al. 2022) and ``encoder_lr_scale`` slows them after.
 
 Validation uses a held-out manifest (``val_data``) or a deterministic 10% of the training manifest.
 Seeds are fixed (python, numpy, torch); ``torch.set_num_threads`` is left to the caller.
@@ -77,7 +79,10 @@ from .losses import (
 from .models import model_config
 from .models.multimodal import ModelConfig, MultimodalModel, count_flops, count_params
 
-__all__ = ["TrainConfig", "train", "evaluate_model", "resolve_model_config"]
+__all__ = ["TrainConfig", "train", "evaluate_model", "resolve_model_config", "ENCODER_PREFIXES"]
+
+#: State-dict prefixes of the two encoders: what pretraining learns and ``encoder_lr_scale`` scales.
+ENCODER_PREFIXES: tuple[str, str] = ("video_encoder.", "audio_encoder.")
 
 
 @dataclass
@@ -90,6 +95,8 @@ class TrainConfig:
     model: str = "fusion_student"  # registry name
     model_overrides: dict = field(default_factory=dict)  # ModelConfig fields to change
     init: Path | None = None  # checkpoint to initialize the weights from (same architecture)
+    encoder_lr_scale: float = 1.0  # the video and audio encoders' learning rate, as a fraction of lr
+    frozen_encoder_epochs: int = 0  # first epochs with the encoders' learning rate at 0 (heads warm up first)
     resume: Path | None = None  # a run's last.pt: continue that run exactly (same options)
     stop_after_epoch: int | None = None  # end after this epoch, keeping the schedule of `epochs` (resumable)
     device: str = "auto"  # "auto": cuda:LOCAL_RANK when CUDA is available, else cpu; or e.g. "cpu"
@@ -137,6 +144,10 @@ class TrainConfig:
             bad.append(f"batch_size={self.batch_size} (need >= 1)")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             bad.append(f"lr={self.lr} (need > 0)")
+        if not (0.0 <= self.encoder_lr_scale and math.isfinite(self.encoder_lr_scale)):
+            bad.append(f"encoder_lr_scale={self.encoder_lr_scale} (need >= 0)")
+        if not 0 <= self.frozen_encoder_epochs <= self.epochs:
+            bad.append(f"frozen_encoder_epochs={self.frozen_encoder_epochs} (need 0..epochs)")
         if not 0.0 <= self.modality_dropout <= 1.0:
             bad.append(f"modality_dropout={self.modality_dropout} (need 0..1)")
         if not 0.0 <= self.hflip <= 1.0:
@@ -210,20 +221,24 @@ def _load_splits(cfg: TrainConfig, labels: Labels) -> tuple[ClipCache, ClipCache
             load_clips(val_samples, cfg.geometry, labels, desc="decode val", **kw))
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float, *extra: torch.nn.Module) -> list[dict]:
+def _param_groups(model: torch.nn.Module, weight_decay: float, *extra: torch.nn.Module,
+                  scaled: tuple[str, ...] = ()) -> list[dict]:
     """Weight decay on ≥2-D weights (kernels, matrices); none on norms, biases and embeddings.
 
     ``extra`` modules (the distillation projector, the task log-variances) follow the model's
-    parameters in the same two groups.
+    parameters in the same groups. The model's parameters whose names start with one of ``scaled``
+    get groups of their own, marked ``"scaled": True``, so the training loop can give them another
+    learning rate (``encoder_lr_scale``, ``frozen_encoder_epochs``).
     """
-    decay, no_decay = [], []
-    for module in (model, *extra):
+    groups = {(s, d): [] for s in (False, True) for d in (True, False)}  # (scaled?, decay?) -> params
+    for module, prefixes in ((model, scaled), *((m, ()) for m in extra)):
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
             is_embedding = name.split(".")[-1].startswith(("pos_", "missing_", "null_"))
-            (decay if p.ndim >= 2 and not is_embedding else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups[(name.startswith(prefixes), p.ndim >= 2 and not is_embedding)].append(p)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "scaled": s}
+            for (s, decay), params in groups.items() if params or not s]
 
 
 def _lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
@@ -300,7 +315,7 @@ def _better(a: dict, b: dict | None) -> bool:
 _TRAJECTORY_FIELDS = ("model", "model_overrides", "geometry", "epochs", "batch_size", "lr", "min_lr_ratio",
                       "warmup_epochs", "weight_decay", "grad_clip", "seed", "loss_weights", "modality_dropout",
                       "hflip", "audio_gain_db", "max_train_samples", "amp", "teacher", "distill",
-                      "task_weighting", "task_schedule")
+                      "task_weighting", "task_schedule", "encoder_lr_scale", "frozen_encoder_epochs")
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -509,8 +524,10 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
     aux_params = [p for m in aux.values() for p in m.parameters()]
     term_weights = _term_weights(cfg)
     model.to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay, *aux.values()), lr=cfg.lr,
-                                  betas=(0.9, 0.99))
+    separate_encoders = cfg.encoder_lr_scale != 1.0 or cfg.frozen_encoder_epochs > 0
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay, *aux.values(),
+                                                scaled=ENCODER_PREFIXES if separate_encoders else ()),
+                                  lr=cfg.lr, betas=(0.9, 0.99))
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
@@ -576,8 +593,9 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
                    disable=not show, leave=False)
         for batch in bar:
             lr = _lr_at(step, total_steps, warmup, cfg)
+            encoder_scale = 0.0 if epoch <= cfg.frozen_encoder_epochs else cfg.encoder_lr_scale
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * encoder_scale if group.get("scaled") else lr
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 outputs = net(batch["video"], batch["audio"], batch["presence"])
