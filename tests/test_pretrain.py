@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import pytest
 import torch
@@ -19,9 +20,11 @@ from fusionedge.training.pretrain import (
     ENCODER_PREFIXES,
     ContrastiveHeads,
     PretrainConfig,
+    _pool,
     _shift_discrimination,
     contrastive_loss,
     load_pretrained_encoders,
+    match_loss,
     pretrain,
     retrieval_metrics,
     shifted_audio,
@@ -64,7 +67,7 @@ def _cfg(data, out, **kw) -> PretrainConfig:
 @pytest.fixture(scope="module")
 def run(unlabelled, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return out, pretrain(_cfg(unlabelled, out, epochs=2))
+    return out, pretrain(_cfg(unlabelled, out, epochs=2, match_weight=0.0))  # the encoders alone
 
 
 # ----------------------------------------------------------------------------------- building blocks
@@ -125,6 +128,80 @@ def test_loss_is_finite_and_falls_when_overfitting_a_fixed_batch(data_dir):
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses
     assert 0.01 <= heads.temperature <= 1.0
+
+
+def test_towers_see_the_order_in_time():
+    """A circular shift keeps the set of sounds; only an order-aware tower can tell it from the original."""
+    torch.manual_seed(0)
+    heads = ContrastiveHeads(16, 16, 32, 64, time_steps=4)
+    tokens = torch.randn(3, 12, 16)  # (B, Na, Ca) audio tokens in time order
+    rolled = tokens.roll(5, dims=1)
+    assert torch.allclose(_pool(tokens), _pool(rolled), atol=1e-6)  # an order-free pooling cannot tell them apart
+    assert (heads.project_audio(tokens) - heads.project_audio(rolled)).norm(dim=1).min() > 1e-3
+    model = create_model("fusion_student", **TINY).eval()
+    video = model.example_inputs(2)[0]
+    tokens_v, per_frame = model.video_encoder.frame_features(video)
+    with torch.no_grad():
+        full = model.video_encoder.forward_with_frames(video)
+        assert per_frame.shape == (2, model.config.clip_frames, 2 * model.video_encoder.out_channels)
+        assert torch.allclose(tokens_v, full[0])
+        assert torch.allclose(model.video_encoder.frame_proj(per_frame), full[4])  # the frame tokens, unprojected
+    heads_v = ContrastiveHeads(model.video_encoder.out_channels, 16, 32, 64, time_steps=model.config.clip_frames)
+    order = (heads_v.project_video(tokens_v, per_frame) - heads_v.project_video(tokens_v, per_frame.flip(1)))
+    assert order.norm(dim=1).min() > 1e-3  # the same frames in another order embed elsewhere
+
+
+def test_match_loss_trains_the_fusion_on_true_and_false_pairs(data_dir):
+    torch.manual_seed(0)
+    clips = load_clips([s for s in read_manifest(data_dir) if s.audio is not None][:8], InputGeometry(),
+                       workers=2, progress=False)
+    model = create_model("fusion_student", **TINY)
+    heads = ContrastiveHeads(model.video_encoder.out_channels, model.config.audio_dim, 32, 64,
+                             fusion_dim=model.fusion.out_dim)
+    batch = next(iterate_batches(clips, 8))
+    hard, _ = shifted_audio(batch["audio"], 1, 4000, torch.Generator().manual_seed(0))
+    params = [*model.video_encoder.parameters(), *model.audio_encoder.parameters(), *model.fusion.parameters(),
+              *heads.parameters()]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    losses = []
+    for i in range(30):
+        v_tokens, per_frame = model.video_encoder.frame_features(batch["video"])
+        a_tokens = model.audio_encoder(torch.cat([batch["audio"], hard[:, 0]]))[0]
+        loss, accuracy = match_loss(model, heads, v_tokens, per_frame, a_tokens[:8], a_tokens[8:])
+        assert torch.isfinite(loss) and 0.0 <= accuracy <= 1.0
+        opt.zero_grad()
+        loss.backward()
+        if i == 0:  # the loss reaches the fusion and the per-frame projection that only it reads
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.fusion.parameters())
+            assert model.video_encoder.frame_proj[0].weight.grad.abs().sum() > 0
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[0] == pytest.approx(math.log(2), abs=0.15)  # an untrained match head is at chance
+    assert losses[-1] < 0.5 * losses[0], losses
+    with pytest.raises(ValueError, match="time_steps"):
+        ContrastiveHeads(16, 16, time_steps=0)
+
+
+def test_pretraining_with_the_fusion_in_the_loop_hands_it_on(unlabelled, tmp_path):
+    result = pretrain(_cfg(unlabelled, tmp_path / "m", match_weight=1.0))
+    state = read_checkpoint(tmp_path / "m" / "pretrain.pt")
+    assert state["extra"]["pretrained"] == [*ENCODER_PREFIXES, "fusion."]
+    assert {"loss_match", "match_accuracy"} <= set(result["history"][0]["train"])
+    torch.manual_seed(0)  # the run's seed: a fresh model starts where the pretrained one started
+    fresh = create_model("fusion_student", **TINY)
+    fusion_keys = [k for k in fresh.state_dict() if k.startswith("fusion.")]
+    assert any(not torch.equal(state["state_dict"][k], fresh.state_dict()[k]) for k in fusion_keys)  # trained
+    loaded = load_pretrained_encoders(fresh, tmp_path / "m" / "pretrain.pt")
+    assert set(fusion_keys) <= set(loaded)
+    assert all(torch.equal(fresh.state_dict()[k], state["state_dict"][k]) for k in loaded)
+    # a model whose fusion is built otherwise still gets the encoders, and keeps its own fusion
+    other = create_model("fusion_student", **{**TINY, "fusion_dim": 32})
+    before = {k: v.clone() for k, v in other.state_dict().items() if k.startswith("fusion.")}
+    loaded = load_pretrained_encoders(other, tmp_path / "m" / "pretrain.pt")
+    assert loaded and not any(k.startswith("fusion.") for k in loaded)
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in before.items())
+    with pytest.raises(FusionEdgeError, match="match_weight"):
+        _cfg(unlabelled, tmp_path / "x", match_weight=-1.0)
 
 
 def test_bad_configs_are_refused(tmp_path):

@@ -36,6 +36,9 @@ def add_pretrain_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hard-negatives", type=int, default=None,
                    help="time-shifted copies of each clip's audio used as extra negatives (default 2)")
+    p.add_argument("--match-weight", type=float, default=None,
+                   help="weight of the correspondence loss through the model's fusion, which then is pretrained "
+                        "too (0: encoders only)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=_cmd_pretrain)
     return p
@@ -49,7 +52,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
     # Options left unset keep PretrainConfig's defaults.
     optional = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                "hard_negatives": args.hard_negatives, "val_data": args.val}
+                "hard_negatives": args.hard_negatives, "match_weight": args.match_weight, "val_data": args.val}
     cfg = PretrainConfig(data=args.data, out=args.out, model=args.model, seed=args.seed,
                          model_overrides=_parse_overrides(args.set), progress=not args.json,
                          **{k: v for k, v in optional.items() if v is not None})

@@ -235,9 +235,20 @@ class ClipEncoder(nn.Module):
             raise RuntimeError("ClipEncoder was built without frame_tokens=True; it has no frame tokens")
         x, last_s4 = self._features(video)
         tokens, context = self._merge(x)
-        per_frame = torch.cat([x.mean(dim=(3, 4)), x.amax(dim=(3, 4))], dim=1)  # (B, 2*C16, T)
-        frame_tokens = self.frame_proj(per_frame.transpose(1, 2))  # (B, T, C16)
+        frame_tokens = self.frame_proj(self._per_frame(x))  # (B, T, C16)
         return tokens, tokens.mean(dim=1), last_s4, context, frame_tokens
+
+    @staticmethod
+    def _per_frame(x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, C16, T, h, w) → per frame, the mean and max over the cells: (B, T, 2*C16)."""
+        return torch.cat([x.mean(dim=(3, 4)), x.amax(dim=(3, 4))], dim=1).transpose(1, 2)
+
+    def frame_features(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens (B, N, C16), per_frame (B, T, 2*C16))``: the time-merged tokens of ``forward`` and,
+        per frame in time order, the mean and max over its stride-16 cells after the temporal mixing
+        (unprojected, so every encoder has them, with or without ``frame_tokens``)."""
+        x, _ = self._features(video)
+        return self._merge(x)[0], self._per_frame(x)
 
 
 class AudioEncoder(nn.Module):
