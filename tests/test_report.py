@@ -48,6 +48,7 @@ def test_tables_compute_gaps_ratios_and_verdicts():
     assert c["distillation"]["pass"] is False
     assert c["distillation"]["gain_over_scratch_points"]["detection_map50"] == pytest.approx(4.0)
     assert c["pretraining"]["points"] == pytest.approx(4.0) and c["pretraining"]["pass"] is False
+    assert c["pretraining"]["per_seed_points"] == [pytest.approx(4.0)]
     # audio missing: 0.49 vs vision-only 0.50 is within the 1-point rule; video missing 0.51 vs 0.52 too
     assert [m["pass"] for m in r["tables"]["missing_sensor"]] == [True, True]
     md = render_markdown(r)
@@ -69,25 +70,50 @@ def test_missing_sensor_rule_judges_the_remaining_cue():
     assert "remaining cue" in render_markdown(r)
 
 
+def test_few_label_gain_is_the_mean_over_seeds():
+    # seed 0 gains 8 points, seed 1 loses 2, seed 2 gains 3: the mean (+3) decides, not the lucky seed
+    r = _report({"few_scratch": _res("fusion_student", 0.80), "few_pretrained": _res("fusion_student", 0.88),
+                 "few_scratch_seed1": _res("fusion_student", 0.85), "few_pretrained_seed1": _res("fusion_student", 0.83),
+                 "few_scratch_seed2": _res("fusion_student", 0.82), "few_pretrained_seed2": _res("fusion_student", 0.85)})
+    ch = r["checks"]["pretraining"]
+    assert ch["per_seed_points"] == [pytest.approx(8.0), pytest.approx(-2.0), pytest.approx(3.0)]
+    assert ch["points"] == pytest.approx(3.0) and ch["pass"] is False
+    means = [row for row in r["tables"]["pretraining"] if row["seed_offset"] == "mean"]
+    assert [m["event_accuracy"] for m in means] == [pytest.approx(0.8233, abs=1e-3), pytest.approx(0.8533, abs=1e-3)]
+    assert "per seed: +8.0, -2.0, +3.0" in render_markdown(r)
+
+
 def test_config_rejects_unknown_experiment_and_bad_fraction(tmp_path):
     with pytest.raises(FusionEdgeError, match="unknown experiment"):
         ReportConfig(workdir=tmp_path, only=("fusion", "nope"))
     with pytest.raises(FusionEdgeError, match="few_label_fraction"):
         ReportConfig(workdir=tmp_path, few_label_fraction=0.0)
+    with pytest.raises(FusionEdgeError, match="few_label_seeds"):
+        ReportConfig(workdir=tmp_path, few_label_seeds=0)
 
 
 @pytest.mark.slow
 def test_tiny_report_end_to_end_and_reuse(tmp_path):
     cfg = ReportConfig(workdir=tmp_path, train_samples=24, val_samples=8, test_samples=12, epochs=1,
-                       teacher_epochs=1, pretrain_epochs=1, few_label_fraction=0.5, few_label_epochs=1,
-                       batch_size=8, progress=False, only=("fusion", "vision_only", "audio_only", "distilled",
-                                                           "few_pretrained"))
+                       teacher_epochs=1, pretrain_epochs=1, few_label_fraction=0.5, few_label_epochs=3,
+                       few_label_seeds=2, batch_size=8, progress=False,
+                       only=("fusion", "vision_only", "audio_only", "distilled", "few_scratch", "few_pretrained"))
     report = run_report(cfg)
     out = tmp_path / "report"
     saved = json.loads((out / "report.json").read_text())
     # the dependencies were added: the teacher for the distilled student, pretraining for the fine-tuning
-    assert set(saved["test"]) == {"fusion", "vision_only", "audio_only", "teacher", "distilled", "few_pretrained"}
+    assert set(saved["test"]) == {"fusion", "vision_only", "audio_only", "teacher", "distilled", "few_scratch",
+                                  "few_scratch_seed1", "few_pretrained", "few_pretrained_seed1"}
     assert saved["pretrain"] is not None
+    # the second few-label pair ran with the next seed, and the check averages the two pairs' gains
+    seeds = [json.loads((tmp_path / "runs" / n / "config.json").read_text())["train"]["seed"]
+             for n in ("few_scratch", "few_scratch_seed1", "few_pretrained_seed1")]
+    assert seeds == [0, 1, 1]
+    frozen = [json.loads((tmp_path / "runs" / n / "config.json").read_text())["train"]["frozen_encoder_epochs"]
+              for n in ("few_scratch", "few_pretrained", "few_pretrained_seed1")]
+    assert frozen == [0, 1, 1]  # a third of the 3 fine-tuning epochs, and only when starting from pretraining
+    ch = saved["checks"]["pretraining"]
+    assert len(ch["per_seed_points"]) == 2 and ch["points"] == pytest.approx(sum(ch["per_seed_points"]) / 2, abs=0.06)
     for name in ("fusion", "teacher"):
         r = saved["test"][name]
         assert r["flops"] > 0 and r["params"] > 0

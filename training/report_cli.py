@@ -23,7 +23,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     kw: dict[str, Any] = dict(workdir=args.workdir, seed=args.seed, force=args.force, progress=not args.json)
     for name in ("train_samples", "val_samples", "test_samples", "epochs", "teacher_epochs", "pretrain_epochs",
-                 "few_label_epochs", "few_label_fraction", "batch_size"):
+                 "few_label_epochs", "few_label_seeds", "few_label_fraction", "batch_size"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     if args.only:
@@ -57,7 +57,7 @@ def add_report_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, help="comma-separated experiments (their dependencies are added)")
     p.add_argument("--force", action="store_true", help="retrain runs that are already finished")
     for name, kind in (("train-samples", int), ("val-samples", int), ("test-samples", int), ("epochs", int),
-                       ("teacher-epochs", int), ("pretrain-epochs", int), ("few-label-epochs", int),
+                       ("teacher-epochs", int), ("pretrain-epochs", int), ("few-label-epochs", int), ("few-label-seeds", int),
                        ("few-label-fraction", float), ("batch-size", int)):
         p.add_argument(f"--{name}", type=kind, default=None)
     p.add_argument("--json", action="store_true", help="print the checks and tables as JSON")
