@@ -178,6 +178,13 @@ def test_match_loss_trains_the_fusion_on_true_and_false_pairs(data_dir):
         losses.append(float(loss.detach()))
     assert losses[0] == pytest.approx(math.log(2), abs=0.15)  # an untrained match head is at chance
     assert losses[-1] < 0.5 * losses[0], losses
+    # a batch of one has no other clip; without a shifted copy there is nothing to tell its audio from
+    v_tokens, per_frame = model.video_encoder.frame_features(batch["video"][:1])
+    a_tokens = model.audio_encoder(torch.cat([batch["audio"][:1], hard[:1, 0]]))[0]
+    loss, accuracy = match_loss(model, heads, v_tokens, per_frame, a_tokens[:1], None)
+    assert float(loss) == 0.0 and math.isnan(accuracy)
+    loss, accuracy = match_loss(model, heads, v_tokens, per_frame, a_tokens[:1], a_tokens[1:])
+    assert float(loss) > 0.0 and accuracy in (0.0, 0.5, 1.0)  # one true and one shifted pair
     with pytest.raises(ValueError, match="time_steps"):
         ContrastiveHeads(16, 16, time_steps=0)
 

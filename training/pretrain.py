@@ -62,7 +62,15 @@ from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .dataset import Augment, ClipCache, Labels, iterate_batches, load_clips, split_for_validation
 from .distributed import DistContext, resolve_device, take_clips
 from .models.multimodal import ModelConfigError, MultimodalModel
-from .train import ENCODER_PREFIXES, _json_safe, _lr_at, _param_groups, _seed_everything, _write_json, resolve_model_config
+from .train import (
+    ENCODER_PREFIXES,
+    _json_safe,
+    _lr_at,
+    _param_groups,
+    _seed_everything,
+    _write_json,
+    resolve_model_config,
+)
 
 __all__ = ["PretrainConfig", "pretrain", "ContrastiveHeads", "contrastive_loss", "shifted_audio",
            "retrieval_metrics", "evaluate_pretrain", "load_pretrained_encoders", "ENCODER_PREFIXES"]
@@ -277,9 +285,9 @@ def match_loss(model: MultimodalModel, heads: ContrastiveHeads, v_tokens: torch.
     """Audio-visual correspondence through the model's own fusion (binary cross-entropy).
 
     Each clip's video is fused three ways: with its own audio (label 1), with the next clip's audio
-    in the batch (another scene: label 0) and, when there are hard negatives, with its own audio
-    time-shifted (the same sounds at the wrong moments: label 0); ``heads.match`` reads the fused
-    embedding. This trains what the supervised model fuses with, which the two towers never touch.
+    in the batch (another scene: label 0; not for a batch of one) and, when there are hard negatives,
+    with its own audio time-shifted (the same sounds at the wrong moments: label 0); ``heads.match``
+    reads the fused embedding. This trains what the supervised model fuses with, which the two towers never touch.
 
     Args:
         model: a two-modality model; its fusion is run with both modalities present.
@@ -289,10 +297,14 @@ def match_loss(model: MultimodalModel, heads: ContrastiveHeads, v_tokens: torch.
         hard_tokens: (B, Na, Ca), a shifted copy of clip ``i``'s audio, or None.
 
     Returns:
-        ``(loss, accuracy)``: the accuracy is the fraction of pairs on the right side of logit 0.
+        ``(loss, accuracy)``: the accuracy is the fraction of pairs on the right side of logit 0
+        (a zero loss and NaN when there is no negative pair).
     """
     b = len(v_tokens)
-    audios = [audio_tokens, audio_tokens.roll(1, dims=0)] + ([hard_tokens] if hard_tokens is not None else [])
+    negatives = ([audio_tokens.roll(1, dims=0)] if b > 1 else []) + ([hard_tokens] if hard_tokens is not None else [])
+    if not negatives:  # one clip and no shifted copy: nothing to tell it from
+        return audio_tokens.new_zeros(()), float("nan")
+    audios = [audio_tokens, *negatives]
     n = len(audios)
     video = v_tokens.repeat(n, 1, 1)  # (nB, Nv, Cv), pairs grouped by audio kind
     presence = torch.ones(n * b, 2, device=v_tokens.device)
@@ -552,7 +564,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
                   f"({record['seconds']:.0f} s)", file=sys.stderr, flush=True)
         if _better(val, best):
             best = {"epoch": epoch, **val}
-            extra = {"kind": "pretrain", "pretrain_config": _json_safe(cfg.to_dict()), "pretrained": pretrained_prefixes,
+            extra = {"kind": "pretrain", "pretrain_config": _json_safe(cfg.to_dict()),
+                     "pretrained": pretrained_prefixes,
                      "projections": {n: t.detach().cpu() for n, t in heads.state_dict().items()}}
             save_checkpoint(path, model, model_name=cfg.model, model_config=mcfg.to_dict(), geometry=g,
                             labels=labels.to_dict(), metrics=_json_safe(best), epoch=epoch, extra=extra)

@@ -1,4 +1,4 @@
-"""``fusionedge pretrain``: self-supervised audio-visual pretraining of a model's encoders.
+"""``fusionedge pretrain``: self-supervised audio-visual pretraining of a model's encoders and fusion.
 
 Registered by the CLI with ``add_pretrain_parser(verbs)``; importing this module imports nothing
 heavy (torch is imported when the verb runs).
@@ -22,7 +22,8 @@ def add_pretrain_parser(verbs: Any) -> argparse.ArgumentParser:
     Returns:
         The verb's parser.
     """
-    help = "pretrain a model's video and audio encoders on unlabelled clips (audio-visual correspondence)"
+    help = ("pretrain a model's video and audio encoders (and its fusion) on unlabelled clips "
+            "(audio-visual correspondence)")
     p = verbs.add_parser("pretrain", help=help, description=help)
     p.add_argument("--data", required=True, type=Path, help="manifest or its folder (labels are not needed)")
     p.add_argument("--out", required=True, type=Path, help="run folder (pretrain.pt, metrics.json, config.json)")
