@@ -154,13 +154,14 @@ def _train_options(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_
         "distilled": dict(base, model="fusion_student", teacher=runs / "teacher" / "best.pt"),
         "few_scratch": dict(base, model="fusion_student", max_train_samples=few, epochs=cfg.few_label_epochs),
         "few_pretrained": dict(base, model="fusion_student", max_train_samples=few, epochs=cfg.few_label_epochs,
-                               init=runs / "pretrain" / "pretrain.pt", frozen_encoder_epochs=_frozen_epochs(cfg)),
+                               init=runs / "pretrain" / "pretrain.pt",
+                               frozen_encoder_epochs=_frozen_epochs(cfg.few_label_frozen_share, cfg.few_label_epochs)),
     }[base_name]
 
 
-def _frozen_epochs(cfg: ReportConfig) -> int:
+def _frozen_epochs(share: float, epochs: int) -> int:
     """Epochs of the few-label fine-tuning with the pretrained encoders frozen."""
-    return int(round(cfg.few_label_frozen_share * cfg.few_label_epochs))
+    return int(round(share * epochs))
 
 
 def _finished(run_dir: Path, options: dict, section: str, model_config: dict) -> bool:
@@ -550,14 +551,14 @@ def render_markdown(report: dict) -> str:
         ch = checks["pretraining"]
         pt = report.get("pretrain") or {}
         best, chance = pt.get("best") or {}, pt.get("chance") or {}
+        frozen = _frozen_epochs(c.get("few_label_frozen_share", 0.0), c["few_label_epochs"])
         lines += ["## Self-supervised pretraining with few labels", "",
                   f"{100 * c['few_label_fraction']:.0f}% of the training labels "
                   f"({max(1, round(c['few_label_fraction'] * c['train_samples']))} clips), {c['few_label_epochs']} "
                   "epochs for both rows (the same steps; the pretraining ran on all training clips without "
                   "their labels). Each pair is trained with the report's seed plus the offset."
-                  + (f" The fine-tuning holds the pretrained encoders still for its first "
-                     f"{round(c['few_label_frozen_share'] * c['few_label_epochs'])} epochs."
-                     if round(c.get("few_label_frozen_share", 0) * c["few_label_epochs"]) else ""), "",
+                  + (f" The fine-tuning holds the pretrained encoders still for its first {frozen} epochs."
+                     if frozen else ""), "",
                   _table(tables["pretraining"], [("seed_offset", "seed +"), ("init", "initialization"),
                                                  *metric_cols]), "",
                   f"Gain: {ch['points']:+.1f} points event accuracy"
