@@ -57,8 +57,8 @@ def add_report_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, help="comma-separated experiments (their dependencies are added)")
     p.add_argument("--force", action="store_true", help="retrain runs that are already finished")
     for name, kind in (("train-samples", int), ("val-samples", int), ("test-samples", int), ("epochs", int),
-                       ("teacher-epochs", int), ("pretrain-epochs", int), ("few-label-epochs", int), ("few-label-seeds", int),
-                       ("few-label-fraction", float), ("batch-size", int)):
+                       ("teacher-epochs", int), ("pretrain-epochs", int), ("few-label-epochs", int),
+                       ("few-label-seeds", int), ("few-label-fraction", float), ("batch-size", int)):
         p.add_argument(f"--{name}", type=kind, default=None)
     p.add_argument("--json", action="store_true", help="print the checks and tables as JSON")
     p.set_defaults(func=_cmd_report)
