@@ -28,6 +28,8 @@ from fusionedge.training.pretrain import (
     pretrain,
     retrieval_metrics,
     shifted_audio,
+    video_view,
+    view_loss,
 )
 from fusionedge.training.pretrain_cli import add_pretrain_parser
 
@@ -67,7 +69,7 @@ def _cfg(data, out, **kw) -> PretrainConfig:
 @pytest.fixture(scope="module")
 def run(unlabelled, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return out, pretrain(_cfg(unlabelled, out, epochs=2, match_weight=0.0))  # the encoders alone
+    return out, pretrain(_cfg(unlabelled, out, epochs=2, match_weight=0.0))  # the encoders alone (+ the view loss)
 
 
 # ----------------------------------------------------------------------------------- building blocks
@@ -189,6 +191,63 @@ def test_match_loss_trains_the_fusion_on_true_and_false_pairs(data_dir):
         ContrastiveHeads(16, 16, time_steps=0)
 
 
+def test_a_second_view_is_the_same_clip_cropped_flipped_and_re_exposed():
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    torch.manual_seed(0)
+    video = torch.randn(6, 4, 3, 24, 40)
+    view = video_view(video, 0.7, gen())
+    assert view.shape == video.shape and torch.isfinite(view).all()
+    assert torch.equal(view, video_view(video, 0.7, gen()))  # the generator decides everything
+    same = video[:, :1].expand(-1, 4, -1, -1, -1)  # four identical frames per clip ...
+    out = video_view(same, 0.5, gen())
+    assert torch.allclose(out, out[:, :1].expand_as(out), atol=1e-6)  # ... stay identical: one crop per clip
+    full = video_view(video, 1.0, gen())  # no crop: each clip, maybe mirrored, through a gain and an offset
+    mirrored = 0
+    for x, y in zip(video, full):
+        fits = []  # (worst residual, gain) of y ≈ gain * src + offset per colour, src the clip or its mirror image
+        channel = torch.nn.functional.one_hot(torch.arange(3).view(1, 3, 1, 1).expand_as(x).flatten(), 3)
+        for src in (x, x.flip(-1)):
+            a = torch.cat([src.flatten().unsqueeze(1), channel], dim=1).double()
+            coef = torch.linalg.lstsq(a, y.flatten().unsqueeze(1).double()).solution
+            fits.append((float(((a @ coef).squeeze(1) - y.flatten()).abs().max()), float(coef[0])))
+        residual, gain = min(fits)
+        assert residual < 1e-4 and 0.7 - 1e-4 <= gain <= 1.3 + 1e-4, fits
+        mirrored += int(fits[1] < fits[0])
+    assert 0 < mirrored < len(video)  # both kinds of draw occur
+    cropped = video_view(video, 0.5, gen())
+    assert (cropped - full).abs().mean() > 0.1  # a crop changes the content, not just its exposure
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="min_scale"):
+            video_view(video, bad)
+
+
+def test_view_loss_learns_to_find_a_clip_from_its_second_view(data_dir):
+    z = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    assert float(view_loss(torch.ones(8, 16) / 4, torch.ones(8, 16) / 4, 0.1)) == pytest.approx(math.log(8))
+    assert float(view_loss(z, z, 0.01)) < 0.01  # each row recognizes only itself
+    torch.manual_seed(0)
+    clips = load_clips([s for s in read_manifest(data_dir) if s.audio is not None][:8], InputGeometry(),
+                       workers=2, progress=False)
+    model = create_model("fusion_student", **TINY)
+    heads = ContrastiveHeads(model.video_encoder.out_channels, model.config.audio_dim, 32, 64, view=True)
+    assert heads.view_proj is not None and ContrastiveHeads(16, 16).view_proj is None
+    opt = torch.optim.Adam([*model.video_encoder.parameters(), *heads.view_proj.parameters()], lr=3e-3)
+    batch, gen = next(iterate_batches(clips, 8)), torch.Generator().manual_seed(0)
+    losses = []
+    for i in range(25):
+        first = heads.project_view(*model.video_encoder.frame_features(batch["video"]))
+        second = heads.project_view(*model.video_encoder.frame_features(video_view(batch["video"], 0.7, gen)))
+        loss = view_loss(first, second, 0.1)
+        opt.zero_grad()
+        loss.backward()
+        if i == 0:  # the video encoder learns from it; the audio side is not involved
+            assert model.video_encoder.stem[0].weight.grad.abs().sum() > 0
+            assert all(p.grad is None for p in model.audio_encoder.parameters())
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
 def test_pretraining_with_the_fusion_in_the_loop_hands_it_on(unlabelled, tmp_path):
     result = pretrain(_cfg(unlabelled, tmp_path / "m", match_weight=1.0))
     state = read_checkpoint(tmp_path / "m" / "pretrain.pt")
@@ -220,6 +279,17 @@ def test_bad_configs_are_refused(tmp_path):
         _cfg(tmp_path, tmp_path, min_shift_seconds=0.6)
     with pytest.raises(FusionEdgeError, match="hard_negatives"):
         _cfg(tmp_path, tmp_path, hard_negatives=-1)
+    for field_, value in (("view_weight", -1.0), ("view_min_scale", 0.0), ("view_min_scale", 1.2),
+                          ("view_temperature", 0.0)):
+        with pytest.raises(FusionEdgeError, match=field_):
+            _cfg(tmp_path, tmp_path, **{field_: value})
+
+
+def test_without_the_view_loss_there_is_no_view_head(unlabelled, tmp_path):
+    result = pretrain(_cfg(unlabelled, tmp_path / "nv", view_weight=0.0, match_weight=0.0, max_train_samples=16))
+    assert "loss_view" not in result["history"][0]["train"] and "view_top1" not in result["best"]
+    projections = read_checkpoint(tmp_path / "nv" / "pretrain.pt")["extra"]["projections"]
+    assert projections and not any(k.startswith("view_proj.") for k in projections)
 
 
 # ------------------------------------------------------------------------------------------ a run
@@ -234,10 +304,11 @@ def test_run_on_unlabelled_data_writes_checkpoint_and_metrics(run):
     n = result["val_samples"]
     assert n >= 2 and result["train_samples"] + n <= 48
     assert metrics["chance"] == pytest.approx({"a2v_top1": 1 / n, "a2v_top5": min(5, n) / n, "v2a_top1": 1 / n,
-                                               "shift_discrimination": 1 / 3})
+                                               "shift_discrimination": 1 / 3, "view_top1": 1 / n})
     for h in metrics["history"]:
         assert h["train"]["loss"] > 0 and h["val"]["samples"] == n and 0 < h["temperature"] < 1
-        for key in ("a2v_top1", "a2v_top5", "v2a_top1", "shift_discrimination"):
+        assert h["train"]["loss_view"] > 0
+        for key in ("a2v_top1", "a2v_top5", "v2a_top1", "shift_discrimination", "view_top1"):
             assert 0.0 <= h["val"][key] <= 1.0
     best = metrics["best"]
     assert best["a2v_top1"] == max(h["val"]["a2v_top1"] for h in metrics["history"])
@@ -248,6 +319,7 @@ def test_run_on_unlabelled_data_writes_checkpoint_and_metrics(run):
     assert extra["kind"] == "pretrain" and extra["pretrain_config"]["embed_dim"] == 32
     proj = extra["projections"]
     assert proj["logit_scale"].ndim == 0 and proj["video_proj.3.weight"].shape == (32, 64)
+    assert proj["view_proj.3.weight"].shape == (32, 64)
     # Only the encoders were trained: fusion and task heads are still the seed's initialization.
     torch.manual_seed(0)
     init = MultimodalModel(model_config("fusion_student", **TINY)).state_dict()
@@ -311,10 +383,12 @@ def test_cli_runs_through_its_own_parser(unlabelled, tmp_path, capsys):
     add_pretrain_parser(parser.add_subparsers(dest="verb", required=True))
     sets = [x for k, v in TINY.items() for x in ("--set", f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}")]
     args = parser.parse_args(["pretrain", "--data", str(unlabelled), "--out", str(tmp_path / "cli"), "--epochs", "1",
-                              "--batch-size", "16", "--hard-negatives", "1", "--seed", "3", "--json", *sets])
+                              "--batch-size", "16", "--hard-negatives", "1", "--seed", "3", "--view-weight", "0.5",
+                              "--json", *sets])
     assert args.func(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["chance"]["shift_discrimination"] == 0.5
     assert (tmp_path / "cli" / "pretrain.pt").is_file()
     saved = json.loads((tmp_path / "cli" / "config.json").read_text())["pretrain"]
     assert saved["seed"] == 3 and saved["batch_size"] == 16 and saved["model_overrides"]["audio_dim"] == 16
+    assert saved["view_weight"] == 0.5

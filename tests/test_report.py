@@ -96,7 +96,7 @@ def test_config_rejects_unknown_experiment_and_bad_fraction(tmp_path):
 def test_tiny_report_end_to_end_and_reuse(tmp_path):
     cfg = ReportConfig(workdir=tmp_path, train_samples=24, val_samples=8, test_samples=12, epochs=1,
                        teacher_epochs=1, pretrain_epochs=1, few_label_fraction=0.5, few_label_epochs=3,
-                       few_label_seeds=2, batch_size=8, progress=False,
+                       few_label_seeds=2, few_label_frozen_share=1 / 3, batch_size=8, progress=False,
                        only=("fusion", "vision_only", "audio_only", "distilled", "few_scratch", "few_pretrained"))
     report = run_report(cfg)
     out = tmp_path / "report"
@@ -104,7 +104,8 @@ def test_tiny_report_end_to_end_and_reuse(tmp_path):
     # the dependencies were added: the teacher for the distilled student, pretraining for the fine-tuning
     assert set(saved["test"]) == {"fusion", "vision_only", "audio_only", "teacher", "distilled", "few_scratch",
                                   "few_scratch_seed1", "few_pretrained", "few_pretrained_seed1"}
-    assert saved["pretrain"] is not None
+    assert saved["pretrain"] is not None and saved["pretrain"]["best"]["view_top1"] is not None
+    assert json.loads((tmp_path / "runs" / "pretrain" / "config.json").read_text())["pretrain"]["view_weight"] == 1.0
     # the second few-label pair ran with the next seed, and the check averages the two pairs' gains
     seeds = [json.loads((tmp_path / "runs" / n / "config.json").read_text())["train"]["seed"]
              for n in ("few_scratch", "few_scratch_seed1", "few_pretrained_seed1")]
@@ -154,6 +155,35 @@ def test_a_finished_run_is_reused_only_while_its_registered_model_is_unchanged(t
     assert not _finished(run, opts, "train", built)
     (run / "metrics.json").unlink()
     assert not _finished(run, opts, "train", older)  # an unfinished run is never reused
+
+
+def test_a_run_started_from_a_checkpoint_is_stale_once_that_checkpoint_is_newer(tmp_path):
+    """Retraining the pretraining (or the teacher) retrains what was fine-tuned (or distilled) from it,
+    although the dependent run's options, a path to the checkpoint, did not change."""
+    import os
+
+    from fusionedge.training.report import _finished, _model_config
+    from fusionedge.training.train import TrainConfig
+
+    source = tmp_path / "pretrain" / "pretrain.pt"
+    source.parent.mkdir()
+    source.write_bytes(b"weights")
+    run = tmp_path / "few"
+    run.mkdir()
+    opts = dict(data=tmp_path / "train", out=run, model="fusion_student", epochs=3, init=source, progress=False)
+    built = _model_config(TrainConfig(**opts))
+    saved = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in opts.items() if k != "progress"}
+    (run / "config.json").write_text(json.dumps({"train": saved, "model_config": built}))
+    (run / "metrics.json").write_text("{}")
+    finished = (run / "metrics.json").stat().st_mtime_ns
+    os.utime(source, ns=(finished - 10**9, finished - 10**9))  # trained before the run that used it
+    assert _finished(run, opts, "train", built)
+    os.utime(source, ns=(finished + 10**9, finished + 10**9))  # retrained since
+    assert not _finished(run, opts, "train", built)
+    teacher_opts = {**{k: v for k, v in opts.items() if k != "init"}, "teacher": source}
+    assert not _finished(run, teacher_opts, "train", built)  # the same rule for a distillation's teacher
+    source.unlink()
+    assert not _finished(run, opts, "train", built)  # and a run whose checkpoint is gone is not trusted
 
 
 def test_every_experiment_is_known_to_the_cli_help(capsys):

@@ -40,6 +40,9 @@ def add_pretrain_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--match-weight", type=float, default=None,
                    help="weight of the correspondence loss through the model's fusion, which then is pretrained "
                         "too (0: encoders only)")
+    p.add_argument("--view-weight", type=float, default=None,
+                   help="weight of the video-video loss between two views of each clip (crop, flip, exposure; "
+                        "default 1, 0: off)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=_cmd_pretrain)
     return p
@@ -53,7 +56,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
     # Options left unset keep PretrainConfig's defaults.
     optional = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                "hard_negatives": args.hard_negatives, "match_weight": args.match_weight, "val_data": args.val}
+                "hard_negatives": args.hard_negatives, "match_weight": args.match_weight,
+                "view_weight": args.view_weight, "val_data": args.val}
     cfg = PretrainConfig(data=args.data, out=args.out, model=args.model, seed=args.seed,
                          model_overrides=_parse_overrides(args.set), progress=not args.json,
                          **{k: v for k, v in optional.items() if v is not None})
@@ -66,6 +70,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     print(f"  best epoch {best['epoch']}: audio->video top-1 {best['a2v_top1']:.3f} (chance {chance['a2v_top1']:.3f}), "
           f"top-5 {best['a2v_top5']:.3f} (chance {chance['a2v_top5']:.3f}), "
           f"video->audio top-1 {best['v2a_top1']:.3f}, "
-          f"shift discrimination {best['shift_discrimination']:.3f} (chance {chance['shift_discrimination']:.3f}) "
-          f"on {best['samples']} held-out clips")
+          f"shift discrimination {best['shift_discrimination']:.3f} (chance {chance['shift_discrimination']:.3f})"
+          + (f", view top-1 {best['view_top1']:.3f} (chance {chance['view_top1']:.3f})" if "view_top1" in best else "")
+          + f" on {best['samples']} held-out clips")
     return 0

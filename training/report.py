@@ -19,8 +19,8 @@ seen in training) — then runs, each in ``WORKDIR/runs/<name>/`` through the or
 ``distilled``       the student trained with the teacher (``train`` with ``teacher=``)
 ``pretrain``        self-supervised audio-visual pretraining on the train split, labels ignored
 ``few_scratch``     the student on the first ``few_label_fraction`` of the labelled train split
-``few_pretrained``  the same, initialized from ``pretrain`` (same epochs, same steps; the encoders
-                    held still for the first ``few_label_frozen_share`` of them while the rest warms up)
+``few_pretrained``  the same, initialized from ``pretrain`` (same epochs, same steps; with
+                    ``few_label_frozen_share`` > 0 the encoders are held still for that share first)
 ==================  ======================================================================
 
 A run whose folder already holds a finished run with the same options is reused, so the command can
@@ -70,8 +70,9 @@ class ReportConfig:
     few_label_fraction: float = 0.1  # the labelled share of the train split in the few-label runs
     few_label_epochs: int = 30  # epochs over the labelled subset (scratch and fine-tune alike)
     few_label_seeds: int = 3  # each few-label run with seeds seed, seed+1, ...: one seed's gain is within noise
-    few_label_frozen_share: float = 1 / 3  # fine-tuning from pretraining: share of its epochs with the encoders frozen
+    few_label_frozen_share: float = 0.0  # fine-tuning from pretraining: share of its epochs with the encoders frozen
     pretrain_match_weight: float = 1.0  # pretraining's correspondence loss through the fusion (0: encoders only)
+    pretrain_view_weight: float = 1.0  # pretraining's video-video loss between two views of a clip (0: off)
     batch_size: int = 32
     only: tuple[str, ...] | None = None  # a subset of EXPERIMENTS (their dependencies are added)
     force: bool = False  # retrain even when a finished run is present
@@ -165,16 +166,23 @@ def _frozen_epochs(share: float, epochs: int) -> int:
 
 
 def _finished(run_dir: Path, options: dict, section: str, model_config: dict) -> bool:
-    """True when ``run_dir`` holds a finished run whose saved options equal ``options`` and whose model
-    is built as ``model_config`` (a registered model whose definition changed is trained again)."""
+    """True when ``run_dir`` holds a finished run whose saved options equal ``options``, whose model
+    is built as ``model_config`` (a registered model whose definition changed is trained again) and
+    which is newer than the checkpoints it started from (``init``, ``teacher``): a retrained
+    pretraining or teacher makes the runs built on it stale although their options are the same."""
     try:
         saved_all = json.loads((run_dir / "config.json").read_text())
         saved = saved_all[section]
         json.loads((run_dir / "metrics.json").read_text())
+        finished_ns = (run_dir / "metrics.json").stat().st_mtime_ns
     except (OSError, ValueError, KeyError):
         return False
     if saved_all.get("model_config") != model_config:
         return False
+    for k in ("init", "teacher"):
+        source = options.get(k)
+        if source is not None and (not Path(source).exists() or Path(source).stat().st_mtime_ns > finished_ns):
+            return False
     for k, v in options.items():
         if k == "progress":
             continue
@@ -200,7 +208,8 @@ def _run_one(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_m: Pat
         from fusionedge.training.pretrain import PretrainConfig, pretrain
 
         opts = dict(data=train_m, val_data=val_m, out=run_dir, seed=cfg.seed, epochs=cfg.pretrain_epochs,
-                    match_weight=cfg.pretrain_match_weight, progress=cfg.progress)
+                    match_weight=cfg.pretrain_match_weight, view_weight=cfg.pretrain_view_weight,
+                    progress=cfg.progress)
         run_cfg = PretrainConfig(**opts)
         if cfg.force or not _finished(run_dir, opts, "pretrain", _model_config(run_cfg)):
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -570,7 +579,10 @@ def render_markdown(report: dict) -> str:
             lines += [f"Pretrained encoders, validation split: audio→video retrieval top-1 "
                       f"{_fmt(best.get('a2v_top1'))} (chance {_fmt(chance.get('a2v_top1'), 4)}), "
                       f"top-5 {_fmt(best.get('a2v_top5'))}; shift discrimination "
-                      f"{_fmt(best.get('shift_discrimination'))} (chance {_fmt(chance.get('shift_discrimination'))})."]
+                      f"{_fmt(best.get('shift_discrimination'))} (chance {_fmt(chance.get('shift_discrimination'))})"
+                      + (f"; a clip's second view finds the clip (top-1) {_fmt(best.get('view_top1'))} "
+                         f"(chance {_fmt(chance.get('view_top1'), 4)})" if best.get("view_top1") is not None else "")
+                      + "."]
         lines += [""]
     secs = report.get("train_seconds") or {}
     if secs:
