@@ -170,18 +170,20 @@ def test_a_run_started_from_a_checkpoint_is_stale_once_that_checkpoint_is_newer(
     source.write_bytes(b"weights")
     run = tmp_path / "few"
     run.mkdir()
-    opts = dict(data=tmp_path / "train", out=run, model="fusion_student", epochs=3, init=source, progress=False)
-    built = _model_config(TrainConfig(**opts))
-    saved = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in opts.items() if k != "progress"}
-    (run / "config.json").write_text(json.dumps({"train": saved, "model_config": built}))
-    (run / "metrics.json").write_text("{}")
-    finished = (run / "metrics.json").stat().st_mtime_ns
-    os.utime(source, ns=(finished - 10**9, finished - 10**9))  # trained before the run that used it
+    base = dict(data=tmp_path / "train", out=run, model="fusion_student", epochs=3, progress=False)
+    built = _model_config(TrainConfig(**base))
+    for key in ("init", "teacher"):  # fine-tuned from a pretraining, distilled from a teacher
+        opts = {**base, key: source}
+        saved = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in opts.items() if k != "progress"}
+        (run / "config.json").write_text(json.dumps({"train": saved, "model_config": built}))
+        (run / "metrics.json").write_text("{}")
+        finished = (run / "metrics.json").stat().st_mtime_ns
+        os.utime(source, ns=(finished - 10**9, finished - 10**9))  # trained before the run that used it
+        assert _finished(run, opts, "train", built), key
+        os.utime(source, ns=(finished + 10**9, finished + 10**9))  # retrained since
+        assert not _finished(run, opts, "train", built), key
+    os.utime(source, ns=(finished - 10**9, finished - 10**9))
     assert _finished(run, opts, "train", built)
-    os.utime(source, ns=(finished + 10**9, finished + 10**9))  # retrained since
-    assert not _finished(run, opts, "train", built)
-    teacher_opts = {**{k: v for k, v in opts.items() if k != "init"}, "teacher": source}
-    assert not _finished(run, teacher_opts, "train", built)  # the same rule for a distillation's teacher
     source.unlink()
     assert not _finished(run, opts, "train", built)  # and a run whose checkpoint is gone is not trusted
 

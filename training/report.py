@@ -70,7 +70,9 @@ class ReportConfig:
     few_label_fraction: float = 0.1  # the labelled share of the train split in the few-label runs
     few_label_epochs: int = 30  # epochs over the labelled subset (scratch and fine-tune alike)
     few_label_seeds: int = 3  # each few-label run with seeds seed, seed+1, ...: one seed's gain is within noise
-    few_label_frozen_share: float = 0.0  # fine-tuning from pretraining: share of its epochs with the encoders frozen
+    # fine-tuning from pretraining: share of its epochs with the encoders frozen. 0: from the view-pretrained
+    # encoders, full-lr fine-tuning scored 0.933 event accuracy / 0.47 mAP against 0.920 / 0.35 with 10 of 30 frozen
+    few_label_frozen_share: float = 0.0
     pretrain_match_weight: float = 1.0  # pretraining's correspondence loss through the fusion (0: encoders only)
     pretrain_view_weight: float = 1.0  # pretraining's video-video loss between two views of a clip (0: off)
     batch_size: int = 32
