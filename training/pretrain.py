@@ -183,6 +183,11 @@ def _time_chunks(tokens: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.cat([_pool(chunk) for chunk in torch.tensor_split(tokens, steps, dim=1)], dim=1)
 
 
+def _clip_and_frames(tokens: torch.Tensor, per_frame: torch.Tensor) -> torch.Tensor:
+    """What a video MLP reads: the pooled tokens (B, 2C) and the per-frame features in order (B, T * 2C)."""
+    return torch.cat([_pool(tokens), per_frame.flatten(1)], dim=1)
+
+
 def _mlp(cin: int, hidden: int, cout: int) -> nn.Sequential:
     # LayerNorm, not BatchNorm: batch statistics would let a row see the other clips (and its own
     # shifted copies) and leak the answer of the contrastive task.
@@ -227,11 +232,11 @@ class ContrastiveHeads(nn.Module):
 
     def project_video(self, tokens: torch.Tensor, per_frame: torch.Tensor) -> torch.Tensor:
         """``ClipEncoder.frame_features`` output ((B, Nv, Cv), (B, T, 2Cv)) → (B, embed_dim) unit vectors."""
-        return F.normalize(self.video_proj(torch.cat([_pool(tokens), per_frame.flatten(1)], dim=1)), dim=-1)
+        return F.normalize(self.video_proj(_clip_and_frames(tokens, per_frame)), dim=-1)
 
     def project_view(self, tokens: torch.Tensor, per_frame: torch.Tensor) -> torch.Tensor:
         """As ``project_video``, through the view MLP (built with ``view=True``): (B, embed_dim) unit vectors."""
-        return F.normalize(self.view_proj(torch.cat([_pool(tokens), per_frame.flatten(1)], dim=1)), dim=-1)
+        return F.normalize(self.view_proj(_clip_and_frames(tokens, per_frame)), dim=-1)
 
     def project_audio(self, tokens: torch.Tensor) -> torch.Tensor:
         """Audio tokens (B, Na, Ca), in time order → (B, embed_dim) unit vectors."""
