@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -81,6 +82,58 @@ def test_few_label_gain_is_the_mean_over_seeds():
     means = [row for row in r["tables"]["pretraining"] if row["seed_offset"] == "mean"]
     assert [m["event_accuracy"] for m in means] == [pytest.approx(0.8233, abs=1e-3), pytest.approx(0.8533, abs=1e-3)]
     assert "per seed: +8.0, -2.0, +3.0" in render_markdown(r)
+    # the cue table: means over the seeds; the lights-OFF-vehicle column is "—" where it was not measured
+    r["test"]["few_pretrained"]["both"]["lights_cue_accuracy_decoy"] = 0.6
+    r["test"]["few_pretrained_seed1"]["both"]["lights_cue_accuracy_decoy"] = 0.8
+    r["test"]["few_pretrained_seed2"]["both"]["lights_cue_accuracy_decoy"] = float("nan")
+    r["test"]["few_scratch"]["both"]["lights_cue_accuracy"] = 0.7
+    _fill_tables(r, {})
+    cues = {row["init"]: row for row in r["tables"]["pretraining_cues"]}
+    assert cues["self-supervised pretraining"]["lights_cue_accuracy_decoy"] == pytest.approx(0.7)
+    assert cues["random"]["lights_cue_accuracy_decoy"] is None
+    assert cues["random"]["lights_cue_accuracy"] == pytest.approx(0.9)
+    assert "| random | 1.000 | 0.900 | — |" in render_markdown(r)
+
+
+def test_lights_cue_on_the_lights_off_vehicle_clips(tmp_path):
+    from fusionedge.sdk.datamanifest import read_manifest
+    from fusionedge.sdk.spec import EVENTS, InputGeometry
+    from fusionedge.training.dataset import Labels, load_clips
+    from fusionedge.training.report import _cue_accuracy, _decoy_ids
+    from fusionedge.training.synth.generate import generate_dataset
+
+    generate_dataset(tmp_path, 24, seed=3, workers=1, progress=False)
+    samples = read_manifest(tmp_path)
+    records = {s.id: s.meta["synth"] for s in samples}
+    decoys = _decoy_ids(samples)
+    assert decoys == {i for i, r in records.items() if r["lights_off_ev"] and not r["lights_on_ev"]}
+    assert 0 < len(decoys) < len(samples)  # this seed has some, and not every clip is one
+    clips = load_clips(samples, InputGeometry(), Labels(), workers=1, progress=False)
+
+    def always(event: str):  # a "model" that predicts one event for every clip
+        def net(video, audio, presence):
+            logits = torch.zeros(len(video), len(EVENTS))
+            logits[:, EVENTS.index(event)] = 1.0
+            return (logits,)
+        net.training, net.eval, net.train = False, lambda: None, lambda mode=True: None
+        return net
+
+    lit = sum(r["lights_on_ev"] for r in records.values()) / len(records)
+    says_lit = _cue_accuracy(always("lights_no_siren"), clips, decoys)  # "an emergency vehicle is there"
+    assert says_lit["lights_cue_accuracy"] == pytest.approx(lit) and says_lit["lights_cue_accuracy_decoy"] == 0.0
+    says_none = _cue_accuracy(always("none"), clips, decoys)
+    assert says_none["lights_cue_accuracy"] == pytest.approx(1 - lit) and says_none["lights_cue_accuracy_decoy"] == 1.0
+    assert math.isnan(_cue_accuracy(always("none"), clips)["lights_cue_accuracy_decoy"])  # none given
+
+
+def test_a_pretraining_selected_under_another_rule_is_made_again(tmp_path):
+    from fusionedge.training.report import _selected_as_now
+
+    history = [{"epoch": e, "val": {"loss": loss, "a2v_top1": a2v, "view_top1": view}}
+               for e, a2v, loss, view in ((1, 0.01, 5.2, 0.5), (2, 0.02, 5.3, 0.6), (3, 0.02, 5.1, 0.8))]
+    for best, now in ((3, True), (2, False), (1, False)):  # the rule: audio→video top-1, then the lower loss
+        (tmp_path / "metrics.json").write_text(json.dumps({"history": history, "best": {"epoch": best}}))
+        assert _selected_as_now(tmp_path) is now
 
 
 def test_config_rejects_unknown_experiment_and_bad_fraction(tmp_path):

@@ -27,7 +27,12 @@ A run whose folder already holds a finished run with the same options is reused,
 be interrupted and started again. Every checkpoint (``best.pt``) is evaluated on the test split in
 PyTorch with both sensors, with the audio missing and with the video missing (the presence mask set
 to 0 and the tensor zeroed, as the runtime does for a failed sensor). The report checks the issue's
-targets and says PASS or MISS next to each — a miss is reported, never hidden.
+targets and says PASS or MISS next to each — a miss is reported, never hidden. For the few-label
+runs it also says where the errors are: each cue, and the lights cue on the clips whose only
+emergency vehicle has its lights OFF (read from the generator's record in the test manifest).
+
+A pretraining is also made again when today's checkpoint selection would pick another epoch from
+its own held-out history than the one it saved (a rule change leaves its options unchanged).
 """
 
 from __future__ import annotations
@@ -194,6 +199,20 @@ def _finished(run_dir: Path, options: dict, section: str, model_config: dict) ->
     return True
 
 
+def _selected_as_now(run_dir: Path) -> bool:
+    """True when a finished pretraining's checkpoint is the epoch that today's selection rule picks
+    from its own held-out history (a pretraining saved under an older rule is made again)."""
+    from fusionedge.training.pretrain import _better
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    best = None
+    for h in metrics["history"]:
+        candidate = {"epoch": h["epoch"], **h["val"]}
+        if _better(candidate, best):
+            best = candidate
+    return best is not None and best["epoch"] == (metrics.get("best") or {}).get("epoch")
+
+
 def _model_config(run_cfg) -> dict:
     """The model config a TrainConfig / PretrainConfig builds, as ``config.json`` records it."""
     from fusionedge.training.dataset import Labels
@@ -213,7 +232,8 @@ def _run_one(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_m: Pat
                     match_weight=cfg.pretrain_match_weight, view_weight=cfg.pretrain_view_weight,
                     progress=cfg.progress)
         run_cfg = PretrainConfig(**opts)
-        if cfg.force or not _finished(run_dir, opts, "pretrain", _model_config(run_cfg)):
+        if (cfg.force or not _finished(run_dir, opts, "pretrain", _model_config(run_cfg))
+                or not _selected_as_now(run_dir)):
             shutil.rmtree(run_dir, ignore_errors=True)
             pretrain(run_cfg)
     else:
@@ -228,11 +248,24 @@ def _run_one(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_m: Pat
 
 
 #: Bumped when ``_evaluate`` measures something new, so cached test metrics are recomputed.
-_EVAL_VERSION = 2
+_EVAL_VERSION = 3
 
 
-def _evaluate(checkpoint: Path, test_clips, cache: Path) -> dict:
-    """Test metrics of a checkpoint with both sensors, audio missing and video missing (cached)."""
+def _decoy_ids(samples) -> set[str]:
+    """Ids of the clips whose only emergency vehicle in view has its lights OFF (the generator's
+    ``synth`` record in the manifest; none for data without it): the lights cue's hard case."""
+    out = set()
+    for s in samples:
+        synth = s.meta.get("synth") if isinstance(s.meta, dict) else None
+        if isinstance(synth, dict) and synth.get("lights_off_ev") and not synth.get("lights_on_ev"):
+            out.add(s.id)
+    return out
+
+
+def _evaluate(checkpoint: Path, test_clips, cache: Path, decoys: set[str] = frozenset()) -> dict:
+    """Test metrics of a checkpoint with both sensors, audio missing and video missing (cached).
+
+    ``decoys``: ids of the test clips for ``lights_cue_accuracy_decoy`` (see ``_cue_accuracy``)."""
     import torch
 
     from fusionedge.training.checkpoint import load_checkpoint
@@ -254,14 +287,17 @@ def _evaluate(checkpoint: Path, test_clips, cache: Path) -> dict:
         net = model if missing is None else _WithoutSensor(model, missing)
         with torch.no_grad():
             m = evaluate_model(net, test_clips)
-            m.update(_cue_accuracy(net, test_clips))
+            m.update(_cue_accuracy(net, test_clips, decoys))
         out["both" if missing is None else f"{missing}_missing"] = _json_safe(m)
     cache.write_text(json.dumps(out, indent=2))
     return out
 
 
-def _cue_accuracy(net, clips) -> dict:
-    """How often the predicted event has the right siren cue and the right lights cue.
+def _cue_accuracy(net, clips, decoys: set[str] = frozenset()) -> dict:
+    """How often the predicted event has the right siren cue and the right lights cue, and the lights
+    cue on the ``decoys`` alone (``lights_cue_accuracy_decoy``, NaN without any): clips where an
+    emergency vehicle with its lights OFF is in view and none with them on, where "an emergency
+    vehicle is there" is not enough.
 
     With one sensor, no model can beat 0.5 event accuracy on this data (each cue splits the four
     events into two pairs), and two 0.5-models differ by sampling noise alone (±2.5 points at 400
@@ -275,20 +311,25 @@ def _cue_accuracy(net, clips) -> dict:
 
     events = clips.labels.events
     cues = [cues_for_event(e) for e in events]  # (siren, lights) per event index
-    siren_ok = lights_ok = n = 0
+    siren_ok = lights_ok = n = decoy_ok = n_decoy = 0
     was = net.training
     net.eval()
     for batch in iterate_batches(clips, 64):
         pred = net(batch["video"], batch["audio"], batch["presence"])[0].argmax(dim=1).tolist()
-        for p, t in zip(pred, batch["event"].tolist()):
+        ids = [clips.ids[i] for i in batch["index"].tolist()]
+        for p, t, clip_id in zip(pred, batch["event"].tolist(), ids):
             if t == IGNORE_INDEX:
                 continue
             siren_ok += cues[p][0] == cues[t][0]
             lights_ok += cues[p][1] == cues[t][1]
             n += 1
+            if clip_id in decoys:
+                decoy_ok += cues[p][1] == cues[t][1]
+                n_decoy += 1
     net.train(was)
     nan = float("nan")
-    return {"siren_cue_accuracy": siren_ok / n if n else nan, "lights_cue_accuracy": lights_ok / n if n else nan}
+    return {"siren_cue_accuracy": siren_ok / n if n else nan, "lights_cue_accuracy": lights_ok / n if n else nan,
+            "lights_cue_accuracy_decoy": decoy_ok / n_decoy if n_decoy else nan}
 
 
 class _WithoutSensor:
@@ -355,16 +396,18 @@ def run_report(cfg: ReportConfig) -> dict:
         seconds[name] = round(history[name].get("seconds", time.perf_counter() - t), 1)
 
     _log("[report] evaluating on the test split")
-    test_clips = load_clips(read_manifest(test_m), InputGeometry(), Labels(), workers=2, progress=cfg.progress,
+    test_samples = read_manifest(test_m)
+    test_clips = load_clips(test_samples, InputGeometry(), Labels(), workers=2, progress=cfg.progress,
                             desc="decode test")
+    decoys = _decoy_ids(test_samples)
     results: dict[str, dict] = {}
     for name in names:
         if name == "pretrain":
             continue
-        results[name] = _evaluate(runs / name / "best.pt", test_clips, runs / name / "test_eval.json")
+        results[name] = _evaluate(runs / name / "best.pt", test_clips, runs / name / "test_eval.json", decoys)
 
     report = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
-              "test": results, "pretrain": _pretrain_summary(history.get("pretrain")),
+              "test": results, "test_decoy_clips": len(decoys), "pretrain": _pretrain_summary(history.get("pretrain")),
               "train_seconds": seconds, "tables": {}, "checks": {}}
     _fill_tables(report, history)
     report["seconds"] = round(time.perf_counter() - t0, 1)
@@ -472,11 +515,16 @@ def _fill_tables(report: dict, history: dict) -> None:
         checks["pretraining"] = {"points": round(gain, 1), "per_seed_points": [round(g, 1) for g in gains],
                                  "target": TARGETS["pretrain_gain_points"],
                                  "pass": gain >= TARGETS["pretrain_gain_points"]}
+        # where the event errors come from: each cue, and the lights cue on its hard case (means over seeds)
+        cue_keys = ("siren_cue_accuracy", "lights_cue_accuracy", "lights_cue_accuracy_decoy")
+        tables["pretraining_cues"] = [
+            {"init": init, **{k: _mean([res[pair[idx]]["both"].get(k) for pair in pairs]) for k in cue_keys}}
+            for init, idx in (("random", 0), ("self-supervised pretraining", 1))]
 
 
 def _mean(values: list) -> float | None:
     """The mean of the values that are numbers (None when there are none)."""
-    nums = [v for v in values if isinstance(v, (int, float))]
+    nums = [v for v in values if isinstance(v, (int, float)) and v == v]  # NaN: not measured
     return sum(nums) / len(nums) if nums else None
 
 
@@ -577,6 +625,15 @@ def render_markdown(report: dict) -> str:
                      + ", ".join(f"{g:+.1f}" for g in ch["per_seed_points"]) + ")"
                      if len(ch.get("per_seed_points") or ()) > 1 else "")
                   + f" (target ≥ {TARGETS['pretrain_gain_points']:.0f}): {_verdict(ch)}."]
+        if tables.get("pretraining_cues"):
+            n_decoy = report.get("test_decoy_clips")
+            lines += ["", "Where the errors are (means over the seeds): each cue read right, and the lights cue on "
+                      f"the {_fmt(n_decoy)} test clips whose only emergency vehicle in view has its lights OFF "
+                      "(\"a vehicle is there\" is not enough; — where the manifest has no generator record).", "",
+                      _table(tables["pretraining_cues"], [("init", "initialization"), ("siren_cue_accuracy", "siren"),
+                                                          ("lights_cue_accuracy", "lights"),
+                                                          ("lights_cue_accuracy_decoy", "lights, lights-OFF vehicle")]),
+                      ""]
         if best:
             lines += [f"Pretrained encoders, validation split: audio→video retrieval top-1 "
                       f"{_fmt(best.get('a2v_top1'))} (chance {_fmt(chance.get('a2v_top1'), 4)}), "
