@@ -43,7 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import AbstractSet, Any
 
 from fusionedge.sdk.errors import FusionEdgeError
 
@@ -256,13 +256,13 @@ def _decoy_ids(samples) -> set[str]:
     ``synth`` record in the manifest; none for data without it): the lights cue's hard case."""
     out = set()
     for s in samples:
-        synth = s.meta.get("synth") if isinstance(s.meta, dict) else None
+        synth = s.meta.get("synth")
         if isinstance(synth, dict) and synth.get("lights_off_ev") and not synth.get("lights_on_ev"):
             out.add(s.id)
     return out
 
 
-def _evaluate(checkpoint: Path, test_clips, cache: Path, decoys: set[str] = frozenset()) -> dict:
+def _evaluate(checkpoint: Path, test_clips, cache: Path, decoys: AbstractSet[str] = frozenset()) -> dict:
     """Test metrics of a checkpoint with both sensors, audio missing and video missing (cached).
 
     ``decoys``: ids of the test clips for ``lights_cue_accuracy_decoy`` (see ``_cue_accuracy``)."""
@@ -293,7 +293,7 @@ def _evaluate(checkpoint: Path, test_clips, cache: Path, decoys: set[str] = froz
     return out
 
 
-def _cue_accuracy(net, clips, decoys: set[str] = frozenset()) -> dict:
+def _cue_accuracy(net, clips, decoys: AbstractSet[str] = frozenset()) -> dict:
     """How often the predicted event has the right siren cue and the right lights cue, and the lights
     cue on the ``decoys`` alone (``lights_cue_accuracy_decoy``, NaN without any): clips where an
     emergency vehicle with its lights OFF is in view and none with them on, where "an emergency
