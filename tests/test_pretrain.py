@@ -28,6 +28,7 @@ from fusionedge.training.pretrain import (
     pretrain,
     retrieval_metrics,
     shifted_audio,
+    still_copy,
     video_view,
     view_loss,
 )
@@ -186,7 +187,7 @@ def test_match_loss_trains_the_fusion_on_true_and_false_pairs(data_dir):
     loss, accuracy = match_loss(model, heads, v_tokens, per_frame, a_tokens[:1], None)
     assert float(loss) == 0.0 and math.isnan(accuracy)
     loss, accuracy = match_loss(model, heads, v_tokens, per_frame, a_tokens[:1], a_tokens[1:])
-    assert float(loss) > 0.0 and accuracy in (0.0, 0.5, 1.0)  # one true and one shifted pair
+    assert float(loss.detach()) > 0.0 and accuracy in (0.0, 0.5, 1.0)  # one true and one shifted pair
     with pytest.raises(ValueError, match="time_steps"):
         ContrastiveHeads(16, 16, time_steps=0)
 
@@ -219,6 +220,31 @@ def test_a_second_view_is_the_same_clip_cropped_flipped_and_re_exposed():
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="min_scale"):
             video_view(video, bad)
+
+
+def test_a_still_copy_is_one_frame_of_the_clip_held_over_the_whole_clip():
+    torch.manual_seed(0)
+    video = torch.randn(16, 4, 3, 6, 10)
+    still = still_copy(video, torch.Generator().manual_seed(1))
+    assert still.shape == video.shape and still.is_contiguous()
+    frames = []
+    for x, y in zip(video, still):
+        assert torch.equal(y, y[:1].expand_as(y))  # nothing changes over time ...
+        match = [t for t in range(4) if torch.equal(y[0], x[t])]
+        assert len(match) == 1  # ... and what is held is one of the clip's own frames
+        frames.append(match[0])
+    assert len(set(frames)) > 1  # the frame is drawn per clip
+    assert torch.equal(still, still_copy(video, torch.Generator().manual_seed(1)))
+
+
+def test_the_still_copy_is_one_more_negative_for_its_own_clip_only():
+    z = torch.eye(8, 16)  # each clip's two views agree and differ from every other clip
+    assert float(view_loss(z, z, 0.01)) < 1e-6
+    # a still that embeds like the moving view halves the clip's probability: ln 2 in both directions
+    assert float(view_loss(z, z, 0.01, still=z)) == pytest.approx(math.log(2), abs=1e-4)
+    assert float(view_loss(z, z, 0.01, still=torch.roll(z, 1, dims=1))) < 1e-6  # a still that differs is harmless
+    flat = torch.ones(8, 16) / 4  # uninformative: B others and the still share the probability
+    assert float(view_loss(flat, flat, 0.1, still=flat)) == pytest.approx(math.log(9))
 
 
 def test_view_loss_learns_to_find_a_clip_from_its_second_view(data_dir):
@@ -304,14 +330,15 @@ def test_run_on_unlabelled_data_writes_checkpoint_and_metrics(run):
     n = result["val_samples"]
     assert n >= 2 and result["train_samples"] + n <= 48
     assert metrics["chance"] == pytest.approx({"a2v_top1": 1 / n, "a2v_top5": min(5, n) / n, "v2a_top1": 1 / n,
-                                               "shift_discrimination": 1 / 3, "view_top1": 1 / n})
+                                               "shift_discrimination": 1 / 3, "view_top1": 1 / n,
+                                               "still_discrimination": 0.5})
     for h in metrics["history"]:
         assert h["train"]["loss"] > 0 and h["val"]["samples"] == n and 0 < h["temperature"] < 1
         assert h["train"]["loss_view"] > 0
-        for key in ("a2v_top1", "a2v_top5", "v2a_top1", "shift_discrimination", "view_top1"):
+        for key in ("a2v_top1", "a2v_top5", "v2a_top1", "shift_discrimination", "view_top1", "still_discrimination"):
             assert 0.0 <= h["val"][key] <= 1.0
     best = metrics["best"]
-    assert best["a2v_top1"] == max(h["val"]["a2v_top1"] for h in metrics["history"])
+    assert best["view_top1"] == max(h["val"]["view_top1"] for h in metrics["history"])  # the selection rule
 
     state = read_checkpoint(out / "pretrain.pt")
     assert state["epoch"] == best["epoch"]
@@ -384,11 +411,12 @@ def test_cli_runs_through_its_own_parser(unlabelled, tmp_path, capsys):
     sets = [x for k, v in TINY.items() for x in ("--set", f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}")]
     args = parser.parse_args(["pretrain", "--data", str(unlabelled), "--out", str(tmp_path / "cli"), "--epochs", "1",
                               "--batch-size", "16", "--hard-negatives", "1", "--seed", "3", "--view-weight", "0.5",
-                              "--json", *sets])
+                              "--no-view-still", "--json", *sets])
     assert args.func(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["chance"]["shift_discrimination"] == 0.5
     assert (tmp_path / "cli" / "pretrain.pt").is_file()
     saved = json.loads((tmp_path / "cli" / "config.json").read_text())["pretrain"]
     assert saved["seed"] == 3 and saved["batch_size"] == 16 and saved["model_overrides"]["audio_dim"] == 16
-    assert saved["view_weight"] == 0.5
+    assert saved["view_weight"] == 0.5 and saved["view_still"] is False
+    assert "view_top1" in result["best"] and "still_discrimination" not in result["best"]

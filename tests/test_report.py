@@ -129,9 +129,14 @@ def test_lights_cue_on_the_lights_off_vehicle_clips(tmp_path):
 def test_a_pretraining_selected_under_another_rule_is_made_again(tmp_path):
     from fusionedge.training.report import _selected_as_now
 
-    history = [{"epoch": e, "val": {"loss": loss, "a2v_top1": a2v, "view_top1": view}}
-               for e, a2v, loss, view in ((1, 0.01, 5.2, 0.5), (2, 0.02, 5.3, 0.6), (3, 0.02, 5.1, 0.8))]
-    for best, now in ((3, True), (2, False), (1, False)):  # the rule: audio→video top-1, then the lower loss
+    rows = ((1, 0.01, 5.2, 0.5), (2, 0.03, 5.3, 0.6), (3, 0.02, 5.1, 0.8), (4, 0.02, 5.0, 0.8))
+    history = [{"epoch": e, "val": {"loss": loss, "a2v_top1": a2v, "view_top1": view}} for e, a2v, loss, view in rows]
+    for best, now in ((4, True), (3, False), (2, False)):  # the rule: view top-1, then the lower loss
+        (tmp_path / "metrics.json").write_text(json.dumps({"history": history, "best": {"epoch": best}}))
+        assert _selected_as_now(tmp_path) is now
+    for h in history:  # without the view term: audio→video top-1, then the lower loss
+        del h["val"]["view_top1"]
+    for best, now in ((2, True), (4, False)):
         (tmp_path / "metrics.json").write_text(json.dumps({"history": history, "best": {"epoch": best}}))
         assert _selected_as_now(tmp_path) is now
 
@@ -158,7 +163,9 @@ def test_tiny_report_end_to_end_and_reuse(tmp_path):
     assert set(saved["test"]) == {"fusion", "vision_only", "audio_only", "teacher", "distilled", "few_scratch",
                                   "few_scratch_seed1", "few_pretrained", "few_pretrained_seed1"}
     assert saved["pretrain"] is not None and saved["pretrain"]["best"]["view_top1"] is not None
-    assert json.loads((tmp_path / "runs" / "pretrain" / "config.json").read_text())["pretrain"]["view_weight"] == 1.0
+    saved_pretrain = json.loads((tmp_path / "runs" / "pretrain" / "config.json").read_text())["pretrain"]
+    assert saved_pretrain["view_weight"] == 1.0 and saved_pretrain["view_still"] is True
+    assert saved["pretrain"]["best"]["still_discrimination"] is not None
     # the second few-label pair ran with the next seed, and the check averages the two pairs' gains
     seeds = [json.loads((tmp_path / "runs" / n / "config.json").read_text())["train"]["seed"]
              for n in ("few_scratch", "few_scratch_seed1", "few_pretrained_seed1")]

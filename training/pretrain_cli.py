@@ -43,6 +43,8 @@ def add_pretrain_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--view-weight", type=float, default=None,
                    help="weight of the video-video loss between two views of each clip (crop, flip, exposure; "
                         "default 1, 0: off)")
+    p.add_argument("--no-view-still", dest="view_still", action="store_false",
+                   help="no still copies (each clip's frame repeated) as hard negatives of the view loss")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=_cmd_pretrain)
     return p
@@ -58,7 +60,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     optional = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                 "hard_negatives": args.hard_negatives, "match_weight": args.match_weight,
                 "view_weight": args.view_weight, "val_data": args.val}
-    cfg = PretrainConfig(data=args.data, out=args.out, model=args.model, seed=args.seed,
+    cfg = PretrainConfig(data=args.data, out=args.out, model=args.model, seed=args.seed, view_still=args.view_still,
                          model_overrides=_parse_overrides(args.set), progress=not args.json,
                          **{k: v for k, v in optional.items() if v is not None})
     result = pretrain(cfg)
@@ -72,5 +74,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
           f"video->audio top-1 {best['v2a_top1']:.3f}, "
           f"shift discrimination {best['shift_discrimination']:.3f} (chance {chance['shift_discrimination']:.3f})"
           + (f", view top-1 {best['view_top1']:.3f} (chance {chance['view_top1']:.3f})" if "view_top1" in best else "")
+          + (f", still discrimination {best['still_discrimination']:.3f} (chance 0.5)"
+             if "still_discrimination" in best else "")
           + f" on {best['samples']} held-out clips")
     return 0

@@ -80,6 +80,7 @@ class ReportConfig:
     few_label_frozen_share: float = 0.0
     pretrain_match_weight: float = 1.0  # pretraining's correspondence loss through the fusion (0: encoders only)
     pretrain_view_weight: float = 1.0  # pretraining's video-video loss between two views of a clip (0: off)
+    pretrain_view_still: bool = True  # each clip's still copy as a hard negative of that loss
     batch_size: int = 32
     only: tuple[str, ...] | None = None  # a subset of EXPERIMENTS (their dependencies are added)
     force: bool = False  # retrain even when a finished run is present
@@ -230,7 +231,7 @@ def _run_one(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_m: Pat
 
         opts = dict(data=train_m, val_data=val_m, out=run_dir, seed=cfg.seed, epochs=cfg.pretrain_epochs,
                     match_weight=cfg.pretrain_match_weight, view_weight=cfg.pretrain_view_weight,
-                    progress=cfg.progress)
+                    view_still=cfg.pretrain_view_still, progress=cfg.progress)
         run_cfg = PretrainConfig(**opts)
         if (cfg.force or not _finished(run_dir, opts, "pretrain", _model_config(run_cfg))
                 or not _selected_as_now(run_dir)):
@@ -641,6 +642,9 @@ def render_markdown(report: dict) -> str:
                       f"{_fmt(best.get('shift_discrimination'))} (chance {_fmt(chance.get('shift_discrimination'))})"
                       + (f"; a clip's second view finds the clip (top-1) {_fmt(best.get('view_top1'))} "
                          f"(chance {_fmt(chance.get('view_top1'), 4)})" if best.get("view_top1") is not None else "")
+                      + (f"; it scores its moving second view above that view's still copy for "
+                         f"{_fmt(best.get('still_discrimination'))} of the clips (chance 0.5)"
+                         if best.get("still_discrimination") is not None else "")
                       + "."]
         lines += [""]
     secs = report.get("train_seconds") or {}
