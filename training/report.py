@@ -62,7 +62,7 @@ TARGETS = {"fusion_gap_points": 10.0, "pretrain_gain_points": 5.0, "distill_max_
 
 @dataclass
 class ReportConfig:
-    """The experiment sizes. The defaults are the full-size report (~55 min on 2 CPU cores)."""
+    """The experiment sizes. The defaults are the full-size report (~60 min on 2 CPU cores)."""
 
     workdir: Path
     seed: int = 0
