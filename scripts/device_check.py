@@ -9,18 +9,26 @@
    CUDA graph and replayed.
 2. **The model on the GPU in PyTorch** FP32 and FP16 (autocast) vs the CPU FP32 reference on the
    same seeded inputs: max abs error and cosine per output.
-3. Where TensorRT is installed (not on the lent H100 image): build the bundle's plan and compare the
+3. **Training on the GPU** (issue 3's scale-out): a tiny synthetic set; ``train`` with mixed precision
+   (bf16 autocast, or fp16 + GradScaler) — finite losses, and the checkpoint it saved gives the same
+   validation numbers on the CPU; exact resume in fp32 (2 epochs straight against 1 + resume, with
+   deterministic kernels); distillation from that run's checkpoint; one epoch of self-supervised
+   pretraining. NCCL needs one GPU per rank, so with one GPU the multi-process path stays with the
+   CPU tests (gloo).
+4. Where TensorRT is installed (not on the lent H100 image): build the bundle's plan and compare the
    ``tensorrt`` backend with the golden outputs.
 
 Every section records ``ok``/``skipped`` with the reason; the exit status is 1 when a section that ran
-failed. It cannot run on the CPU-only development machine (no GPU was lent to this session).
+failed. ``--training-device cpu`` runs section 3 on the CPU (a dry run of the script where there is no GPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -99,6 +107,79 @@ def check_torch_gpu(checkpoint: str | None) -> dict:
     return res
 
 
+def check_training(device: str) -> dict:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return {"ok": None, "skipped": "torch.cuda.is_available() is False"}
+    with tempfile.TemporaryDirectory(prefix="fusionedge-device-") as tmp:
+        return _train_checks(device, Path(tmp))
+
+
+def _train_checks(device: str, root: Path) -> dict:
+    import torch
+
+    from fusionedge.sdk.datamanifest import read_manifest
+    from fusionedge.sdk.spec import InputGeometry
+    from fusionedge.training.checkpoint import load_checkpoint, read_checkpoint
+    from fusionedge.training.dataset import Labels, load_clips
+    from fusionedge.training.pretrain import PretrainConfig, pretrain
+    from fusionedge.training.synth.generate import generate_dataset
+    from fusionedge.training.train import TrainConfig, evaluate_model, train
+
+    data = generate_dataset(root / "data", 48, 0, progress=False)
+    base = dict(data=data, val_data=data, max_val_samples=16, epochs=2, batch_size=8, device=device,
+                progress=False, report=False, num_workers=4, seed=5)
+    res: dict = {"device": device}
+    ok = True
+
+    t0 = time.perf_counter()
+    amp = train(TrainConfig(out=root / "amp", amp=True, **base))
+    res["amp_seconds"] = round(time.perf_counter() - t0, 2)
+    losses = [h["train"]["loss"] for h in amp["history"]]
+    res["amp_dtype"] = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device != "cpu" else None
+    res["amp_train_loss"] = losses
+    ok &= all(math.isfinite(v) for v in losses)
+    # the checkpoint trained on the GPU, loaded and evaluated on the CPU: the validation numbers it saved
+    model, _ = load_checkpoint(root / "amp" / "best.pt")
+    val = load_clips(read_manifest(data)[:16], InputGeometry(), Labels(), progress=False)
+    on_cpu = evaluate_model(model, val, device="cpu")
+    saved = read_checkpoint(root / "amp" / "best.pt")["metrics"]
+    res["best_event_accuracy"] = {"saved": saved["event_accuracy"], "cpu": on_cpu["event_accuracy"]}
+    res["best_val_loss"] = {"saved": saved["loss"], "cpu": on_cpu["loss"]}
+    ok &= abs(saved["loss"] - on_cpu["loss"]) <= 1e-3 * max(1.0, abs(saved["loss"]))
+
+    # exact resume in fp32 with deterministic kernels
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        train(TrainConfig(out=root / "straight", amp=False, **base))
+        train(TrainConfig(out=root / "split", amp=False, stop_after_epoch=1, **base))
+        train(TrainConfig(out=root / "split", amp=False, resume=root / "split" / "last.pt", **base))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    a = read_checkpoint(root / "straight" / "last.pt")["state_dict"]
+    b = read_checkpoint(root / "split" / "last.pt")["state_dict"]
+    diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+    res["resume"] = {"bit_exact": all(torch.equal(a[k], b[k]) for k in a), "max_abs_diff": diff}
+    ok &= diff <= 1e-5
+
+    # distillation on the GPU, the fp32 run as its teacher
+    dist_run = train(TrainConfig(out=root / "distilled", teacher=root / "straight" / "best.pt", **base))
+    res["distill"] = {"train_loss": [h["train"]["loss"] for h in dist_run["history"]],
+                      "flops_ratio": dist_run["distillation"]["flops_ratio"]}
+    ok &= all(math.isfinite(v) for v in res["distill"]["train_loss"])
+
+    t0 = time.perf_counter()
+    pre = pretrain(PretrainConfig(data=data, val_data=data, out=root / "pretrain", epochs=1, batch_size=16,
+                                  device=device, progress=False, num_workers=4, max_val_samples=16))
+    res["pretrain"] = {"seconds": round(time.perf_counter() - t0, 2),
+                       "train_loss": pre["history"][-1]["train"]["loss"],
+                       "view_top1": pre["history"][-1]["val"].get("view_top1")}
+    ok &= math.isfinite(res["pretrain"]["train_loss"])
+    res["ok"] = bool(ok)
+    return res
+
+
 def check_tensorrt(bundle: str | None) -> dict:
     import importlib.util
 
@@ -119,10 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default=None, help="a training checkpoint (default: seeded fusion_student)")
     ap.add_argument("--bundle", default=None, help="a bundle to build a TensorRT plan for (needs TensorRT)")
     ap.add_argument("--out", default=None, help="also write the JSON result here")
+    ap.add_argument("--training-device", default="cuda", help="section 3's device (cpu: a dry run without a GPU)")
     args = ap.parse_args(argv)
     result = {}
     for name, fn in (("cuda_memory", check_cuda_memory), ("torch_gpu", lambda: check_torch_gpu(args.checkpoint)),
-                     ("tensorrt", lambda: check_tensorrt(args.bundle))):
+                     ("training", lambda: check_training(args.training_device)), ("tensorrt", lambda: check_tensorrt(args.bundle))):
         try:
             result[name] = fn()
         except Exception as e:  # record and go on: one failing section must not hide the others
