@@ -517,18 +517,17 @@ def evaluate_pretrain(model: MultimodalModel, heads: ContrastiveHeads, clips: Cl
     still_gen = torch.Generator().manual_seed(seed + 2)  # and the views as without stills
     vs, as_, hs, w1, w2, ws = [], [], [], [], [], []
     for batch in iterate_batches(clips, batch_size):
-        audio = batch["audio"]  # (B, S)
+        audio, video = batch["audio"].to(device), batch["video"].to(device)  # (B, S), (B, T, C, H, W)
         hard, _ = shifted_audio(audio, k, min_shift, gen)  # (B, K, S)
-        v_tokens, per_frame = model.video_encoder.frame_features(batch["video"].to(device))
+        v_tokens, per_frame = model.video_encoder.frame_features(video)
         vs.append(heads.project_video(v_tokens, per_frame))
         if heads.view_proj is not None:
             w1.append(heads.project_view(v_tokens, per_frame))
-            second = video_view(batch["video"], view_min_scale, view_gen)
-            w2.append(heads.project_view(*model.video_encoder.frame_features(second.to(device))))
+            second = video_view(video, view_min_scale, view_gen)
+            w2.append(heads.project_view(*model.video_encoder.frame_features(second)))
             if view_still:
-                ws.append(heads.project_view(*model.video_encoder.frame_features(
-                    still_copy(second, still_gen).to(device))))
-        emb = heads.embed_audio(model, torch.cat([audio, hard.flatten(0, 1)]).to(device))  # (B(1+K), D)
+                ws.append(heads.project_view(*model.video_encoder.frame_features(still_copy(second, still_gen))))
+        emb = heads.embed_audio(model, torch.cat([audio, hard.flatten(0, 1)]))  # (B(1+K), D)
         as_.append(emb[:len(audio)])
         hs.append(emb[len(audio):].reshape(len(audio), k, -1))
     model.train(was[0])
@@ -674,11 +673,14 @@ def pretrain(cfg: PretrainConfig) -> dict:
             lr = _lr_at(step, total_steps, warmup, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            audio = batch["audio"]  # (B, S), gain already applied: the shifted copies share it
+            # on the device first: the shifts, views and stills below are made there (random draws
+            # stay on the CPU generator, so a run's numbers do not depend on where they are made)
+            audio = batch["audio"].to(device, non_blocking=True)  # (B, S), gain applied: shifted copies share it
+            video = batch["video"].to(device, non_blocking=True)  # (B, T, C, H, W)
             b = len(audio)
             hard, _ = shifted_audio(audio, k, min_shift, gen)  # (B, K, S)
-            v_tokens, per_frame = model.video_encoder.frame_features(batch["video"].to(device, non_blocking=True))
-            a_tokens = model.audio_encoder(torch.cat([audio, hard.flatten(0, 1)]).to(device))[0]  # (B(1+K), Na, Ca)
+            v_tokens, per_frame = model.video_encoder.frame_features(video)
+            a_tokens = model.audio_encoder(torch.cat([audio, hard.flatten(0, 1)]))[0]  # (B(1+K), Na, Ca)
             v, emb = heads.project_video(v_tokens, per_frame), heads.project_audio(a_tokens)  # (B, D), (B(1+K), D)
             hard_emb = emb[b:].reshape(b, k, emb.shape[1]) if k else None  # (B, K, D)
             loss, parts = contrastive_loss(v, emb[:b], hard_emb, heads.logit_scale)
@@ -689,10 +691,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 parts["loss_match"] = float(m_loss.detach())
                 loss = loss + cfg.match_weight * m_loss
             if heads.view_proj is not None:  # the same clips seen again: cropped, flipped, re-exposed
-                second = video_view(batch["video"], cfg.view_min_scale, gen)
+                second = video_view(video, cfg.view_min_scale, gen)
                 if cfg.view_still:  # and that view frozen in time, in the same forward pass
                     second = torch.cat([second, still_copy(second, gen)])
-                z2 = heads.project_view(*model.video_encoder.frame_features(second.to(device, non_blocking=True)))
+                z2 = heads.project_view(*model.video_encoder.frame_features(second))
                 v_loss = view_loss(heads.project_view(v_tokens, per_frame), z2[:b], cfg.view_temperature,
                                    z2[b:] if cfg.view_still else None)
                 parts["loss_view"] = float(v_loss.detach())
