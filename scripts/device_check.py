@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     result = {}
     for name, fn in (("cuda_memory", check_cuda_memory), ("torch_gpu", lambda: check_torch_gpu(args.checkpoint)),
-                     ("training", lambda: check_training(args.training_device)), ("tensorrt", lambda: check_tensorrt(args.bundle))):
+                     ("training", lambda: check_training(args.training_device)),
+                     ("tensorrt", lambda: check_tensorrt(args.bundle))):
         try:
             result[name] = fn()
         except Exception as e:  # record and go on: one failing section must not hide the others
