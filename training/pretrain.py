@@ -542,10 +542,11 @@ def evaluate_pretrain(model: MultimodalModel, heads: ContrastiveHeads, clips: Cl
            "chance": {"a2v_top1": 1.0 / n, "a2v_top5": min(5, n) / n, "v2a_top1": 1.0 / n,
                       "shift_discrimination": 1.0 / (1 + k)}}
     if w1:  # each clip's second view ranks all N clips
-        out["view_top1"] = retrieval_metrics(torch.cat(w2).float().cpu() @ torch.cat(w1).float().cpu().T, (1,))["top1"]
+        first, second = torch.cat(w1).float().cpu(), torch.cat(w2).float().cpu()
+        out["view_top1"] = retrieval_metrics(second @ first.T, (1,))["top1"]
         out["chance"]["view_top1"] = 1.0 / n
     if ws:  # each clip against its own still
-        first, second, still = (torch.cat(w).float().cpu() for w in (w1, w2, ws))
+        still = torch.cat(ws).float().cpu()
         out["still_discrimination"] = float(((first * second).sum(1) > (first * still).sum(1)).float().mean())
         out["chance"]["still_discrimination"] = 0.5
     return out
