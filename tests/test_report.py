@@ -126,6 +126,28 @@ def test_lights_cue_on_the_lights_off_vehicle_clips(tmp_path):
     assert math.isnan(_cue_accuracy(always("none"), clips)["lights_cue_accuracy_decoy"])  # none given
 
 
+def test_each_pretraining_is_listed_with_the_epoch_it_kept():
+    from fusionedge.training.report import _pretrain_summary
+
+    def best(epoch, view):
+        return {"epoch": epoch, "a2v_top1": 0.01, "a2v_top5": 0.03, "shift_discrimination": 0.5, "view_top1": view,
+                "still_discrimination": 0.8}
+
+    chance = {"a2v_top1": 1 / 300, "a2v_top5": 5 / 300, "shift_discrimination": 1 / 3, "view_top1": 1 / 300,
+              "still_discrimination": 0.5}
+    history = {"few_scratch": {"history": []}, "pretrain": {"best": best(8, 0.873), "chance": chance, "seconds": 580},
+               "pretrain_seed1": {"best": best(7, 0.851), "chance": chance, "seconds": 590}}
+    summary = _pretrain_summary(history)
+    assert [(r["run"], r["seed_offset"], r["best"]["epoch"]) for r in summary["runs"]] == [("pretrain", 0, 8),
+                                                                                        ("pretrain_seed1", 1, 7)]
+    assert _pretrain_summary({"few_scratch": {"history": []}}) is None
+    r = _report({"few_scratch": _res("fusion_student", 0.60), "few_pretrained": _res("fusion_student", 0.64)})
+    r["pretrain"] = summary
+    md = render_markdown(r)
+    assert "| 0 | 8 | 0.010 | 0.030 | 0.500 | 0.873 | 0.800 |" in md and "| 1 | 7 |" in md
+    assert "| chance | — | 0.003 | 0.017 | 0.333 | 0.003 | 0.500 |" in md
+
+
 def test_a_pretraining_selected_under_another_rule_is_made_again(tmp_path):
     from fusionedge.training.report import _selected_as_now
 
@@ -162,10 +184,18 @@ def test_tiny_report_end_to_end_and_reuse(tmp_path):
     # the dependencies were added: the teacher for the distilled student, pretraining for the fine-tuning
     assert set(saved["test"]) == {"fusion", "vision_only", "audio_only", "teacher", "distilled", "few_scratch",
                                   "few_scratch_seed1", "few_pretrained", "few_pretrained_seed1"}
-    assert saved["pretrain"] is not None and saved["pretrain"]["best"]["view_top1"] is not None
-    saved_pretrain = json.loads((tmp_path / "runs" / "pretrain" / "config.json").read_text())["pretrain"]
-    assert saved_pretrain["view_weight"] == 1.0 and saved_pretrain["view_still"] is True
-    assert saved["pretrain"]["best"]["still_discrimination"] is not None
+    # one pretraining per few-label seed, and fine-tuning seed k starts from pretraining seed k
+    pre = saved["pretrain"]["runs"]
+    assert [r["run"] for r in pre] == ["pretrain", "pretrain_seed1"]
+    assert all(r["best"]["view_top1"] is not None and r["best"]["still_discrimination"] is not None for r in pre)
+    saved_pretrain = [json.loads((tmp_path / "runs" / r["run"] / "config.json").read_text())["pretrain"] for r in pre]
+    assert [s["seed"] for s in saved_pretrain] == [0, 1]
+    assert all(s["view_weight"] == 1.0 and s["view_still"] is True for s in saved_pretrain)
+    inits = [json.loads((tmp_path / "runs" / n / "config.json").read_text())["train"]["init"]
+             for n in ("few_pretrained", "few_pretrained_seed1")]
+    assert inits == [str(tmp_path / "runs" / n / "pretrain.pt") for n in ("pretrain", "pretrain_seed1")]
+    md = (out / "report.md").read_text()
+    assert "| 1 | 1 |" in md and "| chance |" in md  # the table of the pretrainings: seed +1 kept epoch 1
     # the second few-label pair ran with the next seed, and the check averages the two pairs' gains
     seeds = [json.loads((tmp_path / "runs" / n / "config.json").read_text())["train"]["seed"]
              for n in ("few_scratch", "few_scratch_seed1", "few_pretrained_seed1")]

@@ -23,6 +23,10 @@ seen in training) — then runs, each in ``WORKDIR/runs/<name>/`` through the or
                     ``few_label_frozen_share`` > 0 the encoders are held still for that share first)
 ==================  ======================================================================
 
+These three are repeated ``few_label_seeds`` times (``<name>_seed1``, ``<name>_seed2``, ... with the
+report's seed plus 1, 2, ...), and fine-tuning seed k starts from pretraining seed k: the gain is a
+claim about pretraining, so its own randomness is averaged over too, not only the fine-tuning's.
+
 A run whose folder already holds a finished run with the same options is reused, so the command can
 be interrupted and started again. Every checkpoint (``best.pt``) is evaluated on the test split in
 PyTorch with both sensors, with the audio missing and with the video missing (the presence mask set
@@ -62,7 +66,7 @@ TARGETS = {"fusion_gap_points": 10.0, "pretrain_gain_points": 5.0, "distill_max_
 
 @dataclass
 class ReportConfig:
-    """The experiment sizes. The defaults are the full-size report (~60 min on 2 CPU cores)."""
+    """The experiment sizes. The defaults are the full-size report (~80 min on 2 CPU cores)."""
 
     workdir: Path
     seed: int = 0
@@ -74,7 +78,7 @@ class ReportConfig:
     pretrain_epochs: int = 8
     few_label_fraction: float = 0.1  # the labelled share of the train split in the few-label runs
     few_label_epochs: int = 30  # epochs over the labelled subset (scratch and fine-tune alike)
-    few_label_seeds: int = 3  # each few-label run with seeds seed, seed+1, ...: one seed's gain is within noise
+    few_label_seeds: int = 3  # pretraining and few-label runs with seeds seed, seed+1, ...: one seed's gain is noise
     # fine-tuning from pretraining: share of its epochs with the encoders frozen. 0: from the view-pretrained
     # encoders, full-lr fine-tuning scored 0.933 event accuracy / 0.47 mAP against 0.920 / 0.35 with 10 of 30 frozen
     few_label_frozen_share: float = 0.0
@@ -110,8 +114,8 @@ class ReportConfig:
 _DEPENDS = {"distilled": ("teacher",), "few_pretrained": ("pretrain",)}
 
 
-#: The runs repeated with ``few_label_seeds`` seeds.
-_SEEDED = ("few_scratch", "few_pretrained")
+#: The runs repeated with ``few_label_seeds`` seeds (``few_pretrained_seedK`` from ``pretrain_seedK``).
+_SEEDED = ("pretrain", "few_scratch", "few_pretrained")
 
 
 def _seed_runs(cfg: ReportConfig, name: str) -> list[str]:
@@ -146,7 +150,8 @@ def _dataset(out: Path, samples: int, seed: int, progress: bool) -> Path:
 
 
 def _train_options(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_m: Path) -> dict:
-    """The TrainConfig keyword arguments of supervised run ``name`` (``few_*_seedK``: seed + K)."""
+    """The TrainConfig keyword arguments of supervised run ``name`` (``few_*_seedK``: seed + K, and
+    ``few_pretrained_seedK`` starts from ``pretrain_seedK``)."""
     base_name, _, k = name.partition("_seed")
     base = dict(data=train_m, val_data=val_m, out=runs / name, seed=cfg.seed + int(k or 0), epochs=cfg.epochs,
                 batch_size=cfg.batch_size, progress=cfg.progress, **cfg.extra_train)
@@ -163,7 +168,7 @@ def _train_options(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_
         "distilled": dict(base, model="fusion_student", teacher=runs / "teacher" / "best.pt"),
         "few_scratch": dict(base, model="fusion_student", max_train_samples=few, epochs=cfg.few_label_epochs),
         "few_pretrained": dict(base, model="fusion_student", max_train_samples=few, epochs=cfg.few_label_epochs,
-                               init=runs / "pretrain" / "pretrain.pt",
+                               init=runs / ("pretrain" + (f"_seed{k}" if k else "")) / "pretrain.pt",
                                frozen_encoder_epochs=_frozen_epochs(cfg.few_label_frozen_share, cfg.few_label_epochs)),
     }[base_name]
 
@@ -226,10 +231,11 @@ def _model_config(run_cfg) -> dict:
 def _run_one(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_m: Path) -> dict:
     """Train (or reuse) run ``name``; returns its metrics.json."""
     run_dir = runs / name
-    if name == "pretrain":
+    base_name, _, k = name.partition("_seed")
+    if base_name == "pretrain":
         from fusionedge.training.pretrain import PretrainConfig, pretrain
 
-        opts = dict(data=train_m, val_data=val_m, out=run_dir, seed=cfg.seed, epochs=cfg.pretrain_epochs,
+        opts = dict(data=train_m, val_data=val_m, out=run_dir, seed=cfg.seed + int(k or 0), epochs=cfg.pretrain_epochs,
                     match_weight=cfg.pretrain_match_weight, view_weight=cfg.pretrain_view_weight,
                     view_still=cfg.pretrain_view_still, progress=cfg.progress)
         run_cfg = PretrainConfig(**opts)
@@ -403,12 +409,12 @@ def run_report(cfg: ReportConfig) -> dict:
     decoys = _decoy_ids(test_samples)
     results: dict[str, dict] = {}
     for name in names:
-        if name == "pretrain":
+        if name.partition("_seed")[0] == "pretrain":
             continue
         results[name] = _evaluate(runs / name / "best.pt", test_clips, runs / name / "test_eval.json", decoys)
 
     report = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
-              "test": results, "test_decoy_clips": len(decoys), "pretrain": _pretrain_summary(history.get("pretrain")),
+              "test": results, "test_decoy_clips": len(decoys), "pretrain": _pretrain_summary(history),
               "train_seconds": seconds, "tables": {}, "checks": {}}
     _fill_tables(report, history)
     report["seconds"] = round(time.perf_counter() - t0, 1)
@@ -422,11 +428,14 @@ def run_report(cfg: ReportConfig) -> dict:
     return report
 
 
-def _pretrain_summary(metrics: dict | None) -> dict | None:
-    if not metrics:
+def _pretrain_summary(history: dict) -> dict | None:
+    """Each pretraining's selected epoch and held-out metrics (``runs``, in seed order) and the chance levels."""
+    runs = [{"run": name, "seed_offset": int(name.partition("_seed")[2] or 0), "best": m.get("best") or {},
+             "seconds": m.get("seconds")}
+            for name, m in history.items() if name.partition("_seed")[0] == "pretrain" and m]
+    if not runs:
         return None
-    best = metrics.get("best") or {}
-    return {"best": best, "chance": metrics.get("chance"), "seconds": metrics.get("seconds")}
+    return {"runs": runs, "chance": history[runs[0]["run"]].get("chance")}
 
 
 def _acc(results: dict, name: str, key: str = "event_accuracy", pattern: str = "both") -> float | None:
@@ -610,13 +619,14 @@ def render_markdown(report: dict) -> str:
     if tables.get("pretraining"):
         ch = checks["pretraining"]
         pt = report.get("pretrain") or {}
-        best, chance = pt.get("best") or {}, pt.get("chance") or {}
+        pre_runs, chance = pt.get("runs") or [], pt.get("chance") or {}
         frozen = _frozen_epochs(c.get("few_label_frozen_share", 0.0), c["few_label_epochs"])
         lines += ["## Self-supervised pretraining with few labels", "",
                   f"{100 * c['few_label_fraction']:.0f}% of the training labels "
                   f"({max(1, round(c['few_label_fraction'] * c['train_samples']))} clips), {c['few_label_epochs']} "
                   "epochs for both rows (the same steps; the pretraining ran on all training clips without "
-                  "their labels). Each pair is trained with the report's seed plus the offset."
+                  "their labels). Each pair, and the pretraining its fine-tuning starts from, uses the report's seed "
+                  "plus the offset."
                   + (f" The fine-tuning holds the pretrained encoders still for its first {frozen} epochs."
                      if frozen else ""), "",
                   _table(tables["pretraining"], [("seed_offset", "seed +"), ("init", "initialization"),
@@ -635,17 +645,18 @@ def render_markdown(report: dict) -> str:
                                                           ("lights_cue_accuracy", "lights"),
                                                           ("lights_cue_accuracy_decoy", "lights, lights-OFF vehicle")]),
                       ""]
-        if best:
-            lines += [f"Pretrained encoders, validation split: audio→video retrieval top-1 "
-                      f"{_fmt(best.get('a2v_top1'))} (chance {_fmt(chance.get('a2v_top1'), 4)}), "
-                      f"top-5 {_fmt(best.get('a2v_top5'))}; shift discrimination "
-                      f"{_fmt(best.get('shift_discrimination'))} (chance {_fmt(chance.get('shift_discrimination'))})"
-                      + (f"; a clip's second view finds the clip (top-1) {_fmt(best.get('view_top1'))} "
-                         f"(chance {_fmt(chance.get('view_top1'), 4)})" if best.get("view_top1") is not None else "")
-                      + (f"; it scores its moving second view above that view's still copy for "
-                         f"{_fmt(best.get('still_discrimination'))} of the clips (chance 0.5)"
-                         if best.get("still_discrimination") is not None else "")
-                      + "."]
+        if pre_runs:
+            keys = ("a2v_top1", "a2v_top5", "shift_discrimination", "view_top1", "still_discrimination")
+            rows = [{"seed_offset": r["seed_offset"], "epoch": r["best"].get("epoch"),
+                     **{k: r["best"].get(k) for k in keys}} for r in pre_runs]
+            rows.append({"seed_offset": "chance", **{k: chance.get(k) for k in keys}})
+            lines += ["Each pretraining's encoders on the validation split, at the epoch it kept: audio→video "
+                      "retrieval (top-1, top-5 over the split), shift discrimination (a clip's own audio scores "
+                      "above its time-shifted copies), view top-1 (a clip's second view finds the clip) and still "
+                      "discrimination (a clip scores its moving second view above that view's still copy).", "",
+                      _table(rows, [("seed_offset", "seed +"), ("epoch", "epoch"), ("a2v_top1", "audio→video top-1"),
+                                    ("a2v_top5", "top-5"), ("shift_discrimination", "shift discr."),
+                                    ("view_top1", "view top-1"), ("still_discrimination", "still discr.")])]
         lines += [""]
     secs = report.get("train_seconds") or {}
     if secs:
