@@ -78,7 +78,7 @@ class ReportConfig:
     pretrain_epochs: int = 8
     few_label_fraction: float = 0.1  # the labelled share of the train split in the few-label runs
     few_label_epochs: int = 30  # epochs over the labelled subset (scratch and fine-tune alike)
-    few_label_seeds: int = 3  # pretraining and few-label runs with seeds seed, seed+1, ...: one seed's gain is noise
+    few_label_seeds: int = 3  # pretraining and few-label runs with seed, seed+1, ...: one seed is noise
     # fine-tuning from pretraining: share of its epochs with the encoders frozen. 0: from the view-pretrained
     # encoders, full-lr fine-tuning scored 0.933 event accuracy / 0.47 mAP against 0.920 / 0.35 with 10 of 30 frozen
     few_label_frozen_share: float = 0.0
@@ -118,6 +118,12 @@ _DEPENDS = {"distilled": ("teacher",), "few_pretrained": ("pretrain",)}
 _SEEDED = ("pretrain", "few_scratch", "few_pretrained")
 
 
+def _seed_of(name: str) -> tuple[str, int]:
+    """A run folder's experiment and seed offset: ``few_scratch_seed2`` → ``("few_scratch", 2)``."""
+    base, _, k = name.partition("_seed")
+    return base, int(k or 0)
+
+
 def _seed_runs(cfg: ReportConfig, name: str) -> list[str]:
     """``name``'s run folders: ``few_scratch``, ``few_scratch_seed1``, ... (one for every other run)."""
     return [name] + ([f"{name}_seed{k}" for k in range(1, cfg.few_label_seeds)] if name in _SEEDED else [])
@@ -152,8 +158,8 @@ def _dataset(out: Path, samples: int, seed: int, progress: bool) -> Path:
 def _train_options(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_m: Path) -> dict:
     """The TrainConfig keyword arguments of supervised run ``name`` (``few_*_seedK``: seed + K, and
     ``few_pretrained_seedK`` starts from ``pretrain_seedK``)."""
-    base_name, _, k = name.partition("_seed")
-    base = dict(data=train_m, val_data=val_m, out=runs / name, seed=cfg.seed + int(k or 0), epochs=cfg.epochs,
+    base_name, k = _seed_of(name)
+    base = dict(data=train_m, val_data=val_m, out=runs / name, seed=cfg.seed + k, epochs=cfg.epochs,
                 batch_size=cfg.batch_size, progress=cfg.progress, **cfg.extra_train)
     few = max(1, round(cfg.few_label_fraction * cfg.train_samples))
     return {
@@ -168,7 +174,7 @@ def _train_options(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_
         "distilled": dict(base, model="fusion_student", teacher=runs / "teacher" / "best.pt"),
         "few_scratch": dict(base, model="fusion_student", max_train_samples=few, epochs=cfg.few_label_epochs),
         "few_pretrained": dict(base, model="fusion_student", max_train_samples=few, epochs=cfg.few_label_epochs,
-                               init=runs / ("pretrain" + (f"_seed{k}" if k else "")) / "pretrain.pt",
+                               init=runs / name.replace("few_pretrained", "pretrain") / "pretrain.pt",
                                frozen_encoder_epochs=_frozen_epochs(cfg.few_label_frozen_share, cfg.few_label_epochs)),
     }[base_name]
 
@@ -231,11 +237,11 @@ def _model_config(run_cfg) -> dict:
 def _run_one(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_m: Path) -> dict:
     """Train (or reuse) run ``name``; returns its metrics.json."""
     run_dir = runs / name
-    base_name, _, k = name.partition("_seed")
+    base_name, k = _seed_of(name)
     if base_name == "pretrain":
         from fusionedge.training.pretrain import PretrainConfig, pretrain
 
-        opts = dict(data=train_m, val_data=val_m, out=run_dir, seed=cfg.seed + int(k or 0), epochs=cfg.pretrain_epochs,
+        opts = dict(data=train_m, val_data=val_m, out=run_dir, seed=cfg.seed + k, epochs=cfg.pretrain_epochs,
                     match_weight=cfg.pretrain_match_weight, view_weight=cfg.pretrain_view_weight,
                     view_still=cfg.pretrain_view_still, progress=cfg.progress)
         run_cfg = PretrainConfig(**opts)
@@ -409,7 +415,7 @@ def run_report(cfg: ReportConfig) -> dict:
     decoys = _decoy_ids(test_samples)
     results: dict[str, dict] = {}
     for name in names:
-        if name.partition("_seed")[0] == "pretrain":
+        if _seed_of(name)[0] == "pretrain":
             continue
         results[name] = _evaluate(runs / name / "best.pt", test_clips, runs / name / "test_eval.json", decoys)
 
@@ -430,9 +436,8 @@ def run_report(cfg: ReportConfig) -> dict:
 
 def _pretrain_summary(history: dict) -> dict | None:
     """Each pretraining's selected epoch and held-out metrics (``runs``, in seed order) and the chance levels."""
-    runs = [{"run": name, "seed_offset": int(name.partition("_seed")[2] or 0), "best": m.get("best") or {},
-             "seconds": m.get("seconds")}
-            for name, m in history.items() if name.partition("_seed")[0] == "pretrain" and m]
+    runs = [{"run": name, "seed_offset": _seed_of(name)[1], "best": m.get("best") or {},
+             "seconds": m.get("seconds")} for name, m in history.items() if _seed_of(name)[0] == "pretrain" and m]
     if not runs:
         return None
     return {"runs": runs, "chance": history[runs[0]["run"]].get("chance")}
@@ -512,7 +517,7 @@ def _fill_tables(report: dict, history: dict) -> None:
         pairs = [(s, p) for s, p in pairs if p in res]
         rows = []
         for s, p in pairs:
-            seed = int(s.partition("_seed")[2] or 0)
+            seed = _seed_of(s)[1]
             rows += [dict(row(s), init="random", seed_offset=seed),
                      dict(row(p), init="self-supervised pretraining", seed_offset=seed)]
         gains = [100.0 * (_acc(res, p) - _acc(res, s)) for s, p in pairs]
