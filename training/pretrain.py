@@ -39,6 +39,19 @@ pretraining (seed 0). With one pretraining per fine-tuning seed, as the report n
 +2.8 (per seed +5.0, +0.5, +2.8): whether a pretraining learns to tell the still apart varies with
 its seed (held-out still discrimination 0.84, 0.58, 0.67), and seed 0 was the lucky draw.
 
+Tried on top of this recipe and not kept, each judged on the validation split over pretraining
+seeds 0-2 (fine-tuning seed k from pretraining seed k, best event accuracy with 200 labels; this
+recipe 0.953 / 0.913 / 0.933, mean 0.933; from scratch mean 0.910): the still copy weighted as 8
+negatives (mean 0.919); each frame of the second view and of its still moved by its own sub-pixel
+shift with fresh noise, so that a still cannot be told by its steady camera (0.901); a cell-to-cell
+InfoNCE between the two views' token maps, each cell matched through the crop's own affine map
+(DenseCL-like; 0.903 / 0.940 on seeds 0-1); frame discrimination within the clip on the per-frame
+features (TCLR's local-local loss, asked of the inner frames only, since the outer ones see the
+temporal convolution's zero padding; 0.947 / 0.890 / 0.927, mean 0.921). The last raised held-out
+still discrimination to 0.84 / 0.85 / 0.70 and still fine-tuned worse: telling the still apart does
+not make a pretraining good. Earlier variants were compared on one pretraining draw (seed 0), which
+the spread between draws cannot separate.
+
 One loop, top to bottom, like ``train.py`` (whose helpers it reuses): decode once, per epoch set the
 learning rate (warm-up, cosine), forward, losses, backward, clip, step, clamp the temperature; then
 measure on the held-out split and write the run folder:
