@@ -58,10 +58,11 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 
     manifest = generate_dataset(
         args.out, args.samples, args.seed, workers=args.workers, progress=not args.json,
-        overwrite=args.overwrite,
+        cue_agreement=args.cue_agreement, overwrite=args.overwrite,
     )
     if args.json:
-        _print_json({"manifest": str(manifest), "samples": args.samples, "seed": args.seed})
+        _print_json({"manifest": str(manifest), "samples": args.samples, "seed": args.seed,
+                     "cue_agreement": args.cue_agreement})
     else:
         print(f"wrote {args.samples} samples to {manifest}")
     return 0
@@ -259,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--cue-agreement", type=float, default=0.5,
+                   help="P(siren audible == lights-ON emergency vehicle in view); 0.5: the four events "
+                        "equally likely (labelled sets), e.g. 0.9 for an unlabelled pool like real traffic")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data set in --out")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_data_synth)

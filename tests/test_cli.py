@@ -194,3 +194,15 @@ def test_quickstart_orchestration_on_a_tiny_config(tmp_path, capsys):
     assert json.loads((tmp_path / "qs" / "summary.json").read_text())["test"] == summary["test"]
     assert Path(summary["sample"]["annotated"]).is_file()
     assert "quickstart finished" in capsys.readouterr().out
+
+
+def test_data_synth_cue_agreement(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "data", "synth", "--out", tmp_path / "pool", "--samples", "4", "--seed", "2",
+                           "--workers", "1", "--cue-agreement", "1.0", "--json")
+    assert code == 0 and json.loads(out)["cue_agreement"] == 1.0
+    from fusionedge.sdk.datamanifest import read_manifest
+
+    assert {s.event for s in read_manifest(tmp_path / "pool")} <= {"none", "emergency_ahead"}
+    code, _, err = run_cli(capsys, "data", "synth", "--out", tmp_path / "bad", "--samples", "2",
+                           "--cue-agreement", "2")
+    assert code == 2 and "cue_agreement" in err and not (tmp_path / "bad").exists()

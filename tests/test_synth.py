@@ -25,6 +25,7 @@ from fusionedge.training.synth import (
     audio_tags_for,
     cues_for_event,
     event_from_cues,
+    event_probabilities,
     generate_dataset,
     make_sample,
     sample_flags,
@@ -107,6 +108,37 @@ def test_fusion_is_necessary():
     for tag in ("horn", "engine"):
         rates = [np.mean([getattr(f, tag) for f in flags if f.event == e]) for e in EVENTS]
         assert max(rates) - min(rates) < 0.12, (tag, rates)
+
+
+def test_cue_agreement_sets_how_often_siren_and_lights_go_together():
+    # 0.5 is the old uniform draw, scene for scene (a seed's data set does not change with the option)
+    for i in range(200):
+        old_draw = EVENTS[int(np.random.default_rng([5, i]).integers(len(EVENTS)))]
+        assert sample_flags(np.random.default_rng([5, i]), 0.5).event == old_draw
+    assert event_probabilities(0.5) == {e: 0.25 for e in EVENTS}
+    for a in (0.0, 0.9, 1.0):
+        p = event_probabilities(a)
+        assert sum(p.values()) == pytest.approx(1.0)
+        assert p["emergency_ahead"] + p["none"] == pytest.approx(a)
+    flags = [sample_flags(np.random.default_rng([12, i]), 0.9) for i in range(3000)]
+    agree = np.mean([f.siren == f.lights_on_ev for f in flags])
+    assert abs(agree - 0.9) < 0.02, agree
+    assert all(event_from_cues(f.siren, f.lights_on_ev) == f.event for f in flags)
+    # the decoy (a lights-OFF vehicle in view) stays independent of the event
+    off = [np.mean([f.lights_off_ev for f in flags if f.event == e]) for e in ("none", "emergency_ahead")]
+    assert max(off) - min(off) < 0.06, off
+    assert {f.event for f in (sample_flags(np.random.default_rng([13, i]), 1.0) for i in range(300))} == {
+        "none", "emergency_ahead"}
+    for bad in (1.5, -0.1, float("nan"), True, "0.9"):
+        with pytest.raises(ValueError, match="cue_agreement"):
+            event_probabilities(bad)
+
+
+def test_cue_agreement_reaches_the_data_set_and_its_record(tmp_path):
+    manifest = generate_dataset(tmp_path / "pool", 6, 4, workers=1, progress=False, cue_agreement=1.0)
+    samples = read_manifest(manifest)
+    assert {s.event for s in samples} <= {"none", "emergency_ahead"}
+    assert all(s.meta["synth"]["cue_agreement"] == 1.0 for s in samples)
 
 
 def test_audio_tags_follow_flags():
@@ -275,6 +307,7 @@ def test_killed_run_leaves_no_manifest(tmp_path):
         (dict(width=321), "width"),
         (dict(fps=0), "fps"),
         (dict(sample_rate=100), "sample_rate"),
+        (dict(cue_agreement=1.5), "cue_agreement"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, match):

@@ -15,7 +15,7 @@ Uses numpy, OpenCV and the standard library only (no torch), so it runs on the r
 """
 
 from .generate import DatasetExistsError, SynthConfig, SynthSample, generate_dataset, make_sample
-from .rules import SceneFlags, audio_tags_for, cues_for_event, event_from_cues, sample_flags
+from .rules import SceneFlags, audio_tags_for, cues_for_event, event_from_cues, event_probabilities, sample_flags
 
 __all__ = [
     "generate_dataset",
@@ -25,6 +25,7 @@ __all__ = [
     "DatasetExistsError",
     "SceneFlags",
     "sample_flags",
+    "event_probabilities",
     "event_from_cues",
     "cues_for_event",
     "audio_tags_for",

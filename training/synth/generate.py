@@ -57,13 +57,14 @@ class DatasetExistsError(FusionEdgeError, FileExistsError):
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Media geometry of a synthetic data set."""
+    """Media geometry of a synthetic data set, and how often its two event cues agree."""
 
     width: int = 320  # px
     height: int = 192  # px
     fps: float = 12.0  # frames per second
     seconds: float = 1.0  # clip length, for video and audio
     sample_rate: int = 16000  # Hz
+    cue_agreement: float = rules.UNIFORM_CUE_AGREEMENT  # P(siren == lights-ON EV in view); 0.5: uniform events
 
     @property
     def frames(self) -> int:
@@ -82,6 +83,10 @@ class SynthConfig:
         sr = self.sample_rate
         if isinstance(sr, bool) or not isinstance(sr, int) or sr < 8000:
             raise InputError(f"sample_rate must be an integer >= 8000 Hz, got {self.sample_rate!r}")
+        try:
+            rules.event_probabilities(self.cue_agreement)
+        except ValueError as e:
+            raise InputError(str(e)) from None
 
 
 @dataclass
@@ -116,7 +121,7 @@ def make_sample(seed: int, index: int, config: SynthConfig = SynthConfig()) -> S
     rng = np.random.default_rng([seed, index])
     # independent streams: changing one renderer does not change what the others draw
     rng_flags, rng_video, rng_audio = rng.spawn(3)
-    flags = rules.sample_flags(rng_flags)
+    flags = rules.sample_flags(rng_flags, config.cue_agreement)
     frames, boxes, vinfo = render_video(
         flags, rng_video, width=config.width, height=config.height, fps=config.fps, seconds=config.seconds
     )
@@ -124,6 +129,7 @@ def make_sample(seed: int, index: int, config: SynthConfig = SynthConfig()) -> S
     info = {
         "seed": seed,
         "index": index,
+        "cue_agreement": config.cue_agreement,
         "lighting": vinfo.lighting,
         "lights_on_ev": flags.lights_on_ev,
         "lights_off_ev": flags.lights_off_ev,
@@ -241,6 +247,7 @@ def generate_dataset(
     fps: float = 12.0,
     seconds: float = 1.0,
     sample_rate: int = 16000,
+    cue_agreement: float = rules.UNIFORM_CUE_AGREEMENT,
     overwrite: bool = False,
 ) -> Path:
     """Generate a synthetic data set into ``out_dir``.
@@ -256,6 +263,9 @@ def generate_dataset(
         fps: video frame rate; each clip has ``round(seconds * fps)`` frames.
         seconds: clip length.
         sample_rate: audio sample rate in Hz.
+        cue_agreement: P(siren audible == lights-ON emergency vehicle in view); 0.5 (the default)
+            makes the four events equally likely, higher values give an unlabelled pool in which
+            sirens and flashing light bars mostly go together (:func:`rules.event_probabilities`).
         overwrite: replace a data set already in ``out_dir``. Its manifest is removed first and
             media files it referenced that the new data set does not reuse are deleted at the end.
 
@@ -272,7 +282,8 @@ def generate_dataset(
     seed = _check_int("seed", seed, 0)
     workers = (os.cpu_count() or 1) if workers is None else _check_int("workers", workers, 1)
     workers = min(workers, samples)
-    config = SynthConfig(width=width, height=height, fps=fps, seconds=seconds, sample_rate=sample_rate)
+    config = SynthConfig(width=width, height=height, fps=fps, seconds=seconds, sample_rate=sample_rate,
+                         cue_agreement=cue_agreement)
     config.check()
 
     out = Path(out_dir).absolute()  # media paths are made relative to it; a cwd-relative path would double

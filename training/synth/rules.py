@@ -13,9 +13,11 @@ The event is decided by two cues, one per modality::
 
 The event is drawn uniformly over the four classes, so each cue alone splits the classes into two
 pairs it cannot tell apart: the best audio-only or vision-only predictor is right half of the time,
-and only the two cues together identify the event. Everything else (horn, speech, engine, cars,
-pedestrians, traffic lights, emergency vehicles with their lights OFF) is drawn independently of the
-event, so it carries no information about it.
+and only the two cues together identify the event. (``cue_agreement`` other than 0.5 makes the cues
+agree more or less often than chance, for unlabelled pools closer to real traffic; see
+:func:`event_probabilities`.) Everything else (horn, speech, engine, cars, pedestrians, traffic
+lights, emergency vehicles with their lights OFF) is drawn independently of the event, so it carries
+no information about it.
 
 Audio-visual correspondences (sounds come from things you see), none of which tells the event to one
 modality alone:
@@ -56,6 +58,8 @@ __all__ = [
     "cues_for_event",
     "audio_tags_for",
     "sample_flags",
+    "event_probabilities",
+    "UNIFORM_CUE_AGREEMENT",
     "P_HORN",
     "P_SPEECH",
     "P_ENGINE",
@@ -78,6 +82,7 @@ P_HORN = 0.25  # a horn sounds somewhere in the clip
 P_SPEECH = 0.3  # people talk nearby (speech-like babble)
 P_ENGINE = 0.5  # an idling/revving engine is close enough to hear
 P_LIGHTS_OFF_EV = 0.3  # an emergency vehicle with its lights OFF is in view (parked, off duty)
+UNIFORM_CUE_AGREEMENT = 0.5  # P(siren == lights-ON EV in view) when the four events are equally likely
 MAX_CARS = 5  # ordinary cars in view: uniform 0..MAX_CARS
 MAX_PEDESTRIANS = 3  # uniform 0..MAX_PEDESTRIANS
 MAX_TRAFFIC_LIGHTS = 2  # uniform 0..MAX_TRAFFIC_LIGHTS
@@ -165,19 +170,52 @@ def audio_tags_for(flags: SceneFlags) -> tuple[str, ...]:
     return tuple(tag for tag in AUDIO_TAGS if present[tag])
 
 
-def sample_flags(rng: np.random.Generator) -> SceneFlags:
-    """Draw the latent decisions of one scene: the event uniformly, then independent distractors.
+def event_probabilities(cue_agreement: float = UNIFORM_CUE_AGREEMENT) -> dict[str, float]:
+    """The event distribution in which the two cues agree with probability ``cue_agreement``.
+
+    ``cue_agreement`` is P(siren audible == a lights-ON emergency vehicle in view): ``emergency_ahead``
+    and ``none`` share it equally, ``emergency_behind`` and ``lights_no_siren`` share the rest. At 0.5
+    (the default, what the labelled data sets use) the four events are equally likely and each cue
+    alone says nothing about the other. Higher values are closer to real traffic, where a flashing
+    light bar and a siren mostly go together: an unlabelled pool drawn that way lets a sound teach
+    what it co-occurs with in view (``training/pretrain.py`` records what that changes).
+
+    Raises:
+        ValueError: ``cue_agreement`` is not a number in [0, 1].
+    """
+    a = cue_agreement
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
+        raise ValueError(f"cue_agreement must be a number in [0, 1], got {cue_agreement!r}")
+    probabilities = {}
+    for event in EVENTS:
+        siren, lights_on_ev = cues_for_event(event)
+        probabilities[event] = (a if siren == lights_on_ev else 1.0 - a) / 2
+    return probabilities
+
+
+def sample_flags(rng: np.random.Generator, cue_agreement: float = UNIFORM_CUE_AGREEMENT) -> SceneFlags:
+    """Draw the latent decisions of one scene: the event, then independent distractors.
 
     The source distance/motion and the near car/pedestrian distances are drawn for every scene (so
     the number of draws does not depend on the event) and kept only where they apply.
 
     Args:
         rng: the sample's random generator (consumed).
+        cue_agreement: P(siren audible == lights-ON emergency vehicle in view), see
+            :func:`event_probabilities`; 0.5 draws the event uniformly, exactly as before the option
+            existed (a seed gives the same scene).
 
     Returns:
         A :class:`SceneFlags` whose ``event == event_from_cues(siren, lights_on_ev)``.
+
+    Raises:
+        ValueError: ``cue_agreement`` is out of range.
     """
-    event = EVENTS[int(rng.integers(len(EVENTS)))]
+    probabilities = event_probabilities(cue_agreement)
+    if cue_agreement == UNIFORM_CUE_AGREEMENT:
+        event = EVENTS[int(rng.integers(len(EVENTS)))]
+    else:
+        event = EVENTS[int(rng.choice(len(EVENTS), p=[probabilities[e] for e in EVENTS]))]
     siren, lights_on_ev = cues_for_event(event)
     u = rng.random(4)
     cars = int(rng.integers(MAX_CARS + 1))
