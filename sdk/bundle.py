@@ -27,7 +27,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -36,6 +35,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from fusionedge.sdk.errors import BundleError, InputError
+from fusionedge.sdk.fileio import fsync_dir, json_safe, write_bytes_atomic, write_json_atomic
 from fusionedge.sdk.spec import InputGeometry
 
 __all__ = [
@@ -90,57 +90,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    """fsync a folder, so a rename or a new entry in it survives a power cut (POSIX)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, chmod, rename.
-
-    Readers see the old file or the new one, never a torn one. ``mode`` is applied before the rename
-    (``mkstemp`` creates files readable by their owner only; bundles and served files are shared).
-
-    Raises:
-        OSError: the folder is not writable.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (see :func:`write_bytes_atomic`).
-
-    Args:
-        path: the destination file.
-        obj: a JSON-serializable object.
-
-    Raises:
-        InputError: ``obj`` is not JSON-serializable (nothing is written).
-        OSError: the folder is not writable.
-    """
-    path = Path(path)
-    try:
-        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
-    except (TypeError, ValueError) as e:
-        raise InputError(f"{path.name}: cannot write as JSON: {e}") from e
-    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------- schema
@@ -544,24 +493,3 @@ def update_bundle_metrics(path: str | os.PathLike, metrics: Mapping[str, Any]) -
     manifest["metrics"] = json_safe(dict(metrics))
     write_json_atomic(root / MANIFEST_NAME, manifest)
     return manifest
-
-
-def json_safe(value: Any) -> Any:
-    """Turn NumPy scalars/arrays and tuples into plain JSON types, recursively.
-
-    Args:
-        value: a value made of mappings, sequences, NumPy and plain scalars.
-
-    Returns:
-        The same data in JSON types; objects of other types are returned unchanged (and then fail
-        in :func:`write_json_atomic` with an :class:`InputError`).
-    """
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
