@@ -301,13 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start over in an existing workdir")
 
     # Verbs owned by the other parts register themselves (their modules import nothing heavy).
+    from fusionedge.cli.fleet import add_fleet_parser
     from fusionedge.benchmarks.cli import add_bench_parser
     from fusionedge.export.compare import add_compare_parser
     from fusionedge.export.engine_cli import add_engine_parser
-    from fusionedge.export.fleet_cli import add_fleet_parser
-    from fusionedge.export.fleet_watch import add_watch_parser
     from fusionedge.export.quantize_cli import add_quantize_parsers
-    from fusionedge.sdk.fleet.cli import add_agent_parsers
     from fusionedge.sdk.streaming.cli import add_run_parser
     from fusionedge.training.distill_cli import add_distill_parser
     from fusionedge.training.pretrain_cli import add_pretrain_parser
@@ -321,9 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_parser(verbs)
     add_compare_parser(verbs)
     add_bench_parser(verbs)
-    fleet = add_fleet_parser(verbs)
-    add_agent_parsers(fleet)
-    add_watch_parser(fleet)
+    add_fleet_parser(verbs)
     return parser
 
 

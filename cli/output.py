@@ -17,9 +17,15 @@ from fusionedge.sdk.fileio import dumps_json
 __all__ = ["print_json", "quiet_broken_pipe"]
 
 
-def print_json(obj: Any) -> None:
-    """Print ``obj`` as one indented, strict JSON document on stdout and flush it."""
-    sys.stdout.write(dumps_json(obj, indent=2) + "\n")
+def print_json(obj: Any, *, indent: int | None = 2) -> None:
+    """Print ``obj`` as one strict JSON document on stdout and flush it.
+
+    Args:
+        obj: what to print; NaN/Inf become ``null``.
+        indent: 2 for one indented document; None for one compact line (a verb that prints one
+            object per event, JSON Lines).
+    """
+    sys.stdout.write(dumps_json(obj, indent=indent) + "\n")
     sys.stdout.flush()
 
 

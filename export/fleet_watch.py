@@ -17,12 +17,10 @@ yet stop taking the release at their next check; devices that rolled back keep t
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import queue
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -30,8 +28,7 @@ from typing import Any, Callable, Iterable, Mapping
 from fusionedge.export.fleet_keys import RepositoryError
 from fusionedge.sdk.fleet.status import TOPIC_PREFIX, parse_broker
 
-__all__ = ["watch", "tally", "ReleaseTally", "WatchReport", "SUCCESS_STATES", "VERDICT_FAILURES",
-           "add_watch_parser"]
+__all__ = ["watch", "tally", "ReleaseTally", "WatchReport", "SUCCESS_STATES", "VERDICT_FAILURES"]
 
 log = logging.getLogger(__name__)
 
@@ -234,49 +231,3 @@ def watch(
         client.loop_stop()
     return WatchReport(model, rollout["release"], rollout["version"], False, reason,
                        tally(verdicts.values(), model), messages)
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def _cmd_watch(args: argparse.Namespace) -> int:
-    def show(t: ReleaseTally) -> None:
-        if not args.json:
-            print(f"release {t.release}: {len(t.succeeded)} updated, {len(t.failed)} failed "
-                  f"({t.failure_rate:.0%} of {t.devices})", flush=True)
-
-    try:
-        report = watch(args.broker, args.repo, args.model, min_devices=args.min_devices,
-                       max_failure_rate=args.max_failure_rate, timeout_s=args.timeout,
-                       online_keys=args.online_keys, on_tally=show)
-    except KeyboardInterrupt:
-        return 130
-    if args.json:
-        json.dump(report.to_dict(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(report.reason)
-    return 0
-
-
-def add_watch_parser(fleet_subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``watch`` to the ``fleet`` sub-parsers (``add_fleet_parser``'s return value).
-
-    Returns:
-        The ``watch`` parser (its handler is set as ``func``).
-    """
-    p = fleet_subparsers.add_parser(
-        "watch", help="follow device status over MQTT and pause a failing rollout",
-        description="Subscribe to fusionedge/devices/+/status, tally the rollout release's successes and "
-                    "failures, and pause the rollout when the failure rate exceeds the threshold.")
-    p.add_argument("--broker", required=True, metavar="HOST:PORT", help="the MQTT broker devices publish to")
-    p.add_argument("--repo", required=True, help="the fleet repository folder")
-    p.add_argument("--model", required=True, help="the fleet model whose rollout is watched")
-    p.add_argument("--min-devices", type=int, default=10, help="verdicts needed before judging (default 10)")
-    p.add_argument("--max-failure-rate", type=float, default=0.2,
-                   help="pause when more than this share of devices fail (default 0.2)")
-    p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop watching after S seconds")
-    p.add_argument("--online-keys", default=None, help="online keys folder (default REPO/keys/online)")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.set_defaults(func=_cmd_watch)
-    return p

@@ -346,7 +346,7 @@ def test_agent_commit_hot_swaps_the_running_model(env, releases):
 
 
 def _cli(argv: list[str]) -> tuple[int, str]:
-    from fusionedge.sdk.fleet.cli import add_agent_parsers
+    from fusionedge.cli.fleet import add_agent_parsers
 
     parser = argparse.ArgumentParser(prog="fusionedge")
     fleet = parser.add_subparsers(dest="verb").add_parser("fleet").add_subparsers(dest="fleet_verb")

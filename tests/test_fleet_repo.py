@@ -26,7 +26,7 @@ from tuf.ngclient import Updater
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from _toy_model import shared_toy_bundle
-from fusionedge.export.fleet_cli import add_fleet_parser
+from fusionedge.cli.fleet import add_fleet_parser
 from fusionedge.export.fleet_keys import load_key
 from fusionedge.export.fleet_repo import (
     RepositoryError,
@@ -516,7 +516,7 @@ _NO_TORCH = textwrap.dedent(
     from pathlib import Path
     from fusionedge.export.fleet_repo import init_repository, publish, set_rollout, refresh_timestamp
     from fusionedge.export.fleet_server import serve
-    import fusionedge.export.fleet_cli
+    import fusionedge.cli.fleet
     repo = Path(sys.argv[2])
     init_repository(repo)
     publish(repo, sys.argv[1], model="m", version="1.0.0", device_classes=["x86-cpu"])

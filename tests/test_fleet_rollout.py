@@ -73,7 +73,8 @@ def test_watch_refuses_bad_arguments(tmp_path, toy):
 @pytest.mark.slow
 def test_staged_rollout_to_50_devices_and_automatic_pause_of_a_failing_release(tmp_path, toy):
     from fusionedge.export.fleet_repo import repository_status
-    from fusionedge.export.fleet_watch import add_watch_parser, watch
+    from fusionedge.cli.fleet import add_watch_parser
+    from fusionedge.export.fleet_watch import watch
 
     broker = Mosquitto(tmp_path)
     env = FleetEnv(tmp_path)

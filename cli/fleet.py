@@ -1,35 +1,41 @@
-"""``fusionedge fleet ...``: the repository-side verbs (init, publish, rollout, timestamp, ...).
+"""``fusionedge fleet ...``: signed model releases for device fleets, from the command line.
 
-:func:`add_fleet_parser` registers the ``fleet`` verb on the main parser's sub-parsers and returns
-the fleet sub-parsers, so the device side can add its own verbs (``agent``, ``watch``) beside these.
-Every verb takes ``--json`` (one JSON object on stdout) and reports a bad repository, a missing key
-or bad input as a :class:`~fusionedge.export.fleet_repo.RepositoryError` (one line, exit status 2).
+The repository side (``init``, ``publish``, ``rollout``, ``timestamp``, ``resign``, ``rotate-key``,
+``status``, ``serve``) drives :mod:`fusionedge.export.fleet_repo`; ``agent`` runs the device update
+agent (:mod:`fusionedge.sdk.fleet.agent`); ``watch`` follows device status over MQTT and pauses a
+failing rollout (:func:`fusionedge.export.fleet_watch.watch`). Every verb takes ``--json``; a bad
+repository, key or input is a :class:`~fusionedge.sdk.errors.FusionEdgeError` (one line, exit 2).
+Every verb needs the ``fleet`` extra, checked when it runs; parsing imports nothing of it.
+
+``fleet agent`` exits with 0 when its check ended without an error, 1 when it failed or rolled back
+(the model in use is untouched), 2 for bad arguments or an unusable state folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from fusionedge.export.fleet_keys import ROLES, RepositoryError
+from fusionedge.cli.extras import needs
+from fusionedge.cli.options import add_backends_option, add_json_option
+from fusionedge.cli.output import print_json
+from fusionedge.export.fleet_keys import ROLES, RepositoryError  # standard library only
 
-__all__ = ["add_fleet_parser"]
+__all__ = ["add_agent_parsers", "add_fleet_parser", "add_watch_parser"]
 
 
 def _print(args: argparse.Namespace, obj: dict, text: str) -> None:
     if args.json:
-        json.dump(obj, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(obj)
     else:
-        print(text)
-    sys.stdout.flush()
+        print(text, flush=True)
 
 
-def _role_values(items: list[str] | None, what: str, cast: Any) -> dict:
+def _role_values(items: list[str] | None, what: str, cast: Callable[[str], Any]) -> dict:
     """Parse repeated ``ROLE=VALUE`` options."""
     out = {}
     for item in items or []:
@@ -49,7 +55,7 @@ def _keys(args: argparse.Namespace) -> dict:
             "online_keys": getattr(args, "online_keys", None)}
 
 
-# ------------------------------------------------------------------------------------------ verbs
+# ------------------------------------------------------------------------------- repository verbs
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -162,27 +168,161 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ device agent
+
+
+def _format_outcome(outcome: Any) -> str:
+    rel = outcome.release
+    about = f" {rel.label}" if rel is not None else ""
+    text = f"{outcome.action}{about}; running {outcome.running or 'nothing'}"
+    if outcome.error is not None:
+        text += f"\n  {type(outcome.error).__name__}: {outcome.error}"
+    if outcome.health:
+        h = outcome.health
+        text += (f"\n  health: self-test max |err| {h.get('self_test_max_abs_err', float('nan')):.3g}, "
+                 f"median latency {h.get('latency_ms_median', float('nan')):.2f} ms on {h.get('backend')}")
+    return text
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from fusionedge.sdk.fleet.agent import Agent
+
+    agent = Agent(
+        args.url, args.device_id, args.state_dir, device_class=args.device_class, model=args.model,
+        cohort=args.cohort, root=args.root, backends=args.backends, mqtt=args.mqtt,
+        latency_budget_ms=args.latency_budget_ms, timeout_s=args.timeout, progress=not args.json,
+    )
+    failed = False
+
+    def show(outcome: Any) -> None:
+        nonlocal failed
+        failed = outcome.error is not None
+        if args.json:
+            print_json(outcome.to_dict(), indent=None)  # one line per check (JSON Lines)
+        else:
+            print(_format_outcome(outcome), flush=True)
+
+    with agent:
+        for line in agent.recover():
+            print(f"recovered: {line}", file=sys.stderr)
+        if args.interval is None:
+            show(agent.check_once())
+        else:
+            try:
+                agent.run(args.interval, max_checks=args.max_checks, on_outcome=show)
+            except KeyboardInterrupt:
+                pass
+    return 1 if failed else 0
+
+
+def add_agent_parsers(fleet_subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``agent`` to the ``fleet`` sub-parsers.
+
+    Args:
+        fleet_subparsers: the ``argparse`` sub-parsers of ``fleet`` (what :func:`add_fleet_parser`
+            creates; tests may pass their own).
+
+    Returns:
+        The ``agent`` parser (its guarded handler is set as ``func``).
+    """
+    p = fleet_subparsers.add_parser(
+        "agent", help="check a fleet repository for updates and install them (device side)",
+        description="Check a fleet repository for this device's model, install a due release after "
+                    "verification and a health check, or roll it back.")
+    p.add_argument("--url", required=True, help="repository base URL (serves metadata/ and targets/)")
+    p.add_argument("--device-id", required=True, help="this device's id (letters, digits, . _ -)")
+    p.add_argument("--state-dir", required=True, type=Path, help="the agent's state folder")
+    p.add_argument("--device-class", required=True, help="e.g. jetson-orin or x86-cpu")
+    p.add_argument("--model", required=True, help="the fleet model name this device runs")
+    p.add_argument("--cohort", default=None, help="a named cohort, e.g. canary")
+    p.add_argument("--root", type=Path, default=None,
+                   help="the trusted root.json shipped with the device (default STATE/root.json)")
+    add_backends_option(p, help="ordered, comma-separated backends; the health check needs the first "
+                                "available one")
+    p.add_argument("--mqtt", default=None, metavar="HOST:PORT", help="publish status to this MQTT broker")
+    p.add_argument("--latency-budget-ms", type=float, default=2000.0,
+                   help="largest median golden-inference latency the health check accepts")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds of server silence tolerated")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--once", action="store_true", help="run one check and exit (the default)")
+    when.add_argument("--interval", type=float, default=None, metavar="S", help="check every S seconds")
+    p.add_argument("--max-checks", type=int, default=None, help="with --interval: stop after N checks")
+    add_json_option(p, help="print each outcome as one JSON object (one line)")
+    p.set_defaults(func=needs("fleet", _cmd_agent))
+    return p
+
+
+# ---------------------------------------------------------------------------------- rollout watch
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from fusionedge.export.fleet_watch import ReleaseTally, watch
+
+    def show(t: ReleaseTally) -> None:
+        if not args.json:
+            print(f"release {t.release}: {len(t.succeeded)} updated, {len(t.failed)} failed "
+                  f"({t.failure_rate:.0%} of {t.devices})", flush=True)
+
+    try:
+        report = watch(args.broker, args.repo, args.model, min_devices=args.min_devices,
+                       max_failure_rate=args.max_failure_rate, timeout_s=args.timeout,
+                       online_keys=args.online_keys, on_tally=show)
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(report.reason)
+    return 0
+
+
+def add_watch_parser(fleet_subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``watch`` to the ``fleet`` sub-parsers.
+
+    Args:
+        fleet_subparsers: the ``argparse`` sub-parsers of ``fleet``.
+
+    Returns:
+        The ``watch`` parser (its guarded handler is set as ``func``).
+    """
+    p = fleet_subparsers.add_parser(
+        "watch", help="follow device status over MQTT and pause a failing rollout",
+        description="Subscribe to fusionedge/devices/+/status, tally the rollout release's successes and "
+                    "failures, and pause the rollout when the failure rate exceeds the threshold.")
+    p.add_argument("--broker", required=True, metavar="HOST:PORT", help="the MQTT broker devices publish to")
+    p.add_argument("--repo", required=True, help="the fleet repository folder")
+    p.add_argument("--model", required=True, help="the fleet model whose rollout is watched")
+    p.add_argument("--min-devices", type=int, default=10, help="verdicts needed before judging (default 10)")
+    p.add_argument("--max-failure-rate", type=float, default=0.2,
+                   help="pause when more than this share of devices fail (default 0.2)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop watching after S seconds")
+    p.add_argument("--online-keys", default=None, help="online keys folder (default REPO/keys/online)")
+    add_json_option(p, help="print the report as one JSON object")
+    p.set_defaults(func=needs("fleet", _cmd_watch))
+    return p
+
+
 # ----------------------------------------------------------------------------------------- parser
 
 
 def add_fleet_parser(verbs: Any) -> Any:
-    """Register ``fleet`` and its repository verbs on the main parser's sub-parsers.
+    """Register ``fleet`` and all its verbs (repository side, ``agent``, ``watch``).
 
     Args:
         verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` parser.
 
     Returns:
-        The ``fleet`` sub-parsers object, for the device side's ``add_agent_parsers``.
+        The ``fleet`` sub-parsers object.
     """
     fleet = verbs.add_parser("fleet", help="signed model releases for device fleets (TUF repository)",
                              description="Publish signed model releases and roll them out to device fleets.")
     sub = fleet.add_subparsers(dest="fleet_verb", required=True, metavar="FLEET_VERB")
 
-    def add(name: str, func: Any, help: str, *, offline: bool = False,
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, *, offline: bool = False,
             online: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("repo", type=Path, metavar="REPO", help="the repository folder")
-        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        add_json_option(p)
         if offline:
             p.add_argument("--offline-keys", type=Path, default=None,
                            help="folder with the root/ and targets/ keys (default REPO/keys/offline)")
@@ -190,7 +330,7 @@ def add_fleet_parser(verbs: Any) -> Any:
             p.add_argument("--online-keys", type=Path, default=None,
                            help="folder with the snapshot/, timestamp/, rollouts/ keys "
                                 "(default REPO/keys/online)")
-        p.set_defaults(func=func)
+        p.set_defaults(func=needs("fleet", func))
         return p
 
     p = add("init", _cmd_init, "create a repository: keys and version-1 metadata", offline=True)
@@ -235,4 +375,7 @@ def add_fleet_parser(verbs: Any) -> Any:
     p = add("serve", _cmd_serve, "serve metadata/ and targets/ on loopback (development)", online=False)
     p.add_argument("--host", default="127.0.0.1", help="a loopback address")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+
+    add_agent_parsers(sub)
+    add_watch_parser(sub)
     return sub
