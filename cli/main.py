@@ -302,11 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Verbs owned by the other parts register themselves (their modules import nothing heavy).
     from fusionedge.cli.fleet import add_fleet_parser
+    from fusionedge.cli.run import add_run_parser
     from fusionedge.benchmarks.cli import add_bench_parser
     from fusionedge.export.compare import add_compare_parser
     from fusionedge.export.engine_cli import add_engine_parser
     from fusionedge.export.quantize_cli import add_quantize_parsers
-    from fusionedge.sdk.streaming.cli import add_run_parser
     from fusionedge.training.distill_cli import add_distill_parser
     from fusionedge.training.pretrain_cli import add_pretrain_parser
     from fusionedge.training.report_cli import add_report_parser

@@ -139,7 +139,7 @@ def test_stop_ends_every_thread(perception, clip):
 def test_sigint_shuts_run_down_cleanly_with_complete_outputs(bundle_dir, tmp_path):
     video, audio = write_clip(tmp_path, 20.0, seed=1)
     out, events = tmp_path / "o.mp4", tmp_path / "e.jsonl"
-    cmd = [sys.executable, "-m", "fusionedge.sdk.streaming.cli", "--bundle", str(bundle_dir), "--video", str(video),
+    cmd = [sys.executable, "-m", "fusionedge.cli.run", "--bundle", str(bundle_dir), "--video", str(video),
            "--audio", str(audio), "--out", str(out), "--events", str(events), "--realtime", "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -161,7 +161,7 @@ def test_sigint_shuts_run_down_cleanly_with_complete_outputs(bundle_dir, tmp_pat
 def test_run_verb_registers_and_reports_bad_input_on_one_line(bundle_dir, clip, capsys):
     import argparse
 
-    from fusionedge.sdk.streaming.cli import add_run_parser, main
+    from fusionedge.cli.run import add_run_parser, main
 
     parser = argparse.ArgumentParser()
     add_run_parser(parser.add_subparsers(dest="verb"))

@@ -5,20 +5,22 @@
     fusionedge run --bundle B --video /dev/video0 --audio mic://default --events events.jsonl
     fusionedge run --bundle B --video clip.mp4 --audio clip.wav --out annotated.mp4 --fast --policy offline
 
-Register the verb with :func:`add_run_parser`; ``python -m fusionedge.sdk.streaming.cli`` runs it
-on its own. Ctrl-C stops cleanly: the output files are flushed and closed and the summary printed.
+The pipeline itself is :mod:`fusionedge.sdk.streaming`; this module parses the verb and prints the
+live progress line and the summary (``--json``: one object). ``python -m fusionedge.cli.run ARGS``
+is ``fusionedge run ARGS``. Ctrl-C stops cleanly: the output files are flushed and closed and the
+summary printed (exit status 130).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from fusionedge.sdk.errors import FusionEdgeError
+from fusionedge.cli.options import add_backends_option, add_json_option
+from fusionedge.cli.output import print_json
 
 __all__ = ["add_run_parser", "cmd_run", "main"]
 
@@ -47,10 +49,10 @@ def add_run_parser(verbs: Any) -> argparse.ArgumentParser:
     pace.add_argument("--realtime", dest="realtime", action="store_true", default=True,
                       help="replay files at their native rate (default)")
     pace.add_argument("--fast", dest="realtime", action="store_false", help="replay files as fast as possible")
-    p.add_argument("--backends", type=lambda s: [b for b in s.split(",") if b], default=["onnxruntime"])
+    add_backends_option(p)
     p.add_argument("--threads", type=int, default=None, help="inference threads (onnxruntime)")
     p.add_argument("--stall-timeout", type=float, default=1.0, help="seconds without data = sensor stalled")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    add_json_option(p, help="print the summary as one JSON object on stdout")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no live progress line")
     p.set_defaults(func=cmd_run)
     return p
@@ -94,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if show:
         print(file=sys.stderr)
     if args.json:
-        print(json.dumps(summary))
+        print_json(summary)
     else:
         lat = summary["latency_ms"].get("capture_to_result", {})
         print(f"{summary['results']} results from {summary['frames_captured']} frames in "
@@ -126,17 +128,14 @@ class _LazyVideoSink:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``run`` on its own (``python -m fusionedge.sdk.streaming.cli ...``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog="fusionedge")
-    verbs = parser.add_subparsers(dest="verb", required=True)
-    add_run_parser(verbs)
-    args = parser.parse_args(["run", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return cmd_run(args)
-    except FusionEdgeError as e:
-        print(f"fusionedge run: error: {e}", file=sys.stderr)
-        return 2
+    """``fusionedge run ARGS`` for ``python -m fusionedge.cli.run ARGS``; returns the exit status.
+
+    Args:
+        argv: the ``run`` verb's arguments (default: ``sys.argv[1:]``).
+    """
+    from fusionedge.cli.main import main as fusionedge_main
+
+    return fusionedge_main(["run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover
