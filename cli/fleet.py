@@ -1,7 +1,7 @@
 """``fusionedge fleet ...``: signed model releases for device fleets, from the command line.
 
 The repository side (``init``, ``publish``, ``rollout``, ``timestamp``, ``resign``, ``rotate-key``,
-``status``, ``serve``) drives :mod:`fusionedge.export.fleet_repo`; ``agent`` runs the device update
+``status``, ``serve``) drives :mod:`fusionedge.export.fleet.repo`; ``agent`` runs the device update
 agent (:mod:`fusionedge.sdk.fleet.agent`); ``watch`` follows device status over MQTT and pauses a
 failing rollout (:func:`fusionedge.export.fleet_watch.watch`). Every verb takes ``--json``; a bad
 repository, key or input is a :class:`~fusionedge.sdk.errors.FusionEdgeError` (one line, exit 2).
@@ -23,7 +23,7 @@ from typing import Any
 from fusionedge.cli.extras import needs
 from fusionedge.cli.options import add_backends_option, add_json_option
 from fusionedge.cli.output import print_json
-from fusionedge.export.fleet_keys import ROLES, RepositoryError  # standard library only
+from fusionedge.export.fleet.keys import ROLES, RepositoryError  # standard library only
 
 __all__ = ["add_agent_parsers", "add_fleet_parser", "add_watch_parser"]
 
@@ -59,7 +59,7 @@ def _keys(args: argparse.Namespace) -> dict:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from fusionedge.export.fleet_repo import init_repository, repository_status
+    from fusionedge.export.fleet.repo import init_repository, repository_status
 
     root = init_repository(
         args.repo,
@@ -78,7 +78,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from fusionedge.export.fleet_repo import bundle_target_path, publish
+    from fusionedge.export.fleet.repo import bundle_target_path, publish
 
     engines = {}
     for item in args.engine or []:
@@ -97,7 +97,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
-    from fusionedge.export.fleet_repo import set_rollout
+    from fusionedge.export.fleet.repo import set_rollout
 
     paused = True if args.pause else False if args.resume else None
     record = set_rollout(args.repo, model=args.model, version=args.version, percent=args.percent,
@@ -110,7 +110,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def _cmd_timestamp(args: argparse.Namespace) -> int:
-    from fusionedge.export.fleet_repo import refresh_timestamp
+    from fusionedge.export.fleet.repo import refresh_timestamp
 
     report = refresh_timestamp(args.repo, online_keys=args.online_keys)
     lines = [f"timestamp version {report['timestamp']['version']}, expires {report['timestamp']['expires']}"]
@@ -124,7 +124,7 @@ def _cmd_timestamp(args: argparse.Namespace) -> int:
 
 
 def _cmd_resign(args: argparse.Namespace) -> int:
-    from fusionedge.export.fleet_repo import resign
+    from fusionedge.export.fleet.repo import resign
 
     version = resign(args.repo, args.role, **_keys(args))
     _print(args, {"role": args.role, "version": version}, f"{args.role} re-signed as version {version}")
@@ -132,7 +132,7 @@ def _cmd_resign(args: argparse.Namespace) -> int:
 
 
 def _cmd_rotate(args: argparse.Namespace) -> int:
-    from fusionedge.export.fleet_repo import rotate_key
+    from fusionedge.export.fleet.repo import rotate_key
 
     keyids = rotate_key(args.repo, args.role, **_keys(args))
     _print(args, {"role": args.role, "keyids": keyids},
@@ -141,7 +141,7 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from fusionedge.export.fleet_repo import repository_status
+    from fusionedge.export.fleet.repo import repository_status
 
     status = repository_status(args.repo)
     lines = [f"{role:<10} v{info['version']:<4} expires {info['expires']}  "
@@ -158,7 +158,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from fusionedge.export.fleet_server import serve
+    from fusionedge.export.fleet.server import serve
 
     server = serve(args.repo, host=args.host, port=args.port)
     _print(args, {"url": server.url, "metadata": server.url + "/metadata/",

@@ -1,6 +1,6 @@
 """Shared pieces of the fleet tests: a served repository, toy releases, a real MQTT broker, state probes.
 
-The repository side is the real one (``fusionedge.export.fleet_repo`` + ``fleet_server``); devices are
+The repository side is the real one (``fusionedge.export.fleet.repo`` + ``.server``); devices are
 real :class:`~fusionedge.sdk.fleet.agent.Agent` objects, each with its own state folder. Releases are
 copies of the shared toy bundle with another manifest version (the manifest is not hashed, so the
 copies stay valid bundles with distinct archive hashes) — cheap to make, no re-export.
@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from fusionedge.sdk.bundle import sha256_file
 
 FAST = {"onnxruntime": {"intra_op_threads": 1}}
@@ -94,8 +93,8 @@ class FleetEnv:
     """One repository folder, served on loopback, plus helpers to publish, roll out and make devices."""
 
     def __init__(self, root: Path, **init_kw: Any) -> None:
-        from fusionedge.export.fleet_repo import init_repository
-        from fusionedge.export.fleet_server import serve
+        from fusionedge.export.fleet.repo import init_repository
+        from fusionedge.export.fleet.server import serve
 
         self.root = root
         self.repo = root / "repo"
@@ -105,13 +104,13 @@ class FleetEnv:
         self.agents: list[Any] = []
 
     def publish(self, bundle: Path, version: str, **kw: Any) -> int:
-        from fusionedge.export.fleet_repo import publish
+        from fusionedge.export.fleet.repo import publish
 
         kw.setdefault("device_classes", ["x86-cpu"])
         return publish(self.repo, bundle, model=MODEL, version=version, **kw)
 
     def rollout(self, version: str, percent: float = 100, **kw: Any) -> dict:
-        from fusionedge.export.fleet_repo import set_rollout
+        from fusionedge.export.fleet.repo import set_rollout
 
         return set_rollout(self.repo, model=MODEL, version=version, percent=percent, **kw)
 
@@ -152,7 +151,7 @@ def sign_with_compromised_key(env: FleetEnv, role: str, target_path: str, src: P
 
     Uses the repository module's internal writer, so the metadata is exactly what a real signer makes.
     """
-    from fusionedge.export import fleet_repo
+    from fusionedge.export.fleet import repo as fleet_repo
 
     with fleet_repo._open(env.repo, None, None) as state:
         state.md[role].signed.targets[target_path] = state.add_target(target_path, src, custom)
@@ -261,6 +260,19 @@ def umount(path: Path) -> None:
     subprocess.run(["umount", str(path)], capture_output=True, timeout=10)
 
 
-__all__ = ["FAST", "MODEL", "FleetEnv", "Mosquitto", "release_bundle", "bad_golden_bundle", "running_state",
-           "assert_consistent", "sign_with_compromised_key", "hostile_archive", "retained_statuses", "tmpfs",
-           "umount", "free_port"]
+__all__ = [
+    "FAST",
+    "MODEL",
+    "FleetEnv",
+    "Mosquitto",
+    "assert_consistent",
+    "bad_golden_bundle",
+    "free_port",
+    "hostile_archive",
+    "release_bundle",
+    "retained_statuses",
+    "running_state",
+    "sign_with_compromised_key",
+    "tmpfs",
+    "umount",
+]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _fleet import (
     FAST,
     FleetEnv,
@@ -383,7 +382,6 @@ def test_cli_agent_once_prints_the_outcome(env, releases, tmp_path):
 def test_time_to_apply_a_5_mb_update_on_loopback(env, tmp_path):
     """Measure download -> verify -> install -> health check -> commit -> hot swap for a ~5 MB bundle."""
     import torch
-
     from _toy_model import ToyFusionNet, make_toy
     from fusionedge.export import export_model
 

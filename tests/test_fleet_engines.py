@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _fleet import FleetEnv, assert_consistent, release_bundle, running_state
 from _toy_model import shared_toy_bundle
 from fusionedge.sdk.bundle import Bundle, load_bundle
@@ -146,7 +145,7 @@ def test_matching_engine_lands_in_the_bundle_before_the_health_check(env, releas
 
 
 def test_tampered_plan_bytes_fail_the_update_and_the_running_model_stays(installed, releases):
-    from fusionedge.export.fleet_server import Fault
+    from fusionedge.export.fleet.server import Fault
 
     real = releases[FP].read_bytes()
     tampered = bytearray(real)
@@ -166,7 +165,7 @@ def test_tampered_plan_bytes_fail_the_update_and_the_running_model_stays(install
 
 
 def test_truncated_plan_download_fails_then_resumes(installed, releases):
-    from fusionedge.export.fleet_server import Fault
+    from fusionedge.export.fleet.server import Fault
 
     installed.env.server.inject(Fault("/targets/*.plan", "truncate", after_bytes=100_000))
     outcome = installed.agent.check_once()

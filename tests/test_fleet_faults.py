@@ -21,7 +21,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-
 from _fleet import (
     FleetEnv,
     assert_consistent,
@@ -111,7 +110,7 @@ def _check(installed: Installed, action: str, error: type | None, match: str | N
 
 
 def test_tampered_target_bytes_are_refused_and_discarded(installed):
-    from fusionedge.export.fleet_server import Fault
+    from fusionedge.export.fleet.server import Fault
 
     installed.publish_v2()
     info = installed.v2_target()
@@ -126,7 +125,7 @@ def test_tampered_target_bytes_are_refused_and_discarded(installed):
 
 
 def test_target_longer_than_signed_length_is_cut_off(installed):
-    from fusionedge.export.fleet_server import Fault
+    from fusionedge.export.fleet.server import Fault
 
     installed.publish_v2()
     info = installed.v2_target()
@@ -140,7 +139,7 @@ def test_target_longer_than_signed_length_is_cut_off(installed):
 
 
 def test_truncated_download_resumes_with_a_range_request(installed):
-    from fusionedge.export.fleet_server import Fault
+    from fusionedge.export.fleet.server import Fault
 
     installed.publish_v2()
     installed.env.server.inject(Fault("/targets/*bundle.tar", "truncate", after_bytes=100_000))
@@ -155,7 +154,7 @@ def test_truncated_download_resumes_with_a_range_request(installed):
 
 
 def test_stalled_download_times_out_and_resumes(installed):
-    from fusionedge.export.fleet_server import Fault
+    from fusionedge.export.fleet.server import Fault
 
     installed.publish_v2()
     installed.env.server.inject(Fault("/targets/*bundle.tar", "stall", after_bytes=65536, seconds=30))
@@ -193,7 +192,7 @@ def test_disk_full_while_downloading_leaves_nothing_half_installed(installed, tm
 
 
 def test_unsigned_metadata_is_refused(installed):
-    from fusionedge.export.fleet_server import Fault
+    from fusionedge.export.fleet.server import Fault
 
     installed.publish_v2()
     ts = installed.env.metadata("timestamp.json")
@@ -205,8 +204,8 @@ def test_unsigned_metadata_is_refused(installed):
 
 
 def test_metadata_under_threshold_is_refused(tmp_path, releases):
-    from fusionedge.export.fleet_repo import refresh_timestamp
-    from fusionedge.export.fleet_server import Fault
+    from fusionedge.export.fleet.repo import refresh_timestamp
+    from fusionedge.export.fleet.server import Fault
 
     env = FleetEnv(tmp_path, thresholds={"timestamp": 2})
     try:
@@ -224,7 +223,7 @@ def test_metadata_under_threshold_is_refused(tmp_path, releases):
 
 
 def test_expired_metadata_is_refused(installed):
-    from fusionedge.export.fleet_repo import refresh_timestamp
+    from fusionedge.export.fleet.repo import refresh_timestamp
 
     installed.publish_v2()
     refresh_timestamp(installed.env.repo, now=datetime.now(timezone.utc) - timedelta(days=2))
@@ -235,7 +234,7 @@ def test_expired_metadata_is_refused(installed):
 
 def test_frozen_timestamp_is_refused_once_it_expires(installed):
     """A freeze: the server keeps serving the same (valid) timestamp; the device notices at expiry."""
-    from fusionedge.export.fleet_repo import refresh_timestamp
+    from fusionedge.export.fleet.repo import refresh_timestamp
 
     refresh_timestamp(installed.env.repo, now=datetime.now(timezone.utc) - timedelta(days=1, seconds=-5))
     _check(installed, "up-to-date", None)  # still valid for ~5 s
@@ -247,8 +246,8 @@ def test_frozen_timestamp_is_refused_once_it_expires(installed):
 
 
 def test_metadata_rollback_to_an_older_timestamp_is_refused(installed):
-    from fusionedge.export.fleet_repo import refresh_timestamp
-    from fusionedge.export.fleet_server import Fault
+    from fusionedge.export.fleet.repo import refresh_timestamp
+    from fusionedge.export.fleet.server import Fault
 
     old = (installed.env.repo / "metadata" / "timestamp.json").read_bytes()
     refresh_timestamp(installed.env.repo)
@@ -259,7 +258,7 @@ def test_metadata_rollback_to_an_older_timestamp_is_refused(installed):
 
 
 def test_mix_and_match_of_metadata_versions_is_refused(installed):
-    from fusionedge.export.fleet_server import Fault
+    from fusionedge.export.fleet.server import Fault
 
     old_targets = installed.env.latest("targets")
     old = (installed.env.repo / "metadata" / f"{old_targets}.targets.json").read_bytes()
@@ -274,7 +273,7 @@ def test_mix_and_match_of_metadata_versions_is_refused(installed):
 
 
 def test_oversized_metadata_is_refused(installed):
-    from fusionedge.export.fleet_server import Fault
+    from fusionedge.export.fleet.server import Fault
 
     installed.env.server.inject(Fault("/metadata/timestamp.json", "override", body=b" " * 20_000 + b"{}"))
     _check(installed, "failed", DownloadError, "more bytes than allowed")
@@ -316,7 +315,7 @@ def test_path_traversal_in_a_target_name_is_refused(installed):
 
 def test_path_traversal_inside_a_signed_archive_is_refused(installed, toy):
     """A signed (compromised targets key) archive with a ``..`` entry passes TUF but not unpacking."""
-    from fusionedge.export.fleet_repo import set_rollout
+    from fusionedge.export.fleet.repo import set_rollout
 
     archive = hostile_archive(toy, installed.env.root / "hostile.tar")
     sha = sha256_file(archive)

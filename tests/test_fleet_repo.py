@@ -20,15 +20,10 @@ from pathlib import Path
 
 import pytest
 import urllib3
-from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata
-from tuf.ngclient import Updater
-from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
-
 from _toy_model import shared_toy_bundle
 from fusionedge.cli.fleet import add_fleet_parser
-from fusionedge.export.fleet_keys import load_key
-from fusionedge.export.fleet_repo import (
+from fusionedge.export.fleet.keys import load_key
+from fusionedge.export.fleet.repo import (
     RepositoryError,
     SigningKeyError,
     init_repository,
@@ -39,10 +34,14 @@ from fusionedge.export.fleet_repo import (
     rotate_key,
     set_rollout,
 )
-from fusionedge.export.fleet_server import Fault, serve
+from fusionedge.export.fleet.server import Fault, serve
 from fusionedge.sdk.bundle import load_bundle, sha256_file
 from fusionedge.sdk.bundle_archive import unpack_bundle
 from fusionedge.sdk.errors import BundleError, FusionEdgeError
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata
+from tuf.ngclient import Updater
+from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 BUNDLE_TARGET = "models/m/1.0.0/bundle.tar"
 
@@ -514,8 +513,8 @@ _NO_TORCH = textwrap.dedent(
     import sys
     sys.modules["torch"] = None  # any `import torch` now raises ImportError
     from pathlib import Path
-    from fusionedge.export.fleet_repo import init_repository, publish, set_rollout, refresh_timestamp
-    from fusionedge.export.fleet_server import serve
+    from fusionedge.export.fleet.repo import init_repository, publish, set_rollout, refresh_timestamp
+    from fusionedge.export.fleet.server import serve
     import fusionedge.cli.fleet
     repo = Path(sys.argv[2])
     init_repository(repo)

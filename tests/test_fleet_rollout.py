@@ -15,10 +15,9 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-
 from _fleet import FleetEnv, Mosquitto, assert_consistent, bad_golden_bundle, release_bundle
 from _toy_model import shared_toy_bundle
-from fusionedge.export.fleet_keys import RepositoryError
+from fusionedge.export.fleet.keys import RepositoryError
 from fusionedge.sdk.fleet.agent import bucket
 
 N_DEVICES = 50
@@ -72,8 +71,8 @@ def test_watch_refuses_bad_arguments(tmp_path, toy):
 
 @pytest.mark.slow
 def test_staged_rollout_to_50_devices_and_automatic_pause_of_a_failing_release(tmp_path, toy):
-    from fusionedge.export.fleet_repo import repository_status
     from fusionedge.cli.fleet import add_watch_parser
+    from fusionedge.export.fleet.repo import repository_status
     from fusionedge.export.fleet_watch import watch
 
     broker = Mosquitto(tmp_path)

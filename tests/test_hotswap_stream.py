@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from _toy_model import TOY_GEOMETRY, make_toy, shared_toy_bundle
 from fusionedge.sdk.errors import UpdateError
 from fusionedge.sdk.fleet.hotswap import HotSwapPerception

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from fusionedge.sdk.errors import FusionEdgeError
 
@@ -30,11 +30,11 @@ __all__ = [
     "RepositoryError",
     "SigningKeyError",
     "generate_key",
-    "save_key",
-    "load_key",
     "key_folder",
+    "load_key",
     "load_role_signers",
     "remove_keys",
+    "save_key",
 ]
 
 #: Roles whose keys should not stay on an internet-facing machine.
@@ -48,7 +48,7 @@ _KEYID = re.compile(r"^[0-9a-f]{64}$")
 class RepositoryError(FusionEdgeError):
     """A fleet repository operation failed: bad input, missing keys, inconsistent metadata.
 
-    Re-exported by :mod:`fusionedge.export.fleet_repo` (its home for users); defined here, the
+    Re-exported by :mod:`fusionedge.export.fleet.repo` (its home for users); defined here, the
     lowest module of the repository side, so that key handling can raise it too.
     """
 

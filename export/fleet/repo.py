@@ -1,7 +1,7 @@
 """The fleet repository: signed (TUF) releases of model bundles and rollout records, as static files.
 
 A repository is a folder; only ``metadata/`` and ``targets/`` are served (any web server, object
-store or CDN; :mod:`fusionedge.export.fleet_server` for development)::
+store or CDN; :mod:`fusionedge.export.fleet.server` for development)::
 
     REPO/
       metadata/      1.root.json, 2.root.json, ..., root.json (latest copy), timestamp.json,
@@ -44,12 +44,13 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
-from fusionedge.export.fleet_keys import (
+from fusionedge.export.fleet.keys import (
     OFFLINE_ROLES,
     ONLINE_ROLES,
     ROLES,
@@ -64,21 +65,21 @@ from fusionedge.export.fleet_keys import (
 from fusionedge.sdk.bundle import MANIFEST_NAME, load_bundle, write_bytes_atomic, write_json_atomic
 
 __all__ = [
-    "RepositoryError",
-    "SigningKeyError",
-    "ROLES",
+    "DEFAULT_EXPIRY",
     "OFFLINE_ROLES",
     "ONLINE_ROLES",
-    "DEFAULT_EXPIRY",
+    "ROLES",
+    "RepositoryError",
+    "SigningKeyError",
+    "bundle_target_path",
     "init_repository",
     "publish",
-    "set_rollout",
     "refresh_timestamp",
-    "resign",
-    "rotate_key",
     "repository_status",
-    "bundle_target_path",
+    "resign",
     "rollout_target_path",
+    "rotate_key",
+    "set_rollout",
 ]
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ class _Repo:
     # -------------------------------------------------------------------------------- loading
 
     @classmethod
-    def open(cls, paths: _Paths) -> "_Repo":
+    def open(cls, paths: _Paths) -> _Repo:
         metadata, _, _ = _tuf()
         if not paths.config.is_file() or not (paths.metadata / "root.json").is_file():
             raise RepositoryError(

@@ -34,9 +34,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
 
-from fusionedge.export.fleet_keys import RepositoryError
+from fusionedge.export.fleet.keys import RepositoryError
 
-__all__ = ["Fault", "RequestRecord", "FleetServer", "serve"]
+__all__ = ["Fault", "FleetServer", "RequestRecord", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +98,16 @@ class _Handler(BaseHTTPRequestHandler):
     # Without TCP_NODELAY every request after the first on a kept-alive connection waits ~40 ms for
     # a delayed ACK (measured: a TUF refresh took ~230 ms instead of ~9 ms).
     disable_nagle_algorithm = True
-    server: "_HTTPServer"
+    server: _HTTPServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
-    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+    def do_HEAD(self) -> None:
         self._respond(head=True)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._respond(head=False)
 
     # ------------------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
-    fleet: "FleetServer"
+    fleet: FleetServer
 
 
 class FleetServer:
@@ -330,7 +330,7 @@ class FleetServer:
         finally:
             self.close()
 
-    def __enter__(self) -> "FleetServer":
+    def __enter__(self) -> FleetServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
