@@ -3,6 +3,7 @@
 ``FusionEdgeError``
   ``BundleError``      the bundle on disk is wrong (schema, hashes, missing files): re-export or re-download
   ``BackendError``     an inference backend cannot load or run: install it, pick another, check the device
+    ``NonFiniteOutputError``  the model computed NaN/Inf: the model (or its backend) is broken
   ``InputError``       what the caller passed is wrong (shape, dtype, NaN, unreadable media)
     ``MediaError``     a video or audio file cannot be decoded
   ``DataError``        a data-set manifest is wrong; names the line and field
@@ -19,6 +20,7 @@ __all__ = [
     "FusionEdgeError",
     "BundleError",
     "BackendError",
+    "NonFiniteOutputError",
     "InputError",
     "MediaError",
     "DataError",
@@ -39,6 +41,10 @@ class BundleError(FusionEdgeError):
 
 class BackendError(FusionEdgeError):
     """An inference backend is unavailable, failed to load the model, or failed to run it."""
+
+
+class NonFiniteOutputError(BackendError):
+    """The model returned NaN or Inf in an output (named): no answer can be made from it."""
 
 
 class InputError(FusionEdgeError, ValueError):

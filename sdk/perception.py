@@ -37,6 +37,7 @@ from fusionedge.sdk.errors import BackendError, BundleError, InputError
 from fusionedge.sdk.media import read_audio, read_video
 from fusionedge.sdk.postprocess import Detection, decode_centernet, sigmoid, softmax
 from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
+from fusionedge.sdk.selftest import compare_golden
 from fusionedge.sdk.spec import InputGeometry
 
 __all__ = ["Perception", "Result", "Fallback"]
@@ -400,36 +401,25 @@ class Perception:
     def self_test(self) -> float:
         """Run the bundle's golden inputs on the loaded backend and compare with the golden outputs.
 
+        The same check as :func:`fusionedge.sdk.selftest.run_golden`, on the backend already loaded.
+
         Returns:
             The largest absolute difference over all outputs.
 
         Raises:
+            NonFiniteOutputError: the model computed NaN or Inf (names the output).
             BundleError: an output differs beyond the bundle's recorded tolerance (``golden.rtol`` /
-                ``golden.atol``, elementwise ``|a - b| <= atol + rtol * |b|``), naming the output.
+                ``golden.atol``, elementwise ``|a - b| <= atol + rtol * |b|``), or the golden file
+                holds NaN/Inf, naming the output.
             BackendError: the backend failed to run.
         """
         inputs, expected = self.bundle.golden()
-        got = self.backend.infer(inputs)
+        backend = self.backend
+        got = backend.infer(inputs)
         golden = self.bundle.manifest["golden"]
-        rtol, atol = float(golden["rtol"]), float(golden["atol"])
-        worst = 0.0
-        for name, ref in expected.items():
-            out = got[name]
-            if out.shape != ref.shape:
-                raise BundleError(
-                    f"self-test on {self.backend_name}: output '{name}' has shape {out.shape}, golden "
-                    f"{ref.shape}"
-                )
-            diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-            err = float(diff.max()) if diff.size else 0.0
-            worst = max(worst, err)
-            if not np.all(diff <= atol + rtol * np.abs(ref.astype(np.float64))):
-                raise BundleError(
-                    f"self-test on {self.backend_name}: output '{name}' differs from the golden outputs by "
-                    f"up to {err:.3g} (tolerance rtol {rtol:g}, atol {atol:g}); the model or backend is "
-                    f"broken"
-                )
-        return worst
+        errors = compare_golden(got, expected, rtol=float(golden["rtol"]), atol=float(golden["atol"]),
+                                where=f"self-test on {backend.name}", golden_file=golden["file"])
+        return max(errors.values(), default=0.0)
 
     # -------------------------------------------------------------------------------- lifecycle
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from fusionedge.sdk.backends.base import Backend, ModelIO, TensorSpec, check_feeds
+from fusionedge.sdk.backends.base import Backend, ModelIO, TensorSpec, check_feeds, check_outputs
 from fusionedge.sdk.errors import BackendError
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "ModelIO",
     "TensorSpec",
     "check_feeds",
+    "check_outputs",
     "register_backend",
     "get_backend",
     "backend_class",

@@ -10,7 +10,10 @@ The public methods (:meth:`Backend.load`, :meth:`Backend.infer`, :meth:`Backend.
 state and every input against the manifest's tensor specs — names, dtypes, ranks, fixed dimensions,
 a consistent batch within the bundle's batch range, finite values — and keep timings, so a backend
 (ONNX Runtime, TensorRT, ...) writes only ``_load_impl``, ``_infer_impl`` and ``_close_impl``, and
-every backend refuses bad input with the same :class:`~fusionedge.sdk.errors.InputError`.
+every backend refuses bad input with the same :class:`~fusionedge.sdk.errors.InputError`. Outputs are
+checked too: a model that computes NaN or Inf (a corrupted weight, an overflow in FP16) raises
+:class:`~fusionedge.sdk.errors.NonFiniteOutputError` naming the output, because softmax, argmax and
+thresholds would otherwise turn NaN into a confident-looking answer.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from typing import Any, ClassVar, Mapping, cast
 
 import numpy as np
 
-from fusionedge.sdk.errors import BackendError, FusionEdgeError, InputError
+from fusionedge.sdk.errors import BackendError, FusionEdgeError, InputError, NonFiniteOutputError
 
-__all__ = ["TensorSpec", "ModelIO", "Backend", "check_feeds"]
+__all__ = ["TensorSpec", "ModelIO", "Backend", "check_feeds", "check_outputs", "non_finite"]
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ class Backend(ABC):
 
         Raises:
             BackendError: not loaded, closed, or the backend failed to run (the cause is chained).
+            NonFiniteOutputError: an output holds NaN or Inf (names the output and the first index).
             InputError: a missing or unknown input, a wrong dtype, rank, dimension or batch size,
                 or NaN/Inf in an input (each names the input).
         """
@@ -200,7 +204,9 @@ class Backend(ABC):
         if missing:
             raise BackendError(f"{self.name}: the model did not return output(s) {', '.join(missing)}")
         self.last_timings = {"infer": elapsed}
-        return {n: outputs[n] for n in io.output_names}
+        result = {n: outputs[n] for n in io.output_names}
+        check_outputs(result, where=self.name)
+        return result
 
     def close(self) -> None:
         """Release the model and its memory. Safe to call more than once."""
@@ -279,6 +285,51 @@ def check_feeds(feeds: Mapping[str, Any], io: ModelIO) -> dict[str, np.ndarray]:
                 f"split the batch"
             )
     return out
+
+
+def check_outputs(outputs: Mapping[str, np.ndarray], *, where: str) -> None:
+    """Refuse model outputs that hold NaN or Inf.
+
+    Args:
+        outputs: ``{output name: array}``.
+        where: who produced them, for the message (a backend name, a file name).
+
+    Raises:
+        NonFiniteOutputError: ``<where>: output '<name>' holds NaN (first at index (i, j))`` for the
+            first output, in order, that holds a non-finite value.
+    """
+    for name, arr in outputs.items():
+        what = non_finite(arr)
+        if what is not None:
+            raise NonFiniteOutputError(
+                f"{where}: output '{name}' holds {what}; the model or its backend is broken, no result is "
+                f"made from it"
+            )
+
+
+def non_finite(arr: Any) -> str | None:
+    """Describe the NaN/Inf in an array (``"NaN (first at index (0, 3), 4 of 16 values)"``), or None.
+
+    Integer and boolean arrays are always finite.
+    """
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "fc" or _all_finite(arr):
+        return None
+    bad = ~np.isfinite(arr)
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    kind = "NaN" if np.isnan(arr[first]) else "Inf"
+    return f"{kind} (first at index {first}, {int(bad.sum())} of {arr.size} values)"
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """True when every value is finite; one float64 sum decides it for float16/float32 arrays.
+
+    A float64 sum of float32 values cannot overflow, and NaN or ±Inf in any element makes it
+    non-finite, so the full elementwise test only runs for float64/complex arrays or on failure.
+    """
+    if arr.dtype in (np.float16, np.float32):
+        return bool(np.isfinite(arr.sum(dtype=np.float64)))
+    return bool(np.isfinite(arr).all())
 
 
 def _check_array(arr: Any, spec: TensorSpec, dims: dict[str, tuple[int, str]]) -> None:
