@@ -15,7 +15,13 @@ Use it in this order:
    :class:`~fusionedge.sdk.errors.BundleError` naming the file and the field; nothing is half-loaded.
 2. :meth:`Bundle.golden` gives the reference inputs and outputs for a self-test.
 3. :func:`update_bundle_metrics` records evaluation results in ``manifest.json`` (atomically; the
-   manifest itself is not hashed, so this does not invalidate the bundle).
+   ``metrics`` field is the one part of the manifest outside :attr:`Bundle.digest`, so recording
+   them changes neither the file hashes nor the bundle's identity).
+
+:attr:`Bundle.digest` (:func:`manifest_digest`) is the SHA-256 of the canonical manifest without
+``metrics``. The manifest lists the hash of every other file, so that one digest pins the whole
+bundle: ``load_bundle(path, expected_digest=...)`` refuses a manifest in which anything was changed —
+a swapped label, a loosened golden tolerance, a replaced file hash.
 
 This module is part of the device runtime: NumPy and the standard library only, never torch.
 """
@@ -48,6 +54,9 @@ __all__ = [
     "validate_manifest",
     "verify_files",
     "update_bundle_metrics",
+    "manifest_digest",
+    "check_digest",
+    "DIGEST_EXCLUDES",
     "sha256_file",
     "write_json_atomic",
     "write_bytes_atomic",
@@ -68,6 +77,8 @@ PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 LABEL_KINDS = ("events", "objects", "audio_tags")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+#: Manifest fields the digest leaves out: only what ``fusionedge eval --record`` rewrites in place.
+DIGEST_EXCLUDES = ("metrics",)
 
 
 # ------------------------------------------------------------------------------------------ hashing
@@ -90,6 +101,67 @@ def sha256_file(path: str | os.PathLike) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """The bundle's identity: SHA-256 of its canonical manifest, every field but ``metrics``.
+
+    Canonical means ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+    encoded as UTF-8, so key order and whitespace in the file do not matter while every value does.
+    The manifest lists the size and SHA-256 of every other file, so this one digest pins the whole
+    bundle (the ``engines/`` cache aside). ``metrics`` is left out so that recording evaluation results
+    (:func:`update_bundle_metrics`) does not change the identity.
+
+    Args:
+        manifest: the parsed ``manifest.json``.
+
+    Returns:
+        64 lowercase hex digits.
+
+    Raises:
+        BundleError: the manifest holds something JSON cannot represent (NaN, a non-string key...).
+    """
+    body = {k: v for k, v in manifest.items() if k not in DIGEST_EXCLUDES}
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{MANIFEST_NAME}: cannot be put in canonical form ({e})") from e
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _normalize_digest(digest: Any) -> str:
+    """``"sha256:<hex>"`` or ``"<hex>"`` → 64 lowercase hex digits; InputError for anything else."""
+    text = digest.strip().lower() if isinstance(digest, str) else None
+    if text is not None and text.startswith("sha256:"):
+        text = text[len("sha256:"):]
+    if text is None or not _SHA256.match(text):
+        raise InputError(f"expected_digest must be 64 hex digits (optionally 'sha256:'-prefixed), got {digest!r}")
+    return text
+
+
+def check_digest(manifest: Mapping[str, Any], expected_digest: str) -> str:
+    """Refuse a manifest whose :func:`manifest_digest` is not ``expected_digest``.
+
+    Args:
+        manifest: the parsed ``manifest.json``.
+        expected_digest: the pinned digest (from a release record, a deployment config...).
+
+    Returns:
+        The digest.
+
+    Raises:
+        BundleError: the digests differ — the manifest was altered (a label swapped, a tolerance
+            loosened, a file hash replaced) or this is another bundle.
+        InputError: ``expected_digest`` is not 64 hex digits.
+    """
+    expected = _normalize_digest(expected_digest)
+    digest = manifest_digest(manifest)
+    if digest != expected:
+        raise BundleError(
+            f"{MANIFEST_NAME}: digest mismatch (expected {expected[:12]}…, got {digest[:12]}…): the manifest "
+            f"was altered or this is another bundle"
+        )
+    return digest
 
 
 # --------------------------------------------------------------------------------------- schema
@@ -386,6 +458,11 @@ class Bundle:
         return self.manifest["name"]
 
     @property
+    def digest(self) -> str:
+        """SHA-256 of the canonical manifest without ``metrics`` (:func:`manifest_digest`): pin this."""
+        return manifest_digest(self.manifest)
+
+    @property
     def version(self) -> str:
         return self.manifest["version"]
 
@@ -436,23 +513,32 @@ class Bundle:
         return inputs, outputs
 
 
-def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
+def load_bundle(path: str | os.PathLike, *, verify: bool = True, expected_digest: str | None = None) -> Bundle:
     """Read a bundle folder, check its manifest and (by default) every file's size and hash.
 
     Args:
         path: the bundle folder (the one holding ``manifest.json``).
         verify: check the size and SHA-256 of every file the manifest lists. Only skip this for a
             bundle verified moments ago; the schema is always checked.
+        expected_digest: the bundle's pinned :attr:`Bundle.digest` (64 hex digits, optionally
+            ``sha256:``-prefixed). When given, a manifest with any other digest is refused before any
+            file is hashed.
 
     Returns:
         The :class:`Bundle`.
 
     Raises:
         BundleError: no manifest, invalid JSON, a missing or wrongly typed field (named), an unknown
-            schema version, or a missing / truncated / altered file (named).
+            schema version, a digest other than ``expected_digest``, or a missing / truncated /
+            altered file (named).
+        InputError: ``expected_digest`` is not 64 hex digits.
     """
     root = Path(path)
+    if expected_digest is not None:
+        _normalize_digest(expected_digest)  # a malformed pin is the caller's error, whatever the bundle
     manifest = _read_manifest(root)
+    if expected_digest is not None:
+        check_digest(manifest, expected_digest)
     if verify:
         verify_files(root, manifest["files"])
     else:
@@ -473,7 +559,8 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
 def update_bundle_metrics(path: str | os.PathLike, metrics: Mapping[str, Any]) -> dict:
     """Replace the manifest's ``metrics`` with ``metrics``, rewriting ``manifest.json`` atomically.
 
-    ``manifest.json`` is not itself hashed, so the bundle stays valid; the other files are not touched.
+    ``metrics`` is outside :attr:`Bundle.digest`, so the bundle keeps its identity and stays valid;
+    the other files are not touched.
 
     Args:
         path: the bundle folder.

@@ -145,6 +145,7 @@ class Perception:
         top_k: int = 50,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
         engine_build: str = "first",
+        expected_digest: str | None = None,
     ) -> "Perception":
         """Load and verify a bundle, then the first backend in ``backends`` that loads.
 
@@ -162,12 +163,16 @@ class Perception:
                 served meanwhile; ``"background"`` serves on the next backend in ``backends`` at once,
                 builds in a background thread, and switches to the engine when it is ready. The state
                 is on every result (``Result.engine``) and in :attr:`engine_state`.
+            expected_digest: the bundle's pinned digest (:attr:`Bundle.digest
+                <fusionedge.sdk.bundle.Bundle.digest>`); a bundle whose manifest has another is refused.
 
         Returns:
             A ready :class:`Perception`.
 
         Raises:
-            BundleError: the bundle is invalid, altered, or does not follow the model contract.
+            BundleError: the bundle is invalid, altered, not the pinned one, or does not follow the
+                model contract.
+            InputError: ``expected_digest`` is not 64 hex digits.
             BackendError: no backend could be loaded (the message gives each one's reason), or
                 ``backends`` is empty.
         """
@@ -176,7 +181,7 @@ class Perception:
             raise BackendError("no backend given; pass e.g. backends=['onnxruntime']")
         if engine_build not in ("first", "background"):
             raise BackendError(f"engine_build must be 'first' or 'background', got {engine_build!r}")
-        bundle = load_bundle(bundle_path, verify=verify)
+        bundle = load_bundle(bundle_path, verify=verify, expected_digest=expected_digest)
         _check_contract(bundle)
         io = ModelIO.from_manifest(bundle.manifest)
         options = dict(backend_options or {})

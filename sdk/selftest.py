@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from fusionedge.sdk.backends import ModelIO, check_outputs, get_backend
 from fusionedge.sdk.backends.base import non_finite
-from fusionedge.sdk.bundle import Bundle, load_bundle
+from fusionedge.sdk.bundle import Bundle, check_digest, load_bundle
 from fusionedge.sdk.errors import BundleError
 
 __all__ = ["GoldenReport", "compare_golden", "run_golden"]
@@ -113,6 +113,7 @@ def run_golden(
     *,
     backend: str = "onnxruntime",
     backend_options: Mapping[str, Any] | None = None,
+    expected_digest: str | None = None,
 ) -> GoldenReport:
     """Load a bundle on one backend, run its golden inputs and hold the outputs to its tolerance.
 
@@ -121,17 +122,23 @@ def run_golden(
             verified here).
         backend: the backend to run on (no fallback: the test is of this backend).
         backend_options: constructor options for the backend, e.g. ``{"intra_op_threads": 1}``.
+        expected_digest: refuse a bundle whose :attr:`~fusionedge.sdk.bundle.Bundle.digest` differs.
 
     Returns:
         The :class:`GoldenReport`.
 
     Raises:
         NonFiniteOutputError: the model computed NaN or Inf (names the output).
-        BundleError: the bundle is invalid or altered, its golden file is unreadable or holds
+        BundleError: the bundle is invalid, altered or not the pinned one, its golden file is unreadable or holds
             NaN/Inf, or an output differs beyond the manifest's tolerance.
         BackendError: the backend is unavailable or cannot load or run the model.
     """
-    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    if isinstance(bundle, Bundle):
+        b = bundle
+        if expected_digest is not None:
+            check_digest(b.manifest, expected_digest)
+    else:
+        b = load_bundle(bundle, expected_digest=expected_digest)
     inputs, expected = b.golden()
     golden = b.manifest["golden"]
     rtol, atol = float(golden["rtol"]), float(golden["atol"])

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from _toy_model import TOY_GEOMETRY, copy_bundle, shared_toy_bundle
-from fusionedge.sdk.bundle import load_bundle, sha256_file, update_bundle_metrics, validate_manifest
+from fusionedge.sdk.bundle import (
+    load_bundle,
+    manifest_digest,
+    sha256_file,
+    update_bundle_metrics,
+    validate_manifest,
+)
 from fusionedge.sdk.errors import BundleError, InputError
 from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, INPUT_NAMES, OBJECTS, OUTPUT_NAMES
 
@@ -185,7 +191,7 @@ def test_update_bundle_metrics_is_atomic_and_keeps_the_bundle_valid(copy):
     updated = update_bundle_metrics(copy, metrics)
     assert updated["metrics"] == {"event_accuracy": 0.875, "per_class": {"none": 0.5}, "samples": 8,
                                   "backend": "onnxruntime"}
-    bundle = load_bundle(copy)  # hashes still match: the manifest is not itself hashed
+    bundle = load_bundle(copy, expected_digest=manifest_digest(before))  # metrics are outside the digest
     assert bundle.manifest["metrics"]["event_accuracy"] == 0.875
     assert {k: v for k, v in bundle.manifest.items() if k != "metrics"} == {
         k: v for k, v in before.items() if k != "metrics"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _tamper import poison_initializer, write_clip, write_dataset
+from _tamper import edit_manifest, poison_initializer, write_clip, write_dataset
 from _toy_model import copy_bundle, shared_toy_bundle
 from fusionedge.cli.main import main
 from fusionedge.sdk import Perception
@@ -111,3 +111,10 @@ def test_run_golden_refuses_outputs_outside_the_tolerance(bundle_dir, tmp_path):
     with Perception.load(copy) as p, pytest.raises(BundleError, match=r"output 'event_logits' differs"):
         p.self_test()  # the same check through the loaded runtime
 
+
+
+def test_run_golden_checks_the_pinned_digest(bundle_dir, tmp_path):
+    copy = copy_bundle(bundle_dir, tmp_path / "d")
+    edit_manifest(copy, lambda m: m["golden"].update(atol=1.0, rtol=1.0))  # loosened tolerance
+    with pytest.raises(BundleError, match="digest mismatch"):
+        run_golden(copy, expected_digest=load_bundle(bundle_dir).digest)
