@@ -5,7 +5,8 @@ The repository side (``init``, ``publish``, ``rollout``, ``timestamp``, ``resign
 agent (:mod:`fusionedge.sdk.fleet.agent`); ``watch`` follows device status over MQTT and pauses a
 failing rollout (:func:`fusionedge.export.fleet_watch.watch`). Every verb takes ``--json``; a bad
 repository, key or input is a :class:`~fusionedge.sdk.errors.FusionEdgeError` (one line, exit 2).
-Every verb needs the ``fleet`` extra, checked when it runs; parsing imports nothing of it.
+Every verb needs the ``fleet`` extra, checked when it runs; parsing imports nothing of it, nor
+of :mod:`fusionedge.export` (a verb that only reads results must not load the export side).
 
 ``fleet agent`` exits with 0 when its check ended without an error, 1 when it failed or rolled back
 (the model in use is untouched), 2 for bad arguments or an unusable state folder.
@@ -23,7 +24,6 @@ from typing import Any
 from fusionedge.cli.extras import needs
 from fusionedge.cli.options import add_backends_option, add_json_option
 from fusionedge.cli.output import print_json
-from fusionedge.export.fleet.keys import ROLES, RepositoryError  # standard library only
 
 __all__ = ["add_agent_parsers", "add_fleet_parser", "add_watch_parser"]
 
@@ -37,6 +37,8 @@ def _print(args: argparse.Namespace, obj: dict, text: str) -> None:
 
 def _role_values(items: list[str] | None, what: str, cast: Callable[[str], Any]) -> dict:
     """Parse repeated ``ROLE=VALUE`` options."""
+    from fusionedge.export.fleet.keys import ROLES, RepositoryError
+
     out = {}
     for item in items or []:
         role, sep, value = item.partition("=")
@@ -78,6 +80,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
+    from fusionedge.export.fleet.keys import RepositoryError
     from fusionedge.export.fleet.repo import bundle_target_path, publish
 
     engines = {}
@@ -368,7 +371,8 @@ def add_fleet_parser(verbs: Any) -> Any:
     for name, func, help in (("resign", _cmd_resign, "re-sign a role with a new expiry"),
                              ("rotate-key", _cmd_rotate, "replace a role's keys (clients follow)")):
         p = add(name, func, help, offline=True)
-        p.add_argument("--role", required=True, choices=ROLES)
+        p.add_argument("--role", required=True, metavar="ROLE",
+                       help="root, targets, snapshot, timestamp or rollouts (checked by the repository)")
 
     add("status", _cmd_status, "show versions, expiries, keys, releases and rollouts", online=False)
 

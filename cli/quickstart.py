@@ -9,21 +9,26 @@
 6. print a summary and write ``WORKDIR/summary.json``
 
 Data sets already present in the work folder are reused (they are deterministic from their seed);
-``overwrite=True`` starts over.
+``overwrite=True`` starts over. The verb needs the ``train`` extra (torch), checked when it runs.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from fusionedge.cli.extras import needs
+from fusionedge.cli.options import add_json_option
+from fusionedge.cli.output import print_json
 from fusionedge.sdk.errors import FusionEdgeError
+from fusionedge.sdk.fileio import write_json_atomic
 
-__all__ = ["QuickstartConfig", "run_quickstart"]
+__all__ = ["QuickstartConfig", "add_quickstart_parser", "run_quickstart"]
 
 
 @dataclass
@@ -60,7 +65,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     Raises:
         FusionEdgeError: a step failed; the message names it.
     """
-    from fusionedge.cli.main import format_result
+    from fusionedge.cli.predict import format_result
     from fusionedge.export import export_checkpoint
     from fusionedge.sdk import Perception
     from fusionedge.sdk.bundle import update_bundle_metrics
@@ -91,8 +96,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
 
     stage("train", f"training {cfg.model}")
     run_dir = work / "run"
-    tcfg = dict(data=train_m, val_data=val_m, out=run_dir, model=cfg.model, seed=cfg.seed,
-                progress=cfg.progress)
+    tcfg = {"data": train_m, "val_data": val_m, "out": run_dir, "model": cfg.model, "seed": cfg.seed,
+            "progress": cfg.progress}
     if cfg.epochs is not None:
         tcfg["epochs"] = cfg.epochs
     train_metrics = train(TrainConfig(**tcfg))
@@ -131,9 +136,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         "sample": {"id": sample.id, "truth": sample.event, "prediction": result.to_dict(),
                    "annotated": str(annotated)},
     }
-    tmp = work / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(work / "summary.json")
+    write_json_atomic(work / "summary.json", summary)
 
     print()
     print(f"FusionEdge quickstart finished in {total:.0f} s "
@@ -150,3 +153,27 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         raise FusionEdgeError(f"quickstart model is far below expectation "
                               f"(event accuracy {test_metrics['event_accuracy']:.2f}); see {run_dir}")
     return summary
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    summary = run_quickstart(QuickstartConfig(workdir=Path(args.workdir), seed=args.seed,
+                                              overwrite=args.overwrite))
+    if args.json:
+        print_json(summary)
+    return 0
+
+
+def add_quickstart_parser(verbs: Any) -> argparse.ArgumentParser:
+    """Add ``quickstart`` to the ``fusionedge`` sub-parsers; returns its parser.
+
+    Args:
+        verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` parser.
+    """
+    help = "synthesize data, train, export, evaluate and predict end to end"
+    p = verbs.add_parser("quickstart", help=help, description=help)
+    add_json_option(p)
+    p.add_argument("--workdir", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="start over in an existing workdir")
+    p.set_defaults(func=needs("train", _cmd_quickstart))
+    return p

@@ -1,4 +1,4 @@
-"""``fusionedge compare``: the same inputs on every backend and precision variant, against the FP32 reference.
+"""The same inputs on every backend and precision variant, against the FP32 reference (``fusionedge compare``).
 
 The reference is the FP32 bundle's stored golden outputs (what PyTorch produced at export). Every
 (variant bundle, backend) pair runs the golden inputs — and, with ``data``, samples of a data-set
@@ -14,12 +14,8 @@ fails to load or run counts as a failure.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -29,8 +25,7 @@ from fusionedge.sdk.backends.base import ModelIO
 from fusionedge.sdk.bundle import Bundle, load_bundle
 from fusionedge.sdk.errors import FusionEdgeError, InputError
 
-__all__ = ["MIN_COSINE", "OutputError", "PairResult", "CompareReport", "output_errors", "compare",
-           "add_compare_parser"]
+__all__ = ["MIN_COSINE", "OutputError", "PairResult", "CompareReport", "output_errors", "compare"]
 
 #: Lowest cosine similarity (over every output) a variant may show, by precision.
 MIN_COSINE = {"fp16": 0.999, "int8": 0.95, "mixed": 0.95}
@@ -216,32 +211,3 @@ def compare(
                 why = "" if ok else f"cosine below {need}"
             results.append(PairResult(label, b.precision, name, "ok" if ok else "fail", why, errs))
     return CompareReport(str(ref_bundle.path), results)
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    report = compare(args.bundle, backends, variants=args.variant or [], data=args.data,
-                     data_limit=args.data_limit)
-    if args.json:
-        json.dump(report.to_dict(), sys.stdout, indent=2)
-        print()
-    else:
-        print(report.table())
-    return 0 if report.ok else 1
-
-
-def add_compare_parser(verbs: Any) -> None:
-    """Add ``fusionedge compare`` to the CLI's sub-parsers.
-
-    Args:
-        verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` command.
-    """
-    p = verbs.add_parser("compare", help="compare backends and precision variants against the FP32 reference",
-                         description=__doc__.split("\n")[0])
-    p.add_argument("--bundle", required=True, type=Path, help="the FP32 bundle (reference)")
-    p.add_argument("--backends", default="onnxruntime", help="comma-separated backend names")
-    p.add_argument("--variant", action="append", type=Path, help="a variant bundle (repeatable)")
-    p.add_argument("--data", type=Path, default=None, help="data-set manifest: add real samples")
-    p.add_argument("--data-limit", type=int, default=16)
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=_cmd_compare)

@@ -8,7 +8,7 @@ from typing import ClassVar
 import pytest
 
 from _toy_model import shared_toy_bundle
-from fusionedge.benchmarks.cli import main
+from fusionedge.cli.main import main
 from fusionedge.benchmarks.errors import BenchConfigError
 from fusionedge.benchmarks.harness import BenchConfig, plan_benchmark
 from fusionedge.sdk import backends as backends_module

@@ -196,7 +196,7 @@ def test_bench_modules_import_without_torch_and_compare_runs_without_loadgen(tmp
         sys.modules["torch"] = None            # any `import torch` now fails
         sys.modules["mlperf_loadgen"] = None
         import fusionedge.benchmarks.harness, fusionedge.benchmarks.report, fusionedge.benchmarks.stages
-        from fusionedge.benchmarks.cli import main
+        from fusionedge.cli.main import main
         code = main(["bench", "compare", sys.argv[1], sys.argv[1]])
         bad = sorted(m for m in sys.modules if m.startswith(("fusionedge.training", "fusionedge.export")))
         print("RESULT", code, bad)

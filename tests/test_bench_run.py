@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("mlperf_loadgen")
 
 from _toy_model import shared_toy_bundle  # noqa: E402
-from fusionedge.benchmarks.cli import main  # noqa: E402
+from fusionedge.cli.main import main  # noqa: E402
 from fusionedge.benchmarks.harness import BenchConfig, run_benchmark  # noqa: E402
 from fusionedge.benchmarks.results import load_results  # noqa: E402
 from fusionedge.benchmarks.stages import E2EPipeline, synthesize_clips  # noqa: E402

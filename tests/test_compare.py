@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from _precision_fixtures import fp16_variant, int8_variant, student_bundle, synth_data
-from fusionedge.export.compare import add_compare_parser, compare, output_errors
+from fusionedge.cli.compare import add_compare_parser
+from fusionedge.export.compare import compare, output_errors
 from fusionedge.sdk.errors import InputError
 
 

@@ -28,7 +28,7 @@ from fusionedge.training.distill import (
     load_teacher,
     objectness,
 )
-from fusionedge.training.distill_cli import add_distill_parser
+from fusionedge.cli.train import add_distill_parser
 from fusionedge.training.models import create_model
 from fusionedge.training.train import TrainConfig, train
 from fusionedge.sdk.errors import FusionEdgeError

@@ -16,12 +16,11 @@ from fusionedge.training.checkpoint import CheckpointError, read_checkpoint, sav
 from fusionedge.training.dataset import Labels, iterate_batches, load_clips
 from fusionedge.training.models import create_model, model_config
 from fusionedge.training.models.multimodal import ModelConfigError, MultimodalModel
+from fusionedge.training.contrastive import _pool, _shift_discrimination
 from fusionedge.training.pretrain import (
     ENCODER_PREFIXES,
     ContrastiveHeads,
     PretrainConfig,
-    _pool,
-    _shift_discrimination,
     contrastive_loss,
     load_pretrained_encoders,
     match_loss,
@@ -32,7 +31,7 @@ from fusionedge.training.pretrain import (
     video_view,
     view_loss,
 )
-from fusionedge.training.pretrain_cli import add_pretrain_parser
+from fusionedge.cli.train import add_pretrain_parser
 
 #: A model small enough that a pretraining epoch on ~44 clips takes well under a second.
 TINY = dict(video_channels=(8, 8, 16, 16), video_depth=0, audio_channels=(8, 8, 16), audio_depth=0, audio_dim=16,

@@ -7,36 +7,28 @@
                      [--duration S] [--data DIR [--accuracy]] [--json]
     fusionedge bench compare A.json B.json [--threshold 0.1] [--json]
 
-The top-level parser (``fusionedge.cli.main``) adds the verb with :func:`add_bench_parser`.
-:func:`main` runs the verb alone (``python -m fusionedge.benchmarks.cli bench ...``), with the same
-exit statuses: 0 done, 1 ``compare`` found a regression, 2 a user error (one line on stderr).
+The harness is :mod:`fusionedge.benchmarks`; this module parses the verb and prints the results.
+Exit statuses: 0 done, 1 ``compare`` found a regression, 2 a user error (one line on stderr).
+Running a benchmark needs the ``bench`` extra (MLPerf LoadGen), checked when it runs; ``compare``
+only reads two results files and needs nothing more.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from fusionedge.benchmarks.results import MODES, SCENARIOS
-from fusionedge.sdk.errors import FusionEdgeError
+from fusionedge.benchmarks.results import MODES, SCENARIOS  # standard library only
+from fusionedge.cli.extras import needs
+from fusionedge.cli.options import add_backends_option, add_json_option
+from fusionedge.cli.output import print_json
 
-__all__ = ["add_bench_parser", "main"]
-
-EXIT_USER_ERROR = 2
+__all__ = ["add_bench_parser"]
 
 
 def _csv(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
-
-
-def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, allow_nan=False)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -72,7 +64,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     outcome = run_benchmark(cfg)
     doc = outcome.results
     if args.json:
-        _print_json(
+        print_json(
             {
                 "results_path": str(outcome.results_path),
                 "report_path": str(outcome.report_path) if outcome.report_path else None,
@@ -122,7 +114,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         accuracy_tolerance=args.accuracy_tolerance,
     )
     if args.json:
-        _print_json(cmp.to_dict())
+        print_json(cmp.to_dict())
     else:
         print(format_comparison(cmp))
     return cmp.exit_code
@@ -139,17 +131,12 @@ def add_bench_parser(verbs: Any) -> argparse.ArgumentParser:
     """
     help = "benchmark a bundle with MLPerf LoadGen (engine-only and end-to-end, with baselines)"
     p = verbs.add_parser("bench", help=help, description=help)
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_json_option(p)
     p.add_argument("--bundle", type=Path, default=None, help="the bundle folder to benchmark")
     p.add_argument(
         "--out", type=Path, default=None, help="output folder: results.json, report.md, plots/, loadgen/ logs"
     )
-    p.add_argument(
-        "--backends",
-        type=_csv,
-        default=None,
-        help="comma-separated SDK backends (default: every one available here)",
-    )
+    add_backends_option(p, default=None, help="comma-separated SDK backends (default: every one available here)")
     p.add_argument(
         "--precisions", type=_csv, default=None, help="comma-separated (default: the bundle's own)"
     )
@@ -205,7 +192,7 @@ def add_bench_parser(verbs: Any) -> argparse.ArgumentParser:
         "--synthetic-clips", type=int, default=8, help="clips to synthesize when --data is not given"
     )
     p.add_argument("--no-plots", action="store_true", help="write report.md without PNG plots")
-    p.set_defaults(func=_cmd_bench)
+    p.set_defaults(func=needs("bench", _cmd_bench))
 
     sub = p.add_subparsers(dest="bench_verb", metavar="compare")
     chelp = "compare two results.json files; exit 1 on a regression beyond the threshold"
@@ -224,31 +211,6 @@ def add_bench_parser(verbs: Any) -> argparse.ArgumentParser:
         default=0.01,
         help="absolute accuracy drop counted as a regression (default 0.01)",
     )
-    c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_json_option(c)
     c.set_defaults(func=_cmd_compare)
     return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``bench`` alone, as ``fusionedge`` would: ``main(["bench", "compare", "a.json", "b.json"])``.
-
-    Returns:
-        The exit status (0, 1 for a regression found by ``compare``, 2 for a user error).
-    """
-    parser = argparse.ArgumentParser(prog="fusionedge")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    add_bench_parser(verbs)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return int(args.func(args) or 0)
-    except FusionEdgeError as e:
-        print(f"fusionedge {args.verb}: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

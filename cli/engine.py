@@ -1,15 +1,19 @@
-"""CLI verb ``fusionedge engine``: ``build`` a TensorRT plan into ``<bundle>/engines/``, ``check`` one.
+"""``fusionedge engine build|check``: TensorRT plans, cached per device inside a bundle.
 
-Register with :func:`add_engine_parser` (the lead's ``cli/main.py`` calls it).
+``build`` writes this device's plan into ``<bundle>/engines/`` (:mod:`fusionedge.sdk.engine_build`);
+``check`` says whether a plan matches this device and bundle
+(:mod:`fusionedge.sdk.engine_fingerprint`). Building needs TensorRT, which the SDK reports as a
+backend error when it is missing.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from fusionedge.cli.options import add_json_option
+from fusionedge.cli.output import print_json
 
 __all__ = ["add_engine_parser"]
 
@@ -20,8 +24,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     plan = build_engine(args.bundle, workspace_mib=args.workspace_mib, rebuild=args.rebuild,
                         progress=not args.json, verbose=args.trt_verbose)
     if args.json:
-        json.dump({"plan": str(plan)}, sys.stdout)
-        print()
+        print_json({"plan": str(plan)})
     else:
         print(plan)
     return 0
@@ -36,18 +39,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
     plan = args.plan or plan_paths(bundle.engines_dir, expected)[0]
     fp = check_fingerprint(plan, expected)
     if args.json:
-        json.dump({"plan": str(plan), "fingerprint": fp.to_dict(), "ok": True}, sys.stdout)
-        print()
+        print_json({"plan": str(plan), "fingerprint": fp.to_dict(), "ok": True})
     else:
         print(f"{plan}: matches this device ({fp.key})")
     return 0
 
 
 def add_engine_parser(verbs: Any) -> None:
-    """Add ``fusionedge engine build|check`` to the CLI's sub-parsers.
+    """Add ``fusionedge engine build|check`` to the ``fusionedge`` sub-parsers.
 
     Args:
-        verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` command.
+        verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` parser.
     """
     engine = verbs.add_parser("engine", help="TensorRT plans (a per-device cache inside the bundle)")
     sub = engine.add_subparsers(dest="engine_verb", required=True)
@@ -56,10 +58,10 @@ def add_engine_parser(verbs: Any) -> None:
     p.add_argument("--workspace-mib", type=int, default=1024)
     p.add_argument("--rebuild", action="store_true", help="build even when a matching plan exists")
     p.add_argument("--trt-verbose", action="store_true", help="TensorRT INFO logging")
-    p.add_argument("--json", action="store_true")
+    add_json_option(p)
     p.set_defaults(func=_cmd_build)
     p = sub.add_parser("check", help="check that a plan matches this device and bundle")
     p.add_argument("--bundle", required=True, type=Path)
     p.add_argument("--plan", type=Path, default=None, help="a plan file (default: this device's key)")
-    p.add_argument("--json", action="store_true")
+    add_json_option(p)
     p.set_defaults(func=_cmd_check)

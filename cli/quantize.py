@@ -1,24 +1,27 @@
-"""CLI verbs for precision variants: ``fusionedge quantize`` (INT8, optionally gated) and ``fusionedge fp16``.
+"""``fusionedge quantize`` (INT8, optionally gated) and ``fusionedge fp16``: precision variants.
 
-Register with :func:`add_quantize_parsers` (the lead's ``cli/main.py`` calls it). Each writes a sibling
-bundle (``precision: int8`` / ``fp16``) that ``Perception.load`` and ``fusionedge eval`` run unchanged.
+Each writes a sibling bundle (``precision: int8`` / ``fp16``) that ``Perception.load`` and
+``fusionedge eval`` run unchanged; the work is :mod:`fusionedge.export.quantize`,
+:mod:`fusionedge.export.precision_gate` and :mod:`fusionedge.export.fp16`. Both verbs need the
+``train`` extra (the ONNX tooling comes with it), checked when they run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from fusionedge.cli.extras import needs
+from fusionedge.cli.options import add_json_option
+from fusionedge.cli.output import print_json
 
 __all__ = ["add_quantize_parsers"]
 
 
 def _print(args: argparse.Namespace, obj: dict, text: str) -> None:
     if args.json:
-        json.dump(obj, sys.stdout, indent=2)
-        print()
+        print_json(obj)
     else:
         print(text)
 
@@ -38,8 +41,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         )
         chosen = report.chosen
         _print(args, {"bundle": str(out), "gate": report.to_dict()},
-               f"{out}: int8 ({args.profile}); kept {len(chosen.keep_float) if chosen else 0} layer(s) in float; "
-               f"drop {chosen.drop if chosen else '-'}")
+               f"{out}: int8 ({args.profile}); kept {len(chosen.keep_float) if chosen else 0} layer(s) in "
+               f"float; drop {chosen.drop if chosen else '-'}")
         return 0
     out = quantize_bundle(args.bundle, args.out, args.data, config=config,
                           calibration_limit=args.calibration_samples, overwrite=args.overwrite)
@@ -56,10 +59,10 @@ def _cmd_fp16(args: argparse.Namespace) -> int:
 
 
 def add_quantize_parsers(verbs: Any) -> None:
-    """Add ``fusionedge quantize`` and ``fusionedge fp16`` to the CLI's sub-parsers.
+    """Add ``fusionedge quantize`` and ``fusionedge fp16`` to the ``fusionedge`` sub-parsers.
 
     Args:
-        verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` command.
+        verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` parser.
     """
     p = verbs.add_parser("quantize", help="INT8 Q/DQ variant of a bundle (post-training quantization)",
                          description="Write an INT8 sibling bundle; with --validation, run the precision gate.")
@@ -79,12 +82,12 @@ def add_quantize_parsers(verbs: Any) -> None:
     p.add_argument("--budget-event", type=float, default=0.01, help="allowed event-accuracy drop (0.01 = 1 pt)")
     p.add_argument("--budget-det", type=float, default=0.01, help="allowed detection mAP@0.5 drop")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=_cmd_quantize)
+    add_json_option(p)
+    p.set_defaults(func=needs("train", _cmd_quantize))
 
     p = verbs.add_parser("fp16", help="FP16 variant of a bundle (float32 inputs/outputs)")
     p.add_argument("--bundle", required=True, type=Path, help="the FP32 bundle")
     p.add_argument("--out", required=True, type=Path, help="the FP16 bundle folder to create")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=_cmd_fp16)
+    add_json_option(p)
+    p.set_defaults(func=needs("train", _cmd_fp16))

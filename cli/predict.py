@@ -1,0 +1,109 @@
+"""``fusionedge eval`` and ``fusionedge predict``: run a bundle on a data set or on one clip.
+
+Both need only the runtime install (no torch): they load the bundle with
+:class:`fusionedge.sdk.Perception` on the ``--backends`` given, in order. ``eval`` prints the
+metrics (``--record`` also writes them into the bundle manifest); ``predict`` prints one result and
+can write an annotated clip. :func:`format_result` and :func:`format_metrics` are the human-readable
+forms other verbs reuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from fusionedge.cli.options import add_backends_option, add_json_option
+from fusionedge.cli.output import print_json
+
+__all__ = ["add_predict_parsers", "format_metrics", "format_result"]
+
+
+def format_metrics(metrics: dict) -> str:
+    """The headline metrics of an evaluation or a training run, one per line."""
+    keys = ("event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50", "samples")
+    rows = [f"  {k:<18} {metrics[k]:.4f}" if isinstance(metrics.get(k), float) else f"  {k:<18} {metrics[k]}"
+            for k in keys if k in metrics]
+    return "\n".join(rows) if rows else json.dumps(metrics, indent=2)
+
+
+def format_result(result: Any) -> str:
+    """Human-readable summary of one :class:`fusionedge.sdk.Result`."""
+    top = sorted(result.scores.items(), key=lambda kv: -kv[1])
+    lines = [f"event: {result.event} ({result.scores[result.event]:.2f})   backend: {result.backend}"]
+    lines.append("  scores: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
+    tags = [f"{k} {v:.2f}" for k, v in result.audio_tags.items() if v >= 0.5]
+    lines.append("  audio tags: " + (", ".join(tags) if tags else "none"))
+    if result.missing:
+        lines.append("  missing sensors: " + ", ".join(result.missing) + " (ran on the others)")
+    lines.append(f"  boxes ({len(result.boxes)}):")
+    for b in result.boxes:
+        lines.append(f"    {b.label:<18} {b.score:.2f}  [{b.x1:.0f}, {b.y1:.0f}, {b.x2:.0f}, {b.y2:.0f}]")
+    lines.append("  timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    return "\n".join(lines)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from fusionedge.sdk import Perception
+    from fusionedge.sdk.bundle import update_bundle_metrics
+    from fusionedge.sdk.evaluate import evaluate
+
+    with Perception.load(args.bundle, backends=args.backends) as p:
+        metrics = evaluate(p, args.data, batch_size=args.batch_size, progress=not args.json,
+                           limit=args.limit)
+    if args.record:
+        update_bundle_metrics(args.bundle, metrics)
+    if args.json:
+        print_json(metrics)
+    else:
+        print(format_metrics(metrics))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from fusionedge.sdk import Perception
+
+    with Perception.load(args.bundle, backends=args.backends) as p:
+        result = p.infer(video_path=args.video, audio_path=args.audio, start_seconds=args.start)
+        if args.out:
+            from fusionedge.sdk.annotate import write_annotated_clip
+
+            write_annotated_clip(args.video, result, args.out, p.geometry, start_seconds=args.start)
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        print(format_result(result))
+        if args.out:
+            print(f"annotated clip written to {args.out}")
+    return 0
+
+
+def add_predict_parsers(verbs: Any) -> None:
+    """Add ``eval`` and ``predict`` to the ``fusionedge`` sub-parsers.
+
+    Args:
+        verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` parser.
+    """
+    help = "evaluate a bundle on a data-set manifest"
+    p = verbs.add_parser("eval", help=help, description=help)
+    add_json_option(p)
+    p.add_argument("--bundle", required=True, type=Path)
+    add_backends_option(p)
+    p.add_argument("--data", required=True, type=Path, help="manifest or its folder")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    p.add_argument("--record", action="store_true", help="write the metrics into the bundle manifest")
+    p.set_defaults(func=_cmd_eval)
+
+    help = "run a bundle on one video (+ audio) clip"
+    p = verbs.add_parser("predict", help=help, description=help)
+    add_json_option(p)
+    p.add_argument("--bundle", required=True, type=Path)
+    add_backends_option(p)
+    p.add_argument("--video", required=True, type=Path)
+    p.add_argument("--audio", type=Path, default=None,
+                   help="wav file (default: none; the model then runs on vision alone)")
+    p.add_argument("--start", type=float, default=0.0, help="clip start in seconds")
+    p.add_argument("--out", type=Path, default=None, help="write an annotated mp4 here")
+    p.set_defaults(func=_cmd_predict)

@@ -1,0 +1,82 @@
+"""``fusionedge report``: train every comparison and write the multimodal-learning tables.
+
+The experiments and the tables are :mod:`fusionedge.training.report`; this module parses the verb
+and prints the report (``--json``: the checks and tables). It needs the ``train`` extra (torch),
+checked when the verb runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fusionedge.cli.extras import needs
+from fusionedge.cli.options import add_json_option
+from fusionedge.cli.output import print_json
+
+__all__ = ["add_report_parser"]
+
+#: ReportConfig fields settable from the command line: (flag, type).
+_SIZE_FLAGS = (("train-samples", int), ("val-samples", int), ("test-samples", int), ("epochs", int),
+               ("teacher-epochs", int), ("pretrain-epochs", int), ("few-label-epochs", int),
+               ("few-label-seeds", int), ("few-label-fraction", float), ("batch-size", int))
+
+
+def _paths_as_text(value: Any) -> Any:
+    """The report's tables may hold paths (run folders); JSON holds them as strings."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {k: _paths_as_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_paths_as_text(v) for v in value]
+    return value
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from fusionedge.training.report import ReportConfig, run_report
+
+    kw: dict[str, Any] = {"workdir": args.workdir, "seed": args.seed, "force": args.force,
+                          "progress": not args.json}
+    for flag, _ in _SIZE_FLAGS:
+        name = flag.replace("-", "_")
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    if args.only:
+        kw["only"] = tuple(x for x in args.only.split(",") if x)
+    report = run_report(ReportConfig(**kw))
+    path = Path(args.workdir) / "report" / "report.md"
+    if args.json:
+        print_json(_paths_as_text({"report": str(path), "checks": report["checks"],
+                                   "tables": report["tables"], "seconds": report["seconds"]}))
+    else:
+        print(path.read_text())
+    return 0
+
+
+def add_report_parser(verbs: Any) -> argparse.ArgumentParser:
+    """Add ``fusionedge report`` to the ``fusionedge`` sub-parsers.
+
+    Args:
+        verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` parser.
+
+    Returns:
+        The verb's parser.
+    """
+    p = verbs.add_parser("report", help="train and compare fusion, pretraining, distillation and multi-task "
+                                        "variants; write the tables",
+                         description="Reproduce the multimodal-learning comparison tables (fusion gap, missing "
+                                     "sensor, multi-task strategies, distillation, few-label pretraining). "
+                                     "Finished runs in WORKDIR are reused.")
+    p.add_argument("--workdir", required=True, type=Path, help="data, runs and report/ go here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", default=None, help="comma-separated experiments (their dependencies are added)")
+    p.add_argument("--force", action="store_true", help="retrain runs that are already finished")
+    for flag, kind in _SIZE_FLAGS:
+        p.add_argument(f"--{flag}", type=kind, default=None)
+    add_json_option(p, help="print the checks and tables as JSON")
+    p.set_defaults(func=needs("train", _cmd_report))
+    return p
