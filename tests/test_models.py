@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusionedge.sdk.errors import FusionEdgeError
+from fusionedge.sdk.errors import FusionEdgeError, InputError
 from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, INPUT_NAMES, OBJECTS, OUTPUT_NAMES, InputGeometry
 from fusionedge.training.models import (
     ModelConfig,
@@ -275,3 +275,25 @@ def test_student_exports_to_onnx_with_dynamic_batch(tmp_path, name):
         for name, r, o in zip(OUTPUT_NAMES, ref, got):
             assert o.shape == tuple(r.shape), name
             np.testing.assert_allclose(o, r.numpy(), atol=1e-4, rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("field, value, expects", [
+    ("video_depth", "banana", "an integer >= 0"),
+    ("video_depth", True, "an integer >= 0"),
+    ("video_depth", -1, "an integer >= 0"),
+    ("fusion_heads", 0, "an integer >= 1"),
+    ("dropout", "x", "a number in [0, 1)"),
+    ("dropout", 1.5, "a number in [0, 1)"),
+    ("size_scale_px", 0, "a number > 0"),
+    ("video_channels", (8, 8, 16), "4 integers >= 1"),
+    ("audio_channels", [8, "a", 16], "3 integers >= 1"),
+    ("fusion", 3, "one of"),
+])
+def test_model_config_overrides_are_checked_field_by_field(field, value, expects):
+    # an override of the wrong type once reached the layers and failed there with a TypeError
+    with pytest.raises(InputError) as e:
+        model_config("fusion_student", **{field: value})
+    msg = str(e.value)
+    assert field in msg and expects in msg and "\n" not in msg
+    assert isinstance(e.value, ModelConfigError)
+    assert model_config("fusion_student", dropout=0, size_scale_px=8).dropout == 0  # ints pass as numbers

@@ -27,12 +27,13 @@ dataclass, stored in every checkpoint as a dict (``ModelConfig.to_dict`` / ``fro
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
-from fusionedge.sdk.errors import FusionEdgeError
+from fusionedge.sdk.errors import InputError
 from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
 
 from .encoders import AudioEncoder, ClipEncoder, audio_token_times, conv_out_len, frame_times
@@ -45,8 +46,46 @@ __all__ = ["ModelConfig", "MultimodalModel", "ModelConfigError", "count_flops", 
 MODALITIES: tuple[str, str] = ("video", "audio")
 
 
-class ModelConfigError(FusionEdgeError, ValueError):
-    """A model name is unknown or a model configuration value is invalid."""
+class ModelConfigError(InputError):
+    """A model name is unknown or a model configuration value is invalid (the message names the field)."""
+
+
+#: Integer fields that may be 0 (extra layers); every other integer field needs at least 1.
+_MAY_BE_ZERO = ("video_depth", "audio_depth", "fusion_layers")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _field_problem(name: str, kind: str, v: object) -> str | None:
+    """What is wrong with one field's value given its annotated type, or None.
+
+    Values that reach ``__post_init__`` come from the registry, from a checkpoint's JSON or from a
+    user's ``--set FIELD=VALUE``: a wrong type must be named here, not fail later inside a layer.
+    """
+    if kind == "int":
+        lo = 0 if name in _MAY_BE_ZERO else 1
+        return None if _is_int(v) and v >= lo else f"{name} must be an integer >= {lo}, got {v!r}"
+    if kind == "float":
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if name == "dropout":
+            return None if ok and 0.0 <= v < 1.0 else f"{name} must be a number in [0, 1), got {v!r}"
+        if name == "size_scale_px":
+            return None if ok and v > 0 else f"{name} must be a number > 0, got {v!r}"
+        return None if ok and v >= 0 else f"{name} must be a number >= 0, got {v!r}"
+    if name == "fusion":
+        return None if isinstance(v, str) and v in FUSIONS else f"fusion must be one of {sorted(FUSIONS)}, got {v!r}"
+    if kind == "str":
+        return None if isinstance(v, str) else f"{name} must be a string, got {v!r}"
+    if kind.startswith("tuple[int"):
+        n = kind.count("int")
+        ok = isinstance(v, tuple) and len(v) == n and all(_is_int(x) and x >= 1 for x in v)
+        return None if ok else f"{name} must be {n} integers >= 1, got {v!r}"
+    if kind == "tuple[str, ...]":
+        ok = isinstance(v, tuple) and all(isinstance(x, str) for x in v)
+        return None if ok else f"{name} must be a list of strings, got {v!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -90,13 +129,13 @@ class ModelConfig:
     size_scale_px: float = 16.0  # model-input pixels; det_size = size_scale_px * exp(raw)
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = [p for f in fields(self) if (p := _field_problem(f.name, str(f.type), getattr(self, f.name)))]
+        if problems:  # the checks below assume the types are right
+            raise ModelConfigError("invalid ModelConfig: " + "; ".join(problems))
         if self.height % 16 or self.width % 16 or self.height <= 0 or self.width <= 0:
             problems.append(f"height and width must be positive multiples of 16, got {self.height}x{self.width}")
         if self.output_stride != 4:
             problems.append(f"output_stride must be 4, got {self.output_stride}")
-        if self.fusion not in FUSIONS:
-            problems.append(f"fusion must be one of {sorted(FUSIONS)}, got {self.fusion!r}")
         if self.n_mels % 8 or self.n_mels <= 0:
             problems.append(f"n_mels must be a positive multiple of 8, got {self.n_mels}")
         if self.fusion_dim % self.fusion_heads:
@@ -147,7 +186,7 @@ class ModelConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         """Inverse of ``to_dict``.
 
         Raises:
