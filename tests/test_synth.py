@@ -332,3 +332,21 @@ def test_relative_output_folder_gives_paths_relative_to_the_manifest(tmp_path, m
     assert line["video"].startswith("media/")
     samples = read_manifest(manifest)
     assert all(s.video.is_file() and s.audio.is_file() for s in samples)
+
+
+def test_unwritable_output_folder_is_a_typed_error_before_any_worker(tmp_path):
+    # /proc refuses new entries, even to root: once a FileNotFoundError traceback from mkdir
+    with pytest.raises(InputError, match="/proc/x"):
+        generate_dataset("/proc/x", 2, 0, workers=2, progress=False)
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.raises(InputError, match="cannot write"):
+        generate_dataset(blocked / "ds", 2, 0, workers=2, progress=False)
+
+
+def test_cli_data_synth_unwritable_folder_exits_2_with_one_line(capsys):
+    from fusionedge.cli.main import main
+
+    assert main(["data", "synth", "--out", "/proc/x", "--samples", "2", "--workers", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "/proc/x" in err and "Traceback" not in err

@@ -10,9 +10,9 @@ what a user brings for real data) and ``media/<id>.mp4`` + ``media/<id>.wav`` pe
 
 Sample ``i`` is made from ``np.random.default_rng([seed, i])`` alone, so a data set does not depend
 on the number of worker processes, and any sample can be re-made on its own with
-:func:`make_sample`. Media files are written under a temporary name and renamed into place; the
-manifest is written last (temp file, fsync, ``os.replace``), so a killed run never leaves a manifest
-that points at missing or half-written files.
+:func:`make_sample`. Media files and, last, the manifest are written atomically
+(``sdk.fileio.write_bytes_atomic``), so a killed run never leaves a manifest that points at missing
+or half-written files. A folder that cannot be written is refused before any worker starts.
 
 This module uses numpy, OpenCV and the standard library only (no torch): it runs on the runtime
 install.
@@ -20,11 +20,13 @@ install.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import multiprocessing as mp
 import os
 import re
+import tempfile
 import time
 import wave
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from tqdm import tqdm
 
 from fusionedge.sdk.datamanifest import MANIFEST_NAME, Box, Sample, write_manifest
 from fusionedge.sdk.errors import FusionEdgeError, InputError, MediaError
+from fusionedge.sdk.fileio import write_bytes_atomic
 
 from . import rules
 from .rules import SceneFlags
@@ -161,6 +164,7 @@ def make_sample(seed: int, index: int, config: SynthConfig = SynthConfig()) -> S
 
 
 def _write_video(path: Path, frames_rgb: np.ndarray, fps: float) -> None:
+    """Encode an mp4 file; OpenCV writes only to a named file, so it encodes a partial one first."""
     tmp = path.with_name(path.stem + _PARTIAL + path.suffix)  # cv2 picks the container by suffix
     h, w = frames_rgb.shape[1:3]
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
@@ -171,17 +175,21 @@ def _write_video(path: Path, frames_rgb: np.ndarray, fps: float) -> None:
             writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     finally:
         writer.release()
-    os.replace(tmp, path)
+    try:
+        write_bytes_atomic(path, tmp.read_bytes())
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    tmp = path.with_name(path.stem + _PARTIAL + path.suffix)
-    with wave.open(str(tmp), "wb") as w:
+    """Write 16-bit mono PCM WAV atomically."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(sample_rate)
         w.writeframes(audio.astype("<i2").tobytes())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _work(job: tuple[int, int, SynthConfig, Path, int]) -> Sample:
@@ -229,6 +237,21 @@ def _old_media(manifest: Path, media: Path) -> set[Path]:
     return out
 
 
+def _check_writable(out: Path, media: Path) -> None:
+    """Create the media folder and write a probe file in it, so that a folder that cannot be
+    written is one typed error here, before any worker starts, and not a traceback from a worker.
+
+    Raises:
+        InputError: the folder cannot be created or written (names it and the system's reason).
+    """
+    try:
+        media.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=media):
+            pass
+    except OSError as e:
+        raise InputError(f"{out}: cannot write the data set there ({e.strerror or e})") from e
+
+
 def _check_int(name: str, v, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
         raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
@@ -271,9 +294,9 @@ def generate_dataset(
 
     Raises:
         DatasetExistsError: ``out_dir`` already has a manifest and ``overwrite`` is False.
-        InputError: an argument is out of range.
+        InputError: an argument is out of range, or ``out_dir`` cannot be created or written.
         MediaError: OpenCV cannot write mp4 files here.
-        OSError: the folder cannot be written.
+        OSError: writing fails part-way (e.g. the disk fills up).
 
     Returns:
         The path of the manifest written (``out_dir/manifest.jsonl``).
@@ -292,14 +315,14 @@ def generate_dataset(
     manifest = out / MANIFEST_NAME
     media = out / MEDIA_DIR
     stale: set[Path] = set()
+    if manifest.exists() and not overwrite:
+        raise DatasetExistsError(
+            f"{out}: already holds a data set ({MANIFEST_NAME}); pass overwrite=True to replace it"
+        )
+    _check_writable(out, media)
     if manifest.exists():
-        if not overwrite:
-            raise DatasetExistsError(
-                f"{out}: already holds a data set ({MANIFEST_NAME}); pass overwrite=True to replace it"
-            )
         stale = _old_media(manifest, media)
         manifest.unlink()  # from here on no manifest points at files that are being rewritten
-    media.mkdir(parents=True, exist_ok=True)
 
     id_width = max(6, len(str(samples - 1)))
     jobs = [(seed, i, config, media, id_width) for i in range(samples)]
