@@ -1,27 +1,39 @@
-"""The model bundle on disk: its manifest schema, loading, verification and metric updates.
+"""The model bundle on disk: loading, verification, its identity (digest) and metric updates.
 
 A bundle is a folder::
 
     bundle/
       manifest.json   what the model is: inputs, outputs, labels, geometry, hashes of every other file
-      model.onnx      the portable artifact (weights inside, opset 18)
+      model.onnx      the portable artifact (opset 18; weights inside, or in listed external-data files)
       golden.npz      reference inputs and outputs (``input.<name>`` / ``output.<name>`` arrays)
-      engines/        optional TensorRT plans (a cache keyed by device fingerprint; not hashed)
+      manifest.sig    optional ed25519 signature over the digest (:mod:`~fusionedge.sdk.bundle_signature`)
+      engines/        optional TensorRT plans (a cache keyed by device fingerprint; not listed)
 
 Use it in this order:
 
-1. :func:`load_bundle` reads ``manifest.json``, checks the schema field by field and (unless
-   ``verify=False``) the size and SHA-256 of every file the manifest lists. A bad bundle raises
+1. :func:`load_bundle` refuses any link inside the folder, reads ``manifest.json`` within size, depth
+   and integer-length limits, checks the schema field by field (:mod:`~fusionedge.sdk.bundle_schema`),
+   the pinned digest and signature when asked, refuses any file the manifest does not list, and
+   (unless ``verify=False``) checks the size and SHA-256 of every listed file. A bad bundle raises
    :class:`~fusionedge.sdk.errors.BundleError` naming the file and the field; nothing is half-loaded.
-2. :meth:`Bundle.golden` gives the reference inputs and outputs for a self-test.
+2. :meth:`Bundle.golden` gives the reference inputs and outputs for a self-test
+   (:func:`fusionedge.sdk.selftest.run_golden`).
 3. :func:`update_bundle_metrics` records evaluation results in ``manifest.json`` (atomically; the
    ``metrics`` field is the one part of the manifest outside :attr:`Bundle.digest`, so recording
    them changes neither the file hashes nor the bundle's identity).
 
-:attr:`Bundle.digest` (:func:`manifest_digest`) is the SHA-256 of the canonical manifest without
-``metrics``. The manifest lists the hash of every other file, so that one digest pins the whole
-bundle: ``load_bundle(path, expected_digest=...)`` refuses a manifest in which anything was changed —
-a swapped label, a loosened golden tolerance, a replaced file hash.
+**What protects what.** The manifest hashes every other file, and every file a model can read must
+be listed — ONNX external data resolves against the folder, so an unlisted file or a link could change
+predictions under valid hashes; both are refused. The manifest itself is protected by its digest,
+:attr:`Bundle.digest` (:func:`manifest_digest`): SHA-256 of the canonical manifest (sorted keys,
+compact separators, UTF-8) without ``metrics``, so that one value pins the whole bundle —
+``load_bundle(path, expected_digest=...)`` refuses a swapped label, a loosened golden tolerance, a
+replaced file hash. Pinning a digest is the primary defence because it is what a distribution system
+already carries: a TUF target's hashes and a fleet release record name the bundle by it, and they are
+signed by the fleet's own keys, so a device needs no extra key to trust it. A bundle moved by hand has
+no such record; for it :func:`~fusionedge.sdk.bundle_signature.sign_bundle` writes an optional
+``manifest.sig`` (ed25519 over the digest), verified when the caller passes a trusted
+``public_key``. ``cryptography`` is only imported then, so the runtime install does not need it.
 
 This module is part of the device runtime: NumPy and the standard library only, never torch.
 """
@@ -30,55 +42,70 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-
+from fusionedge.sdk.bundle_schema import (
+    DECODES,
+    DTYPES,
+    GOLDEN_NAME,
+    LABEL_KINDS,
+    MANIFEST_NAME,
+    MODALITIES,
+    MODEL_NAME,
+    PRECISIONS,
+    SCHEMA_VERSION,
+    type_name,
+    validate_manifest,
+)
+from fusionedge.sdk.bundle_signature import SIGNATURE_NAME, load_public_keys, verify_signature
 from fusionedge.sdk.errors import BundleError, InputError
-from fusionedge.sdk.fileio import fsync_dir, json_safe, write_bytes_atomic, write_json_atomic
+from fusionedge.sdk.fileio import fsync_dir, json_safe, read_json, write_bytes_atomic, write_json_atomic
 from fusionedge.sdk.spec import InputGeometry
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "MANIFEST_NAME",
-    "MODEL_NAME",
-    "GOLDEN_NAME",
-    "Bundle",
-    "load_bundle",
-    "validate_manifest",
-    "verify_files",
-    "update_bundle_metrics",
-    "manifest_digest",
-    "check_digest",
+    "DECODES",
     "DIGEST_EXCLUDES",
-    "sha256_file",
-    "write_json_atomic",
-    "write_bytes_atomic",
+    "DTYPES",
+    "ENGINES_DIR",
+    "GOLDEN_NAME",
+    "LABEL_KINDS",
+    "MANIFEST_MAX_BYTES",
+    "MANIFEST_NAME",
+    "MAX_ENTRIES",
+    "MODALITIES",
+    "MODEL_NAME",
+    "PRECISIONS",
+    "SCHEMA_VERSION",
+    "Bundle",
+    "check_digest",
+    "check_unlisted",
     "fsync_dir",
     "json_safe",
+    "load_bundle",
+    "manifest_digest",
+    "scan_folder",
+    "sha256_file",
+    "update_bundle_metrics",
+    "validate_manifest",
+    "verify_files",
+    "write_bytes_atomic",
+    "write_json_atomic",
 ]
 
-#: The manifest schema this runtime reads and the exporter writes.
-SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-MODEL_NAME = "model.onnx"
-GOLDEN_NAME = "golden.npz"
-
-MODALITIES = ("image", "video", "audio", "vector")
-DECODES = ("softmax", "sigmoid", "centernet-heatmap", "centernet-size", "centernet-offset", "none")
-DTYPES = ("float32", "float16", "uint8", "int8", "int32", "int64", "bool")
-PRECISIONS = ("fp32", "fp16", "int8", "mixed")
-LABEL_KINDS = ("events", "objects", "audio_tags")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 #: Manifest fields the digest leaves out: only what ``fusionedge eval --record`` rewrites in place.
 DIGEST_EXCLUDES = ("metrics",)
+#: The folder of device-built TensorRT plans: a cache, not listed in the manifest.
+ENGINES_DIR = "engines"
+#: Largest manifest read (a real one is a few kilobytes).
+MANIFEST_MAX_BYTES = 1 << 20
 
 
 # ------------------------------------------------------------------------------------------ hashing
@@ -164,229 +191,6 @@ def check_digest(manifest: Mapping[str, Any], expected_digest: str) -> str:
     return digest
 
 
-# --------------------------------------------------------------------------------------- schema
-
-
-def _fail(where: str, message: str) -> BundleError:
-    return BundleError(f"{MANIFEST_NAME}: field '{where}': {message}")
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-_KINDS: dict[str, tuple[Any, str]] = {
-    "str": (lambda v: isinstance(v, str), "a string"),
-    "int": (_is_int, "an integer"),
-    "number": (_is_number, "a finite number"),
-    "list": (lambda v: isinstance(v, list), "a list"),
-    "dict": (lambda v: isinstance(v, dict), "an object"),
-}
-
-
-def _get(obj: Mapping, key: str, where: str, kind: str, *, nullable: bool = False) -> Any:
-    """Return ``obj[key]`` after checking that it exists and has the expected JSON type."""
-    path = f"{where}.{key}" if where else key
-    if key not in obj:
-        raise _fail(path, "missing")
-    value = obj[key]
-    if value is None and nullable:
-        return None
-    check, description = _KINDS[kind]
-    if not check(value):
-        raise _fail(path, f"expected {description}, got {_type_name(value)}")
-    return value
-
-
-def _get_choice(obj: Mapping, key: str, where: str, choices: tuple[str, ...]) -> str:
-    value = _get(obj, key, where, "str")
-    if value not in choices:
-        path = f"{where}.{key}" if where else key
-        raise _fail(path, f"expected one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _check_positive(value: Any, where: str) -> None:
-    if value <= 0:
-        raise _fail(where, f"expected a value > 0, got {value}")
-
-
-def _check_shape(shape: list, where: str) -> None:
-    if not shape:
-        raise _fail(where, "expected a non-empty list")
-    for i, dim in enumerate(shape):
-        if isinstance(dim, str):
-            if not dim:
-                raise _fail(f"{where}[{i}]", "expected a dimension name, got an empty string")
-        elif not _is_int(dim) or dim <= 0:
-            raise _fail(f"{where}[{i}]", f"expected a positive integer or a dimension name, got {dim!r}")
-    if shape[0] != "batch":
-        raise _fail(f"{where}[0]", f"expected 'batch' (the dynamic batch dimension), got {shape[0]!r}")
-
-
-def _check_number_list(obj: Mapping, key: str, where: str, length: int) -> None:
-    values = _get(obj, key, where, "list")
-    if len(values) != length or not all(_is_number(v) for v in values):
-        raise _fail(f"{where}.{key}", f"expected a list of {length} numbers, got {values!r}")
-
-
-def _check_preprocessing(entry: Mapping, modality: str, where: str) -> None:
-    pre = _get(entry, "preprocessing", where, "dict")
-    where = f"{where}.preprocessing"
-    if modality in ("video", "image"):
-        for key in ("height", "width") + (("clip_frames",) if modality == "video" else ()):
-            _check_positive(_get(pre, key, where, "int"), f"{where}.{key}")
-        if modality == "video":
-            _check_positive(_get(pre, "clip_seconds", where, "number"), f"{where}.clip_seconds")
-        _check_number_list(pre, "mean", where, 3)
-        _check_number_list(pre, "std", where, 3)
-        _get(pre, "color", where, "str")
-        _get(pre, "resize", where, "str")
-    elif modality == "audio":
-        _check_positive(_get(pre, "sample_rate", where, "int"), f"{where}.sample_rate")
-        _check_positive(_get(pre, "clip_seconds", where, "number"), f"{where}.clip_seconds")
-        _check_positive(_get(pre, "channels", where, "int"), f"{where}.channels")
-
-
-def _check_tensors(manifest: Mapping, key: str) -> None:
-    entries = _get(manifest, key, "", "list")
-    if not entries:
-        raise _fail(key, "expected a non-empty list")
-    seen: set[str] = set()
-    for i, entry in enumerate(entries):
-        where = f"{key}[{i}]"
-        if not isinstance(entry, dict):
-            raise _fail(where, f"expected an object, got {_type_name(entry)}")
-        name = _get(entry, "name", where, "str")
-        if not name or name in seen:
-            raise _fail(f"{where}.name", f"expected a unique non-empty name, got {name!r}")
-        seen.add(name)
-        _check_shape(_get(entry, "shape", where, "list"), f"{where}.shape")
-        if key == "inputs":
-            modality = _get_choice(entry, "modality", where, MODALITIES)
-            _get_choice(entry, "dtype", where, DTYPES)
-            _get(entry, "layout", where, "str")
-            _check_preprocessing(entry, modality, where)
-        else:
-            _get_choice(entry, "decode", where, DECODES)
-
-
-def _check_source(manifest: Mapping) -> None:
-    source = _get(manifest, "source", "", "dict")
-    sha = _get(source, "checkpoint_sha256", "source", "str", nullable=True)
-    if sha is not None and not _SHA256.match(sha):
-        raise _fail("source.checkpoint_sha256", f"expected 64 hex digits or null, got {sha!r}")
-    _get(source, "model_name", "source", "str")
-    _get(source, "model_config", "source", "dict")
-    _get(source, "git_rev", "source", "str", nullable=True)
-    _get(source, "fusionedge_version", "source", "str")
-
-
-def _check_labels(manifest: Mapping) -> None:
-    labels = _get(manifest, "labels", "", "dict")
-    for kind in LABEL_KINDS:
-        values = _get(labels, kind, "labels", "list")
-        for i, v in enumerate(values):
-            if not isinstance(v, str) or not v:
-                raise _fail(f"labels.{kind}[{i}]", f"expected a non-empty string, got {v!r}")
-        if len(set(values)) != len(values):
-            raise _fail(f"labels.{kind}", "expected unique labels")
-
-
-def _check_geometry(manifest: Mapping) -> None:
-    geometry = _get(manifest, "geometry", "", "dict")
-    for key in ("clip_frames", "height", "width", "sample_rate", "output_stride"):
-        _check_positive(_get(geometry, key, "geometry", "int"), f"geometry.{key}")
-    _check_positive(_get(geometry, "clip_seconds", "geometry", "number"), "geometry.clip_seconds")
-    _check_number_list(geometry, "mean", "geometry", 3)
-    _check_number_list(geometry, "std", "geometry", 3)
-
-
-def _check_files(manifest: Mapping) -> None:
-    files = _get(manifest, "files", "", "dict")
-    for rel, entry in files.items():
-        where = f"files[{rel!r}]"
-        _safe_relpath(rel, where)
-        if not isinstance(entry, dict):
-            raise _fail(where, f"expected an object, got {_type_name(entry)}")
-        sha = _get(entry, "sha256", where, "str")
-        if not _SHA256.match(sha):
-            raise _fail(f"{where}.sha256", f"expected 64 lowercase hex digits, got {sha!r}")
-        size = _get(entry, "size", where, "int")
-        if size < 0:
-            raise _fail(f"{where}.size", f"expected a size >= 0, got {size}")
-    if MODEL_NAME not in files:
-        raise _fail("files", f"expected an entry for {MODEL_NAME}")
-
-
-def _check_golden_and_batch(manifest: Mapping) -> None:
-    golden = _get(manifest, "golden", "", "dict")
-    golden_file = _get(golden, "file", "golden", "str")
-    _safe_relpath(golden_file, "golden.file")
-    if golden_file not in manifest["files"]:
-        raise _fail("golden.file", f"{golden_file!r} is not listed in 'files'")
-    for key in ("rtol", "atol"):
-        if _get(golden, key, "golden", "number") < 0:
-            raise _fail(f"golden.{key}", "expected a tolerance >= 0")
-    _check_positive(_get(golden, "batch", "golden", "int"), "golden.batch")
-    batch = _get(manifest, "batch", "", "dict")
-    lo, opt, hi = (_get(batch, k, "batch", "int") for k in ("min", "opt", "max"))
-    if not 1 <= lo <= opt <= hi:
-        raise _fail("batch", f"expected 1 <= min <= opt <= max, got min {lo}, opt {opt}, max {hi}")
-
-
-def _safe_relpath(rel: str, where: str) -> None:
-    p = PurePosixPath(rel)
-    if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel or rel == MANIFEST_NAME:
-        raise _fail(where, f"expected a relative path inside the bundle (not the manifest), got {rel!r}")
-
-
-def validate_manifest(manifest: Any) -> None:
-    """Check a parsed ``manifest.json`` against schema version 1, field by field.
-
-    Args:
-        manifest: the parsed JSON document.
-
-    Raises:
-        BundleError: the first field that is missing or wrong, e.g.
-            ``manifest.json: field 'inputs[1].shape': expected a list, got str``; or a
-            ``schema_version`` this runtime does not read.
-    """
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{MANIFEST_NAME}: expected a JSON object at the top, got {_type_name(manifest)}")
-    version = _get(manifest, "schema_version", "", "int")
-    if version != SCHEMA_VERSION:
-        raise BundleError(
-            f"{MANIFEST_NAME}: schema_version {version} is not supported by this runtime (it reads "
-            f"{SCHEMA_VERSION}); upgrade fusionedge or re-export the bundle"
-        )
-    for key in ("name", "version"):
-        if not _get(manifest, key, "", "str"):
-            raise _fail(key, "expected a non-empty string")
-    created = _get(manifest, "created", "", "str")
-    try:
-        datetime.fromisoformat(created.replace("Z", "+00:00"))
-    except ValueError as e:
-        raise _fail("created", f"expected an ISO-8601 time, got {created!r}") from e
-    _check_source(manifest)
-    _check_tensors(manifest, "inputs")
-    _check_tensors(manifest, "outputs")
-    _check_labels(manifest)
-    _check_geometry(manifest)
-    _get_choice(manifest, "precision", "", PRECISIONS)
-    _get(manifest, "metrics", "", "dict")
-    _check_files(manifest)
-    _check_golden_and_batch(manifest)
-
-
 # ---------------------------------------------------------------------------------- verification
 
 
@@ -421,20 +225,93 @@ def verify_files(root: str | os.PathLike, files: Mapping[str, Mapping[str, Any]]
             )
 
 
+#: Most entries (files and folders) a bundle folder may hold; a real one has a handful.
+MAX_ENTRIES = 10_000
+#: Files the runtime itself may leave in the bundle's top folder: the temp names of an atomic rewrite
+#: of the manifest or its signature (``update_bundle_metrics``, ``sign_bundle``) cut short by a crash.
+_RUNTIME_TEMP = re.compile(r"^\.(manifest\.json|manifest\.sig)\.[^/]+\.tmp$")
+
+
+def scan_folder(root: str | os.PathLike, *, max_entries: int = MAX_ENTRIES) -> list[str]:
+    """Every regular file under a bundle folder, as sorted POSIX relative paths; links are refused.
+
+    ``root`` itself may be a symbolic link (a device's ``current`` link to the bundle in use); nothing
+    inside it may be: a link would make the runtime read a file the manifest's hashes never covered.
+
+    Args:
+        root: the bundle folder.
+        max_entries: most files and folders accepted.
+
+    Returns:
+        The regular files, e.g. ``["engines/x.plan", "golden.npz", "manifest.json", "model.onnx"]``.
+
+    Raises:
+        BundleError: an entry is a symbolic link, or neither a regular file nor a folder (a FIFO, a
+            device, a socket), or there are more than ``max_entries`` entries; the message names it.
+    """
+    base = Path(root)
+    files: list[str] = []
+    stack = [""]
+    count = 0
+    while stack:
+        prefix = stack.pop()
+        with os.scandir(base / prefix if prefix else base) as it:
+            for entry in it:
+                rel = f"{prefix}{entry.name}"
+                count += 1
+                if count > max_entries:
+                    raise BundleError(f"{base}: more than {max_entries} files and folders; not a bundle")
+                if entry.is_symlink():
+                    raise BundleError(f"{rel}: a symbolic link in the bundle; a bundle holds regular files "
+                                      f"only (copy the file in, or re-export)")
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(f"{rel}/")
+                elif entry.is_file(follow_symlinks=False):
+                    files.append(rel)
+                else:
+                    raise BundleError(f"{rel}: not a regular file or folder (a FIFO, device or socket)")
+    return sorted(files)
+
+
+def check_unlisted(files: Sequence[str], manifest: Mapping[str, Any]) -> None:
+    """Refuse a regular file in the bundle that the manifest does not list (and hash).
+
+    Allowed besides the listed files: ``manifest.json``, ``manifest.sig``, the temp names the runtime
+    writes beside them, and anything under ``engines/`` (device-built TensorRT plans, checked against
+    their own fingerprint and hash when loaded). Any other file could be read by the model — ONNX
+    external data is resolved relative to ``model.onnx`` — without a hash vouching for it.
+
+    Args:
+        files: the bundle's regular files (:func:`scan_folder`).
+        manifest: the schema-checked manifest.
+
+    Raises:
+        BundleError: ``<file>: in the bundle folder but not listed in manifest.json ...``.
+    """
+    listed = manifest["files"]
+    for rel in files:
+        if rel in listed or rel in (MANIFEST_NAME, SIGNATURE_NAME) or rel.startswith(f"{ENGINES_DIR}/"):
+            continue
+        if _RUNTIME_TEMP.match(rel):
+            continue
+        raise BundleError(
+            f"{rel}: in the bundle folder but not listed in {MANIFEST_NAME}; every file a model may read must "
+            f"be listed and hashed (remove it, or re-export the bundle with it)"
+        )
+
+
 def _read_manifest(root: Path) -> dict:
     path = root / MANIFEST_NAME
     if not root.is_dir():
         raise BundleError(f"{root}: not a bundle folder (no such directory)")
+    if path.is_symlink():
+        raise BundleError(f"{MANIFEST_NAME}: a symbolic link in the bundle; a bundle holds regular files only")
     if not path.is_file():
         raise BundleError(f"{MANIFEST_NAME}: missing in {root}; this folder is not a bundle")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise BundleError(f"{MANIFEST_NAME}: not UTF-8 text ({e}); the bundle is corrupted") from e
-    except json.JSONDecodeError as e:
-        raise BundleError(
-            f"{MANIFEST_NAME}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
-        ) from e
+        manifest = read_json(path, what=MANIFEST_NAME, max_bytes=MANIFEST_MAX_BYTES, error=BundleError)
+    except OSError as e:
+        raise BundleError(f"{MANIFEST_NAME}: cannot be read ({e})") from e
     validate_manifest(manifest)
     return manifest
 
@@ -452,6 +329,7 @@ class Bundle:
     labels: dict[str, tuple[str, ...]]  # {"events", "objects", "audio_tags"}
     model_path: Path  # path / "model.onnx"
     verified: bool  # True when every file's size and sha256 were checked at load
+    signer: str | None = None  # key id of the trusted key whose signature verified at load, if one was asked for
 
     @property
     def name(self) -> str:
@@ -513,8 +391,19 @@ class Bundle:
         return inputs, outputs
 
 
-def load_bundle(path: str | os.PathLike, *, verify: bool = True, expected_digest: str | None = None) -> Bundle:
+def load_bundle(
+    path: str | os.PathLike,
+    *,
+    verify: bool = True,
+    expected_digest: str | None = None,
+    public_key: Any = None,
+) -> Bundle:
     """Read a bundle folder, check its manifest and (by default) every file's size and hash.
+
+    In order: no entry in the folder is a link; the manifest parses (within size, depth and
+    integer-length limits) and follows the schema; its digest is ``expected_digest`` and its
+    signature verifies with ``public_key`` (each when given); no file is there that the manifest does
+    not list; every listed file has its recorded size and SHA-256 (unless ``verify=False``).
 
     Args:
         path: the bundle folder (the one holding ``manifest.json``).
@@ -523,22 +412,32 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True, expected_digest
         expected_digest: the bundle's pinned :attr:`Bundle.digest` (64 hex digits, optionally
             ``sha256:``-prefixed). When given, a manifest with any other digest is refused before any
             file is hashed.
+        public_key: a trusted ed25519 public key (PEM, 32 raw bytes, or a ``cryptography`` key), or a
+            list of them; when given, ``manifest.sig`` must hold a valid signature over the digest by
+            one of them (:mod:`fusionedge.sdk.bundle_signature`; needs ``cryptography``).
 
     Returns:
         The :class:`Bundle`.
 
     Raises:
-        BundleError: no manifest, invalid JSON, a missing or wrongly typed field (named), an unknown
-            schema version, a digest other than ``expected_digest``, or a missing / truncated /
-            altered file (named).
-        InputError: ``expected_digest`` is not 64 hex digits.
+        BundleError: no manifest, a manifest that is not acceptable JSON or misses a field or has a
+            wrongly typed one (named), an unknown schema version, a digest other than
+            ``expected_digest``, a missing or invalid signature, a link or an unlisted file in the
+            folder, or a missing / truncated / altered file (each named).
+        InputError: ``expected_digest`` is not 64 hex digits, or ``public_key`` is not an ed25519 key.
     """
     root = Path(path)
     if expected_digest is not None:
         _normalize_digest(expected_digest)  # a malformed pin is the caller's error, whatever the bundle
+    keys = load_public_keys(public_key) if public_key is not None else None
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a bundle folder (no such directory)")
+    files = scan_folder(root)
     manifest = _read_manifest(root)
     if expected_digest is not None:
         check_digest(manifest, expected_digest)
+    signer = verify_signature(root, manifest, keys) if keys is not None else None
+    check_unlisted(files, manifest)
     if verify:
         verify_files(root, manifest["files"])
     else:
@@ -553,6 +452,7 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True, expected_digest
         labels=labels,
         model_path=root / MODEL_NAME,
         verified=verify,
+        signer=signer,
     )
 
 
@@ -574,7 +474,7 @@ def update_bundle_metrics(path: str | os.PathLike, metrics: Mapping[str, Any]) -
         InputError: ``metrics`` is not a mapping or not JSON-serializable (the manifest is unchanged).
     """
     if not isinstance(metrics, Mapping):
-        raise InputError(f"metrics must be a mapping, got {_type_name(metrics)}")
+        raise InputError(f"metrics must be a mapping, got {type_name(metrics)}")
     root = Path(path)
     manifest = _read_manifest(root)
     manifest["metrics"] = json_safe(dict(metrics))

@@ -30,8 +30,9 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from fusionedge.sdk.bundle import MANIFEST_NAME, fsync_dir, load_bundle
+from fusionedge.sdk.bundle import MANIFEST_NAME, load_bundle
 from fusionedge.sdk.errors import BundleError, InputError, VerificationError
+from fusionedge.sdk.fileio import fsync_dir
 
 __all__ = ["pack_bundle", "unpack_bundle", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_FILES"]
 
@@ -95,15 +96,16 @@ def pack_bundle(bundle_dir: str | os.PathLike, out_path: str | os.PathLike) -> P
     """
     root = Path(bundle_dir).resolve()
     out = Path(out_path).resolve()
-    load_bundle(root)  # refuse to ship a bundle that does not verify
     if out == root or root in out.parents:
         raise InputError(f"{out}: the archive must not be written inside the bundle folder {root}")
+    entries = _bundle_entries(root)
+    load_bundle(root)  # refuse to ship a bundle that does not verify
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as raw:
             with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for rel, path in _bundle_entries(root):
+                for rel, path in entries:
                     if path.is_dir():
                         tar.addfile(_tarinfo(rel, folder=True))
                     else:
@@ -115,6 +117,10 @@ def pack_bundle(bundle_dir: str | os.PathLike, out_path: str | os.PathLike) -> P
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:
+        fsync_dir(out.parent)  # the rename survives a power cut
+    except OSError:  # some file systems cannot fsync a folder; the archive itself is durable
+        pass
     return out
 
 

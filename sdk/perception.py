@@ -34,7 +34,7 @@ from fusionedge.sdk.backends import Backend, ModelIO, backend_class, get_backend
 from fusionedge.sdk.bundle import Bundle, load_bundle
 from fusionedge.sdk.engine_fingerprint import NoEngineError
 from fusionedge.sdk.errors import BackendError, BundleError, InputError
-from fusionedge.sdk.media import read_audio, read_video
+from fusionedge.sdk.media import read_audio_window, read_video
 from fusionedge.sdk.postprocess import Detection, decode_centernet, sigmoid, softmax
 from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
 from fusionedge.sdk.selftest import compare_golden
@@ -146,6 +146,7 @@ class Perception:
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
         engine_build: str = "first",
         expected_digest: str | None = None,
+        public_key: Any = None,
     ) -> "Perception":
         """Load and verify a bundle, then the first backend in ``backends`` that loads.
 
@@ -165,14 +166,16 @@ class Perception:
                 is on every result (``Result.engine``) and in :attr:`engine_state`.
             expected_digest: the bundle's pinned digest (:attr:`Bundle.digest
                 <fusionedge.sdk.bundle.Bundle.digest>`); a bundle whose manifest has another is refused.
+            public_key: a trusted ed25519 public key (or a list); the bundle's ``manifest.sig`` must
+                verify with one of them (see :func:`~fusionedge.sdk.bundle.load_bundle`).
 
         Returns:
             A ready :class:`Perception`.
 
         Raises:
-            BundleError: the bundle is invalid, altered, not the pinned one, or does not follow the
-                model contract.
-            InputError: ``expected_digest`` is not 64 hex digits.
+            BundleError: the bundle is invalid, altered, not the pinned one, not signed by a trusted
+                key (when ``public_key`` is given), or does not follow the model contract.
+            InputError: ``expected_digest`` is not 64 hex digits, or ``public_key`` is not ed25519.
             BackendError: no backend could be loaded (the message gives each one's reason), or
                 ``backends`` is empty.
         """
@@ -181,7 +184,7 @@ class Perception:
             raise BackendError("no backend given; pass e.g. backends=['onnxruntime']")
         if engine_build not in ("first", "background"):
             raise BackendError(f"engine_build must be 'first' or 'background', got {engine_build!r}")
-        bundle = load_bundle(bundle_path, verify=verify, expected_digest=expected_digest)
+        bundle = load_bundle(bundle_path, verify=verify, expected_digest=expected_digest, public_key=public_key)
         _check_contract(bundle)
         io = ModelIO.from_manifest(bundle.manifest)
         options = dict(backend_options or {})
@@ -283,8 +286,8 @@ class Perception:
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
-        frames, frame_fps, video_start = self._decode_video(video, video_path, fps, start)
-        samples, rate = self._decode_audio(audio, audio_path, sample_rate)
+        frames, frame_fps, video_start, frame_wh = self._decode_video(video, video_path, fps, start)
+        samples, rate, audio_start = self._decode_audio(audio, audio_path, sample_rate, start)
         timings["decode"] = _ms(t0)
 
         t0 = time.perf_counter()
@@ -293,7 +296,7 @@ class Perception:
         else:
             video_t = np.zeros((g.clip_frames, 3, g.height, g.width), np.float32)
         if samples is not None:
-            audio_t = preprocess_audio(samples, rate, g, start_seconds=start)  # (S,)
+            audio_t = preprocess_audio(samples, rate, g, start_seconds=audio_start)  # (S,)
         else:
             audio_t = np.zeros(g.audio_samples, np.float32)
         presence = np.array([frames is not None, samples is not None], np.float32)  # (2,) video, audio
@@ -305,7 +308,6 @@ class Perception:
         timings["infer"] = _ms(t0)
 
         t0 = time.perf_counter()
-        frame_wh = None if frames is None else (frames.shape[2], frames.shape[1])
         result = self.decode(out, frame_wh=frame_wh, has_audio=samples is not None, timings=timings,
                              backend_name=backend.name)
         timings["postprocess"] = _ms(t0)  # the same dict the result holds
@@ -478,14 +480,15 @@ class Perception:
 
     def _decode_video(
         self, video: np.ndarray | None, path: str | os.PathLike | None, fps: float | None, start: float
-    ) -> tuple[np.ndarray | None, float, float]:
-        """Return ``(frames, fps, window start within frames)``; frames None when video is missing."""
+    ) -> tuple[np.ndarray | None, float, float, tuple[int, int] | None]:
+        """``(frames, fps, window start within frames, (w, h) boxes map to)``; frames None without video."""
         g = self.geometry
-        if path is not None:
-            clip = read_video(path, max_seconds=g.clip_seconds, start_seconds=start)
-            return clip.frames, clip.fps, 0.0  # the reader already cut the window
+        if path is not None:  # the reader cuts the window and shrinks huge frames as it decodes
+            clip = read_video(path, max_seconds=g.clip_seconds, start_seconds=start,
+                              downscale_to=(g.width, g.height))
+            return clip.frames, clip.fps, 0.0, clip.size
         if video is None:
-            return None, 0.0, 0.0
+            return None, 0.0, 0.0, None
         if not (isinstance(video, np.ndarray) and video.dtype == np.uint8 and video.ndim == 4
                 and video.shape[-1] == 3):
             raise InputError(
@@ -496,19 +499,21 @@ class Perception:
             fps = video.shape[0] / g.clip_seconds  # the frames span one clip window
         if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
             raise InputError(f"fps must be a finite number > 0, got {fps!r}")
-        return video, float(fps), start
+        return video, float(fps), start, (video.shape[2], video.shape[1])
 
     def _decode_audio(
-        self, audio: np.ndarray | None, path: str | os.PathLike | None, sample_rate: int | None
-    ) -> tuple[np.ndarray | None, int]:
-        """Return ``(samples, rate)``; samples None when audio is missing."""
-        if path is not None:
-            return read_audio(path)
+        self, audio: np.ndarray | None, path: str | os.PathLike | None, sample_rate: int | None, start: float
+    ) -> tuple[np.ndarray | None, int, float]:
+        """``(samples, rate, window start within samples)``; samples None when audio is missing."""
+        if path is not None:  # only the window (and the resampler's context) is read
+            g = self.geometry
+            clip = read_audio_window(path, start, g.clip_seconds, target_rate=g.sample_rate)
+            return clip.samples, clip.rate, clip.start_seconds
         if audio is None:
-            return None, 0
+            return None, 0, start
         if sample_rate is None:
             raise InputError("audio given as an array needs sample_rate (Hz)")
-        return audio, sample_rate
+        return audio, sample_rate, start
 
 
 def _ms(t0: float) -> float:

@@ -57,12 +57,12 @@ def poison_initializer(root: Path, name: str, value: float = float("nan")) -> No
 
 
 def externalize(model_in: Path, model_out: Path, location: str) -> None:
-    """Save ``model_in`` as ``model_out`` with every initializer in the external-data file ``location``."""
+    """Save ``model_in`` as ``model_out`` with its larger initializers (weights) in the external-data file ``location``."""
     import onnx
 
     model = onnx.load(str(model_in))
     onnx.save(model, str(model_out), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=location, size_threshold=0)
+              location=location, size_threshold=1024)
 
 
 def write_clip(folder: Path, *, frames: int = 6, size: tuple[int, int] = (96, 64)) -> tuple[Path, Path]:

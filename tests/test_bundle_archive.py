@@ -198,3 +198,11 @@ def test_unpack_rejects_bad_limits(archive, tmp_path):
         with pytest.raises(InputError, match="must be a positive integer"):
             unpack_bundle(archive, tmp_path / "x", **kw)
 
+
+
+def test_unpack_refuses_a_file_the_manifest_does_not_list(bundle_dir, tmp_path):
+    hostile = _hostile(tmp_path, bundle_dir, [_member("weights.bin", data=b"\x00" * 64)])
+    with pytest.raises(VerificationError, match=r"does not verify: weights\.bin: in the bundle folder but not "
+                                                r"listed in manifest\.json"):
+        unpack_bundle(hostile, tmp_path / "store" / "x")
+    assert _entries(tmp_path / "store") == []  # nothing left behind
