@@ -61,7 +61,10 @@ __all__ = [
     "preprocess_video",
     "preprocess_audio",
     "resample_audio",
+    "resample_context",
     "scale_boxes",
+    "MIN_SAMPLE_RATE",
+    "MAX_SAMPLE_RATE",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,11 @@ except ImportError as _e:  # pragma: no cover - depends on the build
 
 #: True when the compiled fast path (``fusionedge.sdk._native``) is importable.
 NATIVE_AVAILABLE: bool = _native is not None
+
+#: Lowest and highest audio sample rates accepted (Hz): a rate outside them is a corrupt header or a
+#: wrong argument, and would make the resampler's filter tables enormous.
+MIN_SAMPLE_RATE: int = 1_000
+MAX_SAMPLE_RATE: int = 384_000
 
 # Half-open windows are computed from float seconds * fps; this tolerance keeps e.g. 1.0 s * 30 fps
 # = 30.000000000000004 from adding a 31st frame.
@@ -512,8 +520,8 @@ def preprocess_audio(
         InputError: not a float array of shape (S,) / (S, C), NaN or Inf in it, a bad rate or start.
     """
     _check_waveform(samples)
-    sr_in = _positive_int(sample_rate, "sample_rate")
-    sr_out = _positive_int(geometry.sample_rate, "geometry.sample_rate")
+    sr_in = _sample_rate(sample_rate, "sample_rate")
+    sr_out = _sample_rate(geometry.sample_rate, "geometry.sample_rate")
     start = _start(start_seconds)
     n_out = int(geometry.audio_samples)
     s0 = int(round(start * sr_in))  # the window starts at input sample s0 (within half a sample)
@@ -548,11 +556,32 @@ def resample_audio(samples: np.ndarray, sample_rate: int, target_rate: int) -> n
         InputError: as :func:`preprocess_audio`.
     """
     _check_waveform(samples)
+    sr_in = _sample_rate(sample_rate, "sample_rate")
+    sr_out = _sample_rate(target_rate, "target_rate")
     mono = _downmix(samples, offset=0)
-    sr_in = _positive_int(sample_rate, "sample_rate")
-    sr_out = _positive_int(target_rate, "target_rate")
     n_out = int(round(mono.shape[0] * sr_out / sr_in))
     return _resample_window(mono, sr_in, sr_out, 0, n_out).astype(np.float32)
+
+
+def resample_context(sample_rate: int, target_rate: int) -> int:
+    """Input samples the resampler reads on each side of a window (its filter's half length, + 1).
+
+    A reader that takes this many samples before and after a window (where the signal has them)
+    gives :func:`preprocess_audio` exactly what it would read from the whole signal.
+
+    Args:
+        sample_rate: input rate in Hz.
+        target_rate: output rate in Hz.
+
+    Returns:
+        A number of input samples, >= 2.
+
+    Raises:
+        InputError: a rate outside ``MIN_SAMPLE_RATE`` .. ``MAX_SAMPLE_RATE``.
+    """
+    ratio = Fraction(_sample_rate(sample_rate, "sample_rate"), _sample_rate(target_rate, "target_rate"))
+    half = _filter_shape(ratio.numerator, ratio.denominator)[1] if ratio != 1 else 1
+    return half + 1
 
 
 _ZERO_CROSSINGS = 32  # of the (possibly stretched) sinc on each side
@@ -722,6 +751,13 @@ def _positive_int(value: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise InputError(f"{what} must be a positive integer (Hz), got {value!r}")
     return int(value)
+
+
+def _sample_rate(value: int, what: str) -> int:
+    rate = _positive_int(value, what)
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise InputError(f"{what} must be {MIN_SAMPLE_RATE} .. {MAX_SAMPLE_RATE} Hz, got {rate}")
+    return rate
 
 
 def _wh(value: tuple[int, int], what: str) -> tuple[float, float]:
