@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bundle import fsync_dir, write_bytes_atomic
 from .errors import DataError
+from .fileio import loads_json, write_text_atomic
 from .spec import AUDIO_TAGS, EVENTS, OBJECTS
 
 __all__ = ["MANIFEST_NAME", "Box", "Sample", "read_manifest", "write_manifest", "manifest_path"]
@@ -215,9 +215,10 @@ def read_manifest(
         events, audio_tags, objects: the label vocabularies (default: ``fusionedge.sdk.spec``).
 
     Raises:
-        DataError: the file is missing, unreadable or empty, or a line is invalid (bad JSON, missing
-            or mistyped field, unknown label, duplicate id, bad box, missing media file). The message
-            reads ``<file>:<line>: field '<field>': <what is wrong>``.
+        DataError: the file is missing, unreadable or empty, or a line is invalid (bad JSON, JSON
+            nested too deep, an over-long integer, NaN/Infinity, a missing or mistyped field, an
+            unknown label, a duplicate id, a bad box, a missing media file). The message reads
+            ``<file>:<line>: field '<field>': <what is wrong>``.
 
     Returns:
         The samples in file order, with absolute media paths.
@@ -236,10 +237,7 @@ def read_manifest(
         if not raw.strip():
             continue
         line = _Line(file, lineno)
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{line.where}: invalid JSON: {e.msg} (column {e.colno})") from e
+        rec = loads_json(raw, what=line.where, error=DataError)  # bounded: depth, integer length, NaN
         s = _parse(line, rec, root, require_labels=require_labels, check_files=check_files,
                    events=events, audio_tags=audio_tags, objects=objects)
         if s.id in first_line:
@@ -284,7 +282,7 @@ def _record(s: Sample, root: Path) -> dict:
 
 
 def write_manifest(path: str | os.PathLike, samples: Iterable[Sample]) -> None:
-    """Write a manifest atomically: a temp file in the same folder, fsync, then ``os.replace``.
+    """Write a manifest atomically (:func:`fusionedge.sdk.fileio.write_text_atomic`).
 
     Args:
         path: the manifest file to write (a folder means ``folder/manifest.jsonl``).
@@ -308,8 +306,4 @@ def write_manifest(path: str | os.PathLike, samples: Iterable[Sample]) -> None:
             lines.append(json.dumps(_record(s, root), ensure_ascii=False, allow_nan=False))
         except (TypeError, ValueError) as e:
             raise DataError(f"{file}: sample {s.id!r} cannot be written as JSON: {e}") from e
-    write_bytes_atomic(root / file.name, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
-    try:  # make the rename itself durable
-        fsync_dir(root)
-    except OSError:
-        pass
+    write_text_atomic(root / file.name, "\n".join(lines) + ("\n" if lines else ""))

@@ -87,7 +87,7 @@ def test_unlabelled_needs_require_labels_false(root):
 @pytest.mark.parametrize(
     "line2, field, words",
     [
-        ('{"id": "b", "video": ', None, "invalid JSON"),
+        ('{"id": "b", "video": ', None, "not valid JSON"),
         ('["b"]', None, "JSON object"),
         (good(id=...), "id", "is required"),
         (good(id=7), "id", "must be a string"),
@@ -129,11 +129,15 @@ def test_errors_name_file_line_and_field(root, line2, field, words):
 
 
 def test_non_finite_box_is_refused(root):
-    # Python's json module accepts NaN/Infinity literals: they must still be refused
+    # Python's json module accepts NaN/Infinity literals; strict JSON has none: refused at parse
     path = write_lines(root, good(), '{"id": "b", "video": "media/b.mp4", "event": "none", '
                                      '"boxes": [{"label": "car", "box": [0, 0, NaN, 4]}]}')
-    with pytest.raises(DataError, match=r"manifest\.jsonl:2: field 'boxes\[0\]\.box': must hold 4 finite"):
+    with pytest.raises(DataError, match=r"manifest\.jsonl:2: NaN is not a JSON number"):
         read_manifest(path)
+    path = write_lines(root, good(), '{"id": "b", "video": "media/b.mp4", "event": "none", '
+                                     '"boxes": [{"label": "car", "box": [0, 0, 1e999, 4]}]}')
+    with pytest.raises(DataError, match=r"manifest\.jsonl:2: field 'boxes\[0\]\.box': must hold 4 finite"):
+        read_manifest(path)  # an overflowing number parses as inf: the field check still refuses it
 
 
 def test_line_numbers_count_blank_lines(root):
@@ -184,3 +188,14 @@ def test_write_replaces_atomically(root):
     write_manifest(path, [Sample("b", root / "media/b.mp4", None, "none")])
     assert [s.id for s in read_manifest(path)] == ["b"]
     assert sorted(p.name for p in root.iterdir()) == ["manifest.jsonl", "media"]
+
+
+@pytest.mark.parametrize("line2, words", [
+    ("[" * 100_000 + "]" * 100_000, "nested more than"),
+    ('{"id": "b", "video": "media/b.mp4", "width": ' + "7" * 5000 + "}", "an integer of 5000 digits"),
+], ids=["deep", "long-int"])
+def test_hostile_json_line_is_a_data_error_naming_file_and_line(root, line2, words):
+    path = write_lines(root, good(), line2)
+    with pytest.raises(DataError) as err:
+        read_manifest(path)
+    assert str(err.value).startswith(f"{path}:2: ") and words in str(err.value)
