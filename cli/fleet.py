@@ -3,7 +3,7 @@
 The repository side (``init``, ``publish``, ``rollout``, ``timestamp``, ``resign``, ``rotate-key``,
 ``status``, ``serve``) drives :mod:`fusionedge.export.fleet.repo`; ``agent`` runs the device update
 agent (:mod:`fusionedge.sdk.fleet.agent`); ``watch`` follows device status over MQTT and pauses a
-failing rollout (:func:`fusionedge.export.fleet_watch.watch`). Every verb takes ``--json``; a bad
+failing rollout (:func:`fusionedge.export.fleet.watch.watch`). Every verb takes ``--json``; a bad
 repository, key or input is a :class:`~fusionedge.sdk.errors.FusionEdgeError` (one line, exit 2).
 Every verb needs the ``fleet`` extra, checked when it runs; parsing imports nothing of it, nor
 of :mod:`fusionedge.export` (a verb that only reads results must not load the export side).
@@ -171,6 +171,40 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- MQTT TLS and login
+
+
+class _RefusePassword(argparse.Action):
+    """``--mqtt-password``: refused without echoing the value (argparse would else take it as an
+    abbreviation of ``--mqtt-password-file`` and print the password as a missing file's name)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
+        parser.error("a password is never taken on the command line: use --mqtt-password-file FILE or "
+                     "the FUSIONEDGE_MQTT_PASSWORD environment variable")
+
+
+def _add_mqtt_security_options(p: argparse.ArgumentParser, who: str) -> None:
+    """``--mqtt-ca/-cert/-key/-username/-password-file``; the password never goes on the command line."""
+    p.add_argument("--mqtt-ca", type=Path, default=None, metavar="PEM",
+                   help="CA certificate(s) of the broker; turns TLS on")
+    p.add_argument("--mqtt-cert", type=Path, default=None, metavar="PEM",
+                   help="client certificate, for a broker that requires one (turns TLS on)")
+    p.add_argument("--mqtt-key", type=Path, default=None, metavar="PEM",
+                   help="the client certificate's private key (omit when --mqtt-cert holds it)")
+    p.add_argument("--mqtt-username", default=None, help=f"the broker username ({who})")
+    p.add_argument("--mqtt-password-file", type=Path, default=None, metavar="FILE",
+                   help="file holding the broker password (default: the FUSIONEDGE_MQTT_PASSWORD "
+                        "environment variable)")
+    p.add_argument("--mqtt-password", action=_RefusePassword, help=argparse.SUPPRESS)
+
+
+def _mqtt_security(args: argparse.Namespace) -> Any:
+    from fusionedge.sdk.fleet.status import MqttSecurity
+
+    return MqttSecurity.from_options(ca=args.mqtt_ca, cert=args.mqtt_cert, key=args.mqtt_key,
+                                     username=args.mqtt_username, password_file=args.mqtt_password_file)
+
+
 # ------------------------------------------------------------------------------------ device agent
 
 
@@ -193,6 +227,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     agent = Agent(
         args.url, args.device_id, args.state_dir, device_class=args.device_class, model=args.model,
         cohort=args.cohort, root=args.root, backends=args.backends, mqtt=args.mqtt,
+        mqtt_security=_mqtt_security(args),
         latency_budget_ms=args.latency_budget_ms, timeout_s=args.timeout, progress=not args.json,
     )
     failed = False
@@ -243,6 +278,7 @@ def add_agent_parsers(fleet_subparsers: Any) -> argparse.ArgumentParser:
     add_backends_option(p, help="ordered, comma-separated backends; the health check needs the first "
                                 "available one")
     p.add_argument("--mqtt", default=None, metavar="HOST:PORT", help="publish status to this MQTT broker")
+    _add_mqtt_security_options(p, "this device's id, for a broker ACL with %%u")
     p.add_argument("--latency-budget-ms", type=float, default=2000.0,
                    help="largest median golden-inference latency the health check accepts")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds of server silence tolerated")
@@ -259,7 +295,7 @@ def add_agent_parsers(fleet_subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from fusionedge.export.fleet_watch import ReleaseTally, watch
+    from fusionedge.export.fleet.watch import ReleaseTally, watch
 
     def show(t: ReleaseTally) -> None:
         if not args.json:
@@ -269,7 +305,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     try:
         report = watch(args.broker, args.repo, args.model, min_devices=args.min_devices,
                        max_failure_rate=args.max_failure_rate, timeout_s=args.timeout,
-                       online_keys=args.online_keys, on_tally=show)
+                       online_keys=args.online_keys, on_tally=show, security=_mqtt_security(args))
     except KeyboardInterrupt:
         return 130
     if args.json:
@@ -300,6 +336,7 @@ def add_watch_parser(fleet_subparsers: Any) -> argparse.ArgumentParser:
                    help="pause when more than this share of devices fail (default 0.2)")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop watching after S seconds")
     p.add_argument("--online-keys", default=None, help="online keys folder (default REPO/keys/online)")
+    _add_mqtt_security_options(p, "one with read access to every device's status topic")
     add_json_option(p, help="print the report as one JSON object")
     p.set_defaults(func=needs("fleet", _cmd_watch))
     return p

@@ -180,9 +180,12 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    """A real mosquitto broker on 127.0.0.1 and a free port, with a generated config."""
+    """A real mosquitto broker on 127.0.0.1 and a free port, with a generated config.
 
-    def __init__(self, workdir: Path) -> None:
+    ``settings`` are config lines for the listener and its security (default: anonymous, plain TCP).
+    """
+
+    def __init__(self, workdir: Path, settings: str = "allow_anonymous true\n") -> None:
         binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto")
                                                else None)
         if binary is None:
@@ -190,7 +193,7 @@ class Mosquitto:
                         "broker")
         self.port = free_port()
         conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        conf.write_text(f"listener {self.port} 127.0.0.1\n{settings}persistence false\n"
                         f"max_queued_messages 10000\n")
         self.log = open(workdir / "mosquitto.log", "wb")
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=self.log, stderr=subprocess.STDOUT)

@@ -35,7 +35,7 @@ def _check_all(agents: dict, pool: ThreadPoolExecutor) -> dict:
 
 
 def test_tally_keeps_each_devices_last_verdict_per_release():
-    from fusionedge.export.fleet_watch import tally
+    from fusionedge.export.fleet.watch import tally
 
     def st(device, state, release=2, model="student"):
         return {"device_id": device, "model": model, "release": release, "state": state, "version": "0.2.0"}
@@ -55,7 +55,7 @@ def test_tally_keeps_each_devices_last_verdict_per_release():
 
 
 def test_watch_refuses_bad_arguments(tmp_path, toy):
-    from fusionedge.export.fleet_watch import watch
+    from fusionedge.export.fleet.watch import watch
 
     env = FleetEnv(tmp_path)
     try:
@@ -73,7 +73,7 @@ def test_watch_refuses_bad_arguments(tmp_path, toy):
 def test_staged_rollout_to_50_devices_and_automatic_pause_of_a_failing_release(tmp_path, toy):
     from fusionedge.cli.fleet import add_watch_parser
     from fusionedge.export.fleet.repo import repository_status
-    from fusionedge.export.fleet_watch import watch
+    from fusionedge.export.fleet.watch import watch
 
     broker = Mosquitto(tmp_path)
     env = FleetEnv(tmp_path)

@@ -2,33 +2,48 @@
 
 Runs on the release server (it signs with the online ``rollouts`` key)::
 
-    report = watch("broker:1883", "repo/", "student", min_devices=20, max_failure_rate=0.1, timeout_s=3600)
+    report = watch("broker:8883", "repo/", "student", min_devices=20, max_failure_rate=0.1, timeout_s=3600,
+                   security=MqttSecurity(ca_file="ca.pem", username="fleet-watch", password=...))
     report.paused, report.failure_rate
 
-Each device publishes a retained JSON status on ``fusionedge/devices/<device_id>/status``
-(:mod:`fusionedge.sdk.fleet.status`). :func:`watch` subscribes to ``fusionedge/devices/+/status``,
-keeps every device's latest status, and tallies per release: ``updated`` / ``up-to-date`` count as
-successes; ``rolled-back``, ``failed`` and ``skipped-bad`` as failures (progress states are ignored).
-Once at least ``min_devices`` devices reached a verdict on the release the rollout names and the share
-of failures exceeds ``max_failure_rate``, it pauses the rollout with
-:func:`fusionedge.export.fleet_repo.set_rollout` (``paused=True``): devices that have not updated
-yet stop taking the release at their next check; devices that rolled back keep their old model.
+Each device publishes a retained JSON status on ``fusionedge/devices/<device_id>/status``; the wire
+format and its checks live in :mod:`fusionedge.sdk.fleet.status`, shared with the publisher.
+:func:`watch` subscribes to ``fusionedge/devices/+/status`` and reads every message through
+:func:`~fusionedge.sdk.fleet.status.parse_status`: a message that is oversized, too deeply nested, not
+JSON, off the schema, or whose ``device_id`` is not its topic's is logged, counted in
+``WatchReport.dropped`` and skipped — it never counts and never stops the watch. A device is its topic:
+it counts once per release, with its latest verdict there, however many messages it sends. ``updated`` /
+``up-to-date`` count as successes; ``rolled-back``, ``failed`` and ``skipped-bad`` as failures; progress
+states and ``offline`` (a device's last will) do not replace a verdict. Once at least ``min_devices``
+devices reached a verdict on the release the rollout names and the share of failures exceeds
+``max_failure_rate``, it pauses the rollout with :func:`fusionedge.export.fleet.repo.set_rollout`
+(``paused=True``): devices that have not updated yet stop taking the release at their next check;
+devices that rolled back keep their old model. Topic binding is what makes a device's verdict its own
+only when the broker lets each device write nothing but its own topic (see ``export/FLEET.md``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
-from fusionedge.export.fleet_keys import RepositoryError
-from fusionedge.sdk.fleet.status import TOPIC_PREFIX, parse_broker
+from fusionedge.export.fleet.keys import RepositoryError
+from fusionedge.sdk.errors import InputError
+from fusionedge.sdk.fleet.status import (
+    OFFLINE,
+    STATUS_SUBSCRIPTION,
+    MqttSecurity,
+    new_client,
+    parse_broker,
+    parse_status,
+)
 
-__all__ = ["watch", "tally", "ReleaseTally", "WatchReport", "SUCCESS_STATES", "VERDICT_FAILURES"]
+__all__ = ["SUCCESS_STATES", "VERDICT_FAILURES", "ReleaseTally", "WatchReport", "tally", "watch"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +51,8 @@ log = logging.getLogger(__name__)
 SUCCESS_STATES = ("updated", "up-to-date")
 #: Device states that count as a failure for the release they name.
 VERDICT_FAILURES = ("rolled-back", "failed", "skipped-bad")
+#: Dropped messages logged one by one before the log only counts them.
+_LOGGED_DROPS = 20
 
 
 @dataclass
@@ -49,10 +66,12 @@ class ReleaseTally:
 
     @property
     def devices(self) -> int:
+        """Devices with a verdict on the release."""
         return len(self.succeeded) + len(self.failed)
 
     @property
     def failure_rate(self) -> float:
+        """Share of those devices that failed (0 without any)."""
         return len(self.failed) / self.devices if self.devices else 0.0
 
 
@@ -66,22 +85,31 @@ class WatchReport:
     paused: bool  # True when watch paused the rollout
     reason: str  # why it ended
     tallies: dict[int, ReleaseTally]
-    messages: int  # status messages received
+    messages: int  # status messages accepted
+    dropped: int = 0  # status messages refused (malformed, oversized, or naming another device)
+    offline: list[str] = field(default_factory=list)  # devices whose latest status is their last will
 
     def to_dict(self) -> dict:
         """JSON-safe fields."""
         return {"model": self.model, "release": self.release, "version": self.version, "paused": self.paused,
-                "reason": self.reason, "messages": self.messages,
+                "reason": self.reason, "messages": self.messages, "dropped": self.dropped,
+                "offline": list(self.offline),
                 "tallies": {str(k): {**asdict(v), "devices": v.devices, "failure_rate": v.failure_rate}
                             for k, v in self.tallies.items()}}
+
+
+def _is_verdict(status: Mapping[str, Any]) -> bool:
+    return status.get("state") in SUCCESS_STATES or status.get("state") in VERDICT_FAILURES
 
 
 def tally(statuses: Iterable[Mapping[str, Any]], model: str) -> dict[int, ReleaseTally]:
     """Each device's last verdict on each release, grouped into successes and failures.
 
     Args:
-        statuses: status objects in the order they arrived; progress states (``downloading``, ...)
-            and states without a verdict (``paused``, ``not-eligible``) do not erase an earlier verdict.
+        statuses: status objects in the order they arrived, each already bound to its device (see
+            :func:`~fusionedge.sdk.fleet.status.parse_status`); progress states (``downloading``, ...)
+            and states without a verdict (``paused``, ``not-eligible``, ``offline``) do not erase an
+            earlier verdict.
         model: only statuses about this fleet model count.
 
     Returns:
@@ -93,7 +121,7 @@ def tally(statuses: Iterable[Mapping[str, Any]], model: str) -> dict[int, Releas
         if (status.get("model") != model or not isinstance(release, int) or isinstance(release, bool)
                 or not isinstance(device, str)):
             continue
-        if status.get("state") in SUCCESS_STATES or status.get("state") in VERDICT_FAILURES:
+        if _is_verdict(status):
             verdicts[(device, release)] = status
     out: dict[int, ReleaseTally] = {}
     for (device, release), status in sorted(verdicts.items()):
@@ -102,8 +130,41 @@ def tally(statuses: Iterable[Mapping[str, Any]], model: str) -> dict[int, Releas
     return dict(sorted(out.items()))
 
 
+class _Ledger:
+    """What a watch knows: each device's latest verdict per release, its latest state, the drops."""
+
+    def __init__(self) -> None:
+        self.verdicts: dict[tuple[str, int], dict] = {}  # (topic's device, release) -> latest verdict
+        self.states: dict[str, str] = {}  # topic's device -> latest state
+        self.messages = 0
+        self.dropped = 0
+
+    def add(self, topic: str, payload: bytes) -> None:
+        """Take one message; a refused one is logged and counted, never raised."""
+        try:
+            status = parse_status(topic, payload)
+        except InputError as e:
+            self.dropped += 1
+            if self.dropped <= _LOGGED_DROPS:
+                log.warning("dropped a status message: %s", e)
+            elif self.dropped % 1000 == 0:
+                log.warning("%d status messages dropped so far", self.dropped)
+            return
+        self.messages += 1
+        device = status["device_id"]  # the topic's device id (parse_status checked)
+        self.states[device] = status["state"]
+        if _is_verdict(status) and status.get("release") is not None:
+            self.verdicts[(device, status["release"])] = status
+
+    def tally(self, model: str) -> dict[int, ReleaseTally]:
+        return tally(self.verdicts.values(), model)
+
+    def offline(self) -> list[str]:
+        return sorted(d for d, state in self.states.items() if state == OFFLINE)
+
+
 def _current_rollout(repo: str | os.PathLike, model: str) -> dict | None:
-    from fusionedge.export.fleet_repo import repository_status
+    from fusionedge.export.fleet.repo import repository_status
 
     return repository_status(repo)["models"].get(model, {}).get("rollout")
 
@@ -119,6 +180,7 @@ def watch(
     online_keys: str | os.PathLike | None = None,
     stop: Any = None,
     on_tally: Callable[[ReleaseTally], None] | None = None,
+    security: MqttSecurity | None = None,
 ) -> WatchReport:
     """Follow device statuses for ``model`` and pause its rollout when too many devices fail.
 
@@ -132,13 +194,15 @@ def watch(
         online_keys: folder of the online keys (default ``REPO/keys/online``).
         stop: an object with ``is_set()`` (e.g. ``threading.Event``) to end the watch early.
         on_tally: called with the rollout release's tally whenever it changes.
+        security: TLS files and the watcher's credentials (None: plain TCP, anonymous).
 
     Returns:
         The :class:`WatchReport`; ``paused`` is True when this watch paused the rollout.
 
     Raises:
         RepositoryError: bad arguments, no repository, no rollout for ``model``, the broker cannot
-            be reached, or the rollouts key is missing.
+            be reached or refuses the watcher, or the rollouts key is missing.
+        InputError: unusable TLS files.
     """
     if not isinstance(min_devices, int) or isinstance(min_devices, bool) or min_devices < 1:
         raise RepositoryError(f"min_devices must be an integer >= 1, got {min_devices!r}")
@@ -149,27 +213,23 @@ def watch(
     if rollout is None:
         raise RepositoryError(f"{model}: no rollout to watch; start one with `fusionedge fleet rollout`")
 
-    import paho.mqtt.client as mqtt
-
     inbox: queue.Queue = queue.Queue()
-    connected = queue.Queue()
-    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-                         client_id=f"fusionedge-watch-{os.getpid()}-{time.monotonic_ns() % 10**6}")
+    connected: queue.Queue = queue.Queue()
+    client = new_client(f"fusionedge-watch-{os.getpid()}-{time.monotonic_ns() % 10**6}", security)
 
     def on_connect(c: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if not reason_code.is_failure:
-            c.subscribe(f"{TOPIC_PREFIX}/+/status", qos=1)
+            c.subscribe(STATUS_SUBSCRIPTION, qos=1)
         connected.put(reason_code)
 
     client.on_connect = on_connect
-    client.on_message = lambda c, userdata, msg: inbox.put(msg.payload)
+    client.on_message = lambda c, userdata, msg: inbox.put((msg.topic, msg.payload))
     try:
         client.connect(host, port, keepalive=30)
-    except OSError as e:
+    except OSError as e:  # ssl.SSLError included: a broker certificate the CA did not sign
         raise RepositoryError(f"cannot reach the MQTT broker at {host}:{port} ({e})") from e
     client.loop_start()
-    verdicts: dict[tuple[str, Any], dict] = {}  # (device, release) -> its last verdict status
-    messages = 0
+    ledger = _Ledger()
     deadline = None if timeout_s is None else time.monotonic() + float(timeout_s)
     last_seen: tuple | None = None
     try:
@@ -188,25 +248,17 @@ def watch(
                 reason = "timeout"
                 break
             try:
-                payload = inbox.get(timeout=0.2)
+                message = inbox.get(timeout=0.2)
             except queue.Empty:
-                payload = None
-            if payload is not None:
-                try:
-                    status = json.loads(payload)
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    log.warning("ignoring a status message that is not JSON")
-                    status = None
-                if isinstance(status, dict) and isinstance(status.get("device_id"), str):
-                    messages += 1
-                    if status.get("state") in SUCCESS_STATES or status.get("state") in VERDICT_FAILURES:
-                        verdicts[(status["device_id"], status.get("release"))] = status
+                message = None
+            if message is not None:
+                ledger.add(*message)
                 if not inbox.empty():
                     continue  # drain bursts before judging
             if time.monotonic() >= next_rollout_read:  # the operator may move the rollout meanwhile
                 rollout = _current_rollout(repo, model) or rollout
                 next_rollout_read = time.monotonic() + 1.0
-            tallies = tally(verdicts.values(), model)
+            tallies = ledger.tally(model)
             current = tallies.get(rollout["release"], ReleaseTally(rollout["release"], rollout["version"]))
             seen = (rollout["release"], len(current.succeeded), len(current.failed))
             if seen != last_seen:
@@ -216,7 +268,7 @@ def watch(
             if rollout.get("paused"):
                 continue
             if current.devices >= min_devices and current.failure_rate > max_failure_rate:
-                from fusionedge.export.fleet_repo import set_rollout
+                from fusionedge.export.fleet.repo import set_rollout
 
                 set_rollout(repo, model=model, version=rollout["version"], paused=True,
                             online_keys=online_keys)
@@ -225,9 +277,9 @@ def watch(
                           f"({current.failure_rate:.0%} > {max_failure_rate:.0%})")
                 log.warning("%s: %s", model, reason)
                 return WatchReport(model, rollout["release"], rollout["version"], True, reason,
-                                   tally(verdicts.values(), model), messages)
+                                   ledger.tally(model), ledger.messages, ledger.dropped, ledger.offline())
     finally:
         client.disconnect()
         client.loop_stop()
-    return WatchReport(model, rollout["release"], rollout["version"], False, reason,
-                       tally(verdicts.values(), model), messages)
+    return WatchReport(model, rollout["release"], rollout["version"], False, reason, ledger.tally(model),
+                       ledger.messages, ledger.dropped, ledger.offline())

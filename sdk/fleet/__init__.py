@@ -18,7 +18,7 @@
 * :mod:`.cli` — ``fusionedge fleet agent``.
 
 Needs the ``[fleet]`` extra (tuf, securesystemslib, paho-mqtt), imported only when used. Rollout
-monitoring (``fleet watch``) runs on the release server and lives in ``fusionedge.export.fleet_watch``.
+monitoring (``fleet watch``) runs on the release server and lives in ``fusionedge.export.fleet.watch``.
 """
 
 from __future__ import annotations

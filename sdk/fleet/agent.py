@@ -83,7 +83,7 @@ from fusionedge.sdk.errors import (
     VerificationError,
 )
 from fusionedge.sdk.fleet.journal import Journal, Transaction, utc_now
-from fusionedge.sdk.fleet.status import StatusReporter, status_topic
+from fusionedge.sdk.fleet.status import MqttSecurity, StatusReporter, status_topic
 
 __all__ = ["Agent", "UpdateOutcome", "Release", "Rollout", "ACTIONS", "HOOK_POINTS", "bucket", "is_eligible"]
 
@@ -407,6 +407,7 @@ class Agent:
             available here.
         backend_options: per-backend options, e.g. ``{"onnxruntime": {"intra_op_threads": 1}}``.
         mqtt: ``HOST:PORT`` of an MQTT broker for status messages (None: ``status.json`` only).
+        mqtt_security: TLS files and this device's broker credentials (None: plain TCP, anonymous).
         on_commit: called with the new bundle folder after the commit (e.g.
             :meth:`HotSwapPerception.on_commit`); if it raises, the commit is rolled back.
         latency_budget_ms: the largest median golden-inference latency the health check accepts
@@ -447,6 +448,7 @@ class Agent:
         backends: Sequence[str] = ("onnxruntime",),
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
         mqtt: str | tuple[str, int] | None = None,
+        mqtt_security: MqttSecurity | None = None,
         on_commit: Callable[[Path], None] | None = None,
         latency_budget_ms: float | None = 2000.0,
         health_runs: int = 3,
@@ -508,7 +510,8 @@ class Agent:
             raise UpdateError(f"{self.state_dir}: cannot create the state folder ({e})") from e
         self._root = self._read_root(root)
         self.journal = Journal(self.state_dir / "journal.jsonl")
-        self.status = StatusReporter(device_id, self.state_dir / "status.json", mqtt=mqtt)
+        self.status = StatusReporter(device_id, self.state_dir / "status.json", mqtt=mqtt,
+                                     security=mqtt_security)
         self._fetcher = _Fetcher(self.timeout_s, self.timeout_s + 10 * 2**20 / self.min_rate_bps)
 
     # ------------------------------------------------------------------------------ public API
