@@ -1,9 +1,12 @@
 """End to end through the ``fusionedge`` command line: synth → train → export → eval → predict,
-and the user errors each verb must turn into one clear line (exit status 2)."""
+the user errors each verb must turn into one clear line (exit status 2), and what every verb shares:
+the verb list, strict ``--json``, one ``--backends`` parser, the guard for a missing extra, a closed
+pipe."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,10 +16,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from fusionedge.cli.main import build_parser, main
+from fusionedge.cli.options import parse_backends
 
-from fusionedge.cli.main import main
-
-pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+FUSIONEDGE = Path(sys.executable).parent / "fusionedge"
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -43,6 +47,7 @@ def _first_sample(data: Path) -> dict:
     return json.loads((data / "manifest.jsonl").read_text().splitlines()[0])
 
 
+@pytest.mark.slow
 def test_eval_json_reports_every_metric(pipeline, capsys):
     code, out, _ = run_cli(capsys, "eval", "--bundle", pipeline["bundle"], "--data", pipeline["test"], "--json")
     assert code == 0
@@ -53,6 +58,7 @@ def test_eval_json_reports_every_metric(pipeline, capsys):
     assert m["backend"] == "onnxruntime"
 
 
+@pytest.mark.slow
 def test_predict_json_on_generated_clip(pipeline, capsys):
     s = _first_sample(pipeline["test"])
     code, out, _ = run_cli(capsys, "predict", "--bundle", pipeline["bundle"],
@@ -92,6 +98,7 @@ def _to_stereo(src: Path, dst: Path, rate: int) -> None:
         f.writeframes(np.stack([y, y], 1).tobytes())
 
 
+@pytest.mark.slow
 def test_predict_foreign_media_other_size_rate_and_stereo_audio(pipeline, capsys, tmp_path):
     s = _first_sample(pipeline["test"])
     video, audio = tmp_path / "clip.avi", tmp_path / "clip.wav"
@@ -111,6 +118,7 @@ def test_predict_foreign_media_other_size_rate_and_stereo_audio(pipeline, capsys
     cap.release()
 
 
+@pytest.mark.slow
 def test_predict_without_audio_runs_on_vision_and_says_so(pipeline, capsys):
     s = _first_sample(pipeline["test"])
     code, out, _ = run_cli(capsys, "predict", "--bundle", pipeline["bundle"],
@@ -119,6 +127,7 @@ def test_predict_without_audio_runs_on_vision_and_says_so(pipeline, capsys):
     assert "missing sensors: audio" in out
 
 
+@pytest.mark.slow
 def test_truncated_video_is_a_clear_error(pipeline, capsys, tmp_path):
     s = _first_sample(pipeline["test"])
     data = (pipeline["test"] / s["video"]).read_bytes()
@@ -129,6 +138,7 @@ def test_truncated_video_is_a_clear_error(pipeline, capsys, tmp_path):
     assert "truncated.mp4" in err and "error" in err
 
 
+@pytest.mark.slow
 def test_wav_that_is_not_audio_is_a_clear_error(pipeline, capsys, tmp_path):
     s = _first_sample(pipeline["test"])
     bad = tmp_path / "notaudio.wav"
@@ -139,6 +149,7 @@ def test_wav_that_is_not_audio_is_a_clear_error(pipeline, capsys, tmp_path):
     assert "notaudio.wav" in err
 
 
+@pytest.mark.slow
 def test_manifest_line_missing_a_field_names_line_and_field(pipeline, capsys, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(pipeline["test"], data)
@@ -152,6 +163,7 @@ def test_manifest_line_missing_a_field_names_line_and_field(pipeline, capsys, tm
     assert ":3" in err and "event" in err
 
 
+@pytest.mark.slow
 def test_altered_model_is_refused_and_nothing_runs(pipeline, capsys, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(pipeline["bundle"], bundle)
@@ -165,6 +177,7 @@ def test_altered_model_is_refused_and_nothing_runs(pipeline, capsys, tmp_path):
     assert "model.onnx" in err and "sha256" in err
 
 
+@pytest.mark.slow
 def test_missing_bundle_and_unknown_backend(pipeline, capsys, tmp_path):
     code, _, err = run_cli(capsys, "eval", "--bundle", tmp_path / "nope", "--data", pipeline["test"])
     assert code == 2 and "nope" in err
@@ -181,6 +194,7 @@ def test_console_script_is_installed():
         assert verb in out
 
 
+@pytest.mark.slow
 def test_quickstart_orchestration_on_a_tiny_config(tmp_path, capsys):
     from fusionedge.cli.quickstart import QuickstartConfig, run_quickstart
 
@@ -206,3 +220,160 @@ def test_data_synth_cue_agreement(capsys, tmp_path):
     code, _, err = run_cli(capsys, "data", "synth", "--out", tmp_path / "bad", "--samples", "2",
                            "--cue-agreement", "2")
     assert code == 2 and "cue_agreement" in err and not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------------------ what verbs share
+
+
+def _readme_verbs() -> set[str]:
+    """The verbs of README.md's command table (``| `fusionedge VERB ...` |``)."""
+    verbs = set()
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("| `fusionedge "):
+            first = line.split("`")[1].split()[1]
+            verbs.update(first.split("\\|"))
+    return verbs
+
+
+def _subparsers(parser) -> dict:
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _all_parsers(parser, path=()) -> list[tuple[tuple[str, ...], object]]:
+    out = [(path, parser)]
+    for name, sub in _subparsers(parser).items():
+        out += _all_parsers(sub, (*path, name))
+    return out
+
+
+def test_help_lists_every_verb_and_the_readme_table_names_only_real_verbs():
+    out = subprocess.run([str(FUSIONEDGE), "--help"], capture_output=True, text=True, check=True).stdout
+    registered = set(_subparsers(build_parser()))
+    assert {"data", "train", "pretrain", "distill", "report", "export", "eval", "predict", "quickstart", "run",
+            "quantize", "fp16", "engine", "compare", "bench", "fleet"} <= registered
+    listed = {line.split()[0] for line in out.splitlines() if line.startswith("    ") and line.split()}
+    assert registered <= listed, f"not in --help: {registered - listed}"
+    assert _readme_verbs() <= registered, f"README names verbs that do not exist: {_readme_verbs() - registered}"
+    fleet = subprocess.run([str(FUSIONEDGE), "fleet", "--help"], capture_output=True, text=True,
+                           check=True).stdout
+    for verb in ("init", "publish", "rollout", "timestamp", "resign", "rotate-key", "status", "serve", "agent",
+                 "watch"):
+        assert f"    {verb}" in fleet, verb
+
+
+def test_backends_are_parsed_in_one_place():
+    assert parse_backends("tensorrt, onnxruntime ,") == ["tensorrt", "onnxruntime"]
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="backend"):
+        parse_backends(" , ")
+    with_backends = []
+    for path, parser in _all_parsers(build_parser()):
+        for action in parser._actions:
+            if action.dest == "backends":
+                with_backends.append(" ".join(path))
+                assert action.type is parse_backends, f"{' '.join(path)} parses --backends its own way"
+    assert {"eval", "predict", "run", "compare", "bench", "fleet agent"} <= set(with_backends)
+    args = build_parser().parse_args(["fleet", "agent", "--url", "u", "--device-id", "d", "--state-dir", "s",
+                                      "--device-class", "c", "--model", "m", "--backends", "tensorrt,onnxruntime"])
+    assert args.backends == ["tensorrt", "onnxruntime"]
+    assert build_parser().parse_args(["eval", "--bundle", "b", "--data", "d"]).backends == ["onnxruntime"]
+
+
+def test_json_output_is_strict_an_undefined_metric_is_null(tmp_path_factory, tmp_path):
+    """``eval --json`` on a split without any box: detection mAP is undefined (NaN) and prints as null."""
+    from _toy_model import shared_toy_bundle
+
+    bundle = shared_toy_bundle(tmp_path_factory)
+    data = tmp_path / "data"
+    assert main(["data", "synth", "--out", str(data), "--samples", "3", "--workers", "1", "--json"]) == 0
+    manifest = data / "manifest.jsonl"
+    samples = [json.loads(line) for line in manifest.read_text().splitlines()]
+    manifest.write_text("".join(json.dumps({**s, "boxes": []}) + "\n" for s in samples))
+    proc = subprocess.run([str(FUSIONEDGE), "eval", "--bundle", str(bundle), "--data", str(data), "--json"],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"--json printed {name}, which is not JSON")
+
+    metrics = json.loads(proc.stdout, parse_constant=refuse)
+    assert metrics["detection_map50"] is None and metrics["samples"] == 3
+
+
+def _many_records_results(path: Path) -> Path:
+    """A valid bench results file whose comparison prints well over a pipe's buffer (64 KiB)."""
+    from fusionedge.benchmarks.results import write_results
+    from test_bench_results import _record, good_doc  # the bench tests' own valid document
+
+    doc = good_doc()
+    doc["records"] = [_record(f"ort{i}", "SingleStream", "engine", 2.0) for i in range(1500)]
+    write_results(doc, path)
+    return path
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_verb_quietly(tmp_path):
+    """``fusionedge ... --json | head -c1``: no traceback, exit status 141 like a shell's SIGPIPE.
+
+    Run with Python's default (buffered) stdout: under ``PYTHONUNBUFFERED`` the interpreter drops
+    the unwritten rest of a partial write without an error, and there is nothing to handle.
+    """
+    results = _many_records_results(tmp_path / "a.json")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    cli = subprocess.Popen([str(FUSIONEDGE), "bench", "compare", str(results), str(results), "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    head = subprocess.Popen(["head", "-c1"], stdin=cli.stdout, stdout=subprocess.PIPE)
+    cli.stdout.close()  # head holds the only reading end
+    first, _ = head.communicate(timeout=60)
+    err = cli.stderr.read().decode()
+    cli.stderr.close()
+    assert cli.wait(timeout=60) == 141, err
+    assert first == b"{"
+    assert err == "", "a closed pipe must not print a traceback or 'Exception ignored'"
+
+
+def test_a_path_the_machine_refuses_is_one_line_naming_it():
+    proc = subprocess.run([str(FUSIONEDGE), "data", "synth", "--out", "/proc/x", "--samples", "2"],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fusionedge data synth: error: ") and "/proc/x" in lines[0], \
+        proc.stderr
+
+
+_SHIM = """raise ImportError("{name} is made unimportable for this test")\n"""
+
+
+@pytest.mark.parametrize("extra,module,argv", [
+    ("fleet", "tuf", ["fleet", "status", "REPO"]),
+    ("fleet", "paho", ["fleet", "agent", "--url", "http://127.0.0.1:9", "--device-id", "d", "--state-dir", "S",
+                       "--device-class", "x86-cpu", "--model", "m"]),
+    ("train", "torch", ["train", "--data", "DATA", "--out", "RUN"]),
+    ("train", "torch", ["quickstart", "--workdir", "RUN"]),
+    ("bench", "mlperf_loadgen", ["bench", "--bundle", "B", "--out", "RUN"]),
+])
+def test_a_verb_whose_extra_is_missing_is_listed_and_says_what_to_install(tmp_path, extra, module, argv):
+    """The extra's module is made unimportable by a package of that name first on PYTHONPATH."""
+    shim = tmp_path / "shim" / module
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text(_SHIM.format(name=module))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "shim")}
+    argv = [a.replace("REPO", str(tmp_path / "repo")).replace("DATA", str(tmp_path / "data"))
+            .replace("RUN", str(tmp_path / "run")).replace("S", str(tmp_path / "state")) if a.isupper() else a
+            for a in argv]
+    help_out = subprocess.run([str(FUSIONEDGE), "--help"], check=False, capture_output=True, text=True, env=env,
+                              timeout=60)
+    assert help_out.returncode == 0 and f"    {argv[0]}" in help_out.stdout
+    proc = subprocess.run([str(FUSIONEDGE), *argv], check=False, capture_output=True, text=True, env=env,
+                          timeout=60)
+    verb = " ".join(argv[:2]) if argv[0] == "fleet" else argv[0]
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"fusionedge {verb}: error: this verb needs the '{extra}' extra: pip install 'fusionedge[{extra}]'"]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "repo").exists()
+
