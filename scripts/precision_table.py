@@ -134,7 +134,7 @@ def build_variants(bundle: Path, work: Path, calibration: str, *, checkpoint: st
     if checkpoint and train_data:
         from dataclasses import replace
 
-        from fusionedge.training.qat import qat_to_bundle
+        from fusionedge.export.qat import qat_to_bundle
 
         for suffix, cfg in settings:
             folder = work / ("int8-qat-w4" if suffix else "int8-qat")

@@ -92,3 +92,28 @@ def test_short_finetune_changes_weights_and_records_config(tmp_path, tmp_path_fa
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
     assert info["extra"]["qat"]["per_channel"] is False and info["extra"]["qat"]["samples"] == 24
     assert not tuned.training
+
+
+def test_qat_to_bundle_lives_in_export_and_writes_a_qat_variant(tmp_path, tmp_path_factory):
+    # training/ sits below export/: the bundle-making half of QAT moved out of training/qat.py
+    import json
+
+    import fusionedge.training.qat as training_qat
+    from fusionedge.export.qat import qat_to_bundle
+    from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
+    from fusionedge.training.checkpoint import save_checkpoint
+    from fusionedge.training.models.registry import create_model
+
+    assert not hasattr(training_qat, "qat_to_bundle")
+    torch.manual_seed(0)
+    model = create_model("fusion_student", **SMALL_STUDENT)
+    ckpt = save_checkpoint(tmp_path / "c.pt", model, model_name="fusion_student", model_config=model.config.to_dict(),
+                           geometry=InputGeometry(), labels={"events": list(EVENTS), "audio_tags": list(AUDIO_TAGS),
+                                                             "objects": list(OBJECTS)}, metrics={}, epoch=1)
+    data = synth_data(tmp_path_factory)
+    out = qat_to_bundle(ckpt, data, data, tmp_path / "int8-qat", QATConfig(batch_size=8), limit=8,
+                        calibration_limit=4, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (tmp_path / "int8-qat-fp32" / "model.onnx").is_file()
+    assert manifest["precision"] == "int8" and manifest["variant"]["method"] == "qat"
+    assert manifest["variant"]["qat"]["samples"] == 8

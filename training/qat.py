@@ -10,10 +10,10 @@ What is simulated mirrors what ``onnxruntime.quantization.quantize_static`` (the
   kernels) and the mel matmul (power spectrum and filterbank), as PTQ does without front-end exclusion.
 
 Rounding uses the straight-through estimator (the gradient passes the rounding unchanged), so the
-weights learn to sit where rounding hurts least. After fine-tuning, the fake-quant is removed and the
-model is exported with the normal exporter; :func:`qat_to_bundle` then quantizes the fine-tuned FP32
-bundle with the *same* ``quantize_static`` settings, so the QAT graph has exactly the PTQ graph's Q/DQ
-form (node placement, per-channel axes, zero-points) — only the weights differ. (Activation ranges are
+weights learn to sit where rounding hurts least. After fine-tuning, the fake-quant is removed: this
+module returns an FP32 model. Making an INT8 bundle of it (export, then the *same*
+``quantize_static`` settings as PTQ, so the graph has exactly PTQ's Q/DQ form and only the weights
+differ) is the exporter's job: :func:`fusionedge.export.qat.qat_to_bundle`. (Activation ranges are
 recalibrated on the fine-tuned model; they match the ranges the fake-quant observed to within the
 calibration set's spread.)
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -31,8 +30,8 @@ from torch import nn
 
 from fusionedge.sdk.errors import FusionEdgeError
 
-__all__ = ["QATError", "QATConfig", "FakeQuantActivation", "fake_quant_weight", "prepare_qat", "strip_qat", "finetune_qat",
-           "qat_to_bundle"]
+__all__ = ["QATError", "QATConfig", "FakeQuantActivation", "fake_quant_weight", "prepare_qat", "strip_qat",
+           "finetune_qat"]
 
 
 @dataclass(frozen=True)
@@ -265,39 +264,3 @@ def finetune_qat(
         "per_channel": cfg.per_channel, "quantize_frontend": cfg.quantize_frontend, "epochs": cfg.epochs,
         "lr": cfg.lr, "samples": len(samples), "seed": cfg.seed}}
     return model, info
-
-
-def qat_to_bundle(
-    checkpoint: str | os.PathLike, data: str | os.PathLike, calibration: str | os.PathLike,
-    out_dir: str | os.PathLike, cfg: QATConfig = QATConfig(), *, limit: int | None = None,
-    calibration_limit: int = 64, overwrite: bool = False, progress: bool = True,
-) -> Path:
-    """QAT fine-tune, export FP32 (beside ``out_dir`` as ``<name>-fp32``), then quantize with PTQ's settings.
-
-    Args:
-        checkpoint: the trained checkpoint.
-        data: training data for fine-tuning.
-        calibration: calibration data for the final ``quantize_static``.
-        out_dir: the INT8 bundle to create.
-        cfg: see :class:`QATConfig` (its ``per_channel``/``quantize_frontend`` pick the PTQ settings).
-        limit: fine-tuning samples.
-        calibration_limit: calibration samples.
-        overwrite: replace existing folders.
-        progress: progress bars.
-
-    Returns:
-        ``out_dir``; its manifest's ``variant.method`` is ``"qat"``.
-
-    Raises:
-        ExportError: export or quantization failed.
-    """
-    from fusionedge.export.pipeline import export_model
-    from fusionedge.export.quantize import QuantizeConfig, quantize_bundle
-
-    model, info = finetune_qat(checkpoint, data, cfg, limit=limit, progress=progress)
-    out = Path(out_dir)
-    fp32 = export_model(model, info, out.parent / f"{out.name}-fp32", overwrite=overwrite, progress=progress)
-    qcfg = QuantizeConfig(per_channel=cfg.per_channel, exclude_frontend=not cfg.quantize_frontend,
-                          weight_bits=cfg.weight_bits)
-    return quantize_bundle(fp32, out, calibration, config=qcfg, calibration_limit=calibration_limit,
-                           extra_manifest={"method": "qat", "qat": info["extra"]["qat"]}, overwrite=overwrite)
