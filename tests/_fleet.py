@@ -151,9 +151,9 @@ def sign_with_compromised_key(env: FleetEnv, role: str, target_path: str, src: P
 
     Uses the repository module's internal writer, so the metadata is exactly what a real signer makes.
     """
-    from fusionedge.export.fleet import repo as fleet_repo
+    from fusionedge.export.fleet.roles import open_repo
 
-    with fleet_repo._open(env.repo, None, None) as state:
+    with open_repo(env.repo, None, None) as state:
         state.md[role].signed.targets[target_path] = state.add_target(target_path, src, custom)
         state.commit({role}, datetime.now(timezone.utc))
 

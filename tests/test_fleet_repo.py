@@ -147,6 +147,7 @@ def test_client_gets_release_with_custom_fields_and_rollout_through_delegation(t
         "compat": {"device_classes": ["x86-cpu", "jetson-orin"], "min_sdk": "0.1.0",
                    "backends": ["onnxruntime"], "precision": "fp32"},
         "bundle_sha256": info.hashes["sha256"], "engines": {},
+        "digest": load_bundle(bundle_dir).digest,  # the manifest the device must find after unpacking
     }
     archive = Path(client.download_target(info, str(tmp_path / "bundle.tar")))
     assert sha256_file(archive) == fe["bundle_sha256"]

@@ -110,7 +110,7 @@ def test_staged_rollout_to_50_devices_and_automatic_pause_of_a_failing_release(t
         assert len(healthy.tallies[1].succeeded) == N_DEVICES and healthy.tallies[1].failed == []
 
         # ---- a release whose self-test fails, rolled out to 20% + the canary cohort, watched
-        env.publish(bad_golden_bundle(toy, tmp_path / "bad", "0.2.0"), "0.2.0")
+        env.publish(bad_golden_bundle(toy, tmp_path / "bad", "0.2.0"), "0.2.0", self_test=False)
         reports = []
         watcher = threading.Thread(target=lambda: reports.append(watch(
             broker.address, env.repo, "student", min_devices=3, max_failure_rate=0.2, timeout_s=60)))
