@@ -368,7 +368,7 @@ def test_cli_agent_once_prints_the_outcome(env, releases, tmp_path):
     assert report["release"]["release"] == 1 and report["error"] is None
     code, out = _cli([*base, "--interval", "0.01", "--max-checks", "2"])
     assert code == 0 and out.count("up-to-date student@0.1.0 (release 1); running student@0.1.0") == 2
-    env.publish(releases["bad"], "0.2.0")
+    env.publish(releases["bad"], "0.2.0", self_test=False)
     env.rollout("0.2.0")
     code, out = _cli(base)
     assert code == 1 and out.startswith("rolled-back student@0.2.0 (release 2)")

@@ -10,12 +10,18 @@
     agent.recover()
     agent.run(interval_s=300)
 
-* :mod:`.agent` — :class:`Agent`: refresh (python-tuf), eligibility, compatibility, resumable bounded
-  download, verification, A/B install, health check, commit or rollback.
+* :mod:`.agent` — :class:`Agent`: one check = refresh (python-tuf), eligibility, compatibility,
+  download, verification, A/B install, health check, commit or rollback; ``run`` polls with jitter.
+* :mod:`.protocol` — the wire format shared with the repository tools (``fusionedge.export.fleet``):
+  target paths, name/version rules, the :class:`Rollout` and :class:`Release` records, eligibility.
+* :mod:`.fetch` — bounded HTTP: a total deadline per request, headers included; resumable downloads.
+* :mod:`.store` — the state folder: staging, the archive store, the A/B links, the bad-release list.
+* :mod:`.recovery` — journal replay after a crash.
+* :mod:`.decision` — whether a release is taken (eligible, newer, compatible) and the poll schedule.
+* :mod:`.prebuilt` / :mod:`.health` — the prebuilt-engine step and the health check.
 * :mod:`.journal` — the crash-safe step log that makes every step recoverable after ``kill -9``.
 * :mod:`.status` — ``status.json`` and the retained MQTT status message.
 * :mod:`.hotswap` — :class:`HotSwapPerception`: swap models under a running inference loop.
-* :mod:`.cli` — ``fusionedge fleet agent``.
 
 Needs the ``[fleet]`` extra (tuf, securesystemslib, paho-mqtt), imported only when used. Rollout
 monitoring (``fleet watch``) runs on the release server and lives in ``fusionedge.export.fleet.watch``.
