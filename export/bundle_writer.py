@@ -1,5 +1,10 @@
 """Write a model bundle folder (``manifest.json``, ``model.onnx``, ``golden.npz``) atomically.
 
+Every file the model reads is in the bundle and listed with its hash: a model whose weights live in
+ONNX external-data files (needed past protobuf's 2 GiB) has each file copied beside ``model.onnx``
+under the same relative name and listed in ``files`` — the runtime refuses any file it finds in a
+bundle that the manifest does not list.
+
 :func:`write_bundle` builds the whole bundle in a temporary folder beside the target
 (``<out_dir>.tmp-XXXX``), fsyncs it, verifies it with the runtime's own
 :func:`~fusionedge.sdk.bundle.load_bundle`, and only then renames it to ``out_dir``. A failure at
@@ -17,28 +22,30 @@ import shutil
 import subprocess
 import tempfile
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Mapping
+from pathlib import Path, PurePosixPath
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
 from fusionedge.export.onnx_export import MAX_BATCH, OPSET, ExportError
 from fusionedge.export.parity import ParityReport
 from fusionedge.sdk.bundle import (
+    ENGINES_DIR,
     GOLDEN_NAME,
     MANIFEST_NAME,
     MODEL_NAME,
     SCHEMA_VERSION,
-    fsync_dir,
-    json_safe,
     load_bundle,
     sha256_file,
-    write_json_atomic,
 )
+from fusionedge.sdk.bundle_signature import SIGNATURE_NAME
 from fusionedge.sdk.errors import FusionEdgeError
+from fusionedge.sdk.fileio import fsync_dir, json_safe, write_json_atomic
 from fusionedge.sdk.spec import INPUT_NAMES, MODALITIES, OUTPUT_NAMES, InputGeometry
 
-__all__ = ["DECODES", "write_bundle", "build_manifest", "check_target", "git_rev"]
+__all__ = ["DECODES", "build_manifest", "check_target", "external_data_files", "fsync_file", "git_rev",
+           "publish_folder", "write_bundle"]
 
 #: How the runtime decodes each contract output.
 DECODES: dict[str, str] = {
@@ -225,13 +232,78 @@ def build_manifest(
     return json_safe(manifest)
 
 
-def _fsync_file(path: Path) -> None:
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor of an ONNX graph: initializers, sparse ones, and constants in nodes and subgraphs."""
+    from onnx import AttributeProto
+
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == AttributeProto.GRAPH:
+                yield from _tensors(attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _tensors(g)
+
+
+def external_data_files(onnx_path: str | os.PathLike) -> list[str]:
+    """The external-data files an ONNX model reads, as relative paths from its folder, sorted.
+
+    Args:
+        onnx_path: the ``.onnx`` file (its external data is not loaded).
+
+    Returns:
+        The distinct ``location`` values of tensors stored outside the protobuf (often none).
+
+    Raises:
+        ExportError: the file is not ONNX, or a location is absolute, climbs out with ``..``, or would
+            collide with a file the bundle reserves (manifest, signature, golden file, engines/).
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:
+        raise ExportError(f"{Path(onnx_path).name}: cannot be read as ONNX: {type(e).__name__}: {e}") from e
+    reserved = (MODEL_NAME, GOLDEN_NAME, MANIFEST_NAME, SIGNATURE_NAME)
+    found: set[str] = set()
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        rel = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        p = PurePosixPath(rel)
+        if (not rel or p.is_absolute() or ".." in p.parts or "\\" in rel or rel in reserved
+                or p.parts[0] == ENGINES_DIR):
+            raise ExportError(f"{Path(onnx_path).name}: tensor {tensor.name!r}: external data {rel!r}: expected a "
+                              f"relative path inside the model's folder, other than {', '.join(reserved)} and "
+                              f"{ENGINES_DIR}/")
+        found.add(p.as_posix())
+    return sorted(found)
+
+
+def fsync_file(path: Path) -> None:
+    """fsync a file already written and closed (a copied model, a saved golden file)."""
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
 
-def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move a finished bundle from ``tmp`` to ``out`` (replacing an old one only when allowed)."""
+def publish_folder(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move a finished, fsynced folder from ``tmp`` to ``out`` by renames, then fsync the parent.
+
+    An existing non-empty ``out`` is only replaced when ``overwrite``: it is renamed aside first and
+    put back if the rename of ``tmp`` fails, then removed. ``tmp`` must be on the same file system.
+
+    Raises:
+        ExportError: ``out`` exists and is not empty while ``overwrite`` is False (see :func:`check_target`).
+        OSError: a rename failed (the previous folder is back in place).
+    """
     check_target(out, overwrite=overwrite)
     old: Path | None = None
     if out.is_dir():
@@ -270,7 +342,8 @@ def write_bundle(
 
     Args:
         out_dir: the bundle folder to create (must not exist, or be empty, unless ``overwrite``).
-        onnx_path: the checked, parity-tested ONNX file (copied as ``model.onnx``).
+        onnx_path: the checked, parity-tested ONNX file (copied as ``model.onnx``, with its external-data
+            files, if any, under their relative names; each is listed and hashed).
         info: checkpoint info (see :func:`build_manifest`).
         parity: the passed :class:`ParityReport`.
         golden_inputs: reference inputs ``{name: (B, ...)}``.
@@ -294,12 +367,16 @@ def write_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:
         shutil.copyfile(onnx_path, tmp / MODEL_NAME)
+        external = external_data_files(onnx_path)
+        for rel in external:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(onnx_path).parent / rel, tmp / rel)
         arrays = {f"input.{k}": np.asarray(v) for k, v in golden_inputs.items()}
         arrays.update({f"output.{k}": np.asarray(v) for k, v in golden_outputs.items()})
         np.savez(tmp / GOLDEN_NAME, **arrays)
         files = {}
-        for rel in (MODEL_NAME, GOLDEN_NAME):
-            _fsync_file(tmp / rel)
+        for rel in (MODEL_NAME, GOLDEN_NAME, *external):
+            fsync_file(tmp / rel)
             files[rel] = {"sha256": sha256_file(tmp / rel), "size": (tmp / rel).stat().st_size}
         manifest = build_manifest(
             info, parity, golden_inputs, golden_outputs, files,
@@ -311,8 +388,9 @@ def write_bundle(
             load_bundle(tmp, verify=True).golden()
         except FusionEdgeError as e:
             raise ExportError(f"the written bundle does not verify: {e}") from e
-        fsync_dir(tmp)
-        _publish(tmp, out, overwrite)
+        for folder in {(tmp / rel).parent for rel in external} | {tmp}:
+            fsync_dir(folder)
+        publish_folder(tmp, out, overwrite)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (FusionEdgeError, KeyboardInterrupt, SystemExit)):

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from fusionedge.export.bundle_writer import check_target
+from fusionedge.export.bundle_writer import check_target, fsync_file, publish_folder
 from fusionedge.export.onnx_export import ExportError
 from fusionedge.sdk.bundle import (
     GOLDEN_NAME,
@@ -46,6 +46,7 @@ from fusionedge.sdk.bundle import (
     write_json_atomic,
 )
 from fusionedge.sdk.errors import FusionEdgeError
+from fusionedge.sdk.fileio import fsync_dir
 
 __all__ = [
     "PROFILES",
@@ -516,14 +517,15 @@ def write_variant_bundle(
                 **dict(variant),
             }),
         )
+        for rel in files:
+            fsync_file(tmp / rel)
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
         try:
             load_bundle(tmp)
         except FusionEdgeError as e:
             raise ExportError(f"variant: the written bundle does not verify: {e}") from e
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
+        fsync_dir(tmp)
+        publish_folder(tmp, out, overwrite)  # an existing variant is replaced only once this one verified
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

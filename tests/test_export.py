@@ -168,3 +168,38 @@ def test_export_checkpoint_of_a_registered_training_model(tmp_path):
     assert bundle.geometry == geometry
     with pytest.raises(ExportError, match="not found"):
         export_checkpoint(tmp_path / "missing.pt", tmp_path / "other", progress=False)
+
+
+def test_write_bundle_lists_and_hashes_external_data_files(bundle_dir, tmp_path):
+    """A model too large for one protobuf keeps its weights in side files: each is copied, listed, hashed."""
+    from _tamper import externalize
+    from fusionedge.sdk.bundle import sha256_file
+    from fusionedge.sdk.selftest import run_golden
+
+    src = tmp_path / "src"
+    src.mkdir()
+    externalize(bundle_dir / "model.onnx", src / "big.onnx", "big.onnx.data")
+    info, parity, gi, go = _write_args(bundle_dir)
+    out = write_bundle(tmp_path / "b", src / "big.onnx", info, parity, gi, go)
+    files = load_bundle(out).manifest["files"]
+    assert sorted(files) == ["big.onnx.data", "golden.npz", "model.onnx"]
+    assert files["big.onnx.data"]["sha256"] == sha256_file(src / "big.onnx.data")
+    assert run_golden(out).max_abs_err < 1e-4  # the model in the bundle reads the copied weights
+
+
+def test_write_bundle_refuses_external_data_outside_the_bundle(bundle_dir, tmp_path):
+    from _tamper import externalize
+
+    src = tmp_path / "src"
+    src.mkdir()
+    externalize(bundle_dir / "model.onnx", src / "m.onnx", "weights.bin")
+    model = onnx.load(str(src / "m.onnx"), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../weights.bin"
+    onnx.save(model, str(src / "m.onnx"))
+    info, parity, gi, go = _write_args(bundle_dir)
+    with pytest.raises(ExportError, match=r"external data '\.\./weights\.bin': expected a relative path inside"):
+        write_bundle(tmp_path / "b", src / "m.onnx", info, parity, gi, go)
+    assert not (tmp_path / "b").exists()
