@@ -312,6 +312,11 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
     else:
         print(report.reason)
+        if report.dropped:
+            print(f"{report.dropped} status message(s) dropped: malformed, oversized, or naming another "
+                  f"device than their topic (see the log)")
+        if report.offline:
+            print(f"offline (last will): {', '.join(report.offline)}")
     return 0
 
 

@@ -217,7 +217,7 @@ HOSTILE = {  # device id in the topic -> retained payload
 }
 
 
-def test_hostile_retained_payloads_are_dropped_and_the_watch_keeps_running(tmp_path, env):
+def test_hostile_retained_payloads_are_dropped_and_the_watch_keeps_running(tmp_path, env, capsys):
     broker = Mosquitto(tmp_path)
     try:
         for device, payload in HOSTILE.items():
@@ -232,6 +232,11 @@ def test_hostile_retained_payloads_are_dropped_and_the_watch_keeps_running(tmp_p
         assert not report.paused and report.reason == "timeout"
         assert report.tallies[1].succeeded == ["dev-1", "dev-2"] and report.tallies[1].failed == []
         assert report.dropped == len(HOSTILE) + 1 and report.messages == 2
+        from fusionedge.cli.main import main  # the verb says so too
+
+        assert main(["fleet", "watch", "--broker", broker.address, "--repo", str(env.repo), "--model", "student",
+                     "--timeout", "2"]) == 0
+        assert f"{len(HOSTILE) + 1} status message(s) dropped" in capsys.readouterr().out
     finally:
         broker.close()
 
