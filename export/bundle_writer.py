@@ -21,9 +21,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np

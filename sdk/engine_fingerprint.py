@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fusionedge.sdk.errors import BackendError
+from fusionedge.sdk.fileio import read_json
 
 __all__ = [
     "EngineFingerprint",
@@ -37,6 +38,7 @@ __all__ = [
     "read_sidecar",
 ]
 
+_SIDECAR_MAX_BYTES = 1 << 20
 _L4T = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)")
 
 
@@ -217,15 +219,18 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     """Read a plan's sidecar JSON.
 
     Raises:
-        EngineMismatchError: missing, unreadable or without a fingerprint.
+        EngineMismatchError: missing, unreadable, not acceptable JSON (see
+            :func:`fusionedge.sdk.fileio.read_json`) or without a fingerprint.
     """
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = read_json(p, max_bytes=_SIDECAR_MAX_BYTES, error=EngineMismatchError)
     except FileNotFoundError as e:
         raise EngineMismatchError(f"{p.name}: the plan has no sidecar; rebuild it") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:
         raise EngineMismatchError(f"{p.name}: unreadable sidecar ({e}); rebuild the plan") from e
+    except EngineMismatchError as e:  # not JSON, too deep, an over-long integer, NaN
+        raise EngineMismatchError(f"{e}; rebuild the plan") from e
     if not isinstance(data, dict) or "fingerprint" not in data:
         raise EngineMismatchError(f"{p.name}: the sidecar has no 'fingerprint'; rebuild the plan")
     return data

@@ -124,3 +124,16 @@ def test_real_build_writes_plan_and_sidecar(tmp_path, tmp_path_factory):
     side = json.loads(plan.with_suffix(".json").read_text())
     assert side["key"] == plan.stem and (bundle / "engines" / "timing.cache").is_file()
     assert build_engine(bundle, progress=False) == plan  # cached
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[" * 100_000 + "]" * 100_000, "nested more than"),
+    ('{"fingerprint": ' + "1" * 5000 + "}", "an integer of 5000 digits"),
+    ("{", "not valid JSON"),
+], ids=["deep", "long-int", "truncated"])
+def test_hostile_sidecar_is_refused_with_a_typed_error(tmp_path, tmp_path_factory, text, words):
+    m = load_bundle(student_bundle(tmp_path_factory)).manifest
+    plan = _write_plan(tmp_path / "engines", _fp(m))
+    plan.with_suffix(".json").write_text(text)
+    with pytest.raises(EngineMismatchError, match=rf"{plan.stem}\.json: .*{words}.*; rebuild the plan"):
+        check_fingerprint(plan, _fp(m))
