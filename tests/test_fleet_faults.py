@@ -167,6 +167,33 @@ def test_stalled_download_times_out_and_resumes(installed):
     assert [r.range for r in installed.env.bundle_requests()] == [None, None, "bytes=65536-"]
 
 
+@pytest.mark.parametrize("pattern", ["/metadata/timestamp.json", "/targets/*bundle.tar"])
+def test_a_mirror_dripping_headers_cannot_hold_the_agent_past_its_deadline(installed, pattern):
+    """One byte a second never trips a read timeout; the total deadline must end the request anyway."""
+    import threading
+
+    from fusionedge.export.fleet.server import Fault
+
+    installed.publish_v2()
+    installed.env.server.inject(Fault(pattern, "drip", seconds=0.5, times=None))
+    agent = installed.env.agent("dev-1", state_dir=installed.state, timeout_s=1.0)
+    outcomes: list = []
+    t0 = time.monotonic()
+    worker = threading.Thread(target=lambda: outcomes.append(agent.check_once()), daemon=True)
+    worker.start()
+    worker.join(timeout=15)  # the dripped response takes minutes; the deadline is ~1 s
+    elapsed = time.monotonic() - t0
+    assert not worker.is_alive(), f"the agent was still held by the dripping mirror after {elapsed:.0f} s"
+    (outcome,) = outcomes
+    assert outcome.action == "failed" and type(outcome.error) is DownloadError, outcome
+    assert "headers not complete within 1 s" in str(outcome.error), str(outcome.error)
+    assert elapsed < 8, f"gave up after {elapsed:.1f} s, expected about timeout_s (1 s)"
+    installed.assert_untouched()
+    # the state lock was released: the same folder updates as soon as the mirror behaves
+    installed.env.server.clear_faults()
+    _check(installed, "updated", None, agent=installed.env.agent("dev-1", state_dir=installed.state))
+
+
 def test_disk_full_while_downloading_leaves_nothing_half_installed(installed, tmp_path):
     installed.publish_v2()
     staging = installed.state / "staging"

@@ -55,6 +55,8 @@ class Fault:
       ``"truncate"``  announce the full length, send ``after_bytes`` of the body, drop the connection
       ``"override"``  serve ``body`` instead of the file (tampered metadata or target; Range applies)
       ``"status"``    answer ``status`` (e.g. 503) with an empty body
+      ``"drip"``      send the whole response — status line, headers, body — one byte every ``seconds``
+                      (a slow-loris mirror that never lets a read time out)
 
     ``pattern`` is an ``fnmatch`` pattern on the URL path, e.g. ``"/targets/*bundle.tar"`` or
     ``"/metadata/timestamp.json"``. ``times`` is how many matching requests it applies to
@@ -62,7 +64,7 @@ class Fault:
     """
 
     pattern: str
-    kind: Literal["stall", "truncate", "override", "status"]
+    kind: Literal["stall", "truncate", "override", "status", "drip"]
     after_bytes: int = 0
     seconds: float = 0.0
     body: bytes | None = None
@@ -71,8 +73,8 @@ class Fault:
     hits: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("stall", "truncate", "override", "status"):
-            raise RepositoryError(f"fault kind {self.kind!r}: expected stall, truncate, override or status")
+        if self.kind not in ("stall", "truncate", "override", "status", "drip"):
+            raise RepositoryError(f"fault kind {self.kind!r}: expected stall, truncate, override, status or drip")
         if self.kind == "override" and self.body is None:
             raise RepositoryError("an override fault needs body=")
         if self.after_bytes < 0 or self.seconds < 0:
@@ -131,6 +133,9 @@ class _Handler(BaseHTTPRequestHandler):
                 status = HTTPStatus(fault.status)
                 self._send_empty(status)
                 return
+            if fault is not None and fault.kind == "drip":
+                self._drip(url_path, fault.seconds, head=head)
+                return
             if fault is not None and fault.kind == "override":
                 data: bytes | None = fault.body
                 path = None
@@ -180,6 +185,22 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _drip(self, url_path: str, seconds: float, *, head: bool) -> None:
+        """Send the response for ``url_path`` one byte every ``seconds`` (until the client or server quits)."""
+        path = self.server.fleet.resolve(url_path)
+        body = b"" if path is None or head else path.read_bytes()
+        status = HTTPStatus.OK if path is not None else HTTPStatus.NOT_FOUND
+        self._record = RequestRecord(str(self.command), url_path, self.headers.get("Range"), int(status))
+        self.server.fleet.record(self._record)
+        raw = (f"{self.protocol_version} {status.value} {status.phrase}\r\nContent-Length: {len(body)}\r\n"
+               f"Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n").encode() + body
+        self.close_connection = True
+        for i in range(len(raw)):
+            self.wfile.write(raw[i:i + 1])
+            self.wfile.flush()
+            if self.server.fleet.sleep(seconds):
+                return
 
     def _send_empty(self, status: HTTPStatus) -> None:
         self.send_response(status)
@@ -291,9 +312,9 @@ class FleetServer:
         with self._lock:
             self.requests.append(entry)
 
-    def sleep(self, seconds: float) -> None:
-        """Wait (a stall) but wake up when the server closes."""
-        self._closing.wait(seconds)
+    def sleep(self, seconds: float) -> bool:
+        """Wait (a stall) but wake up when the server closes; True when it is closing."""
+        return self._closing.wait(seconds)
 
     # ------------------------------------------------------------------------------------ files
 
