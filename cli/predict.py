@@ -10,12 +10,12 @@ forms other verbs reuse.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from fusionedge.cli.options import add_backends_option, add_json_option
 from fusionedge.cli.output import print_json
+from fusionedge.sdk.fileio import dumps_json
 
 __all__ = ["add_predict_parsers", "format_metrics", "format_result"]
 
@@ -25,7 +25,7 @@ def format_metrics(metrics: dict) -> str:
     keys = ("event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50", "samples")
     rows = [f"  {k:<18} {metrics[k]:.4f}" if isinstance(metrics.get(k), float) else f"  {k:<18} {metrics[k]}"
             for k in keys if k in metrics]
-    return "\n".join(rows) if rows else json.dumps(metrics, indent=2)
+    return "\n".join(rows) if rows else dumps_json(metrics)
 
 
 def format_result(result: Any) -> str:

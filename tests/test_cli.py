@@ -266,6 +266,17 @@ def test_help_lists_every_verb_and_the_readme_table_names_only_real_verbs():
         assert f"    {verb}" in fleet, verb
 
 
+def test_parsing_imports_no_heavy_library_and_no_lower_part_than_needed():
+    script = ("import sys\n"
+              "from fusionedge.cli.main import build_parser\n"
+              "build_parser().parse_args(['fleet', 'status', 'r'])\n"
+              "heavy = ('torch', 'tuf', 'securesystemslib', 'paho', 'mlperf_loadgen', 'onnxruntime', 'onnx', 'cv2',\n"
+              "         'numpy', 'fusionedge.training', 'fusionedge.export', 'fusionedge.benchmarks.harness')\n"
+              "print(sorted({m for m in sys.modules for h in heavy if m == h or m.startswith(h + '.')}))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
 def test_backends_are_parsed_in_one_place():
     assert parse_backends("tensorrt, onnxruntime ,") == ["tensorrt", "onnxruntime"]
     import argparse
