@@ -149,6 +149,60 @@ def test_bucket_follows_the_contract_formula_and_never_shrinks():
     assert other_salt != eligible[10], "a new release's salt reshuffles who goes first"
 
 
+class _RecordingStop:
+    """A real stop object for Agent.run: records each wait instead of sleeping, never set."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def is_set(self) -> bool:
+        return False
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        return False
+
+
+def test_devices_started_together_do_not_poll_together(env):
+    """A fleet rebooted at once must spread its checks: each device's waits are jittered by its id."""
+    interval = 60.0
+    schedules = {}
+    for device in ("cam-001", "cam-002", "cam-003"):
+        stop = _RecordingStop()
+        env.agent(device).run(interval, max_checks=4, stop=stop)  # no rollout: each check is quick
+        schedules[device] = stop.waits
+    for waits in schedules.values():
+        assert len(waits) == 3 and all(0.75 * interval <= w <= 1.2 * interval for w in waits), waits
+    firsts = sorted(w[0] for w in schedules.values())
+    assert firsts[-1] - firsts[0] > 0.01 * interval, f"devices wait in step: {schedules}"
+    assert max(schedules["cam-001"]) - min(schedules["cam-001"]) > 0.01 * interval, "a fixed interval"
+    stop = _RecordingStop()
+    env.agent("cam-001", state_dir=env.root / "again").run(interval, max_checks=4, stop=stop)
+    assert all(abs(x - y) < 0.5 for x, y in zip(stop.waits, schedules["cam-001"])), "not seeded by device id"
+
+
+def test_poll_jitter_spreads_a_fleet_over_the_whole_band():
+    from statistics import pstdev
+
+    from fusionedge.sdk.fleet.decision import poll_intervals
+
+    interval, jitter = 300.0, 0.2
+    firsts = [next(poll_intervals(f"dev-{i:04d}", interval, jitter)) for i in range(2000)]
+    assert min(firsts) >= interval * (1 - jitter) and max(firsts) <= interval * (1 + jitter)
+    assert max(firsts) - min(firsts) > 0.38 * interval  # the band is used end to end
+    # uniform on +-20%: standard deviation 0.2 / sqrt(3) = 11.5% of the interval
+    assert 0.105 * interval < pstdev(firsts) < 0.125 * interval
+    per_minute = [sum(1 for f in firsts if lo <= f < lo + 6) for lo in range(240, 360, 6)]
+    assert max(per_minute) < 2.5 * len(firsts) / len(per_minute), per_minute  # no burst
+    a, b = poll_intervals("cam-7", interval), poll_intervals("cam-7", interval)
+    assert [next(a) for _ in range(5)] == [next(b) for _ in range(5)]
+    assert next(poll_intervals("cam-7", interval, 0.0)) == interval
+    with pytest.raises(InputError, match="jitter"):
+        poll_intervals("cam-7", interval, 1.5)
+    with pytest.raises(InputError, match="interval_s"):
+        poll_intervals("cam-7", 0)
+
+
 def test_bad_arguments_are_refused(env, tmp_path):
     for kw, message in (({"device_id": "dev/1"}, "device id"), ({"device_id": "dev+#"}, "device id"),
                         ({"model": "../x"}, "model"), ({"backends": ()}, "backends"),
