@@ -336,3 +336,64 @@ def test_bad_configs_and_data_raise_typed_errors(tmp_path, data_dir):
 def test_importing_the_training_package_does_not_import_torch():
     code = "import sys, fusionedge.training; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------------------ refusals
+
+
+def test_cli_train_wrong_model_override_is_one_line_and_leaves_no_run_folder(data_dir, tmp_path, capsys):
+    # `--set video_depth=banana` once ended in a TypeError traceback from inside the encoder (exit 1)
+    from fusionedge.cli.main import main
+    from fusionedge.sdk.errors import InputError
+
+    with pytest.raises(InputError, match="video_depth"):
+        train(_tiny_config(data_dir, tmp_path / "lib", model_overrides={**TINY, "video_depth": "banana"}))
+    assert not (tmp_path / "lib").exists()
+    for item, expects in (("video_depth=banana", "an integer >= 0"), ("widht=3", "unknown"),
+                          ("dropout=2", "a number in [0, 1)")):
+        rc = main(["train", "--data", str(data_dir), "--out", str(tmp_path / "cli"), "--epochs", "1",
+                   "--set", item, "--json"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "\n" not in err and item.split("=")[0] in err and expects in err, err
+        assert not (tmp_path / "cli").exists()
+
+
+def _refused_checkpoints(tmp_path):
+    """A pickle that weights_only loading refuses, and a file that is no checkpoint at all."""
+    import argparse
+
+    torch.save({"format": "fusionedge-checkpoint", "ns": argparse.Namespace(a=1)}, tmp_path / "pickled.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint\n")
+    return {"pickled.pt": "argparse.Namespace", "text.pt": "not a readable checkpoint"}
+
+
+def test_refused_checkpoint_is_one_line_without_torch_advice_and_leaves_nothing(data_dir, tmp_path):
+    for name, what in _refused_checkpoints(tmp_path).items():
+        with pytest.raises(CheckpointError) as e:
+            read_checkpoint(tmp_path / name)
+        msg = str(e.value)
+        assert "\n" not in msg and name in msg and what in msg and "weights_only" not in msg, msg
+        for option in ("init", "teacher"):
+            out = tmp_path / f"run-{option}-{name}"
+            with pytest.raises(CheckpointError, match=what):
+                train(_tiny_config(data_dir, out, **{option: tmp_path / name}))
+            assert not out.exists(), f"{option}={name} left {out} behind"
+    existing = tmp_path / "existing"  # a folder the caller made stays (and keeps what it held)
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError):
+        train(_tiny_config(data_dir, existing, init=tmp_path / "pickled.pt"))
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+
+
+def test_cli_refused_checkpoint_exits_2_with_one_line(data_dir, tmp_path, capsys):
+    from fusionedge.cli.main import main
+
+    _refused_checkpoints(tmp_path)
+    for verb, option in (("train", "--init"), ("distill", "--teacher")):
+        out = tmp_path / f"{verb}-run"
+        rc = main([verb, "--data", str(data_dir), "--out", str(out), "--epochs", "1", option,
+                   str(tmp_path / "pickled.pt"), "--json"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "\n" not in err and "pickled.pt" in err and "weights_only" not in err, err
+        assert not out.exists()

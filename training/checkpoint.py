@@ -9,14 +9,16 @@ A checkpoint is a ``torch.save`` dict of plain data and tensors (loadable with
     state_dict, optimizer (optional), extra (optional), training_state (optional: what exact
     resume needs — step, epoch, history, best, random states; see ``train.py``)
 
-Files are written atomically (temp file in the same folder, fsync, ``os.replace``): a crash while
-saving leaves the previous checkpoint intact.
+Files are written atomically (``sdk.fileio.write_bytes_atomic``: temp file in the same folder,
+fsync, ``os.replace``, fsync of the folder): a crash while saving leaves the previous checkpoint intact.
+A file that ``weights_only`` loading refuses is refused in one line that names it and says why.
 """
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from fusionedge.sdk.errors import FusionEdgeError
+from fusionedge.sdk.fileio import write_bytes_atomic
 from fusionedge.sdk.spec import InputGeometry
 
 from .models.multimodal import ModelConfig, ModelConfigError, MultimodalModel
@@ -86,21 +89,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, model_name: st
     if training_state is not None:
         state["training_state"] = training_state
     path = Path(path)
-    tmp_name = None
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
+        write_bytes_atomic(path, buffer.getvalue())
     except OSError as e:
         raise CheckpointError(f"{path}: cannot write checkpoint ({e})") from e
-    finally:
-        if tmp_name is not None and os.path.exists(tmp_name):
-            os.unlink(tmp_name)
     return path
 
 
@@ -121,9 +116,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors...
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): "
-                              f"{type(e).__name__}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors...
+        raise CheckpointError(_load_refusal(path, e)) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a FusionEdge checkpoint (no format={CHECKPOINT_FORMAT!r} field)")
     if state.get("format_version") != _FORMAT_VERSION:
@@ -133,6 +127,24 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks field(s) {', '.join(missing)}")
     return state
+
+
+def _load_refusal(path: Path, e: Exception) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused ``path``.
+
+    Torch's own message spans several lines and advises loading with ``weights_only=False``, which
+    would run whatever code the file holds: a checkpoint never needs that, so the advice is dropped
+    and only the cause is kept (the Python type the file holds, or the first line of the error).
+    """
+    text = str(e)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"{path}: refused: it holds a Python object ({found.group(1)}), and a checkpoint holds only "
+                f"tensors and plain data (it is read without running code)")
+    detail = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else text
+    lines = [line.strip() for line in detail.splitlines() if line.strip() and "weights_only" not in line]
+    reason = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return f"{path}: not a readable checkpoint (corrupt or truncated?): {reason}"
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[MultimodalModel, dict[str, Any]]:

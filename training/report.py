@@ -30,8 +30,8 @@ claim about pretraining, so its own randomness is averaged over too, not only th
 A run whose folder already holds a finished run with the same options is reused, so the command can
 be interrupted and started again. Every checkpoint (``best.pt``) is evaluated on the test split in
 PyTorch with both sensors, with the audio missing and with the video missing (the presence mask set
-to 0 and the tensor zeroed, as the runtime does for a failed sensor). The report checks the issue's
-targets and says PASS or MISS next to each — a miss is reported, never hidden. For the few-label
+to 0 and the tensor zeroed, as the runtime does for a failed sensor). The report checks the
+comparison's targets (``TARGETS``) and says PASS or MISS next to each — a miss is reported, never hidden. For the few-label
 runs it also says where the errors are: each cue, and the lights cue on the clips whose only
 emergency vehicle has its lights OFF (read from the generator's record in the test manifest).
 
@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import AbstractSet, Any
 
 from fusionedge.sdk.errors import FusionEdgeError
+from fusionedge.sdk.fileio import json_safe, write_json_atomic, write_text_atomic
 
 __all__ = ["ReportConfig", "EXPERIMENTS", "run_report", "render_markdown"]
 
@@ -59,7 +60,7 @@ EXPERIMENTS: tuple[str, ...] = ("fusion", "vision_only", "audio_only", "concat",
                                 "alternating", "teacher", "distilled", "pretrain", "few_scratch",
                                 "few_pretrained")
 
-#: Targets of the comparison (issue "Multimodal learning").
+#: Targets of the multimodal-learning comparison: fusion gap, pretraining gain, distillation budget.
 TARGETS = {"fusion_gap_points": 10.0, "pretrain_gain_points": 5.0, "distill_max_flops_ratio": 0.2,
            "distill_min_accuracy_ratio": 0.97, "distill_min_map_ratio": 0.95}
 
@@ -79,10 +80,8 @@ class ReportConfig:
     few_label_fraction: float = 0.1  # the labelled share of the train split in the few-label runs
     few_label_epochs: int = 30  # epochs over the labelled subset (scratch and fine-tune alike)
     few_label_seeds: int = 3  # pretraining and few-label runs with seed, seed+1, ...: one seed is noise
-    # fine-tuning from pretraining: share of its epochs with the encoders frozen. 0: from the view-pretrained
-    # encoders, full-lr fine-tuning scored 0.933 event accuracy / 0.47 mAP against 0.920 / 0.35 with 10 of 30 frozen.
-    # Over pretraining seeds 0-4 (validation, best event accuracy): full lr 0.936, 3 of 30 epochs frozen 0.942
-    # (per seed -0.6 to +1.7 points: noise), the encoders at half the lr 0.928
+    # fine-tuning from pretraining: share of its epochs with the encoders frozen (0: full-lr fine-tuning
+    # did best; the comparison is in training/EXPERIMENTS.md)
     few_label_frozen_share: float = 0.0
     pretrain_match_weight: float = 1.0  # pretraining's correspondence loss through the fusion (0: encoders only)
     pretrain_view_weight: float = 1.0  # pretraining's video-video loss between two views of a clip (0: off)
@@ -153,7 +152,7 @@ def _dataset(out: Path, samples: int, seed: int, progress: bool) -> Path:
     if manifest.exists() and stamp.exists() and json.loads(stamp.read_text()) == want:
         return manifest
     manifest = generate_dataset(out, samples, seed, progress=progress, overwrite=True)
-    stamp.write_text(json.dumps(want))
+    write_json_atomic(stamp, want)
     return manifest
 
 
@@ -216,13 +215,13 @@ def _finished(run_dir: Path, options: dict, section: str, model_config: dict) ->
 def _selected_as_now(run_dir: Path) -> bool:
     """True when a finished pretraining's checkpoint is the epoch that today's selection rule picks
     from its own held-out history (a pretraining saved under an older rule is made again)."""
-    from fusionedge.training.pretrain import _better
+    from fusionedge.training.pretrain import better_pretrain_epoch
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     best = None
     for h in metrics["history"]:
         candidate = {"epoch": h["epoch"], **h["val"]}
-        if _better(candidate, best):
+        if better_pretrain_epoch(candidate, best):
             best = candidate
     return best is not None and best["epoch"] == (metrics.get("best") or {}).get("epoch")
 
@@ -230,7 +229,7 @@ def _selected_as_now(run_dir: Path) -> bool:
 def _model_config(run_cfg) -> dict:
     """The model config a TrainConfig / PretrainConfig builds, as ``config.json`` records it."""
     from fusionedge.training.dataset import Labels
-    from fusionedge.training.train import resolve_model_config
+    from fusionedge.training.loop import resolve_model_config
 
     config = resolve_model_config(run_cfg.model, run_cfg.geometry, Labels(), run_cfg.model_overrides).to_dict()
     return json.loads(json.dumps(config))  # tuples as lists, as read back from config.json
@@ -282,10 +281,9 @@ def _evaluate(checkpoint: Path, test_clips, cache: Path, decoys: AbstractSet[str
 
     ``decoys``: ids of the test clips for ``lights_cue_accuracy_decoy`` (see ``_cue_accuracy``)."""
     import torch
-
     from fusionedge.training.checkpoint import load_checkpoint
     from fusionedge.training.models.multimodal import count_flops, count_params
-    from fusionedge.training.train import _json_safe, evaluate_model
+    from fusionedge.training.train import evaluate_model
 
     stamp = checkpoint.stat().st_mtime_ns
     if cache.exists():
@@ -303,8 +301,8 @@ def _evaluate(checkpoint: Path, test_clips, cache: Path, decoys: AbstractSet[str
         with torch.no_grad():
             m = evaluate_model(net, test_clips)
             m.update(_cue_accuracy(net, test_clips, decoys))
-        out["both" if missing is None else f"{missing}_missing"] = _json_safe(m)
-    cache.write_text(json.dumps(out, indent=2))
+        out["both" if missing is None else f"{missing}_missing"] = json_safe(m)
+    write_json_atomic(cache, out)
     return out
 
 
@@ -426,8 +424,8 @@ def run_report(cfg: ReportConfig) -> dict:
               "train_seconds": seconds, "tables": {}, "checks": {}}
     _fill_tables(report, history)
     report["seconds"] = round(time.perf_counter() - t0, 1)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    (out_dir / "report.md").write_text(render_markdown(report))
+    write_text_atomic(out_dir / "report.json", json.dumps(json_safe(report), indent=2, default=str) + "\n")
+    write_text_atomic(out_dir / "report.md", render_markdown(report))
     try:
         _plots(report, history, out_dir)
     except Exception as e:  # a plotting failure must not lose the measured tables

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 from fusionedge.sdk.errors import DataError
+from fusionedge.sdk.fileio import write_text_atomic
 
 __all__ = ["write_run_report"]
 
@@ -151,7 +152,7 @@ def write_run_report(run_dir: Path) -> tuple[Path, Path]:
     except (OSError, ValueError):
         config = {}
     md = run_dir / "summary.md"
-    md.write_text(_markdown(metrics, config))
+    write_text_atomic(md, _markdown(metrics, config))
     png = run_dir / "curves.png"
     _plot(metrics, png)
     return png, md
