@@ -24,20 +24,11 @@ them (fine-grained feature imitation, Wang et al., CVPR 2019, with the teacher's
 "near an object" mask instead of anchor overlaps). Neither adapter is exported.
 
 **Default weights, and why the event KL is off.** Every term is computed and logged each epoch
-(``kd_*`` in the history), but only the measured-useful ones are weighted by default. Measured on
-the report's data (``fusion_student`` from ``fusion_teacher``, 10 epochs, seed 0; validation
-mAP@0.5 at the last epoch, the same student without a teacher 0.748):
-
-    box + det_feature + tags                          0.753  (test 0.766 vs 0.753 without a teacher)
-    the same + event KL 0.25 (T = 4)                  0.738
-    the same + event KL 1                             0.708
-    every term (event 1, heatmap 1, feature 0.5)      0.704
-
-The event KL costs detection in proportion to its weight: it reshapes the shared video encoder
-towards the event in the first epochs (epoch-1 mAP 0.08-0.11 against 0.29-0.30), and the student
-learns the event as well without it (0.997 validation accuracy either way). The heatmap MSE alone
-cost 2 points on the cross-attention student (0.685 vs 0.707). Turn any term on with its weight
-(``fusionedge distill --w-event-kl 1 ...``).
+(``kd_*`` in the history), but only the terms that help are weighted by default: box,
+detection-feature and tags. The event KL reshapes the shared video encoder towards the event early
+on and costs detection in proportion to its weight, while the student learns the event as well
+without it; the heatmap term costs detection too (the measurements: ``training/EXPERIMENTS.md``).
+Turn any term on with its weight (``fusionedge distill --w-event-kl 1 ...``).
 
 The event and feature terms need both modalities: the teacher saw both, so a student missing one
 (modality dropout) cannot match it. The heatmap term is a mass-normalized MSE on probabilities, not

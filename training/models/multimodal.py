@@ -109,7 +109,7 @@ class ModelConfig:
     f_min: float = 0.0  # Hz
     f_max: float = 8000.0  # Hz, at most sample_rate / 2
     # -- encoders
-    # widths at stride 2, 4, 8, 16; stride 4 feeds the detection head (24 there cost 4-5 points of mAP@0.5)
+    # widths at stride 2, 4, 8, 16; stride 4 feeds the detection head (narrower costs mAP, see EXPERIMENTS.md)
     video_channels: tuple[int, int, int, int] = (16, 32, 48, 64)
     video_depth: int = 1  # extra 3×3 convolutions per video stage
     temporal_kernel: int = 3  # frames spanned by the temporal convolution
@@ -125,7 +125,7 @@ class ModelConfig:
     dropout: float = 0.1  # in fusion and the event head
     # -- heads
     head_hidden: int = 64  # hidden width of the event and audio-tag MLPs
-    det_channels: int = 64  # width of the CenterNet head (32: boxes 5 points of mAP@0.5 worse, see registry)
+    det_channels: int = 64  # width of the CenterNet head (32: worse boxes, see training/EXPERIMENTS.md)
     size_scale_px: float = 16.0  # model-input pixels; det_size = size_scale_px * exp(raw)
 
     def __post_init__(self) -> None:

@@ -83,23 +83,11 @@ def fusion_student() -> ModelConfig:
     (0.17 of ``fusion_teacher``).
 
     Each frame attends to the audio heard around its time, in addition to the clip-wide
-    cross-attention. It became the default when the student was narrower (24 channels at stride
-    4): there it learned the fusion rule at epoch 2 (seeds 0 and 1) against epoch 7 for clip-wide
-    cross-attention (``xattn_student``, seed 0), and read the lights cue with the microphone gone as
-    well as the vision-only model (0.998 vs 1.000; cross-attention 0.983). At the present widths
-    the two are equal on events over three seeds (the report's split, 10 epochs: test event
-    accuracy 0.997 on average for both; mAP@0.5 0.747 for this model vs 0.733 for cross-attention,
-    seed by seed 0.758/0.730/0.752 vs 0.761/0.712/0.725, a gap within seed noise). It stays the
-    default; ``xattn_student`` has 18% fewer parameters.
-
-    The detection path is sized by measurement: with 24 channels at stride 4 and a 32-channel
-    CenterNet head (0.27 GFLOPs) the student reached mAP@0.5 0.696 on the report's test split, 91%
-    of the teacher's 0.768, and lost it in localization (mAP@0.3 0.835 vs 0.873); with 32 and 64
-    channels (these defaults) it reaches 0.753-0.758 (98-99%) for +46% FLOPs, still under a fifth
-    of the teacher's.
-
-    With ``TrainConfig`` defaults (10 epochs, batch 32, lr 3e-3) on 2,000 synthetic clips it trains
-    in ~4 min on 2 CPU cores (~20 s per epoch).
+    cross-attention, so that a sound is matched with what is seen when it is heard. The detection
+    path (32 channels at stride 4, a 64-channel CenterNet head) is as wide as boxes need to reach
+    the teacher's accuracy at under a fifth of its FLOPs. The comparisons behind both choices are in
+    ``training/EXPERIMENTS.md``. With ``TrainConfig`` defaults it trains on 2,000 synthetic clips in
+    a few minutes on 2 CPU cores.
     """
     return ModelConfig(fusion="aligned_attention")
 
