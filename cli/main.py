@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import select
 import sys
 from collections.abc import Sequence
 
@@ -88,6 +89,19 @@ def _os_error_line(e: OSError) -> str:
     return f"{paths}: {reason}"
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (a ``BrokenPipeError`` from a socket is not).
+
+    Where stdout is no file descriptor (captured), the answer is yes: nothing else can be told.
+    """
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fusionedge`` console script. Returns the process exit status."""
     parser = build_parser()
@@ -99,9 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FusionEdgeError as e:
         print(f"fusionedge {_verb_path(args)}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except BrokenPipeError:
-        quiet_broken_pipe()
-        return EXIT_BROKEN_PIPE
+    except BrokenPipeError as e:
+        if _stdout_reader_gone():
+            quiet_broken_pipe()
+            return EXIT_BROKEN_PIPE
+        log.debug("%s", _verb_path(args), exc_info=True)
+        print(f"fusionedge {_verb_path(args)}: error: {_os_error_line(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except OSError as e:
         log.debug("%s", _verb_path(args), exc_info=True)
         print(f"fusionedge {_verb_path(args)}: error: {_os_error_line(e)}", file=sys.stderr)
