@@ -419,7 +419,7 @@ def add_fleet_parser(verbs: Any) -> Any:
     add("status", _cmd_status, "show versions, expiries, keys, releases and rollouts", online=False)
 
     p = add("serve", _cmd_serve, "serve metadata/ and targets/ on loopback (development)", online=False)
-    p.add_argument("--host", default="127.0.0.1", help="a loopback address")
+    p.add_argument("--host", default="127.0.0.1", help="a loopback address: 127.0.0.1, ::1 or localhost")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
 
     add_agent_parsers(sub)

@@ -422,6 +422,53 @@ def test_server_serves_only_metadata_and_targets(tmp_path, server, published):
         serve(tmp_path)
 
 
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_server_on_ipv6_loopback_serves_a_real_client(tmp_path, published):
+    with serve(published, host="::1") as s:
+        assert s.url.startswith("http://[::1]:")
+        client = make_client(tmp_path, s, published)
+        client.refresh()
+        info = client.get_targetinfo(BUNDLE_TARGET)
+        archive = Path(client.download_target(info, str(tmp_path / "bundle.tar")))
+        assert sha256_file(archive) == info.hashes["sha256"]
+        assert rollout_record(client)["percent"] == 10
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_fleet_serve_cli_on_ipv6_loopback(published):
+    proc = subprocess.Popen([sys.executable, "-m", "fusionedge.cli.main", "fleet", "serve", str(published),
+                             "--host", "::1", "--port", "0", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        text = ""
+        while not text.rstrip().endswith("}"):  # the --json document, however it is indented
+            line = proc.stdout.readline()
+            if not line:  # the verb ended: say why
+                proc.wait(timeout=10)
+                pytest.fail(f"fleet serve --host ::1 exited with {proc.returncode}: {proc.stderr.read().strip()}")
+            text += line
+        url = json.loads(text)["url"]
+        assert url.startswith("http://[::1]:")
+        with urllib.request.urlopen(url + "/metadata/root.json", timeout=10) as resp:
+            assert resp.read() == (published / "metadata" / "root.json").read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
 def test_fault_injection_truncate_resume_stall_status(tmp_path, server, published):
     client = make_client(tmp_path, server, published)
     client.refresh()

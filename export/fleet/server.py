@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -247,6 +248,12 @@ class _HTTPServer(ThreadingHTTPServer):
     fleet: FleetServer
 
 
+class _HTTPServer6(_HTTPServer):
+    """The same server on an IPv6 socket (``::1``): the socket's family is fixed by the class."""
+
+    address_family = socket.AF_INET6
+
+
 class FleetServer:
     """A running loopback server for one repository folder (returned by :func:`serve`).
 
@@ -273,8 +280,9 @@ class FleetServer:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        server_class = _HTTPServer6 if ":" in host else _HTTPServer
         try:
-            self._httpd = _HTTPServer((host, port), _Handler)
+            self._httpd = server_class((host, port), _Handler)
         except OSError as e:
             raise RepositoryError(f"cannot listen on {host}:{port} ({e})") from e
         self._httpd.fleet = self
