@@ -357,6 +357,22 @@ def test_a_path_the_machine_refuses_is_one_line_naming_it():
         proc.stderr
 
 
+def test_every_verb_that_needs_an_extra_is_guarded_and_no_other():
+    needs = {"train": "train", "pretrain": "train", "distill": "train", "report": "train", "export": "train",
+             "quickstart": "train", "quantize": "train", "fp16": "train", "bench": "bench",
+             **{f"fleet {v}": "fleet" for v in ("init", "publish", "rollout", "timestamp", "resign", "rotate-key",
+                                               "status", "serve", "agent", "watch")}}
+    found = {}
+    for path, parser in _all_parsers(build_parser()):
+        func = parser.get_default("func")
+        if func is not None and path:
+            found[" ".join(path)] = getattr(func, "extra", None)
+    assert {verb: extra for verb, extra in found.items() if extra is not None} == needs
+    for light in ("eval", "predict", "run", "compare", "data synth", "engine build", "engine check",
+                  "bench compare"):
+        assert found[light] is None, f"{light} needs no extra"
+
+
 _SHIM = """raise ImportError("{name} is made unimportable for this test")\n"""
 
 
