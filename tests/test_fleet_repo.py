@@ -207,6 +207,46 @@ def test_release_counter_per_model_and_republish_refused(tmp_path, repo, bundle_
         assert Path(client.download_target(engine)).read_bytes() == plan.read_bytes()
 
 
+def _nan_model(bundle_dir: Path, dest: Path) -> Path:
+    """The toy bundle with the event head's bias set to NaN: every file hash valid, the outputs NaN."""
+    from _tamper import poison_initializer
+    from _toy_model import copy_bundle
+
+    out = copy_bundle(bundle_dir, dest)
+    poison_initializer(out, "event.bias")
+    load_bundle(out)  # the hashes verify
+    return out
+
+
+def _off_golden(bundle_dir: Path, dest: Path) -> Path:
+    """The toy bundle whose golden outputs are shifted by 1 (re-hashed): outside the golden tolerance."""
+    from _fleet import bad_golden_bundle
+
+    return bad_golden_bundle(bundle_dir, dest, "1.0.0")
+
+
+@pytest.mark.parametrize(("make", "why"), [(_nan_model, "holds NaN"), (_off_golden, "differs from the golden")])
+def test_publish_refuses_a_bundle_that_fails_its_golden_self_test(repo, bundle_dir, tmp_path, capsys, make, why):
+    """Valid hashes are no proof of a working model: the repository must not sign one that outputs NaN."""
+    from fusionedge.cli.main import main
+
+    bad = make(bundle_dir, tmp_path / "bad")
+    before = {p.name: p.read_bytes() for p in (repo / "metadata").iterdir()}
+    with pytest.raises(RepositoryError, match=f"refusing to publish m 1.0.0: its golden self-test failed.*{why}"):
+        publish(repo, bad, model="m", version="1.0.0", device_classes=["x86-cpu"])
+    assert {p.name: p.read_bytes() for p in (repo / "metadata").iterdir()} == before, "metadata was signed"
+    assert not any((repo / "targets").rglob("*.tar")), "the archive was published"
+    assert repository_status(repo)["models"] == {}
+    # the verb says it in one line and exits 2
+    code = main(["fleet", "publish", str(repo), str(bad), "--model", "m", "--version", "1.0.0",
+                 "--device-class", "x86-cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and why in err, err
+    # a sound bundle still publishes
+    assert publish(repo, bundle_dir, model="m", version="1.0.0", device_classes=["x86-cpu"]) == 1
+
+
+
 def test_publish_refuses_an_altered_bundle(tmp_path, repo, bundle_dir):
     bad = Path(shutil.copytree(bundle_dir, tmp_path / "bad"))
     with open(bad / "model.onnx", "r+b") as f:
