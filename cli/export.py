@@ -20,13 +20,15 @@ __all__ = ["add_export_parser"]
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from fusionedge.export import export_checkpoint
+    from fusionedge.sdk.bundle import load_bundle
 
     bundle = export_checkpoint(args.checkpoint, args.out, name=args.name, version=args.version,
                                progress=not args.json, overwrite=args.overwrite)
+    digest = load_bundle(bundle, verify=False).digest  # what a release record or a deployment pins
     if args.json:
-        print_json({"bundle": str(bundle)})
+        print_json({"bundle": str(bundle), "digest": digest})
     else:
-        print(f"bundle written to {bundle}")
+        print(f"bundle written to {bundle} (digest sha256:{digest})")
     return 0
 
 

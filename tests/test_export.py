@@ -140,7 +140,7 @@ def test_write_bundle_failing_mid_write_leaves_nothing(bundle_dir, tmp_path):
     assert not out.exists() and _no_leftovers(tmp_path) == []
 
 
-def test_export_checkpoint_of_a_registered_training_model(tmp_path):
+def test_export_checkpoint_of_a_registered_training_model(tmp_path, capsys):
     """End to end with the real training package: save_checkpoint -> export_checkpoint -> load_bundle."""
     pytest.importorskip("fusionedge.training.checkpoint")
     from fusionedge.export import export_checkpoint
@@ -168,6 +168,14 @@ def test_export_checkpoint_of_a_registered_training_model(tmp_path):
     assert bundle.geometry == geometry
     with pytest.raises(ExportError, match="not found"):
         export_checkpoint(tmp_path / "missing.pt", tmp_path / "other", progress=False)
+
+    from fusionedge.cli.main import main
+
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b2"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {"bundle": str(tmp_path / "b2"), "digest": load_bundle(tmp_path / "b2").digest}
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b2"), "--overwrite"]) == 0
+    assert f"digest sha256:{load_bundle(tmp_path / 'b2').digest}" in capsys.readouterr().out
 
 
 def test_write_bundle_lists_and_hashes_external_data_files(bundle_dir, tmp_path):
