@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -356,6 +357,30 @@ def test_path_traversal_inside_a_signed_archive_is_refused(installed, toy):
     root = installed.env.root
     assert list(root.rglob("escaped.txt")) == [] and list(root.parent.glob("escaped.txt")) == []
     assert list((installed.state / "staging").iterdir()) == []
+
+
+def test_an_archive_whose_manifest_is_not_the_pinned_one_is_refused(installed, releases):
+    """Swapped labels pass every file hash and the golden test; only the release's pinned digest sees them."""
+    from _tamper import edit_manifest
+    from fusionedge.export.fleet.repo import set_rollout
+    from fusionedge.sdk.bundle import load_bundle
+    from fusionedge.sdk.bundle_archive import pack_bundle
+
+    pinned = load_bundle(releases["0.2.0"]).digest
+    swapped = Path(shutil.copytree(releases["0.2.0"], installed.env.root / "swapped"))
+    edit_manifest(swapped, lambda m: m["labels"]["events"].reverse())
+    assert load_bundle(swapped).digest != pinned  # still a valid bundle, another manifest
+    archive = pack_bundle(swapped, installed.env.root / "swapped.tar")
+    custom = {"fusionedge": {"model": "student", "version": "0.2.0", "release": 2,
+                             "bundle_sha256": sha256_file(archive), "digest": pinned,
+                             "compat": {"device_classes": ["x86-cpu"], "min_sdk": "0.1.0",
+                                        "backends": ["onnxruntime"], "precision": "fp32"}, "engines": {}}}
+    sign_with_compromised_key(installed.env, "targets", "models/student/0.2.0/bundle.tar", archive, custom)
+    set_rollout(installed.env.repo, model="student", version="0.2.0", percent=100)
+    _check(installed, "failed", VerificationError, "not the one the release pins")
+    installed.assert_untouched()
+    assert sorted(p.name for p in (installed.state / "store").iterdir()) == sorted(
+        [installed.v1_sha, f"{installed.v1_sha}.release.json"]), "the unpinned bundle was left in the store"
 
 
 # ---------------------------------------------------------------------------------- compatibility
