@@ -30,6 +30,7 @@ import numpy as np
 
 from fusionedge.export.onnx_export import MAX_BATCH, OPSET, ExportError
 from fusionedge.export.parity import ParityReport
+from fusionedge.sdk.backends.base import non_finite
 from fusionedge.sdk.bundle import (
     ENGINES_DIR,
     GOLDEN_NAME,
@@ -44,8 +45,8 @@ from fusionedge.sdk.errors import FusionEdgeError
 from fusionedge.sdk.fileio import fsync_dir, json_safe, write_json_atomic
 from fusionedge.sdk.spec import INPUT_NAMES, MODALITIES, OUTPUT_NAMES, InputGeometry
 
-__all__ = ["DECODES", "build_manifest", "check_target", "external_data_files", "fsync_file", "git_rev",
-           "publish_folder", "write_bundle"]
+__all__ = ["DECODES", "build_manifest", "check_golden_finite", "check_target", "external_data_files",
+           "fsync_file", "git_rev", "publish_folder", "write_bundle"]
 
 #: How the runtime decodes each contract output.
 DECODES: dict[str, str] = {
@@ -288,6 +289,20 @@ def external_data_files(onnx_path: str | os.PathLike) -> list[str]:
     return sorted(found)
 
 
+def check_golden_finite(golden_inputs: Mapping[str, np.ndarray], golden_outputs: Mapping[str, np.ndarray]) -> None:
+    """Refuse golden arrays holding NaN or Inf: a bundle's self-test could never pass with them.
+
+    Raises:
+        ExportError: ``golden output '<name>' holds NaN (first at index ...)``, naming the array.
+    """
+    for kind, arrays in (("input", golden_inputs), ("output", golden_outputs)):
+        for name, arr in arrays.items():
+            what = non_finite(arr)
+            if what is not None:
+                raise ExportError(f"golden {kind} '{name}' holds {what}; the model computes non-finite values "
+                                  f"on the golden inputs, refusing to write the bundle")
+
+
 def fsync_file(path: Path) -> None:
     """fsync a file already written and closed (a copied model, a saved golden file)."""
     with open(path, "rb") as f:
@@ -359,11 +374,13 @@ def write_bundle(
 
     Raises:
         ExportError: the parity report failed, the target is not writable, the inputs are
-            inconsistent, or the written bundle does not verify. Nothing is left at ``out_dir``.
+            inconsistent, a golden array holds NaN/Inf, or the written bundle does not verify.
+            Nothing is left at ``out_dir``.
     """
     if not parity.ok:
         raise ExportError(f"refusing to write a bundle whose parity check failed: {parity.summary()}")
     out = check_target(out_dir, overwrite=overwrite)
+    check_golden_finite(golden_inputs, golden_outputs)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:
         shutil.copyfile(onnx_path, tmp / MODEL_NAME)

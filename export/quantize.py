@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from fusionedge.export.bundle_writer import check_target, fsync_file, publish_folder
+from fusionedge.export.bundle_writer import check_golden_finite, check_target, fsync_file, publish_folder
 from fusionedge.export.onnx_export import ExportError
 from fusionedge.sdk.bundle import (
     GOLDEN_NAME,
@@ -486,7 +486,8 @@ def write_variant_bundle(
         ``out_dir`` as a Path.
 
     Raises:
-        ExportError: the target exists, or the written bundle does not verify.
+        ExportError: the target exists, the variant computes NaN/Inf on the golden inputs, or the
+            written bundle does not verify.
     """
     out = check_target(out_dir, overwrite=overwrite)
     golden_in, _ = source.golden()
@@ -498,6 +499,7 @@ def write_variant_bundle(
             golden_out = _run_onnx(tmp / MODEL_NAME, golden_in, names)
         except Exception as e:
             raise ExportError(f"variant: the {precision} model does not run in ONNX Runtime: {e}") from e
+        check_golden_finite(golden_in, golden_out)
         arrays = {f"input.{k}": v for k, v in golden_in.items()}
         arrays.update({f"output.{k}": v for k, v in golden_out.items()})
         np.savez(tmp / GOLDEN_NAME, **arrays)

@@ -211,3 +211,25 @@ def test_write_bundle_refuses_external_data_outside_the_bundle(bundle_dir, tmp_p
     with pytest.raises(ExportError, match=r"external data '\.\./weights\.bin': expected a relative path inside"):
         write_bundle(tmp_path / "b", src / "m.onnx", info, parity, gi, go)
     assert not (tmp_path / "b").exists()
+
+
+def test_write_bundle_refuses_non_finite_golden_outputs(bundle_dir, tmp_path):
+    info, parity, gi, go = _write_args(bundle_dir)
+    bad = dict(go, det_size=np.full_like(go["det_size"], np.inf))
+    with pytest.raises(ExportError, match=r"golden output 'det_size' holds Inf"):
+        write_bundle(tmp_path / "b", bundle_dir / "model.onnx", info, parity, gi, bad)
+    assert not (tmp_path / "b").exists() and _no_leftovers(tmp_path) == []
+
+
+def test_variant_of_a_model_computing_nan_is_not_written(bundle_dir, tmp_path):
+    """The variant writer records golden outputs by running the variant: NaN there is refused."""
+    from _tamper import poison_initializer
+    from _toy_model import copy_bundle
+    from fusionedge.export.quantize import write_variant_bundle
+
+    broken = copy_bundle(bundle_dir, tmp_path / "broken")
+    poison_initializer(broken, "event.bias")
+    with pytest.raises(ExportError, match=r"golden output 'event_logits' holds NaN"):
+        write_variant_bundle(load_bundle(bundle_dir), broken / "model.onnx", tmp_path / "v", precision="fp16",
+                             variant={"kind": "fp16"}, golden_tol={"rtol": 1e-2, "atol": 1e-2})
+    assert not (tmp_path / "v").exists()
