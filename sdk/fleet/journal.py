@@ -22,15 +22,16 @@ import json
 import os
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from fusionedge.sdk.bundle import fsync_dir
-from fusionedge.sdk.errors import UpdateError
+from fusionedge.sdk.errors import InputError, UpdateError
+from fusionedge.sdk.fileio import fsync_dir, loads_json
 
-__all__ = ["Journal", "Transaction", "STEPS", "utc_now"]
+__all__ = ["STEPS", "Journal", "Transaction", "utc_now"]
 
 #: The steps of an update, in the order they run.
 STEPS = ("refresh", "download", "verify", "install", "health", "commit")
@@ -198,8 +199,8 @@ class Journal:
                 if not raw.endswith(b"\n"):
                     break  # a torn last line: never acknowledged
                 try:
-                    record = json.loads(raw)
-                except (UnicodeDecodeError, json.JSONDecodeError):
+                    record = loads_json(raw, what=f"{self.path.name} line", error=InputError)
+                except InputError:  # a damaged line: skipped, like a torn one
                     continue
                 if isinstance(record, dict) and {"txn", "step", "phase"} <= record.keys():
                     yield record

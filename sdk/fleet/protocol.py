@@ -25,7 +25,6 @@ Standard library only (plus :mod:`fusionedge.sdk.fileio`): this module is part o
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fusionedge.sdk.errors import VerificationError
-from fusionedge.sdk.fileio import loads_json
+from fusionedge.sdk.fileio import dumps_json, loads_json
 
 __all__ = [
     "MAX_RECORD_BYTES",
@@ -193,7 +192,7 @@ def _object(data: bytes | str, where: str) -> dict:
 
 
 def _dumps(obj: Mapping) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+    return (dumps_json(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------- rollout
