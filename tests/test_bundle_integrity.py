@@ -15,7 +15,7 @@ from _toy_model import copy_bundle, shared_toy_bundle
 from fusionedge.cli.main import main
 from fusionedge.sdk import Perception
 from fusionedge.sdk.bundle import load_bundle, manifest_digest, update_bundle_metrics
-from fusionedge.sdk.bundle_signature import sign_bundle
+from fusionedge.sdk.bundle_signature import key_id, sign_bundle
 from fusionedge.sdk.errors import BundleError, InputError
 from fusionedge.sdk.selftest import run_golden
 
@@ -102,8 +102,10 @@ def test_signed_bundle_verifies_with_the_trusted_key_only(copy):
     assert sig == copy / "manifest.sig"
     record = json.loads(sig.read_text())
     assert record["digest"] == load_bundle(copy).digest and record["algorithm"] == "ed25519"
-    assert load_bundle(copy, public_key=pub).verified
-    assert load_bundle(copy).verified  # the signature is optional: no key, no check
+    assert load_bundle(copy, public_key=pub).signer == record["keyid"] == key_id(pub)
+    assert load_bundle(copy).signer is None  # the signature is optional: no key, no check
+    with Perception.load(copy, public_key=pub) as p:
+        assert p.bundle.signer == record["keyid"]
     with pytest.raises(BundleError, match=r"^manifest\.sig: not signed by a trusted key"):
         load_bundle(copy, public_key=other)
     assert load_bundle(copy, public_key=[other, pub]).verified  # any one of several trusted keys
