@@ -124,9 +124,10 @@ class PretrainConfig(RunConfig):
     min_shift_seconds: float = 0.25  # shifts lie in [min, clip_seconds - min]
 
     KEY_ORDER: ClassVar[tuple[str, ...]] = (
-        "data", "out", "val_data", "model", "model_overrides", "device", "geometry", "epochs", "batch_size", "lr",
-        "min_lr_ratio", "warmup_epochs", "weight_decay", "grad_clip", "embed_dim", "proj_hidden", "temperature",
-        "hard_negatives", "match_weight", "view_weight", "view_min_scale", "view_temperature", "view_still",
+        "data", "out", "val_data", "model", "model_overrides", "device", "geometry", "epochs", "batch_size",
+        "lr", "min_lr_ratio", "warmup_epochs", "weight_decay", "grad_clip", "embed_dim", "proj_hidden",
+        "temperature", "hard_negatives", "match_weight", "view_weight", "view_min_scale", "view_temperature",
+        "view_still",
         "min_shift_seconds", "hflip", "audio_gain_db", "seed", "num_workers", "max_train_samples",
         "max_val_samples", "progress")
 
@@ -180,6 +181,54 @@ def better_pretrain_epoch(a: dict, b: dict | None) -> bool:
     """
     key = "view_top1" if "view_top1" in a else "a2v_top1"
     return b is None or (a[key], -a["loss"]) > (b[key], -b["loss"])
+
+
+def _batch_loss(model: MultimodalModel, heads: ContrastiveHeads, video: torch.Tensor, audio: torch.Tensor,
+                cfg: PretrainConfig, min_shift: int,
+                gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """The pretraining loss of one batch: the towers' contrast, plus the match and view terms when on.
+
+    Draws from ``gen`` in a fixed order (shifts, then views, then stills), so a run is reproducible.
+
+    Returns:
+        ``(loss, {term name: value})`` for the epoch's training means.
+    """
+    b, k = len(audio), cfg.hard_negatives
+    hard, _ = shifted_audio(audio, k, min_shift, gen)  # (B, K, S)
+    v_tokens, per_frame = model.video_encoder.frame_features(video)
+    a_tokens = model.audio_encoder(torch.cat([audio, hard.flatten(0, 1)]))[0]  # (B(1+K), Na, Ca)
+    v, emb = heads.project_video(v_tokens, per_frame), heads.project_audio(a_tokens)  # (B, D), (B(1+K), D)
+    hard_emb = emb[b:].reshape(b, k, emb.shape[1]) if k else None  # (B, K, D)
+    loss, parts = contrastive_loss(v, emb[:b], hard_emb, heads.logit_scale)
+    if heads.match is not None:  # the fusion in the loop; the first shifted copy is its hard negative
+        first_hard = a_tokens[b:].unflatten(0, (b, k))[:, 0] if k else None  # (B, Na, Ca)
+        m_loss, parts["match_accuracy"] = match_loss(model, heads, v_tokens, per_frame, a_tokens[:b],
+                                                     first_hard)
+        parts["loss_match"] = float(m_loss.detach())
+        loss = loss + cfg.match_weight * m_loss
+    if heads.view_proj is not None:  # the same clips seen again: cropped, flipped, re-exposed
+        second = video_view(video, cfg.view_min_scale, gen)
+        if cfg.view_still:  # and that view frozen in time, in the same forward pass
+            second = torch.cat([second, still_copy(second, gen)])
+        z2 = heads.project_view(*model.video_encoder.frame_features(second))
+        v_loss = view_loss(heads.project_view(v_tokens, per_frame), z2[:b], cfg.view_temperature,
+                           z2[b:] if cfg.view_still else None)
+        parts["loss_view"] = float(v_loss.detach())
+        loss = loss + cfg.view_weight * v_loss
+    return loss, parts
+
+
+def _print_epoch(record: dict, chance: dict, epochs: int) -> None:
+    """One line per epoch on stderr: training loss, temperature, held-out metrics against chance."""
+    val = record["val"]
+    print(f"pretrain {record['epoch']}/{epochs}  loss {record['train']['loss']:.3f}  "
+          f"T {record['temperature']:.3f}  "
+          f"val loss {val['loss']:.3f}  a->v top1 {val['a2v_top1']:.3f} (chance {chance['a2v_top1']:.3f})  "
+          f"top5 {val['a2v_top5']:.3f}  v->a top1 {val['v2a_top1']:.3f}  "
+          f"shift {val['shift_discrimination']:.3f} (chance {chance['shift_discrimination']:.3f})  "
+          + (f"view top1 {val['view_top1']:.3f}  " if "view_top1" in val else "")
+          + (f"still {val['still_discrimination']:.3f}  " if "still_discrimination" in val else "")
+          + f"({record['seconds']:.0f} s)", file=sys.stderr, flush=True)
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
@@ -236,10 +285,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
     warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     augment = Augment(modality_dropout=0.0, hflip=cfg.hflip, audio_gain_db=cfg.audio_gain_db)
     min_shift = int(round(cfg.min_shift_seconds * g.sample_rate))
-    k = cfg.hard_negatives
     path = cfg.out / "pretrain.pt"
-    eval_kw = dict(hard_negatives=k, min_shift_seconds=cfg.min_shift_seconds, view_min_scale=cfg.view_min_scale,
-                   view_still=cfg.view_still, seed=cfg.seed, batch_size=cfg.batch_size, device=device)
+    eval_kw = dict(hard_negatives=cfg.hard_negatives, min_shift_seconds=cfg.min_shift_seconds,
+                   view_min_scale=cfg.view_min_scale, view_still=cfg.view_still, seed=cfg.seed,
+                   batch_size=cfg.batch_size, device=device)
 
     history: list[dict] = []
     best: dict | None = None
@@ -265,32 +314,12 @@ def pretrain(cfg: PretrainConfig) -> dict:
             lr = lr_at(step, total_steps, warmup, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            # on the device first: the shifts, views and stills below are made there (random draws
-            # stay on the CPU generator, so a run's numbers do not depend on where they are made)
+            # on the device first: the shifts, views and stills are made there (random draws stay on
+            # the CPU generator, so a run's numbers do not depend on where they are made)
             audio = batch["audio"].to(device, non_blocking=True)  # (B, S), gain applied: shifted copies share it
             video = batch["video"].to(device, non_blocking=True)  # (B, T, C, H, W)
             b = len(audio)
-            hard, _ = shifted_audio(audio, k, min_shift, gen)  # (B, K, S)
-            v_tokens, per_frame = model.video_encoder.frame_features(video)
-            a_tokens = model.audio_encoder(torch.cat([audio, hard.flatten(0, 1)]))[0]  # (B(1+K), Na, Ca)
-            v, emb = heads.project_video(v_tokens, per_frame), heads.project_audio(a_tokens)  # (B, D), (B(1+K), D)
-            hard_emb = emb[b:].reshape(b, k, emb.shape[1]) if k else None  # (B, K, D)
-            loss, parts = contrastive_loss(v, emb[:b], hard_emb, heads.logit_scale)
-            if heads.match is not None:  # the fusion in the loop; the first shifted copy is its hard negative
-                first_hard = a_tokens[b:].unflatten(0, (b, k))[:, 0] if k else None  # (B, Na, Ca)
-                m_loss, parts["match_accuracy"] = match_loss(model, heads, v_tokens, per_frame, a_tokens[:b],
-                                                             first_hard)
-                parts["loss_match"] = float(m_loss.detach())
-                loss = loss + cfg.match_weight * m_loss
-            if heads.view_proj is not None:  # the same clips seen again: cropped, flipped, re-exposed
-                second = video_view(video, cfg.view_min_scale, gen)
-                if cfg.view_still:  # and that view frozen in time, in the same forward pass
-                    second = torch.cat([second, still_copy(second, gen)])
-                z2 = heads.project_view(*model.video_encoder.frame_features(second))
-                v_loss = view_loss(heads.project_view(v_tokens, per_frame), z2[:b], cfg.view_temperature,
-                                   z2[b:] if cfg.view_still else None)
-                parts["loss_view"] = float(v_loss.detach())
-                loss = loss + cfg.view_weight * v_loss
+            loss, parts = _batch_loss(model, heads, video, audio, cfg, min_shift, gen)
             check_finite_loss(loss, epoch, step, cfg.lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -312,13 +341,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                   "train_seconds": round(train_seconds, 2), "seconds": round(time.perf_counter() - t_epoch, 2)}
         history.append(record)
         if cfg.progress:
-            print(f"pretrain {epoch}/{cfg.epochs}  loss {record['train']['loss']:.3f}  T {heads.temperature:.3f}  "
-                  f"val loss {val['loss']:.3f}  a->v top1 {val['a2v_top1']:.3f} (chance {chance['a2v_top1']:.3f})  "
-                  f"top5 {val['a2v_top5']:.3f}  v->a top1 {val['v2a_top1']:.3f}  "
-                  f"shift {val['shift_discrimination']:.3f} (chance {chance['shift_discrimination']:.3f})  "
-                  + (f"view top1 {val['view_top1']:.3f}  " if "view_top1" in val else "")
-                  + (f"still {val['still_discrimination']:.3f}  " if "still_discrimination" in val else "")
-                  + f"({record['seconds']:.0f} s)", file=sys.stderr, flush=True)
+            _print_epoch(record, chance, cfg.epochs)
         if better_pretrain_epoch(val, best):
             best = {"epoch": epoch, **val}
             extra = {"kind": "pretrain", "pretrain_config": json_safe(cfg.to_dict()),
