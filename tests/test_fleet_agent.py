@@ -203,6 +203,32 @@ def test_poll_jitter_spreads_a_fleet_over_the_whole_band():
         poll_intervals("cam-7", 0)
 
 
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_an_agent_updates_from_a_mirror_on_ipv6_loopback(env, releases):
+    from fusionedge.export.fleet.server import serve
+
+    env.publish(releases["0.1.0"], "0.1.0")
+    env.rollout("0.1.0")
+    with serve(env.repo, host="::1") as mirror:
+        agent = Agent(mirror.url, "dev-v6", env.root / "v6", device_class="x86-cpu", model="student",
+                      root=env.trusted_root, backend_options=FAST, timeout_s=5.0)
+        with agent:
+            outcome = agent.check_once()
+        assert outcome.action == "updated" and outcome.running == "student@0.1.0", outcome
+        assert any(r.path.endswith("bundle.tar") and r.status == 200 for r in mirror.requests)
+
+
 def test_bad_arguments_are_refused(env, tmp_path):
     for kw, message in (({"device_id": "dev/1"}, "device id"), ({"device_id": "dev+#"}, "device id"),
                         ({"model": "../x"}, "model"), ({"backends": ()}, "backends"),
