@@ -60,6 +60,7 @@ from fusionedge.sdk.bundle_schema import (
     MODEL_NAME,
     PRECISIONS,
     SCHEMA_VERSION,
+    SHA256_HEX,
     type_name,
     validate_manifest,
 )
@@ -98,7 +99,6 @@ __all__ = [
     "write_json_atomic",
 ]
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 #: Manifest fields the digest leaves out: only what ``fusionedge eval --record`` rewrites in place.
 DIGEST_EXCLUDES = ("metrics",)
@@ -106,6 +106,11 @@ DIGEST_EXCLUDES = ("metrics",)
 ENGINES_DIR = "engines"
 #: Largest manifest read (a real one is a few kilobytes).
 MANIFEST_MAX_BYTES = 1 << 20
+#: Most entries (files and folders) a bundle folder may hold; a real one has a handful.
+MAX_ENTRIES = 10_000
+#: Files the runtime itself may leave in the bundle's top folder: the temp names of an atomic rewrite
+#: of the manifest or its signature (``update_bundle_metrics``, ``sign_bundle``) cut short by a crash.
+_RUNTIME_TEMP = re.compile(r"^\.(manifest\.json|manifest\.sig)\.[^/]+\.tmp$")
 
 
 # ------------------------------------------------------------------------------------------ hashing
@@ -161,7 +166,7 @@ def _normalize_digest(digest: Any) -> str:
     text = digest.strip().lower() if isinstance(digest, str) else None
     if text is not None and text.startswith("sha256:"):
         text = text[len("sha256:"):]
-    if text is None or not _SHA256.match(text):
+    if text is None or not SHA256_HEX.match(text):
         raise InputError(f"expected_digest must be 64 hex digits (optionally 'sha256:'-prefixed), got {digest!r}")
     return text
 
@@ -225,13 +230,6 @@ def verify_files(root: str | os.PathLike, files: Mapping[str, Mapping[str, Any]]
             )
 
 
-#: Most entries (files and folders) a bundle folder may hold; a real one has a handful.
-MAX_ENTRIES = 10_000
-#: Files the runtime itself may leave in the bundle's top folder: the temp names of an atomic rewrite
-#: of the manifest or its signature (``update_bundle_metrics``, ``sign_bundle``) cut short by a crash.
-_RUNTIME_TEMP = re.compile(r"^\.(manifest\.json|manifest\.sig)\.[^/]+\.tmp$")
-
-
 def scan_folder(root: str | os.PathLike, *, max_entries: int = MAX_ENTRIES) -> list[str]:
     """Every regular file under a bundle folder, as sorted POSIX relative paths; links are refused.
 
@@ -255,7 +253,11 @@ def scan_folder(root: str | os.PathLike, *, max_entries: int = MAX_ENTRIES) -> l
     count = 0
     while stack:
         prefix = stack.pop()
-        with os.scandir(base / prefix if prefix else base) as it:
+        try:
+            it = os.scandir(base / prefix if prefix else base)
+        except OSError as e:
+            raise BundleError(f"{prefix or base}: cannot be listed ({e})") from e
+        with it:
             for entry in it:
                 rel = f"{prefix}{entry.name}"
                 count += 1

@@ -30,6 +30,7 @@ __all__ = [
     "MODEL_NAME",
     "PRECISIONS",
     "SCHEMA_VERSION",
+    "SHA256_HEX",
     "safe_relpath",
     "type_name",
     "validate_manifest",
@@ -46,7 +47,8 @@ DECODES = ("softmax", "sigmoid", "centernet-heatmap", "centernet-size", "centern
 DTYPES = ("float32", "float16", "uint8", "int8", "int32", "int64", "bool")
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 LABEL_KINDS = ("events", "objects", "audio_tags")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: 64 lowercase hex digits: how the manifest writes a SHA-256.
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _fail(where: str, message: str) -> BundleError:
@@ -165,7 +167,7 @@ def _check_tensors(manifest: Mapping, key: str) -> None:
 def _check_source(manifest: Mapping) -> None:
     source = _get(manifest, "source", "", "dict")
     sha = _get(source, "checkpoint_sha256", "source", "str", nullable=True)
-    if sha is not None and not _SHA256.match(sha):
+    if sha is not None and not SHA256_HEX.match(sha):
         raise _fail("source.checkpoint_sha256", f"expected 64 hex digits or null, got {sha!r}")
     _get(source, "model_name", "source", "str")
     _get(source, "model_config", "source", "dict")
@@ -201,7 +203,7 @@ def _check_files(manifest: Mapping) -> None:
         if not isinstance(entry, dict):
             raise _fail(where, f"expected an object, got {type_name(entry)}")
         sha = _get(entry, "sha256", where, "str")
-        if not _SHA256.match(sha):
+        if not SHA256_HEX.match(sha):
             raise _fail(f"{where}.sha256", f"expected 64 lowercase hex digits, got {sha!r}")
         size = _get(entry, "size", where, "int")
         if size < 0:

@@ -221,3 +221,11 @@ def test_hostile_bundle_manifest_is_a_typed_error(copy, capsys, text, message):
         update_bundle_metrics(copy, {"samples": 1})
     assert main(["eval", "--bundle", str(copy), "--data", str(copy)]) == 2
     assert "manifest.json: " in capsys.readouterr().err
+
+
+def test_a_fifo_in_the_bundle_is_refused(copy):
+    import os
+
+    os.mkfifo(copy / "golden.pipe")  # opening it to hash it would block forever
+    with pytest.raises(BundleError, match=r"^golden\.pipe: not a regular file or folder"):
+        load_bundle(copy)
