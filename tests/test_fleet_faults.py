@@ -195,6 +195,24 @@ def test_a_mirror_dripping_headers_cannot_hold_the_agent_past_its_deadline(insta
     _check(installed, "updated", None, agent=installed.env.agent("dev-1", state_dir=installed.state))
 
 
+def test_a_dripping_body_is_cut_at_the_download_deadline_and_resumes(installed):
+    """Headers on time, then one byte every 0.2 s: the deadline (timeout + length / min rate) ends it."""
+    from fusionedge.export.fleet.server import Fault
+
+    installed.publish_v2()
+    installed.env.server.inject(Fault("/targets/*bundle.tar", "drip", after_bytes=100_000, seconds=0.2))
+    agent = installed.env.agent("dev-1", state_dir=installed.state, timeout_s=1.0, min_rate_bps=1 << 20)
+    t0 = time.monotonic()
+    _check(installed, "failed", DownloadError, "not finished by its deadline", agent=agent)
+    assert time.monotonic() - t0 < 6, "the dripping body held the agent past its deadline"
+    installed.assert_untouched()
+    (part,) = (installed.state / "staging").iterdir()
+    kept = part.stat().st_size
+    assert part.suffix == ".part" and kept >= 100_000  # what arrived is kept
+    _check(installed, "updated", None, agent=agent)
+    assert installed.env.bundle_requests()[-1].range == f"bytes={kept}-"
+
+
 def test_disk_full_while_downloading_leaves_nothing_half_installed(installed, tmp_path):
     installed.publish_v2()
     staging = installed.state / "staging"

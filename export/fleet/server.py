@@ -56,8 +56,9 @@ class Fault:
       ``"truncate"``  announce the full length, send ``after_bytes`` of the body, drop the connection
       ``"override"``  serve ``body`` instead of the file (tampered metadata or target; Range applies)
       ``"status"``    answer ``status`` (e.g. 503) with an empty body
-      ``"drip"``      send the whole response — status line, headers, body — one byte every ``seconds``
-                      (a slow-loris mirror that never lets a read time out)
+      ``"drip"``      send the response one byte every ``seconds`` — from the status line on, or, with
+                      ``after_bytes``, after the headers and that many body bytes (a slow-loris
+                      mirror that never lets a read time out)
 
     ``pattern`` is an ``fnmatch`` pattern on the URL path, e.g. ``"/targets/*bundle.tar"`` or
     ``"/metadata/timestamp.json"``. ``times`` is how many matching requests it applies to
@@ -135,7 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_empty(status)
                 return
             if fault is not None and fault.kind == "drip":
-                self._drip(url_path, fault.seconds, head=head)
+                self._drip(url_path, fault.seconds, fault.after_bytes, head=head)
                 return
             if fault is not None and fault.kind == "override":
                 data: bytes | None = fault.body
@@ -187,18 +188,27 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
-    def _drip(self, url_path: str, seconds: float, *, head: bool) -> None:
-        """Send the response for ``url_path`` one byte every ``seconds`` (until the client or server quits)."""
+    def _drip(self, url_path: str, seconds: float, after_bytes: int, *, head: bool) -> None:
+        """Send the response for ``url_path`` one byte every ``seconds`` (until the client or server quits).
+
+        ``after_bytes`` > 0: the headers and that many body bytes go at once, the rest drips.
+        """
         path = self.server.fleet.resolve(url_path)
         body = b"" if path is None or head else path.read_bytes()
         status = HTTPStatus.OK if path is not None else HTTPStatus.NOT_FOUND
         self._record = RequestRecord(str(self.command), url_path, self.headers.get("Range"), int(status))
         self.server.fleet.record(self._record)
-        raw = (f"{self.protocol_version} {status.value} {status.phrase}\r\nContent-Length: {len(body)}\r\n"
-               f"Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n").encode() + body
+        head_bytes = (f"{self.protocol_version} {status.value} {status.phrase}\r\nContent-Length: {len(body)}"
+                      f"\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n").encode()
+        raw = head_bytes + body
         self.close_connection = True
-        for i in range(len(raw)):
+        start = len(head_bytes) + after_bytes if after_bytes > 0 else 0
+        if start:
+            self.wfile.write(raw[:start])
+            self._record.sent = min(after_bytes, len(body))
+        for i in range(start, len(raw)):
             self.wfile.write(raw[i:i + 1])
+            self._record.sent += 1 if i >= len(head_bytes) else 0
             self.wfile.flush()
             if self.server.fleet.sleep(seconds):
                 return

@@ -68,7 +68,7 @@ class _Watchdog:
         self.fired = True
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:  # already closed
+        except (OSError, AttributeError):  # already closed (or never connected)
             pass
 
     def cancel(self) -> None:
@@ -87,7 +87,10 @@ def _pool_manager(local: threading.local, timeout_s: float) -> Any:
             if deadline is None:
                 return super().getresponse(*args, **kwargs)  # type: ignore[misc]
             headers_by = min(deadline, time.monotonic() + timeout_s)
-            local.headers_watchdog = dog = _Watchdog(self.sock, headers_by)  # type: ignore[attr-defined]
+            # the socket itself: http.client drops the connection's reference to it when the response
+            # says "Connection: close", while the response goes on reading from it
+            sock = self.sock  # type: ignore[attr-defined]
+            local.headers_watchdog = dog = _Watchdog(sock, headers_by)
             try:
                 response = super().getresponse(*args, **kwargs)  # type: ignore[misc]
             finally:
@@ -97,7 +100,7 @@ def _pool_manager(local: threading.local, timeout_s: float) -> Any:
             previous = getattr(local, "body_watchdog", None)
             if previous is not None:  # a redirect: the first response's socket is done with
                 previous.cancel()
-            local.body_watchdog = _Watchdog(self.sock, deadline)  # type: ignore[attr-defined]
+            local.body_watchdog = _Watchdog(sock, deadline)
             return response
 
     class _Connection(_Guarded, HTTPConnection):
