@@ -43,6 +43,6 @@ def add_compare_parser(verbs: Any) -> None:
     add_backends_option(p, help="ordered, comma-separated backend names to compare")
     p.add_argument("--variant", action="append", type=Path, help="a variant bundle (repeatable)")
     p.add_argument("--data", type=Path, default=None, help="data-set manifest: add real samples")
-    p.add_argument("--data-limit", type=int, default=16)
+    p.add_argument("--data-limit", type=int, default=16, help="real samples taken from --data")
     add_json_option(p)
     p.set_defaults(func=_cmd_compare)

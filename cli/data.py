@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fusionedge.cli.options import add_json_option
+from fusionedge.cli.options import add_json_option, add_sub_verbs
 from fusionedge.cli.output import print_json
 
 __all__ = ["add_data_parser"]
@@ -38,11 +38,13 @@ def add_data_parser(verbs: Any) -> None:
     Args:
         verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` parser.
     """
-    data = verbs.add_parser("data", help="data-set tools").add_subparsers(dest="data_verb", required=True)
-    p = data.add_parser("synth", help="generate synthetic multimodal driving scenes")
+    group = verbs.add_parser("data", help="data-set tools", description="Data-set tools.")
+    data = add_sub_verbs(group, "data_verb")
+    help = "generate synthetic multimodal driving scenes"
+    p = data.add_parser("synth", help=help, description=help)
     p.add_argument("--out", required=True, type=Path, help="output folder (manifest.jsonl + media/)")
-    p.add_argument("--samples", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=200, help="scenes to generate")
+    p.add_argument("--seed", type=int, default=0, help="the data set is a function of its seed")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--cue-agreement", type=float, default=0.5,
                    help="P(siren audible == lights-ON emergency vehicle in view); 0.5: the four events "

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fusionedge.cli.options import add_json_option
+from fusionedge.cli.options import add_json_option, add_sub_verbs
 from fusionedge.cli.output import print_json
 
 __all__ = ["add_engine_parser"]
@@ -51,17 +51,20 @@ def add_engine_parser(verbs: Any) -> None:
     Args:
         verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` parser.
     """
-    engine = verbs.add_parser("engine", help="TensorRT plans (a per-device cache inside the bundle)")
-    sub = engine.add_subparsers(dest="engine_verb", required=True)
-    p = sub.add_parser("build", help="build the plan for this device into <bundle>/engines/")
-    p.add_argument("--bundle", required=True, type=Path)
-    p.add_argument("--workspace-mib", type=int, default=1024)
+    help = "TensorRT plans (a per-device cache inside the bundle)"
+    engine = verbs.add_parser("engine", help=help, description=help)
+    sub = add_sub_verbs(engine, "engine_verb")
+    help = "build the plan for this device into <bundle>/engines/"
+    p = sub.add_parser("build", help=help, description=help)
+    p.add_argument("--bundle", required=True, type=Path, help="the bundle folder")
+    p.add_argument("--workspace-mib", type=int, default=1024, help="TensorRT builder workspace in MiB")
     p.add_argument("--rebuild", action="store_true", help="build even when a matching plan exists")
     p.add_argument("--trt-verbose", action="store_true", help="TensorRT INFO logging")
     add_json_option(p)
     p.set_defaults(func=_cmd_build)
-    p = sub.add_parser("check", help="check that a plan matches this device and bundle")
-    p.add_argument("--bundle", required=True, type=Path)
+    help = "check that a plan matches this device and bundle"
+    p = sub.add_parser("check", help=help, description=help)
+    p.add_argument("--bundle", required=True, type=Path, help="the bundle folder")
     p.add_argument("--plan", type=Path, default=None, help="a plan file (default: this device's key)")
     add_json_option(p)
     p.set_defaults(func=_cmd_check)

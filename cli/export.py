@@ -41,10 +41,10 @@ def add_export_parser(verbs: Any) -> argparse.ArgumentParser:
     help = "export a checkpoint to a verified ONNX bundle"
     p = verbs.add_parser("export", help=help, description=help)
     add_json_option(p)
-    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--checkpoint", required=True, type=Path, help="a training checkpoint (best.pt or last.pt)")
     p.add_argument("--out", required=True, type=Path, help="bundle folder to create")
     p.add_argument("--name", default=None, help="model name in the manifest (default: the registry name)")
-    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--version", default="0.1.0", help="the model's version in the manifest")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     p.set_defaults(func=needs("train", _cmd_export))
     return p

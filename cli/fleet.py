@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionedge.cli.extras import needs
-from fusionedge.cli.options import add_backends_option, add_json_option
+from fusionedge.cli.options import add_backends_option, add_json_option, add_sub_verbs
 from fusionedge.cli.output import print_json
 
 __all__ = ["add_agent_parsers", "add_fleet_parser", "add_watch_parser"]
@@ -281,10 +281,12 @@ def add_agent_parsers(fleet_subparsers: Any) -> argparse.ArgumentParser:
     _add_mqtt_security_options(p, "this device's id, for a broker ACL with %%u")
     p.add_argument("--latency-budget-ms", type=float, default=2000.0,
                    help="largest median golden-inference latency the health check accepts")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds of server silence tolerated")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds of server silence tolerated, and the most a response's headers may take")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--once", action="store_true", help="run one check and exit (the default)")
-    when.add_argument("--interval", type=float, default=None, metavar="S", help="check every S seconds")
+    when.add_argument("--interval", type=float, default=None, metavar="S",
+                      help="check every S seconds ±20%% (jitter seeded by the device id)")
     p.add_argument("--max-checks", type=int, default=None, help="with --interval: stop after N checks")
     add_json_option(p, help="print each outcome as one JSON object (one line)")
     p.set_defaults(func=needs("fleet", _cmd_agent))
@@ -361,7 +363,7 @@ def add_fleet_parser(verbs: Any) -> Any:
     """
     fleet = verbs.add_parser("fleet", help="signed model releases for device fleets (TUF repository)",
                              description="Publish signed model releases and roll them out to device fleets.")
-    sub = fleet.add_subparsers(dest="fleet_verb", required=True, metavar="FLEET_VERB")
+    sub = add_sub_verbs(fleet, "fleet_verb")
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str, *, offline: bool = False,
             online: bool = True) -> argparse.ArgumentParser:
@@ -398,8 +400,8 @@ def add_fleet_parser(verbs: Any) -> Any:
                    help="a prebuilt TensorRT plan for a device fingerprint (repeatable)")
 
     p = add("rollout", _cmd_rollout, "set the rollout of a published release (online keys)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--version", required=True)
+    p.add_argument("--model", required=True, help="the model's name in the fleet")
+    p.add_argument("--version", required=True, help="the published version to roll out")
     p.add_argument("--percent", type=float, default=None,
                    help="share of devices 0-100 (default: keep the current rollout's percent)")
     p.add_argument("--cohort", action="append", default=None, metavar="NAME",

@@ -3,7 +3,10 @@
 :func:`build_parser` registers the verb modules of this package (each owns its verb's options and
 handler; shared options are in :mod:`fusionedge.cli.options`). Every verb is listed whatever is
 installed: a verb whose optional extra is missing says which one to install when it runs
-(:mod:`fusionedge.cli.extras`), and parsing imports nothing heavy. :func:`main` turns what a user
+(:mod:`fusionedge.cli.extras`), and parsing imports nothing heavy. The conventions users expect of
+a command line hold for every verb: ``--version``; ``-v`` and ``--json`` before or after the verb;
+each option's help with its default and an example per verb (:mod:`fusionedge.cli.help`); a verb
+that groups others names its sub-verbs when given none. :func:`main` turns what a user
 can cause into one line on stderr and exit status 2: a :class:`~fusionedge.sdk.errors.FusionEdgeError`
 (bad input, bad bundle, missing file) and an ``OSError`` from the machine (a path that cannot be
 written, a full disk). A reader that closes the pipe early ends the command quietly with status 141,
@@ -18,13 +21,14 @@ import select
 import sys
 from collections.abc import Sequence
 
-from fusionedge.cli.options import add_training_arguments
+from fusionedge.cli.help import Parser, add_examples, walk_parsers
+from fusionedge.cli.options import add_sub_verbs, add_training_arguments
 from fusionedge.cli.output import quiet_broken_pipe
 from fusionedge.cli.predict import format_result
 from fusionedge.sdk.errors import FusionEdgeError
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_USER_ERROR", "add_training_arguments", "build_parser", "format_result",
-           "main"]
+           "main", "parse_args"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``fusionedge`` parser with every verb registered."""
     from fusionedge.cli.bench import add_bench_parser
     from fusionedge.cli.compare import add_compare_parser
+    from fusionedge.cli.completion import add_completion_parser
     from fusionedge.cli.data import add_data_parser
     from fusionedge.cli.engine import add_engine_parser
     from fusionedge.cli.export import add_export_parser
@@ -51,12 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     from fusionedge.cli.run import add_run_parser
     from fusionedge.cli.train import add_distill_parser, add_pretrain_parser, add_train_parser
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fusionedge",
         description="Multimodal (camera + audio) perception from training to edge devices.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    parser.add_argument("--version", action=_VersionAction, help="print the installed version and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level (also after the verb)")
+    parser.add_argument("--json", dest="json_first", action="store_true",
+                        help="the verb's --json, given before the verb")
+    verbs = add_sub_verbs(parser, "verb", what="verb")
     add_data_parser(verbs)
     add_train_parser(verbs)
     add_export_parser(verbs)
@@ -71,7 +79,43 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(verbs)
     add_bench_parser(verbs)
     add_fleet_parser(verbs)
+    add_completion_parser(verbs)
+    for path, p in walk_parsers(parser):
+        if path:
+            # SUPPRESS: a verb parsed without -v leaves the value given before the verb alone.
+            p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help="log at debug level")
+    add_examples(parser)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print ``fusionedge X.Y.Z`` and exit (the version is looked up only then)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from fusionedge.sdk import __version__
+
+        print(f"fusionedge {__version__}")
+        parser.exit()
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` and merge the options that may come before the verb (``--json``) into the verb's.
+
+    Exits with status 2 (argparse's usage error) for ``--json`` before a verb that has none.
+    """
+    args = parser.parse_args(argv)
+    if args.json_first and args.verb is not None:  # without a verb, the verb's own message follows
+        if not hasattr(args, "json"):
+            parser.error(f"fusionedge {_verb_path(args)} has no --json")
+        args.json = True
+    del args.json_first
+    return args
 
 
 def _verb_path(args: argparse.Namespace) -> str:
@@ -105,12 +149,13 @@ def _stdout_reader_gone() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fusionedge`` console script. Returns the process exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except FusionEdgeError as e:
+        log.debug("%s", _verb_path(args), exc_info=True)  # with -v: where the error came from
         print(f"fusionedge {_verb_path(args)}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError as e:

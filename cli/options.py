@@ -12,6 +12,7 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fusionedge.sdk.errors import InputError
 
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_BACKENDS",
     "add_backends_option",
     "add_json_option",
+    "add_sub_verbs",
     "add_training_arguments",
     "parse_backends",
     "parse_overrides",
@@ -37,6 +39,30 @@ def add_json_option(p: argparse.ArgumentParser,
         help: the option's help text (a verb that prints one object per event says so).
     """
     p.add_argument("--json", action="store_true", help=help)
+
+
+def add_sub_verbs(p: argparse.ArgumentParser, dest: str, what: str = "sub-verb") -> Any:
+    """Add the sub-verbs of a verb that only groups others (``data``, ``engine``, ``fleet``).
+
+    Given without a sub-verb, the verb is a usage error that names the choices (``fusionedge data:
+    error: choose a sub-verb: synth``) rather than argparse's internal destination name.
+
+    Args:
+        p: the grouping verb's parser.
+        dest: the attribute that holds the chosen sub-verb (it ends in ``_verb``).
+        what: how the message and the usage line call a choice.
+
+    Returns:
+        The object on which ``add_parser`` registers each sub-verb.
+    """
+    sub = p.add_subparsers(dest=dest, metavar=what.upper().replace("-", "_"), title=f"{what}s")
+
+    def choose(args: argparse.Namespace) -> int:
+        p.error(f"choose a {what}: {', '.join(sub.choices)}")
+        return 2  # not reached: error() exits
+
+    p.set_defaults(func=choose)
+    return sub
 
 
 def parse_backends(text: str) -> list[str]:
@@ -101,10 +127,10 @@ def add_training_arguments(p: argparse.ArgumentParser, *, model_help: str = "reg
     p.add_argument("--model", default="fusion_student", help=model_help)
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a ModelConfig field (JSON value), e.g. --set video_depth=0; repeatable")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="passes over the training data (default: 10)")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per step and process (default: 32)")
+    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: 0.003)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialization, shuffling and augmentation")
     p.add_argument("--init", type=Path, default=None,
                    help="initialize weights from a checkpoint (or a pretraining checkpoint's encoders)")
     p.add_argument("--encoder-lr-scale", type=float, default=None,

@@ -88,10 +88,10 @@ def add_predict_parsers(verbs: Any) -> None:
     help = "evaluate a bundle on a data-set manifest"
     p = verbs.add_parser("eval", help=help, description=help)
     add_json_option(p)
-    p.add_argument("--bundle", required=True, type=Path)
+    p.add_argument("--bundle", required=True, type=Path, help="the bundle folder")
     add_backends_option(p)
     p.add_argument("--data", required=True, type=Path, help="manifest or its folder")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="samples per inference call")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     p.add_argument("--record", action="store_true", help="write the metrics into the bundle manifest")
     p.set_defaults(func=_cmd_eval)
@@ -99,9 +99,9 @@ def add_predict_parsers(verbs: Any) -> None:
     help = "run a bundle on one video (+ audio) clip"
     p = verbs.add_parser("predict", help=help, description=help)
     add_json_option(p)
-    p.add_argument("--bundle", required=True, type=Path)
+    p.add_argument("--bundle", required=True, type=Path, help="the bundle folder")
     add_backends_option(p)
-    p.add_argument("--video", required=True, type=Path)
+    p.add_argument("--video", required=True, type=Path, help="the video clip (any format OpenCV reads)")
     p.add_argument("--audio", type=Path, default=None,
                    help="wav file (default: none; the model then runs on vision alone)")
     p.add_argument("--start", type=float, default=0.0, help="clip start in seconds")

@@ -71,8 +71,9 @@ def add_quantize_parsers(verbs: Any) -> None:
     p.add_argument("--data", required=True, type=Path, help="calibration data-set manifest (or its folder)")
     p.add_argument("--profile", choices=("cpu", "tensorrt"), default="cpu",
                    help="cpu: uint8 activations; tensorrt: symmetric int8 (zero-point 0)")
-    p.add_argument("--calibration", choices=("minmax", "entropy", "percentile"), default="minmax")
-    p.add_argument("--calibration-samples", type=int, default=64)
+    p.add_argument("--calibration", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="how activation ranges are chosen from the calibration samples")
+    p.add_argument("--calibration-samples", type=int, default=64, help="samples of --data to calibrate on")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default: per channel)")
     p.add_argument("--weight-bits", type=int, default=8,
                    help="symmetric weight grid in bits, stored as int8 (e.g. 4: W4A8); default 8")
@@ -81,13 +82,14 @@ def add_quantize_parsers(verbs: Any) -> None:
                    help="labelled data-set manifest: run the precision gate against it")
     p.add_argument("--budget-event", type=float, default=0.01, help="allowed event-accuracy drop (0.01 = 1 pt)")
     p.add_argument("--budget-det", type=float, default=0.01, help="allowed detection mAP@0.5 drop")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     add_json_option(p)
     p.set_defaults(func=needs("train", _cmd_quantize))
 
-    p = verbs.add_parser("fp16", help="FP16 variant of a bundle (float32 inputs/outputs)")
+    help = "FP16 variant of a bundle (float32 inputs/outputs)"
+    p = verbs.add_parser("fp16", help=help, description=help)
     p.add_argument("--bundle", required=True, type=Path, help="the FP32 bundle")
     p.add_argument("--out", required=True, type=Path, help="the FP16 bundle folder to create")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     add_json_option(p)
     p.set_defaults(func=needs("train", _cmd_fp16))

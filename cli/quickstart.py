@@ -172,8 +172,9 @@ def add_quickstart_parser(verbs: Any) -> argparse.ArgumentParser:
     help = "synthesize data, train, export, evaluate and predict end to end"
     p = verbs.add_parser("quickstart", help=help, description=help)
     add_json_option(p)
-    p.add_argument("--workdir", required=True, type=Path)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", required=True, type=Path, help="data, run, bundle and summary.json go here")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data (the test split uses seed+1000) and "
+                                                       "of training")
     p.add_argument("--overwrite", action="store_true", help="start over in an existing workdir")
     p.set_defaults(func=needs("train", _cmd_quickstart))
     return p

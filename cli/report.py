@@ -19,10 +19,17 @@ from fusionedge.cli.output import print_json
 
 __all__ = ["add_report_parser"]
 
-#: ReportConfig fields settable from the command line: (flag, type).
-_SIZE_FLAGS = (("train-samples", int), ("val-samples", int), ("test-samples", int), ("epochs", int),
-               ("teacher-epochs", int), ("pretrain-epochs", int), ("few-label-epochs", int),
-               ("few-label-seeds", int), ("few-label-fraction", float), ("batch-size", int))
+#: ReportConfig fields settable from the command line: (flag, type, help with ReportConfig's default).
+_SIZE_FLAGS = (("train-samples", int, "training scenes (default: 2000)"),
+               ("val-samples", int, "validation scenes (default: 300)"),
+               ("test-samples", int, "test scenes, from another seed (default: 400)"),
+               ("epochs", int, "epochs of every supervised run (default: 10)"),
+               ("teacher-epochs", int, "epochs of the distillation teacher (default: 6)"),
+               ("pretrain-epochs", int, "epochs of audio-visual pretraining (default: 8)"),
+               ("few-label-epochs", int, "epochs over the labelled subset in the few-label runs (default: 30)"),
+               ("few-label-seeds", int, "seeds of the pretraining and few-label runs (default: 3)"),
+               ("few-label-fraction", float, "labelled share of the training split (default: 0.1)"),
+               ("batch-size", int, "samples per step (default: 32)"))
 
 
 def _paths_as_text(value: Any) -> Any:
@@ -41,7 +48,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     kw: dict[str, Any] = {"workdir": args.workdir, "seed": args.seed, "force": args.force,
                           "progress": not args.json}
-    for flag, _ in _SIZE_FLAGS:
+    for flag, _, _ in _SIZE_FLAGS:
         name = flag.replace("-", "_")
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
@@ -72,11 +79,11 @@ def add_report_parser(verbs: Any) -> argparse.ArgumentParser:
                                      "sensor, multi-task strategies, distillation, few-label pretraining). "
                                      "Finished runs in WORKDIR are reused.")
     p.add_argument("--workdir", required=True, type=Path, help="data, runs and report/ go here")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="base seed of the data and of every run")
     p.add_argument("--only", default=None, help="comma-separated experiments (their dependencies are added)")
     p.add_argument("--force", action="store_true", help="retrain runs that are already finished")
-    for flag, kind in _SIZE_FLAGS:
-        p.add_argument(f"--{flag}", type=kind, default=None)
+    for flag, kind, flag_help in _SIZE_FLAGS:
+        p.add_argument(f"--{flag}", type=kind, default=None, help=flag_help)
     add_json_option(p, help="print the checks and tables as JSON")
     p.set_defaults(func=needs("train", _cmd_report))
     return p

@@ -36,7 +36,7 @@ def add_run_parser(verbs: Any) -> argparse.ArgumentParser:
     """
     help = "run a bundle on a camera / stream / file (+ microphone / wav) in real time"
     p = verbs.add_parser("run", help=help, description=help)
-    p.add_argument("--bundle", required=True, type=Path)
+    p.add_argument("--bundle", required=True, type=Path, help="the bundle folder")
     p.add_argument("--video", default=None, help="video URI: file, folder, /dev/videoN, v4l2://N, csi://N, "
                                                  "rtsp://..., gst://...")
     p.add_argument("--audio", default=None, help="audio URI: file.wav, mic://default, alsa://hw:0,0")

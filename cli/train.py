@@ -148,10 +148,11 @@ def add_pretrain_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", default="fusion_student", help="registry name; needs video and audio")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a ModelConfig field (JSON value), e.g. --set video_depth=0; repeatable")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="passes over the data (default: 10)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="clips per step; each clip's negatives are the others (default: 64)")
+    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: 0.002)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialization, shuffling and views")
     p.add_argument("--hard-negatives", type=int, default=None,
                    help="time-shifted copies of each clip's audio used as extra negatives (default 2)")
     p.add_argument("--match-weight", type=float, default=None,

@@ -59,6 +59,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     *_LAZY,
+    "__version__",
     "FusionEdgeError",
     "BundleError",
     "BackendError",
@@ -72,7 +73,20 @@ __all__ = [
 ]
 
 
+def _installed_version() -> str:
+    """The installed distribution's version; ``0+unknown`` where fusionedge runs without being installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fusionedge")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # looked up on first use: reading the package metadata costs an import
+        globals()[name] = _installed_version()
+        return globals()[name]
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fusionedge.sdk' has no attribute {name!r}")

@@ -1,0 +1,132 @@
+"""How every verb's ``--help`` reads: each option's default shown, an example per verb.
+
+:class:`Parser` is the ``ArgumentParser`` of the whole command; its sub-parsers inherit it, so every
+verb's help goes through :class:`HelpFormatter`, which appends ``(default: X)`` to an option whose
+help does not already state its default (a flag, or an option whose default is "not given", shows
+none), and keeps the indented example lines of an epilog as they are written. :data:`EXAMPLES`
+holds one or more example command lines per verb; :func:`add_examples` turns them into each
+parser's epilog. Nothing here imports more than the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["EXAMPLES", "HelpFormatter", "Parser", "add_examples", "sub_verbs", "walk_parsers"]
+
+#: Verb path (as typed after ``fusionedge``) -> example command lines shown under ``examples:``.
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "": ("fusionedge quickstart --workdir qs",),
+    "data": ("fusionedge data synth --out data/train --samples 2000",),
+    "data synth": ("fusionedge data synth --out data/train --samples 2000 --seed 0",
+                   "fusionedge data synth --out data/pool --samples 5000 --cue-agreement 0.9"),
+    "train": ("fusionedge train --data data/train --val data/val --out runs/student --epochs 10",),
+    "pretrain": ("fusionedge pretrain --data data/pool --out runs/pretrain",
+                 "fusionedge train --data data/train --init runs/pretrain/pretrain.pt --out runs/ft"),
+    "distill": ("fusionedge distill --data data/train --teacher runs/teacher/best.pt --out runs/student",),
+    "report": ("fusionedge report --workdir work --only fusion",),
+    "export": ("fusionedge export --checkpoint runs/student/best.pt --out bundle",),
+    "eval": ("fusionedge eval --bundle bundle --data data/test --json",),
+    "predict": ("fusionedge predict --bundle bundle --video clip.mp4 --audio clip.wav --out annotated.mp4",),
+    "quickstart": ("fusionedge quickstart --workdir qs",),
+    "run": ("fusionedge run --bundle bundle --video /dev/video0 --audio mic://default --events events.jsonl",
+            "fusionedge run --bundle bundle --video clip.mp4 --audio clip.wav --fast --json"),
+    "quantize": ("fusionedge quantize --bundle bundle --out bundle-int8 --data data/val --validation data/test",),
+    "fp16": ("fusionedge fp16 --bundle bundle --out bundle-fp16",),
+    "engine": ("fusionedge engine build --bundle bundle",),
+    "engine build": ("fusionedge engine build --bundle bundle --workspace-mib 2048",),
+    "engine check": ("fusionedge engine check --bundle bundle",),
+    "compare": ("fusionedge compare --bundle bundle --backends onnxruntime,tensorrt --variant bundle-int8",),
+    "bench": ("fusionedge bench --bundle bundle --out bench --duration 10",
+              "fusionedge bench compare old/results.json new/results.json"),
+    "bench compare": ("fusionedge bench compare old/results.json new/results.json --threshold 0.05",),
+    "fleet": ("fusionedge fleet init repo", "fusionedge fleet status repo"),
+    "fleet init": ("fusionedge fleet init repo --threshold root=2 --key-count root=3",),
+    "fleet publish": ("fusionedge fleet publish repo bundle --model student --version 1.2.0 --device-class x86-cpu",),
+    "fleet rollout": ("fusionedge fleet rollout repo --model student --version 1.2.0 --percent 10 --cohort canary",),
+    "fleet timestamp": ("fusionedge fleet timestamp repo",),
+    "fleet resign": ("fusionedge fleet resign repo --role targets",),
+    "fleet rotate-key": ("fusionedge fleet rotate-key repo --role snapshot",),
+    "fleet status": ("fusionedge fleet status repo --json",),
+    "fleet serve": ("fusionedge fleet serve repo --port 8000",),
+    "fleet agent": (("fusionedge fleet agent --url https://updates.example.com --device-id cam-17 "
+                     "--state-dir /var/lib/fusionedge --device-class jetson-orin --model student --interval 600"),),
+    "fleet watch": ("fusionedge fleet watch --broker mqtt.example.com:1883 --repo repo --model student",),
+    "completion": ("fusionedge completion bash > ~/.local/share/bash-completion/completions/fusionedge",
+                   "fusionedge completion zsh > ~/.zfunc/_fusionedge"),
+}
+
+_FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction,
+                 argparse._AppendConstAction, argparse._CountAction, argparse._HelpAction,
+                 argparse._VersionAction)
+_STATES_DEFAULT = re.compile(r"\bdefault\b|%\(default\)", re.IGNORECASE)
+
+
+def _show(value: Any) -> str:
+    """A default as a user would type it: ``onnxruntime,tensorrt`` rather than a Python list."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(_show(v) for v in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends each option's default to its help; keeps indented lines of a description or epilog."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or isinstance(action, _FLAG_ACTIONS) or default is None
+                or default is argparse.SUPPRESS or _STATES_DEFAULT.search(text)):
+            return text
+        return f"{text} (default: {_show(default).replace('%', '%%')})"
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for paragraph in text.split("\n"):
+            if paragraph.startswith(" ") or not paragraph:
+                out.append(indent + paragraph)
+            else:
+                out.append(textwrap.fill(paragraph, width, initial_indent=indent, subsequent_indent=indent))
+        return "\n".join(out)
+
+
+class Parser(argparse.ArgumentParser):
+    """The ``fusionedge`` parser class: :class:`HelpFormatter` unless told otherwise.
+
+    ``add_subparsers`` creates sub-parsers of the parser's own class, so every verb inherits it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def sub_verbs(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-parsers of ``parser`` by name (empty for a verb without sub-verbs)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def walk_parsers(parser: argparse.ArgumentParser,
+                 path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """``parser`` and every parser below it, each with its verb path (``()``, ``("fleet", "agent")``...)."""
+    yield path, parser
+    for name, sub in sub_verbs(parser).items():
+        yield from walk_parsers(sub, (*path, name))
+
+
+def add_examples(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and every parser below it its examples from :data:`EXAMPLES` as epilog."""
+    for path, p in walk_parsers(parser):
+        lines = EXAMPLES.get(" ".join(path))
+        if lines:
+            p.epilog = "examples:\n" + "\n".join(f"  {line}" for line in lines)
