@@ -101,6 +101,8 @@ def pack_bundle(bundle_dir: str | os.PathLike, out_path: str | os.PathLike) -> P
     entries = _bundle_entries(root)
     load_bundle(root)  # refuse to ship a bundle that does not verify
     out.parent.mkdir(parents=True, exist_ok=True)
+    # The steps of fileio.write_bytes_atomic (temp file beside, fsync, rename, fsync the folder), but
+    # streamed: an archive holds the model and its engines, gigabytes that should not sit in memory.
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as raw:
