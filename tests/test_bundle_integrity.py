@@ -229,3 +229,16 @@ def test_a_fifo_in_the_bundle_is_refused(copy):
     os.mkfifo(copy / "golden.pipe")  # opening it to hash it would block forever
     with pytest.raises(BundleError, match=r"^golden\.pipe: not a regular file or folder"):
         load_bundle(copy)
+
+
+def test_loading_without_a_key_does_not_import_cryptography(bundle_dir):
+    """The device runtime needs `cryptography` only when it checks a signature."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from fusionedge.sdk import Perception\n"
+            f"p = Perception.load({str(bundle_dir)!r}, expected_digest={load_bundle(bundle_dir).digest!r})\n"
+            "p.self_test(); p.close()\n"
+            "print(sorted(m for m in ('cryptography', 'securesystemslib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
