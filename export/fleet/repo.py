@@ -1,35 +1,23 @@
-"""The fleet repository: signed (TUF) releases of model bundles and rollout records, as static files.
+"""The fleet repository's operations: signed (TUF) releases of model bundles and rollout records.
 
-A repository is a folder; only ``metadata/`` and ``targets/`` are served (any web server, object
-store or CDN; :mod:`fusionedge.export.fleet.server` for development)::
-
-    REPO/
-      metadata/      1.root.json, 2.root.json, ..., root.json (latest copy), timestamp.json,
-                     <N>.snapshot.json, <N>.targets.json, <N>.rollouts.json   (consistent snapshots)
-      targets/       models/<model>/<version>/<sha256>.bundle.tar, .../<sha256>.manifest.json,
-                     .../engines/<sha256>.<fingerprint>.plan, rollouts/<sha256>.<model>.json
-      keys/offline/  root/, targets/      private keys (PEM, 0600): move them off the server after init
-      keys/online/   snapshot/, timestamp/, rollouts/   the server that refreshes timestamps needs these
-      repo.json      thresholds, expiry periods, per-model release counters, rollout salts (not secret)
-
-Roles: ``root`` and ``targets`` (offline keys), ``snapshot`` and ``timestamp`` (online), and
-``rollouts``, a role delegated by ``targets`` for ``rollouts/*`` (terminating, online key), so
-rollout records are signed without the offline targets key. Built on python-tuf's Metadata API;
-clients verify with ``tuf.ngclient.Updater``.
-
-The workflow, each step a function (and a ``fusionedge fleet`` verb)::
+A repository is a folder of static files; only ``metadata/`` and ``targets/`` are served (the layout,
+the roles and where to run what are in ``export/FLEET.md``). Roles: ``root`` and ``targets`` (offline
+keys), ``snapshot`` and ``timestamp`` (online), and ``rollouts``, delegated by ``targets`` for
+``rollouts/*`` (online key), so rollout records are signed without the offline targets key. Records
+and target paths follow the wire format the devices parse (:mod:`fusionedge.sdk.fleet.protocol`);
+signing and writing role metadata is :mod:`.roles`. Each step is a function and a ``fusionedge fleet``
+verb::
 
     init_repository(repo)                               keys + version-1 metadata
-    publish(repo, bundle_dir, model=, version=, ...)    -> release number (offline targets key)
+    publish(repo, bundle_dir, model=, version=, ...)    -> release number (golden self-test, then sign)
     set_rollout(repo, model=, version=, percent=, ...)  -> the signed rollout record (online keys)
     refresh_timestamp(repo)                             daily from cron (online keys)
     rotate_key(repo, role)                              replace a role's keys; clients follow
     resign(repo, role)                                  renew a role's expiry (e.g. targets every 60 d)
 
-Every operation takes a lock on the repository, writes target files first, then the role
-metadata, then the snapshot, and the timestamp last (each file atomically), so a client fetching
-during an update sees either the old or the new consistent snapshot. Tests pass ``now=`` (the
-signing clock) to make metadata that has already expired.
+Every operation holds the repository's lock and writes targets, then role metadata, then snapshot,
+then the timestamp, each file atomically: a client fetching meanwhile sees the old or the new
+consistent snapshot. ``now=`` (the signing clock) lets tests make metadata that has already expired.
 """
 
 from __future__ import annotations
