@@ -21,7 +21,7 @@ __all__ = ["EXAMPLES", "HelpFormatter", "Parser", "add_examples", "sub_verbs", "
 
 #: Verb path (as typed after ``fusionedge``) -> example command lines shown under ``examples:``.
 EXAMPLES: dict[str, tuple[str, ...]] = {
-    "": ("fusionedge quickstart --workdir qs",),
+    "": ("fusionedge quickstart --workdir qs", "fusionedge doctor"),
     "data": ("fusionedge data synth --out data/train --samples 2000",),
     "data synth": ("fusionedge data synth --out data/train --samples 2000 --seed 0",
                    "fusionedge data synth --out data/pool --samples 5000 --cue-agreement 0.9"),
@@ -57,6 +57,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "fleet agent": (("fusionedge fleet agent --url https://updates.example.com --device-id cam-17 "
                      "--state-dir /var/lib/fusionedge --device-class jetson-orin --model student --interval 600"),),
     "fleet watch": ("fusionedge fleet watch --broker mqtt.example.com:1883 --repo repo --model student",),
+    "doctor": ("fusionedge doctor", "fusionedge doctor --need tensorrt --need gstreamer --json",
+               "fusionedge doctor --mqtt 127.0.0.1:1883"),
     "completion": ("fusionedge completion bash > ~/.local/share/bash-completion/completions/fusionedge",
                    "fusionedge completion zsh > ~/.zfunc/_fusionedge"),
 }

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fusionedge.cli.compare import add_compare_parser
     from fusionedge.cli.completion import add_completion_parser
     from fusionedge.cli.data import add_data_parser
+    from fusionedge.cli.doctor import add_doctor_parser
     from fusionedge.cli.engine import add_engine_parser
     from fusionedge.cli.export import add_export_parser
     from fusionedge.cli.fleet import add_fleet_parser
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(verbs)
     add_bench_parser(verbs)
     add_fleet_parser(verbs)
+    add_doctor_parser(verbs)
     add_completion_parser(verbs)
     for path, p in walk_parsers(parser):
         if path:
