@@ -11,7 +11,8 @@ torch = pytest.importorskip("torch")
 
 from fusionedge.cli.main import main  # noqa: E402
 from fusionedge.sdk.errors import FusionEdgeError  # noqa: E402
-from fusionedge.training.report import EXPERIMENTS, ReportConfig, _fill_tables, render_markdown, run_report  # noqa: E402
+from fusionedge.training.report import EXPERIMENTS, ReportConfig, render_markdown, run_report  # noqa: E402
+from fusionedge.training.report_tables import fill_tables, pretrain_summary  # noqa: E402
 
 
 def _res(model: str, acc: float, det: float = 0.5, flops: float = 1e9, audio_missing: float = 0.5,
@@ -28,7 +29,7 @@ def _report(test: dict) -> dict:
     cfg = {"train_samples": 2000, "val_samples": 300, "test_samples": 400, "seed": 0, "epochs": 10,
            "few_label_fraction": 0.1, "few_label_epochs": 30}
     r = {"config": cfg, "test": test, "pretrain": None, "train_seconds": {}, "tables": {}, "checks": {}}
-    _fill_tables(r, {})
+    fill_tables(r, {})
     return r
 
 
@@ -87,7 +88,7 @@ def test_few_label_gain_is_the_mean_over_seeds():
     r["test"]["few_pretrained_seed1"]["both"]["lights_cue_accuracy_decoy"] = 0.8
     r["test"]["few_pretrained_seed2"]["both"]["lights_cue_accuracy_decoy"] = float("nan")
     r["test"]["few_scratch"]["both"]["lights_cue_accuracy"] = 0.7
-    _fill_tables(r, {})
+    fill_tables(r, {})
     cues = {row["init"]: row for row in r["tables"]["pretraining_cues"]}
     assert cues["self-supervised pretraining"]["lights_cue_accuracy_decoy"] == pytest.approx(0.7)
     assert cues["random"]["lights_cue_accuracy_decoy"] is None
@@ -127,7 +128,6 @@ def test_lights_cue_on_the_lights_off_vehicle_clips(tmp_path):
 
 
 def test_each_pretraining_is_listed_with_the_epoch_it_kept():
-    from fusionedge.training.report import _pretrain_summary
 
     def best(epoch, view):
         return {"epoch": epoch, "a2v_top1": 0.01, "a2v_top5": 0.03, "shift_discrimination": 0.5, "view_top1": view,
@@ -137,10 +137,10 @@ def test_each_pretraining_is_listed_with_the_epoch_it_kept():
               "still_discrimination": 0.5}
     history = {"few_scratch": {"history": []}, "pretrain": {"best": best(8, 0.873), "chance": chance, "seconds": 580},
                "pretrain_seed1": {"best": best(7, 0.851), "chance": chance, "seconds": 590}}
-    summary = _pretrain_summary(history)
+    summary = pretrain_summary(history)
     assert [(r["run"], r["seed_offset"], r["best"]["epoch"]) for r in summary["runs"]] == [("pretrain", 0, 8),
                                                                                         ("pretrain_seed1", 1, 7)]
-    assert _pretrain_summary({"few_scratch": {"history": []}}) is None
+    assert pretrain_summary({"few_scratch": {"history": []}}) is None
     r = _report({"few_scratch": _res("fusion_student", 0.60), "few_pretrained": _res("fusion_student", 0.64)})
     r["pretrain"] = summary
     md = render_markdown(r)
