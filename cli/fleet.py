@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from fusionedge.cli.config import add_config_option
 from fusionedge.cli.extras import needs
 from fusionedge.cli.options import add_backends_option, add_json_option, add_sub_verbs
 from fusionedge.cli.output import print_json
@@ -289,6 +290,7 @@ def add_agent_parsers(fleet_subparsers: Any) -> argparse.ArgumentParser:
                       help="check every S seconds ±20%% (jitter seeded by the device id)")
     p.add_argument("--max-checks", type=int, default=None, help="with --interval: stop after N checks")
     add_json_option(p, help="print each outcome as one JSON object (one line)")
+    add_config_option(p, "FUSIONEDGE_AGENT_")
     p.set_defaults(func=needs("fleet", _cmd_agent))
     return p
 

@@ -6,7 +6,8 @@ installed: a verb whose optional extra is missing says which one to install when
 (:mod:`fusionedge.cli.extras`), and parsing imports nothing heavy. The conventions users expect of
 a command line hold for every verb: ``--version``; ``-v`` and ``--json`` before or after the verb;
 each option's help with its default and an example per verb (:mod:`fusionedge.cli.help`); a verb
-that groups others names its sub-verbs when given none. :func:`main` turns what a user
+that groups others names its sub-verbs when given none; the long-running verbs (``run``, ``fleet
+agent``) also read a ``--config`` file and ``FUSIONEDGE_*`` variables (:mod:`fusionedge.cli.config`). :func:`main` turns what a user
 can cause into one line on stderr and exit status 2: a :class:`~fusionedge.sdk.errors.FusionEdgeError`
 (bad input, bad bundle, missing file) and an ``OSError`` from the machine (a path that cannot be
 written, a full disk). A reader that closes the pipe early ends the command quietly with status 141,
@@ -21,6 +22,7 @@ import select
 import sys
 from collections.abc import Sequence
 
+from fusionedge.cli.config import apply_config, find_verb_parser
 from fusionedge.cli.help import Parser, add_examples, walk_parsers
 from fusionedge.cli.options import add_sub_verbs, add_training_arguments
 from fusionedge.cli.output import quiet_broken_pipe
@@ -109,8 +111,15 @@ class _VersionAction(argparse.Action):
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse ``argv`` and merge the options that may come before the verb (``--json``) into the verb's.
 
-    Exits with status 2 (argparse's usage error) for ``--json`` before a verb that has none.
+    A verb that takes ``--config`` gets its options from that file and the environment first
+    (:func:`fusionedge.cli.config.apply_config`; flags still win). Exits with status 2 (argparse's
+    usage error) for ``--json`` before a verb that has none.
+
+    Raises:
+        InputError: a bad ``--config`` file or ``FUSIONEDGE_*`` variable.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    apply_config(parser, argv)
     args = parser.parse_args(argv)
     if args.json_first and args.verb is not None:  # without a verb, the verb's own message follows
         if not hasattr(args, "json"):
@@ -151,7 +160,13 @@ def _stdout_reader_gone() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fusionedge`` console script. Returns the process exit status."""
     parser = build_parser()
-    args = parse_args(parser, argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parse_args(parser, argv)
+    except FusionEdgeError as e:  # a bad --config file or FUSIONEDGE_* variable
+        verb = " ".join(("fusionedge", *find_verb_parser(parser, argv)[0]))
+        print(f"{verb}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

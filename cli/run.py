@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fusionedge.cli.config import add_config_option
 from fusionedge.cli.options import add_backends_option, add_json_option
 from fusionedge.cli.output import print_json
 
@@ -54,6 +55,7 @@ def add_run_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--stall-timeout", type=float, default=1.0, help="seconds without data = sensor stalled")
     add_json_option(p, help="print the summary as one JSON object on stdout")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no live progress line")
+    add_config_option(p, "FUSIONEDGE_RUN_")
     p.set_defaults(func=cmd_run)
     return p
 
