@@ -29,6 +29,10 @@ Randomized per clip: lighting (day, dusk, night with the ego car's headlight con
 lamps), camera (focal length, horizon, height, centre), object placement and motion, deliberate
 partial occlusion, optical blur, sensor noise and per-frame camera jitter.
 
+The module is longer than most (~830 lines) on purpose: the layout, the drawing primitives and the
+renderer share private geometry types (camera, style, object) and one draw order from one random
+generator; split apart, those types would become a public surface that nothing else needs.
+
 Boxes are for the **last frame**: the pixels each object covers there (the traffic light's housing,
 not its pole), shifted by that frame's jitter and clipped to the image. Objects that are more than
 half hidden behind nearer ones, or whose box is under 4 px on a side, get no box.
