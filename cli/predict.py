@@ -20,11 +20,27 @@ from fusionedge.sdk.fileio import dumps_json
 __all__ = ["add_predict_parsers", "format_metrics", "format_result"]
 
 
+# The headline keys in print order; detection APs carry which definition they follow.
+_METRIC_KEYS = ("event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50", "detection_ap50_coco",
+                "detection_ap50_95_coco", "samples")
+_METRIC_NOTES = {"detection_map50": "VOC all-point AP@0.5", "detection_ap50_coco": "COCO 101-point AP@0.5",
+                 "detection_ap50_95_coco": "COCO 101-point AP@0.5:0.95"}
+
+
 def format_metrics(metrics: dict) -> str:
-    """The headline metrics of an evaluation or a training run, one per line."""
-    keys = ("event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50", "samples")
-    rows = [f"  {k:<18} {metrics[k]:.4f}" if isinstance(metrics.get(k), float) else f"  {k:<18} {metrics[k]}"
-            for k in keys if k in metrics]
+    """The headline metrics of an evaluation or a training run, one per line.
+
+    Detection APs are labelled with their definition: ``detection_map50`` is PASCAL VOC's all-point
+    AP@0.5; ``detection_ap50_coco`` and ``detection_ap50_95_coco`` (present with the ``metrics``
+    extra) are COCO's 101-point AP50 and AP50:95, the numbers COCO tools print as mAP50 and mAP50-95.
+    """
+    rows = []
+    for k in _METRIC_KEYS:
+        if k not in metrics:
+            continue
+        v = metrics[k]
+        row = f"  {k:<22} {v:.4f}" if isinstance(v, float) else f"  {k:<22} {v}"
+        rows.append(f"{row}   ({_METRIC_NOTES[k]})" if k in _METRIC_NOTES else row)
     return "\n".join(rows) if rows else dumps_json(metrics)
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from fusionedge.sdk import metrics as M
+from fusionedge.sdk.coco import coco_detection_metrics
 from fusionedge.sdk.datamanifest import Sample, read_manifest
 from fusionedge.sdk.errors import DataError
 from fusionedge.sdk.media import read_audio, read_video
@@ -75,7 +76,9 @@ def evaluate(
 
     Returns:
         ``{"event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50", "samples",
-        "backend", "seconds", "per_class_accuracy"}``.
+        "backend", "seconds", "per_class_accuracy"}``; ``detection_map50`` is VOC all-point AP@0.5,
+        and with the ``metrics`` extra ``detection_ap50_coco`` and ``detection_ap50_95_coco`` are
+        COCO's AP50 and AP50:95.
 
     Raises:
         DataError: the manifest is invalid or uses labels the bundle does not know.
@@ -129,6 +132,7 @@ def evaluate(
         "event_macro_f1": M.event_macro_f1(yt, yp, len(events)),
         "audio_tag_map": M.audio_tag_map(np.asarray(tag_true), np.asarray(tag_scores)),
         "detection_map50": M.detection_map50(det_pred, det_true, objects),
+        **coco_detection_metrics(det_pred, det_true, objects),
         "samples": len(samples),
         "per_class_accuracy": per_class,
         "backend": perception.backend_name,

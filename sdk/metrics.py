@@ -1,11 +1,12 @@
-"""Evaluation metrics in NumPy: event accuracy and macro-F1, audio-tag mAP, detection mAP@0.5.
+"""Evaluation metrics in NumPy: event accuracy and macro-F1, audio-tag mAP, detection VOC mAP@0.5.
 
 Definitions follow the usual references so numbers compare with published ones:
 :func:`average_precision` is scikit-learn's ``average_precision_score`` (step-wise area under the
 precision-recall curve, tied scores form one threshold); :func:`detection_map50` is PASCAL VOC's
 all-point interpolated AP with continuous IoU (no ``+1`` pixel), matching each prediction greedily
 (by descending score over the whole set) to the best still-unmatched ground-truth box of its class.
-An undefined metric (no positives, no ground truth) is ``nan``, never a made-up 0.
+An undefined metric (no positives, no ground truth) is ``nan``, never a made-up 0. COCO's AP50 and
+AP50:95 (101-point, what COCO tools print as mAP50 and mAP50-95) are in :mod:`fusionedge.sdk.coco`.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def detection_map50(
     labels: Sequence[str],
     iou_threshold: float = 0.5,
 ) -> float:
-    """VOC-style mean average precision of box detections at one IoU threshold.
+    """PASCAL VOC all-point mean average precision of box detections at one IoU threshold.
 
     Per class: all predictions of the class over the whole set, by descending score (ties keep input
     order), are matched in turn to the still-unmatched ground-truth box of that class in the same
