@@ -22,7 +22,7 @@ EXIT_MISSING = 1
 
 #: ``--need`` choices (kept equal to fusionedge.sdk.doctor.NEEDS by a test; parsing imports no sdk module).
 _NEEDS = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt", "cuda", "gstreamer", "ffmpeg",
-          "native", "native-cuda", "train", "fleet", "bench", "mqtt")
+          "native", "native-cuda", "train", "fleet", "bench", "telemetry", "mqtt")
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch",),
     "fleet": ("tuf", "securesystemslib", "paho.mqtt"),
     "bench": ("mlperf_loadgen",),
+    "telemetry": ("prometheus_client",),
 }
 
 Handler = Callable[[argparse.Namespace], int]

@@ -23,7 +23,13 @@ from typing import Any
 
 from fusionedge.cli.config import add_config_option
 from fusionedge.cli.extras import needs
-from fusionedge.cli.options import add_backends_option, add_json_option, add_sub_verbs
+from fusionedge.cli.options import (
+    add_backends_option,
+    add_json_option,
+    add_metrics_options,
+    add_sub_verbs,
+    start_metrics,
+)
 from fusionedge.cli.output import print_json
 
 __all__ = ["add_agent_parsers", "add_fleet_parser", "add_watch_parser"]
@@ -225,6 +231,14 @@ def _format_outcome(outcome: Any) -> str:
 def _cmd_agent(args: argparse.Namespace) -> int:
     from fusionedge.sdk.fleet.agent import Agent
 
+    metrics = server = None
+    if args.metrics_port is not None:
+        from fusionedge.cli.extras import require_extra
+
+        require_extra("telemetry")
+        from fusionedge.sdk.telemetry import AgentMetrics
+
+        metrics = AgentMetrics()
     agent = Agent(
         args.url, args.device_id, args.state_dir, device_class=args.device_class, model=args.model,
         cohort=args.cohort, root=args.root, backends=args.backends, mqtt=args.mqtt,
@@ -236,6 +250,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     def show(outcome: Any) -> None:
         nonlocal failed
         failed = outcome.error is not None
+        if metrics is not None:
+            metrics.observe(outcome, agent.current_release())
         if args.json:
             print_json(outcome.to_dict(), indent=None)  # one line per check (JSON Lines)
         else:
@@ -244,13 +260,20 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     with agent:
         for line in agent.recover():
             print(f"recovered: {line}", file=sys.stderr)
-        if args.interval is None:
-            show(agent.check_once())
-        else:
-            try:
-                agent.run(args.interval, max_checks=args.max_checks, on_outcome=show)
-            except KeyboardInterrupt:
-                pass
+        if metrics is not None:
+            metrics.set_release(agent.current_release())
+            server = start_metrics(args, metrics.registry)
+        try:
+            if args.interval is None:
+                show(agent.check_once())
+            else:
+                try:
+                    agent.run(args.interval, max_checks=args.max_checks, on_outcome=show)
+                except KeyboardInterrupt:
+                    pass
+        finally:
+            if server is not None:
+                server.close()
     return 1 if failed else 0
 
 
@@ -290,6 +313,7 @@ def add_agent_parsers(fleet_subparsers: Any) -> argparse.ArgumentParser:
                       help="check every S seconds ±20%% (jitter seeded by the device id)")
     p.add_argument("--max-checks", type=int, default=None, help="with --interval: stop after N checks")
     add_json_option(p, help="print each outcome as one JSON object (one line)")
+    add_metrics_options(p, "the agent (release in use, last check, failures, rollbacks)")
     add_config_option(p, "FUSIONEDGE_AGENT_")
     p.set_defaults(func=needs("fleet", _cmd_agent))
     return p

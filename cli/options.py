@@ -20,10 +20,12 @@ __all__ = [
     "DEFAULT_BACKENDS",
     "add_backends_option",
     "add_json_option",
+    "add_metrics_options",
     "add_sub_verbs",
     "add_training_arguments",
     "parse_backends",
     "parse_overrides",
+    "start_metrics",
 ]
 
 #: What ``--backends`` means when a verb that runs a bundle is not told otherwise.
@@ -63,6 +65,35 @@ def add_sub_verbs(p: argparse.ArgumentParser, dest: str, what: str = "sub-verb")
 
     p.set_defaults(func=choose)
     return sub
+
+
+def add_metrics_options(p: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--metrics-port`` and ``--metrics-host`` (a Prometheus endpoint, off unless a port is given).
+
+    Args:
+        p: the verb's parser.
+        what: what the metrics describe, for the help text.
+    """
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help=f"serve Prometheus metrics of {what} at http://HOST:PORT/metrics (0: any free port; "
+                        f"needs the 'telemetry' extra; default: no metrics)")
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="the address the metrics endpoint listens on; 0.0.0.0 exposes it to the network")
+
+
+def start_metrics(args: argparse.Namespace, registry: Any) -> Any:
+    """Serve ``registry`` as ``--metrics-host/--metrics-port`` say, and say where on stderr.
+
+    Returns:
+        The :class:`~fusionedge.sdk.telemetry.MetricsServer` (close it when the verb ends).
+    """
+    import sys
+
+    from fusionedge.sdk.telemetry import serve_metrics
+
+    server = serve_metrics(registry, host=args.metrics_host, port=args.metrics_port)
+    print(f"metrics at {server.url}", file=sys.stderr, flush=True)
+    return server
 
 
 def parse_backends(text: str) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionedge.cli.config import add_config_option
-from fusionedge.cli.options import add_backends_option, add_json_option
+from fusionedge.cli.options import add_backends_option, add_json_option, add_metrics_options, start_metrics
 from fusionedge.cli.output import print_json
 
 __all__ = ["add_run_parser", "cmd_run", "main"]
@@ -55,6 +55,7 @@ def add_run_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--stall-timeout", type=float, default=1.0, help="seconds without data = sensor stalled")
     add_json_option(p, help="print the summary as one JSON object on stdout")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no live progress line")
+    add_metrics_options(p, "the pipeline (results per second, stage latencies, drops, sensors, model)")
     add_config_option(p, "FUSIONEDGE_RUN_")
     p.set_defaults(func=cmd_run)
     return p
@@ -81,20 +82,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         from fusionedge.sdk.errors import InputError
 
         raise InputError("give --video, --audio or both")
+    metrics = server = None
+    if args.metrics_port is not None:
+        from fusionedge.cli.extras import require_extra
+
+        require_extra("telemetry")
+        from fusionedge.sdk.telemetry import PipelineMetrics
+
+        metrics = PipelineMetrics()
+        server = start_metrics(args, metrics.registry)
     policy = args.policy or ("live" if args.realtime else "offline")
     options = {"onnxruntime": {"intra_op_threads": args.threads}} if args.threads else None
-    with Perception.load(args.bundle, backends=args.backends, backend_options=options) as perception:
-        config = PipelineConfig(policy=policy, realtime=args.realtime, stall_timeout=args.stall_timeout)
-        pipe_sinks: list = []
-        pipe = Pipeline(perception, video=args.video, audio=args.audio, sinks=pipe_sinks, config=config)
-        if args.events is not None:
-            pipe_sinks.append(JsonlEventSink(args.events))
-        if args.out is not None:
-            pipe_sinks.append(_LazyVideoSink(args.out, pipe, VideoFileSink))
-        pipe.sinks = pipe_sinks
-        show = args.progress and sys.stderr.isatty()
-        summary = pipe.run(progress=(lambda s: print(_progress_line(s), end="", file=sys.stderr, flush=True))
-                           if show else None)
+    try:
+        with Perception.load(args.bundle, backends=args.backends, backend_options=options) as perception:
+            config = PipelineConfig(policy=policy, realtime=args.realtime, stall_timeout=args.stall_timeout)
+            pipe_sinks: list = []
+            pipe = Pipeline(perception, video=args.video, audio=args.audio, sinks=pipe_sinks, config=config)
+            if args.events is not None:
+                pipe_sinks.append(JsonlEventSink(args.events))
+            if args.out is not None:
+                pipe_sinks.append(_LazyVideoSink(args.out, pipe, VideoFileSink))
+            if metrics is not None:
+                pipe_sinks.append(metrics.sink())
+                metrics.watch(pipe.stats)
+            pipe.sinks = pipe_sinks
+            show = args.progress and sys.stderr.isatty()
+            summary = pipe.run(progress=(lambda s: print(_progress_line(s), end="", file=sys.stderr,
+                                                         flush=True)) if show else None)
+    finally:
+        if server is not None:
+            server.close()
     if show:
         print(file=sys.stderr)
     if args.json:

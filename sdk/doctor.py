@@ -30,7 +30,7 @@ __all__ = ["NEEDS", "Check", "Report", "mqtt_probe", "opencv_video_io", "parse_h
 
 #: Names ``--need`` accepts: each is one check of :func:`run_checks` that must come out usable.
 NEEDS = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt", "cuda", "gstreamer", "ffmpeg",
-         "native", "native-cuda", "train", "fleet", "bench", "mqtt")
+         "native", "native-cuda", "train", "fleet", "bench", "telemetry", "mqtt")
 
 _CLOCKSOURCE = Path("/sys/devices/system/clocksource/clocksource0")
 _TEGRA_RELEASE = Path("/etc/nv_tegra_release")
