@@ -7,8 +7,8 @@
 
 The pipeline itself is :mod:`fusionedge.sdk.streaming`; this module parses the verb and prints the
 live progress line and the summary (``--json``: one object). ``python -m fusionedge.cli.run ARGS``
-is ``fusionedge run ARGS``. Ctrl-C stops cleanly: the output files are flushed and closed and the
-summary printed (exit status 130).
+is ``fusionedge run ARGS``. Ctrl-C and SIGTERM (systemd, Docker, Kubernetes) stop cleanly: the output
+files are flushed and closed and the summary printed (exit status 130 / 143).
 """
 
 from __future__ import annotations
@@ -69,11 +69,19 @@ def _progress_line(s: dict) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the pipeline for parsed ``run`` arguments; returns the exit status (130 when interrupted).
+    """Run the pipeline for parsed ``run`` arguments; returns the exit status (130 / 143 after SIGINT /
+    SIGTERM, which stop it cleanly from the start, model loading included).
 
     Raises:
         FusionEdgeError: a bad bundle, URI or backend (the CLI prints it on one line).
     """
+    from fusionedge.sdk.streaming.signals import StopSignals
+
+    with StopSignals() as signals:
+        return _run(args, signals)
+
+
+def _run(args: argparse.Namespace, signals: Any) -> int:
     from fusionedge.sdk.perception import Perception
     from fusionedge.sdk.streaming.pipeline import Pipeline, PipelineConfig
     from fusionedge.sdk.streaming.sinks import JsonlEventSink, VideoFileSink
@@ -108,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             pipe.sinks = pipe_sinks
             show = args.progress and sys.stderr.isatty()
             summary = pipe.run(progress=(lambda s: print(_progress_line(s), end="", file=sys.stderr,
-                                                         flush=True)) if show else None)
+                                                         flush=True)) if show else None, signals=signals)
     finally:
         if server is not None:
             server.close()
@@ -124,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               + (" (interrupted)" if summary["interrupted"] else ""))
         for name, s in summary["sensors"].items():
             print(f"  {name}: {s['state']} ({s['failures']} failures, {s['recoveries']} recoveries)")
-    return 130 if summary["interrupted"] else 0
+    return signals.exit_status
 
 
 class _LazyVideoSink:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from fusionedge.sdk.errors import InputError, SensorError
+from fusionedge.sdk.errors import InputError, MediaError, SensorError
 from fusionedge.sdk.preprocess import clip_frame_indices
 from fusionedge.sdk.spec import InputGeometry
 from fusionedge.sdk.streaming import (
@@ -61,13 +61,14 @@ def test_bad_uris_raise_input_error(text, kind, message):
 
 def test_sensor_errors_name_the_uri_and_what_to_check(tmp_path):
     clock = StreamClock()
-    with pytest.raises(SensorError, match=r"'/dev/video97'.*check"):
+    with pytest.raises(SensorError, match=r"'/dev/video97'.*check"):  # a camera may come: retried
         open_video_source("/dev/video97", clock).open()
-    with pytest.raises(SensorError, match=r"missing\.mp4.*no such file"):
+    # a file that is missing or broken will not mend: a MediaError, which is not retried
+    with pytest.raises(MediaError, match=r"missing\.mp4.*no such file"):
         open_video_source(str(tmp_path / "missing.mp4"), clock).open()
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not a wav at all")
-    with pytest.raises(SensorError, match="bad.wav"):
+    with pytest.raises(MediaError, match="bad.wav"):
         open_audio_source(str(bad), clock).open()
     try:
         import sounddevice  # noqa: F401

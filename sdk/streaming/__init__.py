@@ -12,12 +12,16 @@
 
 The parts, one file each: :mod:`.uri` (parse a sensor URI), :mod:`.sources` (open it), :mod:`.clock`
 (timestamps, audio ring buffer, synchronizer), :mod:`.health` (failure detection and retry),
-:mod:`.pipeline` (stages, queues, stats), :mod:`.sinks` (outputs), :mod:`.cli` (``fusionedge run``).
+:mod:`.queues` (bounded queues, latency percentiles), :mod:`.pipeline` (stages, stats), :mod:`.sinks`
+(outputs), :mod:`.signals` (SIGINT / SIGTERM as a graceful stop). The ``fusionedge run`` verb is
+:mod:`fusionedge.cli.run`.
 """
 
 from fusionedge.sdk.streaming.clock import AudioRing, StreamClock, Synchronizer
 from fusionedge.sdk.streaming.health import HealthEvent, SourceSupervisor
-from fusionedge.sdk.streaming.pipeline import BoundedQueue, Pipeline, PipelineConfig, StreamResult
+from fusionedge.sdk.streaming.pipeline import Pipeline, PipelineConfig, StreamResult
+from fusionedge.sdk.streaming.queues import BoundedQueue
+from fusionedge.sdk.streaming.signals import StopSignals
 from fusionedge.sdk.streaming.sinks import CallbackSink, JsonlEventSink, Sink, VideoFileSink
 from fusionedge.sdk.streaming.sources import (
     AudioChunk,
@@ -31,7 +35,7 @@ from fusionedge.sdk.streaming.uri import SourceURI, parse_uri
 
 __all__ = [
     "AudioChunk", "AudioRing", "AudioSource", "BoundedQueue", "CallbackSink", "Frame", "HealthEvent",
-    "JsonlEventSink", "Pipeline", "PipelineConfig", "Sink", "SourceSupervisor", "SourceURI", "StreamClock",
-    "StreamResult", "Synchronizer", "VideoFileSink", "VideoSource", "open_audio_source", "open_video_source",
-    "parse_uri",
+    "JsonlEventSink", "Pipeline", "PipelineConfig", "Sink", "SourceSupervisor", "SourceURI", "StopSignals",
+    "StreamClock", "StreamResult", "Synchronizer", "VideoFileSink", "VideoSource", "open_audio_source",
+    "open_video_source", "parse_uri",
 ]

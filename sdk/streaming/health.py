@@ -7,12 +7,20 @@ frame or chunk to the pipeline, and when something goes wrong it moves the senso
 ``error``    opening or reading raised :class:`SensorError` (a camera unplugged, a stream refused);
 ``stopped``  a live sensor reported the end of its data;
 ``stalled``  no data for ``stall_timeout`` seconds (found by :meth:`SourceSupervisor.check`, which the
-             pipeline calls a few times a second; the stuck source is closed to unblock its read).
+             pipeline calls a few times a second; the stuck source is closed to unblock its read);
+``open_timeout`` opening took longer than ``open_timeout`` seconds (a stream that accepts the
+             connection and never answers). Opening runs in a helper thread, so the supervisor reports
+             on time even where the open call itself cannot be interrupted.
 
 It then retries with exponential backoff (``backoff_initial`` doubling up to ``backoff_max``) until the
 sensor delivers again (state ``ok``, event ``recovered``) or the pipeline stops. A replayed file that
 ends is ``ended``: that is the end of the stream, not a failure. The other modality keeps running
 meanwhile: the pipeline passes the failed one with presence 0.
+
+Only :class:`SensorError` is retried. Any other :class:`FusionEdgeError` from ``open()`` (a missing
+file, a path that is not a regular file, a scheme this build cannot open) is a configuration error
+that no retry fixes: the state becomes ``failed`` and the supervisor hands the error to ``on_fatal``,
+which stops the pipeline.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from fusionedge.sdk.errors import SensorError
+from fusionedge.sdk.errors import FusionEdgeError, SensorError
 
 __all__ = ["HealthEvent", "SourceSupervisor", "OK", "FAILED_STATES"]
 
@@ -31,7 +39,7 @@ log = logging.getLogger(__name__)
 
 OK = "ok"
 #: States in which a modality is passed to the model as absent.
-FAILED_STATES: tuple[str, ...] = ("starting", "error", "stopped", "stalled")
+FAILED_STATES: tuple[str, ...] = ("starting", "error", "stopped", "stalled", "open_timeout", "failed")
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class HealthEvent:
 
     modality: str  # "video" or "audio"
     uri: str
-    state: str  # ok, error, stopped, stalled, ended
+    state: str  # ok, error, stopped, stalled, open_timeout, failed, ended
     reason: str
     t: float = field(default_factory=time.monotonic)  # time.monotonic() of the change
     failures: int = 0  # failures so far
@@ -64,12 +72,15 @@ class SourceSupervisor:
         stall_timeout: seconds without data that count as a stall.
         backoff_initial: first retry delay, seconds.
         backoff_max: longest retry delay, seconds.
+        open_timeout: seconds one ``open()`` may take (default: ``stall_timeout``).
+        on_fatal: called with an error no retry can fix (default: raise nothing, just stop retrying).
     """
 
     def __init__(self, modality: str, source: Any, deliver: Callable[[Any], None],
                  on_event: Callable[[HealthEvent], None], on_end: Callable[[], None],
                  stop: threading.Event, *, stall_timeout: float = 2.0, backoff_initial: float = 0.2,
-                 backoff_max: float = 5.0) -> None:
+                 backoff_max: float = 5.0, open_timeout: float | None = None,
+                 on_fatal: Callable[[FusionEdgeError], None] | None = None) -> None:
         self.modality = modality
         self.source = source
         self._deliver = deliver
@@ -79,6 +90,9 @@ class SourceSupervisor:
         self.stall_timeout = float(stall_timeout)
         self.backoff_initial = float(backoff_initial)
         self.backoff_max = float(backoff_max)
+        self.open_timeout = float(open_timeout) if open_timeout is not None else self.stall_timeout
+        self._on_fatal = on_fatal
+        self._opener: threading.Thread | None = None  # an open() still running (abandoned after a timeout)
         self.state = "starting"
         self.reason = ""
         self.failures = 0
@@ -106,7 +120,11 @@ class SourceSupervisor:
         self._thread.start()
 
     def join(self, timeout: float) -> bool:
-        """Wait for the capture thread; True when it has ended."""
+        """Wait for the capture thread; True when it has ended.
+
+        An ``open()`` abandoned after a timeout is not waited for: it may block in a library call
+        (it is a daemon thread, and the source drops what it opens late).
+        """
         if self._thread.ident is None:
             return True
         self._thread.join(timeout)
@@ -140,7 +158,9 @@ class SourceSupervisor:
                 self.failures += 1
             self.state, self.reason = state, reason
             event = HealthEvent(self.modality, self.source.uri.text, state, reason, failures=self.failures)
-        if state in FAILED_STATES:
+        if state == "failed":  # the error itself reaches the caller; no second report
+            log.info("%s sensor %s: %s (%s)", self.modality, self.source.uri.text, state, reason)
+        elif state in FAILED_STATES:
             log.warning("%s sensor %s: %s (%s)", self.modality, self.source.uri.text, state, reason)
         else:
             log.info("%s sensor %s: %s %s", self.modality, self.source.uri.text, state, reason)
@@ -150,26 +170,79 @@ class SourceSupervisor:
         delay = self.backoff_initial
         while not self._stop.is_set():
             self._stalled.clear()
-            self._delivering = True  # opening may take a while (RTSP): not a stall
+            self._delivering = True  # opening is timed by _open, not by the stall watchdog
             try:
-                self.source.open()
+                opened = self._open()
             except SensorError as e:
                 self._delivering = False
                 self._set("error", str(e))
                 self.close()
+            except FusionEdgeError as e:  # a configuration error: no retry will fix it
+                self._delivering = False
+                self._set("failed", str(e))
+                self.close()
+                if self._on_fatal is not None:
+                    self._on_fatal(e)
+                return
             else:
-                with self._lock:
-                    self._last = time.monotonic()
+                if not opened:  # timed out (event sent) or the pipeline stopped
                     self._delivering = False
-                self.opened.set()
-                done, delivered = self._pump()
-                if done:
-                    return  # the file ended, or the pipeline stopped
-                if delivered:
-                    delay = self.backoff_initial  # it worked for a while: start the backoff over
+                    if self._stop.is_set():
+                        return
+                else:
+                    with self._lock:
+                        self._last = time.monotonic()
+                        self._delivering = False
+                    self.opened.set()
+                    done, delivered = self._pump()
+                    if done:
+                        return  # the file ended, or the pipeline stopped
+                    if delivered:
+                        delay = self.backoff_initial  # it worked for a while: start the backoff over
             if self._stop.wait(delay):
                 return
             delay = min(self.backoff_max, delay * 2)
+
+    def _open(self) -> bool:
+        """Open the source in a helper thread, waiting at most ``open_timeout`` s.
+
+        Returns True once open; False when it timed out (state ``open_timeout``, the source closed so
+        that a late success is dropped) or the pipeline stopped. Re-raises what ``open()`` raised.
+        """
+        previous = self._opener
+        while previous is not None and previous.is_alive():  # one open at a time on a source
+            if self._stop.wait(0.05):
+                return False
+        outcome: list[BaseException | None] = []
+
+        def work() -> None:
+            try:
+                self.source.open()
+            except BaseException as e:  # noqa: BLE001 - handed to the supervisor thread below
+                outcome.append(e)
+            else:
+                outcome.append(None)
+
+        opener = threading.Thread(target=work, name=f"open-{self.modality}", daemon=True)
+        self._opener = opener
+        started = time.monotonic()
+        opener.start()
+        while True:
+            opener.join(0.02)
+            if outcome:
+                error = outcome[0]
+                if error is not None:
+                    raise error
+                return True
+            if self._stop.is_set():
+                self.close()
+                return False
+            waited = time.monotonic() - started
+            if waited > self.open_timeout:
+                self._set("open_timeout", f"opening took more than {self.open_timeout:g} s "
+                                          f"(no answer from the sensor)")
+                self.close()
+                return False
 
     def _pump(self) -> tuple[bool, bool]:
         """Read until a failure or the end; returns (done: file ended or stopped, delivered anything)."""

@@ -8,7 +8,7 @@
     with Perception.load("bundle/") as p:
         pipe = Pipeline(p, video="/dev/video0", audio="mic://default",
                         sinks=[JsonlEventSink("events.jsonl")], config=PipelineConfig(policy="live"))
-        summary = pipe.run()          # until the sources end, stop() or Ctrl-C
+        summary = pipe.run()          # until the sources end, stop(), Ctrl-C or SIGTERM
         print(summary["fps"], summary["latency_ms"]["capture_to_result"])
 
 Each stage is a thread; between stages sit bounded queues. Policy ``live`` never blocks a producer:
@@ -19,14 +19,18 @@ frames captured, results, drops per queue, FPS, and latency percentiles per stag
 
 A sensor that fails is supervised (:mod:`fusionedge.sdk.streaming.health`): while video is down, steps
 are made from audio alone at the frame rate (video presence 0); while audio is down, frames run with
-audio presence 0; fusion resumes when the sensor returns.
+audio presence 0; fusion resumes when the sensor returns. A source that cannot work at all (a missing
+file, a scheme this build cannot open) stops the pipeline at once with that error instead.
+
+A sink that fails (a full disk, a closed pipe) is reported once — a ``failed`` health event with
+modality ``sink`` to the other sinks, and an ERROR log line — and disabled; perception and the other
+sinks go on, and the summary lists it under ``sinks_failed``.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,11 +38,13 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from fusionedge.sdk.errors import InputError
+from fusionedge.sdk.errors import FusionEdgeError, InputError
 from fusionedge.sdk.media import DEFAULT_FPS
 from fusionedge.sdk.preprocess import preprocess_frame
 from fusionedge.sdk.streaming.clock import AudioRing, StreamClock, Synchronizer
 from fusionedge.sdk.streaming.health import OK, HealthEvent, SourceSupervisor
+from fusionedge.sdk.streaming.queues import END, POLICIES, BoundedQueue, Latencies
+from fusionedge.sdk.streaming.signals import StopSignals
 from fusionedge.sdk.streaming.sources import (
     AudioChunk,
     AudioSource,
@@ -56,9 +62,6 @@ __all__ = ["Pipeline", "PipelineConfig", "StreamResult", "BoundedQueue", "POLICI
 
 log = logging.getLogger(__name__)
 
-POLICIES: tuple[str, ...] = ("live", "offline")
-_END = object()  # the end-of-stream marker that flows through the queues
-
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -67,7 +70,7 @@ class PipelineConfig:
     policy: Literal["live", "offline"] = "live"
     realtime: bool = True  # replay files at their native rate (False: as fast as possible)
     queue_size: int = 2  # items per inter-stage queue
-    stall_timeout: float = 1.0  # s without data before a sensor counts as stalled
+    stall_timeout: float = 1.0  # s without data (or opening) before a sensor counts as stalled
     backoff_initial: float = 0.2  # s before the first retry of a failed sensor
     backoff_max: float = 5.0  # s, longest retry delay
     audio_wait: float = 0.2  # s a live step waits for audio to reach its window end
@@ -102,68 +105,6 @@ class StreamResult:
                 "latency_ms": round(self.latency_ms, 3), "health": dict(self.health), **self.result.to_dict()}
 
 
-class BoundedQueue:
-    """A bounded FIFO with a policy: ``live`` drops the oldest when full, ``offline`` blocks.
-
-    Args:
-        maxsize: capacity, >= 1.
-        policy: ``"live"`` or ``"offline"``.
-        stop: an event that ends any blocking wait.
-    """
-
-    def __init__(self, maxsize: int, policy: str, stop: threading.Event) -> None:
-        if policy not in POLICIES:
-            raise InputError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-        self.maxsize = int(maxsize)
-        self.policy = policy
-        self._stop = stop
-        self._items: collections.deque = collections.deque()
-        self._cond = threading.Condition()
-        self.dropped = 0  # items discarded to make room (live policy only)
-        self.put_count = 0
-
-    def put(self, item: Any) -> bool:
-        """Add an item; returns False when it was not added because the pipeline stopped.
-
-        The end marker is never dropped and never blocks.
-        """
-        with self._cond:
-            if item is not _END:
-                if self.policy == "offline":
-                    while len(self._items) >= self.maxsize and not self._stop.is_set():
-                        self._cond.wait(0.1)
-                    if self._stop.is_set():
-                        return False
-                else:
-                    while len(self._items) >= self.maxsize:
-                        victim = self._items.popleft()
-                        if victim is _END:  # keep the end marker; nothing comes after it anyway
-                            self._items.appendleft(victim)
-                            return False
-                        self.dropped += 1
-            self._items.append(item)
-            self.put_count += 1
-            self._cond.notify_all()
-            return True
-
-    def get(self, timeout: float) -> Any:
-        """The oldest item, or None after ``timeout`` seconds (or at a stop) with nothing in."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not self._items:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
-                    return None
-                self._cond.wait(min(left, 0.1))
-            item = self._items.popleft()
-            self._cond.notify_all()
-            return item
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
-
-
 @dataclass
 class _Step:
     index: int
@@ -178,27 +119,13 @@ class _Step:
     model: Any = None  # the Perception that produced ``outputs``; it decodes them
 
 
-class _Latencies:
-    """Recent durations per stage (ms) and their percentiles."""
-
-    def __init__(self, window: int) -> None:
-        self._data: dict[str, collections.deque] = {}
-        self._window = window
-        self._lock = threading.Lock()
-
-    def add(self, name: str, ms: float) -> None:
-        with self._lock:
-            self._data.setdefault(name, collections.deque(maxlen=self._window)).append(ms)
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        with self._lock:
-            data = {k: np.fromiter(v, float) for k, v in self._data.items()}
-        return {k: {"p50": round(float(np.percentile(v, 50)), 3), "p90": round(float(np.percentile(v, 90)), 3),
-                    "p99": round(float(np.percentile(v, 99)), 3), "max": round(float(v.max()), 3),
-                    "n": int(v.size)}
-                for k, v in data.items() if v.size}
-
-
+def _sink_name(sink: Any) -> str:
+    """A sink's output path where it has one, else its class name (for events and logs)."""
+    for attr in ("path", "_path"):
+        value = getattr(sink, attr, None)
+        if value is not None:
+            return str(value)
+    return type(sink).__name__
 
 
 class Pipeline:
@@ -234,7 +161,7 @@ class Pipeline:
         self._audio_src: AudioSource | None = None
         if video is not None:
             self._video_src = video(self.clock) if callable(video) else \
-                open_video_source(video, self.clock, realtime=c.realtime)
+                open_video_source(video, self.clock, realtime=c.realtime, timeout=c.stall_timeout)
         if audio is not None:
             self._audio_src = audio(self.clock) if callable(audio) else \
                 open_audio_source(audio, self.clock, realtime=c.realtime)
@@ -245,7 +172,7 @@ class Pipeline:
         self._ring: AudioRing | None = None
         self._ring_lock = threading.Lock()
         self._audio_ended = threading.Event()
-        self._lat = _Latencies(c.latency_window)
+        self._lat = Latencies(c.latency_window)
         self._counts = collections.Counter()
         self._result_times: collections.deque = collections.deque(maxlen=256)
         self._t_start = 0.0
@@ -255,7 +182,10 @@ class Pipeline:
         self._pending_events: collections.deque = collections.deque()
         self._sup: dict[str, SourceSupervisor] = {}
         sup_args = dict(stall_timeout=c.stall_timeout, backoff_initial=c.backoff_initial,
-                        backoff_max=c.backoff_max)
+                        backoff_max=c.backoff_max, on_fatal=self._on_fatal)
+        self._failed_sinks: list[str] = []  # names, for the summary
+        self._disabled_sinks: set[int] = set()  # id() of each failed sink
+        self._signals: StopSignals | None = None
         if self._video_src is not None:
             self._sup["video"] = SourceSupervisor("video", self._video_src, self._on_frame, self._on_health,
                                                   self._on_video_end, self._stop, **sup_args)
@@ -317,36 +247,47 @@ class Pipeline:
             log.error("threads still running after stop: %s", ", ".join(stuck))
         self._counts["stuck_threads"] = len(stuck)
 
-    def run(self, *, progress: Callable[[dict], None] | None = None, interval: float = 1.0) -> dict:
-        """Start, run until the sources end or SIGINT / Ctrl-C, stop cleanly and return the summary.
+    def run(self, *, progress: Callable[[dict], None] | None = None, interval: float = 1.0,
+            signals: StopSignals | None = None) -> dict:
+        """Start, run until the sources end or SIGINT / SIGTERM, stop cleanly and return the summary.
+
+        A stop signal (Ctrl-C, or SIGTERM from systemd / Docker / Kubernetes) ends the run the same
+        way as the end of the sources: capture stops, the sinks are flushed and closed (an mp4 gets
+        its index), and the summary is returned.
 
         Args:
             progress: called with :meth:`stats` every ``interval`` seconds.
             interval: seconds between progress calls.
+            signals: an entered :class:`StopSignals` the caller owns (e.g. installed before loading
+                the model); None installs one for the duration of the run.
 
         Returns:
-            The final :meth:`stats` (``interrupted`` True when stopped by a signal).
+            The final :meth:`stats`, with ``interrupted`` (True when stopped by a signal) and
+            ``signal`` (``"SIGINT"``, ``"SIGTERM"`` or None).
 
         Raises:
-            Exception: whatever a stage raised (e.g. BackendError), after a clean stop.
+            Exception: whatever a stage raised (e.g. BackendError), or the configuration error of a
+                source that cannot work (e.g. MediaError for a missing file), after a clean stop.
         """
-        previous = None
-        interrupted = threading.Event()
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+        own = signals is None
+        stopper = StopSignals() if signals is None else signals
+        if own:
+            stopper.__enter__()
+        self._signals = stopper
         try:
             self.start()
             next_progress = time.monotonic() + interval
-            while not self._done.wait(0.05) and not interrupted.is_set():
+            while not self._done.wait(0.05) and not stopper.requested:
                 if progress is not None and time.monotonic() >= next_progress:
                     progress(self.stats())
                     next_progress += interval
         finally:
             self.stop()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            if own:
+                stopper.__exit__(None, None, None)
         summary = self.stats()
-        summary["interrupted"] = interrupted.is_set()
+        summary["interrupted"] = stopper.requested
+        summary["signal"] = stopper.name
         if self._error is not None:
             raise self._error
         return summary
@@ -380,6 +321,7 @@ class Pipeline:
             "audio_gaps": ring.gaps if ring else 0,
             "audio_resyncs": ring.resyncs if ring else 0,
             "stuck_threads": self._counts["stuck_threads"],
+            "sinks_failed": list(self._failed_sinks),
         }
 
     @property
@@ -416,8 +358,15 @@ class Pipeline:
         wait = self._stop if self.config.policy == "offline" else None
         ring.write(chunk.samples, chunk.t_end, wait=wait)
 
+    def _on_fatal(self, error: FusionEdgeError) -> None:
+        """A source can never work (e.g. a missing file): stop everything; run() raises the error."""
+        if self._error is None:
+            self._error = error
+        self._stop.set()
+        self._done.set()
+
     def _on_video_end(self) -> None:
-        self._q_frames.put(_END)
+        self._q_frames.put(END)
 
     def _on_health(self, event: HealthEvent) -> None:
         with self._events_lock:
@@ -470,7 +419,7 @@ class Pipeline:
             if sync is None:
                 continue
             item = self._q_frames.get(timeout=sync.period)
-            if item is _END:
+            if item is END:
                 break
             if item is None:  # no frame in one period: make audio-only steps while video is down
                 if self._video_failed() or self._video_src is None:
@@ -492,7 +441,7 @@ class Pipeline:
             self._lat.add("preprocess", step.timings["preprocess"])
             index, last_t = index + 1, frame.t
             self._q_steps.put(step)
-        self._q_steps.put(_END)
+        self._q_steps.put(END)
 
     def _audio_only_steps(self, sync: Synchronizer, index: int, last_t: float | None) -> tuple[int, float] | None:
         """Steps at the frame rate from audio alone, for as far as audio has arrived; None when it ended."""
@@ -555,7 +504,7 @@ class Pipeline:
             step = self._q_steps.get(timeout=0.1)
             if step is None:
                 continue
-            if step is _END:
+            if step is END:
                 break
             t0 = time.perf_counter()
             step.outputs, step.model = self.perception.run_batch(
@@ -563,14 +512,14 @@ class Pipeline:
             step.timings["infer"] = (time.perf_counter() - t0) * 1e3
             self._lat.add("infer", step.timings["infer"])
             self._q_outputs.put(step)
-        self._q_outputs.put(_END)
+        self._q_outputs.put(END)
 
     def _postprocess_loop(self) -> None:
         while not self._stop.is_set():
             step = self._q_outputs.get(timeout=0.1)
             if step is None:
                 continue
-            if step is _END:
+            if step is END:
                 break
             t0 = time.perf_counter()
             has_video, has_audio = bool(step.presence[0]), bool(step.presence[1])
@@ -588,14 +537,14 @@ class Pipeline:
             sr = StreamResult(index=step.index, t=step.t, frame=step.image if has_video else None,
                               result=result, health=self._health(), latency_ms=latency)
             self._q_results.put(sr)
-        self._q_results.put(_END)
+        self._q_results.put(END)
 
     def _sink_loop(self) -> None:
         try:
             while True:
                 item = self._q_results.get(timeout=0.1)
                 self._write_health_events()
-                if item is _END:
+                if item is END:
                     self._t_stop = time.monotonic()
                     break
                 if item is None:
@@ -603,10 +552,10 @@ class Pipeline:
                         break
                     continue
                 t0 = time.perf_counter()
-                for sink in self.sinks:
-                    sink.write(item)
+                for sink in self._live_sinks():
+                    self._call_sink(sink, "write", item)
                 self._lat.add("sinks", (time.perf_counter() - t0) * 1e3)
-                self._counts["results"] += 1  # delivered to every sink
+                self._counts["results"] += 1  # delivered to every working sink
                 self._counts["results_video"] += int(item.frame is not None)
                 self._counts["results_audio"] += int("audio" not in item.result.missing)
                 self._result_times.append(time.monotonic())
@@ -623,17 +572,44 @@ class Pipeline:
                 if not self._pending_events:
                     return
                 event = self._pending_events.popleft()
-            for sink in self.sinks:
-                sink.on_health(event)
+            for sink in self._live_sinks():
+                self._call_sink(sink, "on_health", event)
+
+    def _live_sinks(self) -> list[Sink]:
+        return [s for s in self.sinks if id(s) not in self._disabled_sinks]
+
+    def _call_sink(self, sink: Sink, method: str, arg: Any) -> bool:
+        """Call ``sink.method(arg)``; a sink that raises is reported once and disabled. True if it worked."""
+        try:
+            getattr(sink, method)(arg)
+            return True
+        except Exception as e:  # noqa: BLE001 - any failure of one output (disk full, pipe) is isolated
+            self._sink_failed(sink, f"{method} failed: {type(e).__name__}: {e}")
+            return False
+
+    def _sink_failed(self, sink: Sink, reason: str) -> None:
+        self._disabled_sinks.add(id(sink))
+        name = _sink_name(sink)
+        self._failed_sinks.append(name)
+        log.error("sink %s failed and is disabled; the other outputs go on: %s", name, reason)
+        event = HealthEvent("sink", name, "failed", reason, failures=1)
+        with self._events_lock:
+            self._events.append(event)
+        try:
+            sink.close()  # release what it holds; its own errors are already reported
+        except Exception as e:  # noqa: BLE001 - a sink broken enough to fail on close too
+            log.debug("closing failed sink %s: %s", name, e)
+        for other in self._live_sinks():
+            self._call_sink(other, "on_health", event)
 
     def _close_sinks(self) -> None:
         for sink in self.sinks:
+            if id(sink) in self._disabled_sinks:
+                continue  # closed when it failed
             try:
                 sink.close()
             except Exception as e:  # one broken sink must not keep the others from flushing
-                log.error("closing sink %r failed: %s", sink, e)
-                if self._error is None:
-                    self._error = e
+                self._sink_failed(sink, f"close failed: {type(e).__name__}: {e}")
 
     def _monitor_loop(self) -> None:
         while not self._stop.wait(0.05):

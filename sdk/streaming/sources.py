@@ -3,11 +3,16 @@
 Every source has ``open()``, ``read()`` and ``close()``. ``read()`` blocks until the next frame (or
 audio chunk) and returns it stamped on the shared :class:`~fusionedge.sdk.streaming.clock.StreamClock`;
 it returns ``None`` at the end of a replayed file and raises :class:`SensorError` when a sensor fails.
-``close()`` may be called from another thread to unblock a ``read()``.
+``close()`` may be called from another thread to unblock a ``read()``. ``open()`` raises
+:class:`SensorError` for what may pass (a camera not there yet, a stream down) and any other
+:class:`~fusionedge.sdk.errors.FusionEdgeError` for what will not (a missing file, a path that is not a
+regular file, a scheme this OpenCV build cannot open): the supervisor retries the first kind only.
 
 File replay runs at the file's native rate (``realtime=True``: frame ``i`` is released at ``i / fps``
-on the clock) or as fast as it is read (``realtime=False``); either way frame ``i`` is stamped
-``i / fps`` and audio sample ``j`` sits at ``j / rate``, so replay lines up with offline inference.
+on the clock) or as fast as it is read (``realtime=False``); either way a frame is stamped with its
+container time (``i / fps`` for a constant-rate file, see :class:`~fusionedge.sdk.media.FrameTimes`)
+and audio sample ``j`` sits at ``j / rate``, so replay lines up with offline inference. A WAV file is
+read chunk by chunk, never whole.
 Live sensors are stamped with the clock at the moment the frame was delivered.
 """
 
@@ -25,8 +30,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fusionedge.sdk.errors import FusionEdgeError, SensorError
-from fusionedge.sdk.media import DEFAULT_FPS, IMAGE_EXTENSIONS, read_audio
+from fusionedge.sdk.errors import InputError, MediaError, SensorError
+from fusionedge.sdk.media import DEFAULT_FPS, IMAGE_EXTENSIONS, FrameTimes, WavFile, regular_file
 from fusionedge.sdk.streaming.clock import StreamClock
 from fusionedge.sdk.streaming.uri import SourceURI, parse_uri
 
@@ -42,6 +47,7 @@ __all__ = [
     "open_video_source",
     "open_audio_source",
     "csi_pipeline",
+    "gstreamer_available",
 ]
 
 log = logging.getLogger(__name__)
@@ -121,48 +127,60 @@ class FileVideoSource(VideoSource):
         self.realtime = realtime
         self._cap: cv2.VideoCapture | None = None
         self._files: list[Path] = []
+        self._times = FrameTimes(DEFAULT_FPS)
         self._i = 0
         self._closed = threading.Event()
 
     def open(self) -> None:
+        """Open the file or folder.
+
+        Raises:
+            MediaError: the path is missing, is not a regular file or folder, the folder holds no
+                images, or OpenCV cannot open the file (none of these pass by retrying).
+        """
         path = Path(self.uri.target)
-        if not path.exists():
-            raise SensorError(f"video source {self.uri.text!r}: no such file or folder; check the path")
         self._closed.clear()
         self._i = 0
         if path.is_dir():
-            self._files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+            self._files = sorted(f for f in path.iterdir()
+                                 if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
             if not self._files:
-                raise SensorError(f"video source {self.uri.text!r}: the folder holds no images "
-                                  f"({', '.join(IMAGE_EXTENSIONS)})")
+                raise MediaError(f"video source {self.uri.text!r}: the folder holds no images "
+                                 f"({', '.join(IMAGE_EXTENSIONS)})")
             self.fps = DEFAULT_FPS
             return
+        regular_file(path, "video file")  # its message names the path
         cap = cv2.VideoCapture(str(path))
         if not cap.isOpened():
-            raise SensorError(f"video source {self.uri.text!r}: OpenCV cannot open this file; check that "
-                              f"it is a complete video in a codec this OpenCV build decodes")
+            raise MediaError(f"video source {self.uri.text!r}: OpenCV cannot open this file; check that "
+                             f"it is a complete video in a codec this OpenCV build decodes")
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and np.isfinite(fps) and fps > 0 else DEFAULT_FPS
+        self._times = FrameTimes(self.fps)
         self._cap = cap
 
     def read(self) -> Frame | None:
-        t = self._i / self.fps
-        if self.realtime and not self.clock.sleep_until(t, self._closed):
-            return None  # closed while waiting
-        if self._closed.is_set():
-            return None
         if self._files:
-            if self._i >= len(self._files):
+            t = self._i / self.fps
+            if self.realtime and not self.clock.sleep_until(t, self._closed):
+                return None  # closed while waiting
+            if self._closed.is_set() or self._i >= len(self._files):
                 return None
             img = cv2.imread(str(self._files[self._i]), cv2.IMREAD_COLOR)
             if img is None:
                 raise SensorError(f"video source {self.uri.text!r}: cannot read image "
                                   f"{self._files[self._i].name}; check the file")
         else:
-            if self._cap is None:
+            cap = self._cap
+            if self._closed.is_set():
+                return None
+            if cap is None:
                 raise SensorError(f"video source {self.uri.text!r}: read before open")
-            ok, img = self._cap.read()
+            ok, img = cap.read()
             if not ok or img is None:
+                return None
+            t = self._times.next(cap)  # the container's time: a variable-rate file stays in step
+            if self.realtime and not self.clock.sleep_until(t, self._closed):
                 return None
         frame = Frame(image=img, t=t, index=self._i, captured=time.monotonic())
         self._i += 1
@@ -195,37 +213,81 @@ def csi_pipeline(sensor_id: int, width: int = 1280, height: int = 720, fps: int 
     )
 
 
+def gstreamer_available() -> bool:
+    """True when this OpenCV build can open GStreamer pipelines (``csi://``, ``gst://``)."""
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return line.split(":", 1)[1].strip().upper().startswith("YES")
+    return False
+
+
 class CaptureVideoSource(VideoSource):
-    """A live camera or stream read through OpenCV: v4l2://N, csi://N, rtsp://..., gst://..."""
+    """A live camera or stream read through OpenCV: v4l2://N, csi://N, rtsp://..., gst://...
+
+    Args:
+        uri: the parsed URI.
+        clock: the stream clock.
+        timeout: seconds an RTSP stream may take to deliver each frame (FFmpeg's read timeout; its
+            open timeout is twice that plus 1 s, so that the supervisor, which gives an open
+            ``timeout`` seconds, reports first and the abandoned open ends soon after); None for
+            FFmpeg's defaults (about 30 s).
+    """
+
+    def __init__(self, uri: SourceURI, clock: StreamClock, *, timeout: float | None = None) -> None:
+        super().__init__(uri, clock)
+        self.timeout = timeout
+        self._cap: cv2.VideoCapture | None = None
+        self._i = 0
+        self._generation = 0  # counts close() calls: an open() that outlived a close() drops its capture
+        self._lock = threading.Lock()
 
     def open(self) -> None:
+        """Open the device or stream.
+
+        Raises:
+            SensorError: the device or stream cannot be opened now (retried).
+            InputError: the scheme needs GStreamer and this OpenCV build has none (not retried).
+        """
         s = self.uri.scheme
+        with self._lock:
+            generation = self._generation
+        if s in ("csi", "gst") and not gstreamer_available():
+            raise InputError(f"video source {self.uri.text!r}: this OpenCV build has no GStreamer support, "
+                             f"so {s}:// cannot be opened; install an OpenCV built with GStreamer (on a "
+                             f"Jetson the system OpenCV, not the pip wheel)")
         if s == "v4l2":
             cap = cv2.VideoCapture(int(self.uri.target), cv2.CAP_V4L2)
             hint = f"that /dev/video{self.uri.target} exists, that you may read it (group 'video'), " \
                    f"and that no other program holds it"
         elif s == "csi":
             cap = cv2.VideoCapture(csi_pipeline(int(self.uri.target)), cv2.CAP_GSTREAMER)
-            hint = "that this is a Jetson with the camera connected, nvargus-daemon runs, and OpenCV " \
-                   "was built with GStreamer (the pip opencv wheels are not: use the system OpenCV)"
+            hint = "that this is a Jetson with the camera connected and nvargus-daemon runs"
         elif s == "rtsp":
-            cap = cv2.VideoCapture(self.uri.target, cv2.CAP_FFMPEG)
+            params: list[int] = []
+            if self.timeout is not None:  # FFmpeg gives up a little after the supervisor reports
+                ms = max(1, int(self.timeout * 1000))
+                params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 2 * ms + 1000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            cap = cv2.VideoCapture(self.uri.target, cv2.CAP_FFMPEG, params)
             hint = "the address, credentials and that the stream is up (try it in ffplay)"
         elif s == "gst":
             cap = cv2.VideoCapture(self.uri.target, cv2.CAP_GSTREAMER)
-            hint = "the pipeline with gst-launch-1.0, and that OpenCV was built with GStreamer"
+            hint = "the pipeline with gst-launch-1.0"
         else:
-            raise SensorError(f"video source {self.uri.text!r}: scheme {s!r} is not a capture device")
+            raise InputError(f"video source {self.uri.text!r}: scheme {s!r} is not a capture device")
         if not cap.isOpened():
             cap.release()
             raise SensorError(f"video source {self.uri.text!r} cannot be opened; check {hint}")
         fps = cap.get(cv2.CAP_PROP_FPS)
-        self.fps = float(fps) if fps and np.isfinite(fps) and 0 < fps <= 240 else DEFAULT_FPS
-        self._cap: cv2.VideoCapture | None = cap
-        self._i = 0
+        with self._lock:
+            if generation != self._generation:  # closed while opening: the caller has given up on it
+                cap.release()
+                raise SensorError(f"video source {self.uri.text!r} was closed while it opened")
+            self.fps = float(fps) if fps and np.isfinite(fps) and 0 < fps <= 240 else DEFAULT_FPS
+            self._cap = cap
+            self._i = 0
 
     def read(self) -> Frame | None:
-        cap = getattr(self, "_cap", None)
+        cap = self._cap
         if cap is None:
             raise SensorError(f"video source {self.uri.text!r} is closed")
         try:
@@ -240,7 +302,9 @@ class CaptureVideoSource(VideoSource):
         return frame
 
     def close(self) -> None:
-        cap, self._cap = getattr(self, "_cap", None), None
+        with self._lock:
+            self._generation += 1
+            cap, self._cap = self._cap, None
         if cap is not None:
             cap.release()
 
@@ -249,41 +313,65 @@ class CaptureVideoSource(VideoSource):
 
 
 class WavAudioSource(AudioSource):
-    """Replay a WAV file (down-mixed to mono) in 20 ms chunks, paced or as fast as possible."""
+    """Replay a WAV file (down-mixed to mono) in 20 ms chunks, paced or as fast as possible.
+
+    The file is read chunk by chunk (:class:`~fusionedge.sdk.media.WavFile`), so an hour-long
+    recording costs the memory of one chunk.
+    """
 
     def __init__(self, uri: SourceURI, clock: StreamClock, *, realtime: bool = True) -> None:
         super().__init__(uri, clock)
         self.realtime = realtime
-        self._mono: np.ndarray | None = None
+        self._wav: WavFile | None = None
         self._pos = 0
         self._closed = threading.Event()
+        self._lock = threading.Lock()  # close() from another thread must not close the file mid-read
 
     def open(self) -> None:
-        try:
-            samples, rate = read_audio(self.uri.target)
-        except FusionEdgeError as e:
-            raise SensorError(f"audio source {self.uri.text!r}: {e}") from e
-        self._mono = samples.mean(axis=1).astype(np.float32) if samples.ndim == 2 else samples.astype(np.float32)
-        self.rate = int(rate)
-        self._pos = 0
+        """Open the WAV file.
+
+        Raises:
+            MediaError: the file is missing, not a regular file, not a WAV file, or holds no samples.
+        """
+        wav = WavFile(self.uri.target)  # its errors name the path
+        if wav.frames == 0:
+            wav.close()
+            raise MediaError(f"audio source {self.uri.text!r}: the WAV file holds no audio samples")
+        with self._lock:
+            self._wav, self.rate, self._pos = wav, int(wav.rate), 0
         self._closed.clear()
 
     def read(self) -> AudioChunk | None:
-        if self._mono is None:
+        wav = self._wav
+        if wav is None:
+            if self._closed.is_set():
+                return None
             raise SensorError(f"audio source {self.uri.text!r}: read before open")
-        if self._pos >= self._mono.shape[0] or self._closed.is_set():
+        if self._pos >= wav.frames or self._closed.is_set():
             return None
         n = max(1, int(round(CHUNK_SECONDS * self.rate)))
-        end = min(self._pos + n, self._mono.shape[0])
+        end = min(self._pos + n, wav.frames)
         t_end = end / self.rate
         if self.realtime and not self.clock.sleep_until(t_end, self._closed):
             return None
-        chunk = AudioChunk(samples=self._mono[self._pos:end].copy(), rate=self.rate, t_end=t_end)
+        with self._lock:
+            if self._wav is None:
+                return None  # closed meanwhile
+            try:
+                block = wav.read(self._pos, end - self._pos)  # (n, C)
+            except MediaError as e:
+                raise SensorError(f"audio source {self.uri.text!r}: {e}") from e
+        mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0].copy()
+        chunk = AudioChunk(samples=mono.astype(np.float32, copy=False), rate=self.rate, t_end=t_end)
         self._pos = end
         return chunk
 
     def close(self) -> None:
         self._closed.set()
+        with self._lock:
+            wav, self._wav = self._wav, None
+        if wav is not None:
+            wav.close()
 
 
 class MicAudioSource(AudioSource):
@@ -348,13 +436,15 @@ class MicAudioSource(AudioSource):
 # ----------------------------------------------------------------------------------------- factory
 
 
-def open_video_source(uri: str | SourceURI, clock: StreamClock, *, realtime: bool = True) -> VideoSource:
+def open_video_source(uri: str | SourceURI, clock: StreamClock, *, realtime: bool = True,
+                      timeout: float | None = None) -> VideoSource:
     """Make (not yet opened) the video source a URI names.
 
     Args:
         uri: a path or URI (see :mod:`fusionedge.sdk.streaming.uri`).
         clock: the pipeline's clock; frames are stamped on it.
         realtime: replay files at their native rate (True) or as fast as possible (False).
+        timeout: seconds a network stream may take to open or to deliver a frame (None: FFmpeg's).
 
     Returns:
         A :class:`VideoSource`; call ``open()`` on it.
@@ -365,7 +455,7 @@ def open_video_source(uri: str | SourceURI, clock: StreamClock, *, realtime: boo
     u = uri if isinstance(uri, SourceURI) else parse_uri(uri, "video")
     if u.scheme in ("file", "folder"):
         return FileVideoSource(u, clock, realtime=realtime)
-    return CaptureVideoSource(u, clock)
+    return CaptureVideoSource(u, clock, timeout=timeout)
 
 
 def open_audio_source(uri: str | SourceURI, clock: StreamClock, *, realtime: bool = True) -> AudioSource:
