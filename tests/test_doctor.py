@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,12 @@ def test_what_is_installed_here_is_reported_present_with_its_own_version(report)
     assert checks["gstreamer"]["ok"] == any(line.split()[:2] == ["GStreamer:", "YES"] for line in build.splitlines())
     assert checks["native"]["ok"] is NATIVE_AVAILABLE
     assert checks["runtime"]["ok"], checks["runtime"]
-    for extra, module in (("train", "torch"), ("fleet", "tuf"), ("bench", "mlperf_loadgen")):
-        assert checks[extra]["ok"] is (importlib.util.find_spec(module) is not None), extra
+    for extra, dist in (("train", "torch"), ("fleet", "tuf"), ("bench", "mlcommons-loadgen")):
+        try:
+            assert checks[extra]["info"]["packages"][dist] == version(dist), extra
+        except PackageNotFoundError:
+            assert not checks[extra]["ok"] and dist in checks[extra]["reason"], extra
+        assert checks[extra]["ok"] is (checks[extra]["reason"] is None)
     clock = Path("/sys/devices/system/clocksource/clocksource0/current_clocksource")
     if clock.exists():
         assert checks["clock"]["info"]["current"] == clock.read_text().strip()
