@@ -9,6 +9,8 @@ Modules (import what you use; nothing heavy is imported here):
 ``stages``       the engine-only and end-to-end pipelines and their stage timings
 ``eager``        the PyTorch eager baseline (torch imported lazily)
 ``fingerprint``  ``collect_fingerprint``: CPU, GPU, Jetson, software, thermal, power
+``energy``       ``EnergySampler``: power, temperatures and clocks during each configuration (J/inference,
+                 throttling)
 ``results``      the versioned ``results.json`` schema, validation, ratios
 ``report``       ``report.md`` and PNG plots
 ``compare``      ``fusionedge bench compare``

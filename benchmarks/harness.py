@@ -22,7 +22,10 @@ latency), then run by LoadGen for at least ``duration_s`` and at least the early
 queries (64 SingleStream, 662 MultiStream; ``min_queries`` lowers it for quick checks, at the price of
 an INVALID verdict). With ``accuracy=True`` every backend x precision also runs LoadGen's AccuracyOnly
 mode over the labelled ``data`` manifest end to end and computes the bundle's metrics (event accuracy
-and macro-F1, audio-tag mAP, detection mAP@0.5, as ``fusionedge eval``).
+and macro-F1, audio-tag mAP, detection VOC mAP@0.5 and, with the ``metrics`` extra, COCO AP50 and
+AP50:95, as ``fusionedge eval``). While LoadGen runs a configuration, :mod:`fusionedge.benchmarks.energy`
+samples power, temperatures and clocks every ``energy_interval_s``: each record carries the energy per
+inference and whether the run throttled.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fusionedge.benchmarks.eager import EAGER_NAME, EagerStatus, load_eager_baseline
+from fusionedge.benchmarks.energy import EnergySampler
 from fusionedge.benchmarks.errors import BenchConfigError
 from fusionedge.benchmarks.fingerprint import collect_fingerprint
 from fusionedge.benchmarks.loadgen import (
@@ -69,6 +73,7 @@ from fusionedge.benchmarks.stages import (
 from fusionedge.sdk import metrics as M
 from fusionedge.sdk.backends import ModelIO, available_backends, backend_class, get_backend
 from fusionedge.sdk.bundle import Bundle, load_bundle, sha256_file
+from fusionedge.sdk.coco import coco_detection_metrics
 from fusionedge.sdk.datamanifest import Sample
 from fusionedge.sdk.errors import BackendError, BundleError
 
@@ -103,6 +108,7 @@ class BenchConfig:
     threads: int | None = None  # intra-op threads for onnxruntime and torch; None: their defaults
     performance_samples: int = 64  # samples LoadGen keeps in memory
     synthetic_clips: int = 8  # clips written when no `data` is given
+    energy_interval_s: float = 0.1  # power / temperature / clock sampling period during each configuration
     plots: bool = True
     progress: bool = True
 
@@ -161,6 +167,7 @@ def _check_numbers(cfg: BenchConfig) -> None:
         ("--threads", cfg.threads, cfg.threads is None or cfg.threads >= 1, ">= 1"),
         ("--performance-samples", cfg.performance_samples, cfg.performance_samples >= 1, ">= 1"),
         ("--synthetic-clips", cfg.synthetic_clips, cfg.synthetic_clips >= 1, ">= 1"),
+        ("--energy-interval", cfg.energy_interval_s, 0 < cfg.energy_interval_s <= 60, "in (0, 60] seconds"),
         (
             "--accuracy-limit",
             cfg.accuracy_limit,
@@ -454,15 +461,17 @@ def _run_configuration(
         performance_samples=pool,
     )
     try:
-        outcome = run_loadgen(
-            pipeline,
-            settings,
-            out / "loadgen" / rid.replace("/", "_"),
-            load=cache.load if mode == "engine" else None,
-        )
+        with EnergySampler(interval_s=cfg.energy_interval_s) as sampler:
+            outcome = run_loadgen(
+                pipeline,
+                settings,
+                out / "loadgen" / rid.replace("/", "_"),
+                load=cache.load if mode == "engine" else None,
+            )
     except BackendError as e:
         raise BackendError(f"{rid}: {e}") from e
     record = _record(backend, precision, scenario, mode, cfg, outcome, pipeline, rss.peak_mb(), out)
+    record["energy"] = sampler.summary(inferences=record["samples"])
     return record, pipeline.log.totals_ms()
 
 
@@ -512,6 +521,7 @@ def _accuracy(
         "event_macro_f1": M.event_macro_f1(y_true, y_pred, len(events)),
         "audio_tag_map": M.audio_tag_map(tag_true, tag_scores),
         "detection_map50": M.detection_map50(det_pred, det_true, objects),
+        **coco_detection_metrics(det_pred, det_true, objects),
     }
     recorded = bundle.manifest.get("metrics") or {}
     return {
@@ -654,6 +664,7 @@ def run_benchmark(cfg: BenchConfig, plan: BenchPlan | None = None) -> BenchOutco
             "data": data_desc,
             "clips": len(samples),
             "threads": cfg.threads,
+            "energy_interval_s": cfg.energy_interval_s,
             "peak_rss_method": rss.method,
             "loadgen_version": loadgen_version,
             "python": sys.version.split()[0],

@@ -4,7 +4,8 @@
 
     report.md                          tables: every configuration with its LoadGen verdict, its
                                        figure of merit and the ratios (end-to-end / engine-only,
-                                       backend / eager), the stage breakdown, accuracy, settings
+                                       backend / eager), the stage breakdown, energy per inference
+                                       and throttling, accuracy, settings
     plots/latency_distribution.png     per configuration, the distribution of call times
     plots/stage_breakdown.png          mean time per sample in each stage, per configuration
     plots/backend_precision_matrix.png per scenario and mode, backend x precision, with the
@@ -153,14 +154,19 @@ def render_markdown(
             + f" | {total:.3f} | {'—' if share is None else f'{share:.0%}'} |"
         )
 
+    lines += _energy_lines(doc["records"])
+
     if doc["accuracy"]:
         lines += [
             "",
             "## Accuracy (LoadGen AccuracyOnly, end to end)",
             "",
+            "Detection: VOC all-point AP@0.5 (`detection_map50`); COCO's 101-point AP@0.5 and "
+            "AP@0.5:0.95 where the `metrics` extra is installed.",
+            "",
             "| backend | precision | samples | event accuracy | event macro-F1 | audio-tag mAP | "
-            "detection mAP@0.5 | recorded in the bundle |",
-            "|---|---|---:|---:|---:|---:|---:|---|",
+            "detection VOC AP@0.5 | COCO AP@0.5 | COCO AP@0.5:0.95 | recorded in the bundle |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for a in doc["accuracy"]:
             m = a["metrics"]
@@ -169,7 +175,8 @@ def render_markdown(
                 f"| {a['backend']} | {a['precision']} | {a['samples']} | "
                 f"{_fmt(m.get('event_accuracy'), 4)} | "
                 f"{_fmt(m.get('event_macro_f1'), 4)} | {_fmt(m.get('audio_tag_map'), 4)} | "
-                f"{_fmt(m.get('detection_map50'), 4)} | {rec} |"
+                f"{_fmt(m.get('detection_map50'), 4)} | {_fmt(m.get('detection_ap50_coco'), 4)} | "
+                f"{_fmt(m.get('detection_ap50_95_coco'), 4)} | {rec} |"
             )
 
     invalid = [r for r in doc["records"] if not r["loadgen"]["valid"]]
@@ -209,6 +216,39 @@ def render_markdown(
         lines += ["", "Not recorded:", ""] + [f"- {k}: {v}" for k, v in unavailable.items()]
     lines.append("")
     return "\n".join(lines)
+
+
+def _energy_lines(records: list[Mapping[str, Any]]) -> list[str]:
+    """The energy section: joules per inference, mean power, hottest sensor, throttling, what was unread."""
+    measured = [r for r in records if r.get("energy")]
+    if not measured:
+        return []
+    first = measured[0]["energy"]
+    summed = ", ".join(f"`{n}`" for n in first["total_of"])
+    how = (f"energy sums {summed} (idle draw included) and is divided by the samples inferred"
+           if summed else "no power source was readable, so there is no energy figure (reasons below)")
+    lines = [
+        "",
+        "## Energy",
+        "",
+        f"Power, temperatures and clocks sampled every {first['interval_s']:g} s while LoadGen ran each "
+        f"configuration; {how}.",
+        "",
+        "| configuration | J/inference | mean W | window s | readings | hottest °C (limit) | throttled |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for r in measured:
+        e = r["energy"]
+        hot = max(e["temperature_c"].items(), key=lambda kv: kv[1]["max"], default=None)
+        hot_text = f"{hot[1]['max']:.0f} ({hot[1]['limit']:.0f}) {hot[0]}" if hot else "—"
+        throttled = "yes: " + "; ".join(e["throttle_reasons"]) if e["throttled"] else "no"
+        lines.append(
+            f"| `{r['id']}` | {_fmt(e['joules_per_inference'], 4)} | {_fmt(e['mean_watts'], 1)} | "
+            f"{e['window_s']:.2f} | {e['readings']} | {hot_text} | {throttled} |"
+        )
+    if first["unavailable"]:
+        lines += ["", "Not read:", ""] + [f"- {k}: {v}" for k, v in first["unavailable"].items()]
+    return lines
 
 
 def _recorded(metrics: Mapping[str, Any]) -> str:

@@ -25,6 +25,12 @@ Schema ``fusionedge.bench.results`` version 1 (every field is checked by :func:`
                            configuration over the engine-only one and over the eager baseline's
                            (same scenario and mode); > 1 means slower than the reference; null where
                            there is no reference
+        energy             (optional: absent in files written before it was measured)
+                           {window_s, interval_s, readings, joules, joules_per_inference, mean_watts,
+                           total_of, sources, temperature_c, clocks_mhz, throttled, throttle_reasons,
+                           unavailable}: what the machine drew while LoadGen ran the configuration
+                           (see fusionedge.benchmarks.energy); joules fields are null when no power
+                           source was readable, and ``unavailable`` says why
     accuracy    one per backend x precision: {backend, precision, mode, samples, metrics, bundle_metrics,
                 loadgen}
     skipped     [{config, reason}] for configurations that were asked for but could not run
@@ -226,6 +232,29 @@ def _check_record(c: _Checker, r: Any, where: str) -> None:
     ratios = c.get(r, "ratios", where, "dict")
     for key in ("e2e_over_engine", "over_eager"):
         c.get(ratios, key, f"{where}.ratios", "number", nullable=True)
+    if "energy" in r:
+        _check_energy(c, r["energy"], f"{where}.energy")
+
+
+def _check_energy(c: _Checker, e: Any, where: str) -> None:
+    if not isinstance(e, dict):
+        raise c.fail(where, f"expected an object, got {_type(e)}")
+    for key in ("window_s", "interval_s"):
+        c.get(e, key, where, "number")
+    c.get(e, "readings", where, "int")
+    for key in ("joules", "joules_per_inference", "mean_watts"):
+        c.get(e, key, where, "number", nullable=True)
+    for key in ("sources", "temperature_c", "clocks_mhz"):
+        c.get(e, key, where, "dict")
+    c.get(e, "throttled", where, "bool")
+    for key in ("total_of", "throttle_reasons"):
+        if not all(isinstance(x, str) for x in c.get(e, key, where, "list")):
+            raise c.fail(f"{where}.{key}", "expected a list of strings")
+    unavailable = c.get(e, "unavailable", where, "dict")
+    if not all(isinstance(v, str) for v in unavailable.values()):
+        raise c.fail(f"{where}.unavailable", "expected reasons as strings")
+    if bool(e["throttle_reasons"]) != e["throttled"]:
+        raise c.fail(f"{where}.throttled", f"is {e['throttled']} but throttle_reasons is {e['throttle_reasons']}")
 
 
 def validate_results(doc: Any, source: str = "results.json") -> None:

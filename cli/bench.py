@@ -58,6 +58,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         performance_samples=args.performance_samples,
         synthetic_clips=args.synthetic_clips,
+        energy_interval_s=args.energy_interval,
         plots=not args.no_plots,
         progress=not args.json,
     )
@@ -85,8 +86,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         extra = [
             f"e2e/engine {ratios['e2e_over_engine']:.2f}x" if ratios["e2e_over_engine"] else "",
             f"vs eager {ratios['over_eager']:.2f}x" if ratios["over_eager"] else "",
+            _energy_text(r.get("energy")),
         ]
         print(f"  {r['id']:<42} {r['loadgen']['result']:<8} {fig:<22} {'  '.join(e for e in extra if e)}")
+    unread = next((r["energy"]["unavailable"] for r in doc["records"] if r.get("energy")), {})
+    if unread:
+        print("  energy sources not read: " + "; ".join(f"{k}: {v}" for k, v in unread.items()))
     for a in doc["accuracy"]:
         print(
             f"  accuracy {a['backend']}/{a['precision']} on {a['samples']} samples: "
@@ -101,6 +106,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if outcome.report_path:
         print(f"report:  {outcome.report_path}")
     return 0
+
+
+def _energy_text(energy: dict | None) -> str:
+    """``"0.812 J/inference"`` and ``"THROTTLED"`` for a record's energy, empty when none was measured."""
+    if not energy:
+        return ""
+    parts = []
+    if energy.get("joules_per_inference") is not None:
+        parts.append(f"{energy['joules_per_inference']:.4g} J/inference")
+    if energy.get("throttled"):
+        parts.append("THROTTLED")
+    return "  ".join(parts)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -190,6 +207,10 @@ def add_bench_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--performance-samples", type=int, default=64, help="samples LoadGen keeps in memory")
     p.add_argument(
         "--synthetic-clips", type=int, default=8, help="clips to synthesize when --data is not given"
+    )
+    p.add_argument(
+        "--energy-interval", type=float, default=0.1,
+        help="seconds between power / temperature / clock readings during each configuration (default 0.1)",
     )
     p.add_argument("--no-plots", action="store_true", help="write report.md without PNG plots")
     p.set_defaults(func=needs("bench", _cmd_bench))

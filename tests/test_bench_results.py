@@ -68,7 +68,19 @@ def _record(backend: str, scenario: str, mode: str, value: float, *, valid: bool
     }
 
 
+def _energy() -> dict:
+    return {
+        "window_s": 1.0, "interval_s": 0.1, "readings": 11, "joules": 30.0, "joules_per_inference": 0.3,
+        "mean_watts": 30.0, "total_of": ["rapl:package-0"],
+        "sources": {"rapl:package-0": {"joules": 30.0, "mean_watts": 30.0, "method": "energy counter"}},
+        "temperature_c": {"thermal:x86_pkg_temp": {"max": 71.0, "limit": 95.0}},
+        "clocks_mhz": {"cpu:fastest core": {"first": 3000.0, "last": 2990.0, "min": 2900.0, "max": 3100.0}},
+        "throttled": False, "throttle_reasons": [], "unavailable": {"NVML": "no library"},
+    }
+
+
 def good_doc() -> dict:
+    """Records 0 and 2 carry energy; record 1 has none, as in files written before it was measured."""
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -85,9 +97,9 @@ def good_doc() -> dict:
         },
         "baselines": {"eager": {"status": "skipped", "reason": "torch is not installed"}},
         "records": [
-            _record("onnxruntime", "SingleStream", "engine", 2.0),
+            {**_record("onnxruntime", "SingleStream", "engine", 2.0), "energy": _energy()},
             _record("onnxruntime", "SingleStream", "e2e", 5.0),
-            _record("onnxruntime", "Offline", "engine", 500.0),
+            {**_record("onnxruntime", "Offline", "engine", 500.0), "energy": {**_energy(), "joules": None}},
         ],
         "accuracy": [
             {
@@ -133,6 +145,11 @@ def test_good_document_validates_and_round_trips(tmp_path):
             "'accuracy[0].metrics.event_accuracy'",
         ),
         (lambda d: d.update(created="yesterday"), "'created': expected an ISO-8601 time"),
+        (lambda d: d["records"][0]["energy"].update(joules=-1.0), "'records[0].energy.joules'"),
+        (lambda d: d["records"][0]["energy"].pop("throttled"), "'records[0].energy.throttled': missing"),
+        (lambda d: d["records"][0]["energy"].update(throttle_reasons=["hot"]), "'records[0].energy.throttled'"),
+        (lambda d: d["records"][2]["energy"]["unavailable"].update(RAPL=1), "'records[2].energy.unavailable'"),
+        (lambda d: d["records"][1].update(energy=[]), "'records[1].energy': expected an object"),
     ],
 )
 def test_bad_documents_name_the_field(edit, field):

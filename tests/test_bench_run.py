@@ -123,7 +123,10 @@ def test_accuracy_through_loadgen_equals_fusionedge_eval(run, bundle_dir, data_d
     assert "AccuracyOnly" in (out / acc["loadgen"]["log_dir"] / "mlperf_log_detail.txt").read_text()
     with Perception.load(bundle_dir) as p:
         expected = evaluate(p, data_dir, progress=False)
-    for k in ("event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50"):
+    keys = ["event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50"]
+    keys += [k for k in ("detection_ap50_coco", "detection_ap50_95_coco") if k in expected]
+    assert set(keys) <= set(acc["metrics"])
+    for k in keys:
         want = expected[k]
         if want is None or not np.isfinite(want):
             assert acc["metrics"][k] is None
@@ -147,6 +150,29 @@ def test_report_and_plots_are_written(run):
         assert img.shape[0] > 200 and img.shape[1] > 400
         assert float(img[..., :3].std()) > 0.05, f"{p.name} looks blank"
         assert f"]({p.relative_to(run.report_path.parent)})" in text
+
+
+def test_energy_is_sampled_during_every_configuration(run):
+    """Each record says what was drawn per inference (or why nothing could be read) and if it throttled."""
+    doc = load_results(run.results_path)
+    assert doc["settings"]["energy_interval_s"] == 0.1
+    for r in doc["records"]:
+        e = r["energy"]
+        assert e["readings"] >= 2 and 0 < e["window_s"] <= r["duration_s"] + 0.5
+        assert isinstance(e["throttled"], bool) and e["throttled"] == bool(e["throttle_reasons"])
+        if e["joules"] is None:  # nothing readable: every power source family says why
+            assert e["joules_per_inference"] is None and e["total_of"] == []
+            assert {"RAPL", "NVML"} <= {k.split()[0] for k in e["unavailable"]}
+            assert any(k.startswith(("hwmon power", "INA3221")) for k in e["unavailable"])
+        else:
+            assert e["joules"] > 0 and e["total_of"]
+            assert e["joules_per_inference"] == pytest.approx(e["joules"] / r["samples"], rel=1e-3)
+    text = run.report_path.read_text()
+    assert "## Energy" in text and "| configuration | J/inference | mean W |" in text
+    for r in doc["records"]:
+        assert sum(line.startswith(f"| `{r['id']}` |") for line in text.splitlines()) == 3  # results, stages, energy
+    for source, reason in doc["records"][0]["energy"]["unavailable"].items():
+        assert f"- {source}: {reason}" in text
 
 
 def test_e2e_pipeline_matches_perception_infer(bundle_dir, tmp_path):
@@ -228,11 +254,15 @@ def test_cli_json_run(bundle_dir, tmp_path, capsys):
             "1",
             "--no-eager",
             "--no-plots",
+            "--energy-interval",
+            "0.01",
             "--json",
         ]
     )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["results"]["settings"]["energy_interval_s"] == 0.01
+    assert out["results"]["records"][0]["energy"]["interval_s"] == 0.01
     assert Path(out["results_path"]).is_file() and out["plots"] == []
     assert [r["id"] for r in out["results"]["records"]] == [SS_ENGINE]
     assert out["results"]["baselines"]["eager"]["reason"] == "disabled (--no-eager)"
