@@ -1,18 +1,25 @@
-"""Draw a result onto video frames and write an annotated clip (``fusionedge predict --out``)."""
+"""Draw a result onto video frames and write an annotated clip (``fusionedge predict --out``).
+
+The clip is encoded into a private temporary folder and then put in place with
+:func:`fusionedge.sdk.fileio.write_bytes_atomic`, so an interrupted or failed run never leaves a
+half-written video (nor a temporary file) where the output belongs.
+"""
 
 from __future__ import annotations
 
-import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fusionedge.sdk.errors import MediaError
+from fusionedge.sdk.fileio import write_bytes_atomic
 from fusionedge.sdk.media import read_video
 
 if TYPE_CHECKING:
     from fusionedge.sdk.perception import Result
+    from fusionedge.sdk.spec import InputGeometry
 
 __all__ = ["draw_result", "write_annotated_clip"]
 
@@ -55,36 +62,47 @@ def write_annotated_clip(
     video_path: str | Path,
     result: "Result",
     out_path: str | Path,
-    geometry,
+    geometry: InputGeometry,
     *,
     start_seconds: float = 0.0,
 ) -> Path:
     """Write the clip window the result was computed on, annotated, as an mp4 (``mp4v``).
 
     The boxes belong to the clip's last frame (the model's "current" frame); they are drawn on every
-    frame of the window so they stay visible, together with the event and the audio tags. The file is written next to ``out_path`` first and renamed into place, so an
-    interrupted run leaves no half-written video.
+    frame of the window so they stay visible, together with the event and the audio tags. The
+    video is encoded in a temporary folder, then written to ``out_path`` atomically.
+
+    Args:
+        video_path: the video the result was computed on.
+        result: the result to draw.
+        out_path: where the annotated mp4 goes (its folder is created).
+        geometry: the model's input geometry (its ``clip_seconds`` is the window length).
+        start_seconds: where the window starts.
+
+    Returns:
+        ``out_path``.
 
     Raises:
         MediaError: the source cannot be decoded or the output cannot be written.
+        OSError: the output folder is not writable or the disk is full.
     """
     import cv2
 
     clip = read_video(video_path, start_seconds=start_seconds, max_seconds=geometry.clip_seconds)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp{os.getpid()}.mp4")
     h, w = clip.frames.shape[1:3]
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(clip.fps), (w, h))
-    if not writer.isOpened():
-        raise MediaError(f"{out_path}: cannot open a video writer (is the folder writable?)")
-    try:
-        for frame in clip.frames:
-            writer.write(draw_result(np.ascontiguousarray(frame[..., ::-1]), result))
-    finally:
-        writer.release()
-    if not tmp.exists() or tmp.stat().st_size == 0:
-        tmp.unlink(missing_ok=True)
-        raise MediaError(f"{out_path}: the video writer produced no file")
-    os.replace(tmp, out_path)
+    with tempfile.TemporaryDirectory(prefix=".annotate-") as folder:
+        tmp = Path(folder) / "clip.mp4"
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(clip.fps), (w, h))
+        if not writer.isOpened():
+            raise MediaError(f"{out_path}: cannot open an mp4 video writer in this OpenCV build")
+        try:
+            for frame in clip.frames:
+                writer.write(draw_result(np.ascontiguousarray(frame[..., ::-1]), result))
+        finally:
+            writer.release()
+        if not tmp.exists() or tmp.stat().st_size == 0:
+            raise MediaError(f"{out_path}: the video writer produced no file")
+        write_bytes_atomic(out_path, tmp.read_bytes())
     return out_path

@@ -17,7 +17,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from _toy_model import shared_toy_bundle
 from fusionedge.sdk.errors import MediaError
 from fusionedge.sdk.media import (
@@ -103,7 +102,8 @@ def test_a_link_to_a_real_file_is_read(tmp_path: Path) -> None:
 def _riff(rate: int, channels: int = 1, bits: int = 16, data: bytes = b"\0" * 4000) -> bytes:
     fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * channels * bits // 8 & 0xFFFFFFFF,
                       channels * bits // 8, bits)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+            + b"data" + struct.pack("<I", len(data)) + data)
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
@@ -127,7 +127,7 @@ def test_sample_rate_limits_are_inclusive(tmp_path: Path) -> None:
 
 def test_wav_file_reads_only_the_requested_frames(tmp_path: Path) -> None:
     p = _wav(tmp_path / "a.wav", 3.0, rate=8000)
-    whole, rate = read_audio(p)
+    whole, _ = read_audio(p)
     with WavFile(p) as w:
         assert (w.rate, w.channels, w.frames) == (8000, 2, 24000)
         np.testing.assert_array_equal(w.read(12345, 100), whole[12345:12445])
@@ -167,7 +167,7 @@ print(json.dumps({"mb": (peak - before) / 1024, "boxes": [[b.x2, b.y2] for b in 
 
 def _peak_mb(kind: str, bundle: Path, path: Path) -> dict:
     out = subprocess.run([sys.executable, "-c", _PEAK, kind, str(bundle), str(path)], capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -217,3 +217,27 @@ def test_read_video_downscales_large_frames_and_keeps_the_source_size(tmp_path: 
     writer.write(np.zeros((48, 64, 3), np.uint8))
     writer.release()
     assert read_video(small, downscale_to=(160, 96)).frames.shape == (1, 48, 64, 3)  # small: as decoded
+
+
+# ------------------------------------------------------------------ annotated clip
+
+
+def test_annotated_clip_replaces_the_output_whole_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    from fusionedge.sdk.annotate import write_annotated_clip
+    from fusionedge.sdk.perception import Result
+
+    src = tmp_path / "in.avi"
+    writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 64))
+    for i in range(20):
+        writer.write(np.full((64, 96, 3), 10 * i, np.uint8))
+    writer.release()
+    out = tmp_path / "out" / "a.mp4"
+    out.parent.mkdir()
+    out.write_bytes(b"an older file")
+    result = Result(event="siren", scores={"siren": 0.9}, audio_tags={}, boxes=[], backend="b", model="m")
+    assert write_annotated_clip(src, result, out, G) == out
+    assert read_video(out).frames.shape[0] == 10  # the 1 s window at 10 fps, playable
+    assert sorted(p.name for p in out.parent.iterdir()) == ["a.mp4"]  # no temp file left beside it
+    with pytest.raises(MediaError):
+        write_annotated_clip(tmp_path / "missing.avi", result, out, G)
+    assert read_video(out).frames.shape[0] == 10  # a failed run leaves the previous output whole

@@ -68,7 +68,8 @@ def test_run_on_a_missing_file_exits_2_at_once_with_one_line(bundle_dir, tmp_pat
 @pytest.mark.skipif(gstreamer_available(), reason="this OpenCV has GStreamer: gst:// is supported here")
 def test_run_on_gst_without_gstreamer_exits_2_with_one_line(bundle_dir):
     try:
-        out = _run_cli(["--bundle", str(bundle_dir), "--video", "gst://videotestsrc ! appsink", "--no-progress"])
+        out = _run_cli(["--bundle", str(bundle_dir), "--video", "gst://videotestsrc ! appsink",
+                        "--no-progress"])
     except subprocess.TimeoutExpired:
         pytest.fail("`fusionedge run --video gst://...` still running after 60 s")
     assert out.returncode == 2, out.stderr
@@ -229,3 +230,23 @@ def test_stop_signals_is_inert_off_the_main_thread():
 def test_bad_uri_is_still_an_input_error(perception):
     with pytest.raises(InputError, match="device number"):
         Pipeline(perception, video="v4l2://front")
+
+
+# ------------------------------------------------------------------ strict JSON lines
+
+
+def test_event_lines_are_strict_json_even_with_nan_scores(tmp_path):
+    from fusionedge.sdk.perception import Result
+    from fusionedge.sdk.streaming.pipeline import StreamResult
+
+    sink = JsonlEventSink(tmp_path / "e.jsonl")
+    result = Result(event="siren", scores={"siren": float("nan"), "none": float("inf")}, audio_tags={},
+                    boxes=[], backend="onnxruntime", model="toy@1")
+    sink.write(StreamResult(index=0, t=0.0, frame=None, result=result, health={}, latency_ms=1.0))
+    sink.close()
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    line = json.loads((tmp_path / "e.jsonl").read_text(), parse_constant=refuse)
+    assert line["scores"] == {"siren": None, "none": None}

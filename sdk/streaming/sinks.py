@@ -6,7 +6,6 @@ one sink thread, in order, and closes every sink at shutdown (also on Ctrl-C), s
 
 from __future__ import annotations
 
-import json
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -16,6 +15,7 @@ import cv2
 
 from fusionedge.sdk.annotate import draw_result
 from fusionedge.sdk.errors import InputError, MediaError
+from fusionedge.sdk.fileio import dumps_json
 from fusionedge.sdk.streaming.health import HealthEvent
 from fusionedge.sdk.streaming.pipeline import StreamResult
 
@@ -85,7 +85,8 @@ class VideoFileSink(Sink):
 class JsonlEventSink(Sink):
     """Append one JSON object per line: ``{"type": "result", ...}`` and ``{"type": "health", ...}``.
 
-    Each line is flushed as it is written, so a reader (or a crash) sees whole lines only.
+    Each line is flushed as it is written, so a reader (or a crash) sees whole lines only. Lines are
+    strict JSON (:func:`~fusionedge.sdk.fileio.dumps_json`: an undefined score is ``null``, not NaN).
 
     Args:
         path: the ``.jsonl`` file (created or truncated).
@@ -104,7 +105,7 @@ class JsonlEventSink(Sink):
     def _line(self, obj: dict) -> None:
         if self._f is None:
             return
-        self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self._f.write(dumps_json(obj, indent=None) + "\n")
         self._f.flush()
         self.lines += 1
 
