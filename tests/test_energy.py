@@ -263,3 +263,77 @@ def test_rapl_readable_by_root_only_is_a_permission_reason():
 def test_interval_must_be_positive(tmp_path):
     with pytest.raises(ValueError):
         EnergySampler(sysroot=tmp_path, interval_s=0)
+
+
+class _FakeNvml:
+    """The few NVML calls the sampler makes, for a machine without an NVIDIA driver (no GPU runs here).
+
+    GPU 0 has an energy counter (mJ) and reports a software power cap; GPU 1 has no counter, so its
+    power (mW) is integrated instead.
+    """
+
+    NVML_TEMPERATURE_GPU = 0
+    NVML_TEMPERATURE_THRESHOLD_SLOWDOWN = 1
+    NVML_CLOCK_SM = 1
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.energy_mj = 1_000_000
+        self.reasons = 0x1  # idle: not throttling
+        self.shutdown = False
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlShutdown(self) -> None:
+        self.shutdown = True
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: int) -> int:
+        if h == 1:
+            raise self.NVMLError("Not Supported")
+        return self.energy_mj
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
+        return 30_000  # mW
+
+    def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:
+        return 70
+
+    def nvmlDeviceGetTemperatureThreshold(self, h: int, kind: int) -> int:
+        return 87
+
+    def nvmlDeviceGetClockInfo(self, h: int, kind: int) -> int:
+        return 1980
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: int) -> int:
+        return self.reasons if h == 0 else 0
+
+
+def test_nvml_energy_counter_power_fallback_and_throttle_reasons(tmp_path, monkeypatch):
+    nv = _FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nv)
+    s = EnergySampler(sysroot=tmp_path, interval_s=3600).start()
+    nv.energy_mj += 12_500  # 12.5 J on GPU 0
+    nv.reasons = 0x1 | 0x4  # a software power cap held the clocks down
+    time.sleep(0.02)
+    s.stop()
+    e = s.summary(inferences=5)
+    assert nv.shutdown
+    assert e["sources"]["nvml:gpu0"]["method"] == "energy counter"
+    assert e["sources"]["nvml:gpu0"]["joules"] == pytest.approx(12.5)
+    assert e["sources"]["nvml:gpu1"]["method"] == "power integral"
+    window = s.times[-1] - s.times[0]
+    assert e["sources"]["nvml:gpu1"]["joules"] == pytest.approx(30.0 * window, rel=1e-4)
+    assert sorted(e["total_of"]) == ["nvml:gpu0", "nvml:gpu1"]
+    assert e["joules_per_inference"] == pytest.approx((12.5 + 30.0 * window) / 5, rel=1e-3)
+    assert e["temperature_c"]["nvml:gpu0"] == {"max": 70.0, "limit": 87.0}
+    assert e["throttle_reasons"] == ["nvml:gpu0: power cap (software)"] and e["throttled"]
+    assert "NVML" not in e["unavailable"] and "NVML gpu1 energy" not in e["unavailable"]
