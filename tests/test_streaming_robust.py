@@ -148,6 +148,26 @@ def test_a_silent_rtsp_server_is_reported_within_the_stall_timeout(perception, s
     assert pipe.stats()["stuck_threads"] == 0
 
 
+def test_a_slow_opening_camera_is_reported_on_time_and_then_used(perception):
+    from test_streaming_faults import FakeCamera
+
+    class SlowCamera(FakeCamera):  # a CSI camera whose driver needs a while to start
+        def open(self):
+            time.sleep(1.0)
+            super().open()
+
+    results: list = []
+    config = PipelineConfig(policy="live", stall_timeout=0.3, backoff_initial=0.05)
+    pipe = Pipeline(perception, video=lambda c: SlowCamera(c), sinks=[CallbackSink(results.append)],
+                    config=config)
+    pipe.start()
+    time.sleep(2.0)
+    pipe.stop()
+    states = [e.state for e in pipe.health_events]
+    assert states[:2] == ["open_timeout", "ok"], states  # reported on time, and the late open counts
+    assert results and results[-1].result.missing == ("audio",)
+
+
 # ------------------------------------------------------------------ SIGTERM
 
 

@@ -8,9 +8,9 @@ frame or chunk to the pipeline, and when something goes wrong it moves the senso
 ``stopped``  a live sensor reported the end of its data;
 ``stalled``  no data for ``stall_timeout`` seconds (found by :meth:`SourceSupervisor.check`, which the
              pipeline calls a few times a second; the stuck source is closed to unblock its read);
-``open_timeout`` opening took longer than ``open_timeout`` seconds (a stream that accepts the
+``open_timeout`` opening has taken longer than ``open_timeout`` seconds (a stream that accepts the
              connection and never answers). Opening runs in a helper thread, so the supervisor reports
-             on time even where the open call itself cannot be interrupted.
+             on time even where the open call itself cannot be interrupted; a late success still counts.
 
 It then retries with exponential backoff (``backoff_initial`` doubling up to ``backoff_max``) until the
 sensor delivers again (state ``ok``, event ``recovered``) or the pipeline stops. A replayed file that
@@ -92,7 +92,6 @@ class SourceSupervisor:
         self.backoff_max = float(backoff_max)
         self.open_timeout = float(open_timeout) if open_timeout is not None else self.stall_timeout
         self._on_fatal = on_fatal
-        self._opener: threading.Thread | None = None  # an open() still running (abandoned after a timeout)
         self.state = "starting"
         self.reason = ""
         self.failures = 0
@@ -122,8 +121,8 @@ class SourceSupervisor:
     def join(self, timeout: float) -> bool:
         """Wait for the capture thread; True when it has ended.
 
-        An ``open()`` abandoned after a timeout is not waited for: it may block in a library call
-        (it is a daemon thread, and the source drops what it opens late).
+        An ``open()`` still blocked in a library call at shutdown is not waited for (it runs in a
+        daemon thread, and the source drops what it opens after being closed).
         """
         if self._thread.ident is None:
             return True
@@ -185,34 +184,29 @@ class SourceSupervisor:
                     self._on_fatal(e)
                 return
             else:
-                if not opened:  # timed out (event sent) or the pipeline stopped
+                if not opened:  # the pipeline stopped while the source opened
+                    return
+                with self._lock:
+                    self._last = time.monotonic()
                     self._delivering = False
-                    if self._stop.is_set():
-                        return
-                else:
-                    with self._lock:
-                        self._last = time.monotonic()
-                        self._delivering = False
-                    self.opened.set()
-                    done, delivered = self._pump()
-                    if done:
-                        return  # the file ended, or the pipeline stopped
-                    if delivered:
-                        delay = self.backoff_initial  # it worked for a while: start the backoff over
+                self.opened.set()
+                done, delivered = self._pump()
+                if done:
+                    return  # the file ended, or the pipeline stopped
+                if delivered:
+                    delay = self.backoff_initial  # it worked for a while: start the backoff over
             if self._stop.wait(delay):
                 return
             delay = min(self.backoff_max, delay * 2)
 
     def _open(self) -> bool:
-        """Open the source in a helper thread, waiting at most ``open_timeout`` s.
+        """Open the source in a helper thread; report ``open_timeout`` once it takes too long.
 
-        Returns True once open; False when it timed out (state ``open_timeout``, the source closed so
-        that a late success is dropped) or the pipeline stopped. Re-raises what ``open()`` raised.
+        The open is not abandoned at the timeout (a CSI camera may need a few seconds to start, and
+        a network stream has its own timeout in the source): the event is sent on time and the wait
+        goes on. Returns True once open, False when the pipeline stopped meanwhile (the source is
+        closed, so that a late success is dropped). Re-raises what ``open()`` raised.
         """
-        previous = self._opener
-        while previous is not None and previous.is_alive():  # one open at a time on a source
-            if self._stop.wait(0.05):
-                return False
         outcome: list[BaseException | None] = []
 
         def work() -> None:
@@ -224,9 +218,9 @@ class SourceSupervisor:
                 outcome.append(None)
 
         opener = threading.Thread(target=work, name=f"open-{self.modality}", daemon=True)
-        self._opener = opener
         started = time.monotonic()
         opener.start()
+        reported = False
         while True:
             opener.join(0.02)
             if outcome:
@@ -237,12 +231,10 @@ class SourceSupervisor:
             if self._stop.is_set():
                 self.close()
                 return False
-            waited = time.monotonic() - started
-            if waited > self.open_timeout:
+            if not reported and time.monotonic() - started > self.open_timeout:
+                reported = True
                 self._set("open_timeout", f"opening took more than {self.open_timeout:g} s "
-                                          f"(no answer from the sensor)")
-                self.close()
-                return False
+                                          f"(no answer from the sensor yet)")
 
     def _pump(self) -> tuple[bool, bool]:
         """Read until a failure or the end; returns (done: file ended or stopped, delivered anything)."""
