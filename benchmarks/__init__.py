@@ -8,6 +8,8 @@ Modules (import what you use; nothing heavy is imported here):
 ``loadgen``      one LoadGen test on a Python system under test, and its logs parsed
 ``stages``       the engine-only and end-to-end pipelines and their stage timings
 ``eager``        the PyTorch eager baseline (torch imported lazily)
+``accuracy``     LoadGen AccuracyOnly over a labelled data set, scored as ``fusionedge eval``
+``memory``       peak resident memory per configuration
 ``fingerprint``  ``collect_fingerprint``: CPU, GPU, Jetson, software, thermal, power
 ``energy``       ``EnergySampler``: power, temperatures and clocks during each configuration (J/inference,
                  throttling)

@@ -42,10 +42,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fusionedge.benchmarks.accuracy import run_accuracy
 from fusionedge.benchmarks.eager import EAGER_NAME, EagerStatus, load_eager_baseline
 from fusionedge.benchmarks.energy import EnergySampler
 from fusionedge.benchmarks.errors import BenchConfigError
 from fusionedge.benchmarks.fingerprint import collect_fingerprint
+from fusionedge.benchmarks.memory import PeakRss
 from fusionedge.benchmarks.loadgen import (
     EARLY_STOPPING_MIN_QUERIES,
     LoadGenOutcome,
@@ -70,10 +72,8 @@ from fusionedge.benchmarks.stages import (
     load_clips,
     synthesize_clips,
 )
-from fusionedge.sdk import metrics as M
 from fusionedge.sdk.backends import ModelIO, available_backends, backend_class, get_backend
 from fusionedge.sdk.bundle import Bundle, load_bundle, sha256_file
-from fusionedge.sdk.coco import coco_detection_metrics
 from fusionedge.sdk.datamanifest import Sample
 from fusionedge.sdk.errors import BackendError, BundleError
 
@@ -266,46 +266,6 @@ def plan_benchmark(cfg: BenchConfig) -> BenchPlan:
 # --------------------------------------------------------------------------------------------- run
 
 
-class _PeakRss:
-    """Peak resident memory of this process per configuration (Linux: VmHWM, reset via clear_refs)."""
-
-    def __init__(self) -> None:
-        self.resettable = self._reset()
-        self.method = (
-            "VmHWM, reset per configuration (/proc/self/clear_refs)"
-            if self.resettable
-            else "process peak since start: per-configuration peaks are upper bounds"
-        )
-
-    @staticmethod
-    def _reset() -> bool:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            return True
-        except OSError:
-            return False
-
-    def reset(self) -> None:
-        if self.resettable:
-            self._reset()
-
-    def peak_mb(self) -> float | None:
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return round(int(line.split()[1]) / 1024, 1)
-        except OSError:
-            pass
-        try:
-            import resource
-
-            return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
-        except (ImportError, OSError):
-            return None
-
-
 def _load_engine(name: str, bundle: Bundle, threads: int | None) -> Any:
     options: dict[str, Any] = {}
     if threads is not None and name == "onnxruntime":
@@ -431,7 +391,7 @@ def _run_configuration(
     bundle: Bundle,
     samples: list[Sample],
     cache: TensorCache,
-    rss: _PeakRss,
+    rss: PeakRss,
     out: Path,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Warm up one configuration, run it under LoadGen; return its record and per-call times (ms)."""
@@ -475,71 +435,6 @@ def _run_configuration(
     return record, pipeline.log.totals_ms()
 
 
-def _accuracy(
-    engine: Any,
-    backend: str,
-    precision: str,
-    bundle: Bundle,
-    samples: list[Sample],
-    cfg: BenchConfig,
-    out_dir: Path,
-) -> dict[str, Any]:
-    """LoadGen AccuracyOnly over every labelled sample, end to end; metrics as ``fusionedge eval``."""
-    labels = bundle.labels
-    events, tags, objects = list(labels["events"]), list(labels["audio_tags"]), list(labels["objects"])
-    # Evaluation keeps low-score boxes (0.05, top 100) so the precision-recall curve is complete.
-    pipeline = E2EPipeline(engine, samples, bundle.geometry, labels, score_threshold=0.05, top_k=100)
-    answers: dict[int, Any] = {}
-
-    def runner(indices: Sequence[int]) -> None:
-        for i, r in zip(indices, pipeline(indices), strict=True):
-            answers[i] = r
-
-    settings = LoadGenSettings(
-        "Offline",
-        min_duration_ms=0,
-        min_query_count=1,
-        expected_latency_ms=10.0,
-        batch=cfg.offline_batch,
-        accuracy=True,
-        total_samples=len(samples),
-        performance_samples=min(len(samples), cfg.performance_samples),
-    )
-    log_dir = out_dir / "loadgen" / f"{backend}_{precision}_accuracy"
-    outcome = run_loadgen(runner, settings, log_dir)
-    missing = [i for i in range(len(samples)) if i not in answers]
-    if missing:
-        raise BackendError(f"LoadGen's accuracy run left {len(missing)} of {len(samples)} samples unanswered")
-    y_true = np.array([events.index(s.event) for s in samples])
-    y_pred = np.array([int(np.argmax(answers[i].event_scores)) for i in range(len(samples))])
-    tag_true = np.array([[1.0 if t in s.audio_tags else 0.0 for t in tags] for s in samples])
-    tag_scores = np.array([answers[i].tag_scores for i in range(len(samples))])
-    det_pred = [answers[i].boxes for i in range(len(samples))]
-    det_true = [[(b.label, b.x1, b.y1, b.x2, b.y2) for b in s.boxes] for s in samples]
-    metrics = {
-        "event_accuracy": M.event_accuracy(y_true, y_pred),
-        "event_macro_f1": M.event_macro_f1(y_true, y_pred, len(events)),
-        "audio_tag_map": M.audio_tag_map(tag_true, tag_scores),
-        "detection_map50": M.detection_map50(det_pred, det_true, objects),
-        **coco_detection_metrics(det_pred, det_true, objects),
-    }
-    recorded = bundle.manifest.get("metrics") or {}
-    return {
-        "backend": backend,
-        "precision": precision,
-        "mode": "e2e",
-        "samples": len(samples),
-        "metrics": {k: (round(float(v), 6) if np.isfinite(v) else None) for k, v in metrics.items()},
-        "bundle_metrics": recorded,
-        "loadgen": {
-            "mode": "AccuracyOnly",
-            "scenario": "Offline",
-            "log_dir": os.path.relpath(outcome.log_dir, out_dir),
-            "seconds": round(outcome.wall_s, 3),
-        },
-    }
-
-
 def run_benchmark(cfg: BenchConfig, plan: BenchPlan | None = None) -> BenchOutcome:
     """Run every configuration and write ``results.json``, ``report.md`` and plots into ``cfg.out``.
 
@@ -565,7 +460,7 @@ def run_benchmark(cfg: BenchConfig, plan: BenchPlan | None = None) -> BenchOutco
     if lg_dir.exists():
         shutil.rmtree(lg_dir)  # logs of an earlier run here would be mistaken for this one's
     fingerprint = collect_fingerprint()
-    rss = _PeakRss()
+    rss = PeakRss()
     loadgen_version = fingerprint.get("software", {}).get("mlcommons_loadgen")
 
     tmp = None
@@ -630,7 +525,9 @@ def run_benchmark(cfg: BenchConfig, plan: BenchPlan | None = None) -> BenchOutco
             labelled = samples[: cfg.accuracy_limit] if cfg.accuracy_limit else samples
             for (b, p), engine in engines.items():
                 if b != EAGER_NAME:
-                    accuracy.append(_accuracy(engine, b, p, bundle, labelled, cfg, out))
+                    accuracy.append(run_accuracy(engine, b, p, bundle, labelled, out,
+                                                 offline_batch=cfg.offline_batch,
+                                                 performance_samples=cfg.performance_samples))
     finally:
         for engine in engines.values():
             engine.close()
