@@ -206,6 +206,12 @@ def test_help_and_version_reach_no_heavy_import():
     assert proc.stdout.strip() == "[]"
 
 
-def test_the_namespace_has_one_module_of_its_own():
+def test_the_namespace_has_one_module_of_its_own_and_the_wheel_maps_it():
     assert sorted(p.name for p in (ROOT / "fusionedge").iterdir() if p.name != "__pycache__") == ["__main__.py"]
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["scikit-build"]["wheel"]["packages"]
+    assert packages["fusionedge"] == "fusionedge", "a wheel without fusionedge/__main__.py: python -m fails"
     assert isinstance(build_parser(), argparse.ArgumentParser)
