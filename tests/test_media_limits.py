@@ -241,3 +241,27 @@ def test_annotated_clip_replaces_the_output_whole_and_leaves_no_temp_file(tmp_pa
     with pytest.raises(MediaError):
         write_annotated_clip(tmp_path / "missing.avi", result, out, G)
     assert read_video(out).frames.shape[0] == 10  # a failed run leaves the previous output whole
+
+
+def test_a_window_too_large_to_hold_is_refused_without_downscale(tmp_path: Path, monkeypatch) -> None:
+    from fusionedge.sdk import media
+
+    p = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(p), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for _ in range(10):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    monkeypatch.setattr(media, "MAX_DECODED_BYTES", 5 * 64 * 48 * 3)  # room for five frames
+    assert read_video(p, max_seconds=0.5).frames.shape[0] == 5
+    with pytest.raises(MediaError, match="shorter window or pass downscale_to"):
+        read_video(p)
+
+
+def test_absurd_frame_rates_and_audio_rates_are_refused() -> None:
+    from fusionedge.sdk import media
+    from fusionedge.sdk.errors import InputError
+
+    with pytest.raises(MediaError, match="frames per second"):
+        media._fps_or_default(90000.0, Path("x.mp4"))
+    with pytest.raises(InputError, match="sample_rate must be 1000 .. 384000 Hz"):
+        preprocess_audio(np.zeros(100, np.float32), 4_294_967_295, G)
