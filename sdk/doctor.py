@@ -79,7 +79,9 @@ class Report:
                 raise InputError(f"unknown need {name!r}; one of {', '.join(NEEDS)}")
             check = self.get(name)
             if check is None:
-                check = Check(name, False, reason="not checked (mqtt needs a broker: give HOST:PORT)")
+                reason = ("not checked: give the broker as --mqtt HOST:PORT" if name == "mqtt" else
+                          "not an extra of the installed fusionedge's metadata (reinstall fusionedge)")
+                check = Check(name, False, reason=reason)
             if not check.ok:
                 out.append(check)
         return out

@@ -150,6 +150,10 @@ def test_a_port_that_is_not_a_broker_is_not_taken_for_one():
 def test_need_mqtt_without_a_broker_is_missing():
     code, doc, _ = doctor("--need", "mqtt")
     assert code == 1 and doc["missing"] == ["mqtt"] and "mqtt" not in doc["checks"]
+    report = run_checks()
+    assert "--mqtt HOST:PORT" in report.missing(["mqtt"])[0].reason
+    report.checks = [c for c in report.checks if c.name != "telemetry"]  # metadata of an older install
+    assert "reinstall" in report.missing(["telemetry"])[0].reason
 
 
 def test_a_bad_broker_address_is_one_line_exit_2():
