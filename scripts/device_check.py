@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The prepared GPU check for issue 4: run once on a machine with a CUDA GPU; prints (and writes) JSON.
+"""The GPU check: run once on a machine with a CUDA GPU; prints (and writes) JSON.
 
     python scripts/device_check.py [--checkpoint run/best.pt] [--bundle B] [--out $OUT/device_check.json]
 
@@ -9,13 +9,13 @@
    CUDA graph and replayed.
 2. **The model on the GPU in PyTorch** FP32 and FP16 (autocast) vs the CPU FP32 reference on the
    same seeded inputs: max abs error and cosine per output.
-3. **Training on the GPU** (issue 3's scale-out): a tiny synthetic set; ``train`` with mixed precision
+3. **Training on the GPU** (the scale-out path): a tiny synthetic set; ``train`` with mixed precision
    (bf16 autocast, or fp16 + GradScaler) — finite losses, and the checkpoint it saved gives the same
    validation numbers on the CPU; exact resume in fp32 (2 epochs straight against 1 + resume, with
    deterministic kernels); distillation from that run's checkpoint; one epoch of self-supervised
    pretraining. NCCL needs one GPU per rank, so with one GPU the multi-process path stays with the
    CPU tests (gloo).
-4. Where TensorRT is installed (not on the lent H100 image): build the bundle's plan and compare the
+4. Where TensorRT is installed: build the bundle's plan and compare the
    ``tensorrt`` backend with the golden outputs.
 
 Every section records ``ok``/``skipped`` with the reason; the exit status is 1 when a section that ran
@@ -196,7 +196,7 @@ def check_tensorrt(bundle: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="FusionEdge GPU check (issue 4)")
+    ap = argparse.ArgumentParser(description="FusionEdge GPU check")
     ap.add_argument("--checkpoint", default=None, help="a training checkpoint (default: seeded fusion_student)")
     ap.add_argument("--bundle", default=None, help="a bundle to build a TensorRT plan for (needs TensorRT)")
     ap.add_argument("--out", default=None, help="also write the JSON result here")

@@ -27,7 +27,7 @@ def test_this_machine_has_cpu_memory_and_software_and_no_gpu_with_a_reason():
     if not Path("/etc/nv_tegra_release").exists():
         assert fp["unavailable"]["jetson"].startswith("not a Jetson")
     if shutil.which("nvidia-smi") is None and importlib.util.find_spec("pynvml") is None:
-        # No GPU tooling here (the development machines): the section is empty, the reason says why.
+        # No GPU tooling on a CPU-only machine: the section is empty, the reason says why.
         assert "devices" not in fp["gpu"]
         assert "nvidia-smi not found on PATH" in fp["unavailable"]["gpu"]
         assert "no GPU (" in fingerprint_summary(fp)
