@@ -144,7 +144,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     print(f"  bundle:   {bundle_dir}")
     print(f"  test split ({test_metrics['samples']} clips from an unseen seed, via ONNX Runtime):")
     for k in ("event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50"):
-        print(f"    {k:<16} {test_metrics[k]:.3f}")
+        note = "   (VOC all-point AP@0.5)" if k == "detection_map50" else ""
+        print(f"    {k:<16} {test_metrics[k]:.3f}{note}")
     print(f"  sample clip {sample.id} (truth: {sample.event}):")
     print("    " + format_result(result).replace("\n", "\n    "))
     print(f"  annotated:  {annotated}")
