@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import AbstractSet, Any
 
 from fusionedge.sdk.errors import FusionEdgeError
-from fusionedge.sdk.fileio import json_safe, write_json_atomic, write_text_atomic
+from fusionedge.sdk.fileio import json_safe, read_json, write_json_atomic, write_text_atomic
 
 from .report_tables import fill_tables, frozen_epochs, plots, pretrain_summary, render_markdown, seed_of
 
@@ -140,7 +140,7 @@ def _dataset(out: Path, samples: int, seed: int, progress: bool) -> Path:
     manifest = out / "manifest.jsonl"
     stamp = out / "report_split.json"
     want = {"samples": samples, "seed": seed}
-    if manifest.exists() and stamp.exists() and json.loads(stamp.read_text()) == want:
+    if manifest.exists() and stamp.exists() and read_json(stamp) == want:
         return manifest
     manifest = generate_dataset(out, samples, seed, progress=progress, overwrite=True)
     write_json_atomic(stamp, want)
@@ -177,9 +177,9 @@ def _finished(run_dir: Path, options: dict, section: str, model_config: dict) ->
     which is newer than the checkpoints it started from (``init``, ``teacher``): a retrained
     pretraining or teacher makes the runs built on it stale although their options are the same."""
     try:
-        saved_all = json.loads((run_dir / "config.json").read_text())
+        saved_all = read_json(run_dir / "config.json")
         saved = saved_all[section]
-        json.loads((run_dir / "metrics.json").read_text())
+        read_json(run_dir / "metrics.json")
         finished_ns = (run_dir / "metrics.json").stat().st_mtime_ns
     except (OSError, ValueError, KeyError):
         return False
@@ -203,7 +203,7 @@ def _selected_as_now(run_dir: Path) -> bool:
     from its own held-out history (a pretraining saved under an older rule is made again)."""
     from fusionedge.training.pretrain import better_pretrain_epoch
 
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_json(run_dir / "metrics.json")
     best = None
     for h in metrics["history"]:
         candidate = {"epoch": h["epoch"], **h["val"]}
@@ -244,7 +244,7 @@ def _run_one(cfg: ReportConfig, name: str, runs: Path, train_m: Path, val_m: Pat
         if cfg.force or not _finished(run_dir, opts, "train", _model_config(run_cfg)):
             shutil.rmtree(run_dir, ignore_errors=True)
             train(run_cfg)
-    return json.loads((run_dir / "metrics.json").read_text())
+    return read_json(run_dir / "metrics.json")
 
 
 #: Bumped when ``_evaluate`` measures something new, so cached test metrics are recomputed.
@@ -273,8 +273,11 @@ def _evaluate(checkpoint: Path, test_clips, cache: Path, decoys: AbstractSet[str
 
     stamp = checkpoint.stat().st_mtime_ns
     if cache.exists():
-        saved = json.loads(cache.read_text())
-        if (saved.get("checkpoint_mtime_ns") == stamp and saved.get("samples") == len(test_clips)
+        try:
+            saved = read_json(cache)
+        except (OSError, ValueError):  # an unreadable cache is measured again
+            saved = {}
+        if isinstance(saved, dict) and (saved.get("checkpoint_mtime_ns") == stamp and saved.get("samples") == len(test_clips)
                 and saved.get("version") == _EVAL_VERSION):
             return saved
     model, info = load_checkpoint(checkpoint)

@@ -12,12 +12,11 @@ Reads ``run_dir/metrics.json`` (and ``config.json`` when present), both written 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from fusionedge.sdk.errors import DataError
-from fusionedge.sdk.fileio import write_text_atomic
+from fusionedge.sdk.fileio import read_json, write_text_atomic
 
 __all__ = ["write_run_report"]
 
@@ -142,13 +141,13 @@ def write_run_report(run_dir: Path) -> tuple[Path, Path]:
     """
     run_dir = Path(run_dir)
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = read_json(run_dir / "metrics.json")
     except (OSError, ValueError) as e:
         raise DataError(f"{run_dir}: no readable metrics.json ({e})") from e
     if not isinstance(metrics, dict) or not isinstance(metrics.get("history"), list):
         raise DataError(f"{run_dir / 'metrics.json'}: not a training run's metrics (no history)")
     try:
-        config = json.loads((run_dir / "config.json").read_text())
+        config = read_json(run_dir / "config.json")
     except (OSError, ValueError):
         config = {}
     md = run_dir / "summary.md"
