@@ -4,8 +4,10 @@ Every configuration present in both runs is compared on its figure of merit, as 
 (Offline: time per sample, the inverse of samples per second): ``change = B / A - 1``, so +0.25 means
 B takes 25% longer. A change above ``threshold`` is a **regression**, below ``-threshold`` an
 improvement. Accuracy metrics present in both runs regress when B is lower than A by more than
-``accuracy_tolerance`` (absolute). Configurations in only one run, LoadGen verdicts that changed, and
-runs on different machines are reported as notes, not regressions.
+``accuracy_tolerance`` (absolute). Configurations in only one run, LoadGen verdicts that changed,
+runs on different machines, energy per inference that changed by more than ``threshold``, and a
+configuration that throttled in one run only (its timing then says more about heat than code) are
+reported as notes, not regressions.
 
 ``fusionedge bench compare`` exits with status 1 when there is a regression, 0 otherwise.
 """
@@ -115,6 +117,7 @@ def compare_results(
         if va != vb:
             cmp.notes.append(f"{rid}: LoadGen verdict changed from {va} to {vb}")
     _compare_accuracy(a, b, cmp)
+    _compare_energy(a, b, cmp)
     _compare_machines(a, b, cmp)
     return cmp
 
@@ -138,6 +141,21 @@ def _compare_accuracy(a: Mapping[str, Any], b: Mapping[str, Any], cmp: Compariso
             cmp.changes.append(
                 Change(f"{key[0]}/{key[1]}/accuracy", metric, va, vb, round(vb - va, 6), status)
             )
+
+
+def _compare_energy(a: Mapping[str, Any], b: Mapping[str, Any], cmp: Comparison) -> None:
+    """Notes for energy per inference that moved beyond the threshold and for throttling in one run only."""
+    ea = {r["id"]: r["energy"] for r in a["records"] if r.get("energy")}
+    eb = {r["id"]: r["energy"] for r in b["records"] if r.get("energy")}
+    for rid in sorted(ea.keys() & eb.keys()):
+        x, y = ea[rid], eb[rid]
+        ja, jb = x.get("joules_per_inference"), y.get("joules_per_inference")
+        if ja and jb is not None and abs(jb / ja - 1.0) > cmp.threshold:
+            cmp.notes.append(f"{rid}: energy per inference {jb / ja - 1.0:+.1%} ({ja:.4g} J -> {jb:.4g} J)")
+        if x["throttled"] != y["throttled"]:
+            which, e = ("B", y) if y["throttled"] else ("A", x)
+            cmp.notes.append(f"{rid}: throttled in run {which} only ({'; '.join(e['throttle_reasons'])}); "
+                             f"its timing reflects heat or power limits, not only the code")
 
 
 def _compare_machines(a: Mapping[str, Any], b: Mapping[str, Any], cmp: Comparison) -> None:
