@@ -283,3 +283,29 @@ def test_every_experiment_is_known_to_the_cli_help(capsys):
         main(["report", "--help"])
     assert "--workdir" in capsys.readouterr().out
     assert len(EXPERIMENTS) == len(set(EXPERIMENTS))
+
+
+def test_an_unreadable_test_metrics_cache_is_measured_again(tmp_path):
+    # a truncated test_eval.json (a report killed while writing it) once stopped the report with a
+    # JSONDecodeError; now it is measured again and rewritten whole
+    from fusionedge.sdk.datamanifest import read_manifest
+    from fusionedge.sdk.spec import InputGeometry
+    from fusionedge.training.checkpoint import save_checkpoint
+    from fusionedge.training.dataset import Labels, load_clips
+    from fusionedge.training.models import create_model
+    from fusionedge.training.report import _evaluate
+    from fusionedge.training.synth.generate import generate_dataset
+
+    generate_dataset(tmp_path / "data", 4, seed=5, workers=1, progress=False)
+    clips = load_clips(read_manifest(tmp_path / "data"), InputGeometry(), Labels(), workers=1, progress=False)
+    torch.manual_seed(0)
+    model = create_model("fusion_student", video_channels=(8, 8, 16, 16), audio_channels=(8, 8, 16), audio_dim=16,
+                         fusion_dim=16, fusion_heads=2, head_hidden=16, det_channels=8)
+    ckpt = save_checkpoint(tmp_path / "best.pt", model, model_name="fusion_student",
+                           model_config=model.config.to_dict(), geometry=InputGeometry(),
+                           labels=Labels().to_dict(), metrics={}, epoch=1)
+    cache = tmp_path / "test_eval.json"
+    cache.write_text('{"version": 3, "checkpoint_mtime_ns": ')
+    result = _evaluate(ckpt, clips, cache)
+    assert result["samples"] == 4 and set(result) >= {"both", "audio_missing", "video_missing"}
+    assert json.loads(cache.read_text()) == json.loads(json.dumps(result))
