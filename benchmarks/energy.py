@@ -139,6 +139,15 @@ class EnergySampler:
 
     # ------------------------------------------------------------------------------- discovery
 
+    def _add(self, reader: _Reader) -> None:
+        """Keep a reader under a name unique for its kind (two NVMe drives both call their sensor 'Composite')."""
+        names = {r.name for r in self.readers if r.kind == reader.kind}
+        base, n = reader.name, 2
+        while reader.name in names:
+            reader.name = f"{base} #{n}"
+            n += 1
+        self.readers.append(reader)
+
     def _sys(self, rel: str) -> Path:
         return self.sysroot / rel.lstrip("/")
 
@@ -162,13 +171,17 @@ class EnergySampler:
         for d in dirs:
             chip = _text(d / "name", d.name)
             board_meter = chip == "power_meter"
-            for f in sorted(d.glob("power*_input")) + sorted(d.glob("power*_average")):
+            inputs = sorted(d.glob("power*_input"))
+            have = {f.name.split("_")[0] for f in inputs}
+            # a channel with both an instant and an averaged reading is one sensor: take the instant one
+            averages = [f for f in sorted(d.glob("power*_average")) if f.name.split("_")[0] not in have]
+            for f in inputs + averages:
                 label = _text(f.with_name(f.name.split("_")[0] + "_label"), f.name.split("_")[0])
                 reader, why = _readable(f, 1e-6)
                 if reader is None:
                     denied.append(why or f.name)
                     continue
-                self.readers.append(_Reader(f"hwmon:{chip}:{label}", "power", reader,
+                self._add(_Reader(f"hwmon:{chip}:{label}", "power", reader,
                                             in_total=True, board=board_meter))
                 powers += 1
             if chip == "ina3221":
@@ -186,7 +199,7 @@ class EnergySampler:
                         limit = lim()
                         break
                 label = _text(f.with_name(stem + "_label"), stem)
-                self.readers.append(_Reader(f"hwmon:{chip}:{label}", "temp", reader, limit=limit))
+                self._add(_Reader(f"hwmon:{chip}:{label}", "temp", reader, limit=limit))
                 temps += 1
         if not dirs:
             reason = "no /sys/class/hwmon/hwmon*"
@@ -218,7 +231,7 @@ class EnergySampler:
                 return rv() * rc()
 
             board = bool(_BOARD_RAILS.match(rail))
-            self.readers.append(_Reader(f"ina3221:{rail}", "power", read, in_total=board, board=board))
+            self._add(_Reader(f"ina3221:{rail}", "power", read, in_total=board, board=board))
             n += 1
         return n
 
@@ -240,7 +253,7 @@ class EnergySampler:
                 self.unavailable[f"INA3221 {rail}"] = why or "unreadable"
                 continue
             board = bool(_BOARD_RAILS.match(rail))
-            self.readers.append(_Reader(f"ina3221:{rail}", "power", reader, in_total=board, board=board))
+            self._add(_Reader(f"ina3221:{rail}", "power", reader, in_total=board, board=board))
 
     def _rapl(self) -> None:
         domains = sorted(self._sys("/sys/class/powercap").glob("intel-rapl:[0-9]"))
@@ -261,7 +274,7 @@ class EnergySampler:
             wrap = wrap_reader() if wrap_reader is not None else None
             if wrap is None:
                 self.unavailable[f"RAPL {name} wrap"] = "max_energy_range_uj unreadable: a counter wrap is dropped"
-            self.readers.append(_Reader(f"rapl:{name}", "energy", reader, in_total=True, wrap=wrap))
+            self._add(_Reader(f"rapl:{name}", "energy", reader, in_total=True, wrap=wrap))
 
     def _thermal_zones(self) -> None:
         zones = sorted(self._sys("/sys/class/thermal").glob("thermal_zone*"))
@@ -278,7 +291,7 @@ class EnergySampler:
                     trips.setdefault(kind, []).append(lim())
             limit = min(trips.get("passive") or trips.get("hot") or trips.get("critical") or [math.nan])
             kind = _text(z / "type", z.name)
-            self.readers.append(_Reader(f"thermal:{kind}", "temp", reader,
+            self._add(_Reader(f"thermal:{kind}", "temp", reader,
                                         limit=None if math.isnan(limit) else limit))
             found += 1
         if not found:
@@ -302,13 +315,13 @@ class EnergySampler:
                 raise OSError("no core's clock is readable")
             return max(vals)
 
-        self.readers.append(_Reader("cpu:fastest core", "clock", fastest_core))
+        self._add(_Reader("cpu:fastest core", "clock", fastest_core))
 
     def _devfreq(self) -> None:
         for f in sorted(self._sys("/sys/class/devfreq").glob("*/cur_freq")):
             reader, _ = _readable(f, 1e-6)  # Hz -> MHz
             if reader is not None:
-                self.readers.append(_Reader(f"devfreq:{f.parent.name}", "clock", reader))
+                self._add(_Reader(f"devfreq:{f.parent.name}", "clock", reader))
 
     def _nvml_devices(self) -> None:
         try:
@@ -351,11 +364,11 @@ class EnergySampler:
 
         energy = probe("energy", lambda: nv.nvmlDeviceGetTotalEnergyConsumption(h) * 1e-3)
         if energy is not None:
-            self.readers.append(_Reader(f"nvml:{name}", "energy", energy, in_total=True))
+            self._add(_Reader(f"nvml:{name}", "energy", energy, in_total=True))
         else:
             power = probe("power", lambda: nv.nvmlDeviceGetPowerUsage(h) * 1e-3)
             if power is not None:  # integrated instead: the missing counter costs nothing
-                self.readers.append(_Reader(f"nvml:{name}", "power", power, in_total=True))
+                self._add(_Reader(f"nvml:{name}", "power", power, in_total=True))
                 self.unavailable.pop(f"NVML {name} energy", None)
         temp = probe("temperature", lambda: float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)))
         if temp is not None:
@@ -363,16 +376,16 @@ class EnergySampler:
                 limit = float(nv.nvmlDeviceGetTemperatureThreshold(h, nv.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN))
             except nv.NVMLError:
                 limit = None
-            self.readers.append(_Reader(f"nvml:{name}", "temp", temp, limit=limit))
+            self._add(_Reader(f"nvml:{name}", "temp", temp, limit=limit))
         clock = probe("sm clock", lambda: float(nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)))
         if clock is not None:
-            self.readers.append(_Reader(f"nvml:{name} sm", "clock", clock))
+            self._add(_Reader(f"nvml:{name} sm", "clock", clock))
         getter = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
             nv, "nvmlDeviceGetCurrentClocksThrottleReasons", None)
         if getter is not None:
             reasons = probe("clock-event reasons", lambda: float(getter(h)))
             if reasons is not None:
-                self.readers.append(_Reader(f"nvml:{name}", "reasons", reasons))
+                self._add(_Reader(f"nvml:{name}", "reasons", reasons))
 
     # -------------------------------------------------------------------------------- sampling
 

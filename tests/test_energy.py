@@ -61,6 +61,36 @@ def test_power_is_integrated_over_the_window(tmp_path):
     assert s2.summary(1)["joules"] == pytest.approx((5.0 + 1.0) / 2 * (t1 - t0), rel=1e-4)
 
 
+def test_a_channel_with_instant_and_average_power_counts_once(tmp_path):
+    # amdgpu-style: power1_input and power1_average are one sensor (3 W); power2_average alone is another
+    h = "sys/class/hwmon/hwmon2"
+    _w(tmp_path, f"{h}/name", "amdgpu")
+    _w(tmp_path, f"{h}/power1_input", 3_000_000)
+    _w(tmp_path, f"{h}/power1_average", 2_900_000)
+    _w(tmp_path, f"{h}/power2_average", 1_000_000)
+    s = _sampler(tmp_path).start()
+    time.sleep(0.02)
+    s.stop()
+    e = s.summary(inferences=1)
+    assert sorted(e["total_of"]) == ["hwmon:amdgpu:power1", "hwmon:amdgpu:power2"]
+    assert e["mean_watts"] == pytest.approx(4.0, rel=1e-3)
+
+
+def test_sensors_with_one_name_are_kept_apart(tmp_path):
+    # two drives whose hwmon chips are both "nvme" with a "Composite" sensor, and two zones of one type
+    for i, milli in ((0, 40000), (1, 55000)):
+        _w(tmp_path, f"sys/class/hwmon/hwmon{i}/name", "nvme")
+        _w(tmp_path, f"sys/class/hwmon/hwmon{i}/temp1_label", "Composite")
+        _w(tmp_path, f"sys/class/hwmon/hwmon{i}/temp1_input", milli)
+        _w(tmp_path, f"sys/class/thermal/thermal_zone{i}/type", "acpitz")
+        _w(tmp_path, f"sys/class/thermal/thermal_zone{i}/temp", milli)
+    s = _sampler(tmp_path).start()
+    s.stop()
+    t = s.summary(inferences=1)["temperature_c"]
+    assert {k: v["max"] for k, v in t.items()} == {"hwmon:nvme:Composite": 40.0, "hwmon:nvme:Composite #2": 55.0,
+                                                   "thermal:acpitz": 40.0, "thermal:acpitz #2": 55.0}
+
+
 def test_rapl_counter_wrap_is_added_back(tmp_path):
     # the counter wraps at 1000 J: 999 -> 1 is 2 J, then 1 -> 3 is 2 J more: 4 J whatever the time
     counter = _rapl(tmp_path, 0, 999.0)
