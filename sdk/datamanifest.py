@@ -14,6 +14,10 @@ Fields:
 ``audio``       str, or null/absent when the clip has no microphone
 ``event``       str, one of the event vocabulary; required unless read with ``require_labels=False``
 ``audio_tags``  list of str from the audio-tag vocabulary (multi-label); default []
+
+The vocabularies default to :mod:`fusionedge.sdk.spec`'s; reading with ``events=None`` (and/or
+``audio_tags=None``, ``objects=None``) accepts any non-empty label, for a data set brought in with
+its own classes (``fusionedge data import``, ``fusionedge data check``).
 ``boxes``       list of ``{"label": str, "box": [x1, y1, x2, y2]}`` in pixels of the clip's **last
                 frame**, x1 < x2, y1 < y2, finite; default []
 ``width``, ``height``  ints, the video's size; when given, boxes must lie inside [0, width] x [0, height]
@@ -100,9 +104,13 @@ class _Line:
             raise self.fail(fld, "must not be empty")
         return v
 
-    def label(self, v: Any, fld: str, vocab: Sequence[str]) -> str:
+    def label(self, v: Any, fld: str, vocab: Sequence[str] | None) -> str:
         if not isinstance(v, str):
             raise self.fail(fld, f"must be a string, got {type(v).__name__} {_short(v)}")
+        if vocab is None:
+            if not v:
+                raise self.fail(fld, "must not be empty")
+            return v
         if v not in vocab:
             raise self.fail(fld, f"{v!r} is not one of {', '.join(vocab)}")
         return v
@@ -136,7 +144,7 @@ def _media(line: _Line, rec: dict, fld: str, root: Path, *, required: bool, chec
 
 
 def _boxes(
-    line: _Line, rec: dict, objects: Sequence[str], width: int | None, height: int | None
+    line: _Line, rec: dict, objects: Sequence[str] | None, width: int | None, height: int | None
 ) -> tuple[Box, ...]:
     raw = rec.get("boxes")
     if raw is None:
@@ -169,7 +177,7 @@ def _boxes(
 
 def _parse(
     line: _Line, rec: Any, root: Path, *, require_labels: bool, check_files: bool,
-    events: Sequence[str], audio_tags: Sequence[str], objects: Sequence[str],
+    events: Sequence[str] | None, audio_tags: Sequence[str] | None, objects: Sequence[str] | None,
 ) -> Sample:
     if not isinstance(rec, dict):
         raise DataError(f"{line.where}: each line must be a JSON object, got {type(rec).__name__}")
@@ -201,9 +209,9 @@ def read_manifest(
     *,
     require_labels: bool = True,
     check_files: bool = True,
-    events: Sequence[str] = EVENTS,
-    audio_tags: Sequence[str] = AUDIO_TAGS,
-    objects: Sequence[str] = OBJECTS,
+    events: Sequence[str] | None = EVENTS,
+    audio_tags: Sequence[str] | None = AUDIO_TAGS,
+    objects: Sequence[str] | None = OBJECTS,
 ) -> list[Sample]:
     """Read and validate a manifest.
 
@@ -212,7 +220,8 @@ def read_manifest(
         require_labels: if True every sample needs an ``event``; False reads unlabelled data
             (labels that are present are still checked).
         check_files: check that every video/audio file exists.
-        events, audio_tags, objects: the label vocabularies (default: ``fusionedge.sdk.spec``).
+        events, audio_tags, objects: the label vocabularies (default: ``fusionedge.sdk.spec``);
+            None accepts any non-empty label (the data set's own vocabulary).
 
     Raises:
         DataError: the file is missing, unreadable or empty, or a line is invalid (bad JSON, JSON
