@@ -25,6 +25,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "data": ("fusionedge data synth --out data/train --samples 2000",),
     "data synth": ("fusionedge data synth --out data/train --samples 2000 --seed 0",
                    "fusionedge data synth --out data/pool --samples 5000 --cue-agreement 0.9"),
+    "data import": ("fusionedge data import --format coco annotations/instances_val.json --out data/coco",
+                    "fusionedge data import --format mot MOT17/train/MOT17-02 --out data/mot --clip-frames 8",
+                    "fusionedge data import --format csv ESC-50/meta/esc50.csv --media-dir ESC-50/audio "
+                    "--out data/esc --json",
+                    "fusionedge data import --format folders clips/ --out data/mine"),
+    "data check": ("fusionedge data check data/mine", "fusionedge data check data/mine --json"),
     "train": ("fusionedge train --data data/train --val data/val --out runs/student --epochs 10",),
     "pretrain": ("fusionedge pretrain --data data/pool --out runs/pretrain",
                  "fusionedge train --data data/train --init runs/pretrain/pretrain.pt --out runs/ft"),

@@ -96,7 +96,7 @@ class StreamResult:
     t: float  # stream-clock time of the current frame (or of the step, audio-only)
     frame: np.ndarray | None  # the current BGR frame (None when video is missing)
     result: "Result"  # the model's output; result.missing lists absent modalities
-    health: dict[str, str]  # modality -> sensor state ("ok", "stalled", ...)
+    health: dict[str, str]  # modality -> sensor state ("ok", "stalled", ...) when the inputs were taken
     latency_ms: float  # capture of the current frame (or audio) -> result ready
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +114,7 @@ class _Step:
     video: np.ndarray  # (T, 3, H, W) float32
     audio: np.ndarray  # (S,) float32
     presence: np.ndarray  # (2,) float32
+    health: dict[str, str] = field(default_factory=dict)  # sensor states when the inputs were taken
     timings: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, np.ndarray] | None = None
     model: Any = None  # the Perception that produced ``outputs``; it decodes them
@@ -497,7 +498,8 @@ class Pipeline:
         self._counts["steps"] += 1
         return _Step(index=index, t=t, captured=captured, image=image, video=clip,
                      audio=win.samples if audio_present else np.zeros_like(win.samples),
-                     presence=np.array([float(video), float(audio_present)], np.float32))
+                     presence=np.array([float(video), float(audio_present)], np.float32),
+                     health=self._health())
 
     def _infer_loop(self) -> None:
         while not self._stop.is_set():
@@ -535,7 +537,7 @@ class Pipeline:
             latency = (time.monotonic() - step.captured) * 1e3
             self._lat.add("capture_to_result", latency)
             sr = StreamResult(index=step.index, t=step.t, frame=step.image if has_video else None,
-                              result=result, health=self._health(), latency_ms=latency)
+                              result=result, health=step.health, latency_ms=latency)
             self._q_results.put(sr)
         self._q_results.put(END)
 
