@@ -21,13 +21,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-
 from fusionedge.export.onnx_export import MAX_BATCH, OPSET, ExportError
 from fusionedge.export.parity import ParityReport
 from fusionedge.sdk.backends.base import non_finite
@@ -37,6 +36,7 @@ from fusionedge.sdk.bundle import (
     MANIFEST_NAME,
     MODEL_NAME,
     SCHEMA_VERSION,
+    Bundle,
     load_bundle,
     sha256_file,
 )
@@ -46,7 +46,8 @@ from fusionedge.sdk.fileio import fsync_dir, json_safe, write_json_atomic
 from fusionedge.sdk.spec import INPUT_NAMES, MODALITIES, OUTPUT_NAMES, InputGeometry
 
 __all__ = ["DECODES", "build_manifest", "check_golden_finite", "check_target", "external_data_files",
-           "fsync_file", "git_rev", "publish_folder", "write_bundle"]
+           "fsync_file", "git_rev", "package_version", "publish_folder", "utc_now", "write_bundle",
+           "write_bundle_folder"]
 
 #: How the runtime decodes each contract output.
 DECODES: dict[str, str] = {
@@ -57,6 +58,12 @@ DECODES: dict[str, str] = {
     "det_offset": "centernet-offset",
 }
 _LABEL_KINDS = ("events", "objects", "audio_tags")
+#: The label list each scored contract output refers to (schema 2 writes it on the output).
+_OUTPUT_LABELS: dict[str, str] = {
+    "event_logits": "events",
+    "audio_tag_logits": "audio_tags",
+    "det_heatmap": "objects",
+}
 
 
 def git_rev(start: str | os.PathLike | None = None) -> str | None:
@@ -76,7 +83,13 @@ def git_rev(start: str | os.PathLike | None = None) -> str | None:
     return rev if len(rev) == 40 else None
 
 
-def _package_version(name: str) -> str | None:
+def utc_now() -> str:
+    """The current UTC time as the manifest's ``created`` writes it, e.g. ``2026-01-31T12:00:00Z``."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution, or None where it is not installed."""
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
@@ -129,7 +142,7 @@ def _input_entries(geometry: InputGeometry, golden_inputs: Mapping[str, np.ndarr
             "preprocessing": {
                 "clip_frames": g.clip_frames, "height": g.height, "width": g.width,
                 "clip_seconds": g.clip_seconds, "mean": list(g.mean), "std": list(g.std),
-                "color": "RGB", "resize": "area-stretch",
+                "color": "RGB", "resize": "area-stretch", "scale": 1.0 / 255.0,
             },
         },
         {
@@ -155,6 +168,7 @@ def _output_entries(golden_outputs: Mapping[str, np.ndarray]) -> list[dict]:
             "shape": ["batch", *(int(d) for d in golden_outputs[name].shape[1:])],
             "dtype": "float32",
             "decode": DECODES[name],
+            **({"labels": _OUTPUT_LABELS[name]} if name in _OUTPUT_LABELS else {}),
         })
     return entries
 
@@ -171,7 +185,7 @@ def build_manifest(
     metrics: Mapping[str, Any] | None = None,
     checkpoint_sha256: str | None = None,
 ) -> dict:
-    """Assemble the manifest dict (schema version 1) for a bundle's files.
+    """Assemble the manifest dict (schema version 2, task ``fusion``) for a bundle's files.
 
     Args:
         info: the checkpoint info (``model_name``, ``model_config``, ``geometry``, ``labels``,
@@ -202,15 +216,16 @@ def build_manifest(
     batch = int(next(iter(golden_inputs.values())).shape[0])
     manifest = {
         "schema_version": SCHEMA_VERSION,
+        "task": "fusion",
         "name": name,
         "version": version,
-        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "created": utc_now(),
         "source": {
             "checkpoint_sha256": checkpoint_sha256,
             "model_name": str(info["model_name"]),
             "model_config": dict(info.get("model_config") or {}),
             "git_rev": git_rev(),
-            "fusionedge_version": _package_version("fusionedge") or "0+unknown",
+            "fusionedge_version": package_version("fusionedge") or "0+unknown",
             "training": {"epoch": info.get("epoch"), "metrics": dict(info.get("metrics") or {})},
         },
         "inputs": _input_entries(geometry, golden_inputs),
@@ -225,8 +240,8 @@ def build_manifest(
         "export": {
             "opset": OPSET,
             "exporter": "torch.onnx.export(dynamo=True)",
-            "torch_version": _package_version("torch"),
-            "onnx_version": _package_version("onnx"),
+            "torch_version": package_version("torch"),
+            "onnx_version": package_version("onnx"),
             "parity": parity.to_dict(),
         },
     }
@@ -379,6 +394,52 @@ def write_bundle(
     """
     if not parity.ok:
         raise ExportError(f"refusing to write a bundle whose parity check failed: {parity.summary()}")
+
+    def manifest_for(files: Mapping[str, Mapping[str, Any]]) -> dict:
+        return build_manifest(
+            info, parity, golden_inputs, golden_outputs, files,
+            name=name or str(info.get("model_name", "model")), version=version, metrics=metrics,
+            checkpoint_sha256=checkpoint_sha256,
+        )
+
+    return write_bundle_folder(out_dir, onnx_path, golden_inputs, golden_outputs, manifest_for,
+                               overwrite=overwrite)
+
+
+def write_bundle_folder(
+    out_dir: str | os.PathLike,
+    onnx_path: str | os.PathLike,
+    golden_inputs: Mapping[str, np.ndarray],
+    golden_outputs: Mapping[str, np.ndarray],
+    manifest_for: Callable[[Mapping[str, Mapping[str, Any]]], dict],
+    *,
+    overwrite: bool = False,
+    check: Callable[[Bundle], None] | None = None,
+) -> Path:
+    """Write and verify any bundle at ``out_dir`` atomically: the model, golden file and manifest.
+
+    The one writer behind :func:`write_bundle` (the fused model) and
+    :func:`fusionedge.export.import_onnx.import_onnx` (a user's model): it copies the model and its
+    external data, saves the golden arrays, hashes every file, asks ``manifest_for`` for the manifest
+    of those files, verifies the result with the runtime's loader and only then renames it into place.
+
+    Args:
+        out_dir: the bundle folder to create (must not exist, or be empty, unless ``overwrite``).
+        onnx_path: the ONNX file, copied as ``model.onnx``.
+        golden_inputs: reference inputs ``{name: (B, ...)}``.
+        golden_outputs: reference outputs ``{name: (B, ...)}``.
+        manifest_for: builds the manifest from ``{relpath: {"sha256", "size"}}`` of every other file.
+        overwrite: replace an existing bundle at ``out_dir`` (swapped in only once the new one verified).
+        check: called with the loaded, verified bundle before it is published (e.g. the runtime's
+            contract check); a FusionEdgeError it raises aborts the write.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        ExportError: the target is not writable, a golden array holds NaN/Inf, or the written bundle
+            does not verify. Nothing is left at ``out_dir``.
+    """
     out = check_target(out_dir, overwrite=overwrite)
     check_golden_finite(golden_inputs, golden_outputs)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
@@ -395,14 +456,12 @@ def write_bundle(
         for rel in (MODEL_NAME, GOLDEN_NAME, *external):
             fsync_file(tmp / rel)
             files[rel] = {"sha256": sha256_file(tmp / rel), "size": (tmp / rel).stat().st_size}
-        manifest = build_manifest(
-            info, parity, golden_inputs, golden_outputs, files,
-            name=name or str(info.get("model_name", "model")), version=version, metrics=metrics,
-            checkpoint_sha256=checkpoint_sha256,
-        )
-        write_json_atomic(tmp / MANIFEST_NAME, manifest)
+        write_json_atomic(tmp / MANIFEST_NAME, manifest_for(files))
         try:
-            load_bundle(tmp, verify=True).golden()
+            written = load_bundle(tmp, verify=True)
+            written.golden()
+            if check is not None:
+                check(written)
         except FusionEdgeError as e:
             raise ExportError(f"the written bundle does not verify: {e}") from e
         for folder in {(tmp / rel).parent for rel in external} | {tmp}:

@@ -61,6 +61,9 @@ from fusionedge.sdk.bundle_schema import (
     PRECISIONS,
     SCHEMA_VERSION,
     SHA256_HEX,
+    SUPPORTED_VERSIONS,
+    TASKS,
+    manifest_task,
     type_name,
     validate_manifest,
 )
@@ -83,6 +86,8 @@ __all__ = [
     "MODEL_NAME",
     "PRECISIONS",
     "SCHEMA_VERSION",
+    "SUPPORTED_VERSIONS",
+    "TASKS",
     "Bundle",
     "check_digest",
     "check_unlisted",
@@ -350,6 +355,12 @@ class Bundle:
     def model_id(self) -> str:
         """``name@version``, how results name the model."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def task(self) -> str:
+        """What the model does: ``fusion`` (the camera + audio model; every schema-1 bundle),
+        ``classify``, ``detect`` or ``audio-classify`` (an imported model, schema 2)."""
+        return manifest_task(self.manifest)
 
     @property
     def precision(self) -> str:

@@ -1,10 +1,17 @@
-"""The bundle manifest's schema (version 1), checked field by field.
+"""The bundle manifest's schema (versions 1 and 2), checked field by field.
 
 :func:`validate_manifest` walks a parsed ``manifest.json`` and raises
 :class:`~fusionedge.sdk.errors.BundleError` naming the first field that is missing or of the wrong type
 or value, e.g. ``manifest.json: field 'inputs[1].shape': expected a list, got str``. It only reads
 the document; what the fields mean, and how a bundle is loaded and verified, is in
 :mod:`fusionedge.sdk.bundle`, which re-exports these names.
+
+Version 2 makes the manifest declarative enough to serve any model: a top-level ``task``
+(``fusion`` for the project's own camera + audio model, or ``classify`` / ``detect`` /
+``audio-classify`` for an imported ONNX model), a ``scale`` on every image and video input (what a
+0-255 pixel is multiplied by before ``mean`` / ``std``), and on each output the label list it
+scores (``labels``) and its decoder's settings (``params``). Version 1 manifests still load: they
+describe the fused model, whose fields version 2 only makes explicit (docs/BUNDLE.md lists them).
 
 Standard library only: this module is part of the device runtime.
 """
@@ -21,29 +28,44 @@ from typing import Any
 from fusionedge.sdk.errors import BundleError
 
 __all__ = [
+    "COLORS",
     "DECODES",
     "DTYPES",
     "GOLDEN_NAME",
+    "IMAGE_LAYOUTS",
     "LABEL_KINDS",
     "MANIFEST_NAME",
     "MODALITIES",
     "MODEL_NAME",
     "PRECISIONS",
+    "RESIZES",
     "SCHEMA_VERSION",
     "SHA256_HEX",
+    "SUPPORTED_VERSIONS",
+    "TASKS",
+    "manifest_task",
     "safe_relpath",
     "type_name",
     "validate_manifest",
 ]
 
-#: The manifest schema this runtime reads and the exporter writes.
-SCHEMA_VERSION = 1
+#: The manifest schema the exporter writes.
+SCHEMA_VERSION = 2
+#: Every manifest schema this runtime reads.
+SUPPORTED_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "model.onnx"
 GOLDEN_NAME = "golden.npz"
 
 MODALITIES = ("image", "video", "audio", "vector")
-DECODES = ("softmax", "sigmoid", "centernet-heatmap", "centernet-size", "centernet-offset", "none")
+DECODES = ("softmax", "sigmoid", "centernet-heatmap", "centernet-size", "centernet-offset", "yolo", "none")
+#: What a bundle's model does (schema 2): the fused camera + audio model, or an imported one.
+TASKS = ("fusion", "classify", "detect", "audio-classify")
+#: Image layouts an ``image`` input may declare (schema 2).
+IMAGE_LAYOUTS = ("NCHW", "NHWC")
+#: How an image is fitted to the model input: stretched, or scaled keeping its aspect and padded.
+RESIZES = ("stretch", "letterbox", "area-stretch")
+COLORS = ("RGB", "BGR")
 DTYPES = ("float32", "float16", "uint8", "int8", "int32", "int64", "bool")
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 LABEL_KINDS = ("events", "objects", "audio_tags")
@@ -123,9 +145,17 @@ def _check_number_list(obj: Mapping, key: str, where: str, length: int) -> None:
         raise _fail(f"{where}.{key}", f"expected a list of {length} numbers, got {values!r}")
 
 
-def _check_preprocessing(entry: Mapping, modality: str, where: str) -> None:
+def _check_preprocessing(entry: Mapping, modality: str, where: str, version: int) -> None:
     pre = _get(entry, "preprocessing", where, "dict")
     where = f"{where}.preprocessing"
+    if modality in ("video", "image") and version >= 2:
+        _check_positive(_get(pre, "scale", where, "number"), f"{where}.scale")
+        _get_choice(pre, "color", where, COLORS)
+        _get_choice(pre, "resize", where, RESIZES)
+        if modality == "image":
+            _get_choice(entry, "layout", where.rsplit(".", 1)[0], IMAGE_LAYOUTS)
+        if "pad_value" in pre:
+            _get(pre, "pad_value", where, "number")
     if modality in ("video", "image"):
         for key in ("height", "width") + (("clip_frames",) if modality == "video" else ()):
             _check_positive(_get(pre, key, where, "int"), f"{where}.{key}")
@@ -141,7 +171,18 @@ def _check_preprocessing(entry: Mapping, modality: str, where: str) -> None:
         _check_positive(_get(pre, "channels", where, "int"), f"{where}.channels")
 
 
-def _check_tensors(manifest: Mapping, key: str) -> None:
+def _check_output_v2(entry: Mapping, where: str) -> None:
+    if "labels" in entry:
+        _get_choice(entry, "labels", where, LABEL_KINDS)
+    if "params" in entry:
+        params = _get(entry, "params", where, "dict")
+        for key, value in params.items():
+            if isinstance(value, (dict, list)):
+                raise _fail(f"{where}.params.{key}",
+                            f"expected a string, number or boolean, got {type_name(value)}")
+
+
+def _check_tensors(manifest: Mapping, key: str, version: int) -> None:
     entries = _get(manifest, key, "", "list")
     if not entries:
         raise _fail(key, "expected a non-empty list")
@@ -159,9 +200,11 @@ def _check_tensors(manifest: Mapping, key: str) -> None:
             modality = _get_choice(entry, "modality", where, MODALITIES)
             _get_choice(entry, "dtype", where, DTYPES)
             _get(entry, "layout", where, "str")
-            _check_preprocessing(entry, modality, where)
+            _check_preprocessing(entry, modality, where, version)
         else:
             _get_choice(entry, "decode", where, DECODES)
+            if version >= 2:
+                _check_output_v2(entry, where)
 
 
 def _check_source(manifest: Mapping) -> None:
@@ -240,7 +283,7 @@ def safe_relpath(rel: str, where: str) -> None:
 
 
 def validate_manifest(manifest: Any) -> None:
-    """Check a parsed ``manifest.json`` against schema version 1, field by field.
+    """Check a parsed ``manifest.json`` against its schema version (1 or 2), field by field.
 
     Args:
         manifest: the parsed JSON document.
@@ -253,10 +296,10 @@ def validate_manifest(manifest: Any) -> None:
     if not isinstance(manifest, dict):
         raise BundleError(f"{MANIFEST_NAME}: expected a JSON object at the top, got {type_name(manifest)}")
     version = _get(manifest, "schema_version", "", "int")
-    if version != SCHEMA_VERSION:
+    if version not in SUPPORTED_VERSIONS:
         raise BundleError(
             f"{MANIFEST_NAME}: schema_version {version} is not supported by this runtime (it reads "
-            f"{SCHEMA_VERSION}); upgrade fusionedge or re-export the bundle"
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))}); upgrade fusionedge or re-export the bundle"
         )
     for key in ("name", "version"):
         if not _get(manifest, key, "", "str"):
@@ -266,9 +309,11 @@ def validate_manifest(manifest: Any) -> None:
         datetime.fromisoformat(created.replace("Z", "+00:00"))
     except ValueError as e:
         raise _fail("created", f"expected an ISO-8601 time, got {created!r}") from e
+    if version >= 2:
+        _get_choice(manifest, "task", "", TASKS)
     _check_source(manifest)
-    _check_tensors(manifest, "inputs")
-    _check_tensors(manifest, "outputs")
+    _check_tensors(manifest, "inputs", version)
+    _check_tensors(manifest, "outputs", version)
     _check_labels(manifest)
     _check_geometry(manifest)
     _get_choice(manifest, "precision", "", PRECISIONS)
@@ -277,3 +322,8 @@ def validate_manifest(manifest: Any) -> None:
     _check_golden_and_batch(manifest)
 
 
+
+
+def manifest_task(manifest: Mapping[str, Any]) -> str:
+    """The task a schema-checked manifest declares; a version 1 manifest is the fused model's."""
+    return str(manifest.get("task", "fusion")) if manifest.get("schema_version", 1) >= 2 else "fusion"

@@ -45,7 +45,8 @@ def test_round_trip(bundle_dir):
     assert bundle.geometry == TOY_GEOMETRY
     assert bundle.labels == {"events": EVENTS, "objects": OBJECTS, "audio_tags": AUDIO_TAGS}
     assert bundle.model_id == "toy@0.1.0" and bundle.precision == "fp32"
-    assert m["schema_version"] == 1 and m["created"].endswith("Z")
+    assert m["schema_version"] == 2 and m["task"] == "fusion" and bundle.task == "fusion"
+    assert m["created"].endswith("Z")
     datetime.fromisoformat(m["created"].replace("Z", "+00:00"))
     assert m["source"]["model_name"] == "toy" and m["source"]["checkpoint_sha256"] is None
     assert m["source"]["git_rev"] is None or len(m["source"]["git_rev"]) == 40
@@ -161,7 +162,7 @@ def test_unsafe_file_paths_bad_hashes_and_unknown_schema_version(copy, bundle_di
         (lambda m: m["files"].pop("model.onnx"), r"field 'files': expected an entry for model\.onnx"),
         (lambda m: m["files"].update({"../escape": {"sha256": "0" * 64, "size": 1}}),
          r"field 'files\['\.\./escape'\]': expected a relative path inside"),
-        (_set("schema_version", 2), r"schema_version 2 is not supported by this runtime"),
+        (_set("schema_version", 3), r"schema_version 3 is not supported by this runtime"),
     ]
     for edit, message in cases:
         (copy / "manifest.json").write_text(original)
