@@ -16,6 +16,11 @@ every :class:`Result` names the backend that ran — a fallback is never silent.
 or file paths, preprocesses them with the bundle's own geometry, runs the model and decodes its heads.
 A missing modality runs as zeros with presence 0 (the model is trained with modality dropout) and is
 listed in ``Result.missing``.
+
+A bundle of an imported model (``task`` classify, detect or audio-classify;
+:mod:`fusionedge.sdk.generic`) is served the same way: ``infer(image=...)``, ``infer(video_path=...)``
+(the last frame of the window) or ``infer(audio_path=...)`` gives class ``scores``, ``boxes`` in the
+original image's pixels, or ``audio_tags``, as the model declares.
 """
 
 from __future__ import annotations
@@ -25,22 +30,23 @@ import math
 import os
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
 from fusionedge.sdk.backends import Backend, ModelIO, backend_class, get_backend
 from fusionedge.sdk.bundle import Bundle, load_bundle
 from fusionedge.sdk.engine_fingerprint import NoEngineError
 from fusionedge.sdk.errors import BackendError, BundleError, InputError
+from fusionedge.sdk.generic import GenericModel, last_frame
 from fusionedge.sdk.media import read_audio_window, read_video
 from fusionedge.sdk.postprocess import Detection, decode_centernet, sigmoid, softmax
 from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
 from fusionedge.sdk.selftest import compare_golden
 from fusionedge.sdk.spec import InputGeometry
 
-__all__ = ["Perception", "Result", "Fallback"]
+__all__ = ["Fallback", "Perception", "Result"]
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +127,8 @@ class Perception:
             raise InputError(f"score_threshold must be in [0, 1], got {score_threshold!r}")
         if int(top_k) < 1:
             raise InputError(f"top_k must be >= 1, got {top_k!r}")
-        _check_contract(bundle)
+        #: the declared interface of an imported model; None for the fused camera + audio model
+        self.generic: GenericModel | None = _check_contract(bundle)
         self.bundle = bundle
         self.backend = backend
         self.fallbacks: tuple[Fallback, ...] = tuple(fallbacks)
@@ -147,7 +154,7 @@ class Perception:
         engine_build: str = "first",
         expected_digest: str | None = None,
         public_key: Any = None,
-    ) -> "Perception":
+    ) -> Perception:
         """Load and verify a bundle, then the first backend in ``backends`` that loads.
 
         Args:
@@ -247,6 +254,7 @@ class Perception:
         *,
         video: np.ndarray | None = None,
         audio: np.ndarray | None = None,
+        image: np.ndarray | None = None,
         sample_rate: int | None = None,
         fps: float | None = None,
         video_path: str | os.PathLike | None = None,
@@ -258,6 +266,8 @@ class Perception:
         Args:
             video: ``(N, H, W, 3)`` uint8 RGB frames, any size.
             audio: ``(S,)`` or ``(S, C)`` float samples in [-1, 1], any rate and channel count.
+            image: ``(H, W, 3)`` uint8 RGB, any size: the input of an imported image model (a
+                classifier or detector bundle); the fused model takes ``video`` instead.
             sample_rate: Hz of ``audio`` (required with ``audio``).
             fps: frame rate of ``video``; None takes the N frames as spanning one clip window.
             video_path: a video file or a folder of images, instead of ``video``.
@@ -273,6 +283,11 @@ class Perception:
             MediaError: a file cannot be decoded.
             BackendError: the backend failed to run.
         """
+        if self.generic is not None:
+            return self._infer_generic(video, audio, image, sample_rate, fps, video_path, audio_path,
+                                       start_seconds)
+        if image is not None:
+            raise InputError(f"image= is for a single-image model; {self.model} takes video (and audio)")
         if video is not None and video_path is not None:
             raise InputError("pass either video or video_path, not both")
         if audio is not None and audio_path is not None:
@@ -361,6 +376,86 @@ class Perception:
             engine=self.engine_state,
         )
 
+    def _infer_generic(
+        self,
+        video: np.ndarray | None,
+        audio: np.ndarray | None,
+        image: np.ndarray | None,
+        sample_rate: int | None,
+        fps: float | None,
+        video_path: str | os.PathLike | None,
+        audio_path: str | os.PathLike | None,
+        start_seconds: float,
+    ) -> Result:
+        """:meth:`infer` for an imported model: one image (or a video's last frame) or one waveform."""
+        model = self.generic
+        assert model is not None
+        given = [n for n, v in (("image", image), ("video", video), ("video_path", video_path),
+                                ("audio", audio), ("audio_path", audio_path)) if v is not None]
+        takes = ("audio", "audio_path") if model.modality == "audio" else ("image", "video", "video_path")
+        if len(given) != 1 or given[0] not in takes:
+            raise InputError(f"{self.model} ({model.task}) takes exactly one of {', '.join(takes)}, got "
+                             f"{', '.join(given) or 'none'}")
+        start = float(start_seconds)
+        if not math.isfinite(start) or start < 0:
+            raise InputError(f"start_seconds must be a finite number >= 0, got {start_seconds!r}")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        transform = None
+        source_wh: tuple[int, int] | None = None
+        if model.modality == "audio":
+            samples, rate, audio_start = self._decode_audio(audio, audio_path, sample_rate, start)
+            timings["decode"] = _ms(t0)
+            t0 = time.perf_counter()
+            tensor = preprocess_audio(samples, rate, self.geometry, start_seconds=audio_start)
+        else:
+            if image is None:
+                frames, frame_fps, window_start, source_wh = self._decode_video(video, video_path, fps, start)
+                assert frames is not None
+                image = last_frame(frames, frame_fps, window_start, self.geometry.clip_seconds)
+            timings["decode"] = _ms(t0)
+            t0 = time.perf_counter()
+            tensor, transform = model.image_tensor(image)
+        timings["preprocess"] = _ms(t0)
+        t0 = time.perf_counter()
+        backend = self.backend
+        out = backend.infer(model.feed(tensor[None]))
+        timings["infer"] = _ms(t0)
+        t0 = time.perf_counter()
+        decoded = model.decode(out, transform=transform, score_threshold=self.score_threshold,
+                               top_k=self.top_k)
+        boxes = decoded.boxes
+        if source_wh is not None and transform is not None and source_wh != transform.image_wh:
+            # the reader shrank a large frame as it decoded it: scale back to the file's pixels
+            sx, sy = source_wh[0] / transform.image_wh[0], source_wh[1] / transform.image_wh[1]
+            boxes = [Detection(b.label, b.score, b.x1 * sx, b.y1 * sy, b.x2 * sx, b.y2 * sy) for b in boxes]
+        timings["postprocess"] = _ms(t0)
+        return Result(event=decoded.event, scores=decoded.scores, audio_tags=decoded.audio_tags, boxes=boxes,
+                      backend=backend.name, model=self.model, timings=timings, engine=self.engine_state)
+
+    def infer_inputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a batch of preprocessed inputs of an imported model, in chunks of the bundle's maximum batch.
+
+        Args:
+            batch: ``(B, ...)`` float32 input tensors (:meth:`GenericModel.image_tensor
+                <fusionedge.sdk.generic.GenericModel.image_tensor>` or a preprocessed waveform each).
+
+        Returns:
+            The raw outputs ``{name: (B, ...) array}``.
+
+        Raises:
+            InputError: the bundle is the fused model, an empty batch, or a bad shape (named).
+            BackendError: the backend failed to run.
+        """
+        if self.generic is None:
+            raise InputError(f"{self.model} is the fused model; use infer_batch(video, audio, presence)")
+        if not isinstance(batch, np.ndarray) or batch.ndim == 0 or batch.shape[0] == 0:
+            raise InputError("expected a non-empty batched numpy array")
+        step = self.backend.io.batch_max
+        model = self.generic
+        chunks = [self.backend.infer(model.feed(batch[i : i + step])) for i in range(0, len(batch), step)]
+        return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
     def infer_batch(
         self, video: np.ndarray, audio: np.ndarray, presence: np.ndarray
     ) -> dict[str, np.ndarray]:
@@ -396,7 +491,7 @@ class Perception:
 
     def run_batch(
         self, video: np.ndarray, audio: np.ndarray, presence: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], "Perception"]:
+    ) -> tuple[dict[str, np.ndarray], Perception]:
         """:meth:`infer_batch`, plus the model that ran it — decode its outputs with that model.
 
         A pipeline that infers in one stage and decodes in another calls this, so that a model that
@@ -467,7 +562,7 @@ class Perception:
             old.close()
         self.backend.close()
 
-    def __enter__(self) -> "Perception":
+    def __enter__(self) -> Perception:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -520,8 +615,14 @@ def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def _check_contract(bundle: Bundle) -> None:
-    """Check that a bundle's manifest describes a FusionEdge perception model Perception can drive."""
+def _check_contract(bundle: Bundle) -> GenericModel | None:
+    """Check that a bundle's manifest describes a model Perception can drive.
+
+    Returns:
+        The imported model's declared interface, or None for the fused camera + audio model.
+    """
+    if bundle.task != "fusion":
+        return GenericModel.from_bundle(bundle)
     inputs = {e["name"]: (i, e) for i, e in enumerate(bundle.inputs)}
     outputs = {e["name"]: (i, e) for i, e in enumerate(bundle.outputs)}
     for name in _INPUTS:
@@ -568,3 +669,4 @@ def _check_contract(bundle: Bundle) -> None:
             )
     if not labels["events"]:
         raise BundleError("manifest.json: field 'labels.events': expected at least one event class")
+    return None

@@ -1,4 +1,4 @@
-"""Turn model outputs into answers: stable softmax/sigmoid and the CenterNet box codec.
+"""Turn model outputs into answers: stable softmax/sigmoid, the CenterNet box codec, YOLO boxes + NMS.
 
 **CenterNet cell convention** (one definition for training targets and runtime decoding). With
 output stride ``s``, heatmap cell ``(row, col)`` covers model-input pixels
@@ -8,25 +8,33 @@ offset ``cx / s - int(cx / s)`` in ``[0, 1)`` (same for ``cy`` and rows), and de
 ``cx = (col + off_x) * s``. ``size`` holds the box width and height in model-input pixels.
 :func:`encode_centernet_targets` writes that encoding (training uses it) and
 :func:`decode_centernet` reads it, so the two cannot drift apart.
+
+**YOLO-style boxes** (:func:`decode_yolo`) are the single output of an Ultralytics export:
+``(4 + C, N)`` per image — N candidate boxes as centre x, centre y, width, height in model-input
+pixels followed by C class scores — or ``(N, 5 + C)`` with an objectness column (YOLOv5). Candidates
+are thresholded and reduced with class-aware greedy non-maximum suppression (:func:`nms`) in NumPy,
+the same rules the exporting frameworks apply after their model.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
-
 from fusionedge.sdk.errors import InputError
 
 __all__ = [
-    "softmax",
-    "sigmoid",
     "Detection",
+    "box_iou",
     "decode_centernet",
+    "decode_yolo",
     "encode_centernet_targets",
     "gaussian_radius",
+    "nms",
+    "sigmoid",
+    "softmax",
 ]
 
 
@@ -163,6 +171,119 @@ def decode_centernet(
         Detection(str(labels[k]), float(sc), float(b[0]), float(b[1]), float(b[2]), float(b[3]))
         for k, sc, b in zip(cls, s, boxes)
     ]
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one ``x1, y1, x2, y2`` box with each of ``boxes`` ``(K, 4)``; 0 where both are empty."""
+    ix1 = np.maximum(box[0], boxes[:, 0])
+    iy1 = np.maximum(box[1], boxes[:, 1])
+    ix2 = np.minimum(box[2], boxes[:, 2])
+    iy2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(ix2 - ix1, 0.0, None) * np.clip(iy2 - iy1, 0.0, None)
+    area = max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
+    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0.0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0.0, None)
+    union = area + areas - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, *, top_k: int | None = None
+) -> np.ndarray:
+    """Greedy non-maximum suppression: keep the best box, drop those overlapping it, repeat.
+
+    Args:
+        boxes: ``(K, 4)`` boxes ``x1, y1, x2, y2``.
+        scores: ``(K,)`` scores.
+        iou_threshold: a box whose IoU with a kept, better box is above this is dropped, in [0, 1].
+        top_k: stop after this many kept boxes (None: all).
+
+    Returns:
+        Indices into ``boxes`` of the kept boxes, best score first (ties: lower index first).
+
+    Raises:
+        InputError: shapes that do not agree, or ``iou_threshold`` outside [0, 1].
+    """
+    b, s = _float_array(boxes).astype(np.float64), _float_array(scores).astype(np.float64)
+    if b.ndim != 2 or b.shape[1] != 4 or s.shape != (b.shape[0],):
+        raise InputError(f"nms needs boxes (K, 4) and scores (K,), got {b.shape} and {s.shape}")
+    if not 0.0 <= float(iou_threshold) <= 1.0:
+        raise InputError(f"iou_threshold must be in [0, 1], got {iou_threshold!r}")
+    order = np.argsort(-s, kind="stable")
+    keep: list[int] = []
+    limit = len(order) if top_k is None else _positive_int(top_k, "top_k")
+    while order.size and len(keep) < limit:
+        best = int(order[0])
+        keep.append(best)
+        rest = order[1:]
+        order = rest[box_iou(b[best], b[rest]) <= float(iou_threshold)]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def decode_yolo(
+    output: np.ndarray,
+    *,
+    num_classes: int,
+    layout: str = "channels-first",
+    objectness: bool = False,
+    class_scores: str = "probabilities",
+    score_threshold: float = 0.25,
+    iou_threshold: float = 0.45,
+    top_k: int = 300,
+    class_agnostic: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode one image's YOLO-style output into boxes in model-input pixels, after NMS.
+
+    Args:
+        output: ``(4 + [1] + C, N)`` for ``layout="channels-first"`` (Ultralytics YOLOv8 / YOLO11),
+            ``(N, 4 + [1] + C)`` for ``"anchors-first"`` (YOLOv5); the ``[1]`` is the objectness
+            column, present when ``objectness``. Boxes are centre x, centre y, width, height.
+        num_classes: C.
+        layout: ``"channels-first"`` or ``"anchors-first"``.
+        objectness: a box's score is objectness x class score (YOLOv5) instead of the class score.
+        class_scores: ``"probabilities"`` (already in [0, 1], as exported) or ``"logits"`` (sigmoid applied).
+        score_threshold: lowest score kept, in [0, 1].
+        iou_threshold: NMS overlap above which the worse box of the same class is dropped, in [0, 1].
+        top_k: most boxes returned, >= 1.
+        class_agnostic: suppress overlapping boxes across classes too.
+
+    Returns:
+        ``(boxes (K, 4) x1, y1, x2, y2 in model-input pixels, scores (K,), classes (K,))``, best first.
+
+    Raises:
+        InputError: a shape that does not fit ``num_classes`` and ``layout``, non-finite values or bad
+            parameters.
+    """
+    a = _float_array(output).astype(np.float64)
+    width = 4 + int(bool(objectness)) + _positive_int(num_classes, "num_classes")
+    if layout not in ("channels-first", "anchors-first"):
+        raise InputError(f"layout must be 'channels-first' or 'anchors-first', got {layout!r}")
+    if class_scores not in ("probabilities", "logits"):
+        raise InputError(f"class_scores must be 'probabilities' or 'logits', got {class_scores!r}")
+    if a.ndim != 2 or a.shape[0 if layout == "channels-first" else 1] != width:
+        want = f"({width}, N)" if layout == "channels-first" else f"(N, {width})"
+        raise InputError(f"a YOLO output for {num_classes} classes ({layout}) must be {want}, got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise InputError("detection outputs contain NaN or Inf; check the model and its input")
+    if not 0.0 <= float(score_threshold) <= 1.0:
+        raise InputError(f"score_threshold must be in [0, 1], got {score_threshold!r}")
+    rows = a.T if layout == "channels-first" else a  # (N, width)
+    cls = rows[:, 4 + int(bool(objectness)):]
+    obj = rows[:, 4:5] if objectness else None
+    if class_scores == "logits":
+        cls = sigmoid(cls)
+        obj = None if obj is None else sigmoid(obj)
+    if obj is not None:
+        cls = cls * obj
+    classes = np.argmax(cls, axis=1)
+    scores = cls[np.arange(len(cls)), classes]
+    keep = scores >= float(score_threshold)
+    xy, wh = rows[keep, 0:2], np.maximum(rows[keep, 2:4], 0.0)
+    boxes = np.concatenate([xy - wh / 2, xy + wh / 2], axis=1)
+    scores, classes = scores[keep], classes[keep]
+    # Class-aware NMS in one pass: shift each class's boxes apart so boxes of different classes never overlap.
+    shift = 0.0 if class_agnostic or boxes.size == 0 else float(np.abs(boxes).max() + 1.0) * 2.0
+    kept = nms(boxes + (classes * shift)[:, None], scores, iou_threshold, top_k=top_k)
+    return boxes[kept], scores[kept], classes[kept].astype(np.int64)
 
 
 def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> float:
