@@ -37,6 +37,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "distill": ("fusionedge distill --data data/train --teacher runs/teacher/best.pt --out runs/student",),
     "report": ("fusionedge report --workdir work --only fusion",),
     "export": ("fusionedge export --checkpoint runs/student/best.pt --out bundle",),
+    "import": ("fusionedge import --onnx yolov8n.onnx --task detect --preset yolov8 --labels coco.txt --out det",
+               "fusionedge import --onnx net.onnx --task classify --labels classes.txt --out cls "
+               "--input image:size=224x224,scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225",
+               "fusionedge import --onnx kws.onnx --task audio-classify --labels words.txt --out kws "
+               "--input wave:modality=audio,sample_rate=16000,seconds=1"),
     "eval": ("fusionedge eval --bundle bundle --data data/test --json",),
     "predict": ("fusionedge predict --bundle bundle --video clip.mp4 --audio clip.wav --out annotated.mp4",),
     "quickstart": ("fusionedge quickstart --workdir qs",),

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fusionedge.cli.engine import add_engine_parser
     from fusionedge.cli.export import add_export_parser
     from fusionedge.cli.fleet import add_fleet_parser
+    from fusionedge.cli.import_model import add_import_parser
     from fusionedge.cli.predict import add_predict_parsers
     from fusionedge.cli.quantize import add_quantize_parsers
     from fusionedge.cli.quickstart import add_quickstart_parser
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(verbs)
     add_train_parser(verbs)
     add_export_parser(verbs)
+    add_import_parser(verbs)
     add_predict_parsers(verbs)
     add_quickstart_parser(verbs)
     add_pretrain_parser(verbs)

@@ -47,8 +47,11 @@ def format_metrics(metrics: dict) -> str:
 def format_result(result: Any) -> str:
     """Human-readable summary of one :class:`fusionedge.sdk.Result`."""
     top = sorted(result.scores.items(), key=lambda kv: -kv[1])
-    lines = [f"event: {result.event} ({result.scores[result.event]:.2f})   backend: {result.backend}"]
-    lines.append("  scores: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
+    if not result.scores:  # a detector-only model scores no classes
+        lines = [f"backend: {result.backend}"]
+    else:
+        lines = [f"event: {result.event} ({result.scores[result.event]:.2f})   backend: {result.backend}"]
+        lines.append("  scores: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
     tags = [f"{k} {v:.2f}" for k, v in result.audio_tags.items() if v >= 0.5]
     lines.append("  audio tags: " + (", ".join(tags) if tags else "none"))
     if result.missing:
