@@ -215,6 +215,7 @@ def _evaluate_generic(
         metrics["audio_tag_map"] = M.audio_tag_map(np.asarray(tag_true), np.asarray(tag_scores))
     if objects:
         metrics["detection_map50"] = M.detection_map50(det_pred, det_true, objects)
+        metrics.update(coco_detection_metrics(det_pred, det_true, objects))
     metrics.update(samples=len(samples), backend=perception.backend_name,
                    seconds=round(time.perf_counter() - t0, 3))
     return metrics
