@@ -25,6 +25,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "data": ("fusionedge data synth --out data/train --samples 2000",),
     "data synth": ("fusionedge data synth --out data/train --samples 2000 --seed 0",
                    "fusionedge data synth --out data/pool --samples 5000 --cue-agreement 0.9"),
+    "data outside": ("fusionedge data outside --out data/outside --samples-per-kind 4",),
     "data import": ("fusionedge data import --format coco annotations/instances_val.json --out data/coco",
                     "fusionedge data import --format mot MOT17/train/MOT17-02 --out data/mot --clip-frames 8",
                     "fusionedge data import --format csv ESC-50/meta/esc50.csv --media-dir ESC-50/audio "
