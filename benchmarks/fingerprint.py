@@ -12,7 +12,8 @@
     software  onnxruntime (+ providers), tensorrt, numpy, opencv, torch, mlcommons-loadgen, fusionedge
     jetson    module, L4T release (/etc/nv_tegra_release), JetPack, power mode (nvpmodel -q), clocks
     thermal   zone -> degrees C (/sys/class/thermal)
-    power     readable power sensors (hwmon, INA3221 on a Jetson, Intel RAPL), watts
+    power     readable power sensors (hwmon, INA3221 on a Jetson, Intel RAPL), watts: a snapshot
+              before the run (the energy of each configuration is sampled by energy.py)
 
 Every probe is best-effort: a field that cannot be read is left out of its section and
 ``fingerprint["unavailable"]["<section>.<field>"]`` says why (no such file, command not found,
