@@ -327,3 +327,12 @@ def test_default_manifest_reader_still_refuses_labels_outside_the_spec(tmp_path)
     import_dataset("folders", src, tmp_path / "out", progress=False)
     with pytest.raises(DataError, match="'ambulance' is not one of"):
         read_manifest(tmp_path / "out")
+
+
+def test_a_relative_out_folder_gives_a_valid_manifest(tmp_path, monkeypatch):
+    src = coco_stills(tmp_path / "src")
+    monkeypatch.chdir(tmp_path)
+    result = import_dataset("coco", src, "out", progress=False)
+    samples = read_own(tmp_path / "out")
+    assert len(samples) == result.samples == 3
+    assert all(s.video.parent == tmp_path / "out" / "media" for s in samples)

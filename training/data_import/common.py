@@ -249,7 +249,7 @@ def write_dataset(
         MediaError: a source file cannot be decoded or re-encoded (nothing is left behind).
         OSError: the output folder cannot be written.
     """
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # media paths must be absolute to be written relative to the manifest
     _check_out(out, overwrite)
     if not planned:
         raise InputError(f"{out}: nothing to import (no sample left)")
