@@ -1,9 +1,11 @@
-"""``fusionedge data synth`` and ``data outside``: generate a labelled data set.
+"""``fusionedge data synth|outside|import|check``: make, bring in and check data sets.
 
 The scenes of ``synth`` (mp4 video, 16 kHz wav, labels) come from :mod:`fusionedge.training.synth`;
 ``outside`` writes the outside-media evaluation set of :mod:`fusionedge.training.outside_media`
-(sox, ffmpeg, espeak-ng). This module only parses the verbs and prints where the manifest went. Generating needs numpy and OpenCV (the
-runtime install), not torch.
+(sox, ffmpeg, espeak-ng); ``import`` writes a manifest from COCO, MOTChallenge, AudioSet/ESC-style
+CSV or a folder per class (:mod:`fusionedge.training.data_import`); ``check`` reports label balance,
+box sizes and the clips that do not decode (:mod:`fusionedge.sdk.datacheck`). This module only
+parses the verbs and prints; all of them need numpy and OpenCV (the runtime install), not torch.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def _add_check_parser(data: Any) -> None:
 
 
 def add_data_parser(verbs: Any) -> None:
-    """Add ``data`` and its ``synth`` and ``outside`` sub-verbs to the ``fusionedge`` sub-parsers.
+    """Add ``data`` and its ``synth``, ``outside``, ``import`` and ``check`` sub-verbs to the ``fusionedge`` parser.
 
     Args:
         verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` parser.
