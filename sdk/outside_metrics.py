@@ -151,7 +151,8 @@ def outside_metrics(
 
     Returns:
         ``{"outside": {...}}`` with ``samples``; ``false_siren_tag_rate`` and
-        ``false_alarm_rate`` on clips without a siren; ``siren_recall`` (siren tag raised) and
+        ``false_alarm_rate`` on clips without a siren, and ``false_event_rate`` (any event but
+        ``none``, lights included) on those of them labelled ``none``; ``siren_recall`` (siren tag raised) and
         ``siren_alarm_recall`` (alarm raised) on sirens; ``silence_any_tag_rate`` on silent clips;
         ``event_ece`` (``n_bins`` bins) and ``event_accuracy`` on clips whose event is defined; and
         ``per_kind``: for each kind ``samples``, ``siren_tag_rate``, ``alarm_rate``,
@@ -181,6 +182,7 @@ def outside_metrics(
     any_tag = (scores[idx] >= TAG_THRESHOLD).any(axis=1) if len(tags) else np.zeros(len(idx), bool)
     truth = np.array([events.index(samples[i].event) if samples[i].event in events else -1 for i in idx])
     correct = pred == truth
+    none_id = list(events).index("none") if "none" in events else -1
     has_siren = np.array([lab.siren for lab in labs])
     silent = np.array([lab.silent for lab in labs])
     defined = np.array([lab.event_defined and t >= 0 for lab, t in zip(labs, truth)])
@@ -188,6 +190,7 @@ def outside_metrics(
         "samples": len(idx),
         "false_siren_tag_rate": _rate(siren_tag[~has_siren]),
         "false_alarm_rate": _rate(alarm[~has_siren]),
+        "false_event_rate": _rate((pred != none_id)[~has_siren & (truth == none_id)]) if none_id >= 0 else None,
         "siren_recall": _rate(siren_tag[has_siren]),
         "siren_alarm_recall": _rate(alarm[has_siren]),
         "silence_any_tag_rate": _rate(any_tag[silent]),
@@ -229,7 +232,7 @@ def outside_markdown(metrics: dict) -> str:
     m = metrics.get("outside", metrics)
     if not isinstance(m, dict) or "per_kind" not in m:
         raise InputError("not an outside-metrics block (no 'per_kind')")
-    head = ("false_siren_tag_rate", "false_alarm_rate", "siren_recall", "siren_alarm_recall",
+    head = ("false_siren_tag_rate", "false_alarm_rate", "false_event_rate", "siren_recall", "siren_alarm_recall",
             "silence_any_tag_rate", "event_accuracy", "event_ece")
     lines = [f"Outside-media clips: {m['samples']}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(m.get(k))} |" for k in head]

@@ -242,6 +242,7 @@ def test_outside_rates_on_hand_made_predictions():
     assert m["samples"] == 6
     assert m["false_siren_tag_rate"] == pytest.approx(1 / 4)
     assert m["false_alarm_rate"] == pytest.approx(1 / 4)
+    assert m["false_event_rate"] == pytest.approx(2 / 4)  # the alarm and the lights on silence
     assert m["siren_recall"] == pytest.approx(1 / 2)
     assert m["siren_alarm_recall"] == pytest.approx(1 / 2)
     assert m["silence_any_tag_rate"] == pytest.approx(1 / 2)
