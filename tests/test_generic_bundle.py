@@ -7,6 +7,7 @@ original image's pixels are checked exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -424,3 +425,57 @@ def test_real_ultralytics_export_imports_and_serves(tmp_path):
         assert p.self_test() <= 1e-3
         r = p.infer(image=image)
     assert all(0 <= b.x1 <= b.x2 <= 80 and 0 <= b.y1 <= b.y2 <= 48 for b in r.boxes)
+
+
+class _CenterNetLike(torch.nn.Module):
+    """Fixed CenterNet heads on an 8 x 8 grid (stride 4 on a 32 x 32 input): one peak, class 'person'."""
+
+    def __init__(self):
+        super().__init__()
+        hm = torch.full((1, 3, 8, 8), -10.0)
+        hm[0, 1, 2, 3] = 5.0
+        size, offset = torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 8)
+        size[0, :, 2, 3] = torch.tensor([8.0, 6.0])
+        offset[0, :, 2, 3] = torch.tensor([0.5, 0.25])
+        self.register_buffer("hm", hm)
+        self.register_buffer("size", size)
+        self.register_buffer("offset", offset)
+
+    def forward(self, x):
+        zero = 0.0 * x.mean()
+        return self.hm + zero, self.size + zero, self.offset + zero
+
+
+def test_centernet_preset_decodes_its_three_heads_into_image_pixels(models, tmp_path):
+    path = _export(_CenterNetLike(), torch.zeros(1, 3, 32, 32), tmp_path / "cn.onnx", "x",
+                   ["heatmap", "size", "offset"], dynamic=False)
+    out = import_onnx(path, tmp_path / "cn", task="detect", labels=OBJECTS, preset="centernet")
+    heads = load_bundle(out).manifest["outputs"]
+    assert [h["decode"] for h in heads] == ["centernet-heatmap", "centernet-size", "centernet-offset"]
+    assert heads[0]["params"] == {"stride": 4}
+    with Perception.load(out) as p:
+        r = p.infer(image=np.zeros((48, 64, 3), np.uint8))  # stretched: x * 0.5, y * 2/3
+    assert [b.label for b in r.boxes] == ["person"] and r.boxes[0].score == pytest.approx(1 / (1 + np.exp(-5)))
+    # centre ((3 + 0.5) * 4, (2 + 0.25) * 4) = (14, 9), size 8 x 6 -> (10, 6, 18, 12) model px
+    b = r.boxes[0]
+    assert (b.x1, b.y1, b.x2, b.y2) == pytest.approx((20, 9, 36, 18))
+
+
+def test_nhwc_bgr_input_and_a_sigmoid_audio_tagger(models, tmp_path):
+    spec = parse_input_spec("layout=NHWC,color=BGR,size=4x2,scale=1,mean=10,20,30,std=2,4,8,resize=stretch")
+    assert spec.layout == "NHWC" and spec.size == (4, 2) and spec.mean == (10, 20, 30)
+    from fusionedge.export.import_onnx import _image_spec  # the spec the bundle will declare
+    from fusionedge.sdk.image_input import preprocess_image
+
+    image = np.random.default_rng(6).integers(0, 256, (2, 4, 3), dtype=np.uint8)  # already the model size
+    tensor, transform = preprocess_image(image, _image_spec(dataclasses.replace(spec, modality="image")))
+    expected = (image[:, :, ::-1].astype(np.float32) - [10, 20, 30]) / [2, 4, 8]
+    assert tensor.shape == (2, 4, 3) and np.allclose(tensor, expected) and transform.scale_x == 1.0
+    out = import_onnx(models["audio"], tmp_path / "tags", task="audio-classify", labels=WORDS, decode="sigmoid",
+                      input_decl=parse_input_spec("modality=audio,sample_rate=16000"))
+    wave_in = np.random.default_rng(7).uniform(-0.5, 0.5, 16000).astype(np.float32)
+    logits = _ort(models["audio"], "wave", wave_in[None])[0].astype(np.float64)
+    with Perception.load(out) as p:
+        r = p.infer(audio=wave_in, sample_rate=16000)
+    assert r.scores == {} and r.event == ""
+    assert [r.audio_tags[w] for w in WORDS] == pytest.approx((1 / (1 + np.exp(-logits))).tolist(), abs=1e-6)
