@@ -134,10 +134,14 @@ def _parse_line(gt: Path, lineno: int, text: str, n: int) -> tuple[int, Box] | R
     return frame, Box(MOT_CLASSES.get(cls, f"class_{cls}"), x, y, x + w, y + h)
 
 
-def _make(frames: _Frames, first: int, last: int, fps: float, sid: str):
+def _make(frames: _Frames, first: int, last: int, fps: float, sid: str, final: bool):
     def make(media: Path) -> tuple[Path, Path | None]:
         video = media / f"{sid}.mp4"
-        write_video(video, frames.window(first, last), fps)
+        try:
+            write_video(video, frames.window(first, last), fps)
+        finally:
+            if final:
+                frames.close()  # the last window: the video is not read again
         return video, None
     return make
 
@@ -187,9 +191,10 @@ def plan_mot(src: str | Path, *, video: str | Path | None = None, fps: float | N
     frames = _Frames(images, vid)
     name = safe_id(seq.name)
     planned = []
-    for last in range(min(clip_frames, n), n + 1, stride):
+    lasts = range(min(clip_frames, n), n + 1, stride)
+    for last in lasts:
         first = max(1, last - clip_frames + 1)
         sid = f"{name}-{last:06d}"
-        planned.append(Planned(sid, _make(frames, first, last, rate, sid), boxes=tuple(boxes.get(last, ())),
+        planned.append(Planned(sid, _make(frames, first, last, rate, sid, last == lasts[-1]), boxes=tuple(boxes.get(last, ())),
                                width=width, height=height, meta={"source": f"{seq.name}:{first}-{last}"}))
     return planned, refused
