@@ -6,24 +6,28 @@ per class and the share of samples without an event, summarizes box sizes (and c
 shorter side is under ``tiny`` pixels, which a detector at model-input size hardly sees), and decodes
 every video and WAV file with :mod:`fusionedge.sdk.media`, the readers training and the runtime use,
 collecting the frame sizes, frame rates, sample rates and durations seen and every file that fails
-with its error. It needs numpy and OpenCV only, so a device can check its own recordings.
+with its error (a video that breaks off midway, decoding to far fewer frames than its header declares,
+is one). It needs numpy and OpenCV only, so a device can check its own recordings.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import cv2
 from fusionedge.sdk.datamanifest import manifest_path, read_manifest
 from fusionedge.sdk.errors import MediaError
 from fusionedge.sdk.media import WavFile, read_video
 
 __all__ = ["DataReport", "DecodeFailure", "check_dataset", "format_report"]
 
-#: Frames are decoded at most at this size while checking (``read_video``'s ``downscale_to``).
+#: Frames larger than Full HD are resized to this while checking (``read_video``'s ``downscale_to``).
 _CHECK_SIZE = (640, 360)
 
 
@@ -83,6 +87,26 @@ def _counts(values) -> dict[str, int]:
     return dict(sorted(Counter(values).items()))
 
 
+def _check_complete(path: Path, decoded: int, fps: float) -> None:
+    """Raise MediaError when a file decodes to far fewer frames than its header declares.
+
+    A file that breaks off midway still gives the frames before the break (``read_video`` only logs
+    it), so the check compares with the container's frame count; a variable-rate file may differ by
+    a frame or two, so only a shortfall of more than 10 % and at least 2 frames counts.
+    """
+    if not path.is_file():
+        return  # a folder of images declares nothing
+    cap = cv2.VideoCapture(str(path))
+    try:
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    finally:
+        cap.release()
+    declared = int(count) if math.isfinite(count) and count > 0 else 0
+    if declared - decoded >= 2 and decoded < 0.9 * declared:
+        raise MediaError(f"{path}: decodes {decoded} of the {declared} frames its header declares "
+                         f"({decoded / fps:.2f} s); the file is truncated or damaged — re-encode or replace it")
+
+
 def check_dataset(path: str | os.PathLike, *, decode: bool = True, tiny: float = 8.0,
                   progress: bool = False) -> DataReport:
     """Check the data set at ``path`` (a manifest or its folder).
@@ -117,6 +141,7 @@ def check_dataset(path: str | os.PathLike, *, decode: bool = True, tiny: float =
         for s in tqdm(samples, desc="check", unit="clip", disable=not progress):
             try:
                 clip = read_video(s.video, downscale_to=_CHECK_SIZE)
+                _check_complete(s.video, clip.frames.shape[0], clip.fps)
                 w, h = clip.size
                 sizes[f"{w}x{h}"] += 1
                 fps[f"{clip.fps:g}"] += 1

@@ -119,3 +119,20 @@ def test_check_and_import_run_without_torch(tmp_path):
             "print('ok')")
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_a_clip_that_breaks_off_midway_is_reported(tmp_path):
+    """OpenCV gives the frames before the break without an error; the check compares with the header."""
+    m = tmp_path / "media"
+    m.mkdir()
+    writer = cv2.VideoWriter(str(m / "cut.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for k in range(30):
+        writer.write(np.random.default_rng(k).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    data = (m / "cut.avi").read_bytes()
+    (m / "cut.avi").write_bytes(data[: len(data) // 2])
+    write_mp4(m / "ok.mp4", 10, 64, 48, 10.0)
+    write_manifest(tmp_path, [Sample("cut", m / "cut.avi", None, "x"), Sample("ok", m / "ok.mp4", None, "x")])
+    r = check_dataset(tmp_path)
+    assert [(f.id, f.file) for f in r.failures] == [("cut", str(m / "cut.avi"))]
+    assert "of the 30 frames its header declares" in r.failures[0].error
