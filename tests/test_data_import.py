@@ -336,3 +336,29 @@ def test_a_relative_out_folder_gives_a_valid_manifest(tmp_path, monkeypatch):
     samples = read_own(tmp_path / "out")
     assert len(samples) == result.samples == 3
     assert all(s.video.parent == tmp_path / "out" / "media" for s in samples)
+
+
+def test_csv_labels_as_event_through_the_command(tmp_path, capsys):
+    for name in ("a.wav", "b.wav"):
+        write_wav(tmp_path / name, 0.3)
+    (tmp_path / "t.csv").write_text("file,class\na.wav,dog\nb.wav,\"dog,cat\"\n")
+    code = main(["data", "import", "--format", "csv", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out"),
+                 "--labels-as", "event", "--json"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{tmp_path / 't.csv'}:3: 2 labels, an event takes one" in err
+    (tmp_path / "t.csv").write_text("file,class\na.wav,dog\nb.wav,cat\n")
+    assert main(["data", "import", "--format", "csv", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out"),
+                 "--labels-as", "event", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events"] == {"cat": 1, "dog": 1} and summary["audio_tags"] == {}
+    assert {s.event for s in read_own(tmp_path / "out")} == {"cat", "dog"}
+
+
+def test_a_json_file_that_is_not_coco_is_one_data_error(tmp_path):
+    (tmp_path / "x.json").write_text('{"images": 3}')
+    with pytest.raises(DataError, match="not a COCO detection file"):
+        import_dataset("coco", tmp_path / "x.json", tmp_path / "out", progress=False)
+    (tmp_path / "x.json").write_text("[" * 100 + "]" * 100)
+    with pytest.raises(DataError, match="nested more than"):
+        import_dataset("coco", tmp_path / "x.json", tmp_path / "out", progress=False)
