@@ -43,20 +43,14 @@ from fusionedge.sdk.bundle import (
 from fusionedge.sdk.bundle_signature import SIGNATURE_NAME
 from fusionedge.sdk.errors import FusionEdgeError
 from fusionedge.sdk.fileio import fsync_dir, json_safe, write_json_atomic
-from fusionedge.sdk.spec import INPUT_NAMES, MODALITIES, OUTPUT_NAMES, InputGeometry
+from fusionedge.sdk.spec import INPUT_NAMES, MODALITIES, OUTPUT_DECODES, OUTPUT_NAMES, InputGeometry
 
 __all__ = ["DECODES", "build_manifest", "check_golden_finite", "check_target", "external_data_files",
            "fsync_file", "git_rev", "package_version", "publish_folder", "utc_now", "write_bundle",
            "write_bundle_folder"]
 
-#: How the runtime decodes each contract output.
-DECODES: dict[str, str] = {
-    "event_logits": "softmax",
-    "audio_tag_logits": "sigmoid",
-    "det_heatmap": "centernet-heatmap",
-    "det_size": "centernet-size",
-    "det_offset": "centernet-offset",
-}
+#: How the runtime decodes each contract output (the contract's own table).
+DECODES: dict[str, str] = OUTPUT_DECODES
 _LABEL_KINDS = ("events", "objects", "audio_tags")
 #: The label list each scored contract output refers to (schema 2 writes it on the output).
 _OUTPUT_LABELS: dict[str, str] = {

@@ -38,27 +38,17 @@ import numpy as np
 from fusionedge.sdk.backends import Backend, ModelIO, backend_class, get_backend
 from fusionedge.sdk.bundle import Bundle, load_bundle
 from fusionedge.sdk.engine_fingerprint import NoEngineError
-from fusionedge.sdk.errors import BackendError, BundleError, InputError
+from fusionedge.sdk.errors import BackendError, InputError
 from fusionedge.sdk.generic import GenericModel, last_frame
 from fusionedge.sdk.media import read_audio_window, read_video
 from fusionedge.sdk.postprocess import Detection, decode_centernet, sigmoid, softmax
 from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
 from fusionedge.sdk.selftest import compare_golden
-from fusionedge.sdk.spec import InputGeometry
+from fusionedge.sdk.spec import InputGeometry, check_fusion_contract
 
 __all__ = ["Fallback", "Perception", "Result"]
 
 log = logging.getLogger(__name__)
-
-_INPUTS = ("video", "audio", "presence")
-_OUTPUTS = {  # name -> the decode the manifest must declare for it
-    "event_logits": "softmax",
-    "audio_tag_logits": "sigmoid",
-    "det_heatmap": "centernet-heatmap",
-    "det_size": "centernet-size",
-    "det_offset": "centernet-offset",
-}
-
 
 @dataclass(frozen=True)
 class Fallback:
@@ -623,50 +613,5 @@ def _check_contract(bundle: Bundle) -> GenericModel | None:
     """
     if bundle.task != "fusion":
         return GenericModel.from_bundle(bundle)
-    inputs = {e["name"]: (i, e) for i, e in enumerate(bundle.inputs)}
-    outputs = {e["name"]: (i, e) for i, e in enumerate(bundle.outputs)}
-    for name in _INPUTS:
-        if name not in inputs:
-            raise BundleError(
-                f"manifest.json: field 'inputs': no input named {name!r} (has {', '.join(inputs)})"
-            )
-    for name, decode in _OUTPUTS.items():
-        if name not in outputs:
-            raise BundleError(
-                f"manifest.json: field 'outputs': no output named {name!r} (has {', '.join(outputs)})"
-            )
-        i, entry = outputs[name]
-        if entry["decode"] != decode:
-            raise BundleError(f"manifest.json: field 'outputs[{i}].decode': expected {decode!r} for {name}")
-    g = bundle.geometry
-    h, w = g.heatmap_size
-    expect_in = {
-        "video": ["batch", g.clip_frames, 3, g.height, g.width],
-        "audio": ["batch", g.audio_samples],
-        "presence": ["batch", 2],
-    }
-    for name, shape in expect_in.items():
-        i, entry = inputs[name]
-        if list(entry["shape"]) != shape:
-            raise BundleError(
-                f"manifest.json: field 'inputs[{i}].shape': expected {shape} from the geometry, "
-                f"got {entry['shape']}"
-            )
-    labels = bundle.labels
-    expect_out = {
-        "event_logits": ["batch", len(labels["events"])],
-        "audio_tag_logits": ["batch", len(labels["audio_tags"])],
-        "det_heatmap": ["batch", len(labels["objects"]), h, w],
-        "det_size": ["batch", 2, h, w],
-        "det_offset": ["batch", 2, h, w],
-    }
-    for name, shape in expect_out.items():
-        i, entry = outputs[name]
-        if list(entry["shape"]) != shape:
-            raise BundleError(
-                f"manifest.json: field 'outputs[{i}].shape': expected {shape} from the labels and geometry, "
-                f"got {entry['shape']}"
-            )
-    if not labels["events"]:
-        raise BundleError("manifest.json: field 'labels.events': expected at least one event class")
+    check_fusion_contract(bundle)
     return None

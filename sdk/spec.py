@@ -27,15 +27,23 @@ Boxes refer to the **last frame** of the clip (the "current" frame a vehicle act
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from fusionedge.sdk.errors import BundleError
+
+if TYPE_CHECKING:
+    from fusionedge.sdk.bundle import Bundle
 
 __all__ = [
-    "EVENTS",
     "AUDIO_TAGS",
-    "OBJECTS",
+    "EVENTS",
     "INPUT_NAMES",
-    "OUTPUT_NAMES",
     "MODALITIES",
+    "OBJECTS",
+    "OUTPUT_DECODES",
+    "OUTPUT_NAMES",
     "InputGeometry",
+    "check_fusion_contract",
 ]
 
 #: Event classes. The rules that make each one are in training/synth/README.md; two of them
@@ -60,6 +68,14 @@ OUTPUT_NAMES: tuple[str, ...] = (
     "det_size",
     "det_offset",
 )
+#: How the runtime decodes each output; a bundle's manifest must declare exactly this.
+OUTPUT_DECODES: dict[str, str] = {
+    "event_logits": "softmax",
+    "audio_tag_logits": "sigmoid",
+    "det_heatmap": "centernet-heatmap",
+    "det_size": "centernet-size",
+    "det_offset": "centernet-offset",
+}
 
 
 @dataclass(frozen=True)
@@ -91,9 +107,67 @@ class InputGeometry:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "InputGeometry":
+    def from_dict(cls, d: dict) -> InputGeometry:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "extra"}
         for k in ("mean", "std"):
             if k in known:
                 known[k] = tuple(float(v) for v in known[k])
         return cls(**known)
+
+
+def check_fusion_contract(bundle: Bundle) -> None:
+    """Check that a bundle's manifest describes a model with this contract's inputs and outputs.
+
+    Every name above must be there with the declared decode, and every shape must follow from the
+    bundle's own geometry and labels.
+
+    Raises:
+        BundleError: naming the first field that disagrees, e.g.
+            ``manifest.json: field 'outputs[2].shape': expected [...] from the labels and geometry``.
+    """
+    inputs = {e["name"]: (i, e) for i, e in enumerate(bundle.inputs)}
+    outputs = {e["name"]: (i, e) for i, e in enumerate(bundle.outputs)}
+    for name in INPUT_NAMES:
+        if name not in inputs:
+            raise BundleError(
+                f"manifest.json: field 'inputs': no input named {name!r} (has {', '.join(inputs)})"
+            )
+    for name, decode in OUTPUT_DECODES.items():
+        if name not in outputs:
+            raise BundleError(
+                f"manifest.json: field 'outputs': no output named {name!r} (has {', '.join(outputs)})"
+            )
+        i, entry = outputs[name]
+        if entry["decode"] != decode:
+            raise BundleError(f"manifest.json: field 'outputs[{i}].decode': expected {decode!r} for {name}")
+    g = bundle.geometry
+    h, w = g.heatmap_size
+    expect_in = {
+        "video": ["batch", g.clip_frames, 3, g.height, g.width],
+        "audio": ["batch", g.audio_samples],
+        "presence": ["batch", 2],
+    }
+    for name, shape in expect_in.items():
+        i, entry = inputs[name]
+        if list(entry["shape"]) != shape:
+            raise BundleError(
+                f"manifest.json: field 'inputs[{i}].shape': expected {shape} from the geometry, "
+                f"got {entry['shape']}"
+            )
+    labels = bundle.labels
+    expect_out = {
+        "event_logits": ["batch", len(labels["events"])],
+        "audio_tag_logits": ["batch", len(labels["audio_tags"])],
+        "det_heatmap": ["batch", len(labels["objects"]), h, w],
+        "det_size": ["batch", 2, h, w],
+        "det_offset": ["batch", 2, h, w],
+    }
+    for name, shape in expect_out.items():
+        i, entry = outputs[name]
+        if list(entry["shape"]) != shape:
+            raise BundleError(
+                f"manifest.json: field 'outputs[{i}].shape': expected {shape} from the labels and geometry, "
+                f"got {entry['shape']}"
+            )
+    if not labels["events"]:
+        raise BundleError("manifest.json: field 'labels.events': expected at least one event class")
