@@ -24,9 +24,12 @@ from fusionedge.sdk.postprocess import Detection, decode_centernet, decode_yolo,
 from fusionedge.sdk.preprocess import frame_window
 
 if TYPE_CHECKING:
-    from fusionedge.sdk.bundle import Bundle
+    import os
 
-__all__ = ["GENERIC_TASKS", "Decoded", "GenericModel", "last_frame"]
+    from fusionedge.sdk.bundle import Bundle
+    from fusionedge.sdk.perception import Perception, Result
+
+__all__ = ["GENERIC_TASKS", "Decoded", "GenericModel", "infer_frames", "last_frame"]
 
 #: The tasks of an imported model.
 GENERIC_TASKS = ("classify", "detect", "audio-classify")
@@ -249,3 +252,100 @@ def last_frame(frames: np.ndarray, fps: float, start_seconds: float, seconds: fl
     if first >= n:
         raise InputError(f"start_seconds {start_seconds} is past the end of the {n} frames ({n / fps:.3f} s)")
     return frames[min(stop if stop is not None else n, n) - 1]
+
+
+def infer_frames(
+    perception: Perception,
+    *,
+    video: np.ndarray | None = None,
+    fps: float | None = None,
+    video_path: str | os.PathLike | None = None,
+    start_seconds: float = 0.0,
+    seconds: float | None = None,
+    batch_size: int = 8,
+) -> list[tuple[float, Result]]:
+    """Run an imported image model on every frame of ``[start, start + seconds)`` of a video.
+
+    Args:
+        perception: a :class:`~fusionedge.sdk.perception.Perception` holding an image classifier or detector.
+        video: ``(N, H, W, 3)`` uint8 RGB frames, with their ``fps``; or ``video_path`` instead.
+        fps: frames per second of ``video`` (required with it).
+        video_path: a video file, an image, or a folder of images.
+        start_seconds: where to start, >= 0.
+        seconds: how much to run, > 0; None: to the end.
+        batch_size: frames per backend call, >= 1.
+
+    Returns:
+        ``(time of the frame in seconds from the video's start, result)`` for each frame, in order;
+        boxes are in the video's pixels.
+
+    Raises:
+        InputError: the bundle is not an image model, neither or both of ``video`` / ``video_path``,
+            a bad array, fps, window or batch size.
+        MediaError: the file cannot be decoded.
+    """
+    from fusionedge.sdk.media import read_video
+    from fusionedge.sdk.perception import Result
+
+    model = perception.generic
+    if model is None or model.image is None:
+        raise InputError(f"{perception.model} is not an imported image model; use Perception.infer")
+    if (video is None) == (video_path is None):
+        raise InputError("pass exactly one of video (with fps) or video_path")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if video_path is not None:
+        clip = read_video(
+            video_path,
+            max_seconds=seconds,
+            start_seconds=start_seconds,
+            downscale_to=(model.image.width, model.image.height),
+        )
+        frames, rate, source_wh = clip.frames, clip.fps, clip.size
+        first = frame_window(rate, start_seconds, None)[0]  # the file's index of the first frame read
+    else:
+        if not (
+            isinstance(video, np.ndarray)
+            and video.dtype == np.uint8
+            and video.ndim == 4
+            and video.shape[-1] == 3
+        ):
+            raise InputError(
+                f"video must be uint8 RGB frames of shape (N, H, W, 3), got "
+                f"{getattr(video, 'dtype', type(video).__name__)} {getattr(video, 'shape', '')}"
+            )
+        if fps is None:
+            raise InputError("video given as an array needs fps")
+        first, stop = frame_window(fps, start_seconds, seconds)
+        frames, rate, source_wh = video[first:stop], float(fps), (video.shape[2], video.shape[1])
+        if len(frames) == 0:
+            raise InputError(f"start_seconds {start_seconds} is past the end of the {len(video)} frames")
+    results: list[tuple[float, Result]] = []
+    for i in range(0, len(frames), batch_size):
+        prepared = [model.image_tensor(f) for f in frames[i : i + batch_size]]
+        out = perception.infer_inputs(np.stack([t for t, _ in prepared]))
+        for k, (_, transform) in enumerate(prepared):
+            d = model.decode(
+                out,
+                index=k,
+                transform=transform,
+                score_threshold=perception.score_threshold,
+                top_k=perception.top_k,
+            )
+            sx, sy = source_wh[0] / transform.image_wh[0], source_wh[1] / transform.image_wh[1]
+            boxes = [Detection(b.label, b.score, b.x1 * sx, b.y1 * sy, b.x2 * sx, b.y2 * sy) for b in d.boxes]
+            results.append(
+                (
+                    (first + i + k) / rate,
+                    Result(
+                        event=d.event,
+                        scores=d.scores,
+                        audio_tags=d.audio_tags,
+                        boxes=boxes,
+                        backend=perception.backend_name,
+                        model=perception.model,
+                        engine=perception.engine_state,
+                    ),
+                )
+            )
+    return results

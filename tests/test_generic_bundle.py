@@ -404,9 +404,21 @@ def test_import_cli_writes_a_bundle_predict_can_serve(models, tmp_path):
     boxes = json.loads(proc.stdout)["boxes"]
     assert [b["label"] for b in boxes] == ["car", "person"] and boxes[0]["x1"] == pytest.approx(44)
     proc = subprocess.run(
-        [sys.executable, "-m", "fusionedge", "predict", "--bundle", str(tmp_path / "det"), "--video",
-         str(tmp_path / "frame.png")],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+        [
+            sys.executable,
+            "-m",
+            "fusionedge",
+            "predict",
+            "--bundle",
+            str(tmp_path / "det"),
+            "--video",
+            str(tmp_path / "frame.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr  # a detector has no event classes to print
     assert "boxes (2)" in proc.stdout and "car" in proc.stdout and "event:" not in proc.stdout
@@ -447,15 +459,23 @@ class _CenterNetLike(torch.nn.Module):
 
 
 def test_centernet_preset_decodes_its_three_heads_into_image_pixels(models, tmp_path):
-    path = _export(_CenterNetLike(), torch.zeros(1, 3, 32, 32), tmp_path / "cn.onnx", "x",
-                   ["heatmap", "size", "offset"], dynamic=False)
+    path = _export(
+        _CenterNetLike(),
+        torch.zeros(1, 3, 32, 32),
+        tmp_path / "cn.onnx",
+        "x",
+        ["heatmap", "size", "offset"],
+        dynamic=False,
+    )
     out = import_onnx(path, tmp_path / "cn", task="detect", labels=OBJECTS, preset="centernet")
     heads = load_bundle(out).manifest["outputs"]
     assert [h["decode"] for h in heads] == ["centernet-heatmap", "centernet-size", "centernet-offset"]
     assert heads[0]["params"] == {"stride": 4}
     with Perception.load(out) as p:
         r = p.infer(image=np.zeros((48, 64, 3), np.uint8))  # stretched: x * 0.5, y * 2/3
-    assert [b.label for b in r.boxes] == ["person"] and r.boxes[0].score == pytest.approx(1 / (1 + np.exp(-5)))
+    assert [b.label for b in r.boxes] == ["person"] and r.boxes[0].score == pytest.approx(
+        1 / (1 + np.exp(-5))
+    )
     # centre ((3 + 0.5) * 4, (2 + 0.25) * 4) = (14, 9), size 8 x 6 -> (10, 6, 18, 12) model px
     b = r.boxes[0]
     assert (b.x1, b.y1, b.x2, b.y2) == pytest.approx((20, 9, 36, 18))
@@ -471,11 +491,34 @@ def test_nhwc_bgr_input_and_a_sigmoid_audio_tagger(models, tmp_path):
     tensor, transform = preprocess_image(image, _image_spec(dataclasses.replace(spec, modality="image")))
     expected = (image[:, :, ::-1].astype(np.float32) - [10, 20, 30]) / [2, 4, 8]
     assert tensor.shape == (2, 4, 3) and np.allclose(tensor, expected) and transform.scale_x == 1.0
-    out = import_onnx(models["audio"], tmp_path / "tags", task="audio-classify", labels=WORDS, decode="sigmoid",
-                      input_decl=parse_input_spec("modality=audio,sample_rate=16000"))
+    out = import_onnx(
+        models["audio"],
+        tmp_path / "tags",
+        task="audio-classify",
+        labels=WORDS,
+        decode="sigmoid",
+        input_decl=parse_input_spec("modality=audio,sample_rate=16000"),
+    )
     wave_in = np.random.default_rng(7).uniform(-0.5, 0.5, 16000).astype(np.float32)
     logits = _ort(models["audio"], "wave", wave_in[None])[0].astype(np.float64)
     with Perception.load(out) as p:
         r = p.infer(audio=wave_in, sample_rate=16000)
     assert r.scores == {} and r.event == ""
     assert [r.audio_tags[w] for w in WORDS] == pytest.approx((1 / (1 + np.exp(-logits))).tolist(), abs=1e-6)
+
+
+def test_infer_frames_runs_an_image_model_on_every_frame_of_the_window(cls_bundle, det_bundle, tmp_path):
+    from fusionedge.sdk.generic import infer_frames
+
+    frames = np.random.default_rng(8).integers(0, 256, (8, 30, 40, 3), dtype=np.uint8)
+    with Perception.load(cls_bundle) as p:
+        got = infer_frames(p, video=frames, fps=4.0, start_seconds=0.5, seconds=1.0, batch_size=3)
+        assert [t for t, _ in got] == [0.5, 0.75, 1.0, 1.25]
+        for (_, r), frame in zip(got, frames[2:6]):
+            assert r.scores == p.infer(image=frame).scores
+        with pytest.raises(InputError, match="exactly one of video"):
+            infer_frames(p)
+    cv2.imwrite(str(tmp_path / "f.png"), np.zeros((96, 128, 3), np.uint8))
+    with Perception.load(det_bundle) as p:
+        ((t, r),) = infer_frames(p, video_path=tmp_path / "f.png")
+    assert t == 0.0 and [b.label for b in r.boxes] == ["car", "person"] and r.boxes[0].x2 == pytest.approx(84)
