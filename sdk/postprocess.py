@@ -211,11 +211,19 @@ def nms(
     order = np.argsort(-s, kind="stable")
     keep: list[int] = []
     limit = len(order) if top_k is None else _positive_int(top_k, "top_k")
-    while order.size and len(keep) < limit:
+    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
+    areas = np.clip(x2 - x1, 0.0, None) * np.clip(y2 - y1, 0.0, None)
+    threshold = float(iou_threshold)
+    while order.size and len(keep) < limit:  # the IoU of box_iou, on columns gathered once per round
         best = int(order[0])
         keep.append(best)
         rest = order[1:]
-        order = rest[box_iou(b[best], b[rest]) <= float(iou_threshold)]
+        w = np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest])
+        h = np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest])
+        inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
+        union = areas[best] + areas[rest] - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        order = rest[iou <= threshold]
     return np.asarray(keep, dtype=np.int64)
 
 

@@ -522,3 +522,24 @@ def test_infer_frames_runs_an_image_model_on_every_frame_of_the_window(cls_bundl
     with Perception.load(det_bundle) as p:
         ((t, r),) = infer_frames(p, video_path=tmp_path / "f.png")
     assert t == 0.0 and [b.label for b in r.boxes] == ["car", "person"] and r.boxes[0].x2 == pytest.approx(84)
+
+
+def test_nms_equals_a_plain_greedy_reference_on_random_boxes():
+    from fusionedge.sdk.postprocess import box_iou
+
+    rng = np.random.default_rng(9)
+    xy = rng.uniform(0, 100, (300, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (300, 2))], axis=1)
+    scores = rng.uniform(size=300)
+
+    def reference(threshold):
+        order, keep = list(np.argsort(-scores, kind="stable")), []
+        while order:
+            best = order.pop(0)
+            keep.append(int(best))
+            order = [i for i in order if box_iou(boxes[best], boxes[i : i + 1])[0] <= threshold]
+        return keep
+
+    for threshold in (0.3, 0.5, 0.7):
+        assert nms(boxes, scores, threshold).tolist() == reference(threshold)
+    assert nms(boxes, scores, 0.5, top_k=5).tolist() == reference(0.5)[:5]
