@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from fusionedge.sdk.bundle import Bundle
     from fusionedge.sdk.perception import Perception, Result
 
-__all__ = ["GENERIC_TASKS", "Decoded", "GenericModel", "infer_frames", "last_frame"]
+__all__ = ["GENERIC_TASKS", "Decoded", "GenericModel", "in_source_pixels", "infer_frames", "last_frame"]
 
 #: The tasks of an imported model.
 GENERIC_TASKS = ("classify", "detect", "audio-classify")
@@ -241,6 +241,16 @@ def _detections(
     ]
 
 
+def in_source_pixels(
+    boxes: list[Detection], transform: ImageTransform | None, source_wh: tuple[int, int] | None
+) -> list[Detection]:
+    """Boxes on a decoded frame, scaled to the file's own size where the reader shrank the frame."""
+    if transform is None or source_wh is None or tuple(source_wh) == transform.image_wh:
+        return boxes
+    sx, sy = source_wh[0] / transform.image_wh[0], source_wh[1] / transform.image_wh[1]
+    return [Detection(b.label, b.score, b.x1 * sx, b.y1 * sy, b.x2 * sx, b.y2 * sy) for b in boxes]
+
+
 def last_frame(frames: np.ndarray, fps: float, start_seconds: float, seconds: float) -> np.ndarray:
     """The last of ``frames`` in the window ``[start, start + seconds)`` (the frame a result is about).
 
@@ -332,8 +342,7 @@ def infer_frames(
                 score_threshold=perception.score_threshold,
                 top_k=perception.top_k,
             )
-            sx, sy = source_wh[0] / transform.image_wh[0], source_wh[1] / transform.image_wh[1]
-            boxes = [Detection(b.label, b.score, b.x1 * sx, b.y1 * sy, b.x2 * sx, b.y2 * sy) for b in d.boxes]
+            boxes = in_source_pixels(d.boxes, transform, source_wh)
             results.append(
                 (
                     (first + i + k) / rate,

@@ -21,6 +21,9 @@ A bundle of an imported model (``task`` classify, detect or audio-classify;
 :mod:`fusionedge.sdk.generic`) is served the same way: ``infer(image=...)``, ``infer(video_path=...)``
 (the last frame of the window) or ``infer(audio_path=...)`` gives class ``scores``, ``boxes`` in the
 original image's pixels, or ``audio_tags``, as the model declares.
+
+This module is a little past 600 lines because it is the one public facade of the runtime: loading
+with fallbacks, background engine builds, and both inference paths share one object's state.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from fusionedge.sdk.backends import Backend, ModelIO, backend_class, get_backend
 from fusionedge.sdk.bundle import Bundle, load_bundle
 from fusionedge.sdk.engine_fingerprint import NoEngineError
 from fusionedge.sdk.errors import BackendError, InputError
-from fusionedge.sdk.generic import GenericModel, last_frame
+from fusionedge.sdk.generic import GenericModel, in_source_pixels, last_frame
 from fusionedge.sdk.media import read_audio_window, read_video
 from fusionedge.sdk.postprocess import Detection, decode_centernet, sigmoid, softmax
 from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
@@ -414,11 +417,7 @@ class Perception:
         t0 = time.perf_counter()
         decoded = model.decode(out, transform=transform, score_threshold=self.score_threshold,
                                top_k=self.top_k)
-        boxes = decoded.boxes
-        if source_wh is not None and transform is not None and source_wh != transform.image_wh:
-            # the reader shrank a large frame as it decoded it: scale back to the file's pixels
-            sx, sy = source_wh[0] / transform.image_wh[0], source_wh[1] / transform.image_wh[1]
-            boxes = [Detection(b.label, b.score, b.x1 * sx, b.y1 * sy, b.x2 * sx, b.y2 * sy) for b in boxes]
+        boxes = in_source_pixels(decoded.boxes, transform, source_wh)  # the reader may shrink a large frame
         timings["postprocess"] = _ms(t0)
         return Result(event=decoded.event, scores=decoded.scores, audio_tags=decoded.audio_tags, boxes=boxes,
                       backend=backend.name, model=self.model, timings=timings, engine=self.engine_state)
