@@ -13,8 +13,10 @@ same backends, fallbacks and self-test as the fused model.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,12 +26,18 @@ from fusionedge.sdk.postprocess import Detection, decode_centernet, decode_yolo,
 from fusionedge.sdk.preprocess import frame_window
 
 if TYPE_CHECKING:
-    import os
-
     from fusionedge.sdk.bundle import Bundle
     from fusionedge.sdk.perception import Perception, Result
 
-__all__ = ["GENERIC_TASKS", "Decoded", "GenericModel", "in_source_pixels", "infer_frames", "last_frame"]
+__all__ = [
+    "GENERIC_TASKS",
+    "Decoded",
+    "GenericModel",
+    "in_source_pixels",
+    "infer_frames",
+    "last_frame",
+    "reader_target",
+]
 
 #: The tasks of an imported model.
 GENERIC_TASKS = ("classify", "detect", "audio-classify")
@@ -241,6 +249,38 @@ def _detections(
     ]
 
 
+def reader_target(path: str | os.PathLike, spec: ImageSpec | None) -> tuple[int, int] | None:
+    """The size the video reader may shrink a huge frame of ``path`` to, as it decodes it.
+
+    For a stretched input that is the model size. For a letterboxed one it is the letterbox's own
+    resize of the frame — its aspect ratio kept — so that shrinking early changes nothing the model
+    sees; the frame size is read from the file's header (the first image of a folder).
+
+    Returns:
+        ``(width, height)``, or None where the model takes no image.
+    """
+    if spec is None:
+        return None
+    if spec.resize != "letterbox":
+        return spec.width, spec.height
+    import cv2
+    from fusionedge.sdk.media import IMAGE_EXTENSIONS
+
+    probe = Path(path)
+    if probe.is_dir():
+        images = sorted(f for f in probe.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        probe = images[0] if images else probe
+    cap = cv2.VideoCapture(str(probe))
+    try:
+        w, h = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+    finally:
+        cap.release()
+    if not (w > 0 and h > 0):  # unreadable here: the reader reports it
+        return spec.width, spec.height
+    r = min(spec.width / w, spec.height / h)
+    return max(1, round(w * r)), max(1, round(h * r))
+
+
 def in_source_pixels(
     boxes: list[Detection], transform: ImageTransform | None, source_wh: tuple[int, int] | None
 ) -> list[Detection]:
@@ -309,7 +349,7 @@ def infer_frames(
             video_path,
             max_seconds=seconds,
             start_seconds=start_seconds,
-            downscale_to=(model.image.width, model.image.height),
+            downscale_to=reader_target(video_path, model.image),
         )
         frames, rate, source_wh = clip.frames, clip.fps, clip.size
         first = frame_window(rate, start_seconds, None)[0]  # the file's index of the first frame read

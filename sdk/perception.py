@@ -42,7 +42,7 @@ from fusionedge.sdk.backends import Backend, ModelIO, backend_class, get_backend
 from fusionedge.sdk.bundle import Bundle, load_bundle
 from fusionedge.sdk.engine_fingerprint import NoEngineError
 from fusionedge.sdk.errors import BackendError, InputError
-from fusionedge.sdk.generic import GenericModel, in_source_pixels, last_frame
+from fusionedge.sdk.generic import GenericModel, in_source_pixels, last_frame, reader_target
 from fusionedge.sdk.media import read_audio_window, read_video
 from fusionedge.sdk.postprocess import Detection, decode_centernet, sigmoid, softmax
 from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
@@ -403,7 +403,9 @@ class Perception:
             tensor = preprocess_audio(samples, rate, self.geometry, start_seconds=audio_start)
         else:
             if image is None:
-                frames, frame_fps, window_start, source_wh = self._decode_video(video, video_path, fps, start)
+                target = reader_target(video_path, model.image) if video_path is not None else None
+                frames, frame_fps, window_start, source_wh = self._decode_video(video, video_path, fps, start,
+                                                                                target)
                 assert frames is not None
                 image = last_frame(frames, frame_fps, window_start, self.geometry.clip_seconds)
             timings["decode"] = _ms(t0)
@@ -563,13 +565,14 @@ class Perception:
     # ---------------------------------------------------------------------------------- helpers
 
     def _decode_video(
-        self, video: np.ndarray | None, path: str | os.PathLike | None, fps: float | None, start: float
+        self, video: np.ndarray | None, path: str | os.PathLike | None, fps: float | None, start: float,
+        downscale_to: tuple[int, int] | None = None,
     ) -> tuple[np.ndarray | None, float, float, tuple[int, int] | None]:
         """``(frames, fps, window start within frames, (w, h) boxes map to)``; frames None without video."""
         g = self.geometry
         if path is not None:  # the reader cuts the window and shrinks huge frames as it decodes
             clip = read_video(path, max_seconds=g.clip_seconds, start_seconds=start,
-                              downscale_to=(g.width, g.height))
+                              downscale_to=downscale_to or (g.width, g.height))
             return clip.frames, clip.fps, 0.0, clip.size
         if video is None:
             return None, 0.0, 0.0, None

@@ -543,3 +543,15 @@ def test_nms_equals_a_plain_greedy_reference_on_random_boxes():
     for threshold in (0.3, 0.5, 0.7):
         assert nms(boxes, scores, threshold).tolist() == reference(threshold)
     assert nms(boxes, scores, 0.5, top_k=5).tolist() == reference(0.5)[:5]
+
+
+def test_a_huge_frame_is_shrunk_keeping_its_aspect_before_the_letterbox(det_bundle, tmp_path):
+    """Past 1920x1080 the reader shrinks frames as it decodes them; a letterbox model must still see the
+    frame's own aspect ratio, or its boxes come back displaced."""
+    cv2.imwrite(str(tmp_path / "big.png"), np.zeros((1200, 2400, 3), np.uint8))  # 2.9 MP
+    with Perception.load(det_bundle, score_threshold=0.25) as p:
+        r = p.infer(video_path=tmp_path / "big.png")
+    # letterboxed to 64 x 32 at scale 2/75, padded 16 px top:
+    # model (22, 27, 42, 37) -> (x * 37.5, (y - 16) * 37.5)
+    b = r.boxes[0]
+    assert b.label == "car" and (b.x1, b.y1, b.x2, b.y2) == pytest.approx((825, 412.5, 1575, 787.5))
