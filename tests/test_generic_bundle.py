@@ -555,3 +555,30 @@ def test_a_huge_frame_is_shrunk_keeping_its_aspect_before_the_letterbox(det_bund
     # model (22, 27, 42, 37) -> (x * 37.5, (y - 16) * 37.5)
     b = r.boxes[0]
     assert b.label == "car" and (b.x1, b.y1, b.x2, b.y2) == pytest.approx((825, 412.5, 1575, 787.5))
+
+
+def test_eval_of_an_audio_classifier_on_its_wav_files(models, tmp_path):
+    out = import_onnx(
+        models["audio"],
+        tmp_path / "kws",
+        task="audio-classify",
+        labels=WORDS,
+        input_decl=parse_input_spec("modality=audio,sample_rate=16000,seconds=1"),
+    )
+    data = tmp_path / "data"
+    data.mkdir()
+    cv2.imwrite(str(data / "still.png"), np.zeros((8, 8, 3), np.uint8))  # a manifest sample names a video
+    rng = np.random.default_rng(10)
+    with Perception.load(out) as p:
+        lines = []
+        for i in range(3):
+            _write_wav(data / f"{i}.wav", rng.uniform(-0.5, 0.5, 16000) * (i + 1) / 3, 16000)
+            predicted = p.infer(audio_path=data / f"{i}.wav").event
+            truth = predicted if i else next(w for w in WORDS if w != predicted)  # the first one is wrong
+            lines.append(
+                json.dumps({"id": str(i), "video": "still.png", "audio": f"{i}.wav", "event": truth})
+            )
+        (data / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+        metrics = evaluate(p, data, progress=False)
+    assert metrics["task"] == "audio-classify" and metrics["samples"] == 3
+    assert metrics["event_accuracy"] == pytest.approx(2 / 3) and "detection_map50" not in metrics
