@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace, extra: dict | None = None) -> int:
                 "val_data": args.val, "init": args.init, "resume": args.resume, "device": args.device,
                 "task_weighting": args.task_weighting, "task_schedule": args.task_schedule,
                 "max_train_samples": args.max_train_samples, "encoder_lr_scale": args.encoder_lr_scale,
-                "frozen_encoder_epochs": args.frozen_encoder_epochs, **(extra or {})}
+                "frozen_encoder_epochs": args.frozen_encoder_epochs, "labels": args.labels, **(extra or {})}
     cfg = TrainConfig(data=args.data, out=out, model=args.model, seed=args.seed,
                       model_overrides=parse_overrides(args.set), progress=dist.is_main and not args.json,
                       **{k: v for k, v in optional.items() if v is not None})
@@ -113,12 +113,19 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_labels_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", type=Path, default=None, metavar="FILE",
+                   help='the task\'s vocabularies, {"events": [...], "audio_tags": [...], "objects": [...]} '
+                        "(default: labels.json beside the manifest, else the labels the manifest uses)")
+
+
 def add_train_parser(verbs: Any) -> argparse.ArgumentParser:
     """Add ``train`` to the sub-parsers ``verbs``; returns its parser (guarded handler in ``func``)."""
     help = "train a model on a data-set manifest"
     p = verbs.add_parser("train", help=help, description=help)
     add_json_option(p)
     add_training_arguments(p)
+    _add_labels_option(p)
     p.set_defaults(func=needs("train", cmd_train))
     return p
 
@@ -130,6 +137,7 @@ def add_distill_parser(verbs: Any) -> argparse.ArgumentParser:
     add_json_option(p)
     p.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint (from `fusionedge train`)")
     add_training_arguments(p, model_help="student registry name")
+    _add_labels_option(p)
     for flag, name, flag_help in _WEIGHT_FLAGS:
         p.add_argument(flag, dest=name, type=float, default=None, help=flag_help)
     p.set_defaults(func=needs("train", _cmd_distill))

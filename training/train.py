@@ -20,6 +20,12 @@ checkpoint of the same architecture, or a self-supervised pretraining checkpoint
 that pretraining trained). ``frozen_encoder_epochs`` holds the encoders still while the rest warms
 up (linear probe, then fine-tune: Kumar et al. 2022) and ``encoder_lr_scale`` slows them after.
 
+**Labels.** The events, audio tags and object classes are the task's own (``task_labels.py``): a
+``labels`` file, a ``labels.json`` beside the manifest, or the labels the training manifest uses;
+the generator's when all of them are its. The heads are sized to them, the checkpoints and
+``config.json`` record them, and ``metrics.json`` holds where they came from and the count of each
+per split. A held-out label outside them refuses the run before anything is written.
+
 Validation uses a held-out manifest (``val_data``) or a deterministic 10% of the training manifest.
 Seeds are fixed (python, numpy, torch); ``torch.set_num_threads`` is left to the caller. Everything
 that can be refused (options, model overrides, the ``init`` / ``teacher`` / ``resume`` checkpoints)
@@ -91,6 +97,7 @@ from .losses import (
 from .models.multimodal import ModelConfig, MultimodalModel, count_flops, count_params
 from .resume import resume_state, rng_state, set_rng_state
 from .run_config import RunConfig
+from .task_labels import TaskLabels, format_label_counts, label_counts, resolve_labels
 
 __all__ = ["TrainConfig", "train", "evaluate_model", "resolve_model_config", "ENCODER_PREFIXES"]
 
@@ -116,14 +123,15 @@ class TrainConfig(RunConfig):
     task_weighting: str = "fixed"  # "fixed": loss_weights; "uncertainty": learned per-group log-variances
     task_schedule: str = "joint"  # "joint": all task groups every step; "alternating": one group per step
     report: bool = True  # write curves.png and summary.md at the end (rank 0)
+    labels: Path | None = None  # labels file; None: labels.json beside the manifest, else the data's (task_labels.py)
 
     KEY_ORDER: ClassVar[tuple[str, ...]] = (
         "data", "out", "val_data", "model", "model_overrides", "init", "encoder_lr_scale", "frozen_encoder_epochs",
         "resume", "stop_after_epoch", "device", "amp", "geometry", "epochs", "batch_size", "lr", "min_lr_ratio",
         "warmup_epochs", "weight_decay", "grad_clip", "seed", "loss_weights", "modality_dropout", "hflip",
         "audio_gain_db", "num_workers", "max_train_samples", "max_val_samples", "teacher", "distill",
-        "task_weighting", "task_schedule", "report", "progress")
-    PATH_FIELDS: ClassVar[tuple[str, ...]] = (*RunConfig.PATH_FIELDS, "init", "resume", "teacher")
+        "task_weighting", "task_schedule", "report", "progress", "labels")
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = (*RunConfig.PATH_FIELDS, "init", "resume", "teacher", "labels")
 
     def _convert(self) -> None:
         super()._convert()
@@ -239,7 +247,7 @@ class _Run:
     dist: DistContext
     device: torch.device
     gen: torch.Generator
-    labels: Labels
+    task: TaskLabels
     mcfg: ModelConfig
     t_start: float
     train_clips: ClipCache | None = None
@@ -257,6 +265,11 @@ class _Run:
     step: int = 0
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
+    label_counts: dict = field(default_factory=dict)  # {"train"|"val": {kind: {label: count}}}
+
+    @property
+    def labels(self) -> Labels:
+        return self.task.labels
 
     @property
     def show(self) -> bool:
@@ -286,6 +299,9 @@ def _check_inputs(cfg: TrainConfig, dist: DistContext, labels: Labels) -> tuple[
     resume = None
     if cfg.resume is not None:
         resume = resume_state(cfg.resume, cfg.to_dict(), mcfg.to_dict(), dist.world_size)
+        if resume["labels"] != labels.to_dict():
+            raise CheckpointError(f"{cfg.resume}: saved with labels {resume['labels']}, "
+                                  f"the run now has {labels.to_dict()}")
     for path in (cfg.init, cfg.teacher):  # read again where they are used; refused here, before the data
         if path is not None:
             read_checkpoint(path)
@@ -514,6 +530,7 @@ def _summary(run: _Run) -> dict:
             "data_seconds": round(run.t_data, 2), "seconds": round(time.perf_counter() - run.t_start, 2),
             "train_samples": len(run.train_clips), "val_samples": len(run.val_clips),
             "task_weighting": run.cfg.task_weighting, "task_schedule": run.cfg.task_schedule,
+            "labels": {**run.task.to_dict(), "counts": run.label_counts},
             **({"distillation": run.teacher.record} if run.teacher is not None else {}),
             **({"init": run.init_info} if run.init_info is not None else {})}
 
@@ -577,14 +594,18 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
     # -- setup: refuse what can be refused before decoding anything or creating the run folder
     t_start = time.perf_counter()
     gen = seed_everything(cfg.seed)
-    labels = Labels()
+    task = resolve_labels(cfg.data, cfg.labels)
+    labels = task.labels
     device = resolve_device(cfg.device, dist)
     mcfg, resume = _check_inputs(cfg, dist, labels)
-    run = _Run(cfg=cfg, dist=dist, device=device, gen=gen, labels=labels, mcfg=mcfg, t_start=t_start)
+    run = _Run(cfg=cfg, dist=dist, device=device, gen=gen, task=task, mcfg=mcfg, t_start=t_start)
 
     # -- data: decode once, keep in memory (every rank holds the whole training split)
     run.train_clips, run.val_clips = _load_splits(dataclasses.replace(cfg, progress=run.show), labels)
     run.t_data = time.perf_counter() - t_start
+    run.label_counts = {"train": label_counts(run.train_clips), "val": label_counts(run.val_clips)}
+    if run.show:
+        print(format_label_counts(task, run.label_counts), file=sys.stderr, flush=True)
 
     # -- model: the teacher's outputs first (distillation), then the student and what trains with it
     if cfg.teacher is not None:
