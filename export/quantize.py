@@ -148,7 +148,7 @@ def load_calibration_feeds(
 
     if limit < 1 or batch_size < 1:
         raise ExportError(f"calibration: limit and batch_size must be >= 1, got {limit}, {batch_size}")
-    samples = read_manifest(data, require_labels=False)
+    samples = read_manifest(data, require_labels=False, events=None, audio_tags=None, objects=None)
     if not samples:
         raise ExportError(f"calibration: {data} has no samples")
     order = np.random.default_rng(seed).permutation(len(samples))[:limit]

@@ -196,3 +196,14 @@ def test_distill_a_student_from_an_own_task_teacher(own, tmp_path, capsys):
     assert code == 0, err
     assert json.loads((run / "config.json").read_text())["labels"] == OWN
     assert json.loads((run / "metrics.json").read_text())["distillation"]
+
+
+def test_quantize_calibrates_on_the_own_task_data(own, tmp_path, capsys):
+    """Calibration needs no labels: the own task's data calibrates its bundle (it was refused
+    for labels outside the generator's vocabularies)."""
+    out = tmp_path / "int8"
+    code, _, err = run_cli(capsys, "quantize", "--bundle", own["bundle"], "--out", out, "--data", own["test"],
+                           "--calibration-samples", "4", "--json")
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {k: list(v) for k, v in manifest["labels"].items()} == OWN
