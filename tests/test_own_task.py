@@ -207,3 +207,18 @@ def test_quantize_calibrates_on_the_own_task_data(own, tmp_path, capsys):
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert {k: list(v) for k, v in manifest["labels"].items()} == OWN
+
+
+def test_pretraining_reads_no_label_so_the_own_task_data_pretrains(own, tmp_path, capsys):
+    """Pretraining ignores labels: the own task's manifest pretrains (it was refused for labels
+    outside the generator's vocabularies) and its encoders start an own-task run."""
+    pre = tmp_path / "pre"
+    code, _, err = run_cli(capsys, "pretrain", "--data", own["train"], "--val", own["test"], "--out", pre,
+                           "--epochs", "1", "--batch-size", "8", *TINY_SET, "--json")
+    assert code == 0, err
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", own["train"], "--val", own["test"], "--out", run,
+                           "--init", pre / "pretrain.pt", "--epochs", "1", "--batch-size", "8", *TINY_SET, "--json")
+    assert code == 0, err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["init"]["kind"] == "pretrain" and json.loads((run / "config.json").read_text())["labels"] == OWN

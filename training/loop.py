@@ -123,15 +123,20 @@ def resolve_model_config(model: str, geometry: InputGeometry, labels: Labels,
     return model_config(model, **fitted)
 
 
-def read_split_samples(cfg: RunConfig, labels: Labels) -> tuple[list[Sample], list[Sample]]:
+def read_split_samples(cfg: RunConfig, labels: Labels | None) -> tuple[list[Sample], list[Sample]]:
     """The training and held-out samples of a run (labels not required; nothing decoded yet).
 
-    The held-out split is ``cfg.val_data``, or a deterministic 10% of ``cfg.data``.
+    The held-out split is ``cfg.val_data``, or a deterministic 10% of ``cfg.data``. ``labels`` are
+    the vocabularies every label must belong to; None accepts any label (a run that reads none).
 
     Raises:
-        DataError: a manifest is missing or invalid.
+        DataError: a manifest is missing or invalid, or uses a label outside ``labels``.
     """
-    vocab = dict(require_labels=False, events=labels.events, audio_tags=labels.audio_tags, objects=labels.objects)
+    if labels is None:
+        vocab = {"require_labels": False, "events": None, "audio_tags": None, "objects": None}
+    else:
+        vocab = {"require_labels": False, "events": labels.events, "audio_tags": labels.audio_tags,
+                 "objects": labels.objects}
     train_samples = read_manifest(cfg.data, **vocab)
     if cfg.val_data is not None:
         val_samples = read_manifest(cfg.val_data, **vocab)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from fusionedge.sdk.datamanifest import Sample
 from fusionedge.sdk.errors import DataError
 from fusionedge.sdk.fileio import json_safe, write_json_atomic
 
@@ -157,12 +158,18 @@ class PretrainConfig(RunConfig):
 # ---------------------------------------------------------------------------------------- the loop
 
 
+def _unlabelled(sample: Sample) -> Sample:
+    """The sample without its event, audio tags and boxes (pretraining learns from the clip alone)."""
+    return replace(sample, event=None, audio_tags=(), boxes=())
+
+
 def _load_splits(cfg: PretrainConfig) -> tuple[ClipCache, ClipCache]:
     """Decode both splits (labels not required), keeping the clips with audio."""
     labels = Labels()
-    train_samples, val_samples = read_split_samples(cfg, labels)
-    train_samples = [s for s in train_samples if s.audio is not None][: cfg.max_train_samples]
-    val_samples = [s for s in val_samples if s.audio is not None][: cfg.max_val_samples]
+    # no label is read: any vocabulary is accepted, and the labels are dropped before decoding
+    train_samples, val_samples = read_split_samples(cfg, None)
+    train_samples = [_unlabelled(s) for s in train_samples if s.audio is not None][: cfg.max_train_samples]
+    val_samples = [_unlabelled(s) for s in val_samples if s.audio is not None][: cfg.max_val_samples]
     if len(train_samples) < 2 or len(val_samples) < 2:
         raise DataError(f"{cfg.data}: pretraining needs at least two training and two held-out clips with audio "
                         f"(got {len(train_samples)} and {len(val_samples)})")
