@@ -77,6 +77,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print_json(metrics)
     else:
         print(format_metrics(metrics))
+        if metrics.get("outside"):
+            from fusionedge.sdk.outside_metrics import outside_markdown
+
+            print("\n" + outside_markdown(metrics["outside"]), end="")
     return 0
 
 

@@ -23,7 +23,8 @@ from fusionedge.sdk.datamanifest import Sample, read_manifest
 from fusionedge.sdk.errors import DataError
 from fusionedge.sdk.generic import last_frame
 from fusionedge.sdk.media import read_audio, read_video
-from fusionedge.sdk.postprocess import decode_centernet, sigmoid
+from fusionedge.sdk.outside_metrics import outside_metrics
+from fusionedge.sdk.postprocess import decode_centernet, sigmoid, softmax
 from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
 
 if TYPE_CHECKING:
@@ -83,7 +84,8 @@ def evaluate(
         ``{"event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50", "samples",
         "backend", "seconds", "per_class_accuracy"}``; ``detection_map50`` is VOC all-point AP@0.5,
         and with the ``metrics`` extra ``detection_ap50_coco`` and ``detection_ap50_95_coco`` are
-        COCO's AP50 and AP50:95.
+        COCO's AP50 and AP50:95. Samples from ``fusionedge data outside`` add ``outside``: the
+        open-world rates of :func:`fusionedge.sdk.outside_metrics.outside_metrics`.
 
     Raises:
         DataError: the manifest is invalid or uses labels the bundle does not know.
@@ -103,7 +105,7 @@ def evaluate(
     stride = geometry.output_stride
     in_wh = (geometry.width, geometry.height)
 
-    y_true, y_pred = [], []
+    y_true, y_pred, event_probs = [], [], []
     tag_true, tag_scores = [], []
     det_pred, det_true = [], []
     t0 = time.perf_counter()
@@ -122,6 +124,7 @@ def evaluate(
         for i, (s, (_, _, _, wh)) in enumerate(zip(batch, loaded)):
             y_true.append(events.index(s.event))
             y_pred.append(int(np.argmax(out["event_logits"][i])))
+            event_probs.append(softmax(out["event_logits"][i]))
             tag_true.append([1.0 if t in s.audio_tags else 0.0 for t in tags])
             tag_scores.append(sigmoid(out["audio_tag_logits"][i]))
             det_pred.append(decode_centernet(
@@ -143,6 +146,8 @@ def evaluate(
         **coco_detection_metrics(det_pred, det_true, objects),
         "samples": len(samples),
         "per_class_accuracy": per_class,
+        # samples with an ``outside`` block (fusionedge data outside): false alarms, siren recall, ECE
+        **outside_metrics(samples, np.asarray(event_probs), np.asarray(tag_scores), events, tags),
         "backend": perception.backend_name,
         "seconds": round(time.perf_counter() - t0, 3),
     }

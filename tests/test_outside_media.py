@@ -9,14 +9,16 @@ toy bundle on a few outside clips through the real command line reports them.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _toy_model import shared_toy_bundle
 from fusionedge.cli.main import main
-from fusionedge.sdk.datamanifest import Sample, read_manifest
+from fusionedge.sdk.datamanifest import Sample, read_manifest, write_manifest
 from fusionedge.sdk.errors import DataError, InputError
 from fusionedge.sdk.media import read_audio, read_video
 from fusionedge.sdk.outside_metrics import (
@@ -283,3 +285,28 @@ def test_data_outside_writes_the_set_and_keeps_an_existing_one(tmp_path, capsys)
     assert len(read_manifest(out)) == len(AUDIO_KINDS)
     assert main(["data", "outside", "--out", str(out)]) == 2  # an existing set is kept: one-line error
     assert "already holds a data set" in capsys.readouterr().err
+
+
+@needs_tools
+def test_eval_reports_the_open_world_rates_of_an_outside_set(tmp_path, tmp_path_factory, capsys):
+    bundle = shared_toy_bundle(tmp_path_factory)
+    out = generate_outside_dataset(tmp_path / "outside", seed=2, samples_per_kind=1).parent
+    assert main(["eval", "--bundle", str(bundle), "--data", str(out), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["samples"] == len(AUDIO_KINDS)
+    m = metrics["outside"]
+    assert m["samples"] == len(AUDIO_KINDS) and set(m["per_kind"]) == set(AUDIO_KINDS)
+    for k in ("false_siren_tag_rate", "false_alarm_rate", "false_event_rate", "siren_recall",
+              "silence_any_tag_rate", "event_accuracy", "event_ece"):
+        assert 0.0 <= m[k] <= 1.0, k
+    # the block agrees with the headline metrics computed from the same predictions
+    assert m["event_accuracy"] == pytest.approx(metrics["event_accuracy"])
+    assert main(["eval", "--bundle", str(bundle), "--data", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| false_alarm_rate |" in text and "| siren_hilo | 1 |" in text
+    # a data set without outside blocks reports none
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    write_manifest(plain / "manifest.jsonl", [dataclasses.replace(s, meta={}) for s in read_manifest(out)])
+    assert main(["eval", "--bundle", str(bundle), "--data", str(plain), "--json"]) == 0
+    assert "outside" not in json.loads(capsys.readouterr().out)
