@@ -264,6 +264,23 @@ def _requirement_name(requirement: str) -> str:
     return m.group(1) if m else requirement
 
 
+def _applies_here(requirement: str) -> bool:
+    """False for a requirement whose environment marker excludes this interpreter (``tomli`` on 3.11+).
+
+    The ``extra == ...`` part of a marker only says which group the requirement belongs to, so it is
+    taken as satisfied. Without the ``packaging`` library every requirement counts.
+    """
+    _, sep, marker = requirement.partition(";")
+    if not sep:
+        return True
+    try:
+        from packaging.markers import Marker
+    except ImportError:
+        return True
+    m = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
+    return Marker(marker).evaluate({"extra": m.group(1) if m else ""})
+
+
 def _packages_checks() -> list[Check]:
     """The runtime's own dependencies, then each optional extra: installed when all its packages are.
 
@@ -281,7 +298,7 @@ def _packages_checks() -> list[Check]:
     groups: dict[str, list[str]] = {"runtime": []}
     for req in requires:
         m = re.search(r"""extra\s*==\s*["']([^"']+)["']""", req)
-        if _requirement_name(req) != "fusionedge":
+        if _requirement_name(req) != "fusionedge" and _applies_here(req):
             groups.setdefault(m.group(1) if m else "runtime", []).append(_requirement_name(req))
     checks = []
     for extra, names in groups.items():
