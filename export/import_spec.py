@@ -67,37 +67,22 @@ _YOLO_INPUT = InputDecl(
     resize="letterbox",
     pad_value=114.0,
 )
+_IMAGENET_INPUT = InputDecl(
+    modality="image",
+    layout="NCHW",
+    color="RGB",
+    mean=_IMAGENET_MEAN,
+    std=_IMAGENET_STD,
+    scale=1 / 255,
+    resize="stretch",
+)
 #: The families ``--preset`` names.
 PRESETS: dict[str, Preset] = {
     "yolov8": Preset("detect", _YOLO_INPUT, "yolo", {"layout": "channels-first", "objectness": False}),
     "yolo11": Preset("detect", _YOLO_INPUT, "yolo", {"layout": "channels-first", "objectness": False}),
     "yolov5": Preset("detect", _YOLO_INPUT, "yolo", {"layout": "anchors-first", "objectness": True}),
-    "centernet": Preset(
-        "detect",
-        InputDecl(
-            modality="image",
-            layout="NCHW",
-            color="RGB",
-            mean=_IMAGENET_MEAN,
-            std=_IMAGENET_STD,
-            scale=1 / 255,
-            resize="stretch",
-        ),
-        "centernet",
-    ),
-    "imagenet": Preset(
-        "classify",
-        InputDecl(
-            modality="image",
-            layout="NCHW",
-            color="RGB",
-            mean=_IMAGENET_MEAN,
-            std=_IMAGENET_STD,
-            scale=1 / 255,
-            resize="stretch",
-        ),
-        "softmax",
-    ),
+    "centernet": Preset("detect", _IMAGENET_INPUT, "centernet"),
+    "imagenet": Preset("classify", _IMAGENET_INPUT, "softmax"),
 }
 #: What a task assumes without a preset.
 TASK_DEFAULTS: dict[str, Preset] = {
