@@ -14,8 +14,8 @@ on the device exactly what it saw while it learned. The order of work for one cl
    its size, and **bilinear** (half-pixel centres, edges clamped) when it grows. No letterbox, so
    :func:`scale_boxes` maps boxes back by a plain per-axis scale. The native extension
    (``NATIVE_AVAILABLE``) computes the same thing in one pass with the same weights (within 1e-5);
-3. :func:`preprocess_audio` down-mixes to mono, resamples (windowed-sinc, band-limited) to the
-   model's rate and crops or zero-pads to the window.
+3. :func:`preprocess_audio` down-mixes to mono, resamples (windowed-sinc, band-limited; the kernel
+   is :mod:`fusionedge.sdk.resample`) to the model's rate and crops or zero-pads to the window.
 
 :func:`resize_frame` (OpenCV, ``uint8`` out) and :func:`normalize_image` remain as utilities (e.g.
 for drawing); the model input is :func:`preprocess_frame`.
@@ -30,6 +30,11 @@ at ``j / sample_rate``. A clip window is ``[start, start + clip_seconds)``: the 
 in it, and the audio samples of that span.
 
 Only NumPy (and OpenCV, imported when :func:`resize_frame` is called) — never torch.
+
+The module stays past 600 lines on purpose: it is the single definition that training and the
+runtime both import, and its frame and audio halves share one time convention and one set of input
+checks (the last third of the file), which a split would either duplicate or make a second module
+that both halves depend on.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from fusionedge.sdk.errors import InputError
+from fusionedge.sdk.resample import filter_half_length, resample_window
 
 if TYPE_CHECKING:
     from fusionedge.sdk.spec import InputGeometry
@@ -168,8 +174,9 @@ def resize_frame(frame: np.ndarray, geometry: "InputGeometry") -> np.ndarray:
 
     The model's input is :func:`preprocess_frame` (float resize, no rounding); this OpenCV resize
     rounds to integers and differs from it by up to about one pixel level (e.g. for drawing or
-    saving a preview). ``cv2.INTER_AREA`` when neither side grows (it averages, so it does not alias), ``cv2.INTER_LINEAR``
-    when a side grows. A frame already at the size is returned as is (not copied).
+    saving a preview). ``cv2.INTER_AREA`` when neither side grows (it averages, so it does not
+    alias), ``cv2.INTER_LINEAR`` when a side grows. A frame already at the size is returned as is
+    (not copied).
 
     Args:
         frame: ``(h, w, 3)`` uint8.
@@ -528,11 +535,11 @@ def preprocess_audio(
     # Only the window and the filter's context are down-mixed and checked: a long recording is
     # never copied whole.
     ratio = Fraction(sr_in, sr_out)
-    half = _filter_shape(ratio.numerator, ratio.denominator)[1] if ratio != 1 else 1
+    half = filter_half_length(ratio.numerator, ratio.denominator) if ratio != 1 else 1
     lo = max(0, s0 - half + 1)
     hi = min(samples.shape[0], s0 + ((n_out - 1) * ratio.numerator) // ratio.denominator + half + 1)
     mono = _downmix(samples[lo:max(lo, hi)], offset=lo)
-    return _resample_window(mono, sr_in, sr_out, s0 - lo, n_out).astype(np.float32)
+    return resample_window(mono, sr_in, sr_out, s0 - lo, n_out).astype(np.float32)
 
 
 def resample_audio(samples: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
@@ -560,7 +567,7 @@ def resample_audio(samples: np.ndarray, sample_rate: int, target_rate: int) -> n
     sr_out = _sample_rate(target_rate, "target_rate")
     mono = _downmix(samples, offset=0)
     n_out = int(round(mono.shape[0] * sr_out / sr_in))
-    return _resample_window(mono, sr_in, sr_out, 0, n_out).astype(np.float32)
+    return resample_window(mono, sr_in, sr_out, 0, n_out).astype(np.float32)
 
 
 def resample_context(sample_rate: int, target_rate: int) -> int:
@@ -580,85 +587,8 @@ def resample_context(sample_rate: int, target_rate: int) -> int:
         InputError: a rate outside ``MIN_SAMPLE_RATE`` .. ``MAX_SAMPLE_RATE``.
     """
     ratio = Fraction(_sample_rate(sample_rate, "sample_rate"), _sample_rate(target_rate, "target_rate"))
-    half = _filter_shape(ratio.numerator, ratio.denominator)[1] if ratio != 1 else 1
+    half = filter_half_length(ratio.numerator, ratio.denominator) if ratio != 1 else 1
     return half + 1
-
-
-_ZERO_CROSSINGS = 32  # of the (possibly stretched) sinc on each side
-_KAISER_BETA = 8.6
-_ROLLOFF = 0.95  # cut-off as a fraction of the lower Nyquist frequency
-_MAX_CACHED_PHASES = 2048
-_CHUNK = 8192  # outputs per vectorized block (bounds memory to ~ _CHUNK * taps floats)
-
-
-def _resample_window(x: np.ndarray, sr_in: int, sr_out: int, s0: int, n_out: int) -> np.ndarray:
-    """``n_out`` samples at ``sr_out`` of mono ``x`` (float64), starting at input sample ``s0``.
-
-    Output ``j`` is the band-limited interpolation of ``x`` at input position ``s0 + j * sr_in/sr_out``;
-    outputs at or past the end of ``x`` are exactly 0 (zero padding, not filter ringing).
-    """
-    n_in = x.shape[0]
-    y = np.zeros(n_out, dtype=np.float64)
-    ratio = Fraction(sr_in, sr_out)
-    down, up = ratio.numerator, ratio.denominator  # input position of output j: s0 + j*down/up
-    # outputs whose position lies inside the signal: s0*up + j*down < n_in*up
-    n_valid = 0 if s0 >= n_in else min(n_out, -(-((n_in - s0) * up) // down))
-    if n_valid == 0:
-        return y
-    if down == up:  # same rate: a plain crop
-        y[:n_valid] = x[s0 : s0 + n_valid]
-        return y
-    _, half = _filter_shape(down, up)
-    # input context the filter needs, zero outside the signal
-    lo = s0 - half + 1
-    hi = s0 + (((n_valid - 1) * down) // up) + half + 1
-    buf = np.zeros(hi - lo, dtype=np.float64)
-    a, b = max(lo, 0), min(hi, n_in)
-    buf[a - lo : b - lo] = x[a:b]
-    j = np.arange(n_valid, dtype=np.int64)
-    num = j * down  # exact integer positions * up
-    base = num // up  # floor(position) - s0
-    phase = num % up
-    if up <= _MAX_CACHED_PHASES:  # the usual rates (44.1k -> 16k: 160 phases): one cached table
-        taps, inv = _phase_table(down, up), phase
-    else:  # odd rates: only the phases this window uses
-        uniq, inv = np.unique(phase, return_inverse=True)
-        taps = _phase_rows(uniq, down, up)
-    offs = np.arange(0, 2 * half, dtype=np.int64)  # buffer index of tap k=-half+1 is base+offs
-    for c0 in range(0, n_valid, _CHUNK):
-        c1 = min(c0 + _CHUNK, n_valid)
-        win = buf[base[c0:c1, None] + offs[None, :]]  # (chunk, L)
-        y[c0:c1] = np.einsum("ij,ij->i", win, taps[inv[c0:c1]])
-    return y
-
-
-def _filter_shape(down: int, up: int) -> tuple[float, int]:
-    """Cut-off (fraction of the input Nyquist frequency) and taps per side (input samples)."""
-    cutoff = _ROLLOFF * min(1.0, up / down)
-    return cutoff, int(math.ceil(_ZERO_CROSSINGS / cutoff))
-
-
-@functools.lru_cache(maxsize=8)
-def _phase_table(down: int, up: int) -> np.ndarray:
-    """``(up, L)`` taps for every phase of the ratio ``down/up`` (read-only, cached)."""
-    table = _phase_rows(np.arange(up), down, up)
-    table.flags.writeable = False
-    return table
-
-
-def _phase_rows(phases: np.ndarray, down: int, up: int) -> np.ndarray:
-    """Taps ``(P, L)`` for fractional input positions ``phases / up``, each row summing to 1."""
-    cutoff, half = _filter_shape(down, up)
-    k = np.arange(-half + 1, half + 1, dtype=np.float64)  # tap offsets from floor(position)
-    taps = _sinc_taps(k[None, :] - (np.asarray(phases)[:, None] / up), cutoff, half)
-    taps /= taps.sum(axis=1, keepdims=True)  # unit DC gain for every phase
-    return taps
-
-
-def _sinc_taps(t: np.ndarray, cutoff: float, half: int) -> np.ndarray:
-    """Kaiser-windowed sinc low-pass (cut-off in units of the input Nyquist) at offsets ``t``."""
-    window = np.i0(_KAISER_BETA * np.sqrt(np.clip(1.0 - (t / half) ** 2, 0.0, 1.0))) / np.i0(_KAISER_BETA)
-    return cutoff * np.sinc(cutoff * t) * window
 
 
 def _check_waveform(samples: object) -> None:
