@@ -25,6 +25,7 @@ import numpy as np
 
 from fusionedge.benchmarks.fingerprint import fingerprint_summary
 from fusionedge.benchmarks.results import PRIMARY_METRIC, SCENARIOS
+from fusionedge.sdk.fileio import write_text_atomic
 
 __all__ = [
     "write_report",
@@ -485,7 +486,5 @@ def write_report(
     else:
         note = "Plots were not requested."
     path = out / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(render_markdown(doc, written, note, base=out), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, render_markdown(doc, written, note, base=out))
     return path, written

@@ -3,7 +3,8 @@
 Every part of FusionEdge writes through these functions and reads untrusted JSON (a bundle or
 data-set manifest, a fleet record, a status message) through :func:`loads_json`:
 
-* :func:`write_bytes_atomic` / :func:`write_text_atomic` / :func:`write_json_atomic` — a temp file in
+* :func:`write_bytes_atomic` / :func:`write_text_atomic` / :func:`write_json_atomic` /
+  :func:`copy_file_atomic` — a temp file in
   the same folder, ``fsync``, ``chmod``, ``os.replace``, then ``fsync`` of the folder: readers see the
   old file or the new one, never a torn one, and the rename survives a power cut.
 * :func:`json_safe` — NumPy scalars/arrays and tuples to plain JSON types, and NaN/±Inf to ``null``
@@ -29,6 +30,7 @@ __all__ = [
     "write_bytes_atomic",
     "write_text_atomic",
     "write_json_atomic",
+    "copy_file_atomic",
     "dumps_json",
     "json_safe",
     "loads_json",
@@ -80,6 +82,35 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o64
     try:
         fsync_dir(path.parent)
     except OSError:  # some file systems cannot fsync a folder; the file itself is durable
+        pass
+
+
+def copy_file_atomic(src: str | os.PathLike, dest: str | os.PathLike, *, mode: int = 0o644) -> None:
+    """Copy ``src`` to ``dest`` atomically, streaming (for files too large to hold in memory).
+
+    The same guarantees as :func:`write_bytes_atomic`: a temp file beside ``dest``, fsync, chmod,
+    rename, folder fsync; on failure ``dest`` is as it was and no temp file is left.
+
+    Raises:
+        OSError: ``src`` cannot be read, or the folder is not writable or the disk is full.
+    """
+    import shutil
+
+    dest = Path(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fout, open(src, "rb") as fin:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        fsync_dir(dest.parent)
+    except OSError:
         pass
 
 

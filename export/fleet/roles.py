@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -28,7 +26,7 @@ from fusionedge.export.fleet.keys import (
     key_folder,
     load_role_signers,
 )
-from fusionedge.sdk.fileio import read_json, write_bytes_atomic, write_json_atomic
+from fusionedge.sdk.fileio import copy_file_atomic, read_json, write_bytes_atomic, write_json_atomic
 from fusionedge.sdk.fleet.protocol import ROLLOUTS_ROLE
 
 __all__ = [
@@ -310,17 +308,7 @@ class RepoState:
         dest = self.paths.targets / prefixed
         if not dest.is_file():  # content-addressed: an existing file already holds these bytes
             dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-            os.close(fd)
-            try:
-                shutil.copyfile(src, tmp)
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, dest)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            copy_file_atomic(src, dest)
         return info
 
 

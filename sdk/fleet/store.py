@@ -32,8 +32,13 @@ from pathlib import Path
 
 from fusionedge.sdk.bundle_archive import unpack_bundle
 from fusionedge.sdk.errors import InputError, UpdateError, VerificationError
-from fusionedge.sdk.fileio import fsync_dir, read_json, write_bytes_atomic, write_json_atomic
-from fusionedge.sdk.fleet.fetch import CHUNK
+from fusionedge.sdk.fileio import (
+    copy_file_atomic,
+    fsync_dir,
+    read_json,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from fusionedge.sdk.fleet.journal import utc_now
 from fusionedge.sdk.fleet.protocol import MAX_RECORD_BYTES, Release
 
@@ -160,16 +165,7 @@ class Store:
         except OSError as e:
             if e.errno != errno.EXDEV:
                 raise
-            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
-            try:
-                with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                    shutil.copyfileobj(fin, fout, CHUNK * 16)
-                    fout.flush()
-                    os.fsync(fout.fileno())
-                os.replace(tmp, dest)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            copy_file_atomic(src, dest)
             src.unlink()
         fsync_dir(dest.parent)
         fsync_dir(dest.parent.parent)
