@@ -40,17 +40,19 @@ class _PipelineStatsCollector:
         self._owner = owner
 
     def collect(self) -> Iterator[Any]:
-        stats_fn = self._owner._stats
-        if stats_fn is None:
-            return
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        s = stats_fn()
+        stats_fn = self._owner._stats
+        # Before the pipeline starts (the model still loading) the counters are served at 0, as
+        # Prometheus expects of a counter that exists: a scrape never lacks them.
+        s = stats_fn() if stats_fn is not None else {}
         for name, key, doc in (("results", "results", "results delivered to every sink"),
                                ("frames_captured", "frames_captured", "video frames captured"),
                                ("audio_chunks", "audio_chunks", "audio chunks captured"),
                                ("audio_gaps", "audio_gaps", "gaps in the audio, filled with silence")):
             yield CounterMetricFamily(f"fusionedge_{name}", doc, value=s.get(key, 0))
+        if stats_fn is None:
+            return
         dropped = CounterMetricFamily("fusionedge_dropped", "items dropped between stages (live policy)",
                                       labels=["queue"])
         for queue, n in s["dropped_by_queue"].items():

@@ -86,6 +86,16 @@ def test_the_endpoint_agrees_with_the_pipelines_summary(bundle_dir, clip):
     assert value(final, "fusionedge_model_info", model=model, backend="onnxruntime") == 1.0
 
 
+def test_counters_are_served_at_zero_while_the_model_loads():
+    """A scrape before the pipeline starts (``run`` serves metrics while it loads the model) finds the
+    counters at 0, so a dashboard's rate() and a test's ordering never meet a missing series."""
+    metrics = PipelineMetrics()
+    with serve_metrics(metrics.registry, port=free_port()) as server:
+        samples = scrape(server.url)
+    for name in ("results", "frames_captured", "audio_chunks", "audio_gaps"):
+        assert value(samples, f"fusionedge_{name}_total") == 0.0, name
+
+
 def test_run_serves_metrics_while_it_runs_and_stops_serving_after(bundle_dir, clip):
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
