@@ -23,7 +23,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 __all__ = [
     "fsync_dir",
@@ -57,21 +57,12 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, chmod, rename.
-
-    Readers see the old file or the new one, never a torn one. ``mode`` is applied before the rename
-    (``mkstemp`` creates files readable by their owner only; bundles and served files are shared).
-    A failure (disk full, read-only folder) removes the temp file and leaves ``path`` as it was.
-
-    Raises:
-        OSError: the folder is not writable or the disk is full.
-    """
-    path = Path(path)
+def _write_atomic(path: Path, fill: Callable[[BinaryIO], object], mode: int) -> None:
+    """Temp file beside ``path``, ``fill`` it, fsync, chmod, rename, fsync the folder; clean up on failure."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
@@ -85,6 +76,19 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o64
         pass
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, chmod, rename.
+
+    Readers see the old file or the new one, never a torn one. ``mode`` is applied before the rename
+    (``mkstemp`` creates files readable by their owner only; bundles and served files are shared).
+    A failure (disk full, read-only folder) removes the temp file and leaves ``path`` as it was.
+
+    Raises:
+        OSError: the folder is not writable or the disk is full.
+    """
+    _write_atomic(Path(path), lambda f: f.write(data), mode)
+
+
 def copy_file_atomic(src: str | os.PathLike, dest: str | os.PathLike, *, mode: int = 0o644) -> None:
     """Copy ``src`` to ``dest`` atomically, streaming (for files too large to hold in memory).
 
@@ -96,22 +100,8 @@ def copy_file_atomic(src: str | os.PathLike, dest: str | os.PathLike, *, mode: i
     """
     import shutil
 
-    dest = Path(dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fout, open(src, "rb") as fin:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        fsync_dir(dest.parent)
-    except OSError:
-        pass
+    with open(src, "rb") as fin:
+        _write_atomic(Path(dest), lambda f: shutil.copyfileobj(fin, f, 1 << 20), mode)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, *, mode: int = 0o644) -> None:
