@@ -9,6 +9,9 @@ sample rate), so a hostile header cannot make the runtime allocate gigabytes. Ti
 :func:`fusionedge.sdk.preprocess.frame_window`, so reading a window and preprocessing it agree frame for
 frame with preprocessing the whole file at that start. Frames are placed on that grid by the
 container's timestamps, so a variable-frame-rate file stays in step with its audio.
+
+The module is a little past 600 lines: video and audio reading share the regular-file check, the
+header limits and the window arithmetic, which a split would have to import back from one another.
 """
 
 from __future__ import annotations

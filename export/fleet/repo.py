@@ -18,6 +18,9 @@ verb::
 Every operation holds the repository's lock and writes targets, then role metadata, then snapshot,
 then the timestamp, each file atomically: a client fetching meanwhile sees the old or the new
 consistent snapshot. ``now=`` (the signing clock) lets tests make metadata that has already expired.
+
+The module is a little past 600 lines: it is the public operations, one function each, over the
+signing and writing of role metadata in ``roles.py``.
 """
 
 from __future__ import annotations

@@ -38,7 +38,9 @@ What is trusted and when:
 A release that fails its health check (or whose hot swap fails after commit) is rolled back and
 recorded in ``bad_releases.json``; it is never retried. The model in use is never deleted.
 
-This module is part of the device runtime: no torch, no ``fusionedge.export``.
+This module is part of the device runtime: no torch, no ``fusionedge.export``. It is a little
+past 600 lines: it is only the orchestration of the steps above, whose work lives in ``fetch``,
+``store``, ``recovery``, ``decision``, ``prebuilt`` and ``health``.
 """
 
 from __future__ import annotations
