@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from fusionedge.sdk.perception import Result
     from fusionedge.sdk.spec import InputGeometry
 
-__all__ = ["draw_result", "write_annotated_clip"]
+__all__ = ["attribution_line", "draw_result", "write_annotated_clip"]
 
 #: BGR colours per object label; unknown labels get grey.
 _COLOURS = {
@@ -30,10 +30,14 @@ _COLOURS = {
     "traffic_light": (0, 220, 255),
     "emergency_vehicle": (0, 0, 255),
 }
+#: BGR colours of the two senses in the attribution bar: what was seen, what was heard.
+_SEEN = (0, 140, 255)
+_HEARD = (230, 160, 40)
 
 
 def draw_result(frame_bgr: np.ndarray, result: "Result") -> np.ndarray:
-    """Return a copy of a BGR frame with the boxes, the event and the audio tags drawn on it."""
+    """Return a copy of a BGR frame with the boxes, the event, the audio tags and, where the result has
+    one, its attribution (a bar split into "seen" and "heard") drawn on it."""
     import cv2
 
     img = frame_bgr.copy()
@@ -55,7 +59,36 @@ def draw_result(frame_bgr: np.ndarray, result: "Result") -> np.ndarray:
         cv2.putText(img, line, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
         cv2.putText(img, line, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
         y += int(26 * scale) + 4
+    attribution = getattr(result, "attribution", None)
+    if attribution is not None:
+        _draw_attribution(img, attribution.contribution, (6, y - int(18 * scale)), scale, thick)
     return img
+
+
+def attribution_line(contribution: dict[str, float]) -> str:
+    """``"seen 70% | heard 30%"``: the share of the decision each sense carried."""
+    return f"seen {contribution['video']:.0%} | heard {contribution['audio']:.0%}"
+
+
+def _draw_attribution(img: np.ndarray, contribution: dict[str, float], top_left: tuple[int, int], scale: float,
+                      thick: int) -> None:
+    """A bar split into "seen" (video, orange) and "heard" (audio, blue) in proportion to their shares."""
+    import cv2
+
+    x, y = top_left
+    width = max(60, int(200 * scale))
+    height = max(8, int(14 * scale))
+    seen = round(width * min(max(contribution["video"], 0.0), 1.0))
+    cv2.rectangle(img, (x, y), (x + width, y + height), (0, 0, 0), -1)
+    if seen > 0:
+        cv2.rectangle(img, (x, y), (x + seen, y + height), _SEEN, -1)
+    if seen < width:
+        cv2.rectangle(img, (x + seen, y), (x + width, y + height), _HEARD, -1)
+    cv2.rectangle(img, (x, y), (x + width, y + height), (255, 255, 255), 1)
+    ty = y + height + int(20 * scale) + 2
+    text = attribution_line(contribution)
+    cv2.putText(img, text, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    cv2.putText(img, text, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
 
 
 def write_annotated_clip(

@@ -37,11 +37,12 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 
+from fusionedge.sdk.attribution import attribute, withheld_inputs
 from fusionedge.sdk.errors import FusionEdgeError, InputError
 from fusionedge.sdk.media import DEFAULT_FPS
 from fusionedge.sdk.preprocess import preprocess_frame
@@ -122,6 +123,7 @@ class _Step:
     timings: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, np.ndarray] | None = None
     model: Any = None  # the Perception that produced ``outputs``; it decodes them
+    rows: tuple[str | None, ...] | None = None  # what each output row withheld (with attribution)
 
 
 def _sink_name(sink: Any) -> str:
@@ -513,8 +515,12 @@ class Pipeline:
             if step is END:
                 break
             t0 = time.perf_counter()
-            step.outputs, step.model = self.perception.run_batch(
-                step.video[None], step.audio[None], step.presence[None])
+            if getattr(self.perception, "attribution", False):  # the step and each modality withheld
+                video, audio, presence, step.rows = withheld_inputs(step.video, step.audio, step.presence)
+                step.outputs, step.model = self.perception.run_batch(video, audio, presence)
+            else:
+                step.outputs, step.model = self.perception.run_batch(
+                    step.video[None], step.audio[None], step.presence[None])
             step.timings["infer"] = (time.perf_counter() - t0) * 1e3
             self._lat.add("infer", step.timings["infer"])
             self._q_outputs.put(step)
@@ -534,6 +540,9 @@ class Pipeline:
                 frame_wh = (step.image.shape[1], step.image.shape[0])
             timings = step.timings
             result = step.model.decode(step.outputs, frame_wh=frame_wh, has_audio=has_audio, timings=timings)
+            if step.rows is not None:
+                result = replace(result, attribution=attribute(step.outputs, step.rows, step.model.labels,
+                                                               step.presence))
             timings["postprocess"] = (time.perf_counter() - t0) * 1e3
             self._lat.add("postprocess", timings["postprocess"])
             for k, v in timings.items():
