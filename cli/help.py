@@ -44,7 +44,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                "fusionedge import --onnx kws.onnx --task audio-classify --labels words.txt --out kws "
                "--input wave:modality=audio,sample_rate=16000,seconds=1"),
     "eval": ("fusionedge eval --bundle bundle --data data/test --json",),
+    "calibrate": ("fusionedge calibrate --bundle bundle --data data/val",
+                  "fusionedge calibrate --bundle bundle --data data/val --target-ood-rate 0.02 --json"),
     "predict": ("fusionedge predict --bundle bundle --video clip.mp4 --audio clip.wav --out annotated.mp4",),
+    "explain": ("fusionedge explain --bundle bundle --video clip.mp4 --audio clip.wav --out explain.png",
+                "fusionedge explain --bundle bundle --data data/test --out explain-report"),
     "quickstart": ("fusionedge quickstart --workdir qs",),
     "run": ("fusionedge run --bundle bundle --video /dev/video0 --audio mic://default --events events.jsonl",
             "fusionedge run --bundle bundle --video clip.mp4 --audio clip.wav --fast --json",

@@ -45,11 +45,13 @@ EXIT_INTERRUPTED = 130
 def build_parser() -> argparse.ArgumentParser:
     """The ``fusionedge`` parser with every verb registered."""
     from fusionedge.cli.bench import add_bench_parser
+    from fusionedge.cli.calibrate import add_calibrate_parser
     from fusionedge.cli.compare import add_compare_parser
     from fusionedge.cli.completion import add_completion_parser
     from fusionedge.cli.data import add_data_parser
     from fusionedge.cli.doctor import add_doctor_parser
     from fusionedge.cli.engine import add_engine_parser
+    from fusionedge.cli.explain import add_explain_parser
     from fusionedge.cli.export import add_export_parser
     from fusionedge.cli.fleet import add_fleet_parser
     from fusionedge.cli.import_model import add_import_parser
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(verbs)
     add_import_parser(verbs)
     add_predict_parsers(verbs)
+    add_explain_parser(verbs)
+    add_calibrate_parser(verbs)
     add_quickstart_parser(verbs)
     add_pretrain_parser(verbs)
     add_distill_parser(verbs)

@@ -52,8 +52,11 @@ def format_result(result: Any) -> str:
     else:
         lines = [f"event: {result.event} ({result.scores[result.event]:.2f})   backend: {result.backend}"]
         lines.append("  scores: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
-    tags = [f"{k} {v:.2f}" for k, v in result.audio_tags.items() if v >= 0.5]
+    tags = [f"{k} {result.audio_tags[k]:.2f}" for k in result.tags_on]
     lines.append("  audio tags: " + (", ".join(tags) if tags else "none"))
+    if result.ood_score is not None:  # a calibrated bundle
+        lines.append(f"  out-of-distribution score: {result.ood_score:.2f}" + (
+            "  UNCERTAIN: unlike the validation data, so no alarm is raised" if result.uncertain else ""))
     if result.missing:
         lines.append("  missing sensors: " + ", ".join(result.missing) + " (ran on the others)")
     lines.append(f"  boxes ({len(result.boxes)}):")

@@ -11,7 +11,9 @@ Fields:
 
 ``id``          str, unique in the file
 ``video``       str, required: path of the clip (relative to the manifest's folder, or absolute)
-``audio``       str, or null/absent when the clip has no microphone
+``audio``       str; null when the clip has no microphone; absent: the video file's own sound track
+                where it has one (a dashcam's mp4 with AAC, read with ``fusionedge[media]``), else none
+                (resolved when the files are checked; an audio path may itself name a video file)
 ``event``       str, one of the event vocabulary; required unless read with ``require_labels=False``
 ``audio_tags``  list of str from the audio-tag vocabulary (multi-label); default []
 
@@ -43,7 +45,7 @@ from .errors import DataError
 from .fileio import loads_json, write_text_atomic
 from .spec import AUDIO_TAGS, EVENTS, OBJECTS
 
-__all__ = ["MANIFEST_NAME", "Box", "Sample", "read_manifest", "write_manifest", "manifest_path"]
+__all__ = ["MANIFEST_NAME", "Box", "Sample", "manifest_path", "read_manifest", "write_manifest"]
 
 #: The file name looked for when a folder is given.
 MANIFEST_NAME = "manifest.jsonl"
@@ -183,7 +185,12 @@ def _parse(
         raise DataError(f"{line.where}: each line must be a JSON object, got {type(rec).__name__}")
     sid = line.string(rec, "id", required=True)
     video = _media(line, rec, "video", root, required=True, check=check_files)
-    audio = _media(line, rec, "audio", root, required=False, check=check_files)
+    if "audio" in rec or not check_files:
+        audio = _media(line, rec, "audio", root, required=False, check=check_files)
+    else:  # absent: the recording's own sound, where it carries one
+        from .audio_file import embedded_audio  # the media readers load only when files are checked
+
+        audio = embedded_audio(video)
     event = rec.get("event")
     if event is None:
         if require_labels:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from fusionedge.sdk.calibration import ALARM_EVENTS, DEFAULT_TAG_THRESHOLD
 from fusionedge.sdk.datamanifest import Sample
 from fusionedge.sdk.errors import DataError, InputError
 
@@ -36,10 +37,8 @@ __all__ = [
     "outside_metrics",
 ]
 
-#: Predicted events that raise an emergency alarm.
-ALARM_EVENTS: tuple[str, ...] = ("emergency_ahead", "emergency_behind")
 #: An audio tag counts as raised at this score.
-TAG_THRESHOLD = 0.5
+TAG_THRESHOLD = DEFAULT_TAG_THRESHOLD
 _EXPECT = ("siren", "alarm", "silent", "event_defined")
 
 

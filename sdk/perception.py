@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from fusionedge.sdk.backends import Backend, ModelIO, backend_class, get_backend
 from fusionedge.sdk.bundle import Bundle, load_bundle
+from fusionedge.sdk.calibration import ALARM_EVENTS, DEFAULT_TAG_THRESHOLD, Calibration
 from fusionedge.sdk.engine_fingerprint import NoEngineError
 from fusionedge.sdk.errors import BackendError, InputError
 from fusionedge.sdk.generic import GenericModel, in_source_pixels, last_frame, reader_target
@@ -66,11 +67,15 @@ class Result:
     """What the model made of one clip.
 
     ``boxes`` refer to the last frame of the clip window, in the original frame's pixels; they are
-    empty when video is missing. ``audio_tags`` is empty when audio is missing.
+    empty when video is missing. ``audio_tags`` is empty when audio is missing. A calibrated bundle
+    (:mod:`fusionedge.sdk.calibration`) tempers ``scores``, turns tags on at their own thresholds and
+    scores how far the clip lies from its validation data: ``uncertain`` means too far to trust the
+    answer, and an uncertain result raises no alarm. Without calibration ``ood_score`` is None,
+    ``uncertain`` False and a tag is on at 0.5.
     """
 
     event: str  # the most likely event class
-    scores: dict[str, float]  # softmax over event classes
+    scores: dict[str, float]  # softmax over event classes (with the bundle's temperature, if calibrated)
     audio_tags: dict[str, float]  # sigmoid per audio tag (multi-label)
     boxes: list[Detection]  # best score first
     backend: str  # the backend that ran
@@ -78,6 +83,19 @@ class Result:
     missing: tuple[str, ...] = ()  # modalities that were absent ("video", "audio")
     timings: dict[str, float] = field(default_factory=dict)  # ms: decode, preprocess, infer, postprocess
     engine: str | None = None  # background engine build: "building", "ready" or "failed: ..."; None: none
+    tags_on: tuple[str, ...] | None = None  # tags at or above their threshold (None given: 0.5)
+    ood_score: float | None = None  # out-of-distribution score (higher: farther); None: not calibrated
+    uncertain: bool = False  # the OOD score is above the bundle's threshold
+
+    def __post_init__(self) -> None:
+        if self.tags_on is None:
+            on = tuple(t for t, s in self.audio_tags.items() if s >= DEFAULT_TAG_THRESHOLD)
+            object.__setattr__(self, "tags_on", on)
+
+    @property
+    def alarm(self) -> bool:
+        """Whether the result raises an emergency alarm: an emergency event, and not ``uncertain``."""
+        return self.event in ALARM_EVENTS and not self.uncertain
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict of the result (boxes as ``{label, score, x1, y1, x2, y2}``)."""
@@ -95,6 +113,10 @@ class Result:
             "missing": list(self.missing),
             "timings": {k: round(float(v), 3) for k, v in self.timings.items()},
             "engine": self.engine,
+            "tags_on": list(self.tags_on or ()),
+            "ood_score": None if self.ood_score is None else float(self.ood_score),
+            "uncertain": bool(self.uncertain),
+            "alarm": self.alarm,
         }
 
 
@@ -122,6 +144,9 @@ class Perception:
             raise InputError(f"top_k must be >= 1, got {top_k!r}")
         #: the declared interface of an imported model; None for the fused camera + audio model
         self.generic: GenericModel | None = _check_contract(bundle)
+        #: the bundle's fitted calibration (temperature, tag thresholds, OOD score); None when it has none
+        self.calibration: Calibration | None = Calibration.from_manifest(bundle.manifest) if self.generic is None \
+            else None
         self.bundle = bundle
         self.backend = backend
         self.fallbacks: tuple[Fallback, ...] = tuple(fallbacks)
@@ -343,11 +368,14 @@ class Perception:
             backend_name: the backend that produced ``outputs`` (default: the current one).
 
         Returns:
-            The result: softmax event scores, sigmoid audio tags, boxes in the frame's pixels.
+            The result: softmax event scores, sigmoid audio tags, boxes in the frame's pixels; with the
+            bundle's calibration applied when it has one (tempered scores, tag thresholds, OOD score).
         """
         g = self.geometry
         events, tags = self.labels["events"], self.labels["audio_tags"]
-        scores = softmax(outputs["event_logits"][index].astype(np.float64))
+        cal = self.calibration
+        event_logits = outputs["event_logits"][index].astype(np.float64)
+        scores = softmax(event_logits) if cal is None else cal.event_probs(event_logits)
         boxes: list[Detection] = []
         if frame_wh is not None:
             boxes = decode_centernet(
@@ -356,17 +384,25 @@ class Perception:
                 top_k=self.top_k, out_wh=tuple(frame_wh), in_wh=(g.width, g.height),
             )
         tag_scores = sigmoid(outputs["audio_tag_logits"][index].astype(np.float64)) if has_audio else None
+        audio_tags = {} if tag_scores is None else {t: float(s) for t, s in zip(tags, tag_scores)}
         missing = tuple(m for m, present in (("video", frame_wh is not None), ("audio", has_audio)) if not present)
+        ood: float | None = None
+        if cal is not None:
+            tag_logits = outputs["audio_tag_logits"][index][None] if has_audio else None
+            ood = float(cal.ood_scores(event_logits[None], tag_logits)[0])
         return Result(
             event=events[int(np.argmax(scores))],
             scores={e: float(s) for e, s in zip(events, scores)},
-            audio_tags={} if tag_scores is None else {t: float(s) for t, s in zip(tags, tag_scores)},
+            audio_tags=audio_tags,
             boxes=boxes,
             backend=backend_name or self.backend_name,
             model=self.model,
             missing=missing,
             timings=timings if timings is not None else {},
             engine=self.engine_state,
+            tags_on=None if cal is None else cal.tags_on(audio_tags),
+            ood_score=ood,
+            uncertain=False if ood is None else bool(cal.is_uncertain(ood, has_audio=has_audio)),
         )
 
     def _infer_generic(

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-
 from fusionedge.sdk.errors import InputError, MediaError, SensorError
 from fusionedge.sdk.preprocess import clip_frame_indices
 from fusionedge.sdk.spec import InputGeometry
@@ -34,6 +33,8 @@ from fusionedge.sdk.streaming import (
     ("mic://default", "audio", "mic", "default"),
     ("alsa://hw:0,0", "audio", "alsa", "hw:0,0"),
     ("sound.wav", "audio", "file", "sound.wav"),
+    ("sound.flac", "audio", "file", "sound.flac"),
+    ("dashcam.mp4", "audio", "file", "dashcam.mp4"),
 ])
 def test_uri_parsing(text, kind, scheme, target):
     u = parse_uri(text, kind)
@@ -52,7 +53,7 @@ def test_a_folder_is_a_folder_source(tmp_path):
     ("v4l2://cam", "video", "device number"),
     ("gst://videotestsrc", "video", "appsink"),
     ("http://x/y", "video", "unknown scheme"),
-    ("sound.mp3", "audio", "WAV"),
+    ("sound.txt", "audio", "WAV, FLAC"),
 ])
 def test_bad_uris_raise_input_error(text, kind, message):
     with pytest.raises(InputError, match=message):

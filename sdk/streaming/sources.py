@@ -10,9 +10,11 @@ regular file, a scheme this OpenCV build cannot open): the supervisor retries th
 
 File replay runs at the file's native rate (``realtime=True``: frame ``i`` is released at ``i / fps``
 on the clock) or as fast as it is read (``realtime=False``); either way a frame is stamped with its
-container time (``i / fps`` for a constant-rate file, see :class:`~fusionedge.sdk.media.FrameTimes`)
-and audio sample ``j`` sits at ``j / rate``, so replay lines up with offline inference. A WAV file is
-read chunk by chunk, never whole.
+container time (its presentation timestamp through PyAV, ``i / fps`` for a constant-rate file, see
+:class:`~fusionedge.sdk.media.FrameTimes`) and audio sample ``j`` sits at ``j / rate``, so replay lines
+up with offline inference. An audio file — WAV, FLAC, OGG, MP3, or the sound track of the replayed
+video itself (:func:`~fusionedge.sdk.media.open_audio`) — is read chunk by chunk, never whole, on the
+same time line as that video's frames.
 Live sensors are stamped with the clock at the moment the frame was delivered.
 """
 
@@ -29,25 +31,33 @@ from typing import Any
 
 import cv2
 import numpy as np
-
+from fusionedge.sdk import media_av
 from fusionedge.sdk.errors import InputError, MediaError, SensorError
-from fusionedge.sdk.media import DEFAULT_FPS, IMAGE_EXTENSIONS, FrameTimes, WavFile, regular_file
+from fusionedge.sdk.media import (
+    DEFAULT_FPS,
+    IMAGE_EXTENSIONS,
+    AudioReader,
+    FrameTimes,
+    open_audio,
+    regular_file,
+)
 from fusionedge.sdk.streaming.clock import StreamClock
 from fusionedge.sdk.streaming.uri import SourceURI, parse_uri
 
 __all__ = [
-    "Frame",
     "AudioChunk",
-    "VideoSource",
     "AudioSource",
-    "FileVideoSource",
     "CaptureVideoSource",
-    "WavAudioSource",
+    "FileAudioSource",
+    "FileVideoSource",
+    "Frame",
     "MicAudioSource",
-    "open_video_source",
-    "open_audio_source",
+    "VideoSource",
+    "WavAudioSource",
     "csi_pipeline",
     "gstreamer_available",
+    "open_audio_source",
+    "open_video_source",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,7 +119,7 @@ class VideoSource(Source):
 
 
 class AudioSource(Source):
-    """A microphone or replayed WAV file giving mono float chunks (``read() -> AudioChunk | None``)."""
+    """A microphone or replayed audio file giving mono float chunks (``read() -> AudioChunk | None``)."""
 
     def __init__(self, uri: SourceURI, clock: StreamClock) -> None:
         super().__init__(uri, clock)
@@ -126,6 +136,9 @@ class FileVideoSource(VideoSource):
         super().__init__(uri, clock)
         self.realtime = realtime
         self._cap: cv2.VideoCapture | None = None
+        self._av: media_av.ContainerVideo | None = None  # the file through PyAV, where installed
+        self._av_frames: Any = None
+        self._av_lock = threading.Lock()  # close() from another thread waits for the frame being decoded
         self._files: list[Path] = []
         self._times = FrameTimes(DEFAULT_FPS)
         self._i = 0
@@ -150,6 +163,15 @@ class FileVideoSource(VideoSource):
             self.fps = DEFAULT_FPS
             return
         regular_file(path, "video file")  # its message names the path
+        if media_av.available():
+            try:
+                video = media_av.ContainerVideo(path)
+            except media_av.UnreadableMedia as e:
+                log.debug("%s: %s; trying OpenCV", path, e)
+            else:
+                self.fps, self._av = video.fps, video
+                self._av_frames = video.frames()
+                return
         cap = cv2.VideoCapture(str(path))
         if not cap.isOpened():
             raise MediaError(f"video source {self.uri.text!r}: OpenCV cannot open this file; check that "
@@ -170,6 +192,19 @@ class FileVideoSource(VideoSource):
             if img is None:
                 raise SensorError(f"video source {self.uri.text!r}: cannot read image "
                                   f"{self._files[self._i].name}; check the file")
+        elif self._av is not None:
+            if self._closed.is_set():
+                return None
+            with self._av_lock:
+                if self._av is None:
+                    return None  # closed meanwhile
+                try:
+                    t, decoded = next(self._av_frames)
+                except StopIteration:
+                    return None
+                img = media_av.frame_to_array(decoded, "bgr")
+            if self.realtime and not self.clock.sleep_until(t, self._closed):
+                return None
         else:
             cap = self._cap
             if self._closed.is_set():
@@ -191,6 +226,10 @@ class FileVideoSource(VideoSource):
         cap, self._cap = self._cap, None
         if cap is not None:
             cap.release()
+        with self._av_lock:
+            video, self._av, self._av_frames = self._av, None, None
+        if video is not None:
+            video.close()
 
 
 def csi_pipeline(sensor_id: int, width: int = 1280, height: int = 720, fps: int = 30) -> str:
@@ -312,66 +351,76 @@ class CaptureVideoSource(VideoSource):
 # ------------------------------------------------------------------------------------------- audio
 
 
-class WavAudioSource(AudioSource):
-    """Replay a WAV file (down-mixed to mono) in 20 ms chunks, paced or as fast as possible.
+class FileAudioSource(AudioSource):
+    """Replay an audio file (down-mixed to mono) in 20 ms chunks, paced or as fast as possible.
 
-    The file is read chunk by chunk (:class:`~fusionedge.sdk.media.WavFile`), so an hour-long
-    recording costs the memory of one chunk.
+    Any file :func:`~fusionedge.sdk.media.open_audio` reads: WAV, FLAC, OGG, MP3, or the sound track of
+    a video (mp4, mkv, mov), whose sample ``j`` sits at ``j / rate`` from the video's first frame. The
+    file is read chunk by chunk (a container is decoded on as it goes, never sought back), so an
+    hour-long recording costs the memory of one chunk.
     """
 
     def __init__(self, uri: SourceURI, clock: StreamClock, *, realtime: bool = True) -> None:
         super().__init__(uri, clock)
         self.realtime = realtime
-        self._wav: WavFile | None = None
+        self._reader: AudioReader | None = None
         self._pos = 0
         self._closed = threading.Event()
         self._lock = threading.Lock()  # close() from another thread must not close the file mid-read
 
     def open(self) -> None:
-        """Open the WAV file.
+        """Open the audio file.
 
         Raises:
-            MediaError: the file is missing, not a regular file, not a WAV file, or holds no samples.
+            MediaError: the file is missing, not a regular file, not audio (or a video without sound),
+                holds no samples, or needs ``fusionedge[media]`` which is not installed.
         """
-        wav = WavFile(self.uri.target)  # its errors name the path
-        if wav.frames == 0:
-            wav.close()
-            raise MediaError(f"audio source {self.uri.text!r}: the WAV file holds no audio samples")
+        reader = open_audio(self.uri.target)  # its errors name the path
+        if reader.frames == 0 and not isinstance(reader, media_av.ContainerAudio):
+            reader.close()
+            raise MediaError(f"audio source {self.uri.text!r}: the file holds no audio samples")
         with self._lock:
-            self._wav, self.rate, self._pos = wav, int(wav.rate), 0
+            self._reader, self.rate, self._pos = reader, int(reader.rate), 0
         self._closed.clear()
 
     def read(self) -> AudioChunk | None:
-        wav = self._wav
-        if wav is None:
+        reader = self._reader
+        if reader is None:
             if self._closed.is_set():
                 return None
             raise SensorError(f"audio source {self.uri.text!r}: read before open")
-        if self._pos >= wav.frames or self._closed.is_set():
+        exact = not isinstance(reader, media_av.ContainerAudio)  # a container's length is its claim
+        if (exact and self._pos >= reader.frames) or self._closed.is_set():
             return None
-        n = max(1, int(round(CHUNK_SECONDS * self.rate)))
-        end = min(self._pos + n, wav.frames)
-        t_end = end / self.rate
-        if self.realtime and not self.clock.sleep_until(t_end, self._closed):
+        n = max(1, round(CHUNK_SECONDS * self.rate))
+        end = min(self._pos + n, reader.frames) if exact else self._pos + n
+        if self.realtime and not self.clock.sleep_until(end / self.rate, self._closed):
             return None
         with self._lock:
-            if self._wav is None:
+            if self._reader is None:
                 return None  # closed meanwhile
             try:
-                block = wav.read(self._pos, end - self._pos)  # (n, C)
+                block = reader.read(self._pos, end - self._pos)  # (n, C)
             except MediaError as e:
                 raise SensorError(f"audio source {self.uri.text!r}: {e}") from e
+        if block.shape[0] == 0:
+            return None  # the end of the track
+        end = self._pos + block.shape[0]
         mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0].copy()
-        chunk = AudioChunk(samples=mono.astype(np.float32, copy=False), rate=self.rate, t_end=t_end)
+        chunk = AudioChunk(samples=mono.astype(np.float32, copy=False), rate=self.rate, t_end=end / self.rate)
         self._pos = end
         return chunk
 
     def close(self) -> None:
         self._closed.set()
         with self._lock:
-            wav, self._wav = self._wav, None
-        if wav is not None:
-            wav.close()
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+
+#: The name this source had when it read WAV files only.
+WavAudioSource = FileAudioSource
 
 
 class MicAudioSource(AudioSource):
@@ -429,7 +478,7 @@ class MicAudioSource(AudioSource):
             try:
                 stream.stop()
                 stream.close()
-            except Exception as e:  # closing a dead device must not take the pipeline down
+            except Exception as e:  # noqa: BLE001 - closing a dead device must not take the pipeline down
                 log.debug("closing %s: %s", self.uri.text, e)
 
 
@@ -462,7 +511,8 @@ def open_audio_source(uri: str | SourceURI, clock: StreamClock, *, realtime: boo
     """Make (not yet opened) the audio source a URI names.
 
     Args:
-        uri: a WAV path, ``mic://default`` or ``alsa://hw:0,0``.
+        uri: an audio file (WAV, FLAC, OGG, MP3, or a video whose sound to replay), ``mic://default``
+            or ``alsa://hw:0,0``.
         clock: the pipeline's clock.
         realtime: replay files at their native rate (True) or as fast as possible (False).
 
@@ -474,5 +524,5 @@ def open_audio_source(uri: str | SourceURI, clock: StreamClock, *, realtime: boo
     """
     u = uri if isinstance(uri, SourceURI) else parse_uri(uri, "audio")
     if u.scheme == "file":
-        return WavAudioSource(u, clock, realtime=realtime)
+        return FileAudioSource(u, clock, realtime=realtime)
     return MicAudioSource(u, clock)

@@ -3,7 +3,8 @@
 Video: a file (``clip.mp4``, ``file:///abs/clip.mp4``), a folder of images, ``/dev/videoN`` or
 ``v4l2://N`` (a V4L2 camera), ``csi://N`` (a Jetson CSI camera through nvarguscamerasrc),
 ``rtsp://host/path`` (or ``rtsps://``), ``gst://<GStreamer pipeline ending in appsink>``.
-Audio: a WAV file, ``mic://default`` (or ``mic://<device name or index>``), ``alsa://hw:0,0``.
+Audio: an audio file (WAV; FLAC, OGG, MP3 or a video's sound track with ``fusionedge[media]``),
+``mic://default`` (or ``mic://<device name or index>``), ``alsa://hw:0,0``.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ from typing import Literal
 
 from fusionedge.sdk.errors import InputError
 
-__all__ = ["SourceURI", "parse_uri", "VIDEO_SCHEMES", "AUDIO_SCHEMES"]
+__all__ = ["AUDIO_FILE_SUFFIXES", "AUDIO_SCHEMES", "VIDEO_SCHEMES", "SourceURI", "parse_uri"]
 
 #: Schemes a video URI may have after parsing.
 VIDEO_SCHEMES: tuple[str, ...] = ("file", "folder", "v4l2", "csi", "rtsp", "gst")
 #: Schemes an audio URI may have after parsing.
 AUDIO_SCHEMES: tuple[str, ...] = ("file", "mic", "alsa")
+#: File endings an audio source may have: audio files, and videos whose sound track is replayed
+#: (all but WAV need ``fusionedge[media]``; opening the source says so).
+AUDIO_FILE_SUFFIXES: tuple[str, ...] = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a",
+                                        ".aac", ".aiff", ".aif", ".mp4", ".mkv", ".mov", ".webm", ".m4v")
 
 _DEV_VIDEO = re.compile(r"^/dev/video(\d+)$")
-_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)$", re.S)
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ def parse_uri(text: str, kind: Literal["video", "audio"]) -> SourceURI:
         raise InputError(f"video source {raw!r}: {scheme}:// takes a device number, e.g. {scheme}://0")
     if scheme == "gst" and "appsink" not in target:
         raise InputError(f"video source {raw!r}: a gst:// pipeline must end in an appsink element")
-    if scheme == "file" and kind == "audio" and not target.lower().endswith(".wav"):
-        raise InputError(f"audio source {raw!r}: audio files must be WAV (.wav)")
+    if scheme == "file" and kind == "audio" and Path(target).suffix.lower() not in AUDIO_FILE_SUFFIXES:
+        raise InputError(f"audio source {raw!r}: an audio file must be WAV, FLAC, OGG, Opus, MP3, or a "
+                         f"video with sound ({', '.join(AUDIO_FILE_SUFFIXES)})")
     return SourceURI(text=raw, kind=kind, scheme=scheme, target=target)

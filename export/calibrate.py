@@ -1,0 +1,444 @@
+"""Fit a bundle's calibration on validation data and write it into the bundle (``fusionedge calibrate``).
+
+The validation clips go through the runtime — decode, preprocess with the bundle's geometry, ONNX
+Runtime (or the backends asked for) — so the corrections fit the deployed model's own logits, and
+only NumPy does the fitting (no torch, no SciPy). Three things are fit
+(:mod:`fusionedge.sdk.calibration` says what each is and why it was chosen):
+
+* :func:`fit_temperature`: the event temperature minimising validation NLL (a golden-section search
+  over ``log T``; the NLL is convex in ``1/T``, so the search finds its one minimum);
+* :func:`fit_tag_thresholds`: each audio tag's max-F1 threshold (a tag with no positive or no
+  negative clip keeps 0.5 and is not listed as fitted);
+* :func:`fit_ood`: the class means and shared covariance of the logit vector, and the threshold that
+  a target share of validation clips exceeds. The threshold is set on cross-fitted scores (each fold
+  scored by Gaussians fit without it), so that unseen in-distribution clips exceed it about as often
+  as the target says rather than more.
+
+:func:`calibrate_bundle` stores the result as the manifest's ``calibration`` block, rewriting
+``manifest.json`` atomically; no other file changes. The block is part of the bundle's digest — it
+changes what the bundle answers — so a signed bundle's ``manifest.sig`` would no longer verify:
+calibrating one is refused unless it is re-signed (``sign_key``) or the stale signature is removed
+(``drop_signature``). Nothing is written when any step fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fusionedge.sdk.bundle import MANIFEST_NAME, load_bundle, manifest_digest, validate_manifest
+from fusionedge.sdk.bundle_signature import SIGNATURE_NAME
+from fusionedge.sdk.calibration import (
+    CALIBRATION_KEY,
+    DEFAULT_TAG_THRESHOLD,
+    Calibration,
+    mahalanobis_min,
+)
+from fusionedge.sdk.datamanifest import Sample, manifest_path, read_manifest
+from fusionedge.sdk.errors import BundleError, DataError, InputError
+from fusionedge.sdk.fileio import write_json_atomic
+from fusionedge.sdk.outside_metrics import expected_calibration_error
+from fusionedge.sdk.postprocess import sigmoid, softmax
+
+__all__ = [
+    "DEFAULT_TARGET_OOD_RATE",
+    "calibrate_bundle",
+    "fit_calibration",
+    "fit_ood",
+    "fit_tag_thresholds",
+    "fit_temperature",
+    "negative_log_likelihood",
+    "validation_logits",
+]
+
+#: Share of validation clips above the OOD threshold, unless asked otherwise.
+DEFAULT_TARGET_OOD_RATE = 0.05
+_T_RANGE = (1e-2, 1e2)
+_FOLDS = 5
+_RIDGE = 1e-3  # added to the covariance's diagonal, relative to its mean variance
+
+
+def _check_logits(logits: np.ndarray, what: str) -> np.ndarray:
+    a = np.asarray(logits, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"{what} must be a non-empty (N, C) array, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"{what} contain NaN or Inf; the model's outputs cannot be calibrated")
+    return a
+
+
+def _check_labels(y: np.ndarray, n: int, classes: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= classes:
+        raise InputError(f"labels must be ({n},) class indices in [0, {classes})")
+    return y.astype(np.int64)
+
+
+def negative_log_likelihood(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean NLL of the true classes under ``softmax(logits / temperature)``."""
+    z = np.asarray(logits, np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(y)), y].mean())
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature ``T`` minimising the NLL of ``softmax(logits / T)`` (Guo et al., 2017).
+
+    Args:
+        logits: ``(N, C)`` event logits of validation clips.
+        y: ``(N,)`` their true classes; at least two different ones.
+
+    Returns:
+        ``T`` in [0.01, 100] (to 1e-6 relative).
+
+    Raises:
+        InputError: NaN/Inf logits, or shapes that disagree.
+        DataError: the labels hold a single class (every ``T`` below the fit's range would do).
+    """
+    z = _check_logits(logits, "event logits")
+    y = _check_labels(y, z.shape[0], z.shape[1])
+    if np.unique(y).size < 2:
+        raise DataError("the validation set holds a single event class; a temperature needs at least two")
+    lo, hi = math.log(_T_RANGE[0]), math.log(_T_RANGE[1])
+    g = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = lo + (1 - g) * (hi - lo), lo + g * (hi - lo)
+    fa, fb = negative_log_likelihood(z, y, math.exp(a)), negative_log_likelihood(z, y, math.exp(b))
+    while hi - lo > 1e-6:
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = lo + (1 - g) * (hi - lo)
+            fa = negative_log_likelihood(z, y, math.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = negative_log_likelihood(z, y, math.exp(b))
+    return float(math.exp((lo + hi) / 2))
+
+
+def _max_f1_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
+    """The cut between distinct scores that maximises F1 (ties: the higher cut)."""
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order], truth[order]
+    tp = np.cumsum(t)
+    last = np.r_[s[1:] != s[:-1], True]  # the last position of each run of equal scores
+    k = np.flatnonzero(last)  # predicted positive: s >= s[k], i.e. the first k+1 clips
+    f1 = 2 * tp[k] / ((k + 1) + t.sum())
+    best = int(k[int(np.argmax(f1))])
+    below = s[best + 1] if best + 1 < len(s) else None
+    return float(s[best] if below is None else (s[best] + below) / 2)
+
+
+def fit_tag_thresholds(
+    tag_scores: np.ndarray, tag_true: np.ndarray, tags: Sequence[str]
+) -> tuple[dict[str, float], tuple[str, ...]]:
+    """Each audio tag's max-F1 threshold on validation scores.
+
+    Args:
+        tag_scores: ``(N, T)`` sigmoid scores.
+        tag_true: ``(N, T)`` 0/1 truth.
+        tags: the T tag names.
+
+    Returns:
+        ``({tag: threshold}, fitted tags)``; a tag with no positive or no negative clip keeps 0.5.
+
+    Raises:
+        InputError: NaN/Inf scores or shapes that disagree.
+    """
+    s = _check_logits(tag_scores, "tag scores")
+    t = np.asarray(tag_true, dtype=np.float64)
+    if t.shape != s.shape or s.shape[1] != len(tags):
+        raise InputError(f"tag scores {s.shape} and truth {t.shape} must both be (N, {len(tags)})")
+    thresholds, fitted = {}, []
+    for j, tag in enumerate(tags):
+        pos = t[:, j] > 0.5
+        if pos.all() or not pos.any():
+            thresholds[tag] = DEFAULT_TAG_THRESHOLD
+            continue
+        thresholds[tag] = _max_f1_threshold(s[:, j], pos.astype(np.float64))
+        fitted.append(tag)
+    return thresholds, tuple(fitted)
+
+
+def _gaussians(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(means of the present classes, which classes, shared covariance + ridge)``."""
+    present = np.unique(y)
+    means = np.stack([x[y == k].mean(axis=0) for k in present])
+    centred = x - means[np.searchsorted(present, y)]
+    cov = centred.T @ centred / len(x)
+    cov = (cov + cov.T) / 2 + np.eye(x.shape[1]) * (_RIDGE * max(float(np.trace(cov)) / x.shape[1], 1e-12))
+    return means, present, cov
+
+
+def _cross_fit_scores(x: np.ndarray, y: np.ndarray, classes: int, k_events: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's score (full vector, event part) under Gaussians fit on the other folds."""
+    n = len(x)
+    folds = np.arange(n) % min(_FOLDS, n)
+    full, events = np.empty(n), np.empty(n)
+    for f in np.unique(folds):
+        train, test = folds != f, folds == f
+        if not train.any():  # a single clip: score it against itself
+            train = test
+        means, _, cov = _gaussians(x[train], y[train], classes)
+        full[test] = mahalanobis_min(x[test], means, np.linalg.inv(cov))
+        events[test] = mahalanobis_min(x[test, :k_events], means[:, :k_events],
+                                       np.linalg.inv(cov[:k_events, :k_events]))
+    return full, events
+
+
+def fit_ood(
+    event_logits: np.ndarray, tag_logits: np.ndarray, y: np.ndarray, target_rate: float
+) -> dict[str, Any]:
+    """Class means, shared covariance and thresholds of the logit-space Mahalanobis score.
+
+    Args:
+        event_logits: ``(N, K)`` validation event logits (clips with audio).
+        tag_logits: ``(N, T)`` their audio-tag logits.
+        y: ``(N,)`` true event classes; every one of the K must occur.
+        target_rate: share of validation clips the threshold leaves above it, in (0, 1).
+
+    Returns:
+        ``{"class_means" (K, K+T), "covariance" (K+T, K+T), "threshold", "threshold_events_only",
+        "validation_scores" (N,)}`` — the scores cross-fitted as the threshold was.
+
+    Raises:
+        InputError: NaN/Inf logits, shapes that disagree, or a rate outside (0, 1).
+        DataError: an event class has no validation clip.
+    """
+    ev = _check_logits(event_logits, "event logits")
+    tg = _check_logits(tag_logits, "tag logits")
+    if tg.shape[0] != ev.shape[0]:
+        raise InputError(f"event logits {ev.shape} and tag logits {tg.shape} have different N")
+    k = ev.shape[1]
+    y = _check_labels(y, ev.shape[0], k)
+    if not 0.0 < float(target_rate) < 1.0:
+        raise InputError(f"target OOD rate must be in (0, 1), got {target_rate!r}")
+    if np.unique(y).size < k:
+        raise DataError(f"the validation set has no clip of {k - np.unique(y).size} of the {k} event classes; "
+                        f"the OOD score needs every class")
+    x = np.concatenate([ev, tg], axis=1)
+    means, _, cov = _gaussians(x, y, k)
+    full, events = _cross_fit_scores(x, y, k, k)
+    q = 1.0 - float(target_rate)
+    return {"class_means": means, "covariance": cov, "threshold": float(np.quantile(full, q)),
+            "threshold_events_only": float(np.quantile(events, q)), "validation_scores": full}
+
+
+def fit_calibration(
+    event_logits: np.ndarray,
+    tag_logits: np.ndarray,
+    y: np.ndarray,
+    tag_true: np.ndarray,
+    tags: Sequence[str],
+    *,
+    has_audio: np.ndarray | None = None,
+    target_ood_rate: float = DEFAULT_TARGET_OOD_RATE,
+    validation: dict[str, Any] | None = None,
+) -> Calibration:
+    """Fit temperature, tag thresholds and the OOD score on validation logits.
+
+    Args:
+        event_logits: ``(N, K)``.
+        tag_logits: ``(N, T)``.
+        y: ``(N,)`` true event classes.
+        tag_true: ``(N, T)`` 0/1 tag truth.
+        tags: the T tag names.
+        has_audio: ``(N,)`` which clips had audio (default: all); tags and the OOD Gaussians are fit on
+            those, the temperature on all.
+        target_ood_rate: share of validation clips above the OOD threshold.
+        validation: what to record about the set (``samples``, ``sha256``).
+
+    Returns:
+        The :class:`~fusionedge.sdk.calibration.Calibration`.
+
+    Raises:
+        InputError: NaN/Inf logits, shapes that disagree, a bad rate.
+        DataError: a single event class, a class without clips, or no clip with audio.
+    """
+    ev = _check_logits(event_logits, "event logits")
+    tg = _check_logits(tag_logits, "tag logits")
+    audio = np.ones(len(ev), bool) if has_audio is None else np.asarray(has_audio, bool)
+    if audio.shape != (len(ev),) or tg.shape[0] != len(ev):
+        raise InputError("event logits, tag logits and has_audio must have the same N")
+    temperature = fit_temperature(ev, y)
+    if not audio.any():
+        raise DataError("no validation clip has audio; tag thresholds and the OOD score need some")
+    y = np.asarray(y)
+    thresholds, fitted = fit_tag_thresholds(sigmoid(tg[audio]), np.asarray(tag_true)[audio], tags)
+    ood = fit_ood(ev[audio], tg[audio], y[audio], target_ood_rate)
+    return Calibration(
+        temperature=temperature, tag_thresholds=thresholds, class_means=ood["class_means"],
+        covariance=ood["covariance"], threshold=ood["threshold"],
+        threshold_events_only=ood["threshold_events_only"], target_rate=float(target_ood_rate),
+        validation=dict(validation or {"samples": len(ev)}), fitted_tags=fitted,
+    )
+
+
+def _set_digest(file: Path, samples: Sequence[Sample]) -> str:
+    """SHA-256 over the manifest file and every media file it names, in order."""
+    h = hashlib.sha256(file.read_bytes())
+    for s in samples:
+        for path in (s.video, s.audio):
+            if path is None:
+                continue
+            if path.is_dir():  # a folder of frames
+                for p in sorted(path.iterdir()):
+                    h.update(p.name.encode() + b"\0" + p.read_bytes())
+            else:
+                h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def validation_logits(
+    perception: Any, samples: Sequence[Sample], *, batch_size: int = 16, progress: bool = False
+) -> dict[str, np.ndarray]:
+    """Run samples through a loaded fused-model :class:`~fusionedge.sdk.Perception`; the raw logits.
+
+    Returns:
+        ``{"event_logits" (N, K), "tag_logits" (N, T), "has_audio" (N,)}``.
+
+    Raises:
+        MediaError: a media file cannot be decoded.
+        BackendError: the backend failed (NaN/Inf outputs included).
+    """
+    from fusionedge.sdk.evaluate import load_sample_inputs
+
+    ev, tg, audio = [], [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(samples), desc="calibrate", unit="clip", leave=False)
+    for i in range(0, len(samples), batch_size):
+        loaded = [load_sample_inputs(s, perception.geometry) for s in samples[i : i + batch_size]]
+        out = perception.infer_batch(np.stack([v for v, _, _, _ in loaded]), np.stack([a for _, a, _, _ in loaded]),
+                                     np.stack([p for _, _, p, _ in loaded]))
+        ev.append(out["event_logits"])
+        tg.append(out["audio_tag_logits"])
+        audio += [bool(p[1]) for _, _, p, _ in loaded]
+        if bar is not None:
+            bar.update(len(loaded))
+    if bar is not None:
+        bar.close()
+    return {"event_logits": np.concatenate(ev).astype(np.float64),
+            "tag_logits": np.concatenate(tg).astype(np.float64), "has_audio": np.asarray(audio, bool)}
+
+
+def calibrate_bundle(
+    bundle: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    target_ood_rate: float = DEFAULT_TARGET_OOD_RATE,
+    backends: Sequence[str] = ("onnxruntime",),
+    batch_size: int = 16,
+    progress: bool = False,
+    sign_key: Any = None,
+    drop_signature: bool = False,
+) -> dict[str, Any]:
+    """Fit the calibration of a fused-model bundle on a labelled validation set and store it.
+
+    Args:
+        bundle: the bundle folder (verified first; rewritten in place).
+        data: the validation ``manifest.jsonl`` or its folder; every clip needs an event label.
+        target_ood_rate: share of validation clips left above the OOD threshold, in (0, 1).
+        backends: the runtime backends to run the clips on, in order.
+        batch_size: clips per backend call.
+        progress: a progress bar on stderr.
+        sign_key: an ed25519 private key to re-sign a signed bundle with (its old signature stops
+            verifying once the manifest changes).
+        drop_signature: remove a signed bundle's ``manifest.sig`` instead of re-signing it.
+
+    Returns:
+        A summary: ``bundle``, ``calibration`` (the stored block without its matrices),
+        ``validation`` (samples, NLL and ECE before/after on the validation set itself, share
+        uncertain), ``digest`` (before, after) and ``signature`` ("none", "signed" or "removed").
+
+    Raises:
+        InputError: a rate outside (0, 1), a non-positive batch size, or NaN/Inf logits.
+        BundleError: an invalid bundle, a bundle that is not the fused model, or a signed one
+            without ``sign_key`` or ``drop_signature``.
+        DataError: an empty or invalid validation set, a single event class, a class without clips.
+        MediaError: a media file cannot be decoded.
+    """
+    from fusionedge.sdk.perception import Perception
+
+    if not 0.0 < float(target_ood_rate) < 1.0:
+        raise InputError(f"target OOD rate must be in (0, 1), got {target_ood_rate!r}")
+    if int(batch_size) < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size!r}")
+    root = Path(bundle)
+    signed = (root / SIGNATURE_NAME).is_file()
+    if signed and sign_key is None and not drop_signature:
+        raise BundleError(f"{root}: the bundle is signed, and calibrating changes its digest, so {SIGNATURE_NAME} "
+                          f"would no longer verify; re-sign it (--sign-key) or remove the signature "
+                          f"(--drop-signature)")
+    key = None
+    if sign_key is not None:
+        from fusionedge.sdk.bundle_signature import load_private_key
+
+        key = load_private_key(sign_key)  # a bad key fails before anything is run
+    t0 = time.perf_counter()
+    with Perception.load(root, backends=backends) as p:
+        if p.generic is not None:
+            raise BundleError(f"{p.model} is an imported {p.bundle.task} model; calibration fits the fused "
+                              f"camera + audio model")
+        labels = p.labels
+        events, tags = list(labels["events"]), list(labels["audio_tags"])
+        samples = read_manifest(data, require_labels=True, events=events, audio_tags=tags,
+                                objects=list(labels["objects"]))
+        if not samples:
+            raise DataError(f"{data}: no validation samples")
+        if len({s.event for s in samples}) < 2:  # before running anything: no temperature can be fit
+            raise DataError(f"{data}: the validation set holds a single event class; a temperature needs at "
+                            f"least two")
+        out = validation_logits(p, samples, batch_size=int(batch_size), progress=progress)
+        old_manifest = p.bundle.manifest
+    y = np.array([events.index(s.event) for s in samples])
+    tag_true = np.array([[t in s.audio_tags for t in tags] for s in samples], np.float64)
+    validation = {"samples": len(samples), "sha256": _set_digest(manifest_path(data), samples)}
+    cal = fit_calibration(out["event_logits"], out["tag_logits"], y, tag_true, tags, has_audio=out["has_audio"],
+                          target_ood_rate=target_ood_rate, validation=validation)
+    manifest = {k: v for k, v in old_manifest.items()}
+    manifest[CALIBRATION_KEY] = cal.to_manifest()
+    validate_manifest(manifest)
+    Calibration.from_manifest(manifest)  # the block reads back as written
+    before = manifest_digest(old_manifest)
+    write_json_atomic(root / MANIFEST_NAME, manifest)
+    signature = "none"
+    if signed or key is not None:
+        if key is not None:
+            from fusionedge.sdk.bundle_signature import sign_bundle
+
+            sign_bundle(root, key)
+            signature = "signed"
+        else:
+            (root / SIGNATURE_NAME).unlink()
+            signature = "removed"
+    after = load_bundle(root).digest
+
+    ev = out["event_logits"]
+    audio = out["has_audio"]
+    scores = cal.ood_scores(ev[audio], out["tag_logits"][audio])
+    block = {k: v for k, v in cal.to_manifest().items() if k != "ood"}
+    block["ood"] = {k: v for k, v in cal.to_manifest()["ood"].items() if k not in ("class_means", "covariance")}
+    return {
+        "bundle": str(root),
+        "calibration": block,
+        "validation": {
+            "samples": len(samples),
+            "nll_before": negative_log_likelihood(ev, y),
+            "nll_after": negative_log_likelihood(ev, y, cal.temperature),
+            "ece_before": expected_calibration_error(softmax(ev), y),
+            "ece_after": expected_calibration_error(cal.event_probs(ev), y),
+            "uncertain_rate": float(np.mean(scores > cal.threshold)),
+        },
+        "digest": {"before": before, "after": after},
+        "signature": signature,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }

@@ -1,0 +1,237 @@
+"""Calibration: the fits on synthetic logits, and ``fusionedge calibrate`` on the tiny toy bundle end to end
+(a verifiable bundle whose outputs change exactly by the calibration; an uncalibrated bundle unchanged;
+``uncertain`` in ``predict --json`` and ``events.jsonl``; bad input refused with the bundle untouched)."""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _toy_model import TOY_GEOMETRY, copy_bundle, shared_toy_bundle
+from fusionedge.cli.main import main
+from fusionedge.export.calibrate import (
+    fit_calibration,
+    fit_ood,
+    fit_tag_thresholds,
+    fit_temperature,
+    negative_log_likelihood,
+)
+from fusionedge.sdk.calibration import Calibration
+from fusionedge.sdk.errors import DataError, InputError
+from fusionedge.sdk.postprocess import sigmoid, softmax
+from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS
+
+
+def _labels_from(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    p = softmax(logits / temperature)
+    return np.array([rng.choice(len(row), p=row) for row in p])
+
+
+def test_temperature_fit_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 4, size=(6000, 4))
+    for true_t in (0.5, 2.5):
+        y = _labels_from(z, true_t, rng)
+        t = fit_temperature(z, y)
+        assert abs(t - true_t) / true_t < 0.08, (t, true_t)
+        assert negative_log_likelihood(z, y, t) <= negative_log_likelihood(z, y, 1.0)
+
+
+def test_tag_thresholds_maximise_f1_and_a_one_class_tag_keeps_one_half():
+    scores = np.array([[0.9, 0.7], [0.8, 0.6], [0.4, 0.2], [0.35, 0.1], [0.1, 0.3], [0.05, 0.9]])
+    truth = np.array([[1, 0], [1, 0], [0, 0], [1, 0], [0, 0], [0, 0]])
+    thresholds, fitted = fit_tag_thresholds(scores, truth, ["siren", "horn"])
+    # Best cut keeps 0.9, 0.8, 0.4, 0.35 (F1 6/7); it lies halfway to the next score down.
+    assert thresholds["siren"] == pytest.approx(0.225)
+    assert thresholds["horn"] == 0.5 and fitted == ("siren",)
+
+
+def test_bad_validation_logits_are_typed_errors():
+    z = np.zeros((8, 4))
+    y = np.array([0, 1, 2, 3] * 2)
+    with pytest.raises(InputError, match="NaN"):
+        fit_temperature(np.where(np.eye(8, 4) > 0, np.nan, z), y)
+    with pytest.raises(DataError, match="single event class"):
+        fit_temperature(z, np.zeros(8, int))
+    with pytest.raises(DataError, match="every class"):
+        fit_ood(z, np.zeros((8, 2)), np.array([0, 1, 2] * 2 + [0, 1]), 0.05)
+    with pytest.raises(InputError, match="rate"):
+        fit_ood(z, np.zeros((8, 2)), y, 1.5)
+
+
+def test_ood_threshold_leaves_the_target_share_of_unseen_clips_above_it_and_flags_far_ones():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 5, size=(4, 8))
+
+    def draw(n):
+        y = rng.integers(0, 4, n)
+        return centres[y] + rng.normal(0, 1, size=(n, 8)), y
+
+    x, y = draw(600)
+    cal = fit_calibration(x[:, :4], x[:, 4:], y, (x[:, 4:] > 0).astype(float), list(AUDIO_TAGS),
+                          target_ood_rate=0.05, validation={"samples": 600, "sha256": "0" * 64})
+    fresh, _ = draw(4000)
+    rate = float(np.mean(cal.is_uncertain(cal.ood_scores(fresh[:, :4], fresh[:, 4:]))))
+    assert 0.03 <= rate <= 0.08, rate
+    far = fresh + 12.0
+    assert np.mean(cal.is_uncertain(cal.ood_scores(far[:, :4], far[:, 4:]))) > 0.95
+    # The manifest block reads back to the same corrections.
+    manifest = {"labels": {"events": list(EVENTS), "audio_tags": list(AUDIO_TAGS)}, "calibration": cal.to_manifest()}
+    back = Calibration.from_manifest(manifest)
+    assert back.temperature == cal.temperature and back.tag_thresholds == cal.tag_thresholds
+    np.testing.assert_array_equal(back.ood_scores(fresh[:5, :4], None), cal.ood_scores(fresh[:5, :4], None))
+
+
+# ------------------------------------------------------------------------------ the toy bundle, end to end
+
+
+def _write_clip(folder: Path, name: str, level: int, tone_hz: float) -> None:
+    import cv2
+
+    g = TOY_GEOMETRY
+    writer = cv2.VideoWriter(str(folder / f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 8.0, (g.width, g.height))
+    for i in range(4):
+        frame = np.full((g.height, g.width, 3), (level + 20 * i) % 256, np.uint8)
+        frame[:, : g.width // 2, 1] = 255 - level
+        writer.write(frame)
+    writer.release()
+    t = np.arange(int(g.sample_rate * 0.5)) / g.sample_rate
+    samples = (0.5 * np.sin(2 * np.pi * tone_hz * t) * 32767).astype(np.int16)
+    with wave.open(str(folder / f"{name}.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(g.sample_rate)
+        w.writeframes(samples.tobytes())
+
+
+def _write_set(root: Path, events: list[str]) -> Path:
+    media = root / "media"
+    media.mkdir(parents=True)
+    lines = []
+    for i, event in enumerate(events):
+        k = EVENTS.index(event)
+        _write_clip(media, f"c{i:02d}", 40 * k + 7 * i, 300.0 + 400 * k + 37 * i)
+        tags = ["siren"] if event.startswith("emergency") else (["engine"] if i % 2 else [])
+        lines.append(json.dumps({"id": f"c{i:02d}", "video": f"media/c{i:02d}.mp4", "audio": f"media/c{i:02d}.wav",
+                                 "event": event, "audio_tags": tags, "boxes": []}))
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> dict[str, Path]:
+    src = shared_toy_bundle(tmp_path_factory)
+    root = tmp_path_factory.mktemp("calibrate")
+    val = _write_set(root / "val", [EVENTS[i % 4] for i in range(16)])
+    calibrated = copy_bundle(src, root / "calibrated")
+    assert main(["calibrate", "--bundle", str(calibrated), "--data", str(val), "--json"]) == 0
+    return {"root": root, "plain": src, "calibrated": calibrated, "val": val}
+
+
+def _files(bundle: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(bundle.iterdir()) if p.is_file()}
+
+
+def test_calibrate_writes_a_verifiable_bundle_whose_outputs_change_exactly_by_the_calibration(toy):
+    from fusionedge.sdk import Perception, load_bundle
+
+    plain, calibrated = load_bundle(toy["plain"]), load_bundle(toy["calibrated"])  # both verify
+    assert calibrated.digest != plain.digest and "calibration" not in plain.manifest
+    block = calibrated.manifest["calibration"]
+    assert block["validation"]["samples"] == 16 and len(block["validation"]["sha256"]) == 64
+    assert {k: v for k, v in calibrated.manifest.items() if k != "calibration"} == plain.manifest
+    assert _files(toy["plain"])["model.onnx"] == _files(toy["calibrated"])["model.onnx"]
+
+    clip = {"video_path": toy["val"] / "media" / "c05.mp4", "audio_path": toy["val"] / "media" / "c05.wav"}
+    with Perception.load(toy["plain"]) as p, Perception.load(toy["calibrated"]) as c:
+        assert p.calibration is None and c.calibration is not None
+        old, new = p.infer(**clip), c.infer(**clip)
+        out = p.backend.infer(_inputs(p, clip))
+    logits = out["event_logits"][0].astype(np.float64)
+    tags = sigmoid(out["audio_tag_logits"][0].astype(np.float64))
+    cal = c.calibration
+    # The uncalibrated bundle: plain softmax, tags on at 0.5, no OOD score — what it always gave.
+    assert old.scores == {e: float(s) for e, s in zip(EVENTS, softmax(logits))}
+    assert old.tags_on == tuple(t for t, s in zip(AUDIO_TAGS, tags) if s >= 0.5)
+    assert old.ood_score is None and old.uncertain is False
+    # The calibrated one: tempered scores, its own thresholds, the OOD score; everything else equal.
+    assert new.scores == pytest.approx({e: float(s) for e, s in zip(EVENTS, softmax(logits / cal.temperature))},
+                                       abs=1e-12)
+    assert new.tags_on == tuple(t for t, s in zip(AUDIO_TAGS, tags) if s >= cal.tag_thresholds[t])
+    score = float(cal.ood_scores(logits[None], out["audio_tag_logits"][:1])[0])
+    assert new.ood_score == pytest.approx(score) and new.uncertain == (score > cal.threshold)
+    assert (new.event, new.audio_tags, new.boxes) == (old.event, old.audio_tags, old.boxes)
+    assert cal.temperature != 1.0
+
+
+def _inputs(p, clip) -> dict[str, np.ndarray]:
+    """The preprocessed batch-1 inputs of a clip, as Perception.infer builds them."""
+    from fusionedge.sdk.datamanifest import Sample
+    from fusionedge.sdk.evaluate import load_sample_inputs
+
+    video, audio, presence, _ = load_sample_inputs(Sample("x", clip["video_path"], clip["audio_path"], None),
+                                                   p.geometry)
+    return {"video": video[None], "audio": audio[None], "presence": presence[None]}
+
+
+def test_uncertain_is_in_predict_json_and_events_jsonl_and_an_uncertain_result_raises_no_alarm(toy, capsys,
+                                                                                                tmp_path):
+    from fusionedge.sdk.fileio import write_json_atomic
+    from fusionedge.sdk.perception import Result
+
+    assert Result("emergency_ahead", {}, {}, [], "b", "m").alarm
+    assert not Result("emergency_ahead", {}, {}, [], "b", "m", uncertain=True).alarm
+    bundle = copy_bundle(toy["calibrated"], tmp_path / "strict")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["calibration"]["ood"].update(threshold=-1.0, threshold_events_only=-1.0)  # every clip lies beyond
+    write_json_atomic(bundle / "manifest.json", manifest)
+    clip = toy["val"] / "media" / "c01"
+    assert main(["predict", "--bundle", str(bundle), "--video", f"{clip}.mp4", "--audio", f"{clip}.wav",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["uncertain"] is True and r["alarm"] is False and r["ood_score"] > 0
+    events = tmp_path / "events.jsonl"
+    assert main(["run", "--bundle", str(bundle), "--video", f"{clip}.mp4", "--audio", f"{clip}.wav", "--fast",
+                 "--events", str(events), "--json", "--no-progress"]) == 0
+    results = [json.loads(line) for line in events.read_text().splitlines() if '"result"' in line]
+    assert results and all(x["uncertain"] is True and x["alarm"] is False for x in results)
+    assert main(["predict", "--bundle", str(toy["calibrated"]), "--video", f"{clip}.mp4", "--audio",
+                 f"{clip}.wav"]) == 0
+    assert "out-of-distribution score" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["empty", "one-class", "signed"])
+def test_bad_calibration_input_is_one_line_exit_2_and_the_bundle_is_untouched(toy, capsys, tmp_path, case):
+    bundle = copy_bundle(toy["plain"], tmp_path / "b")
+    if case == "empty":
+        data = tmp_path / "empty"
+        data.mkdir()
+        (data / "manifest.jsonl").write_text("")
+        expect = "empty"
+    elif case == "one-class":
+        data = _write_set(tmp_path / "one", ["none"] * 6)
+        expect = "single event class"
+    else:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from fusionedge.sdk.bundle_signature import sign_bundle
+
+        key = Ed25519PrivateKey.generate()
+        sign_bundle(bundle, key)
+        data, expect = toy["val"], "signed"
+    before = _files(bundle)
+    assert main(["calibrate", "--bundle", str(bundle), "--data", str(data)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0], err
+    assert _files(bundle) == before
+    if case == "signed":  # re-signed with the key, it verifies with it
+        from cryptography.hazmat.primitives import serialization
+        from fusionedge.sdk import load_bundle
+
+        pem = tmp_path / "key.pem"
+        pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+        assert main(["calibrate", "--bundle", str(bundle), "--data", str(data), "--sign-key", str(pem)]) == 0
+        assert "calibration" in load_bundle(bundle, public_key=key.public_key()).manifest
