@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionedge.cli.extras import needs
+from fusionedge.cli.geometry_options import add_geometry_options, geometry_from_args, modalities_from_args
 from fusionedge.cli.options import add_json_option, add_training_arguments, parse_overrides
 from fusionedge.cli.output import print_json
 from fusionedge.cli.predict import format_metrics
@@ -60,8 +61,11 @@ def cmd_train(args: argparse.Namespace, extra: dict | None = None) -> int:
                 "task_weighting": args.task_weighting, "task_schedule": args.task_schedule,
                 "max_train_samples": args.max_train_samples, "encoder_lr_scale": args.encoder_lr_scale,
                 "frozen_encoder_epochs": args.frozen_encoder_epochs, "labels": args.labels, **(extra or {})}
+    geometry = geometry_from_args(args)
+    if geometry is not None:
+        optional["geometry"] = geometry
     cfg = TrainConfig(data=args.data, out=out, model=args.model, seed=args.seed,
-                      model_overrides=parse_overrides(args.set), progress=dist.is_main and not args.json,
+                      model_overrides=_overrides(args), progress=dist.is_main and not args.json,
                       **{k: v for k, v in optional.items() if v is not None})
     with process_group(dist, resolve_device(cfg.device, dist)):
         metrics = train(cfg, dist)
@@ -73,6 +77,21 @@ def cmd_train(args: argparse.Namespace, extra: dict | None = None) -> int:
         print(f"run written to {out}")
         print(format_metrics(metrics.get("best", metrics)))
     return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """``--set`` overrides with ``--modalities`` added as the ``modalities`` field.
+
+    Raises:
+        InputError: a malformed ``--set`` or ``--modalities``, or both naming the modalities.
+    """
+    overrides = parse_overrides(args.set)
+    modalities = modalities_from_args(args)
+    if modalities is not None:
+        if "modalities" in overrides:
+            raise InputError("--modalities and --set modalities=... together; give one")
+        overrides["modalities"] = list(modalities)
+    return overrides
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
@@ -92,6 +111,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     optional = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                 "hard_negatives": args.hard_negatives, "match_weight": args.match_weight,
                 "view_weight": args.view_weight, "val_data": args.val}
+    geometry = geometry_from_args(args)
+    if geometry is not None:
+        optional["geometry"] = geometry
     cfg = PretrainConfig(data=args.data, out=args.out, model=args.model, seed=args.seed,
                          view_still=args.view_still, model_overrides=parse_overrides(args.set),
                          progress=not args.json, **{k: v for k, v in optional.items() if v is not None})
@@ -126,6 +148,7 @@ def add_train_parser(verbs: Any) -> argparse.ArgumentParser:
     add_json_option(p)
     add_training_arguments(p)
     _add_labels_option(p)
+    add_geometry_options(p)
     p.set_defaults(func=needs("train", cmd_train))
     return p
 
@@ -138,6 +161,7 @@ def add_distill_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint (from `fusionedge train`)")
     add_training_arguments(p, model_help="student registry name")
     _add_labels_option(p)
+    add_geometry_options(p)
     for flag, name, flag_help in _WEIGHT_FLAGS:
         p.add_argument(flag, dest=name, type=float, default=None, help=flag_help)
     p.set_defaults(func=needs("train", _cmd_distill))
@@ -171,6 +195,7 @@ def add_pretrain_parser(verbs: Any) -> argparse.ArgumentParser:
                         "exposure; default 1, 0: off)")
     p.add_argument("--no-view-still", dest="view_still", action="store_false",
                    help="no still copies (each clip's frame repeated) as hard negatives of the view loss")
+    add_geometry_options(p, modalities=False)
     add_json_option(p)
     p.set_defaults(func=needs("train", _cmd_pretrain))
     return p

@@ -225,6 +225,7 @@ def build_manifest(
         "inputs": _input_entries(geometry, golden_inputs),
         "outputs": _output_entries(golden_outputs),
         "labels": {k: [str(v) for v in labels[k]] for k in _LABEL_KINDS},
+        "modalities": list((info.get("model_config") or {}).get("modalities") or MODALITIES),
         "geometry": geometry.to_dict(),
         "precision": "fp32",
         "metrics": dict(metrics or {}),

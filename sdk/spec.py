@@ -26,6 +26,7 @@ Boxes refer to the **last frame** of the clip (the "current" frame a vehicle act
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,7 @@ __all__ = [
     "OUTPUT_DECODES",
     "OUTPUT_NAMES",
     "InputGeometry",
+    "bundle_modalities",
     "check_fusion_contract",
 ]
 
@@ -100,6 +102,30 @@ class InputGeometry:
     def heatmap_size(self) -> tuple[int, int]:
         return self.height // self.output_stride, self.width // self.output_stride
 
+    def problems(self) -> list[str]:
+        """Every value no model can take, as ``name=value (need ...)``; empty when the geometry is usable.
+
+        These are the limits of the contract itself (a frame, an audio window and a heatmap cell must
+        exist); a model may need more (``ModelConfig`` checks its own, e.g. sizes divisible by 16).
+        """
+        bad = []
+        for name in ("clip_frames", "height", "width", "sample_rate", "output_stride"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad.append(f"{name}={v!r} (need an integer >= 1)")
+        if bad:
+            return bad
+        if not (isinstance(self.clip_seconds, (int, float)) and math.isfinite(self.clip_seconds)
+                and self.clip_seconds > 0):
+            bad.append(f"clip_seconds={self.clip_seconds!r} (need a number > 0)")
+        elif self.audio_samples < 1:
+            bad.append(f"clip_seconds={self.clip_seconds} at sample_rate={self.sample_rate} "
+                       "(need >= 1 audio sample)")
+        if self.height % self.output_stride or self.width % self.output_stride:
+            bad.append(f"input size {self.width}x{self.height} (need width and height divisible by "
+                       f"output_stride={self.output_stride})")
+        return bad
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("extra")
@@ -113,6 +139,30 @@ class InputGeometry:
             if k in known:
                 known[k] = tuple(float(v) for v in known[k])
         return cls(**known)
+
+
+def bundle_modalities(manifest: dict) -> tuple[str, ...]:
+    """The modalities a fusion bundle's model reads, in ``MODALITIES`` order.
+
+    A bundle written since the field exists says so in ``manifest["modalities"]``; an older one in
+    its source model config (``source.model_config.modalities``); a bundle that says neither reads
+    both. A model that reads one modality needs that input at run time and never asks for the other.
+
+    Raises:
+        BundleError: the field is not a non-empty list of known, distinct modalities.
+    """
+    where = "modalities"
+    value = manifest.get("modalities")
+    if value is None:
+        value = ((manifest.get("source") or {}).get("model_config") or {}).get("modalities")
+        where = "source.model_config.modalities"
+    if value is None:
+        return MODALITIES
+    if (not isinstance(value, list) or not value or len(set(map(str, value))) != len(value)
+            or not set(value) <= set(MODALITIES)):
+        raise BundleError(f"manifest.json: field {where!r}: expected a non-empty list of distinct modalities "
+                          f"from {list(MODALITIES)}, got {value!r}")
+    return tuple(m for m in MODALITIES if m in value)
 
 
 def check_fusion_contract(bundle: Bundle) -> None:
@@ -171,3 +221,4 @@ def check_fusion_contract(bundle: Bundle) -> None:
             )
     if not labels["events"]:
         raise BundleError("manifest.json: field 'labels.events': expected at least one event class")
+    bundle_modalities(bundle.manifest)

@@ -119,6 +119,8 @@ def resolve_model_config(model: str, geometry: InputGeometry, labels: Labels,
                   num_objects=len(labels.objects), clip_frames=geometry.clip_frames, height=geometry.height,
                   width=geometry.width, audio_samples=geometry.audio_samples, sample_rate=geometry.sample_rate,
                   output_stride=geometry.output_stride)
+    if geometry.sample_rate / 2 < model_config(model).f_max:  # the mel bank stops at the Nyquist frequency
+        fitted["f_max"] = geometry.sample_rate / 2
     fitted.update(overrides or {})
     return model_config(model, **fitted)
 

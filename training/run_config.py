@@ -80,6 +80,7 @@ class RunConfig:
             bad.append(f"lr={self.lr} (need > 0)")
         if not 0.0 <= self.hflip <= 1.0:
             bad.append(f"hflip={self.hflip} (need 0..1)")
+        bad.extend(f"geometry {problem}" for problem in self.geometry.problems())
         for name in ("max_train_samples", "max_val_samples"):
             v = getattr(self, name)
             if v is not None and v < 1:

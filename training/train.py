@@ -64,6 +64,7 @@ from typing import ClassVar
 import torch
 from tqdm import tqdm
 
+from fusionedge.sdk.datamanifest import read_manifest
 from fusionedge.sdk.errors import DataError, FusionEdgeError
 from fusionedge.sdk.fileio import json_safe, write_json_atomic
 
@@ -98,6 +99,7 @@ from .losses import (
     scheduled_groups,
 )
 from .models.multimodal import ModelConfig, MultimodalModel, count_flops, count_params
+from .models.registry import model_config
 from .resume import resume_state, rng_state, set_rng_state
 from .run_config import RunConfig
 from .task_labels import TaskLabels, format_label_counts, label_counts, resolve_labels
@@ -298,7 +300,7 @@ def _check_inputs(cfg: TrainConfig, dist: DistContext, labels: Labels) -> tuple[
     if dist.distributed and not tdist.is_initialized():
         raise FusionEdgeError(f"world_size={dist.world_size} needs an initialized process group "
                               "(run under torchrun through `fusionedge train`, or use distributed.process_group)")
-    mcfg = resolve_model_config(cfg.model, cfg.geometry, labels, cfg.model_overrides)
+    mcfg = resolve_model_config(cfg.model, cfg.geometry, labels, _with_data_modalities(cfg))
     resume = None
     if cfg.resume is not None:
         resume = resume_state(cfg.resume, cfg.to_dict(), mcfg.to_dict(), dist.world_size)
@@ -309,6 +311,25 @@ def _check_inputs(cfg: TrainConfig, dist: DistContext, labels: Labels) -> tuple[
         if path is not None:
             read_checkpoint(path)
     return mcfg, resume
+
+
+def _with_data_modalities(cfg: TrainConfig) -> dict:
+    """The run's model overrides, with ``modalities`` set to video alone when no training sample has audio.
+
+    An explicit ``modalities`` override (``--modalities``) is kept as given; so is a registered
+    model that reads one modality already.
+
+    Raises:
+        DataError: the training manifest is missing or invalid.
+    """
+    overrides = dict(cfg.model_overrides)
+    if "modalities" in overrides or len(model_config(cfg.model).modalities) < 2:
+        return overrides
+    samples = read_manifest(cfg.data, require_labels=False, check_files=False,
+                            events=None, audio_tags=None, objects=None)
+    if samples and all(s.audio is None for s in samples):
+        overrides["modalities"] = ["video"]
+    return overrides
 
 
 def _prepare_teacher(run: _Run) -> _Teacher:

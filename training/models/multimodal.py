@@ -133,9 +133,11 @@ class ModelConfig:
         if problems:  # the checks below assume the types are right
             raise ModelConfigError("invalid ModelConfig: " + "; ".join(problems))
         if self.height % 16 or self.width % 16 or self.height <= 0 or self.width <= 0:
-            problems.append(f"height and width must be positive multiples of 16, got {self.height}x{self.width}")
+            problems.append(f"input size {self.width}x{self.height} (width x height): height and width must be "
+                            "positive multiples of 16, the video encoder's stride")
         if self.output_stride != 4:
-            problems.append(f"output_stride must be 4, got {self.output_stride}")
+            problems.append(f"output_stride must be 4 (the detection head is built at stride 4), "
+                            f"got {self.output_stride}")
         if self.n_mels % 8 or self.n_mels <= 0:
             problems.append(f"n_mels must be a positive multiple of 8, got {self.n_mels}")
         if self.fusion_dim % self.fusion_heads:
