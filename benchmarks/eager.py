@@ -19,15 +19,15 @@ torch and ``fusionedge.training`` are imported only here, only when a baseline i
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
-
 from fusionedge.sdk.bundle import Bundle, sha256_file
 
-__all__ = ["EAGER_NAME", "EagerBaseline", "EagerStatus", "load_eager_baseline", "find_checkpoint"]
+__all__ = ["EAGER_NAME", "EagerBaseline", "EagerStatus", "find_checkpoint", "load_eager_baseline"]
 
 #: The name the baseline carries in results (it is not an SDK backend).
 EAGER_NAME = "torch-eager"
@@ -147,13 +147,18 @@ def load_eager_baseline(
     Returns:
         ``(baseline, status)``; ``baseline`` is None when ``status.ran`` is False.
     """
+    if bundle.task != "fusion":
+        return None, EagerStatus(
+            False,
+            f"{bundle.model_id} is an imported {bundle.task} model: only its ONNX travels with the bundle, "
+            f"there is no PyTorch source to run eagerly",
+        )
     if importlib.util.find_spec("torch") is None:
         return None, EagerStatus(False, "torch is not installed (pip install 'fusionedge[train]')")
     path, note = find_checkpoint(bundle, checkpoint)
     if path is None:
         return None, EagerStatus(False, note)
     import torch
-
     from fusionedge.sdk.errors import FusionEdgeError
 
     try:

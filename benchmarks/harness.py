@@ -17,6 +17,11 @@ A *configuration* is backend x precision x scenario x mode:
 - modes: ``engine`` (the raw engine call on preprocessed tensors) and ``e2e`` (decode + preprocess +
   infer + postprocess from the media files), see :mod:`fusionedge.benchmarks.stages`.
 
+A bundle of an imported model (``fusionedge import``: a classifier, detector or audio classifier) runs
+the same way through its declared input and decoders (:func:`bundle_model`); its accuracy is the
+metrics its task has, as ``fusionedge eval`` computes them, and it has no eager baseline (no PyTorch
+source travels with it).
+
 Each configuration is warmed up (``warmup_queries`` calls, which also calibrate LoadGen's expected
 latency), then run by LoadGen for at least ``duration_s`` and at least the early-stopping minimum of
 queries (64 SingleStream, 662 MultiStream; ``min_queries`` lowers it for quick checks, at the price of
@@ -36,28 +41,27 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
 from fusionedge.benchmarks.accuracy import run_accuracy
 from fusionedge.benchmarks.eager import EAGER_NAME, EagerStatus, load_eager_baseline
 from fusionedge.benchmarks.energy import EnergySampler
 from fusionedge.benchmarks.errors import BenchConfigError
 from fusionedge.benchmarks.fingerprint import collect_fingerprint
-from fusionedge.benchmarks.memory import PeakRss
 from fusionedge.benchmarks.loadgen import (
     EARLY_STOPPING_MIN_QUERIES,
-    LoadGenOutcome,
     LoadGenSettings,
     import_loadgen,
     run_loadgen,
 )
+from fusionedge.benchmarks.memory import PeakRss
+from fusionedge.benchmarks.record import loadgen_record
 from fusionedge.benchmarks.results import (
     MODES,
-    PRIMARY_METRIC,
     SCENARIOS,
     SCHEMA,
     SCHEMA_VERSION,
@@ -75,14 +79,13 @@ from fusionedge.benchmarks.stages import (
 from fusionedge.sdk.backends import ModelIO, available_backends, backend_class, get_backend
 from fusionedge.sdk.bundle import Bundle, load_bundle, sha256_file
 from fusionedge.sdk.datamanifest import Sample
-from fusionedge.sdk.errors import BackendError, BundleError
+from fusionedge.sdk.errors import BackendError
+from fusionedge.sdk.generic import GenericModel
+from fusionedge.sdk.spec import check_fusion_contract
 
-__all__ = ["BenchConfig", "BenchPlan", "BenchOutcome", "plan_benchmark", "run_benchmark"]
+__all__ = ["BenchConfig", "BenchOutcome", "BenchPlan", "plan_benchmark", "run_benchmark"]
 
 log = logging.getLogger(__name__)
-
-_REQUIRED_OUTPUTS = ("event_logits", "audio_tag_logits", "det_heatmap", "det_size", "det_offset")
-
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -123,6 +126,7 @@ class BenchPlan:
     precisions: list[str]
     configurations: list[tuple[str, str, str, str]]  # backend, precision, scenario, mode (SDK backends)
     samples: list[Sample] | None  # from `data`, None when synthetic clips will be written
+    model: GenericModel | None = None  # an imported model's declared interface; None: the fused model
 
 
 @dataclass
@@ -216,13 +220,7 @@ def plan_benchmark(cfg: BenchConfig) -> BenchPlan:
     if cfg.accuracy and cfg.data is None:
         raise BenchConfigError("accuracy mode needs a labelled data-set manifest: pass --data")
     bundle = load_bundle(cfg.bundle, verify=True)
-    names = [o["name"] for o in bundle.outputs]
-    missing = [n for n in _REQUIRED_OUTPUTS if n not in names]
-    if missing:
-        raise BundleError(
-            f"manifest.json: field 'outputs': {bundle.model_id} lacks {', '.join(missing)}; "
-            f"fusionedge bench runs FusionEdge perception bundles"
-        )
+    model = bundle_model(bundle)
 
     have = [bundle.precision]
     precisions = list(_split(cfg.precisions) or have)
@@ -256,11 +254,30 @@ def plan_benchmark(cfg: BenchConfig) -> BenchPlan:
     import_loadgen()
     samples = None
     if cfg.data is not None:
-        samples = load_clips(cfg.data, bundle.labels, require_labels=cfg.accuracy)
+        samples = load_clips(cfg.data, bundle.labels, require_labels=cfg.accuracy, model=model)
     configurations = [(b, p, s, m) for b in backends for p in precisions for s in scenarios for m in modes]
     return BenchPlan(
-        replace(cfg, scenarios=scenarios, modes=modes), bundle, backends, precisions, configurations, samples
+        replace(cfg, scenarios=scenarios, modes=modes),
+        bundle,
+        backends,
+        precisions,
+        configurations,
+        samples,
+        model,
     )
+
+
+def bundle_model(bundle: Bundle) -> GenericModel | None:
+    """What the benchmark drives: an imported model's declared interface, or None for the fused model.
+
+    Raises:
+        BundleError: the manifest does not describe a model the runtime serves (the field is named):
+            the fused model's inputs and five heads, or an imported model's one input and its decoders.
+    """
+    if bundle.task == "fusion":
+        check_fusion_contract(bundle)
+        return None
+    return GenericModel.from_bundle(bundle)
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -291,92 +308,6 @@ def _warmup(runner: Any, n_calls: int, batch: int, pool: int, seed: int = 0) -> 
     return float(np.min(times))
 
 
-def _record(
-    backend: str,
-    precision: str,
-    scenario: str,
-    mode: str,
-    cfg: BenchConfig,
-    outcome: LoadGenOutcome,
-    pipeline: Any,
-    peak_mb: float | None,
-    out_dir: Path,
-) -> dict[str, Any]:
-    s, d = outcome.summary, outcome.detail
-    batch = scenario_batch(cfg, scenario)
-    per_query = (
-        1 if scenario == "SingleStream" else (cfg.samples_per_query if scenario == "MultiStream" else None)
-    )
-    queries = int(d.get("result_query_count") or 0)
-    if scenario == "Offline":
-        samples = (
-            int(d.get("effective_samples_per_query") or d.get("generated_samples_per_query") or 0) * queries
-        )
-        samples_per_query = samples
-        throughput = float(s["samples_per_second"] or 0.0)
-    else:
-        samples_per_query = int(per_query or 1)
-        samples = queries * samples_per_query
-        mean_ns = s["mean_ns"] or d.get("result_mean_latency_ns") or 0
-        # Queries run back to back in both scenarios: samples per second is samples per query / mean latency.
-        throughput = samples_per_query * 1e9 / mean_ns if mean_ns else 0.0
-    pct = s["percentiles_ns"]
-    latency = {
-        "p50": pct.get(50.0),
-        "p90": pct.get(90.0),
-        "p99": pct.get(99.0),
-        "mean": s["mean_ns"],
-        "min": s["min_ns"],
-        "max": s["max_ns"],
-    }
-    latency = {k: round((v or 0.0) / 1e6, 4) for k, v in latency.items()}
-    metric_name = PRIMARY_METRIC[scenario]
-    value = throughput if scenario == "Offline" else latency["p90" if scenario == "SingleStream" else "p99"]
-    sut = pipeline.log.totals_ms()
-    notes = list(s["notes"])
-    if not s["valid"]:
-        failed = [
-            k.replace("_", " ")
-            for k in ("min_duration_satisfied", "min_queries_satisfied", "early_stopping_satisfied")
-            if s[k] is False
-        ]
-        if failed:
-            notes.insert(0, "not satisfied: " + ", ".join(failed))
-    return {
-        "id": record_id(backend, precision, scenario, mode),
-        "backend": backend,
-        "precision": precision,
-        "scenario": scenario,
-        "mode": mode,
-        "baseline": backend == EAGER_NAME,
-        "samples_per_query": samples_per_query,
-        "batch_size": batch,
-        "queries": queries,
-        "samples": samples,
-        "duration_s": round(outcome.wall_s, 3),
-        "metric": {"name": metric_name, "value": round(float(value), 4)},
-        "latency_ms": latency,
-        "throughput_sps": round(float(throughput), 4),  # same rounding as metric.value (Offline reports it)
-        "sut_latency_ms": {
-            k: round(float(np.percentile(sut, q)), 4) if sut.size else 0.0
-            for k, q in (("p50", 50), ("p90", 90), ("p99", 99))
-        },
-        "stages_ms": pipeline.log.summary(),
-        "peak_rss_mb": peak_mb,
-        "loadgen": {
-            "valid": bool(s["valid"]),
-            "result": s["result"] or "INVALID",
-            "min_duration_satisfied": s["min_duration_satisfied"],
-            "min_queries_satisfied": s["min_queries_satisfied"],
-            "early_stopping_satisfied": s["early_stopping_satisfied"],
-            "notes": notes,
-            "log_dir": os.path.relpath(outcome.log_dir, out_dir),
-            "settings": outcome.requested,
-        },
-        "ratios": {"e2e_over_engine": None, "over_eager": None},
-    }
-
-
 def _min_queries(cfg: BenchConfig, scenario: str) -> int:
     """LoadGen's min_query_count: the early-stopping minimum unless lowered (Offline runs one query)."""
     if cfg.min_queries is None or scenario == "Offline":
@@ -393,15 +324,16 @@ def _run_configuration(
     cache: TensorCache,
     rss: PeakRss,
     out: Path,
+    model: GenericModel | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Warm up one configuration, run it under LoadGen; return its record and per-call times (ms)."""
-    backend, precision, scenario, mode = config
+    _, _, scenario, mode = config
     rid = record_id(*config)
     pipeline: EnginePipeline | E2EPipeline
     if mode == "engine":
         pipeline = EnginePipeline(engine, cache)
     else:
-        pipeline = E2EPipeline(engine, samples, bundle.geometry, bundle.labels)
+        pipeline = E2EPipeline(engine, samples, bundle.geometry, bundle.labels, model=model)
     batch = scenario_batch(cfg, scenario)
     pool = min(len(samples), cfg.performance_samples)
     if mode == "engine":
@@ -430,7 +362,9 @@ def _run_configuration(
             )
     except BackendError as e:
         raise BackendError(f"{rid}: {e}") from e
-    record = _record(backend, precision, scenario, mode, cfg, outcome, pipeline, rss.peak_mb(), out)
+    record = loadgen_record(
+        config, scenario_batch(cfg, scenario), cfg.samples_per_query, outcome, pipeline, rss.peak_mb(), out
+    )
     record["energy"] = sampler.summary(inferences=record["samples"])
     return record, pipeline.log.totals_ms()
 
@@ -470,7 +404,7 @@ def run_benchmark(cfg: BenchConfig, plan: BenchPlan | None = None) -> BenchOutco
         tmp = Path(tempfile.mkdtemp(prefix="fusionedge-bench-"))
         samples = synthesize_clips(tmp / "media", bundle.geometry, count=cfg.synthetic_clips)
         data_desc = f"synthetic: {cfg.synthetic_clips} clips, 320x192 at 12 fps, 16 kHz mono"
-    cache = TensorCache(samples, bundle.geometry)
+    cache = TensorCache(samples, bundle.geometry, plan.model)
     pool = min(len(samples), cfg.performance_samples)
 
     engines: dict[tuple[str, str], Any] = {}
@@ -513,6 +447,7 @@ def run_benchmark(cfg: BenchConfig, plan: BenchPlan | None = None) -> BenchOutco
                 cache,
                 rss,
                 out,
+                plan.model,
             )
             records.append(record)
             latencies[rid] = calls
@@ -527,7 +462,8 @@ def run_benchmark(cfg: BenchConfig, plan: BenchPlan | None = None) -> BenchOutco
                 if b != EAGER_NAME:
                     accuracy.append(run_accuracy(engine, b, p, bundle, labelled, out,
                                                  offline_batch=cfg.offline_batch,
-                                                 performance_samples=cfg.performance_samples))
+                                                 performance_samples=cfg.performance_samples,
+                                                 model=plan.model))
     finally:
         for engine in engines.values():
             engine.close()
@@ -543,6 +479,7 @@ def run_benchmark(cfg: BenchConfig, plan: BenchPlan | None = None) -> BenchOutco
         "bundle": {
             "path": str(bundle.path),
             "model_id": bundle.model_id,
+            "task": bundle.task,
             "precision": bundle.precision,
             "onnx_sha256": sha256_file(bundle.model_path),
         },

@@ -3,7 +3,7 @@
 Schema ``fusionedge.bench.results`` version 1 (every field is checked by :func:`validate_results`)::
 
     schema, schema_version, created (ISO time), wall_seconds
-    bundle      {path, model_id, precision, onnx_sha256}
+    bundle      {path, model_id, task, precision, onnx_sha256} (task: fusion, classify, detect, ...)
     settings    {scenarios, modes, durations, query counts, samples per query, data, ...}
     fingerprint the machine (see fusionedge.benchmarks.fingerprint), with "unavailable" reasons
     baselines   {"eager": {status: ran|skipped, reason, checkpoint, ...}}

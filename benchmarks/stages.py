@@ -14,6 +14,11 @@ Two pipelines run a batch of sample indices and return per-stage times (millisec
 Both call an *engine*: anything with ``name`` and ``infer(feeds) -> {output: array}`` — an SDK
 :class:`~fusionedge.sdk.backends.Backend`, or the PyTorch eager baseline.
 
+What a sample is made into follows the bundle: the fused model's ``video``/``audio``/``presence``
+(:class:`FusedInputs`), or an imported model's one declared input — the last frame of the window for
+an image classifier or detector, the waveform for an audio classifier — decoded by its own declared
+heads (:class:`ImportedInputs`, the steps of ``Perception.infer`` on such a bundle).
+
 Clips come from a data-set manifest (``--data``) or, without one, from :func:`synthesize_clips`,
 which writes a few short mp4 + wav files so that decoding is always part of the end-to-end time.
 """
@@ -23,14 +28,15 @@ from __future__ import annotations
 import math
 import time
 import wave
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
-
 from fusionedge.sdk.datamanifest import Sample, read_manifest
-from fusionedge.sdk.errors import InputError, MediaError
+from fusionedge.sdk.errors import DataError, InputError, MediaError
+from fusionedge.sdk.generic import GenericModel, in_source_pixels, prepare_file_input, read_file_input
 from fusionedge.sdk.media import read_audio, read_video
 from fusionedge.sdk.postprocess import Detection, decode_centernet, sigmoid, softmax
 from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
@@ -38,14 +44,17 @@ from fusionedge.sdk.spec import InputGeometry
 
 __all__ = [
     "STAGES",
-    "Engine",
     "Decoded",
+    "E2EPipeline",
+    "Engine",
+    "EnginePipeline",
+    "FusedInputs",
+    "ImportedInputs",
     "StageLog",
     "TensorCache",
-    "EnginePipeline",
-    "E2EPipeline",
-    "synthesize_clips",
     "load_clips",
+    "model_inputs",
+    "synthesize_clips",
 ]
 
 #: Stage names, in pipeline order.
@@ -64,10 +73,10 @@ class Engine(Protocol):
 class Decoded:
     """One sample's answer after post-processing."""
 
-    event_scores: np.ndarray  # (E,) softmax
-    tag_scores: np.ndarray | None  # (A,) sigmoid; None when the sample has no audio
+    event_scores: np.ndarray  # (E,) scores over labels["events"] (empty when the model scores none)
+    tag_scores: np.ndarray | None  # (A,) sigmoid; None when the sample has no audio or the model no tags
     boxes: list[Detection]  # in the original frame's pixels
-    frame_wh: tuple[int, int]  # (width, height) of the original frames
+    frame_wh: tuple[int, int] | None  # (width, height) of the original frames; None for an audio model
 
 
 @dataclass
@@ -121,21 +130,112 @@ def _ms(t0: float) -> float:
 # ------------------------------------------------------------------------------------------ inputs
 
 
-def _decode(sample: Sample, geometry: InputGeometry) -> tuple[np.ndarray, float, np.ndarray | None, int]:
-    clip = read_video(sample.video, max_seconds=geometry.clip_seconds)
-    if sample.audio is None:
-        return clip.frames, clip.fps, None, 0
-    samples, rate = read_audio(sample.audio)
-    return clip.frames, clip.fps, samples, rate
+class FusedInputs:
+    """The fused camera + audio model: ``video``, ``audio`` and ``presence``, and its five heads.
+
+    Args:
+        geometry: the bundle's input geometry.
+        labels: the bundle's ``{"events", "objects", "audio_tags"}``.
+    """
+
+    def __init__(self, geometry: InputGeometry, labels: Mapping[str, Sequence[str]]) -> None:
+        self.geometry = geometry
+        self.labels = labels
+
+    def decode(self, sample: Sample) -> tuple[np.ndarray, float, np.ndarray | None, int]:
+        """``(frames, fps, audio or None, audio rate)`` of one sample's files."""
+        g = self.geometry
+        clip = read_video(sample.video, max_seconds=g.clip_seconds)
+        if sample.audio is None:
+            return clip.frames, clip.fps, None, 0
+        samples, rate = read_audio(sample.audio)
+        return clip.frames, clip.fps, samples, rate
+
+    def preprocess(self, raw: Any) -> tuple[np.ndarray, ...]:
+        """``(video (T,3,H,W), audio (S,), presence (2,))``; a missing audio is zeros with presence 0."""
+        frames, fps, audio, rate = raw
+        g = self.geometry
+        video = preprocess_video(frames, fps, g)
+        if audio is None:
+            return video, np.zeros(g.audio_samples, np.float32), np.array([1.0, 0.0], np.float32)
+        return video, preprocess_audio(audio, rate, g), np.array([1.0, 1.0], np.float32)
+
+    def stack(self, items: Sequence[tuple[np.ndarray, ...]]) -> dict[str, np.ndarray]:
+        """The engine feed of a batch of preprocessed samples."""
+        if len(items) == 1:  # a view, no copy: batch 1 costs nothing to assemble
+            v, a, p = items[0]
+            return {"video": v[None], "audio": a[None], "presence": p[None]}
+        return {
+            "video": np.stack([x[0] for x in items]),
+            "audio": np.stack([x[1] for x in items]),
+            "presence": np.stack([x[2] for x in items]),
+        }
+
+    def postprocess(
+        self, out: Mapping[str, np.ndarray], k: int, raw: Any, prepared: Any, score_threshold: float, top_k: int
+    ) -> Decoded:
+        """Sample ``k`` of the outputs: softmax events, sigmoid tags, CenterNet boxes in frame pixels."""
+        g = self.geometry
+        frames, _, audio, _ = raw
+        h, w = frames.shape[1:3]
+        boxes = decode_centernet(
+            out["det_heatmap"][k],
+            out["det_size"][k],
+            out["det_offset"][k],
+            stride=g.output_stride,
+            labels=self.labels["objects"],
+            score_threshold=score_threshold,
+            top_k=top_k,
+            out_wh=(w, h),
+            in_wh=(g.width, g.height),
+        )
+        tags = None if audio is None else sigmoid(out["audio_tag_logits"][k].astype(np.float64))
+        return Decoded(softmax(out["event_logits"][k].astype(np.float64)), tags, boxes, (w, h))
 
 
-def _preprocess(
-    frames: np.ndarray, fps: float, audio: np.ndarray | None, rate: int, geometry: InputGeometry
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    video = preprocess_video(frames, fps, geometry)  # (T, 3, H, W)
-    if audio is None:
-        return video, np.zeros(geometry.audio_samples, np.float32), np.array([1.0, 0.0], np.float32)
-    return video, preprocess_audio(audio, rate, geometry), np.array([1.0, 1.0], np.float32)
+class ImportedInputs:
+    """An imported model (``fusionedge import``): its one declared input and its declared decoders.
+
+    Args:
+        model: the bundle's :class:`~fusionedge.sdk.generic.GenericModel`.
+        geometry: the bundle's input geometry (an audio model's rate and length).
+    """
+
+    def __init__(self, model: GenericModel, geometry: InputGeometry) -> None:
+        self.model = model
+        self.geometry = geometry
+
+    def decode(self, sample: Sample) -> Any:
+        """The window's last frame (image models) or waveform (audio models) of one sample's files."""
+        return read_file_input(self.model, self.geometry, video_path=sample.video, audio_path=sample.audio)
+
+    def preprocess(self, raw: Any) -> tuple[np.ndarray, Any]:
+        """``(input tensor, image transform or None)``."""
+        return prepare_file_input(self.model, self.geometry, raw)
+
+    def stack(self, items: Sequence[tuple[np.ndarray, Any]]) -> dict[str, np.ndarray]:
+        """The engine feed of a batch of preprocessed samples."""
+        if len(items) == 1:
+            return self.model.feed(items[0][0][None])
+        return self.model.feed(np.stack([x[0] for x in items]))
+
+    def postprocess(
+        self, out: Mapping[str, np.ndarray], k: int, raw: Any, prepared: Any, score_threshold: float, top_k: int
+    ) -> Decoded:
+        """Sample ``k`` decoded by the model's declared heads; boxes in the file's own pixels."""
+        transform = prepared[1]
+        d = self.model.decode(out, index=k, transform=transform, score_threshold=score_threshold, top_k=top_k)
+        labels = self.model.labels
+        events = np.array([d.scores[e] for e in labels["events"]], np.float64) if d.scores else np.zeros(0)
+        tags = np.array([d.audio_tags[t] for t in labels["audio_tags"]], np.float64) if d.audio_tags else None
+        return Decoded(events, tags, in_source_pixels(d.boxes, transform, raw.source_wh), raw.source_wh)
+
+
+def model_inputs(
+    geometry: InputGeometry, labels: Mapping[str, Sequence[str]], model: GenericModel | None = None
+) -> FusedInputs | ImportedInputs:
+    """The input handling of a bundle: :class:`ImportedInputs` for an imported model, else :class:`FusedInputs`."""
+    return ImportedInputs(model, geometry) if model is not None else FusedInputs(geometry, labels)
 
 
 class TensorCache:
@@ -144,12 +244,16 @@ class TensorCache:
     Args:
         samples: the clips.
         geometry: the bundle's input geometry.
+        model: an imported model's declared interface (None: the fused model).
     """
 
-    def __init__(self, samples: Sequence[Sample], geometry: InputGeometry) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], geometry: InputGeometry, model: GenericModel | None = None
+    ) -> None:
         self.samples = list(samples)
         self.geometry = geometry
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.inputs = model_inputs(geometry, {}, model)
+        self._cache: dict[int, tuple[np.ndarray, ...]] = {}
 
     def load(self, indices: Sequence[int]) -> None:
         """Decode and preprocess these samples (those not yet held).
@@ -159,31 +263,24 @@ class TensorCache:
         """
         for i in indices:
             if i not in self._cache:
-                frames, fps, audio, rate = _decode(self.samples[i], self.geometry)
-                self._cache[i] = _preprocess(frames, fps, audio, rate, self.geometry)
+                self._cache[i] = self.inputs.preprocess(self.inputs.decode(self.samples[i]))
 
     def unload(self, indices: Sequence[int]) -> None:
         """Drop nothing: tensors are shared by every configuration of a run (LoadGen may ask again)."""
 
-    def get(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(video (T,3,H,W), audio (S,), presence (2,))`` of sample ``i`` (loading it if needed)."""
+    def get(self, i: int) -> tuple[np.ndarray, ...]:
+        """Sample ``i``'s preprocessed tensors (loading it if needed): ``(video (T,3,H,W), audio (S,),
+        presence (2,))`` for the fused model, ``(input tensor, transform)`` for an imported one."""
         if i not in self._cache:
             self.load([i])
         return self._cache[i]
 
+    def feeds(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        """The engine feed of these samples' tensors, batched."""
+        return self.inputs.stack([self.get(i) for i in indices])
+
     def __len__(self) -> int:
         return len(self.samples)
-
-
-def _stack(items: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-    if len(items) == 1:  # a view, no copy: batch 1 costs nothing to assemble
-        v, a, p = items[0]
-        return {"video": v[None], "audio": a[None], "presence": p[None]}
-    return {
-        "video": np.stack([x[0] for x in items]),
-        "audio": np.stack([x[1] for x in items]),
-        "presence": np.stack([x[2] for x in items]),
-    }
 
 
 # --------------------------------------------------------------------------------------- pipelines
@@ -207,7 +304,7 @@ class EnginePipeline:
     def __call__(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         """Run one batch; returns the raw outputs ``{name: (B, ...)}``."""
         t0 = time.perf_counter()
-        feeds = _stack([self.cache.get(i) for i in indices])
+        feeds = self.cache.feeds(indices)
         t_batch = _ms(t0)
         t0 = time.perf_counter()
         out = self.engine.infer(feeds)
@@ -225,6 +322,7 @@ class E2EPipeline:
         labels: the bundle's ``{"events", "objects", "audio_tags"}``.
         score_threshold: lowest detection score kept (Perception's default 0.3; evaluation uses 0.05).
         top_k: most boxes per sample.
+        model: an imported model's declared interface (None: the fused model).
     """
 
     mode = "e2e"
@@ -238,47 +336,37 @@ class E2EPipeline:
         *,
         score_threshold: float = 0.3,
         top_k: int = 50,
+        model: GenericModel | None = None,
     ) -> None:
         self.engine = engine
         self.samples = list(samples)
         self.geometry = geometry
         self.labels = labels
+        self.inputs = model_inputs(geometry, labels, model)
         self.score_threshold = float(score_threshold)
         self.top_k = int(top_k)
         self.log = StageLog()
 
     def __call__(self, indices: Sequence[int]) -> list[Decoded]:
         """Run one batch of samples from their files; returns one :class:`Decoded` per index."""
-        g = self.geometry
+        inputs = self.inputs
         t0 = time.perf_counter()
-        raw = [_decode(self.samples[i], g) for i in indices]
+        raw = [inputs.decode(self.samples[i]) for i in indices]
         t_decode = _ms(t0)
         t0 = time.perf_counter()
-        tensors = [_preprocess(frames, fps, audio, rate, g) for frames, fps, audio, rate in raw]
+        tensors = [inputs.preprocess(r) for r in raw]
         t_pre = _ms(t0)
         t0 = time.perf_counter()
-        feeds = _stack(tensors)
+        feeds = inputs.stack(tensors)
         t_batch = _ms(t0)
         t0 = time.perf_counter()
         out = self.engine.infer(feeds)
         t_infer = _ms(t0)
         t0 = time.perf_counter()
-        decoded = []
-        for k, (frames, _, audio, _) in enumerate(raw):
-            h, w = frames.shape[1:3]
-            boxes = decode_centernet(
-                out["det_heatmap"][k],
-                out["det_size"][k],
-                out["det_offset"][k],
-                stride=g.output_stride,
-                labels=self.labels["objects"],
-                score_threshold=self.score_threshold,
-                top_k=self.top_k,
-                out_wh=(w, h),
-                in_wh=(g.width, g.height),
-            )
-            tags = None if audio is None else sigmoid(out["audio_tag_logits"][k].astype(np.float64))
-            decoded.append(Decoded(softmax(out["event_logits"][k].astype(np.float64)), tags, boxes, (w, h)))
+        decoded = [
+            inputs.postprocess(out, k, r, t, self.score_threshold, self.top_k)
+            for k, (r, t) in enumerate(zip(raw, tensors))
+        ]
         self.log.add(
             {
                 "decode": t_decode,
@@ -301,6 +389,7 @@ def load_clips(
     *,
     require_labels: bool = False,
     limit: int | None = None,
+    model: GenericModel | None = None,
 ) -> list[Sample]:
     """Read the clips of a data-set manifest (see :mod:`fusionedge.sdk.datamanifest`).
 
@@ -309,21 +398,36 @@ def load_clips(
         labels: the bundle's label vocabularies (labels in the manifest must be among them).
         require_labels: every sample must have an event label (accuracy mode).
         limit: keep only the first ``limit`` samples.
+        model: an imported model's declared interface. Then only the label kinds it scores are checked
+            (any other label is accepted, as ``fusionedge eval`` does), ``require_labels`` keeps only the
+            samples labelled for what it scores, and an audio model keeps the samples that have audio.
 
     Returns:
         The samples, with absolute media paths.
 
     Raises:
-        DataError: the manifest is missing or invalid (file, line and field named).
+        DataError: the manifest is missing or invalid (file, line and field named), or, for an imported
+            model, no sample is left to run.
     """
-    samples = read_manifest(
-        data,
-        require_labels=require_labels,
-        events=labels["events"],
-        audio_tags=labels["audio_tags"],
-        objects=labels["objects"],
-    )
-    return samples[:limit] if limit is not None else samples
+    if model is None:
+        samples = read_manifest(
+            data,
+            require_labels=require_labels,
+            events=labels["events"],
+            audio_tags=labels["audio_tags"],
+            objects=labels["objects"],
+        )
+        return samples[:limit] if limit is not None else samples
+    vocab = {k: (list(labels[k]) or None) for k in ("events", "audio_tags", "objects")}
+    samples = read_manifest(data, require_labels=False, **vocab)
+    if model.modality == "audio":
+        samples = [s for s in samples if s.audio is not None]
+    if require_labels and labels["events"]:
+        samples = [s for s in samples if s.event is not None]
+    samples = samples[:limit] if limit is not None else samples
+    if not samples:
+        raise DataError(f"{data}: no samples with the media and labels a {model.task} model runs on")
+    return samples
 
 
 def synthesize_clips(
@@ -370,7 +474,7 @@ def synthesize_clips(
     out.mkdir(parents=True, exist_ok=True)
     seconds = float(geometry.clip_seconds)
     n_frames = max(1, math.ceil(seconds * fps))
-    n_audio = max(1, int(round(seconds * sample_rate)))
+    n_audio = max(1, round(seconds * sample_rate))
     rng = np.random.default_rng(seed)
     samples = []
     for c in range(count):

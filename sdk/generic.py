@@ -28,14 +28,19 @@ from fusionedge.sdk.preprocess import frame_window
 if TYPE_CHECKING:
     from fusionedge.sdk.bundle import Bundle
     from fusionedge.sdk.perception import Perception, Result
+    from fusionedge.sdk.spec import InputGeometry
 
 __all__ = [
     "GENERIC_TASKS",
     "Decoded",
+    "FileInput",
     "GenericModel",
+    "file_tensor",
     "in_source_pixels",
     "infer_frames",
     "last_frame",
+    "prepare_file_input",
+    "read_file_input",
     "reader_target",
 ]
 
@@ -289,6 +294,75 @@ def in_source_pixels(
         return boxes
     sx, sy = source_wh[0] / transform.image_wh[0], source_wh[1] / transform.image_wh[1]
     return [Detection(b.label, b.score, b.x1 * sx, b.y1 * sy, b.x2 * sx, b.y2 * sy) for b in boxes]
+
+
+@dataclass(frozen=True)
+class FileInput:
+    """The first clip window of a media file, decoded for an imported model (not yet preprocessed)."""
+
+    frame: np.ndarray | None  # (H, W, 3) uint8 RGB: the window's last frame (image models)
+    source_wh: tuple[int, int] | None  # (width, height) of the file's own frames: boxes are scaled to it
+    wave: np.ndarray | None  # (S, C) float32 samples with the resampler's context (audio models)
+    rate: int  # Hz of ``wave``; 0 for an image
+    start_seconds: float  # where the window starts within ``wave``
+
+
+def read_file_input(
+    model: GenericModel,
+    geometry: InputGeometry,
+    *,
+    video_path: str | os.PathLike | None = None,
+    audio_path: str | os.PathLike | None = None,
+) -> FileInput:
+    """Decode what the model takes from a clip's files, as ``Perception.infer(video_path=...)`` /
+    ``infer(audio_path=...)`` does: the last frame of the first window (a huge frame shrunk as the
+    reader decodes it, see :func:`reader_target`), or the first window of the waveform.
+
+    Raises:
+        InputError: the model's modality has no file here (an audio model and no ``audio_path``).
+        MediaError: the file cannot be decoded.
+    """
+    from fusionedge.sdk.media import read_audio_window, read_video
+
+    if model.modality == "audio":
+        if audio_path is None:
+            raise InputError(f"this {model.task} model takes audio; the sample has no audio file")
+        clip = read_audio_window(audio_path, 0.0, geometry.clip_seconds, target_rate=geometry.sample_rate)
+        return FileInput(None, None, clip.samples, clip.rate, clip.start_seconds)
+    if video_path is None:
+        raise InputError(f"this {model.task} model takes an image; the sample has no video or image file")
+    clip = read_video(
+        video_path, max_seconds=geometry.clip_seconds, downscale_to=reader_target(video_path, model.image)
+    )
+    return FileInput(last_frame(clip.frames, clip.fps, 0.0, geometry.clip_seconds), clip.size, None, 0, 0.0)
+
+
+def prepare_file_input(
+    model: GenericModel, geometry: InputGeometry, item: FileInput
+) -> tuple[np.ndarray, ImageTransform | None]:
+    """The model's input tensor of a decoded file (no batch axis), and the image transform (None for audio)."""
+    from fusionedge.sdk.preprocess import preprocess_audio
+
+    if item.wave is not None:
+        return preprocess_audio(item.wave, item.rate, geometry, start_seconds=item.start_seconds), None
+    assert item.frame is not None
+    return model.image_tensor(item.frame)
+
+
+def file_tensor(
+    model: GenericModel,
+    geometry: InputGeometry,
+    *,
+    video_path: str | os.PathLike | None = None,
+    audio_path: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """:func:`read_file_input` then :func:`prepare_file_input`: the tensor ``Perception.infer`` feeds.
+
+    Raises:
+        InputError, MediaError: as :func:`read_file_input`.
+    """
+    item = read_file_input(model, geometry, video_path=video_path, audio_path=audio_path)
+    return prepare_file_input(model, geometry, item)[0]
 
 
 def last_frame(frames: np.ndarray, fps: float, start_seconds: float, seconds: float) -> np.ndarray:
