@@ -3,6 +3,8 @@
 Every sample goes through the same path a device uses — decode the media files, preprocess with the
 bundle's own geometry, run the backend, decode the heads — so the metrics describe the deployed
 artifact, not the training checkpoint. Boxes are compared in the original video's pixel coordinates.
+A calibrated bundle (:mod:`fusionedge.sdk.calibration`) is scored as it answers: tempered event
+probabilities for the ECE, its own tag thresholds, and no alarm from an ``uncertain`` result.
 
 An imported model's bundle (:mod:`fusionedge.sdk.generic`) is evaluated on what it scores: a
 classifier's accuracy and macro-F1 on the samples' ``event`` labels, a detector's mAP@0.5 on their
@@ -23,7 +25,7 @@ from fusionedge.sdk.datamanifest import Sample, read_manifest
 from fusionedge.sdk.errors import DataError
 from fusionedge.sdk.generic import last_frame
 from fusionedge.sdk.media import read_audio, read_video
-from fusionedge.sdk.outside_metrics import outside_metrics
+from fusionedge.sdk.outside_metrics import expected_calibration_error, outside_metrics
 from fusionedge.sdk.postprocess import decode_centernet, sigmoid, softmax
 from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
 
@@ -84,8 +86,12 @@ def evaluate(
         ``{"event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50", "samples",
         "backend", "seconds", "per_class_accuracy"}``; ``detection_map50`` is VOC all-point AP@0.5,
         and with the ``metrics`` extra ``detection_ap50_coco`` and ``detection_ap50_95_coco`` are
-        COCO's AP50 and AP50:95. Samples from ``fusionedge data outside`` add ``outside``: the
-        open-world rates of :func:`fusionedge.sdk.outside_metrics.outside_metrics`.
+        COCO's AP50 and AP50:95. ``event_ece`` is the top-label ECE of the event probabilities on
+        the samples without an ``outside`` block (None if there are none) and ``calibrated`` says
+        whether the bundle's calibration was applied; a calibrated bundle adds ``uncertain_rate``
+        (share of all samples marked uncertain). Samples from ``fusionedge data outside`` add
+        ``outside``: the open-world rates of :func:`fusionedge.sdk.outside_metrics.outside_metrics`
+        (with a calibrated bundle also ``uncertain_rate`` and ``ood_auroc``).
 
     Raises:
         DataError: the manifest is invalid or uses labels the bundle does not know.
@@ -105,8 +111,9 @@ def evaluate(
     stride = geometry.output_stride
     in_wh = (geometry.width, geometry.height)
 
+    cal = perception.calibration
     y_true, y_pred, event_probs = [], [], []
-    tag_true, tag_scores = [], []
+    tag_true, tag_scores, ood = [], [], []
     det_pred, det_true = [], []
     t0 = time.perf_counter()
     bar = None
@@ -124,7 +131,12 @@ def evaluate(
         for i, (s, (_, _, _, wh)) in enumerate(zip(batch, loaded)):
             y_true.append(events.index(s.event))
             y_pred.append(int(np.argmax(out["event_logits"][i])))
-            event_probs.append(softmax(out["event_logits"][i]))
+            logits = out["event_logits"][i].astype(np.float64)
+            event_probs.append(softmax(logits) if cal is None else cal.event_probs(logits))
+            if cal is not None:
+                has_audio = s.audio is not None
+                tag_logits = out["audio_tag_logits"][i][None] if has_audio else None
+                ood.append(float(cal.ood_scores(logits[None], tag_logits)[0]))
             tag_true.append([1.0 if t in s.audio_tags else 0.0 for t in tags])
             tag_scores.append(sigmoid(out["audio_tag_logits"][i]))
             det_pred.append(decode_centernet(
@@ -138,6 +150,17 @@ def evaluate(
 
     yt, yp = np.asarray(y_true), np.asarray(y_pred)
     per_class = {e: float(np.mean(yp[yt == k] == k)) for k, e in enumerate(events) if np.any(yt == k)}
+    probs, scores = np.asarray(event_probs), np.asarray(tag_scores)
+    inside = np.array(["outside" not in s.meta for s in samples])
+    open_world: dict = {"event_ece": expected_calibration_error(probs[inside], yt[inside]) if inside.any() else None,
+                        "calibrated": cal is not None}
+    kw: dict = {}
+    if cal is not None:
+        has_audio = np.array([s.audio is not None for s in samples])
+        unsure = np.array([cal.is_uncertain(o, has_audio=a) for o, a in zip(ood, has_audio)], bool)
+        kw = {"tags_on": np.array([[v >= cal.tag_thresholds[t] for t, v in zip(tags, row)] for row in scores], bool)
+              .reshape(scores.shape), "uncertain": unsure, "ood_scores": np.asarray(ood)}
+        open_world["uncertain_rate"] = float(unsure.mean())
     return {
         "event_accuracy": M.event_accuracy(yt, yp),
         "event_macro_f1": M.event_macro_f1(yt, yp, len(events)),
@@ -147,7 +170,8 @@ def evaluate(
         "samples": len(samples),
         "per_class_accuracy": per_class,
         # samples with an ``outside`` block (fusionedge data outside): false alarms, siren recall, ECE
-        **outside_metrics(samples, np.asarray(event_probs), np.asarray(tag_scores), events, tags),
+        **open_world,
+        **outside_metrics(samples, probs, scores, events, tags, **kw),
         "backend": perception.backend_name,
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -13,7 +13,9 @@ and ``expect.event_defined`` that the sample's ``event`` label holds by construc
 clips count for the event head's calibration). :func:`outside_metrics` turns the model's event
 probabilities and tag scores into the rates, overall and per kind; :func:`expected_calibration_error`
 is the usual top-label ECE. An audio tag counts as raised at a score of 0.5, like ``fusionedge
-predict`` shows it.
+predict`` shows it, unless the caller passes the tag decisions of a calibrated bundle
+(:mod:`fusionedge.sdk.calibration`); a result the bundle marks ``uncertain`` raises no alarm, and
+:func:`ood_auroc` scores how well its OOD score tells outside clips from in-distribution ones.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "OutsideLabel",
     "expected_calibration_error",
     "has_outside",
+    "ood_auroc",
     "outside_label",
     "outside_markdown",
     "outside_metrics",
@@ -126,6 +129,39 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: in
     return float(ece)
 
 
+def ood_auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float | None:
+    """Area under the ROC curve of an OOD score, outside clips the positives (higher score = outside).
+
+    The probability that an outside clip scores above an in-distribution one, ties counting half
+    (the Mann-Whitney statistic).
+
+    Args:
+        in_scores: ``(N,)`` scores of in-distribution clips.
+        out_scores: ``(M,)`` scores of outside clips.
+
+    Returns:
+        AUROC in [0, 1], or None when either group is empty.
+
+    Raises:
+        InputError: a score is NaN or Inf.
+    """
+    a = np.asarray(in_scores, np.float64).ravel()
+    b = np.asarray(out_scores, np.float64).ravel()
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise InputError("OOD scores must be finite")
+    if a.size == 0 or b.size == 0:
+        return None
+    both = np.concatenate([a, b])
+    order = np.argsort(both, kind="stable")
+    ranks = np.empty(both.size)
+    ranks[order] = np.arange(1, both.size + 1)
+    for v in np.unique(both):  # average rank of tied scores
+        tied = both == v
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return float((ranks[a.size:].sum() - b.size * (b.size + 1) / 2) / (a.size * b.size))
+
+
 def _rate(flags: np.ndarray) -> float | None:
     return float(flags.mean()) if flags.size else None
 
@@ -138,15 +174,24 @@ def outside_metrics(
     tags: Sequence[str],
     *,
     n_bins: int = 15,
+    tags_on: np.ndarray | None = None,
+    uncertain: np.ndarray | None = None,
+    ood_scores: np.ndarray | None = None,
 ) -> dict:
     """Open-world rates of a model on the samples that carry an ``outside`` block.
 
     Args:
         samples: the evaluated samples, in the order of the rows below.
-        event_probs: ``(N, len(events))`` event probabilities (softmax of the event head).
+        event_probs: ``(N, len(events))`` event probabilities (softmax of the event head, tempered
+            when the bundle is calibrated).
         tag_scores: ``(N, len(tags))`` audio-tag probabilities (sigmoid of the tag head).
         events, tags: the bundle's vocabularies.
         n_bins: bins of the ECE.
+        tags_on: ``(N, len(tags))`` which tags are raised (a calibrated bundle's thresholds); default
+            a score of at least 0.5.
+        uncertain: ``(N,)`` results the bundle marks uncertain: they raise no alarm. Default none.
+        ood_scores: ``(N,)`` the bundle's OOD scores; with them the block has ``ood_auroc``, outside
+            clips against the samples without an ``outside`` block.
 
     Returns:
         ``{"outside": {...}}`` with ``samples``; ``false_siren_tag_rate`` and
@@ -156,7 +201,8 @@ def outside_metrics(
         ``event_ece`` (``n_bins`` bins) and ``event_accuracy`` on clips whose event is defined; and
         ``per_kind``: for each kind ``samples``, ``siren_tag_rate``, ``alarm_rate``,
         ``any_tag_rate``, ``event_accuracy``, ``mean_confidence`` and ``predicted`` (event counts).
-        A rate over no clips is None. Empty when no sample has an ``outside`` block.
+        A rate over no clips is None. Empty when no sample has an ``outside`` block. With
+        ``uncertain``: ``uncertain_rate`` overall and per kind; with ``ood_scores``: ``ood_auroc``.
 
     Raises:
         DataError: an ``outside`` block is malformed.
@@ -168,6 +214,10 @@ def outside_metrics(
     if probs.shape != (n, len(events)) or scores.shape != (n, len(tags)):
         raise InputError(f"event_probs must be ({n}, {len(events)}) and tag_scores ({n}, {len(tags)}), "
                          f"got {probs.shape} and {scores.shape}")
+    on = scores >= TAG_THRESHOLD if tags_on is None else np.asarray(tags_on, bool)
+    unsure = np.zeros(n, bool) if uncertain is None else np.asarray(uncertain, bool)
+    if on.shape != scores.shape or unsure.shape != (n,) or (ood_scores is not None and np.shape(ood_scores) != (n,)):
+        raise InputError(f"tags_on must be ({n}, {len(tags)}), uncertain and ood_scores ({n},)")
     rows = [(i, lab) for i, s in enumerate(samples) if (lab := outside_label(s)) is not None]
     if not rows:
         return {}
@@ -175,10 +225,10 @@ def outside_metrics(
     labs = [lab for _, lab in rows]
     pred = probs[idx].argmax(axis=1)
     alarm_ids = [events.index(e) for e in ALARM_EVENTS if e in events]
-    alarm = np.isin(pred, alarm_ids)
+    alarm = np.isin(pred, alarm_ids) & ~unsure[idx]
     siren_col = list(tags).index("siren") if "siren" in tags else None
-    siren_tag = scores[idx, siren_col] >= TAG_THRESHOLD if siren_col is not None else np.zeros(len(idx), bool)
-    any_tag = (scores[idx] >= TAG_THRESHOLD).any(axis=1) if len(tags) else np.zeros(len(idx), bool)
+    siren_tag = on[idx, siren_col] if siren_col is not None else np.zeros(len(idx), bool)
+    any_tag = on[idx].any(axis=1) if len(tags) else np.zeros(len(idx), bool)
     truth = np.array([events.index(samples[i].event) if samples[i].event in events else -1 for i in idx])
     correct = pred == truth
     none_id = list(events).index("none") if "none" in events else -1
@@ -197,6 +247,12 @@ def outside_metrics(
         "event_ece": (expected_calibration_error(probs[idx][defined], truth[defined], n_bins)
                       if defined.any() else None),
     }
+    if uncertain is not None:
+        out["uncertain_rate"] = float(unsure[idx].mean())
+    if ood_scores is not None:
+        inside = np.ones(n, bool)
+        inside[idx] = False
+        out["ood_auroc"] = ood_auroc(np.asarray(ood_scores)[inside], np.asarray(ood_scores)[idx])
     per_kind: dict[str, dict] = {}
     conf = probs[idx].max(axis=1)
     for kind in dict.fromkeys(lab.kind for lab in labs):
@@ -211,6 +267,8 @@ def outside_metrics(
             "mean_confidence": float(conf[m].mean()),
             "predicted": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
         }
+        if uncertain is not None:
+            per_kind[kind]["uncertain_rate"] = float(unsure[idx][m].mean())
     out["per_kind"] = per_kind
     return {"outside": out}
 
@@ -235,11 +293,14 @@ def outside_markdown(metrics: dict) -> str:
             "silence_any_tag_rate", "event_accuracy", "event_ece")
     lines = [f"Outside-media clips: {m['samples']}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(m.get(k))} |" for k in head]
-    lines += ["", "| kind | clips | siren tag | alarm | any tag | event acc. | mean conf. | predicted events |",
-              "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {k} | {_fmt(m[k])} |" for k in ("uncertain_rate", "ood_auroc") if k in m]  # calibrated bundles
+    unsure = "uncertain_rate" in m
+    lines += ["", "| kind | clips | siren tag | alarm | any tag | event acc. | mean conf. | "
+                  + ("uncertain | " if unsure else "") + "predicted events |",
+              "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if unsure else "") + "---|"]
     for kind, r in m["per_kind"].items():
         pred = ", ".join(f"{e} {c}" for e, c in r["predicted"].items())
         lines.append(f"| {kind} | {r['samples']} | {_fmt(r['siren_tag_rate'])} | {_fmt(r['alarm_rate'])} | "
                      f"{_fmt(r['any_tag_rate'])} | {_fmt(r['event_accuracy'])} | {_fmt(r['mean_confidence'])} | "
-                     f"{pred} |")
+                     + (f"{_fmt(r.get('uncertain_rate'))} | " if unsure else "") + f"{pred} |")
     return "\n".join(lines) + "\n"
