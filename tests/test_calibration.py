@@ -235,3 +235,51 @@ def test_bad_calibration_input_is_one_line_exit_2_and_the_bundle_is_untouched(to
                                           serialization.NoEncryption()))
         assert main(["calibrate", "--bundle", str(bundle), "--data", str(data), "--sign-key", str(pem)]) == 0
         assert "calibration" in load_bundle(bundle, public_key=key.public_key()).manifest
+
+
+def test_open_world_rates_count_an_uncertain_result_as_no_alarm_and_score_the_ood_auroc():
+    from fusionedge.sdk.datamanifest import Sample
+    from fusionedge.sdk.outside_metrics import ood_auroc, outside_markdown, outside_metrics
+    from sklearn.metrics import roc_auc_score
+
+    def sample(i: int, outside: bool) -> Sample:
+        meta = {"outside": {"kind": "tone", "expect": {"siren": False, "alarm": False, "silent": False,
+                                                       "event_defined": True}}} if outside else {}
+        return Sample(f"s{i}", Path(f"{i}.mp4"), None, "none", meta=meta)
+
+    samples = [sample(i, i >= 2) for i in range(6)]
+    probs = np.tile(np.eye(4)[EVENTS.index("emergency_behind")], (6, 1))  # every clip: an alarm
+    tags = np.full((6, 4), 0.7)
+    plain = outside_metrics(samples, probs, tags, EVENTS, AUDIO_TAGS)["outside"]
+    assert plain["false_alarm_rate"] == 1.0 and "uncertain_rate" not in plain and "ood_auroc" not in plain
+    assert plain == outside_metrics(samples, probs, tags, EVENTS, AUDIO_TAGS, tags_on=tags >= 0.5,
+                                    uncertain=None)["outside"]
+    ood = np.array([1.0, 2.0, 5.0, 0.5, 7.0, 2.0])
+    unsure = ood > 3.0
+    m = outside_metrics(samples, probs, tags, EVENTS, AUDIO_TAGS, tags_on=np.zeros((6, 4), bool),
+                        uncertain=unsure, ood_scores=ood)["outside"]
+    assert m["false_alarm_rate"] == 0.5 and m["uncertain_rate"] == 0.5  # two of the four outside clips
+    assert m["false_siren_tag_rate"] == 0.0  # the tag decisions given, not 0.5
+    labels = [0, 0, 1, 1, 1, 1]
+    assert m["ood_auroc"] == pytest.approx(roc_auc_score(labels, ood))
+    assert ood_auroc(np.array([1.0, 2.0]), np.array([])) is None
+    assert "| ood_auroc |" in outside_markdown(m) and "uncertain |" in outside_markdown(m)
+    assert "uncertain" not in outside_markdown(plain)
+
+
+def test_eval_of_a_calibrated_bundle_reports_the_ood_auroc_and_no_alarm_from_uncertain_clips(toy, capsys,
+                                                                                            tmp_path):
+    data = _write_set(tmp_path / "mixed", [EVENTS[i % 4] for i in range(8)])
+    lines = [json.loads(x) for x in (data / "manifest.jsonl").read_text().splitlines()]
+    for rec in lines[4:]:
+        rec.update(event="none", audio_tags=[], outside={"kind": "tone", "expect": {
+            "siren": False, "alarm": False, "silent": False, "event_defined": True}})
+    (data / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert main(["eval", "--bundle", str(toy["calibrated"]), "--data", str(data), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["calibrated"] is True and 0.0 <= m["uncertain_rate"] <= 1.0
+    assert 0.0 <= m["outside"]["ood_auroc"] <= 1.0 and "uncertain_rate" in m["outside"]
+    assert main(["eval", "--bundle", str(toy["plain"]), "--data", str(data), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["calibrated"] is False and "ood_auroc" not in plain["outside"]
+    assert plain["event_accuracy"] == m["event_accuracy"]  # a temperature never changes the decision
