@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from fusionedge.sdk.perception import Result
     from fusionedge.sdk.spec import InputGeometry
 
-__all__ = ["attribution_line", "draw_result", "write_annotated_clip"]
+__all__ = ["HEARD_COLOUR", "SEEN_COLOUR", "attribution_line", "draw_result", "write_annotated_clip"]
 
 #: BGR colours per object label; unknown labels get grey.
 _COLOURS = {
@@ -31,8 +31,8 @@ _COLOURS = {
     "emergency_vehicle": (0, 0, 255),
 }
 #: BGR colours of the two senses in the attribution bar: what was seen, what was heard.
-_SEEN = (0, 140, 255)
-_HEARD = (230, 160, 40)
+SEEN_COLOUR = (0, 140, 255)
+HEARD_COLOUR = (230, 160, 40)
 
 
 def draw_result(frame_bgr: np.ndarray, result: "Result") -> np.ndarray:
@@ -81,9 +81,9 @@ def _draw_attribution(img: np.ndarray, contribution: dict[str, float], top_left:
     seen = round(width * min(max(contribution["video"], 0.0), 1.0))
     cv2.rectangle(img, (x, y), (x + width, y + height), (0, 0, 0), -1)
     if seen > 0:
-        cv2.rectangle(img, (x, y), (x + seen, y + height), _SEEN, -1)
+        cv2.rectangle(img, (x, y), (x + seen, y + height), SEEN_COLOUR, -1)
     if seen < width:
-        cv2.rectangle(img, (x + seen, y), (x + width, y + height), _HEARD, -1)
+        cv2.rectangle(img, (x + seen, y), (x + width, y + height), HEARD_COLOUR, -1)
     cv2.rectangle(img, (x, y), (x + width, y + height), (255, 255, 255), 1)
     ty = y + height + int(20 * scale) + 2
     text = attribution_line(contribution)
