@@ -42,6 +42,7 @@ from fusionedge.sdk.calibration import (
 )
 from fusionedge.sdk.datamanifest import Sample, manifest_path, read_manifest
 from fusionedge.sdk.errors import BundleError, DataError, InputError
+from fusionedge.sdk.evaluate import sample_logits
 from fusionedge.sdk.fileio import write_json_atomic
 from fusionedge.sdk.outside_metrics import expected_calibration_error
 from fusionedge.sdk.postprocess import sigmoid, softmax
@@ -54,7 +55,6 @@ __all__ = [
     "fit_tag_thresholds",
     "fit_temperature",
     "negative_log_likelihood",
-    "validation_logits",
 ]
 
 #: Share of validation clips above the OOD threshold, unless asked otherwise.
@@ -295,41 +295,6 @@ def _set_digest(file: Path, samples: Sequence[Sample]) -> str:
     return h.hexdigest()
 
 
-def validation_logits(
-    perception: Any, samples: Sequence[Sample], *, batch_size: int = 16, progress: bool = False
-) -> dict[str, np.ndarray]:
-    """Run samples through a loaded fused-model :class:`~fusionedge.sdk.Perception`; the raw logits.
-
-    Returns:
-        ``{"event_logits" (N, K), "tag_logits" (N, T), "has_audio" (N,)}``.
-
-    Raises:
-        MediaError: a media file cannot be decoded.
-        BackendError: the backend failed (NaN/Inf outputs included).
-    """
-    from fusionedge.sdk.evaluate import load_sample_inputs
-
-    ev, tg, audio = [], [], []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(samples), desc="calibrate", unit="clip", leave=False)
-    for i in range(0, len(samples), batch_size):
-        loaded = [load_sample_inputs(s, perception.geometry) for s in samples[i : i + batch_size]]
-        out = perception.infer_batch(np.stack([v for v, _, _, _ in loaded]), np.stack([a for _, a, _, _ in loaded]),
-                                     np.stack([p for _, _, p, _ in loaded]))
-        ev.append(out["event_logits"])
-        tg.append(out["audio_tag_logits"])
-        audio += [bool(p[1]) for _, _, p, _ in loaded]
-        if bar is not None:
-            bar.update(len(loaded))
-    if bar is not None:
-        bar.close()
-    return {"event_logits": np.concatenate(ev).astype(np.float64),
-            "tag_logits": np.concatenate(tg).astype(np.float64), "has_audio": np.asarray(audio, bool)}
-
-
 def calibrate_bundle(
     bundle: str | os.PathLike,
     data: str | os.PathLike,
@@ -397,7 +362,7 @@ def calibrate_bundle(
         if len({s.event for s in samples}) < 2:  # before running anything: no temperature can be fit
             raise DataError(f"{data}: the validation set holds a single event class; a temperature needs at "
                             f"least two")
-        out = validation_logits(p, samples, batch_size=int(batch_size), progress=progress)
+        out = sample_logits(p, samples, batch_size=int(batch_size), progress=progress, desc="calibrate")
         old_manifest = p.bundle.manifest
     y = np.array([events.index(s.event) for s in samples])
     tag_true = np.array([[t in s.audio_tags for t in tags] for s in samples], np.float64)
