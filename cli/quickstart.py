@@ -3,10 +3,13 @@
 1. synthesize a training split, a validation split and a test split from a **different seed**
 2. train the ``fusion_student`` model
 3. export it to a verified ONNX bundle (``WORKDIR/bundle``)
-4. evaluate the bundle on the test split through the runtime (ONNX Runtime), record the metrics in
+4. calibrate the bundle on the validation split (``fusionedge calibrate``: event temperature, tag
+   thresholds, the out-of-distribution score that marks a result ``uncertain``); a validation split
+   too small to fit them (an event class without clips) leaves the bundle uncalibrated and says so
+5. evaluate the bundle on the test split through the runtime (ONNX Runtime), record the metrics in
    the bundle's manifest
-5. run it on one test clip and write an annotated video
-6. print a summary and write ``WORKDIR/summary.json``
+6. run it on one test clip and write an annotated video
+7. print a summary and write ``WORKDIR/summary.json``
 
 Data sets already present in the work folder are reused (they are deterministic from their seed);
 ``overwrite=True`` starts over. The verb needs the ``train`` extra (torch), checked when it runs.
@@ -25,7 +28,7 @@ from typing import Any
 from fusionedge.cli.extras import needs
 from fusionedge.cli.options import add_json_option
 from fusionedge.cli.output import print_json
-from fusionedge.sdk.errors import FusionEdgeError
+from fusionedge.sdk.errors import DataError, FusionEdgeError
 from fusionedge.sdk.fileio import write_json_atomic
 
 __all__ = ["QuickstartConfig", "add_quickstart_parser", "run_quickstart"]
@@ -67,6 +70,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     """
     from fusionedge.cli.predict import format_result
     from fusionedge.export import export_checkpoint
+    from fusionedge.export.calibrate import calibrate_bundle
     from fusionedge.sdk import Perception
     from fusionedge.sdk.bundle import update_bundle_metrics
     from fusionedge.sdk.datamanifest import read_manifest
@@ -81,7 +85,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     t_all = time.perf_counter()
 
     def stage(name: str, title: str):
-        _log(f"[{len(times) + 1}/5] {title}")
+        _log(f"[{len(times) + 1}/6] {title}")
         times[name] = time.perf_counter()
 
     def done(name: str) -> None:
@@ -110,6 +114,14 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     export_checkpoint(run_dir / "best.pt", bundle_dir, progress=cfg.progress)
     done("export")
 
+    stage("calibrate", "calibrating the bundle on the validation split (temperature, tag thresholds, OOD score)")
+    try:
+        calibration: dict[str, Any] = calibrate_bundle(bundle_dir, val_m, progress=cfg.progress)
+    except DataError as e:
+        _log(f"  not calibrated: {e}")
+        calibration = {"skipped": str(e)}
+    done("calibrate")
+
     stage("eval", "evaluating the bundle on the unseen test split (ONNX Runtime)")
     with Perception.load(bundle_dir, backends=["onnxruntime"]) as p:
         test_metrics = evaluate(p, test_m, progress=cfg.progress)
@@ -132,6 +144,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         "bundle": str(bundle_dir),
         "seconds": {**times, "total": total},
         "train_best": train_metrics.get("best", train_metrics),
+        "calibration": calibration,
         "test": test_metrics,
         "sample": {"id": sample.id, "truth": sample.event, "prediction": result.to_dict(),
                    "annotated": str(annotated)},
@@ -146,6 +159,15 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     for k in ("event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50"):
         note = "   (VOC all-point AP@0.5)" if k == "detection_map50" else ""
         print(f"    {k:<16} {test_metrics[k]:.3f}{note}")
+    if "skipped" in calibration:
+        print(f"  not calibrated: {calibration['skipped']}")
+    else:
+        cal, val = calibration["calibration"], calibration["validation"]
+        print(f"  calibrated on {val['samples']} validation clips: temperature {cal['temperature']:.2f}, "
+              f"{val['uncertain_rate']:.0%} of them above the OOD threshold (uncertain)")
+        ece = test_metrics.get("event_ece")
+        if ece is not None:
+            print(f"    {'event_ece':<16} {ece:.3f}   (test split)")
     print(f"  sample clip {sample.id} (truth: {sample.event}):")
     print("    " + format_result(result).replace("\n", "\n    "))
     print(f"  annotated:  {annotated}")
