@@ -23,6 +23,10 @@ lost without ``m``; the two contributions sum to 1. A decision that neither with
 (each sense alone suffices) splits evenly, 0.5 / 0.5. When a modality is already missing, the one
 that is present carries all of the decision (1 / 0) and no extra rows are run.
 
+In a stream (:class:`~fusionedge.sdk.streaming.Pipeline`) the withheld rows run on one step every
+``attribution_interval`` seconds (windows a frame apart overlap almost wholly), and the results
+between carry that step's attribution, its ``step`` naming where it came from.
+
 The withheld runs also give the event scores (and, with the video withheld, the audio-tag scores)
 each sense alone produces; :class:`Attribution` keeps them, and the fall of the decided event's
 probability (``drop``), so a caller can show what was heard and what was seen.
@@ -84,7 +88,7 @@ def decision_margin(logits: np.ndarray, decided: int, events: Sequence[str]) -> 
 
 @dataclass(frozen=True)
 class Attribution:
-    """What each modality contributed to one result's decided event (see the module docstring).
+    """What each modality contributed to one clip's decided event (see the module docstring).
 
     ``contribution`` sums to 1 over the two modalities; ``margin_drop`` is the fall of the decision's
     margin and ``drop`` that of the decided event's probability when that modality is withheld (0
@@ -100,6 +104,7 @@ class Attribution:
     drop: dict[str, float]
     scores_without: dict[str, dict[str, float]]
     audio_tags_without_video: dict[str, float]
+    step: int | None = None  # in a stream: the step it was computed on (later results carry it)
 
     @property
     def dominant(self) -> str:
@@ -115,6 +120,7 @@ class Attribution:
             "drop": {m: round(v, 6) for m, v in self.drop.items()},
             "scores_without": {m: {k: round(v, 6) for k, v in s.items()} for m, s in self.scores_without.items()},
             "audio_tags_without_video": {k: round(v, 6) for k, v in self.audio_tags_without_video.items()},
+            **({"step": self.step} if self.step is not None else {}),
         }
 
 

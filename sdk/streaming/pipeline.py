@@ -82,6 +82,9 @@ class PipelineConfig:
     min_audio_coverage: float = 0.5  # fraction of captured samples below which audio counts as absent
     audio_buffer_seconds: float = 4.0  # s of audio kept (>= clip_seconds + latency)
     latency_window: int = 4096  # samples kept per latency percentile
+    # s of stream time between attributed steps when the Perception attributes (0: every step); the
+    # results between carry the latest attribution, its ``step`` naming the step it was computed on
+    attribution_interval: float = 0.25
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -91,6 +94,8 @@ class PipelineConfig:
         for name in ("stall_timeout", "backoff_initial", "backoff_max", "audio_buffer_seconds"):
             if not float(getattr(self, name)) > 0:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not float(self.attribution_interval) >= 0:
+            raise InputError(f"attribution_interval must be >= 0, got {self.attribution_interval!r}")
 
 
 @dataclass
@@ -180,6 +185,8 @@ class Pipeline:
         self._ring_lock = threading.Lock()
         self._audio_ended = threading.Event()
         self._lat = Latencies(c.latency_window)
+        self._attributed_t = -float("inf")  # stream time of the last attributed step
+        self._attribution: Any = None  # the latest Attribution, carried by the results after it
         self._counts = collections.Counter()
         self._result_times: collections.deque = collections.deque(maxlen=256)
         self._t_start = 0.0
@@ -515,7 +522,9 @@ class Pipeline:
             if step is END:
                 break
             t0 = time.perf_counter()
-            if getattr(self.perception, "attribution", False):  # the step and each modality withheld
+            if (getattr(self.perception, "attribution", False)  # the step and each modality withheld
+                    and step.t - self._attributed_t >= self.config.attribution_interval - 1e-9):
+                self._attributed_t = step.t
                 video, audio, presence, step.rows = withheld_inputs(step.video, step.audio, step.presence)
                 step.outputs, step.model = self.perception.run_batch(video, audio, presence)
             else:
@@ -541,8 +550,10 @@ class Pipeline:
             timings = step.timings
             result = step.model.decode(step.outputs, frame_wh=frame_wh, has_audio=has_audio, timings=timings)
             if step.rows is not None:
-                result = replace(result, attribution=attribute(step.outputs, step.rows, step.model.labels,
-                                                               step.presence))
+                self._attribution = replace(attribute(step.outputs, step.rows, step.model.labels, step.presence),
+                                            step=step.index)
+            if self._attribution is not None:
+                result = replace(result, attribution=self._attribution)
             timings["postprocess"] = (time.perf_counter() - t0) * 1e3
             self._lat.add("postprocess", timings["postprocess"])
             for k, v in timings.items():
