@@ -95,8 +95,10 @@ def test_fusion_is_necessary():
     fit, test = slice(0, 1000), slice(1000, 2000)  # held out: many feature values would overfit in-sample
     audio_cue = [(f.siren,) for f in flags]
     vision_cue = [(f.lights_on_ev,) for f in flags]
-    audio_all = [(f.siren, f.horn, f.speech, f.engine) for f in flags]
-    vision_all = [(f.lights_on_ev, f.lights_off_ev, f.cars, f.pedestrians, f.traffic_lights) for f in flags]
+    # every audible and every visible draw, the open world's negatives included
+    audio_all = [(f.siren, f.horn, f.speech, f.engine, f.cabin_voice, f.clutter_sound, f.ambience) for f in flags]
+    vision_all = [(f.lights_on_ev, f.lights_off_ev, f.cars, f.pedestrians, f.traffic_lights, f.decoy_lights,
+                   f.non_road) for f in flags]
     fused = [(f.siren, f.lights_on_ev) for f in flags]
     assert _bayes_accuracy(audio_cue, events, every, every) <= 0.70
     assert _bayes_accuracy(vision_cue, events, every, every) <= 0.70
@@ -105,7 +107,7 @@ def test_fusion_is_necessary():
     assert _bayes_accuracy(fused, events, every, every) == 1.0
     assert all(event_from_cues(f.siren, f.lights_on_ev) == f.event for f in flags)
     # distractors really are independent of the event: each appears at about its rate in every class
-    for tag in ("horn", "engine"):
+    for tag in ("horn", "engine", "cabin_voice", "decoy_lights"):
         rates = [np.mean([getattr(f, tag) for f in flags if f.event == e]) for e in EVENTS]
         assert max(rates) - min(rates) < 0.12, (tag, rates)
 
@@ -147,7 +149,8 @@ def test_audio_tags_follow_flags():
         tags = audio_tags_for(f)
         assert list(tags) == [t for t in AUDIO_TAGS if t in tags]  # vocabulary order
         assert ("siren" in tags) == f.siren == (f.event in SIREN_EVENTS)
-        assert [t in tags for t in ("horn", "speech", "engine")] == [f.horn, f.speech, f.engine]
+        # speech: any voice, a near pedestrian's or one in the cabin (radio, phone, passenger)
+        assert [t in tags for t in ("horn", "speech", "engine")] == [f.horn, f.speech or f.cabin_voice, f.engine]
 
 
 # --- the data set on disk ---------------------------------------------------------------------------
@@ -160,10 +163,17 @@ def test_manifest_and_media_are_readable(dataset):
         assert s.video.parent == dataset.parent / "media" and s.audio is not None
         frames = _frames(s.video)
         assert frames.shape == (12, 192, 320, 3)
-        assert frames.std() > 10  # a scene, not a blank
+        syn = s.meta["synth"]
+        if syn["view"] == "road" and syn["weather"] != "dark":
+            assert frames.std() > 10  # a scene, not a blank
         sr, ch, width, pcm = _wav(s.audio)
         assert (sr, ch, width, pcm.size) == (16000, 1, 2, 16000)
-        assert 0.2 * 32767 < np.abs(pcm).max() < 32767  # normalized, never clipped
+        if syn["ambience"] == "silent":
+            assert np.abs(pcm).max() < 0.01 * 32767  # silence, or a hiss far below a recording's level
+        else:
+            assert np.abs(pcm).max() < 32767  # never clipped
+        if syn["ambience"] == "road":
+            assert 0.2 * 32767 < np.abs(pcm).max()  # normalized
         assert (s.width, s.height) == (320, 192)
 
 
@@ -194,7 +204,9 @@ def test_labels_follow_the_rules(dataset):
         # the correspondence latents are recorded where they apply (tests/test_synth_correspondence.py)
         assert (syn["ev_distance_m"] is None) == (syn["ev_motion"] is None) == (s.event == "none")
         assert (syn["near_car_m"] is None) == ("engine" not in s.audio_tags)
-        assert (syn["near_pedestrian_m"] is None) == ("speech" not in s.audio_tags)
+        if syn["near_pedestrian_m"] is not None:  # a talking pedestrian is heard; a cabin voice also speaks
+            assert "speech" in s.audio_tags
+        assert ("speech" in s.audio_tags) == (syn["near_pedestrian_m"] is not None or syn["cabin_voice"] is not None)
         if s.event in SIREN_EVENTS:
             assert syn["siren_envelope"] == syn["ev_motion"]
 

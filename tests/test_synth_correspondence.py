@@ -174,7 +174,8 @@ def test_siren_envelope_follows_the_motion_in_the_waveform(flags):
     siren_flags = [f for f in flags if f.siren][:150]
     for i, f in enumerate(siren_flags):
         f = dataclasses.replace(
-            f, horn=False, engine=False, speech=False, near_car_m=None, near_pedestrian_m=None
+            f, horn=False, engine=False, speech=False, near_car_m=None, near_pedestrian_m=None,
+            cabin_voice=False, clutter_sound=None, ambience="road",
         )
         wave, _ = synthesize_audio(f, np.random.default_rng([33, i]), sample_rate=SR)
         x = wave.astype(np.float64)

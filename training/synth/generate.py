@@ -141,6 +141,15 @@ def make_sample(seed: int, index: int, config: SynthConfig = SynthConfig()) -> S
         "siren_pattern": ainfo.siren_pattern,
         "siren_envelope": ainfo.siren_envelope,
         "levels_db": {k: round(v, 2) for k, v in ainfo.levels_db.items()},
+        # the open world (rules.py): untagged sounds, cabin voices, quiet or silent audio, decoy lights,
+        # weather and frames that show no road
+        "siren_timbre": ainfo.siren_timbre,
+        "clutter_sound": ainfo.clutter_sound,
+        "cabin_voice": ainfo.cabin_voice,
+        "ambience": ainfo.ambience,
+        "view": vinfo.view,
+        "decoys": vinfo.decoys,
+        "weather": vinfo.weather,
         # audio-visual correspondences (rules.py): the lights-ON vehicle's / siren source's distance and
         # motion (a pseudo-distance when the siren is behind), the engine's car, the talking pedestrian
         "ev_distance_m": _round(flags.ev_distance_m),

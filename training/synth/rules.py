@@ -75,6 +75,14 @@ __all__ = [
     "FAR_CAR_MIN_M",
     "NEAR_PEDESTRIAN_M",
     "FAR_PEDESTRIAN_MIN_M",
+    "AMBIENCES",
+    "P_QUIET",
+    "P_SILENT",
+    "P_CABIN_VOICE",
+    "P_CLUTTER_SOUND",
+    "CLUTTER_SOUNDS",
+    "P_DECOY_LIGHTS",
+    "P_NON_ROAD",
 ]
 
 # Distractor probabilities, independent of the event.
@@ -96,6 +104,19 @@ NEAR_CAR_M = (5.0, 12.0)  # mid-clip depth of the engine's car (iff ``engine``)
 FAR_CAR_MIN_M = 14.0  # every other ordinary car stays at least this far during the whole clip
 NEAR_PEDESTRIAN_M = (6.0, 15.0)  # mid-clip depth of the talking pedestrian (iff ``speech``)
 FAR_PEDESTRIAN_MIN_M = 18.0  # every other pedestrian stays at least this far during the whole clip
+
+# The open world: what a road also sounds and looks like, none of it a cue (see the module docstring).
+AMBIENCES: tuple[str, ...] = ("road", "quiet", "silent")
+P_QUIET = 0.2  # the road noise is far below its usual level: a stopped car, a quiet cabin (any event)
+P_SILENT = 0.7  # silence or faint hiss, where nothing at all is audible (no siren, no other source)
+P_CABIN_VOICE = 0.15  # a voice from the radio, a phone or a passenger (``speech`` tag, no pedestrian)
+P_CLUTTER_SOUND = 0.5  # one untagged sound: a tone, beeps, a ringtone, a chime, music, wind, rain ...
+CLUTTER_SOUNDS: tuple[str, ...] = (
+    "tone", "beeps", "reversing_alarm", "seatbelt_chime", "turn_signal", "ringtone", "alarm_clock",
+    "notification", "melody", "chord", "drums", "wind", "rain", "rough_road",
+)
+P_DECOY_LIGHTS = 0.5  # lights that flash or glow and are not an emergency light bar (any event)
+P_NON_ROAD = 0.6  # the camera shows no road at all, where no vehicle or pedestrian must be in view
 
 _RULES: dict[tuple[bool, bool], str] = {
     # (siren audible, lights-on emergency vehicle in view) -> event
@@ -128,6 +149,12 @@ class SceneFlags:
     ev_depth_change_m: float | None = None  # depth at the end minus at the start (< 0: approaching)
     near_car_m: float | None = None  # mid-clip depth of the near car, iff ``engine``
     near_pedestrian_m: float | None = None  # mid-clip depth of the near pedestrian, iff ``speech``
+    # The open world (negatives), drawn after everything above:
+    cabin_voice: bool = False  # a radio/phone/passenger voice: ``speech`` tag without a pedestrian
+    clutter_sound: str | None = None  # one of CLUTTER_SOUNDS (no tag), or None
+    ambience: str = "road"  # one of AMBIENCES
+    decoy_lights: bool = False  # flashing or glowing lights that are not an emergency light bar
+    non_road: bool = False  # the frames show no road (a screen, a test pattern, noise, a flat colour)
 
 
 def event_from_cues(siren: bool, lights_on_ev: bool) -> str:
@@ -166,7 +193,8 @@ def audio_tags_for(flags: SceneFlags) -> tuple[str, ...]:
 
     Road/tyre noise is always present and has no tag.
     """
-    present = {"siren": flags.siren, "horn": flags.horn, "speech": flags.speech, "engine": flags.engine}
+    speech = flags.speech or flags.cabin_voice  # any voice, a near pedestrian's or the cabin's
+    present = {"siren": flags.siren, "horn": flags.horn, "speech": speech, "engine": flags.engine}
     return tuple(tag for tag in AUDIO_TAGS if present[tag])
 
 
@@ -231,12 +259,23 @@ def sample_flags(rng: np.random.Generator, cue_agreement: float = UNIFORM_CUE_AG
     near_ped = float(rng.uniform(*NEAR_PEDESTRIAN_M))
     engine, speech = bool(u[3] < P_ENGINE), bool(u[2] < P_SPEECH)
     ev = siren or lights_on_ev
+    # the open world, drawn after the old fields (a seed keeps its event, distractors and latents)
+    w = rng.random(6)
+    cabin_voice = bool(w[0] < P_CABIN_VOICE)
+    clutter = CLUTTER_SOUNDS[int(rng.integers(len(CLUTTER_SOUNDS)))] if w[1] < P_CLUTTER_SOUND else None
+    horn = bool(u[1] < P_HORN)
+    nothing_heard = not (siren or horn or speech or engine or cabin_voice or clutter)
+    if nothing_heard and w[2] < P_SILENT:
+        ambience = "silent"
+    else:
+        ambience = "quiet" if w[3] < P_QUIET else "road"
+    non_road = not (lights_on_ev or engine or speech) and bool(w[4] < P_NON_ROAD)
     return SceneFlags(
         event=event,
         siren=siren,
         lights_on_ev=lights_on_ev,
         lights_off_ev=bool(u[0] < P_LIGHTS_OFF_EV),
-        horn=bool(u[1] < P_HORN),
+        horn=horn,
         speech=speech,
         engine=engine,
         cars=cars,
@@ -247,4 +286,9 @@ def sample_flags(rng: np.random.Generator, cue_agreement: float = UNIFORM_CUE_AG
         ev_depth_change_m=change if ev else None,
         near_car_m=near_car if engine else None,
         near_pedestrian_m=near_ped if speech else None,
+        cabin_voice=cabin_voice,
+        clutter_sound=clutter,
+        ambience=ambience,
+        decoy_lights=bool(w[5] < P_DECOY_LIGHTS) and not non_road,
+        non_road=non_road,
     )

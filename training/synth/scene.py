@@ -47,6 +47,8 @@ import numpy as np
 
 from fusionedge.sdk.spec import OBJECTS
 
+from .decoys import AMBER, BRAKE_RED, apply_weather, draw_signs, place_decoys, sample_weather
+from .nonroad import render_non_road
 from .rules import FAR_CAR_MIN_M, FAR_PEDESTRIAN_MIN_M, SceneFlags
 
 __all__ = ["LIGHTINGS", "VideoInfo", "render_video"]
@@ -155,6 +157,9 @@ class VideoInfo:
     lights_on_ev_box_first: list[int] | None = None  # its box in the first frame (same rules, unoccluded)
     near_car_box: list[int] | None = None  # the engine's near car, last frame
     near_pedestrian_box: list[int] | None = None  # the talking pedestrian, last frame
+    view: str = "road"  # "road", or the pattern of a clip that shows no road (nonroad.NON_ROAD_PATTERNS)
+    decoys: list[str] = field(default_factory=list)  # decoy lights drawn (decoys.DECOYS)
+    weather: str = "clear"  # decoys.WEATHERS
 
 
 # A primitive: (op, geometry, rgb, emissive, boxed). op is "rect" (x1, y1, x2, y2 inclusive),
@@ -193,7 +198,7 @@ class _Parts:
         self.prims.append(("circle", (*centre, r), colour, False, True))
 
 
-def _vehicle_prims(o: _Obj, box, night_lamps: bool) -> list:
+def _vehicle_prims(o: _Obj, box, t: float, night_lamps: bool) -> list:
     c = o.colour
     p = _Parts(*box)
     p.poly([(0.15, 0.0), (0.85, 0.0), (0.96, 0.46), (0.04, 0.46)], c)  # cabin
@@ -207,12 +212,19 @@ def _vehicle_prims(o: _Obj, box, night_lamps: bool) -> list:
     p.rect(0.76, 0.86, 0.95, 1.0, _TYRE)
     if o.facing == "rear":
         p.rect(0.40, 0.62, 0.60, 0.72, (225, 225, 215))  # number plate
-        for fx in (0.03, 0.80):
-            p.rect(fx, 0.48, fx + 0.17, 0.60, (200, 20, 20), night_lamps)  # tail lights
+        braking = "brake" in o.extra and t >= o.extra["brake"]
+        for fx in (0.03, 0.80):  # tail lights (bright while braking)
+            p.rect(fx, 0.48, fx + 0.17, 0.60, BRAKE_RED if braking else (200, 20, 20), night_lamps or braking)
     else:
         p.rect(0.30, 0.52, 0.70, 0.68, (30, 30, 32))  # grille
         for fx in (0.04, 0.76):
             p.rect(fx, 0.50, fx + 0.20, 0.62, (250, 245, 215), night_lamps)  # headlights
+    blink = o.extra.get("blink")
+    if blink is not None:  # amber indicators at the outer corners: hazards or one turn signal
+        lit = ((blink["freq"] * t + blink["phase"]) % 1.0) < 0.5
+        for fx, side in ((0.0, blink["sides"][0]), (0.9, blink["sides"][1])):
+            if side:
+                p.rect(fx, 0.44, fx + 0.1, 0.56, AMBER if lit else (120, 80, 30), lit)
     return p.prims
 
 
@@ -261,7 +273,7 @@ def _pedestrian_prims(o: _Obj, box, t: float) -> list:
     return p.prims
 
 
-def _traffic_light_prims(o: _Obj, cam: _Camera, X: float, Z: float) -> list:
+def _traffic_light_prims(o: _Obj, cam: _Camera, X: float, Z: float, t: float) -> list:
     xc, yb = cam.x(X, Z), cam.y(Z)
     pole_w = max(1.0, cam.px(0.14, Z))
     top = yb - cam.px(o.h, Z)
@@ -271,8 +283,10 @@ def _traffic_light_prims(o: _Obj, cam: _Camera, X: float, Z: float) -> list:
     bx, by = xc - hw / 2, top - hh
     p.append(("rect", _part(bx, by, hw, hh, 0.0, 0.0, 1.0, 1.0), o.colour, False, True))
     r = max(1, int(round(0.3 * hw)))
+    switch = o.extra.get("switch")  # (time, new state): the light changes mid-clip
+    state = switch[1] if switch is not None and t >= switch[0] else o.state
     for k, fy in enumerate((0.18, 0.5, 0.82)):
-        lit = k == o.state
+        lit = k == state
         p.append(("circle", (int(round(bx + 0.5 * hw)), int(round(by + fy * hh)), r),
                   _TL_LIT[k] if lit else _TL_DARK, lit, True))
     return p
@@ -281,12 +295,12 @@ def _traffic_light_prims(o: _Obj, cam: _Camera, X: float, Z: float) -> list:
 def _object_prims(o: _Obj, cam: _Camera, t: float, style: _Style) -> list:
     X, Z = o.at(t)
     if o.kind == "traffic_light":
-        return _traffic_light_prims(o, cam, X, Z)
+        return _traffic_light_prims(o, cam, X, Z, t)
     bw, bh = cam.px(o.w, Z), cam.px(o.h, Z)
     box = (cam.x(X, Z) - bw / 2, cam.y(Z) - bh, bw, bh)
     night_lamps = style.lighting != "day"
     if o.kind == "car":
-        return _vehicle_prims(o, box, night_lamps)
+        return _vehicle_prims(o, box, t, night_lamps)
     if o.kind == "emergency_vehicle":
         return _ev_prims(o, box, t, night_lamps)
     return _pedestrian_prims(o, box, t)
@@ -683,7 +697,7 @@ def _shade(colour, s: float):
 
 
 def _draw_frame(
-    bg: np.ndarray, objs: list[_Obj], cam: _Camera, style: _Style, t: float, glow: np.ndarray
+    bg: np.ndarray, objs: list[_Obj], cam: _Camera, style: _Style, t: float, glow: np.ndarray, signs: list
 ) -> tuple[np.ndarray, list[list]]:
     """Draw one frame (before jitter, blur and noise): float32 (H, W, 3) and each object's primitives."""
     img = bg.copy()
@@ -703,6 +717,7 @@ def _draw_frame(
         s = style.brightness * float(_beam_gain(style, cam, pts[0, 0], pts[0, 1]))
         cv2.fillConvexPoly(img, np.round(pts).astype(np.int32), _shade((225, 225, 220), s))
     glow[...] = 0.0
+    draw_signs(img, glow, signs, t, style.brightness)  # roadside signs and reflections, behind every object
     all_prims = []
     for o in objs:  # far to near
         X, Z = o.at(t)
@@ -716,10 +731,12 @@ def _draw_frame(
 
 
 def _finish(
-    img: np.ndarray, glow: np.ndarray, style: _Style, jitter, noise: np.ndarray, noise_off
+    img: np.ndarray, glow: np.ndarray, style: _Style, jitter, noise: np.ndarray, noise_off, weather: dict,
+    frame: int,
 ) -> np.ndarray:
-    """Add lamp glow, camera shake, optical blur and sensor noise; uint8 (H, W, 3)."""
+    """Add lamp glow, weather, camera shake, optical blur and sensor noise; uint8 (H, W, 3)."""
     H, W = img.shape[:2]
+    img = apply_weather(img, weather, frame)  # before the glow: an underexposed lamp still glows
     img += style.glow_gain * cv2.GaussianBlur(glow, (0, 0), style.glow_sigma)
     dx, dy = int(jitter[0]), int(jitter[1])
     if dx or dy:
@@ -804,6 +821,10 @@ def render_video(
         ``OBJECTS``; ``info`` the lighting and the lights-ON emergency vehicle's box.
     """
     T = max(1, int(round(seconds * fps)))
+    if flags.non_road:  # a screen, a test pattern, noise: no object, so no box
+        frames, pattern = render_non_road(rng, T, height, width, fps)
+        return frames, [], VideoInfo(lighting="none", lights_on_ev_box=None,
+                                     objects_placed={k: 0 for k in OBJECTS}, view=pattern)
     cam = _sample_camera(rng, width, height)
     style = _sample_style(rng, T, width)
     bg = _background(rng, cam, style)
@@ -813,14 +834,18 @@ def render_video(
     pad = 8
     noise = rng.normal(0.0, style.noise_sigma, size=(height + pad, width + pad, 3)).astype(np.float32)
     noise_offsets = rng.integers(0, pad + 1, size=(T, 2))
+    # drawn last, so the layout and the look of a scene do not depend on them
+    weather = sample_weather(rng, width, height)
+    decoys, signs = (place_decoys(rng, objs, width, height, cam.horizon, seconds)
+                     if flags.decoy_lights else ([], []))
     glow = np.zeros((height, width, 3), np.float32)
     frames = np.empty((T, height, width, 3), np.uint8)
     prims = []
     ev_first = None
     for k in range(T):
         t = k / fps
-        img, prims = _draw_frame(bg, objs, cam, style, t, glow)
-        frames[k] = _finish(img, glow, style, style.jitter[k], noise, noise_offsets[k])
+        img, prims = _draw_frame(bg, objs, cam, style, t, glow, signs)
+        frames[k] = _finish(img, glow, style, style.jitter[k], noise, noise_offsets[k], weather, k)
         if k == 0:
             ev_first = next((_own_box(ps, style.jitter[0], width, height)
                              for o, ps in zip(objs, prims) if o.lights == "on"), None)
@@ -833,5 +858,7 @@ def render_video(
         lights_on_ev_box_first=ev_first if role.get("lights_on_ev") is not None else None,
         near_car_box=role.get("near_car"),
         near_pedestrian_box=role.get("near_pedestrian"),
+        decoys=decoys,
+        weather=weather["kind"],
     )
     return frames, [(label, b) for label, b, _ in boxes], info

@@ -36,11 +36,14 @@ import numpy as np
 
 from fusionedge.sdk.errors import InputError
 
-from .rules import EV_DISTANCE_M, EV_MOTIONS, NEAR_CAR_M, NEAR_PEDESTRIAN_M, SceneFlags
+from .clutter_sound import clutter_sound
+from .dsp import harmonic, rms, shape_noise, timbre_amps
+from .rules import AMBIENCES, EV_DISTANCE_M, EV_MOTIONS, NEAR_CAR_M, NEAR_PEDESTRIAN_M, SceneFlags
 
 __all__ = ["AudioInfo", "synthesize_audio", "SIREN_PATTERNS", "SIREN_ENVELOPES", "level_at_distance"]
 
-SIREN_PATTERNS: tuple[str, ...] = ("wail", "yelp", "hilo")
+SIREN_PATTERNS: tuple[str, ...] = ("wail", "yelp", "hilo", "phaser", "rumbler")
+SIREN_TIMBRES: tuple[str, ...] = ("driver", "sine", "triangle", "square")
 SIREN_ENVELOPES: tuple[str, ...] = EV_MOTIONS  # the envelope is the source's motion
 
 # Levels in dB relative to the road noise (power ratio of the whole clip).
@@ -48,6 +51,11 @@ SIREN_SNR_DB = (-6.0, 15.0)
 HORN_SNR_DB = (-2.0, 14.0)
 SPEECH_SNR_DB = (-4.0, 10.0)
 ENGINE_SNR_DB = (-3.0, 12.0)
+CLUTTER_SNR_DB = (-6.0, 18.0)  # an untagged sound, from barely audible to far above the road
+CABIN_VOICE_SNR_DB = (-4.0, 14.0)
+QUIET_ROAD_DB = (20.0, 45.0)  # how far below its usual level the road noise is in a quiet ambience
+SILENT_PEAK_DBFS = (-90.0, -45.0)  # peak level of the faint hiss of a silent clip (or digital zero)
+P_DIGITAL_SILENCE = 0.35  # a silent clip is all zeros (a muted or absent microphone)
 # Random source loudness subtracted from the loudest level: the spread of a level at a given distance.
 SIREN_SPREAD_DB = 7.0
 ENGINE_SPREAD_DB = 7.35
@@ -67,6 +75,10 @@ class AudioInfo:
 
     siren_pattern: str | None = None
     siren_envelope: str | None = None
+    siren_timbre: str | None = None
+    clutter_sound: str | None = None  # the untagged sound mixed in (rules.CLUTTER_SOUNDS)
+    cabin_voice: str | None = None  # "radio" (band-limited) or "passenger", when a cabin voice speaks
+    ambience: str = "road"  # rules.AMBIENCES
     levels_db: dict[str, float] = field(default_factory=dict)  # per source, relative to road noise
 
 
@@ -96,17 +108,6 @@ def level_at_distance(
     return float(loudest_db - 20.0 * np.log10(distance_m / near_m) - rng.uniform(0.0, spread_db))
 
 
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x)) + 1e-20))
-
-
-def _shape_noise(rng: np.random.Generator, n: int, sr: int, gain_fn) -> np.ndarray:
-    """White noise filtered by a magnitude response ``gain_fn(freqs_hz)`` (zero phase)."""
-    spec = np.fft.rfft(rng.standard_normal(n))
-    freqs = np.fft.rfftfreq(n, 1.0 / sr)
-    return np.fft.irfft(spec * gain_fn(freqs), n)
-
-
 def _road_noise(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     """Tyre roar and wind: pinkish noise with a broad bump a few hundred Hz wide, slowly modulated."""
     bump = rng.uniform(250.0, 900.0)
@@ -119,24 +120,10 @@ def _road_noise(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
         roar = (100.0 / f) ** (tilt / 2) * (1.0 + 1.5 * np.exp(-(((f - bump) / width) ** 2)))
         return roar + rumble * np.exp(-((f / 120.0) ** 2))
 
-    x = _shape_noise(rng, n, sr, gain)
+    x = shape_noise(rng, n, sr, gain)
     t = np.arange(n) / sr
     x *= 1.0 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.3, 1.5) * t + rng.uniform(0, 2 * np.pi))
     return x
-
-
-def _harmonic(phase: np.ndarray, amps: np.ndarray, f_inst: np.ndarray, sr: int) -> np.ndarray:
-    """Sum of harmonics k*phase with amplitude amps[k-1], each muted above 0.45*sr (no aliasing)."""
-    out = np.zeros_like(phase)
-    nyq = 0.45 * sr
-    for k, a in enumerate(amps, start=1):
-        if a == 0:
-            continue
-        alive = (k * f_inst) < nyq
-        if not alive.any():
-            break
-        out += a * np.sin(k * phase) * alive
-    return out
 
 
 def _engine(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
@@ -147,35 +134,52 @@ def _engine(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     phase = 2 * np.pi * np.cumsum(f) / sr + rng.uniform(0, 2 * np.pi)
     k = np.arange(1, 16)
     amps = rng.uniform(0.4, 1.0, size=k.size) / k**0.8
-    x = _harmonic(phase, amps, f, sr)
-    x += 0.3 * _rms(x) * _shape_noise(rng, n, sr, lambda fr: np.exp(-((fr / (4 * f0)) ** 2)))  # exhaust noise
+    x = harmonic(phase, amps, f, sr)
+    x += 0.3 * rms(x) * shape_noise(rng, n, sr, lambda fr: np.exp(-((fr / (4 * f0)) ** 2)))  # exhaust noise
     return x
+
+
+def _siren_sweep(rng: np.random.Generator, t: np.ndarray, pattern: str) -> np.ndarray:
+    """The instantaneous frequency (Hz) of a siren pattern, from a random point of its cycle.
+
+    Ranges follow published siren specifications and recordings: a wail sweeps about 500-1800 Hz up
+    and down every 2-5 s (0.2-0.5 Hz), a yelp the same range 2-5 times a second, a phaser (hyper-yelp)
+    8-12 times a second; a hi-lo alternates two tones a musical third to a fifth apart every 0.25-0.8 s
+    (0.6-2 switches a second, always at least one in the clip); a rumbler is a wail or yelp an octave
+    or two lower (180-450 Hz, felt more than heard).
+    """
+    if pattern == "hilo":
+        lo = rng.uniform(450.0, 900.0)
+        hi = lo * rng.uniform(1.2, 1.6)
+        half = rng.uniform(0.25, min(0.8, 0.9 * max(float(t[-1]), 0.3)))
+        high = ((t / half + rng.uniform(0, 2)) % 2.0) < 1.0
+        f = np.where(high, hi, lo)
+        # soften the steps a little (a real hi-lo takes a few ms to switch)
+        kernel = np.hanning(max(3, int(0.004 * (t.size / max(float(t[-1]), 1e-3)))))
+        f = np.convolve(f, kernel / kernel.sum(), mode="same")
+        f[: kernel.size] = f[kernel.size]
+        f[-kernel.size :] = f[-kernel.size - 1]
+        return f
+    if pattern == "rumbler":
+        lo, hi = rng.uniform(180.0, 250.0), rng.uniform(330.0, 450.0)
+        period = rng.uniform(2.0, 5.0) if rng.random() < 0.5 else rng.uniform(0.2, 0.5)
+    else:
+        lo, hi = rng.uniform(450.0, 800.0), rng.uniform(1100.0, 1800.0)
+        period = {"wail": (2.0, 5.0), "yelp": (0.2, 0.5), "phaser": (0.08, 0.125)}[pattern]
+        period = rng.uniform(*period)
+    cycle = (t / period + rng.random()) % 1.0
+    if rng.random() < 0.5:  # a smooth up-and-down sweep
+        return lo + (hi - lo) * (0.5 - 0.5 * np.cos(2 * np.pi * cycle))
+    rise = rng.uniform(0.4, 0.6)  # or linear ramps, up for `rise` of the cycle and down for the rest
+    shape = np.where(cycle < rise, cycle / rise, (1.0 - cycle) / (1.0 - rise))
+    return lo + (hi - lo) * shape
 
 
 def _siren(
     rng: np.random.Generator, n: int, sr: int, pattern: str, envelope: str, depth_change_m: float
-) -> np.ndarray:
+) -> tuple[np.ndarray, str]:
     t = np.arange(n) / sr
-    if pattern == "wail":  # slow sweep up and down between ~600 and ~1500 Hz
-        lo, hi = rng.uniform(550.0, 700.0), rng.uniform(1300.0, 1600.0)
-        period = rng.uniform(2.0, 5.0)
-        f = lo + (hi - lo) * (0.5 - 0.5 * np.cos(2 * np.pi * (t / period + rng.random())))
-    elif pattern == "yelp":  # fast sweep, several per second
-        lo, hi = rng.uniform(600.0, 800.0), rng.uniform(1300.0, 1700.0)
-        period = rng.uniform(0.15, 0.35)
-        saw = (t / period + rng.random()) % 1.0
-        f = lo + (hi - lo) * (0.5 - 0.5 * np.cos(2 * np.pi * saw))
-    else:  # hi-lo: two tones alternating
-        lo = rng.uniform(500.0, 750.0)
-        hi = lo * rng.uniform(1.25, 1.5)
-        half = rng.uniform(0.3, 0.6)
-        high = ((t / half + rng.uniform(0, 2)) % 2.0) < 1.0
-        f = np.where(high, hi, lo)
-        # soften the steps a little (a real hi-lo takes a few ms to switch)
-        kernel = np.hanning(max(3, int(0.004 * sr)))
-        f = np.convolve(f, kernel / kernel.sum(), mode="same")
-        f[: kernel.size] = f[kernel.size]
-        f[-kernel.size :] = f[-kernel.size - 1]
+    f = _siren_sweep(rng, t, pattern)
     # loudness envelope and Doppler: approaching sources sound higher and grow louder; the faster
     # the depth changes (1-3 m over the clip), the stronger both effects (exaggerated for audibility)
     speed = abs(depth_change_m)
@@ -192,25 +196,30 @@ def _siren(
         doppler = 1.0
     f = f * doppler
     phase = 2 * np.pi * np.cumsum(f) / sr + rng.uniform(0, 2 * np.pi)
-    # odd harmonics (a horn-driver siren is square-ish) plus a weak second harmonic
-    amps = np.array([1.0, 0.12, rng.uniform(0.2, 0.4), 0.05, rng.uniform(0.08, 0.2), 0.0, 0.06])
-    return g * _harmonic(phase, amps, f, sr)
+    # a horn-driver siren is square-ish (odd harmonics, a weak second); electronic ones vary
+    timbre = SIREN_TIMBRES[int(rng.integers(len(SIREN_TIMBRES)))]
+    if timbre == "driver":
+        amps = np.array([1.0, 0.12, rng.uniform(0.2, 0.4), 0.05, rng.uniform(0.08, 0.2), 0.0, 0.06])
+    else:
+        amps = timbre_amps(timbre, rng)
+    return g * harmonic(phase, amps, f, sr), timbre
 
 
 def _horn(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     t = np.arange(n) / sr
-    f1 = rng.uniform(350.0, 480.0)
+    truck = rng.random() < 0.25  # a truck's air horn is lower than a car's
+    f1 = rng.uniform(180.0, 320.0) if truck else rng.uniform(350.0, 480.0)
     f2 = f1 * rng.uniform(1.18, 1.30)
     amps = rng.uniform(0.5, 1.0, size=10) / np.arange(1, 11) ** 0.9  # bright, sawtooth-like
     tone = np.zeros(n)
-    for f in (f1, f2):
+    for f in (f1,) if rng.random() < 0.3 else (f1, f2):  # single-tone or dual-tone
         fi = np.full(n, f)
-        tone += _harmonic(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi), amps, fi, sr)
+        tone += harmonic(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi), amps, fi, sr)
     env = np.zeros(n)
     honks = 1 if rng.random() < 0.6 else 2
     start = rng.uniform(0.0, 0.5) * n
     for _ in range(honks):
-        dur = rng.uniform(0.12, 0.5) * sr
+        dur = rng.uniform(0.12, 0.9 if truck else 0.5) * sr
         a, b = int(start), int(min(n, start + dur))
         if b - a > 8:
             ramp = max(2, min(int(0.01 * sr), (b - a) // 4))
@@ -234,29 +243,30 @@ def _formant_gain(freqs: np.ndarray, formants: np.ndarray) -> np.ndarray:
 
 def _talker(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     out = np.zeros(n)
-    f0_base = rng.uniform(95.0, 230.0)
+    f0_base = float(np.exp(rng.uniform(np.log(75.0), np.log(320.0))))  # deep voices to children's
+    swing = rng.uniform(0.02, 0.2)  # a flat, synthetic-sounding voice to a lively one
     pos = int(rng.uniform(-0.1, 0.15) * sr)
     while pos < n:
-        dur = int(rng.uniform(0.10, 0.26) * sr)
+        dur = int(rng.uniform(0.08, 0.3) * sr)
         a, b = max(pos, 0), min(pos + dur, n)
         if b - a > 64:
             m = b - a
             tt = np.arange(m) / sr
-            f0 = f0_base * (1.0 + rng.uniform(-0.15, 0.15) + rng.uniform(-0.2, 0.2) * tt / max(tt[-1], 1e-9))
+            f0 = f0_base * (1.0 + rng.uniform(-swing, swing) + rng.uniform(-swing, swing) * tt / max(tt[-1], 1e-9))
             phase = np.cumsum(f0) / sr + rng.random()
             pulses = np.diff(np.floor(phase), prepend=np.floor(phase[0]))  # 1 where a glottal period starts
             vowel = _VOWELS[rng.integers(len(_VOWELS))] * rng.uniform(0.9, 1.15)
             freqs = np.fft.rfftfreq(m, 1.0 / sr)
             voiced = np.fft.irfft(np.fft.rfft(pulses) * _formant_gain(freqs, vowel), m)
             env = np.sin(np.pi * np.linspace(0, 1, m)) ** rng.uniform(0.6, 1.5)
-            seg = voiced / (_rms(voiced) + 1e-9) * env
+            seg = voiced / (rms(voiced) + 1e-9) * env
             if rng.random() < 0.4:  # a fricative onset (s, sh, f): short high-passed noise
                 k = min(m, int(rng.uniform(0.03, 0.07) * sr))
                 fc = rng.uniform(2500.0, 5500.0)
-                fric = _shape_noise(rng, k, sr, lambda fr: 1.0 / (1.0 + np.exp(-(fr - fc) / 300.0)))
-                seg[:k] += 0.5 * fric / (_rms(fric) + 1e-9) * np.hanning(k)
+                fric = shape_noise(rng, k, sr, lambda fr: 1.0 / (1.0 + np.exp(-(fr - fc) / 300.0)))
+                seg[:k] += 0.5 * fric / (rms(fric) + 1e-9) * np.hanning(k)
             out[a:b] += seg
-        pos += dur + int(rng.uniform(0.02, 0.12) * sr)  # syllable gap
+        pos += dur + int(rng.uniform(0.01, 0.12) * sr)  # syllable gap
     return out
 
 
@@ -268,8 +278,31 @@ def _babble(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     return out
 
 
+def _cabin_voice(rng: np.random.Generator, n: int, sr: int) -> tuple[np.ndarray, str]:
+    """A voice in the car: one talker, from the radio or a phone (band-limited to 300-3400 Hz, as a
+    loudspeaker or a phone line passes it) or a passenger (full band)."""
+    voice = _talker(rng, n, sr)
+    if rng.random() < 0.5:
+        return voice, "passenger"
+    lo, hi = rng.uniform(200.0, 400.0), rng.uniform(3000.0, 5000.0)
+    spec = np.fft.rfft(voice)
+    f = np.fft.rfftfreq(n, 1.0 / sr)
+    spec *= 1.0 / (1.0 + (lo / np.maximum(f, 1.0)) ** 4) / (1.0 + (f / hi) ** 4)
+    return np.fft.irfft(spec, n), "radio"
+
+
+def _silence(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """A silent clip: all zeros (a muted microphone) or a faint hiss far below any road noise."""
+    if rng.random() < P_DIGITAL_SILENCE:
+        return np.zeros(n, np.int16)
+    tilt = float(rng.choice([0.0, 0.5, 1.0]))  # white, pink or brown hiss
+    hiss = shape_noise(rng, n, sr, lambda f: 1.0 / np.maximum(f, 20.0) ** tilt)
+    peak = 32767.0 * 10 ** (rng.uniform(*SILENT_PEAK_DBFS) / 20.0)
+    return np.round(hiss * (peak / (np.max(np.abs(hiss)) + 1e-12))).astype(np.int16)
+
+
 def _mix_in(mix: np.ndarray, src: np.ndarray, ref_rms: float, snr_db: float) -> np.ndarray:
-    return mix + src * (ref_rms * 10 ** (snr_db / 20.0) / _rms(src))
+    return mix + src * (ref_rms * 10 ** (snr_db / 20.0) / rms(src))
 
 
 def synthesize_audio(
@@ -299,11 +332,17 @@ def synthesize_audio(
     if flags.siren and (flags.ev_distance_m is None or flags.ev_motion not in EV_MOTIONS
                         or flags.ev_depth_change_m is None):
         raise InputError("flags.siren is set but its ev_distance_m/ev_motion/ev_depth_change_m are missing")
+    if flags.ambience not in AMBIENCES:
+        raise InputError(f"flags.ambience must be one of {', '.join(AMBIENCES)}, got {flags.ambience!r}")
     n = int(round(seconds * sample_rate))
     sr = sample_rate
-    info = AudioInfo()
+    if flags.ambience == "silent":
+        if flags.siren or flags.horn or flags.speech or flags.engine or flags.cabin_voice or flags.clutter_sound:
+            raise InputError("a silent ambience cannot have a sound source")
+        return _silence(rng, n, sr), AudioInfo(ambience="silent")
+    info = AudioInfo(ambience=flags.ambience)
     road = _road_noise(rng, n, sr)
-    ref = _rms(road)
+    ref = rms(road)
     mix = road.copy()
     if flags.engine:
         info.levels_db["engine"] = level_at_distance(
@@ -321,9 +360,23 @@ def synthesize_audio(
         info.siren_envelope = flags.ev_motion
         info.levels_db["siren"] = level_at_distance(
             flags.ev_distance_m, EV_DISTANCE_M[0], SIREN_SNR_DB[1], SIREN_SPREAD_DB, rng)
-        siren = _siren(rng, n, sr, info.siren_pattern, info.siren_envelope, flags.ev_depth_change_m)
+        siren, info.siren_timbre = _siren(rng, n, sr, info.siren_pattern, info.siren_envelope,
+                                          flags.ev_depth_change_m)
         mix = _mix_in(mix, siren, ref, info.levels_db["siren"])
+    if flags.clutter_sound is not None:
+        info.clutter_sound = flags.clutter_sound
+        info.levels_db["clutter"] = float(rng.uniform(*CLUTTER_SNR_DB))
+        mix = _mix_in(mix, clutter_sound(flags.clutter_sound, rng, n, sr), ref, info.levels_db["clutter"])
+    if flags.cabin_voice:
+        voice, info.cabin_voice = _cabin_voice(rng, n, sr)
+        info.levels_db["cabin_voice"] = float(rng.uniform(*CABIN_VOICE_SNR_DB))
+        mix = _mix_in(mix, voice, ref, info.levels_db["cabin_voice"])
+    # the recording level is set with the road noise at its usual level, so in a quiet ambience the
+    # sources keep their loudness and only the road noise drops (with no source: a near-silent clip)
     peak = float(np.max(np.abs(mix))) + 1e-12
     target = rng.uniform(0.25, 0.9)  # recording level varies; never clips
+    if flags.ambience == "quiet":
+        info.levels_db["road"] = -float(rng.uniform(*QUIET_ROAD_DB))
+        mix = mix - road * (1.0 - 10 ** (info.levels_db["road"] / 20.0))
     wave = np.round(mix * (target * 32767.0 / peak)).astype(np.int16)
     return wave, info
