@@ -184,6 +184,26 @@ print("resampler:", RESAMPLER)
     assert lines[3] == "resampler: numpy"
 
 
+def test_a_manifest_row_without_audio_trains_and_evaluates_on_its_videos_sound(media, tmp_path) -> None:
+    from fusionedge.sdk.datamanifest import read_manifest
+    from fusionedge.sdk.evaluate import load_sample_inputs  # what eval and training's loader decode with
+
+    rows = [{"id": "own", "video": str(media["mp4"]), "event": "none"},
+            {"id": "none", "video": str(media["mp4"]), "audio": None, "event": "none"},
+            {"id": "silent", "video": str(media["silent"]), "event": "none"},
+            {"id": "wav", "video": str(media["silent"]), "audio": str(media["wav"]), "event": "none"}]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples = {s.id: s for s in read_manifest(tmp_path)}
+    assert samples["own"].audio == media["mp4"]
+    assert samples["none"].audio is None and samples["silent"].audio is None  # null: no microphone
+    _, own, own_presence, _ = load_sample_inputs(samples["own"], TOY_GEOMETRY)
+    _, wav, _, _ = load_sample_inputs(samples["wav"], TOY_GEOMETRY)
+    _, _, no_presence, _ = load_sample_inputs(samples["none"], TOY_GEOMETRY)
+    assert own_presence.tolist() == [1.0, 1.0] and no_presence.tolist() == [1.0, 0.0]
+    np.testing.assert_allclose(own, wav, atol=1e-5)
+    assert np.abs(own).max() > 0.05
+
+
 # ----------------------------------------------------------------------------- predict, run
 
 
