@@ -42,6 +42,21 @@ modality alone:
 Engine and speech are independent of the event, and the distance/motion draw has the same
 distribution in every event that has it, so the Bayes-optimal single-modality predictors stay at
 chance between the paired events.
+
+The open world (negatives), drawn after all of the above so a seed keeps its event and sources:
+
+* an untagged sound (``clutter_sound``, one of :data:`CLUTTER_SOUNDS`: tones, beeps, chimes,
+  ringtones, music, wind, rain ...), a cabin voice (``cabin_voice``: radio, phone or passenger, which
+  carries the ``speech`` tag because a tag must be decidable from the sound alone), decoy lights and
+  a quiet ambience, each independent of the event;
+* **silence** (``ambience == "silent"``) only where nothing at all is heard, which implies no siren:
+  drawn after the sources, at the same rate for ``none`` and ``lights_no_siren``;
+* **frames without a road** (``non_road``) only where nothing must be seen (no lights-ON vehicle, no
+  near car, no talking pedestrian): at the same rate for ``none`` and ``emergency_behind``.
+
+So silence tells audio only what the siren cue already does (no siren), and a non-road view tells
+video only what the lights cue already does (no lights-ON vehicle): each modality alone stays at
+chance between the paired events.
 """
 
 from __future__ import annotations

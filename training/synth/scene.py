@@ -27,7 +27,10 @@ beyond 14 m and the other pedestrians beyond 18 m during the whole clip.
 
 Randomized per clip: lighting (day, dusk, night with the ego car's headlight cone and glowing
 lamps), camera (focal length, horizon, height, centre), object placement and motion, deliberate
-partial occlusion, optical blur, sensor noise and per-frame camera jitter.
+partial occlusion, optical blur, sensor noise and per-frame camera jitter; and, from
+:mod:`.decoys`, weather (rain, glare, a dark exposure) and, with ``flags.decoy_lights``, lights that
+are not a light bar (hazards, turn signals, brake lights, changing traffic lights, signs,
+reflections). With ``flags.non_road`` the clip shows no road at all (:mod:`.nonroad`) and has no box.
 
 The module is longer than most (~830 lines) on purpose: the layout, the drawing primitives and the
 renderer share private geometry types (camera, style, object) and one draw order from one random

@@ -3,12 +3,18 @@
 Every clip has road/tyre noise (spectrally shaped noise). On top of it, as the scene's flags ask:
 
 ``engine``  a low harmonic hum (firing frequency 25-70 Hz and its harmonics) with rpm drift
-``siren``   one of three patterns - *wail* (slow 600-1500 Hz sweep), *yelp* (fast sweep), *hi-lo*
-            (two alternating tones) - with an approach, recede or steady loudness envelope and a
-            matching small Doppler shift
-``horn``    a two-tone harmonic burst (one or two honks)
+``siren``   one of five patterns - *wail* (slow sweep), *yelp* (fast sweep), *phaser* (faster),
+            *hi-lo* (two alternating tones), *rumbler* (low) - with an approach, recede or steady
+            loudness envelope and a matching small Doppler shift
+``horn``    a one- or two-tone harmonic burst, a car's or a truck's (one or two honks)
 ``speech``  babble of 1-3 talkers: glottal pulse trains filtered by vowel formants, cut into
-            syllables with smooth envelopes, with a little fricative noise
+            syllables with smooth envelopes, with a little fricative noise; a cabin voice (radio,
+            phone, passenger) is one such talker, band-limited for a loudspeaker or a phone line
+
+and, with no tag, one untagged sound of the open world (:mod:`.clutter_sound`). A siren is a
+continuous tone whose pitch moves periodically (wail, yelp, phaser, hi-lo, rumbler; see
+``training/synth/README.md``); everything tonal in :mod:`.clutter_sound` holds its pitch or moves it
+otherwise. A quiet ambience lowers only the road noise; a silent clip is all zeros or a faint hiss.
 
 Each source is mixed at a level relative to the road noise, and the mix is peak-normalized to a
 random level below full scale. Levels follow the scene's geometry (the inverse-distance law,
