@@ -32,7 +32,7 @@ partial occlusion, optical blur, sensor noise and per-frame camera jitter; and, 
 are not a light bar (hazards, turn signals, brake lights, changing traffic lights, signs,
 reflections). With ``flags.non_road`` the clip shows no road at all (:mod:`.nonroad`) and has no box.
 
-The module is longer than most (~830 lines) on purpose: the layout, the drawing primitives and the
+The module is longer than most (~870 lines) on purpose: the layout, the drawing primitives and the
 renderer share private geometry types (camera, style, object) and one draw order from one random
 generator; split apart, those types would become a public surface that nothing else needs.
 
