@@ -80,6 +80,12 @@ class AudioReader(Protocol):
     def close(self) -> None:
         """Close the file (idempotent)."""
 
+    def __enter__(self) -> AudioReader:  # noqa: PYI034 - py3.10 has no typing.Self
+        """The reader itself, closed when the ``with`` block ends."""
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the file."""
+
 
 def _soundfile() -> Any:
     try:
