@@ -37,6 +37,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                  "fusionedge train --data data/train --init runs/pretrain/pretrain.pt --out runs/ft"),
     "distill": ("fusionedge distill --data data/train --teacher runs/teacher/best.pt --out runs/student",),
     "report": ("fusionedge report --workdir work --only fusion",),
+    "report open-world": ("fusionedge report open-world --bundle old/bundle --bundle new/bundle --test data/test "
+                          "--outside data/outside --out open-world",),
     "export": ("fusionedge export --checkpoint runs/student/best.pt --out bundle",),
     "import": ("fusionedge import --onnx yolov8n.onnx --task detect --preset yolov8 --labels coco.txt --out det",
                "fusionedge import --onnx net.onnx --task classify --labels classes.txt --out cls "

@@ -3,6 +3,10 @@
 The experiments and the tables are :mod:`fusionedge.training.report`; this module parses the verb
 and prints the report (``--json``: the checks and tables). It needs the ``train`` extra (torch),
 checked when the verb runs.
+
+``fusionedge report open-world --bundle OLD --bundle NEW --test DIR --outside DIR --out DIR`` is the
+other report: bundles side by side on their test split and on outside media, with a reliability
+diagram each (:mod:`fusionedge.training.open_world_report`; the runtime and matplotlib, no torch).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionedge.cli.extras import needs
-from fusionedge.cli.options import add_json_option
+from fusionedge.cli.options import add_backends_option, add_json_option
 from fusionedge.cli.output import print_json
 
 __all__ = ["add_report_parser"]
@@ -43,8 +47,31 @@ def _paths_as_text(value: Any) -> Any:
     return value
 
 
+def _cmd_open_world(args: argparse.Namespace) -> int:
+    from fusionedge.cli.extras import MissingExtraError
+
+    try:
+        import matplotlib  # noqa: F401 - the diagrams need it; say so before anything runs
+    except ImportError as e:
+        raise MissingExtraError("train", "matplotlib") from e
+    from fusionedge.training.open_world_report import open_world_report
+
+    report = open_world_report(args.bundle, args.test, args.outside, args.out, backends=args.backends,
+                               progress=not args.json)
+    if args.json:
+        print_json({"markdown": report["markdown"], "bundles": {
+            label: {k: r[k] for k in ("bundle", "model", "calibrated", "test", "outside", "diagram")}
+            for label, r in report["bundles"].items()}})
+    else:
+        print(Path(report["markdown"]).read_text())
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from fusionedge.training.report import ReportConfig, run_report
+
+    if args.workdir is None:
+        args.parser.error("the following arguments are required: --workdir (or give a report: open-world)")
 
     kw: dict[str, Any] = {"workdir": args.workdir, "seed": args.seed, "force": args.force,
                           "progress": not args.json}
@@ -78,12 +105,27 @@ def add_report_parser(verbs: Any) -> argparse.ArgumentParser:
                          description="Reproduce the multimodal-learning comparison tables (fusion gap, missing "
                                      "sensor, multi-task strategies, distillation, few-label pretraining). "
                                      "Finished runs in WORKDIR are reused.")
-    p.add_argument("--workdir", required=True, type=Path, help="data, runs and report/ go here")
+    p.add_argument("--workdir", type=Path, default=None, help="data, runs and report/ go here (required)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the data and of every run")
     p.add_argument("--only", default=None, help="comma-separated experiments (their dependencies are added)")
     p.add_argument("--force", action="store_true", help="retrain runs that are already finished")
     for flag, kind, flag_help in _SIZE_FLAGS:
         p.add_argument(f"--{flag}", type=kind, default=None, help=flag_help)
     add_json_option(p, help="print the checks and tables as JSON")
-    p.set_defaults(func=needs("train", _cmd_report))
+    p.set_defaults(func=needs("train", _cmd_report), parser=p)
+    reports = p.add_subparsers(dest="report_verb", metavar="REPORT", title="other reports")
+    help = "compare bundles on their test split and on outside media, with reliability diagrams"
+    o = reports.add_parser("open-world", help=help,
+                           description=help + ": event accuracy, macro-F1, tag mAP, detection mAP, ECE; false "
+                                              "siren tags, false alarms, silence heard as a tag, siren recall, "
+                                              "ECE and the OOD score's AUROC on the outside set")
+    o.add_argument("--bundle", required=True, action="append", type=Path,
+                   help="a bundle folder; repeat for each bundle to compare, in table order")
+    o.add_argument("--test", required=True, type=Path, help="the labelled test manifest or its folder")
+    o.add_argument("--outside", required=True, type=Path,
+                   help="an outside-media manifest or its folder (fusionedge data outside)")
+    o.add_argument("--out", required=True, type=Path, help="open_world.md, open_world.json and the PNGs go here")
+    add_backends_option(o)
+    add_json_option(o, help="print the numbers as JSON")
+    o.set_defaults(func=_cmd_open_world)
     return p

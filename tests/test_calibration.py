@@ -267,14 +267,20 @@ def test_open_world_rates_count_an_uncertain_result_as_no_alarm_and_score_the_oo
     assert "uncertain" not in outside_markdown(plain)
 
 
-def test_eval_of_a_calibrated_bundle_reports_the_ood_auroc_and_no_alarm_from_uncertain_clips(toy, capsys,
-                                                                                            tmp_path):
-    data = _write_set(tmp_path / "mixed", [EVENTS[i % 4] for i in range(8)])
+def _write_mixed(root: Path, inside: int = 4) -> Path:
+    """Eight clips; those after the first ``inside`` carry an ``outside`` block (a tone, event none)."""
+    data = _write_set(root, [EVENTS[i % 4] for i in range(8)])
     lines = [json.loads(x) for x in (data / "manifest.jsonl").read_text().splitlines()]
-    for rec in lines[4:]:
+    for rec in lines[inside:]:
         rec.update(event="none", audio_tags=[], outside={"kind": "tone", "expect": {
             "siren": False, "alarm": False, "silent": False, "event_defined": True}})
     (data / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return data
+
+
+def test_eval_of_a_calibrated_bundle_reports_the_ood_auroc_and_no_alarm_from_uncertain_clips(toy, capsys,
+                                                                                            tmp_path):
+    data = _write_mixed(tmp_path / "mixed")
     assert main(["eval", "--bundle", str(toy["calibrated"]), "--data", str(data), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["calibrated"] is True and 0.0 <= m["uncertain_rate"] <= 1.0
@@ -283,3 +289,25 @@ def test_eval_of_a_calibrated_bundle_reports_the_ood_auroc_and_no_alarm_from_unc
     plain = json.loads(capsys.readouterr().out)
     assert plain["calibrated"] is False and "ood_auroc" not in plain["outside"]
     assert plain["event_accuracy"] == m["event_accuracy"]  # a temperature never changes the decision
+
+
+def test_open_world_report_compares_bundles_in_a_table_with_a_reliability_diagram_each(toy, capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    outside = _write_mixed(tmp_path / "outside", inside=0)
+    out = tmp_path / "report"
+    assert main(["report", "open-world", "--bundle", str(toy["plain"]), "--bundle", str(toy["calibrated"]),
+                 "--test", str(toy["val"]), "--outside", str(outside), "--out", str(out), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    plain, calibrated = r["bundles"].values()
+    assert plain["calibrated"] is False and plain["outside"]["ood_auroc"] is None
+    assert calibrated["calibrated"] is True and 0.0 <= calibrated["outside"]["ood_auroc"] <= 1.0
+    assert plain["test"]["event_accuracy"] == calibrated["test"]["event_accuracy"]
+    md = (out / "open_world.md").read_text()
+    for label, row in r["bundles"].items():
+        assert f"| {label} |" in md
+        png = out / row["diagram"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert "| false alarm |" in md.split("## Outside set")[1] and "| OOD AUROC |" in md
+    assert main(["report", "open-world", "--bundle", str(toy["plain"]), "--test", str(toy["val"]),
+                 "--outside", str(toy["val"]), "--out", str(out)]) == 2  # no outside block: one line, exit 2
+    assert "outside" in capsys.readouterr().err
