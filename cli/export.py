@@ -24,9 +24,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     bundle = export_checkpoint(args.checkpoint, args.out, name=args.name, version=args.version,
                                progress=not args.json, overwrite=args.overwrite)
+    calibration = None
+    if args.calibrate_on is not None:  # fusionedge calibrate on the fresh bundle
+        from fusionedge.export.calibrate import calibrate_bundle
+        from fusionedge.sdk.errors import FusionEdgeError
+
+        try:
+            calibration = calibrate_bundle(bundle, args.calibrate_on, progress=not args.json)
+        except FusionEdgeError as e:
+            raise FusionEdgeError(f"{bundle} was written but not calibrated: {e}") from e
     digest = load_bundle(bundle, verify=False).digest  # what a release record or a deployment pins
     if args.json:
-        print_json({"bundle": str(bundle), "digest": digest})
+        print_json({"bundle": str(bundle), "digest": digest, **({"calibration": calibration} if calibration else {})})
     else:
         print(f"bundle written to {bundle} (digest sha256:{digest})")
     return 0
@@ -46,5 +55,8 @@ def add_export_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="model name in the manifest (default: the registry name)")
     p.add_argument("--version", default="0.1.0", help="the model's version in the manifest")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.add_argument("--calibrate-on", type=Path, default=None, metavar="VAL_DIR",
+                   help="then calibrate the bundle on this validation set, as fusionedge calibrate does "
+                        "(default: not calibrated)")
     p.set_defaults(func=needs("train", _cmd_export))
     return p
