@@ -311,3 +311,25 @@ def test_open_world_report_compares_bundles_in_a_table_with_a_reliability_diagra
     assert main(["report", "open-world", "--bundle", str(toy["plain"]), "--test", str(toy["val"]),
                  "--outside", str(toy["val"]), "--out", str(out)]) == 2  # no outside block: one line, exit 2
     assert "outside" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("temperature", -1.0, "calibration.temperature"),
+    ("tag_thresholds", {"siren": 0.5}, "calibration.tag_thresholds"),
+    ("ood", {"score": "energy"}, "calibration.ood.score"),
+])
+def test_a_malformed_calibration_block_refuses_the_bundle_naming_the_field(toy, capsys, tmp_path, field, value,
+                                                                           message):
+    from fusionedge.sdk import Perception
+    from fusionedge.sdk.errors import BundleError
+    from fusionedge.sdk.fileio import write_json_atomic
+
+    bundle = copy_bundle(toy["calibrated"], tmp_path / "bad")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["calibration"][field] = value
+    write_json_atomic(bundle / "manifest.json", manifest)
+    with pytest.raises(BundleError, match=message.replace(".", r"\.")):
+        Perception.load(bundle)
+    clip = toy["val"] / "media" / "c01"
+    assert main(["predict", "--bundle", str(bundle), "--video", f"{clip}.mp4", "--audio", f"{clip}.wav"]) == 2
+    assert message in capsys.readouterr().err
