@@ -21,7 +21,7 @@ from fusionedge.sdk.preprocess import preprocess_audio, resample_context
 from fusionedge.sdk.spec import InputGeometry
 
 RATES = [(44100, 16000), (48000, 16000), (22050, 16000), (8000, 16000), (96000, 16000), (16000, 8000),
-         (44100, 16001)]
+         (11025, 16001)]  # the last: an odd ratio (cached phase tables do not apply)
 
 
 def _sweep(rate: int, seconds: float, f0: float, f1: float) -> np.ndarray:
