@@ -298,6 +298,8 @@ class ContainerAudio:
         self._frames_iter: Iterator[Any] | None = None  # decoder output since the last seek
         self._pending: list[tuple[int, np.ndarray]] = []  # decoded blocks not yet read past
         self._next = -1  # the sample a read must start at to continue without a seek
+        self._next_decoded = 0  # the sample after the last one decoded
+        self._warned = False  # a short track is reported once
         self.codec: str = self._s.codec_context.name
 
     def _declared_frames(self) -> int:
@@ -320,7 +322,8 @@ class ContainerAudio:
         """Samples ``start .. start+count-1`` (cut at the end of the track) as ``(n, C)`` float32.
 
         Raises:
-            MediaError: the file was closed, or FFmpeg fails to seek or decode (a corrupt file).
+            MediaError: the file was closed, or FFmpeg fails to seek (a damaged index). A track that
+                breaks off (a truncated file) ends there, with a warning.
         """
         if self._c is None:
             raise MediaError(f"{self.path}: the audio file is closed")
@@ -395,10 +398,17 @@ class ContainerAudio:
         try:
             frame = next(self._frames_iter)
         except StopIteration:
+            if not self._warned and self.frames and self._next_decoded < self.frames - self.rate // 10:
+                self._warned = True  # the index promised more than the file holds
+                log.warning("%s: the audio track ends at %.2f s of the %.2f s its header states (truncated "
+                            "file?)", self.path, self._next_decoded / self.rate, self.frames / self.rate)
             return None
-        except av.error.FFmpegError as e:
-            raise MediaError(f"{self.path}: the audio track cannot be decoded ({_reason(e)}); the file is "
-                             f"truncated or corrupt — check that it plays, re-encode it") from e
+        except av.error.FFmpegError as e:  # a file that breaks off: what came before it is the track
+            self._warned = True
+            log.warning("%s: decoding the audio track stopped at %.2f s (truncated or corrupt file?): %s",
+                        self.path, self._next_decoded / self.rate, _reason(e))
+            self._frames_iter = iter(())
+            return None
         if frame.pts is None:  # no timestamp: it continues the previous block
             last = self._pending[-1] if self._pending else None
             pos = last[0] + len(last[1]) if last is not None else 0
@@ -410,6 +420,7 @@ class ContainerAudio:
         samples = _frame_samples(frame, self.channels, self.path)
         if pos < 0:  # before time 0: not part of the recording
             samples, pos = samples[-pos:], 0
+        self._next_decoded = pos + len(samples)
         return pos, samples
 
     def close(self) -> None:

@@ -158,6 +158,20 @@ def test_a_truncated_or_corrupt_container_names_the_file(media, tmp_path) -> Non
         read_audio(media["silent"])
 
 
+def test_a_recording_that_breaks_off_gives_the_sound_before_the_break(media, tmp_path, caplog) -> None:
+    front = tmp_path / "front.mp4"  # the index first, as cameras that stream to disk write it
+    _ffmpeg("-i", str(media["mp4"]), "-c", "copy", "-movflags", "+faststart", str(front))
+    data = front.read_bytes()
+    cut = tmp_path / "front-cut.mp4"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    whole, _ = read_audio(media["mp4"])
+    with caplog.at_level("WARNING", logger="fusionedge.sdk.media"):
+        part, _ = read_audio(cut)
+    assert 0.2 * len(whole) < len(part) < len(whole)
+    np.testing.assert_array_equal(part[: len(part) - 2048], whole[: len(part) - 2048])
+    assert "front-cut.mp4" in caplog.text and "truncated" in caplog.text
+
+
 def test_without_the_media_extra_a_flac_or_mp4_sound_names_the_extra(media, tmp_path) -> None:
     flac = tmp_path / "a.flac"
     _ffmpeg("-i", str(media["src"]), str(flac))
