@@ -36,7 +36,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
         out, report = gate_bundle(
             args.bundle, args.out, args.data, args.validation, config=config,
-            budget=Budget(args.budget_event, args.budget_det), calibration_limit=args.calibration_samples,
+            budget=Budget(args.budget_event, args.budget_det, args.budget_tags),
+            calibration_limit=args.calibration_samples,
             overwrite=args.overwrite, progress=not args.json,
         )
         chosen = report.chosen
@@ -80,8 +81,11 @@ def add_quantize_parsers(verbs: Any) -> None:
     p.add_argument("--quantize-frontend", action="store_true", help="also quantize the audio front end")
     p.add_argument("--validation", type=Path, default=None,
                    help="labelled data-set manifest: run the precision gate against it")
-    p.add_argument("--budget-event", type=float, default=0.01, help="allowed event-accuracy drop (0.01 = 1 pt)")
+    p.add_argument("--budget-event", type=float, default=0.01,
+                   help="allowed event (an imported classifier's class) accuracy drop (0.01 = 1 pt)")
     p.add_argument("--budget-det", type=float, default=0.01, help="allowed detection mAP@0.5 drop")
+    p.add_argument("--budget-tags", type=float, default=0.01,
+                   help="allowed audio-tag mAP drop (gated for an imported audio tagger)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     add_json_option(p)
     p.set_defaults(func=needs("train", _cmd_quantize))

@@ -12,6 +12,10 @@
    manifest's ``variant.gate`` section.
 3. **Refusal.** When no k meets the budget, :class:`PrecisionBudgetError` carries the full report
    (each k tried and its drop): ship FP32 or FP16, or train with QAT.
+
+The metrics gated are the model's own (:func:`gated_metrics`): event accuracy and detection mAP@0.5 for
+the fused model; for an imported one what its task scores on the user's labelled manifest —
+classification accuracy, detection mAP@0.5 (VOC all-point), or an audio tagger's mAP.
 """
 
 from __future__ import annotations
@@ -19,24 +23,39 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
 from fusionedge.export.onnx_export import ExportError
 from fusionedge.export.quantize import (
     ArrayCalibrationReader,
     QuantizeConfig,
+    for_bundle,
     load_calibration_feeds,
     quantize_bundle,
     quantize_onnx,
     weight_nodes,
 )
-from fusionedge.sdk.bundle import load_bundle
+from fusionedge.sdk.bundle import Bundle, load_bundle
 
-__all__ = ["Budget", "GateStep", "GateReport", "PrecisionBudgetError", "layer_sensitivity", "gate_bundle"]
+__all__ = [
+    "Budget",
+    "GateReport",
+    "GateStep",
+    "PrecisionBudgetError",
+    "gate_bundle",
+    "gated_metrics",
+    "layer_sensitivity",
+]
+
+
+_METRICS = ("event_accuracy", "detection_map50")
+_ALL_METRICS = ("event_accuracy", "detection_map50", "audio_tag_map")
+#: the metric an imported model is gated on, by the label kind it scores
+_KIND_METRIC = {"events": "event_accuracy", "audio_tags": "audio_tag_map", "objects": "detection_map50"}
 
 
 @dataclass(frozen=True)
@@ -44,21 +63,25 @@ class Budget:
     """Largest allowed metric drop (FP32 minus INT8), in absolute points of a [0, 1] metric.
 
     Attributes:
-        event_accuracy: allowed drop of event accuracy (default 0.01 = 1 point).
+        event_accuracy: allowed drop of event (or an imported classifier's class) accuracy (default
+            0.01 = 1 point).
         detection_map50: allowed drop of detection mAP@0.5 (default 0.01).
+        audio_tag_map: allowed drop of audio-tag mAP (default 0.01; gated for an imported audio tagger).
     """
 
     event_accuracy: float = 0.01
     detection_map50: float = 0.01
+    audio_tag_map: float = 0.01
 
     def __post_init__(self) -> None:
-        for k in ("event_accuracy", "detection_map50"):
+        for k in _ALL_METRICS:
             v = getattr(self, k)
             if not (isinstance(v, (int, float)) and 0 <= v <= 1):
                 raise ExportError(f"budget.{k} must be in [0, 1], got {v!r}")
 
-    def as_dict(self) -> dict[str, float]:
-        return {"event_accuracy": float(self.event_accuracy), "detection_map50": float(self.detection_map50)}
+    def as_dict(self, metrics: Sequence[str] = ("event_accuracy", "detection_map50")) -> dict[str, float]:
+        """The allowed drop of each of ``metrics`` (default: the fused model's gated metrics)."""
+        return {k: float(getattr(self, k)) for k in metrics}
 
 
 @dataclass
@@ -111,7 +134,17 @@ class PrecisionBudgetError(ExportError):
         self.report = report
 
 
-_METRICS = ("event_accuracy", "detection_map50")
+
+
+def gated_metrics(bundle: Bundle) -> tuple[str, ...]:
+    """The metrics the gate holds to the budget for ``bundle``.
+
+    The fused model: event accuracy and detection mAP@0.5. An imported model: the metric of each label
+    kind it scores — classification accuracy, audio-tag mAP, detection mAP@0.5.
+    """
+    if bundle.task == "fusion":
+        return _METRICS
+    return tuple(m for kind, m in _KIND_METRIC.items() if bundle.labels[kind])
 
 
 def _with_outputs(model: Any, names: Sequence[str]) -> Any:
@@ -210,7 +243,9 @@ def _schedule(n: int, max_float: int | None) -> list[int]:
     return sorted({k for k in ks if k <= limit})
 
 
-def _evaluate(bundle_dir: Path, data: str | os.PathLike, limit: int | None) -> dict[str, float]:
+def _evaluate(
+    bundle_dir: Path, data: str | os.PathLike, limit: int | None, metrics: Sequence[str]
+) -> dict[str, float]:
     from fusionedge.sdk.evaluate import evaluate
     from fusionedge.sdk.perception import Perception
 
@@ -219,7 +254,7 @@ def _evaluate(bundle_dir: Path, data: str | os.PathLike, limit: int | None) -> d
         m = evaluate(p, data, progress=False, limit=limit)
     finally:
         p.close()
-    return {k: float(m[k]) for k in _METRICS}
+    return {k: float(m[k]) for k in metrics}
 
 
 def gate_bundle(
@@ -259,25 +294,33 @@ def gate_bundle(
         ExportError / BundleError / DataError: invalid inputs or a failed step.
     """
     source = load_bundle(bundle_dir)
+    config = for_bundle(config, source)  # the sensitivity is measured on the setting that will ship
+    gated = gated_metrics(source)
     feeds = load_calibration_feeds(source, calibration_data, limit=calibration_limit)
 
     def say(msg: str) -> None:
         if progress:
             print(f"gate: {msg}", file=sys.stderr, flush=True)
 
-    baseline = _evaluate(source.path, validation_data, validation_limit)
+    baseline = _evaluate(source.path, validation_data, validation_limit, gated)
+    undefined = [m for m in gated if not np.isfinite(baseline[m])]
+    if undefined:
+        raise ExportError(
+            f"precision gate: {', '.join(undefined)} of the fp32 model is undefined on {validation_data} "
+            f"(no sample is labelled for it); validate on a data set with those labels"
+        )
     say(f"fp32 baseline {baseline}")
     sensitivity = layer_sensitivity(source.model_path, feeds[:2], config)
-    report = GateReport(budget=budget.as_dict(), baseline=baseline, sensitivity=sensitivity)
+    report = GateReport(budget=budget.as_dict(gated), baseline=baseline, sensitivity=sensitivity)
     ranked = [n for n, _ in sensitivity]
     with tempfile.TemporaryDirectory(prefix="fusionedge-gate-", dir=Path(out_dir).parent) as work:
         for k in _schedule(len(ranked), max_float):
             cand = Path(work) / f"k{k}"
             cfg = replace(config, keep_float=tuple(dict.fromkeys(config.keep_float + tuple(ranked[:k]))))
             quantize_bundle(source.path, cand, config=cfg, reader=ArrayCalibrationReader(feeds))
-            metrics = _evaluate(cand, validation_data, validation_limit)
-            drop = {m: round(baseline[m] - metrics[m], 6) for m in _METRICS}
-            ok = all(drop[m] <= getattr(budget, m) + 1e-9 for m in _METRICS)
+            metrics = _evaluate(cand, validation_data, validation_limit, gated)
+            drop = {m: round(baseline[m] - metrics[m], 6) for m in gated}
+            ok = all(drop[m] <= getattr(budget, m) + 1e-9 for m in gated)
             report.steps.append(GateStep(list(ranked[:k]), metrics, drop, ok))
             say(f"keep {k} in float -> drop {drop} {'OK' if ok else 'over budget'}")
             if ok:
@@ -285,7 +328,7 @@ def gate_bundle(
     chosen = report.chosen
     if chosen is None:
         raise PrecisionBudgetError(
-            f"precision gate: no INT8 setting kept the drop within {budget.as_dict()} "
+            f"precision gate: no INT8 setting kept the drop within {budget.as_dict(gated)} "
             f"(tried keeping 0..{len(report.steps[-1].keep_float)} layers in float)\n{report.summary()}",
             report,
         )

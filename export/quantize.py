@@ -9,9 +9,13 @@ explicit Q/DQ nodes"). Two profiles:
   so every zero-point is 0 as TensorRT requires.
 
 Calibration samples come from a data-set manifest through the runtime's own preprocessing
-(:func:`fusionedge.sdk.evaluate.load_sample_inputs`), so the ranges describe what the device feeds.
+(:func:`fusionedge.sdk.evaluate.load_sample_inputs`, or for an imported model its one declared input,
+:func:`fusionedge.sdk.generic.file_tensor`), so the ranges describe what the device feeds.
 The audio front end (fixed DFT convolution → power → mel matmul → log) and numerically sensitive
-operators are kept in float through ``nodes_to_exclude``.
+operators are kept in float through ``nodes_to_exclude``. So is an imported model's decode tail
+(:func:`output_tail_nodes`): an exporter such as Ultralytics' ends the graph with the box decode and
+one ``Concat`` of pixel boxes (0 to hundreds) and class scores (0 to 1), which one INT8 scale would
+grind down to a handful of score levels.
 
 **How a variant lives**: a quantized model is a separate, complete bundle (its own ``manifest.json``
 with ``precision: "int8"``, ``model.onnx``, and a ``golden.npz`` whose outputs the quantized model
@@ -27,12 +31,12 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
 from fusionedge.export.bundle_writer import check_golden_finite, check_target, fsync_file, publish_folder
 from fusionedge.export.onnx_export import ExportError
 from fusionedge.sdk.bundle import (
@@ -49,18 +53,20 @@ from fusionedge.sdk.errors import FusionEdgeError
 from fusionedge.sdk.fileio import fsync_dir
 
 __all__ = [
-    "PROFILES",
     "CALIBRATION_METHODS",
+    "PROFILES",
     "SENSITIVE_OPS",
-    "QuantizeConfig",
-    "ManifestCalibrationReader",
     "ArrayCalibrationReader",
-    "load_calibration_feeds",
+    "ManifestCalibrationReader",
+    "QuantizeConfig",
+    "for_bundle",
     "frontend_nodes",
-    "sensitive_nodes",
+    "load_calibration_feeds",
+    "output_tail_nodes",
+    "quantize_bundle",
     "quantize_onnx",
     "requantize_weights",
-    "quantize_bundle",
+    "sensitive_nodes",
     "write_variant_bundle",
 ]
 
@@ -85,6 +91,8 @@ class QuantizeConfig:
         per_channel: per-output-channel weight scales (False: one scale per tensor).
         exclude_frontend: keep the audio front end (DFT conv, power, mel, log) in float.
         exclude_sensitive: keep :data:`SENSITIVE_OPS` in float.
+        exclude_output_tail: keep in float every node between the last weight-carrying node and each graph
+            output (:func:`output_tail_nodes`); :func:`quantize_bundle` turns it on for an imported model.
         keep_float: further node names to keep in float (e.g. the precision gate's choice).
         percentile: the percentile for ``percentile`` calibration.
         weight_bits: 8, or fewer for a coarser symmetric weight grid (``2^(b-1) - 1`` levels each
@@ -97,6 +105,7 @@ class QuantizeConfig:
     per_channel: bool = True
     exclude_frontend: bool = True
     exclude_sensitive: bool = True
+    exclude_output_tail: bool = False
     keep_float: tuple[str, ...] = ()
     percentile: float = 99.999
     weight_bits: int = 8
@@ -117,6 +126,7 @@ class QuantizeConfig:
         return {
             "profile": self.profile, "calibration": self.calibration, "per_channel": self.per_channel,
             "exclude_frontend": self.exclude_frontend, "exclude_sensitive": self.exclude_sensitive,
+            "exclude_output_tail": self.exclude_output_tail,
             "keep_float": list(self.keep_float), "percentile": self.percentile, "weight_bits": self.weight_bits,
         }
 
@@ -133,14 +143,16 @@ def load_calibration_feeds(
         bundle: the bundle whose geometry preprocesses the media.
         data: a ``manifest.jsonl`` or its folder (labels are not needed).
         limit: most samples used, drawn evenly spaced after a seeded shuffle.
-        batch_size: samples per feed dict.
+        batch_size: samples per feed dict (at most the bundle's largest batch).
         seed: shuffle seed.
 
     Returns:
-        A list of ``{"video", "audio", "presence"}`` batches.
+        A list of ``{"video", "audio", "presence"}`` batches; for an imported model, batches of its one
+        input (``{input name: (B, ...)}``: an image model's last frame of each clip, an audio model's
+        waveform).
 
     Raises:
-        ExportError: no samples, or ``limit``/``batch_size`` < 1.
+        ExportError: no samples (for an audio model: none with audio), or ``limit``/``batch_size`` < 1.
         DataError / MediaError: the manifest or a media file is invalid.
     """
     from fusionedge.sdk.datamanifest import read_manifest
@@ -149,10 +161,24 @@ def load_calibration_feeds(
     if limit < 1 or batch_size < 1:
         raise ExportError(f"calibration: limit and batch_size must be >= 1, got {limit}, {batch_size}")
     samples = read_manifest(data, require_labels=False, events=None, audio_tags=None, objects=None)
+    model = None
+    if bundle.task != "fusion":
+        from fusionedge.sdk.generic import GenericModel
+
+        model = GenericModel.from_bundle(bundle)
+        batch_size = min(batch_size, int(bundle.manifest["batch"]["max"]))
+        if model.modality == "audio":
+            samples = [s for s in samples if s.audio is not None]
     if not samples:
-        raise ExportError(f"calibration: {data} has no samples")
+        what = " with audio" if model is not None and model.modality == "audio" else ""
+        raise ExportError(f"calibration: {data} has no samples{what}")
     order = np.random.default_rng(seed).permutation(len(samples))[:limit]
     chosen = [samples[i] for i in sorted(order)]
+    if model is not None:
+        from fusionedge.sdk.generic import file_tensor
+
+        tensors = [file_tensor(model, bundle.geometry, video_path=s.video, audio_path=s.audio) for s in chosen]
+        return [model.feed(np.stack(tensors[i : i + batch_size])) for i in range(0, len(tensors), batch_size)]
     feeds = []
     for i in range(0, len(chosen), batch_size):
         loaded = [load_sample_inputs(s, bundle.geometry) for s in chosen[i : i + batch_size]]
@@ -253,6 +279,34 @@ def sensitive_nodes(model: Any, ops: Iterable[str] = SENSITIVE_OPS) -> list[str]
     return [n.name for n in model.graph.node if n.op_type in ops]
 
 
+def output_tail_nodes(model: Any) -> list[str]:
+    """Names of the nodes that compute the graph's outputs from the last weight-carrying nodes.
+
+    Walking back from every graph output through the nodes that produce it, stopping at (and leaving
+    out) Conv / MatMul / Gemm / ConvTranspose: the post-processing an exporter put in the graph, e.g.
+    Ultralytics' box decode and the ``Concat`` of boxes and sigmoid scores. Empty when every output
+    comes straight from a weight-carrying node (a classifier's logits).
+    """
+    nodes = list(model.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    keep: set[int] = set()
+    stack = [producer[o.name] for o in model.graph.output if o.name in producer]
+    while stack:
+        i = stack.pop()
+        if i in keep or nodes[i].op_type in WEIGHT_OPS:
+            continue
+        keep.add(i)
+        stack.extend(producer[x] for x in nodes[i].input if x in producer)
+    return [nodes[i].name for i in sorted(keep)]
+
+
+def for_bundle(config: QuantizeConfig, bundle: Bundle) -> QuantizeConfig:
+    """``config`` as it applies to ``bundle``: an imported model keeps its decode tail in float."""
+    if bundle.task != "fusion" and not config.exclude_output_tail:
+        return replace(config, exclude_output_tail=True)
+    return config
+
+
 def weight_nodes(model: Any) -> list[str]:
     """Names of the weight-carrying nodes (Conv, MatMul, Gemm, ConvTranspose) in graph order."""
     return [n.name for n in model.graph.node if n.op_type in WEIGHT_OPS]
@@ -291,6 +345,8 @@ def quantize_onnx(
         excluded += frontend_nodes(model)
     if config.exclude_sensitive:
         excluded += [n for n in sensitive_nodes(model) if n not in excluded]
+    if config.exclude_output_tail:
+        excluded += [n for n in output_tail_nodes(model) if n not in excluded]
     known = {n.name for n in model.graph.node}
     unknown = [n for n in config.keep_float if n not in known]
     if unknown:
@@ -320,7 +376,6 @@ def quantize_onnx(
         # the front end is quantized: its DFT kernels must be a weight (an initializer) again, not a
         # generated activation (export/onnx_compact.py), to get weight quantization
         import onnx
-
         from fusionedge.export.onnx_compact import inline_generated
 
         if inline_generated(model):
@@ -551,7 +606,7 @@ def quantize_bundle(
         bundle_dir: the FP32 bundle.
         out_dir: the INT8 bundle folder to create.
         data: a data-set manifest for calibration (required unless ``reader`` is given).
-        config: see :class:`QuantizeConfig`.
+        config: see :class:`QuantizeConfig` (an imported model also keeps its decode tail in float).
         reader: a ready ``CalibrationDataReader`` (overrides ``data``).
         calibration_limit: most calibration samples taken from ``data``.
         extra_manifest: more to record under the manifest's ``variant`` key (e.g. the precision gate's
@@ -566,6 +621,7 @@ def quantize_bundle(
         BundleError: the source bundle is invalid.
     """
     source = load_bundle(bundle_dir)
+    config = for_bundle(config, source)
     if source.precision != "fp32":
         raise ExportError(f"{bundle_dir}: quantize an fp32 bundle, this one is {source.precision}")
     check_target(out_dir, overwrite=overwrite)
