@@ -23,6 +23,7 @@ from fusionedge.benchmarks.results import MODES, SCENARIOS  # standard library o
 from fusionedge.cli.extras import needs
 from fusionedge.cli.options import add_backends_option, add_json_option
 from fusionedge.cli.output import print_json
+from fusionedge.cli.predict import format_metrics
 
 __all__ = ["add_bench_parser"]
 
@@ -92,11 +93,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     unread = next((r["energy"]["unavailable"] for r in doc["records"] if r.get("energy")), {})
     if unread:
         print("  energy sources not read: " + "; ".join(f"{k}: {v}" for k, v in unread.items()))
-    for a in doc["accuracy"]:
-        print(
-            f"  accuracy {a['backend']}/{a['precision']} on {a['samples']} samples: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in a["metrics"].items() if v is not None)
-        )
+    for a in doc["accuracy"]:  # each detection AP labelled with its definition (VOC all-point, COCO)
+        print(f"  accuracy {a['backend']}/{a['precision']} on {a['samples']} samples:")
+        print(format_metrics({k: v for k, v in a["metrics"].items() if v is not None}))
     reasons: dict[str, list[str]] = {}
     for s in doc["skipped"]:
         reasons.setdefault(s["reason"], []).append(s["config"])

@@ -88,9 +88,8 @@ PRESETS: dict[str, Preset] = {
 TASK_DEFAULTS: dict[str, Preset] = {
     "classify": PRESETS["imagenet"],
     "detect": PRESETS["yolov8"],
-    "audio-classify": Preset(
-        "audio-classify", InputDecl(modality="audio", layout="NS", seconds=1.0), "softmax"
-    ),
+    # no default length: it is read from a fixed-length input (1 s where the input's length is dynamic)
+    "audio-classify": Preset("audio-classify", InputDecl(modality="audio", layout="NS"), "softmax"),
 }
 
 
