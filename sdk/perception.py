@@ -210,7 +210,8 @@ class Perception:
         if engine_build not in ("first", "background"):
             raise BackendError(f"engine_build must be 'first' or 'background', got {engine_build!r}")
         bundle = load_bundle(bundle_path, verify=verify, expected_digest=expected_digest, public_key=public_key)
-        _check_contract(bundle)
+        if _check_contract(bundle) is None:
+            Calibration.from_manifest(bundle.manifest)  # a malformed block is refused before a backend loads
         io = ModelIO.from_manifest(bundle.manifest)
         options = dict(backend_options or {})
         fallbacks: list[Fallback] = []
