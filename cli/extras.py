@@ -25,6 +25,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "fleet": ("tuf", "securesystemslib", "paho.mqtt"),
     "bench": ("mlperf_loadgen",),
     "telemetry": ("prometheus_client",),
+    "compress": ("torch_pruning",),
 }
 
 Handler = Callable[[argparse.Namespace], int]

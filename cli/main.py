@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fusionedge.cli.bench import add_bench_parser
     from fusionedge.cli.calibrate import add_calibrate_parser
     from fusionedge.cli.compare import add_compare_parser
+    from fusionedge.cli.compress import add_compress_parser
     from fusionedge.cli.completion import add_completion_parser
     from fusionedge.cli.data import add_data_parser
     from fusionedge.cli.doctor import add_doctor_parser
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(verbs)
     add_run_parser(verbs)
     add_quantize_parsers(verbs)
+    add_compress_parser(verbs)
     add_engine_parser(verbs)
     add_compare_parser(verbs)
     add_bench_parser(verbs)

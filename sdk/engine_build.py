@@ -6,6 +6,8 @@ FP16 bundle / explicit Q/DQ nodes of an INT8 bundle), never from builder flags. 
 TensorRT 10 (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``) and TensorRT 11 (where strong typing is
 always on, the flag is deprecated and the FP16/INT8 builder flags are gone). So the precision of an
 engine is chosen by which bundle variant it is built from (``fusionedge quantize``/FP16 variant).
+A bundle whose manifest has a checked 2:4 ``sparsity`` section (``fusionedge compress --sparsity 2:4``)
+is built with ``BuilderFlag.SPARSE_WEIGHTS``, so TensorRT may pick sparse tensor-core kernels.
 
 One optimization profile covers the manifest's batch ``min/opt/max``. A timing cache persisted in
 ``engines/timing.cache`` makes rebuilds fast. Build progress goes to stderr through a
@@ -29,11 +31,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fusionedge.sdk.errors import BackendError
-from fusionedge.sdk.bundle import json_safe, load_bundle, write_bytes_atomic, write_json_atomic
+from fusionedge.sdk.bundle import load_bundle
 from fusionedge.sdk.engine_fingerprint import EngineFingerprint, device_fingerprint, plan_paths, shape_profile
+from fusionedge.sdk.errors import BackendError
+from fusionedge.sdk.fileio import json_safe, write_bytes_atomic, write_json_atomic
 
-__all__ = ["EngineBuildError", "TIMING_CACHE_NAME", "build_engine", "network_flags", "trt_major", "describe"]
+__all__ = [
+    "TIMING_CACHE_NAME",
+    "EngineBuildError",
+    "build_engine",
+    "describe",
+    "network_flags",
+    "sparse_weights",
+    "trt_major",
+]
 
 TIMING_CACHE_NAME = "timing.cache"
 
@@ -67,6 +78,21 @@ def network_flags(trt: Any) -> int:
     if major == 10:
         return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     return 0
+
+
+def sparse_weights(manifest: dict) -> bool:
+    """True when a manifest declares checked 2:4 weights (``export/sparsity.py`` wrote the section).
+
+    Raises:
+        EngineBuildError: a ``sparsity`` section with another pattern, or one that was not checked.
+    """
+    section = manifest.get("sparsity")
+    if section is None:
+        return False
+    if not isinstance(section, dict) or section.get("pattern") != "2:4" or section.get("checked") is not True \
+            or not section.get("weights"):
+        raise EngineBuildError(f"the manifest's sparsity section is not a checked 2:4 claim: {section!r}")
+    return True
 
 
 def _progress_monitor(trt: Any) -> Any:
@@ -137,6 +163,9 @@ def build_engine(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    sparse = sparse_weights(dict(bundle.manifest))
+    if sparse:
+        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in shape_profile(bundle.manifest).items():
         profile.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
@@ -164,6 +193,7 @@ def build_engine(
         "build_seconds": round(seconds, 2),
         "workspace_mib": int(workspace_mib),
         "strongly_typed": True,
+        "sparse_weights": sparse,
     }))
     return plan_path
 

@@ -1,0 +1,223 @@
+"""Compression: channel pruning of registry models, 2:4 sparsity and its checker, the compress pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("torch_pruning")
+
+#: A registry model at the toy geometry (2 frames of 32x48, 0.25 s of 8 kHz audio): exports in seconds.
+TINY = {"clip_frames": 2, "height": 32, "width": 48, "audio_samples": 2000, "sample_rate": 8000, "f_max": 4000.0}
+
+
+def _info(model):
+    from _toy_model import TOY_GEOMETRY
+    from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS
+
+    return {"model_name": "fusion_student", "model_config": model.config.to_dict(),
+            "geometry": TOY_GEOMETRY.to_dict(),
+            "labels": {"events": list(EVENTS), "audio_tags": list(AUDIO_TAGS), "objects": list(OBJECTS)},
+            "metrics": {}, "epoch": 1}
+
+
+def test_bad_settings_name_the_value():
+    from fusionedge.export.compress import CompressConfig, with_budget_points
+    from fusionedge.training.prune import PruneConfig, PruneError
+    from fusionedge.training.sparsity import SparsityError
+
+    for bad in (0.0, 1.0, 1.5, -0.2):
+        with pytest.raises(PruneError, match=str(bad)):
+            PruneConfig(flops_ratio=bad)
+    with pytest.raises(PruneError, match="'l1'"):
+        PruneConfig(criterion="l1")
+    with pytest.raises(SparsityError, match="'1:4'"):
+        CompressConfig(sparsity="1:4")
+    with pytest.raises(PruneError, match="1.2"):
+        CompressConfig(prune=(0.3, 1.2))
+    with pytest.raises(Exception, match="-1"):
+        with_budget_points(CompressConfig(int8="ptq"), -1, 1)
+
+
+def test_pruned_registry_model_has_fewer_flops():
+    """(compress's end-to-end test exports a pruned model through the normal exporter, parity included.)"""
+    from fusionedge.training.models import create_model
+    from fusionedge.training.prune import PruneConfig, prune_model
+
+    torch.manual_seed(0)
+    model = create_model("fusion_student", **TINY).eval()
+    before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    report = prune_model(model, PruneConfig(flops_ratio=0.4, criterion="bn_scale"), progress=False)
+    assert report["flops_after"] <= 0.6 * report["flops_before"]
+    assert report["params_after"] < report["params_before"]
+    widths = report["widths"]
+    assert any(widths[n] < before[n] for n in before)
+    assert widths["det_head.heatmap"] == before["det_head.heatmap"]  # contract outputs keep their channels
+    with torch.no_grad():
+        shapes = [tuple(o.shape) for o in model(*model.example_inputs(3))]
+    assert shapes == [(3, 4), (3, 4), (3, 4, 8, 12), (3, 2, 8, 12), (3, 2, 8, 12)]
+
+
+def test_2to4_mask_and_the_checker(tmp_path):
+    import onnx
+    from fusionedge.export.sparsity import SparsityCheckError, check_2to4, find_2to4, sparsity_section
+    from fusionedge.training.sparsity import SparsityError, mask_2to4
+    from onnx import TensorProto, helper, numpy_helper
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 16, 3, 3)
+    mask = mask_2to4(w)
+    groups = mask.movedim(1, -1).reshape(8, 3, 3, 4, 4).sum(-1)
+    assert torch.equal(groups, torch.full_like(groups, 2))
+    kept = w.abs().masked_fill(~mask, float("inf")).movedim(1, -1).reshape(8, 3, 3, 4, 4).amin(-1)
+    dropped = (w.abs() * ~mask).movedim(1, -1).reshape(8, 3, 3, 4, 4).amax(-1)
+    assert bool((kept >= dropped).all())  # the 2 largest of each group stay
+    with pytest.raises(SparsityError, match="multiple of 4"):
+        mask_2to4(torch.randn(4, 3, 3, 3))
+
+    sparse = (w * mask).numpy()
+    dense = torch.randn(8, 8, 3, 3).numpy()
+    gemm_nk = (torch.randn(6, 8) * mask_2to4(torch.randn(6, 8))).numpy()  # Gemm transB=1: (N, K), groups along K
+    nodes = [helper.make_node("Conv", ["x", "w_sparse"], ["y1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["y1", "w_dense"], ["y2"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["y2"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w_gemm"], ["z"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 5, 5])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 6])],
+        [numpy_helper.from_array(sparse, "w_sparse"), numpy_helper.from_array(dense, "w_dense"),
+         numpy_helper.from_array(gemm_nk, "w_gemm")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    assert find_2to4(model) == ["w_sparse", "w_gemm"]
+    check_2to4(model, ["w_sparse", "w_gemm"])
+    with pytest.raises(SparsityCheckError, match="'w_dense'.*groups of 4"):
+        check_2to4(model, ["w_sparse", "w_dense"])
+    with pytest.raises(SparsityCheckError, match="'nope'"):
+        check_2to4(model, ["nope"])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    assert sparsity_section(path) == {"pattern": "2:4", "weights": ["w_sparse", "w_gemm"], "checked": True}
+    # one extra non-zero breaks the claim for that weight
+    broken = sparse.copy()
+    broken[0, 0:4, 0, 0] = 1.0
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(broken, "w_sparse"))
+    with pytest.raises(SparsityCheckError, match="'w_sparse'.*1 of"):
+        check_2to4(model, ["w_sparse"])
+
+
+def test_engine_build_reads_the_sparsity_claim():
+    from fusionedge.sdk.engine_build import EngineBuildError, sparse_weights
+
+    assert sparse_weights({}) is False
+    assert sparse_weights({"sparsity": {"pattern": "2:4", "weights": ["w"], "checked": True}}) is True
+    with pytest.raises(EngineBuildError, match="1:4"):
+        sparse_weights({"sparsity": {"pattern": "1:4", "weights": ["w"], "checked": True}})
+    with pytest.raises(EngineBuildError, match="not a checked"):
+        sparse_weights({"sparsity": {"pattern": "2:4", "weights": ["w"], "checked": False}})
+
+
+def test_budget_choice_names_every_drop():
+    from fusionedge.export.compress import CompressBudgetError, choose_within_budget
+    from fusionedge.export.precision_gate import Budget
+
+    stages = [{"name": "pruned-30", "val_drop": {"event_accuracy": 0.005, "detection_map50": 0.0}},
+              {"name": "pruned-50", "val_drop": {"event_accuracy": 0.02, "detection_map50": 0.004}}]
+    assert choose_within_budget(stages, Budget(0.01, 0.01))["name"] == "pruned-30"
+    assert choose_within_budget(stages, Budget(0.05, 0.01))["name"] == "pruned-50"
+    with pytest.raises(CompressBudgetError, match=r"pruned-30: drop event_accuracy \+0.50 pt.*pruned-50"):
+        choose_within_budget(stages, Budget(0.001, 0.01))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny registry checkpoint at the toy geometry and a data folder whose splits share 24 synthetic clips."""
+    from _precision_fixtures import SMALL_STUDENT, synth_data
+    from fusionedge.sdk.spec import InputGeometry
+    from fusionedge.training.checkpoint import save_checkpoint
+    from fusionedge.training.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("fusion_student", **SMALL_STUDENT, **TINY)
+    info = _info(model)
+    root = tmp_path_factory.mktemp("compress")
+    ckpt = save_checkpoint(root / "best.pt", model, model_name="fusion_student",
+                           model_config=model.config.to_dict(), geometry=InputGeometry.from_dict(info["geometry"]),
+                           labels=info["labels"], metrics={}, epoch=1)
+    data = root / "data"
+    data.mkdir()
+    for split in ("train", "val", "test"):
+        os.symlink(synth_data(tmp_path_factory), data / split)
+    return ckpt, data
+
+
+def test_compress_writes_sibling_bundles_and_a_report(tiny_run, tmp_path):
+    from fusionedge.export.compress import CompressConfig, compress, with_budget_points
+    from fusionedge.export.sparsity import check_2to4
+    from fusionedge.sdk.bundle import load_bundle
+    from fusionedge.training.finetune import FinetuneConfig
+
+    ckpt, data = tiny_run
+    cfg = with_budget_points(CompressConfig(prune=(0.15,), sparsity="2:4", int8="ptq",
+                                            finetune=FinetuneConfig(epochs=1, batch_size=12),
+                                            calibration_limit=8, latency_runs=3), 100, 100)
+    out = tmp_path / "out"
+    report = compress(ckpt, data, out, cfg, progress=False)
+    names = [s["name"] for s in report["stages"]]
+    assert names == ["fp32", "pruned-15", "sparse-2of4", "int8"]
+    assert report["chosen"] == "int8"
+    for s in report["stages"]:
+        b = load_bundle(out / s["bundle"], verify=True)
+        b.golden()  # each stage has its own golden outputs, from its own model
+        assert s["size"] == b.model_path.stat().st_size and s["latency"]["median_ms"] > 0
+        assert set(s["test"]) >= {"event_accuracy", "detection_map50"}
+    by = {s["name"]: s for s in report["stages"]}
+    assert by["pruned-15"]["flops"] <= 0.85 * by["fp32"]["flops"]
+    for name in ("pruned-15", "sparse-2of4"):  # exported through the normal exporter: parity at batch 1 and 3
+        parity = load_bundle(out / name).manifest["variant"]["export_parity"]
+        assert set(parity["batches"]) >= {1, 3} and parity["results"]
+    assert load_bundle(out / "pruned-15").manifest["variant"]["parent"]["name"] == load_bundle(out / "fp32").name
+    for name in ("sparse-2of4", "int8"):
+        manifest = load_bundle(out / name).manifest
+        assert manifest["sparsity"]["pattern"] == "2:4" and manifest["sparsity"]["weights"]
+        check_2to4(str(out / name / "model.onnx"), manifest["sparsity"]["weights"])  # every claimed weight
+    assert load_bundle(out / "int8").precision == "int8"
+    md = (out / "report.md").read_text()
+    assert all(n in md for n in names)
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "report.json").read_text())["chosen"] == "int8"
+    assert not [p for p in tmp_path.iterdir() if p.name != "out"]  # no work folder left behind
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--prune", "1.5"], "1.5"),
+    (["--sparsity", "1:4"], "'1:4'"),
+    (["--int8", "ptq", "--budget-event", "-3"], "-3"),
+])
+def test_compress_cli_refuses_bad_input_without_a_bundle(tiny_run, tmp_path, args, needle):
+    ckpt, data = tiny_run
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "fusionedge", "compress", "--checkpoint", str(ckpt), "--data",
+                        str(data), "--out", str(out), *args], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_compress_refuses_a_data_folder_without_splits(tiny_run, tmp_path):
+    from fusionedge.export.compress import CompressConfig, compress
+    from fusionedge.sdk.errors import DataError
+
+    ckpt, data = tiny_run
+    (tmp_path / "d" / "train").mkdir(parents=True)
+    (tmp_path / "d" / "train" / "manifest.jsonl").write_text((data / "train" / "manifest.jsonl").read_text())
+    with pytest.raises(DataError, match="val/"):
+        compress(ckpt, tmp_path / "d", tmp_path / "out", CompressConfig(int8="ptq"), progress=False)
+    assert not (tmp_path / "out").exists()
