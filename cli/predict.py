@@ -22,9 +22,10 @@ __all__ = ["add_predict_parsers", "format_metrics", "format_result"]
 
 # The headline keys in print order; detection APs carry which definition they follow.
 _METRIC_KEYS = ("event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50", "detection_ap50_coco",
-                "detection_ap50_95_coco", "samples")
+                "detection_ap50_95_coco", "event_ece", "uncertain_rate", "samples")
 _METRIC_NOTES = {"detection_map50": "VOC all-point AP@0.5", "detection_ap50_coco": "COCO 101-point AP@0.5",
-                 "detection_ap50_95_coco": "COCO 101-point AP@0.5:0.95"}
+                 "detection_ap50_95_coco": "COCO 101-point AP@0.5:0.95", "event_ece": "top-event ECE, 15 bins",
+                 "uncertain_rate": "beyond the bundle's OOD threshold"}
 
 
 def format_metrics(metrics: dict) -> str:
@@ -36,7 +37,7 @@ def format_metrics(metrics: dict) -> str:
     """
     rows = []
     for k in _METRIC_KEYS:
-        if k not in metrics:
+        if metrics.get(k) is None:  # not measured (e.g. no in-distribution clip for the ECE)
             continue
         v = metrics[k]
         row = f"  {k:<22} {v:.4f}" if isinstance(v, float) else f"  {k:<22} {v}"
