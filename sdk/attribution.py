@@ -24,8 +24,9 @@ lost without ``m``; the two contributions sum to 1. A decision that neither with
 that is present carries all of the decision (1 / 0) and no extra rows are run.
 
 In a stream (:class:`~fusionedge.sdk.streaming.Pipeline`) the withheld rows run on one step every
-``attribution_interval`` seconds (windows a frame apart overlap almost wholly), and the results
-between carry that step's attribution, its ``step`` naming where it came from.
+``attribution_interval`` seconds (windows a frame apart overlap almost wholly), and on the next step
+at once when a sensor comes or goes or a result decides another event; the results between carry
+the latest attribution, its ``step`` naming where it came from.
 
 The withheld runs also give the event scores (and, with the video withheld, the audio-tag scores)
 each sense alone produces; :class:`Attribution` keeps them, and the fall of the decided event's

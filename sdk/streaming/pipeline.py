@@ -82,8 +82,9 @@ class PipelineConfig:
     min_audio_coverage: float = 0.5  # fraction of captured samples below which audio counts as absent
     audio_buffer_seconds: float = 4.0  # s of audio kept (>= clip_seconds + latency)
     latency_window: int = 4096  # samples kept per latency percentile
-    # s of stream time between attributed steps when the Perception attributes (0: every step); the
-    # results between carry the latest attribution, its ``step`` naming the step it was computed on
+    # s of stream time between attributed steps when the Perception attributes (0: every step; sooner
+    # when a sensor comes or goes or the decided event changes); the results between carry the
+    # latest attribution, its ``step`` naming the step it was computed on
     attribution_interval: float = 0.25
 
     def __post_init__(self) -> None:
@@ -158,6 +159,9 @@ class Pipeline:
                  sinks: Sequence["Sink"] = (), config: PipelineConfig | None = None) -> None:
         if video is None and audio is None:
             raise InputError("give a video source, an audio source, or both")
+        reads = getattr(perception, "modalities", ("video", "audio"))  # a one-modality bundle needs that source
+        if len(reads) == 1 and {"video": video, "audio": audio}[reads[0]] is None:
+            raise InputError(f"{perception.model} reads {reads[0]} only; give a {reads[0]} source")
         self.perception = perception
         self.config = config or PipelineConfig()
         self.geometry = perception.geometry
@@ -186,7 +190,9 @@ class Pipeline:
         self._audio_ended = threading.Event()
         self._lat = Latencies(c.latency_window)
         self._attributed_t = -float("inf")  # stream time of the last attributed step
+        self._attributed_presence: tuple[float, ...] = ()  # its presence
         self._attribution: Any = None  # the latest Attribution, carried by the results after it
+        self._attribution_stale = False  # a later result decided another event: attribute the next step
         self._counts = collections.Counter()
         self._result_times: collections.deque = collections.deque(maxlen=256)
         self._t_start = 0.0
@@ -522,9 +528,11 @@ class Pipeline:
             if step is END:
                 break
             t0 = time.perf_counter()
-            if (getattr(self.perception, "attribution", False)  # the step and each modality withheld
-                    and step.t - self._attributed_t >= self.config.attribution_interval - 1e-9):
-                self._attributed_t = step.t
+            presence = tuple(step.presence.tolist())
+            if getattr(self.perception, "attribution", False) and (  # the step and each modality withheld
+                    step.t - self._attributed_t >= self.config.attribution_interval - 1e-9
+                    or presence != self._attributed_presence or self._attribution_stale):
+                self._attributed_t, self._attributed_presence, self._attribution_stale = step.t, presence, False
                 video, audio, presence, step.rows = withheld_inputs(step.video, step.audio, step.presence)
                 step.outputs, step.model = self.perception.run_batch(video, audio, presence)
             else:
@@ -554,6 +562,7 @@ class Pipeline:
                                             step=step.index)
             if self._attribution is not None:
                 result = replace(result, attribution=self._attribution)
+                self._attribution_stale = self._attribution_stale or self._attribution.event != result.event
             timings["postprocess"] = (time.perf_counter() - t0) * 1e3
             self._lat.add("postprocess", timings["postprocess"])
             for k, v in timings.items():
