@@ -355,6 +355,9 @@ def calibrate_bundle(
                               f"camera + audio model")
         labels = p.labels
         events, tags = list(labels["events"]), list(labels["audio_tags"])
+        if not (events and tags):
+            raise BundleError(f"{p.model} has no {'event' if not events else 'audio-tag'} head; calibration fits "
+                              f"the event and audio-tag heads together")
         samples = read_manifest(data, require_labels=True, events=events, audio_tags=tags,
                                 objects=list(labels["objects"]))
         if not samples:

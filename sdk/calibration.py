@@ -115,6 +115,8 @@ class Calibration:
         events = list(manifest["labels"]["events"])
         tags = list(manifest["labels"]["audio_tags"])
         where = CALIBRATION_KEY
+        if not (events and tags):
+            raise _fail(where, "a calibration needs the event and audio-tag heads; this bundle lacks one")
         if not isinstance(block, dict):
             raise _fail(where, "expected an object")
         if block.get("method") != METHOD:
