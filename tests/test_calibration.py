@@ -235,6 +235,10 @@ def test_bad_calibration_input_is_one_line_exit_2_and_the_bundle_is_untouched(to
                                           serialization.NoEncryption()))
         assert main(["calibrate", "--bundle", str(bundle), "--data", str(data), "--sign-key", str(pem)]) == 0
         assert "calibration" in load_bundle(bundle, public_key=key.public_key()).manifest
+        assert main(["calibrate", "--bundle", str(bundle), "--data", str(data), "--drop-signature",
+                     "--target-ood-rate", "0.2"]) == 0
+        assert not (bundle / "manifest.sig").exists()
+        assert load_bundle(bundle).manifest["calibration"]["ood"]["target_rate"] == 0.2
 
 
 def test_open_world_rates_count_an_uncertain_result_as_no_alarm_and_score_the_ood_auroc():
