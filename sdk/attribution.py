@@ -189,7 +189,7 @@ def infer_withheld(
 def attribute(
     outputs: Mapping[str, np.ndarray], rows: Sequence[str | None], labels: Mapping[str, Sequence[str]],
     presence: np.ndarray,
-) -> Attribution:
+) -> Attribution | None:
     """The :class:`Attribution` of row 0 of ``outputs``, from the withheld rows beside it.
 
     Args:
@@ -200,13 +200,16 @@ def attribute(
         presence: ``(2,)`` of the full input (with one row it tells which modality is present).
 
     Returns:
-        The attribution of the decided event of row 0.
+        The attribution of the decided event of row 0; None for a model without an event head (it
+        decides no event).
 
     Raises:
         InputError: row 0 is not the full input, the rows do not match the outputs, or (with one
             row) ``presence`` names no single present modality.
     """
     rows = tuple(rows)
+    if "event_logits" not in outputs:
+        return None
     events, tags = tuple(labels["events"]), tuple(labels["audio_tags"])
     logits = np.asarray(outputs["event_logits"], np.float64)
     if not rows or rows[0] is not None or logits.shape[0] < len(rows):
@@ -245,5 +248,7 @@ def attribute(
 
 
 def _tags(outputs: Mapping[str, np.ndarray], row: int, tags: Sequence[str]) -> dict[str, float]:
+    if "audio_tag_logits" not in outputs:  # a model without an audio-tag head
+        return {}
     values = sigmoid(np.asarray(outputs["audio_tag_logits"][row], np.float64))
     return {t: float(v) for t, v in zip(tags, values)}

@@ -77,6 +77,14 @@ def test_contribution_is_the_normalised_fall_of_the_margin_over_the_background_e
     assert one.contribution == {"video": 0.0, "audio": 1.0} and one.scores_without == {}
 
 
+def test_a_model_without_an_event_head_has_no_attribution_and_one_without_tags_no_tag_scores():
+    logits = np.array([[0.0, 3.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]])
+    rows = (None, "video", "audio")
+    assert attribute({"audio_tag_logits": np.zeros((3, 4))}, rows, LABELS, np.ones(2)) is None
+    a = attribute({"event_logits": logits}, rows, LABELS, np.ones(2))
+    assert a.audio_tags_without_video == {} and a.contribution == pytest.approx({"video": 2 / 3, "audio": 1 / 3})
+
+
 def test_margin_and_log_odds_from_logits():
     z = np.array([[2.0, 0.5, -1.0, 0.0]])
     p = softmax(z)[0]

@@ -558,8 +558,8 @@ class Pipeline:
             timings = step.timings
             result = step.model.decode(step.outputs, frame_wh=frame_wh, has_audio=has_audio, timings=timings)
             if step.rows is not None:
-                self._attribution = replace(attribute(step.outputs, step.rows, step.model.labels, step.presence),
-                                            step=step.index)
+                found = attribute(step.outputs, step.rows, step.model.labels, step.presence)
+                self._attribution = None if found is None else replace(found, step=step.index)
             if self._attribution is not None:
                 result = replace(result, attribution=self._attribution)
                 self._attribution_stale = self._attribution_stale or self._attribution.event != result.event
