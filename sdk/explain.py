@@ -120,7 +120,8 @@ def explain_inputs(
         The :class:`EvidenceMap`.
 
     Raises:
-        InputError: an imported (non-fused) model, bad shapes, or a bad ``cell`` / ``audio_segments``.
+        InputError: an imported (non-fused) model or one without an event head, bad shapes, or a bad
+            ``cell`` / ``audio_segments``.
         BackendError: the backend failed to run.
     """
     video, audio, presence = _check(perception, video, audio, presence)
@@ -155,6 +156,8 @@ def explain_inputs(
                             np.stack(extra_a) if extra_a else np.empty((0, *audio.shape), np.float32)])
     all_p = np.concatenate([presences, np.repeat(presence[None], n_extra, axis=0)])
     out = perception.infer_batch(all_v, all_a, all_p)
+    if "event_logits" not in out:
+        raise InputError(f"{perception.model} has no event head: it decides no event to explain")
     logits = np.asarray(out["event_logits"], np.float64)
     decided = int(np.argmax(logits[0]))
     events = perception.labels["events"]
