@@ -39,7 +39,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         require_extra("compress")
     cfg = CompressConfig(
         prune=ratios, criterion=args.criterion, global_pruning=args.global_pruning, rounds=args.rounds,
-        sparsity=args.sparsity, int8=args.int8,
+        sparsity=args.sparsity, int8=args.int8, int8_nodes=args.int8_nodes,
         finetune=FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
         quantize=QuantizeConfig(profile=args.profile), train_limit=args.train_samples,
         val_limit=args.val_samples, test_limit=args.test_samples, calibration_limit=args.calibration_samples,
@@ -81,6 +81,8 @@ def add_compress_parser(verbs: Any) -> None:
     p.add_argument("--int8", choices=("ptq", "qat"), default=None,
                    help="quantize the last FP32 stage (post-training, or after quantization-aware fine-tuning)")
     p.add_argument("--profile", choices=("cpu", "tensorrt"), default="cpu", help="INT8 profile")
+    p.add_argument("--int8-nodes", choices=("conv", "all"), default="conv",
+                   help="conv: quantize only the convolutions that gain on a CPU (default); all: every operator")
     p.add_argument("--budget-event", type=float, default=1.0,
                    help="allowed event-accuracy drop from fp32, in points (validation split)")
     p.add_argument("--budget-map", type=float, default=1.0, help="allowed detection mAP@0.5 drop, in points")

@@ -45,11 +45,13 @@ from fusionedge.sdk.bundle import load_bundle, sha256_file
 from fusionedge.sdk.datamanifest import manifest_path
 from fusionedge.sdk.errors import DataError, InputError
 
-__all__ = ["INT8_METHODS", "SPLITS", "CompressBudgetError", "CompressConfig", "choose_within_budget", "compress",
+__all__ = ["INT8_METHODS", "INT8_NODES", "SPLITS", "CompressBudgetError", "CompressConfig", "choose_within_budget", "compress",
            "with_budget_points"]
 
 #: How the INT8 stage is made.
 INT8_METHODS = ("ptq", "qat")
+#: Which nodes the INT8 stage quantizes.
+INT8_NODES = ("conv", "all")
 #: The data folder's splits: fine-tuning and calibration, the budget, the report.
 SPLITS = ("train", "val", "test")
 _METRICS = METRICS
@@ -70,6 +72,8 @@ class CompressConfig:
         rounds: prune → fine-tune rounds per ratio.
         sparsity: ``"2:4"`` or None.
         int8: ``"ptq"``, ``"qat"`` or None.
+        int8_nodes: ``"conv"``: quantize only the convolutions that gain on a CPU
+            (:mod:`fusionedge.export.int8_cpu`); ``"all"``: every operator the quantizer supports.
         budget: the largest allowed drop from ``fp32`` on the validation split ([0, 1] metric units).
         finetune: the distillation fine-tune after pruning, after masking and for QAT.
         quantize: the INT8 setting handed to the gate.
@@ -86,6 +90,7 @@ class CompressConfig:
     rounds: int = 1
     sparsity: str | None = None
     int8: str | None = None
+    int8_nodes: str = "conv"
     budget: Budget = field(default_factory=Budget)
     finetune: Any = None
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
@@ -107,6 +112,8 @@ class CompressConfig:
             check_pattern(self.sparsity)
         if self.int8 is not None and self.int8 not in INT8_METHODS:
             raise InputError(f"int8 must be one of {', '.join(INT8_METHODS)}, got {self.int8!r}")
+        if self.int8_nodes not in INT8_NODES:
+            raise InputError(f"int8_nodes must be one of {', '.join(INT8_NODES)}, got {self.int8_nodes!r}")
         if not (self.prune or self.sparsity or self.int8):
             raise InputError("compress: ask for at least one of prune, sparsity, int8")
         if self.latency_runs < 1 or self.calibration_limit < 1:
@@ -261,7 +268,8 @@ def compress(
 
 def _config_dict(cfg: CompressConfig, ft: Any) -> dict[str, Any]:
     return {"prune": list(cfg.prune), "criterion": cfg.criterion, "global_pruning": cfg.global_pruning,
-            "rounds": cfg.rounds, "sparsity": cfg.sparsity, "int8": cfg.int8, "budget": cfg.budget.as_dict(),
+            "rounds": cfg.rounds, "sparsity": cfg.sparsity, "int8": cfg.int8, "int8_nodes": cfg.int8_nodes,
+            "budget": cfg.budget.as_dict(),
             "finetune": ft.to_dict(), "quantize": cfg.quantize.to_dict()}
 
 
@@ -342,10 +350,17 @@ def _int8_stage(run: _Run, model: Any, parent_bundle: Path, parent: str, clips: 
         strip_qat(m).eval()
         qat_dir = run.work / ".qat-fp32"
         source = run.export_stage(m, run.info, qat_dir.name, {"kind": "qat-fp32", "from": parent})
-    run.say(f"INT8 ({cfg.int8}) of {parent}, budget left {_points(left.as_dict())}")
+    qcfg = cfg.quantize
+    if cfg.int8_nodes == "conv":
+        import onnx
+        from fusionedge.export.int8_cpu import conv_only_keep_float
+
+        kept = conv_only_keep_float(onnx.load(str(load_bundle(source).model_path)))
+        qcfg = replace(qcfg, keep_float=tuple(dict.fromkeys(qcfg.keep_float + tuple(kept))))
+    run.say(f"INT8 ({cfg.int8}, {cfg.int8_nodes}) of {parent}, budget left {_points(left.as_dict())}")
     try:
         bundle, gate = gate_bundle(source, run.work / "int8", splits["train"], splits["val"], budget=left,
-                                   config=cfg.quantize, calibration_limit=cfg.calibration_limit,
+                                   config=qcfg, calibration_limit=cfg.calibration_limit,
                                    validation_limit=cfg.val_limit, progress=run.progress)
     finally:
         if qat_dir is not None:

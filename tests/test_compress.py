@@ -221,3 +221,39 @@ def test_compress_refuses_a_data_folder_without_splits(tiny_run, tmp_path):
     with pytest.raises(DataError, match="val/"):
         compress(ckpt, tmp_path / "d", tmp_path / "out", CompressConfig(int8="ptq"), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_conv_only_int8_quantizes_the_convolutions_that_gain(tmp_path_factory, tmp_path):
+    import onnx
+    from _toy_model import TOY_GEOMETRY, shared_toy_bundle
+    from fusionedge.export.int8_cpu import conv_only_keep_float
+    from fusionedge.export.onnx_export import example_inputs
+    from fusionedge.export.quantize import ArrayCalibrationReader, QuantizeConfig, quantize_onnx
+    from fusionedge.sdk.bundle import load_bundle
+
+    bundle = load_bundle(shared_toy_bundle(tmp_path_factory))
+    fp = onnx.load(str(bundle.model_path))
+    keep = set(conv_only_keep_float(fp))
+    convs = {n.name: n for n in fp.graph.node if n.op_type == "Conv"}
+    dims = {t.name: list(t.dims) for t in fp.graph.initializer}
+    assert {n.name for n in fp.graph.node if n.op_type != "Conv"} <= keep
+    small = {name for name, n in convs.items() if dims[n.input[1]][1] < 4}  # the RGB and waveform convolutions
+    assert small and small <= keep and set(convs) - small and not (set(convs) - small) & keep
+    feeds = [example_inputs(TOY_GEOMETRY, 2, seed=s) for s in range(2)]
+    q_path = tmp_path / "q.onnx"
+    quantize_onnx(bundle.model_path, q_path, ArrayCalibrationReader(feeds), QuantizeConfig(keep_float=tuple(keep)))
+    q = onnx.load(str(q_path))
+    producer = {o: n for n in q.graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in q.graph.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    dq_out = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    quantized = {n.name for n in q.graph.node if n.op_type == "Conv" and any(x in dq_out for x in n.input)}
+    assert quantized == set(convs) - small
+    for node in (n for n in q.graph.node if n.op_type == "QuantizeLinear"):
+        # every Q/DQ pair is a convolution's input or output: none sits around any other operator
+        src = producer.get(node.input[0])
+        feeds_conv = any(r.op_type == "Conv" for dq in readers.get(node.output[0], [])
+                         for r in readers.get(dq.output[0], []))
+        assert feeds_conv or (src is not None and src.op_type == "Conv"), node.name

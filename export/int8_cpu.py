@@ -1,0 +1,47 @@
+"""Which nodes an INT8 model for ONNX Runtime's CPU provider quantizes: the convolutions that gain.
+
+At a fraction of a GFLOP per clip the student is not bound by arithmetic on a CPU: with every
+operator quantized, the Q/DQ pairs around element-wise operators (residual adds, the fusion's
+multiplies and concatenations, layer norms, attention products) cost ONNX Runtime more than the
+INT8 arithmetic saves — each becomes a ``QLinearAdd``/``QLinearMul``/``QLinearMatMul`` with its own
+requantization, plus layout transposes between NCHW and the NHWC that the integer convolution
+kernels run in. What pays is the convolutions (most of the FLOPs), chained so that one Q/DQ pair
+sits between consecutive convolutions and fuses into ``QLinearConv``.
+
+:func:`conv_only_keep_float` therefore keeps in float every node that is not a convolution, and
+also the convolutions over fewer than :data:`MIN_INPUT_CHANNELS` input channels (the RGB stem): a
+3-channel reduction fills no integer dot-product lane, so its integer kernel is slower than the
+float one, and its input would need a full-resolution QuantizeLinear of the clip. The result still
+has explicit, per-channel Q/DQ on every quantized convolution, which TensorRT parses as well.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["MIN_INPUT_CHANNELS", "conv_only_keep_float"]
+
+#: Convolutions with fewer input channels stay in float.
+MIN_INPUT_CHANNELS = 4
+
+
+def conv_only_keep_float(model: Any) -> list[str]:
+    """Names of the nodes to keep in float so that only the worthwhile convolutions are quantized.
+
+    Args:
+        model: an FP32 ``onnx.ModelProto``.
+
+    Returns:
+        Node names: every non-``Conv`` node, and every ``Conv`` whose weight initializer has fewer
+        than :data:`MIN_INPUT_CHANNELS` input channels (or is not an initializer).
+    """
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    keep = []
+    for n in model.graph.node:
+        if n.op_type != "Conv":
+            keep.append(n.name)
+            continue
+        w = dims.get(n.input[1]) if len(n.input) > 1 else None
+        if w is None or len(w) < 2 or w[1] < MIN_INPUT_CHANNELS:
+            keep.append(n.name)
+    return keep
