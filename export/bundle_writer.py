@@ -43,7 +43,14 @@ from fusionedge.sdk.bundle import (
 from fusionedge.sdk.bundle_signature import SIGNATURE_NAME
 from fusionedge.sdk.errors import FusionEdgeError
 from fusionedge.sdk.fileio import fsync_dir, json_safe, write_json_atomic
-from fusionedge.sdk.spec import INPUT_NAMES, MODALITIES, OUTPUT_DECODES, OUTPUT_NAMES, InputGeometry
+from fusionedge.sdk.spec import (
+    INPUT_NAMES,
+    MODALITIES,
+    OUTPUT_DECODES,
+    OUTPUT_NAMES,
+    OUTPUT_VOCABULARY,
+    InputGeometry,
+)
 
 __all__ = ["DECODES", "build_manifest", "check_golden_finite", "check_target", "external_data_files",
            "fsync_file", "git_rev", "package_version", "publish_folder", "utc_now", "write_bundle",
@@ -152,9 +159,14 @@ def _input_entries(geometry: InputGeometry, golden_inputs: Mapping[str, np.ndarr
     ]
 
 
-def _output_entries(golden_outputs: Mapping[str, np.ndarray]) -> list[dict]:
+def _output_entries(golden_outputs: Mapping[str, np.ndarray], labels: Mapping[str, Any]) -> list[dict]:
+    """The manifest's outputs: those of the heads the task has (a head whose vocabulary is empty has none)."""
     entries = []
     for name in OUTPUT_NAMES:
+        if not labels[OUTPUT_VOCABULARY[name]]:
+            if name in golden_outputs:
+                raise ExportError(f"golden outputs have {name!r}, but the labels have no {OUTPUT_VOCABULARY[name]}")
+            continue
         if name not in golden_outputs:
             raise ExportError(f"golden outputs lack {name!r}")
         entries.append({
@@ -223,7 +235,7 @@ def build_manifest(
             "training": {"epoch": info.get("epoch"), "metrics": dict(info.get("metrics") or {})},
         },
         "inputs": _input_entries(geometry, golden_inputs),
-        "outputs": _output_entries(golden_outputs),
+        "outputs": _output_entries(golden_outputs, labels),
         "labels": {k: [str(v) for v in labels[k]] for k in _LABEL_KINDS},
         "modalities": list((info.get("model_config") or {}).get("modalities") or MODALITIES),
         "geometry": geometry.to_dict(),

@@ -26,7 +26,7 @@ from torch import nn
 from fusionedge.sdk.errors import FusionEdgeError
 from fusionedge.sdk.spec import INPUT_NAMES, OUTPUT_NAMES, InputGeometry
 
-__all__ = ["ExportError", "OPSET", "MAX_BATCH", "example_inputs", "export_onnx", "check_onnx"]
+__all__ = ["ExportError", "OPSET", "MAX_BATCH", "example_inputs", "export_onnx", "check_onnx", "model_output_names"]
 
 #: ONNX opset written (the dynamo exporter writes 18 whatever older value is asked for).
 OPSET = 18
@@ -79,7 +79,10 @@ def export_onnx(
     example_batch: int = 2,
     max_batch: int = MAX_BATCH,
 ) -> Path:
-    """Export a contract model ``model(video, audio, presence) -> 5 outputs`` to one ONNX file.
+    """Export a contract model ``model(video, audio, presence) -> outputs`` to one ONNX file.
+
+    The outputs are the model's ``output_names`` (the contract's five, less the heads a task
+    lacks; a model without the attribute returns all five).
 
     Args:
         model: the PyTorch model (put in eval mode here).
@@ -112,7 +115,7 @@ def export_onnx(
                 opset_version=OPSET,
                 external_data=False,
                 input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(model_output_names(model)),
                 dynamic_shapes=tuple({0: batch} for _ in INPUT_NAMES),
                 verbose=False,
             )
@@ -137,11 +140,17 @@ def export_onnx(
     return path
 
 
-def check_onnx(path: str | os.PathLike) -> None:
+def model_output_names(model: nn.Module) -> tuple[str, ...]:
+    """The outputs a contract model returns: its ``output_names``, or all of ``OUTPUT_NAMES``."""
+    return tuple(getattr(model, "output_names", OUTPUT_NAMES))
+
+
+def check_onnx(path: str | os.PathLike, output_names: tuple[str, ...] = OUTPUT_NAMES) -> None:
     """Check an exported file: ONNX checker (full), contract names in order, symbolic batch dims, opset.
 
     Args:
         path: the ``.onnx`` file.
+        output_names: the outputs it must have, in order (``model_output_names`` of the source model).
 
     Raises:
         ExportError: naming the file and what is wrong (a fixed batch dimension says how to fix it).
@@ -156,10 +165,10 @@ def check_onnx(path: str | os.PathLike) -> None:
         raise ExportError(f"{path.name}: ONNX checker failed: {e}") from e
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
-    if inputs != list(INPUT_NAMES) or outputs != list(OUTPUT_NAMES):
+    if inputs != list(INPUT_NAMES) or outputs != list(output_names):
         raise ExportError(
             f"{path.name}: inputs {inputs} and outputs {outputs} do not match the contract "
-            f"{list(INPUT_NAMES)} -> {list(OUTPUT_NAMES)}"
+            f"{list(INPUT_NAMES)} -> {list(output_names)}"
         )
     for value in list(model.graph.input) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim

@@ -132,11 +132,12 @@ def run_torch(model: nn.Module, inputs: Mapping[str, np.ndarray]) -> dict[str, n
     model.eval()
     with torch.no_grad():
         out = model(*(torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in INPUT_NAMES))
-    if not isinstance(out, (tuple, list)) or len(out) != len(OUTPUT_NAMES):
+    names = tuple(getattr(model, "output_names", OUTPUT_NAMES))  # a head-less task has fewer
+    if not isinstance(out, (tuple, list)) or len(out) != len(names):
         raise ExportError(
-            f"the model must return a tuple of {len(OUTPUT_NAMES)} tensors {list(OUTPUT_NAMES)}"
+            f"the model must return a tuple of {len(names)} tensors {list(names)}"
         )
-    return {n: t.detach().cpu().numpy().astype(np.float32) for n, t in zip(OUTPUT_NAMES, out)}
+    return {n: t.detach().cpu().numpy().astype(np.float32) for n, t in zip(names, out)}
 
 
 def run_onnx(
@@ -164,13 +165,14 @@ def run_onnx(
     batch = next(iter(inputs.values())).shape[0]
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        outs = session.run(list(OUTPUT_NAMES), {n: np.ascontiguousarray(inputs[n]) for n in INPUT_NAMES})
+        names = [o.name for o in session.get_outputs()]  # the contract's, less the heads a task lacks
+        outs = session.run(names, {n: np.ascontiguousarray(inputs[n]) for n in INPUT_NAMES})
     except Exception as e:
         raise ExportError(
             f"{path.name}: ONNX Runtime cannot run it at batch {batch}: {e} (was it exported with a batch-1 "
             f"example? that fixes the batch dimension)"
         ) from e
-    return dict(zip(OUTPUT_NAMES, outs))
+    return dict(zip(names, outs))
 
 
 def compare_outputs(

@@ -11,7 +11,13 @@ from typing import Any, Mapping
 from tqdm import tqdm
 
 from fusionedge.export.bundle_writer import build_manifest, check_target, write_bundle
-from fusionedge.export.onnx_export import ExportError, check_onnx, example_inputs, export_onnx
+from fusionedge.export.onnx_export import (
+    ExportError,
+    check_onnx,
+    example_inputs,
+    export_onnx,
+    model_output_names,
+)
 from fusionedge.export.parity import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -67,7 +73,7 @@ def export_model(
     with _Steps(progress, total=5) as steps, tempfile.TemporaryDirectory(prefix="fusionedge-export-") as work:
         onnx_path = Path(work) / "model.onnx"
         steps.run("export onnx", export_onnx, model, geometry, onnx_path)
-        steps.run("check onnx", check_onnx, onnx_path)
+        steps.run("check onnx", check_onnx, onnx_path, model_output_names(model))
         parity = steps.run("parity", check_parity, model, onnx_path, geometry, rtol=rtol, atol=atol)
         golden_inputs, golden_outputs = steps.run("golden", make_golden, model, geometry)
         return steps.run(

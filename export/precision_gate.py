@@ -139,11 +139,14 @@ class PrecisionBudgetError(ExportError):
 def gated_metrics(bundle: Bundle) -> tuple[str, ...]:
     """The metrics the gate holds to the budget for ``bundle``.
 
-    The fused model: event accuracy and detection mAP@0.5. An imported model: the metric of each label
-    kind it scores — classification accuracy, audio-tag mAP, detection mAP@0.5.
+    The fused model: event accuracy and detection mAP@0.5, of the heads it has (a task with neither:
+    audio-tag mAP). An imported model: the metric of each label kind it scores — classification
+    accuracy, audio-tag mAP, detection mAP@0.5.
     """
     if bundle.task == "fusion":
-        return _METRICS
+        kind_of = {m: kind for kind, m in _KIND_METRIC.items()}
+        gated = tuple(m for m in _METRICS if bundle.labels[kind_of[m]])
+        return gated or (("audio_tag_map",) if bundle.labels["audio_tags"] else ())
     return tuple(m for kind, m in _KIND_METRIC.items() if bundle.labels[kind])
 
 

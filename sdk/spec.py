@@ -22,6 +22,10 @@ Outputs (float32):
 ``det_offset``        (B, 2, H/s, W/s) sub-cell centre offset in heatmap cells, x then y
 
 Boxes refer to the **last frame** of the clip (the "current" frame a vehicle acts on).
+
+A task without events, audio tags or boxes (an empty vocabulary in the bundle's ``labels``) has no
+such head and no such output (``fusion_output_names``). A model that reads one modality
+(``bundle_modalities``) still takes all three inputs, but needs only its own at run time.
 """
 
 from __future__ import annotations
@@ -43,9 +47,11 @@ __all__ = [
     "OBJECTS",
     "OUTPUT_DECODES",
     "OUTPUT_NAMES",
+    "OUTPUT_VOCABULARY",
     "InputGeometry",
     "bundle_modalities",
     "check_fusion_contract",
+    "fusion_output_names",
 ]
 
 #: Event classes. The rules that make each one are in training/synth/README.md; two of them
@@ -70,6 +76,14 @@ OUTPUT_NAMES: tuple[str, ...] = (
     "det_size",
     "det_offset",
 )
+#: The vocabulary whose head makes each output: a task with an empty one has no such output.
+OUTPUT_VOCABULARY: dict[str, str] = {
+    "event_logits": "events",
+    "audio_tag_logits": "audio_tags",
+    "det_heatmap": "objects",
+    "det_size": "objects",
+    "det_offset": "objects",
+}
 #: How the runtime decodes each output; a bundle's manifest must declare exactly this.
 OUTPUT_DECODES: dict[str, str] = {
     "event_logits": "softmax",
@@ -165,11 +179,21 @@ def bundle_modalities(manifest: dict) -> tuple[str, ...]:
     return tuple(m for m in MODALITIES if m in value)
 
 
+def fusion_output_names(labels: dict) -> tuple[str, ...]:
+    """The outputs a fusion model with these vocabularies has, in ``OUTPUT_NAMES`` order.
+
+    A task without events, audio tags or object classes (an empty vocabulary) has no such head:
+    no ``event_logits``, no ``audio_tag_logits``, or none of the three detection outputs.
+    """
+    return tuple(name for name in OUTPUT_NAMES if labels.get(OUTPUT_VOCABULARY[name]))
+
+
 def check_fusion_contract(bundle: Bundle) -> None:
     """Check that a bundle's manifest describes a model with this contract's inputs and outputs.
 
-    Every name above must be there with the declared decode, and every shape must follow from the
-    bundle's own geometry and labels.
+    Every input must be there, and the output of every head the labels have (an empty vocabulary:
+    no such output, and none may be declared) with the declared decode; every shape must follow
+    from the bundle's own geometry and labels.
 
     Raises:
         BundleError: naming the first field that disagrees, e.g.
@@ -177,12 +201,21 @@ def check_fusion_contract(bundle: Bundle) -> None:
     """
     inputs = {e["name"]: (i, e) for i, e in enumerate(bundle.inputs)}
     outputs = {e["name"]: (i, e) for i, e in enumerate(bundle.outputs)}
+    labels = bundle.labels
     for name in INPUT_NAMES:
         if name not in inputs:
             raise BundleError(
                 f"manifest.json: field 'inputs': no input named {name!r} (has {', '.join(inputs)})"
             )
+    expected = fusion_output_names(labels)
+    if not expected:
+        raise BundleError("manifest.json: field 'labels': every vocabulary is empty; a model needs a head")
     for name, decode in OUTPUT_DECODES.items():
+        if name not in expected:
+            if name in outputs:
+                raise BundleError(f"manifest.json: field 'outputs[{outputs[name][0]}]': {name} without "
+                                  f"labels.{OUTPUT_VOCABULARY[name]}")
+            continue
         if name not in outputs:
             raise BundleError(
                 f"manifest.json: field 'outputs': no output named {name!r} (has {', '.join(outputs)})"
@@ -204,7 +237,6 @@ def check_fusion_contract(bundle: Bundle) -> None:
                 f"manifest.json: field 'inputs[{i}].shape': expected {shape} from the geometry, "
                 f"got {entry['shape']}"
             )
-    labels = bundle.labels
     expect_out = {
         "event_logits": ["batch", len(labels["events"])],
         "audio_tag_logits": ["batch", len(labels["audio_tags"])],
@@ -212,13 +244,11 @@ def check_fusion_contract(bundle: Bundle) -> None:
         "det_size": ["batch", 2, h, w],
         "det_offset": ["batch", 2, h, w],
     }
-    for name, shape in expect_out.items():
+    for name in expected:
         i, entry = outputs[name]
-        if list(entry["shape"]) != shape:
+        if list(entry["shape"]) != expect_out[name]:
             raise BundleError(
-                f"manifest.json: field 'outputs[{i}].shape': expected {shape} from the labels and geometry, "
-                f"got {entry['shape']}"
+                f"manifest.json: field 'outputs[{i}].shape': expected {expect_out[name]} from the labels and "
+                f"geometry, got {entry['shape']}"
             )
-    if not labels["events"]:
-        raise BundleError("manifest.json: field 'labels.events': expected at least one event class")
     bundle_modalities(bundle.manifest)

@@ -179,12 +179,26 @@ def test_a_validation_label_outside_the_training_vocabulary_names_file_line_and_
     assert not (tmp_path / "run").exists()
 
 
-def test_a_task_without_any_box_says_what_to_do(synth, tmp_path, capsys):
+def test_a_task_without_any_box_trains_without_a_detection_head(synth, tmp_path, capsys):
     data = _own_task(synth["train"], tmp_path / "data")
     records = [json.loads(x) for x in (data / "manifest.jsonl").read_text().splitlines()]
     (data / "manifest.jsonl").write_text("".join(json.dumps({**r, "boxes": []}) + "\n" for r in records))
+    code, _, err = run_cli(capsys, "train", "--data", data, "--out", tmp_path / "run", "--epochs", "1",
+                           "--batch-size", "8", "--max-train-samples", "8", *TINY_SET, "--json")
+    assert code == 0, err
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["labels"]["objects"] == [] and config["model_config"]["num_objects"] == 0
+    best = json.loads((tmp_path / "run" / "metrics.json").read_text())["best"]
+    assert "detection_map50" not in best and "event_accuracy" in best and "audio_tag_map" in best
+
+
+def test_a_task_without_any_label_says_what_to_do(synth, tmp_path, capsys):
+    data = _own_task(synth["train"], tmp_path / "data")
+    records = [json.loads(x) for x in (data / "manifest.jsonl").read_text().splitlines()]
+    bare = [{k: v for k, v in r.items() if k not in ("event", "audio_tags", "boxes")} for r in records]
+    (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bare))
     code, _, err = run_cli(capsys, "train", "--data", data, "--out", tmp_path / "run", *TINY_SET)
-    assert code == 2 and "object class" in err and "labels.json" in err
+    assert code == 2 and "no sample has any" in err and "labels.json" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -14,6 +14,9 @@ Decoding uses the runtime's one definition of preprocessing (``fusionedge.sdk.me
    probability ``modality_dropout``, the video or the audio — never both — is zeroed and its presence
    set to 0, as a missing sensor looks at run time). Flipping a normalized frame equals normalizing
    the flipped frame (the resize and the normalization act per pixel / per axis).
+
+A sample without an audio file has a zero waveform and audio presence 0; an audio-only sample (no
+video file) has zero frames and video presence 0, as a missing sensor looks at run time.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class ClipCache:
     targets: dict[str, torch.Tensor]  # heatmap (N,C,h,w), size (N,2,h,w), offset (N,2,h,w), mask (N,h,w)
     geometry: InputGeometry
     labels: Labels
+    has_video: torch.Tensor | None = None  # (N,) bool: the sample has a video file; None: all have one
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -126,10 +130,20 @@ def _decode(sample, geometry: InputGeometry, labels: Labels) -> dict:
         box_labels = np.array([_index(b.label, labels.objects, "object", sid) for b in sample.boxes], np.int64)
     else:
         boxes, box_labels = np.zeros((0, 4)), np.zeros((0,), np.int64)
-    targets = encode_centernet_targets(boxes, box_labels, num_classes=len(labels.objects),
-                                       heatmap_hw=geometry.heatmap_size, stride=geometry.output_stride)
-    return {"id": sid, "video": frames, "audio": audio, "has_audio": sample.audio is not None, "event": event,
+    targets = _targets(boxes, box_labels, geometry, labels)
+    return {"id": sid, "video": frames, "audio": audio, "has_audio": sample.audio is not None,
+            "has_video": sample.video is not None, "event": event,
             "tags": tags, "boxes": boxes, "box_labels": box_labels, "targets": targets}
+
+
+def _targets(boxes: np.ndarray, box_labels: np.ndarray, geometry: InputGeometry, labels: Labels) -> dict:
+    """CenterNet targets of one sample; a task without object classes gets empty ones (no detection head)."""
+    if not labels.objects:
+        h, w = geometry.heatmap_size
+        return {"heatmap": np.zeros((0, h, w), np.float32), "size": np.zeros((2, h, w), np.float32),
+                "offset": np.zeros((2, h, w), np.float32), "mask": np.zeros((h, w), np.float32)}
+    return encode_centernet_targets(boxes, box_labels, num_classes=len(labels.objects),
+                                    heatmap_hw=geometry.heatmap_size, stride=geometry.output_stride)
 
 
 def load_clips(samples: Sequence, geometry: InputGeometry, labels: Labels = Labels(), *, workers: int = 1,
@@ -169,6 +183,7 @@ def load_clips(samples: Sequence, geometry: InputGeometry, labels: Labels = Labe
                  for k in ("heatmap", "size", "offset", "mask")},
         geometry=geometry,
         labels=labels,
+        has_video=torch.tensor([it["has_video"] for it in items], dtype=torch.bool),
     )
 
 
@@ -212,7 +227,8 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
     b = len(idx)
     frames = clips.video[idx]  # (B, T, 3, H, W) float32 normalized (a copy)
     audio = clips.audio[idx].clone()  # (B, S)
-    presence = torch.stack([torch.ones(b), clips.has_audio[idx].float()], dim=1)  # (B, 2)
+    video_on = torch.ones(b) if clips.has_video is None else clips.has_video[idx].float()  # (B,)
+    presence = torch.stack([video_on, clips.has_audio[idx].float()], dim=1)  # (B, 2)
     targets = {k: v[idx].clone() for k, v in clips.targets.items()}
     flip = torch.zeros(b, dtype=torch.bool)
     if augment is not None:
@@ -225,7 +241,7 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
         gain = 10.0 ** ((u_gain * 2.0 - 1.0) * augment.audio_gain_db / 20.0)  # (B,)
         audio = (audio * gain.unsqueeze(1)).clamp(-1.0, 1.0)
         drop = u_drop < augment.modality_dropout
-        drop_audio = drop & (u_which < 0.5) & (presence[:, 1] > 0)
+        drop_audio = drop & (u_which < 0.5) & (presence[:, 1] > 0) & (presence[:, 0] > 0)
         drop_video = drop & ~drop_audio & (presence[:, 1] > 0)  # never leave a sample with nothing
         presence[drop_video, 0] = 0.0
         presence[drop_audio, 1] = 0.0
@@ -238,6 +254,8 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
 def _flip_targets(clips: ClipCache, idx: torch.Tensor, flip: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
     """Re-encode the CenterNet targets of the flipped samples from their mirrored boxes (exact cells)."""
     g = clips.geometry
+    if not clips.labels.objects:  # no detection head: nothing to re-encode
+        return
     for j in torch.nonzero(flip).flatten().tolist():
         i = int(idx[j])
         t = encode_centernet_targets(flipped_boxes(clips.boxes[i], g.width), clips.box_labels[i],

@@ -49,6 +49,7 @@ rank holds the whole cache (each epoch's shard is a fresh draw from the whole se
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,6 +64,7 @@ from fusionedge.sdk.spec import InputGeometry
 from .checkpoint import CheckpointError, load_checkpoint
 from .dataset import ClipCache, Labels
 from .distributed import DistContext, shard_indices
+from .losses import named_outputs
 from .models.multimodal import MultimodalModel
 
 __all__ = ["DistillWeights", "TeacherCache", "FeatureTap", "load_teacher", "compute_teacher_cache",
@@ -217,13 +219,14 @@ def det_feature_distill_loss(adapted: torch.Tensor, teacher_feature: torch.Tenso
     return (sq * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def distill_terms(student_outputs: tuple[torch.Tensor, ...], projected_feature: torch.Tensor | None,
+def distill_terms(student_outputs: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+                  projected_feature: torch.Tensor | None,
                   targets: dict[str, torch.Tensor], presence: torch.Tensor, temperature: float,
                   adapted_det_feature: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The (unweighted) distillation terms of one batch.
 
     Args:
-        student_outputs: the student's outputs in ``OUTPUT_NAMES`` order.
+        student_outputs: the student's outputs by name (or the five of ``OUTPUT_NAMES`` as a tuple).
         projected_feature: ``(B, F_t)`` the student's fused embedding through the projector, or
             ``None`` to skip the feature term.
         targets: ``TeacherCache.lookup``'s dict (``event``, ``audio_tags``, ``heatmap``, ``size``,
@@ -235,20 +238,26 @@ def distill_terms(student_outputs: tuple[torch.Tensor, ...], projected_feature: 
 
     Returns:
         ``{"kd_event", "kd_tags", "kd_heatmap", "kd_box"[, "kd_feature"][, "kd_det_feature"]}``
-        scalar tensors.
+        scalar tensors, less the terms of the heads the student lacks.
     """
-    event_logits, tag_logits, heatmap, size, offset = student_outputs[:5]
+    out = named_outputs(student_outputs)
     video_on, audio_on = presence[:, 0], presence[:, 1]
     both = video_on * audio_on
-    weight = objectness(targets["heatmap"], video_on)  # (B, h, w)
-    terms = {"kd_event": event_kl_loss(event_logits, targets["event"], temperature, both),
-             "kd_tags": tag_distill_loss(tag_logits, targets["audio_tags"], audio_on),
-             "kd_heatmap": heatmap_distill_loss(heatmap, targets["heatmap"], video_on),
-             "kd_box": box_distill_loss(size, offset, targets["size"], targets["offset"], weight)}
+    terms = {}
+    if "event_logits" in out:
+        terms["kd_event"] = event_kl_loss(out["event_logits"], targets["event"], temperature, both)
+    if "audio_tag_logits" in out:
+        terms["kd_tags"] = tag_distill_loss(out["audio_tag_logits"], targets["audio_tags"], audio_on)
+    weight = None
+    if "det_heatmap" in out:
+        weight = objectness(targets["heatmap"], video_on)  # (B, h, w)
+        terms["kd_heatmap"] = heatmap_distill_loss(out["det_heatmap"], targets["heatmap"], video_on)
+        terms["kd_box"] = box_distill_loss(out["det_size"], out["det_offset"], targets["size"], targets["offset"],
+                                           weight)
     if projected_feature is not None:
         terms["kd_feature"] = feature_distill_loss(projected_feature, targets["feature"], both)
     if adapted_det_feature is not None:
-        if "det_feature" not in targets:
+        if "det_feature" not in targets or weight is None:
             raise FusionEdgeError("detection-feature distillation needs a teacher cache with det_feature "
                                   "(compute_teacher_cache(..., det_features=True))")
         terms["kd_det_feature"] = det_feature_distill_loss(adapted_det_feature, targets["det_feature"], weight)
@@ -274,6 +283,8 @@ class FeatureTap:
         self.output: torch.Tensor | None = None
         if where == "fusion":
             module = model.fusion
+            if module is None:
+                raise FusionEdgeError("the model has no fused embedding to tap (a task without events)")
         elif where == "detection":
             module = getattr(model.det_head, "shared", None)
             if module is None:
@@ -327,6 +338,12 @@ def load_teacher(path: Path, *, geometry: InputGeometry, labels: Labels,
         diff.append("model input shapes do not match the geometry")
     if diff:
         raise CheckpointError(f"{path}: teacher geometry differs from the student's: " + ", ".join(diff))
+    heads = {"events": "an event", "audio_tags": "an audio-tag", "objects": "a detection"}
+    for kind, head in heads.items():
+        has_t, has_s = bool(info["labels"].get(kind)), bool(getattr(labels, kind))
+        if has_t != has_s:
+            raise CheckpointError(f"{path}: the {'teacher' if has_t else 'student'} has {head} head the "
+                                  f"{'student' if has_t else 'teacher'} lacks; distil between models of the same task")
     ldiff = [k for k, v in labels.to_dict().items() if list(info["labels"].get(k, [])) != v]
     if ldiff:
         raise CheckpointError(f"{path}: teacher labels differ from the student's in: " + ", ".join(ldiff)
@@ -342,21 +359,21 @@ def load_teacher(path: Path, *, geometry: InputGeometry, labels: Labels,
 class TeacherCache:
     """Teacher outputs per training sample, un-flipped (index 0) and flipped (index 1). CPU tensors."""
 
-    event: torch.Tensor  # (N, 2, E) event logits
-    audio_tags: torch.Tensor  # (N, 2, A) audio-tag logits
-    heatmap: torch.Tensor  # (N, 2, C, h, w) heatmap logits
-    size: torch.Tensor  # (N, 2, 2, h, w) box sizes, pixels
-    offset: torch.Tensor  # (N, 2, 2, h, w) centre offsets, cells
+    event: torch.Tensor | None  # (N, 2, E) event logits (None: a task without events)
+    audio_tags: torch.Tensor | None  # (N, 2, A) audio-tag logits (None: without audio tags)
+    heatmap: torch.Tensor | None  # (N, 2, C, h, w) heatmap logits (None: without boxes, as size and offset)
+    size: torch.Tensor | None  # (N, 2, 2, h, w) box sizes, pixels
+    offset: torch.Tensor | None  # (N, 2, 2, h, w) centre offsets, cells
     feature: torch.Tensor  # (N, 2, F_t) fused embedding
     det_feature: torch.Tensor | None = None  # (N, 2, D_t, h, w) detection features, float16 (half the memory)
 
     def __len__(self) -> int:
-        return self.event.shape[0]
+        return self.feature.shape[0]
 
     def fields(self) -> tuple[str, ...]:
-        """The names of the cached tensors (``det_feature`` only when it was computed)."""
-        names = ("event", "audio_tags", "heatmap", "size", "offset", "feature")
-        return names + (("det_feature",) if self.det_feature is not None else ())
+        """The names of the cached tensors (those of the teacher's heads; ``det_feature`` when computed)."""
+        names = ("event", "audio_tags", "heatmap", "size", "offset", "feature", "det_feature")
+        return tuple(n for n in names if getattr(self, n) is not None)
 
     def lookup(self, index: torch.Tensor, flipped: torch.Tensor,
                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -383,10 +400,10 @@ def _teacher_forward(teacher: MultimodalModel, taps: list[FeatureTap], clips: Cl
         video = video.flip(4)
     presence = torch.stack([torch.ones(len(idx)), clips.has_audio[idx].float()], dim=1)
     audio = clips.audio[idx] * presence[:, 1:]
-    out = teacher(video.to(device), audio.to(device), presence.to(device))
+    out = named_outputs(teacher(video.to(device), audio.to(device), presence.to(device)), teacher.output_names)
     fused = taps[0].take().float().cpu()
     det = [t.take().half().cpu() for t in taps[1:]]  # the detection feature map, float16 to halve the cache
-    return [o.float().cpu() for o in out] + [fused] + det
+    return [out[n].float().cpu() for n in teacher.output_names] + [fused] + det
 
 
 def compute_teacher_cache(teacher: MultimodalModel, clips: ClipCache, *, batch_size: int = 16,
@@ -446,5 +463,7 @@ def compute_teacher_cache(teacher: MultimodalModel, clips: ClipCache, *, batch_s
                 out[shard_indices(torch.arange(n), r, dist.world_size)] = part.cpu()
             full.append(out)
         local = full
-    event, tags, heatmap, size, offset, feature, *det = local
-    return TeacherCache(event, tags, heatmap, size, offset, feature, det[0] if det else None)
+    named = dict(zip((*teacher.output_names, "feature"), local))
+    det = local[len(teacher.output_names) + 1:]
+    return TeacherCache(named.get("event_logits"), named.get("audio_tag_logits"), named.get("det_heatmap"),
+                        named.get("det_size"), named.get("det_offset"), named["feature"], det[0] if det else None)

@@ -25,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusionedge.sdk.spec import OUTPUT_NAMES
+
 __all__ = ["LossWeights", "IGNORE_INDEX", "centernet_focal_loss", "masked_l1", "multitask_loss", "multitask_terms",
+           "named_outputs", "output_groups",
            "TASK_GROUPS", "TERM_GROUPS", "TASK_WEIGHTINGS", "TASK_SCHEDULES", "UncertaintyWeighting",
            "scheduled_groups", "combine_task_losses"]
 
@@ -81,37 +84,59 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> t
     return ((pred - target).abs() * m).sum() / (2.0 * m.sum()).clamp(min=1.0)
 
 
-def multitask_terms(outputs: tuple[torch.Tensor, ...], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def named_outputs(outputs: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+                  names: Sequence[str] = OUTPUT_NAMES) -> dict[str, torch.Tensor]:
+    """A model's outputs by name: a mapping as it is, a tuple zipped with ``names`` (the model's ``output_names``).
+
+    Raises:
+        ValueError: a tuple of another length than ``names``.
+    """
+    if isinstance(outputs, Mapping):
+        return dict(outputs)
+    if len(outputs) != len(names):
+        raise ValueError(f"expected {len(names)} outputs {list(names)}, got {len(outputs)}")
+    return dict(zip(names, outputs))
+
+
+def multitask_terms(outputs: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+                    batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The unweighted task losses of one batch, as scalar tensors (see ``multitask_loss``).
 
+    Args:
+        outputs: the model's outputs by name, or the five of ``OUTPUT_NAMES`` as a tuple.
+        batch: see ``multitask_loss``.
+
     Returns:
-        ``{"event", "audio_tags", "heatmap", "size", "offset"}`` in that order.
+        ``{"event", "audio_tags", "heatmap", "size", "offset"}`` in that order, less the terms of
+        the heads the model lacks (no ``event_logits``: no ``event`` term, and so on).
     """
-    event_logits, tag_logits, heatmap, size, offset = outputs
+    out = named_outputs(outputs)
     video_on, audio_on = batch["presence"][:, 0], batch["presence"][:, 1]  # (B,)
+    terms: dict[str, torch.Tensor] = {}
+    if "event_logits" in out:
+        labelled = (batch["event"] != IGNORE_INDEX).float()
+        ce = F.cross_entropy(out["event_logits"], batch["event"].clamp(min=0), reduction="none")  # (B,)
+        terms["event"] = (ce * labelled).sum() / labelled.sum().clamp(min=1.0)
+    if "audio_tag_logits" in out:
+        bce = F.binary_cross_entropy_with_logits(out["audio_tag_logits"], batch["audio_tags"],
+                                                 reduction="none").mean(dim=1)
+        terms["audio_tags"] = (bce * audio_on).sum() / audio_on.sum().clamp(min=1.0)
+    if "det_heatmap" in out:
+        terms["heatmap"] = centernet_focal_loss(out["det_heatmap"], batch["heatmap"], video_on)
+        mask = batch["mask"] * video_on.reshape(-1, 1, 1)  # (B, h, w)
+        # size in log space: a 4-pixel error matters on a pedestrian, not on a bus
+        log_size = torch.log(out["det_size"].clamp(min=1e-3))
+        terms["size"] = masked_l1(log_size, torch.log(batch["size"].clamp(min=1e-3)), mask)
+        terms["offset"] = masked_l1(out["det_offset"], batch["offset"], mask)
+    return terms
 
-    labelled = (batch["event"] != IGNORE_INDEX).float()
-    ce = F.cross_entropy(event_logits, batch["event"].clamp(min=0), reduction="none")  # (B,)
-    event = (ce * labelled).sum() / labelled.sum().clamp(min=1.0)
 
-    bce = F.binary_cross_entropy_with_logits(tag_logits, batch["audio_tags"], reduction="none").mean(dim=1)
-    tags = (bce * audio_on).sum() / audio_on.sum().clamp(min=1.0)
-
-    hm = centernet_focal_loss(heatmap, batch["heatmap"], video_on)
-    mask = batch["mask"] * video_on.reshape(-1, 1, 1)  # (B, h, w)
-    # size in log space: a 4-pixel error matters on a pedestrian, not on a bus
-    log_size = torch.log(size.clamp(min=1e-3))
-    size_l1 = masked_l1(log_size, torch.log(batch["size"].clamp(min=1e-3)), mask)
-    off_l1 = masked_l1(offset, batch["offset"], mask)
-    return {"event": event, "audio_tags": tags, "heatmap": hm, "size": size_l1, "offset": off_l1}
-
-
-def multitask_loss(outputs: tuple[torch.Tensor, ...], batch: dict[str, torch.Tensor],
+def multitask_loss(outputs: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], batch: dict[str, torch.Tensor],
                    weights: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
-    """The weighted sum of all task losses for one batch.
+    """The weighted sum of the task losses for one batch.
 
     Args:
-        outputs: the model's outputs in ``OUTPUT_NAMES`` order.
+        outputs: the model's outputs by name, or the five of ``OUTPUT_NAMES`` as a tuple.
         batch: ``presence`` (B, 2), ``event`` (B,) int64 (``IGNORE_INDEX`` = unlabelled),
             ``audio_tags`` (B, A) {0,1}, ``heatmap`` (B, C, h, w), ``size`` (B, 2, h, w) pixels,
             ``offset`` (B, 2, h, w) cells, ``mask`` (B, h, w).
@@ -121,8 +146,7 @@ def multitask_loss(outputs: tuple[torch.Tensor, ...], batch: dict[str, torch.Ten
         ``(total, parts)``: the scalar to back-propagate, and each unweighted term as a float.
     """
     parts = multitask_terms(outputs, batch)
-    total = (weights.event * parts["event"] + weights.audio_tags * parts["audio_tags"]
-             + weights.heatmap * parts["heatmap"] + weights.size * parts["size"] + weights.offset * parts["offset"])
+    total = sum((getattr(weights, k) * v for k, v in parts.items()), torch.zeros(()).to(next(iter(parts.values()))))
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
@@ -134,6 +158,15 @@ TERM_GROUPS: dict[str, str] = {"event": "event", "audio_tags": "audio_tags", "he
                                "kd_feature": "event", "kd_tags": "audio_tags", "kd_heatmap": "detection",
                                "kd_box": "detection", "kd_det_feature": "detection"}
 TASK_WEIGHTINGS: tuple[str, ...] = ("fixed", "uncertainty")
+#: The task group of each head's outputs.
+_OUTPUT_GROUPS: dict[str, str] = {"event_logits": "event", "audio_tag_logits": "audio_tags",
+                                  "det_heatmap": "detection"}
+
+
+def output_groups(output_names: Sequence[str]) -> tuple[str, ...]:
+    """The task groups of a model with these outputs, in ``TASK_GROUPS`` order (a head-less task has fewer)."""
+    have = {_OUTPUT_GROUPS[n] for n in output_names if n in _OUTPUT_GROUPS}
+    return tuple(g for g in TASK_GROUPS if g in have)
 TASK_SCHEDULES: tuple[str, ...] = ("joint", "alternating")
 
 

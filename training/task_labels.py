@@ -4,8 +4,9 @@ A run learns the events, audio tags and object classes of its data. They come, i
 precedence, from a file given with ``TrainConfig(labels=FILE)`` (``fusionedge train --labels``),
 from a ``labels.json`` beside the training manifest, or from the training manifest itself (every
 label it uses, sorted, so the same data always gives the same class indices). A labels file is
-``{"events": [...], "audio_tags": [...], "objects": [...]}``, each a non-empty list of distinct
-labels in the order the model's outputs take. Data whose labels all belong to the synthetic
+``{"events": [...], "audio_tags": [...], "objects": [...]}``, each a list of distinct labels in the
+order the model's outputs take. An empty vocabulary (``[]`` in the file, or a kind the manifest never
+uses) is a task without that head: no such output, loss or metric; at least one kind must be there. Data whose labels all belong to the synthetic
 generator's vocabularies (``sdk.spec``) is trained with exactly those vocabularies, in their order,
 so a run on generated data is the same run it always was. The counts per label of the decoded
 splits are printed and recorded in ``metrics.json`` so a missing or rare class shows before the
@@ -53,8 +54,8 @@ def read_labels_file(path: str | os.PathLike) -> Labels:
 
     Raises:
         DataError: the file is missing, not bounded JSON, lacks a vocabulary or has another key,
-            or a vocabulary is empty, lists a label twice or holds something other than a
-            non-empty string. The message names the file and the key.
+            or a vocabulary is not a list, lists a label twice or holds something other than a
+            non-empty string, or all three are empty. The message names the file and the key.
     """
     path = Path(path)
     if not path.is_file():
@@ -69,8 +70,8 @@ def read_labels_file(path: str | os.PathLike) -> Labels:
     vocab: dict[str, tuple[str, ...]] = {}
     for kind in LABEL_KINDS:
         names = doc.get(kind)
-        if not isinstance(names, list) or not names:
-            raise DataError(f"{path}: {kind!r} must be a non-empty list of labels")
+        if not isinstance(names, list):
+            raise DataError(f"{path}: {kind!r} must be a list of labels ([] for a task without that head)")
         bad = [n for n in names if not isinstance(n, str) or not n.strip()]
         if bad:
             raise DataError(f"{path}: {kind!r} holds {bad[0]!r}; labels are non-empty strings")
@@ -78,6 +79,8 @@ def read_labels_file(path: str | os.PathLike) -> Labels:
         if twice:
             raise DataError(f"{path}: {kind!r} lists {', '.join(map(repr, twice))} more than once")
         vocab[kind] = tuple(names)
+    if not any(vocab.values()):
+        raise DataError(f"{path}: every vocabulary is empty; a task needs events, audio tags or objects")
     return Labels(**vocab)
 
 
@@ -88,10 +91,11 @@ def collect_labels(samples: Sequence, where: str | os.PathLike) -> Labels:
         samples: manifest samples (read with ``events=None, audio_tags=None, objects=None``).
         where: the manifest, named in the error.
 
+    A kind the data never uses (no labelled event, no audio tag or no box) gets an empty
+    vocabulary: the task has no such head.
+
     Raises:
-        DataError: a vocabulary the data does not use at all (no labelled event, no audio tag or
-            no box): every model has an event, an audio-tag and a detection output, so such a task
-            needs a labels file listing that vocabulary.
+        DataError: the data uses no label at all.
     """
     used: dict[str, set[str]] = {kind: set() for kind in LABEL_KINDS}
     for s in samples:
@@ -99,13 +103,13 @@ def collect_labels(samples: Sequence, where: str | os.PathLike) -> Labels:
             used["events"].add(s.event)
         used["audio_tags"].update(s.audio_tags)
         used["objects"].update(b.label for b in s.boxes)
+    if not any(used.values()):
+        raise DataError(f"{where}: no sample has any {', '.join(_SINGULAR[k] for k in LABEL_KINDS)} label; "
+                        f"label the data, or list the vocabularies in a {LABELS_FILE} beside the manifest "
+                        "(or --labels FILE)")
     generator = Labels()
     if all(used[kind] <= set(getattr(generator, kind)) for kind in LABEL_KINDS):
         return generator
-    empty = [kind for kind in LABEL_KINDS if not used[kind]]
-    if empty:
-        raise DataError(f"{where}: no sample has any {' or '.join(_SINGULAR[k] for k in empty)} label; "
-                        f"list the vocabularies in a {LABELS_FILE} beside the manifest (or --labels FILE)")
     return Labels(**{kind: tuple(sorted(used[kind])) for kind in LABEL_KINDS})
 
 
@@ -159,5 +163,5 @@ def format_label_counts(task: TaskLabels, counts: dict[str, dict[str, dict[str, 
     for kind in LABEL_KINDS:
         names = counts["train"][kind]
         cells = ", ".join(f"{n} {counts['train'][kind][n]}/{counts['val'][kind][n]}" for n in names)
-        lines.append(f"  {kind} ({len(names)}; train/val): {cells}")
+        lines.append(f"  {kind} ({len(names)}; train/val): {cells or 'none: the task has no such head'}")
     return "\n".join(lines)

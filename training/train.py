@@ -65,7 +65,7 @@ import torch
 from tqdm import tqdm
 
 from fusionedge.sdk.datamanifest import read_manifest
-from fusionedge.sdk.errors import DataError, FusionEdgeError
+from fusionedge.sdk.errors import DataError, FusionEdgeError, InputError
 from fusionedge.sdk.fileio import json_safe, write_json_atomic
 
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
@@ -96,6 +96,8 @@ from .losses import (
     UncertaintyWeighting,
     combine_task_losses,
     multitask_terms,
+    named_outputs,
+    output_groups,
     scheduled_groups,
 )
 from .models.multimodal import ModelConfig, MultimodalModel, count_flops, count_params
@@ -182,13 +184,22 @@ def _load_splits(cfg: TrainConfig, labels: Labels) -> tuple[ClipCache, ClipCache
             load_clips(val_samples, cfg.geometry, labels, desc="decode val", **kw))
 
 
+#: The metric that selects the best epoch, by the first head the task has.
+_SELECTION_METRICS = ("event_accuracy", "audio_tag_map", "detection_map50")
+
+
 def _better(a: dict, b: dict | None) -> bool:
-    """Model selection: higher event accuracy, then lower validation loss."""
+    """Model selection: the higher headline metric (event accuracy; a task without events: tag mAP,
+    else detection mAP), then the lower validation loss."""
     if b is None:
         return True
-    acc_a = a["event_accuracy"] if math.isfinite(a["event_accuracy"]) else -1.0
-    acc_b = b["event_accuracy"] if math.isfinite(b["event_accuracy"]) else -1.0
-    return (acc_a, -a["loss"]) > (acc_b, -b["loss"])
+    key = next((k for k in _SELECTION_METRICS if k in a), None)
+
+    def score(m: dict) -> float:
+        v = m.get(key, float("nan")) if key is not None else float("nan")
+        return v if math.isfinite(v) else -1.0
+
+    return (score(a), -a["loss"]) > (score(b), -b["loss"])
 
 
 def _term_weights(cfg: TrainConfig) -> dict[str, float]:
@@ -301,6 +312,9 @@ def _check_inputs(cfg: TrainConfig, dist: DistContext, labels: Labels) -> tuple[
         raise FusionEdgeError(f"world_size={dist.world_size} needs an initialized process group "
                               "(run under torchrun through `fusionedge train`, or use distributed.process_group)")
     mcfg = resolve_model_config(cfg.model, cfg.geometry, labels, _with_data_modalities(cfg))
+    if cfg.teacher is not None and "event_logits" not in mcfg.output_names:
+        raise InputError("distillation needs an event head (its feature term distils the fused clip embedding "
+                         "that feeds it); this task has no events: train it without a teacher")
     resume = None
     if cfg.resume is not None:
         resume = resume_state(cfg.resume, cfg.to_dict(), mcfg.to_dict(), dist.world_size)
@@ -314,7 +328,9 @@ def _check_inputs(cfg: TrainConfig, dist: DistContext, labels: Labels) -> tuple[
 
 
 def _with_data_modalities(cfg: TrainConfig) -> dict:
-    """The run's model overrides, with ``modalities`` set to video alone when no training sample has audio.
+    """The run's model overrides, with ``modalities`` set to the one the training data has.
+
+    No training sample with audio: video alone; none with video: audio alone.
 
     An explicit ``modalities`` override (``--modalities``) is kept as given; so is a registered
     model that reads one modality already.
@@ -325,10 +341,12 @@ def _with_data_modalities(cfg: TrainConfig) -> dict:
     overrides = dict(cfg.model_overrides)
     if "modalities" in overrides or len(model_config(cfg.model).modalities) < 2:
         return overrides
-    samples = read_manifest(cfg.data, require_labels=False, check_files=False,
-                            events=None, audio_tags=None, objects=None)
+    # files checked: a row without 'audio' then hears its video's own sound track, where it has one
+    samples = read_manifest(cfg.data, require_labels=False, events=None, audio_tags=None, objects=None)
     if samples and all(s.audio is None for s in samples):
         overrides["modalities"] = ["video"]
+    elif samples and all(s.video is None for s in samples):
+        overrides["modalities"] = ["audio"]
     return overrides
 
 
@@ -374,7 +392,7 @@ def _build_model(run: _Run) -> None:
             run.taps["detection"] = FeatureTap(model, "detection")
             rec.update(det_adapter=[mcfg.det_channels, t.det_dim])
     if cfg.task_weighting == "uncertainty":
-        run.aux["uncertainty"] = UncertaintyWeighting().to(device)
+        run.aux["uncertainty"] = UncertaintyWeighting(output_groups(mcfg.output_names)).to(device)
     model.to(device)
     separate_encoders = cfg.encoder_lr_scale != 1.0 or cfg.frozen_encoder_epochs > 0
     groups = param_groups(model, cfg.weight_decay, *run.aux.values(),
@@ -440,7 +458,7 @@ def _step_loss(run: _Run, batch: dict, term_weights: dict[str, float],
     """Forward one batch (under autocast on CUDA) and combine the loss terms of this step."""
     with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float16, enabled=run.amp_dtype is not None):
         outputs = run.net(batch["video"], batch["audio"], batch["presence"])
-    outputs = tuple(o.float() for o in outputs)  # the losses in float32
+    outputs = named_outputs([o.float() for o in outputs], run.mcfg.output_names)  # the losses in float32
     terms = multitask_terms(outputs, batch)
     if run.teacher is not None:
         index = batch["index"].cpu() if shard_idx is None else shard_idx[batch["index"].cpu()]
@@ -450,7 +468,8 @@ def _step_loss(run: _Run, batch: dict, term_weights: dict[str, float],
         projected = run.aux["projector"](run.taps["fusion"].take().float())
         terms.update(distill_terms(outputs, projected, targets, batch["presence"], run.cfg.distill.temperature,
                                    adapted))
-    loss = combine_task_losses(terms, term_weights, scheduled_groups(run.cfg.task_schedule, run.step),
+    groups = scheduled_groups(run.cfg.task_schedule, run.step, output_groups(run.mcfg.output_names))
+    loss = combine_task_losses(terms, term_weights, groups,
                                run.aux.get("uncertainty"))
     return loss, {k: float(v.detach()) for k, v in terms.items()}
 
@@ -529,10 +548,10 @@ def _close_epoch(run: _Run, epoch: int, train_means: dict[str, float], lr: float
         record["task_weights"] = run.aux["uncertainty"].weights()
     run.history.append(record)
     if cfg.progress:
+        shown = "".join(f"  {label} {val[k]:.3f}" for k, label in (("event_accuracy", "event acc"),
+                        ("audio_tag_map", "tag mAP"), ("detection_map50", "det mAP50")) if k in val)
         print(f"epoch {epoch}/{cfg.epochs}  loss {record['train']['loss']:.3f}  "
-              f"val loss {val['loss']:.3f}  event acc {val['event_accuracy']:.3f}  "
-              f"tag mAP {val['audio_tag_map']:.3f}  det mAP50 {val['detection_map50']:.3f}  "
-              f"({record['seconds']:.0f} s)", file=sys.stderr, flush=True)
+              f"val loss {val['loss']:.3f}{shown}  ({record['seconds']:.0f} s)", file=sys.stderr, flush=True)
     metrics = {"epoch": epoch, **val}
     if _better(val, run.best):
         run.best = metrics

@@ -1,7 +1,7 @@
 """The FusionEdge multimodal model and its configuration.
 
 ``MultimodalModel(config)`` consumes the three inputs of the model contract (``sdk/spec.py``) and
-returns the five outputs as a tuple in ``OUTPUT_NAMES`` order::
+returns its outputs as a tuple in ``OUTPUT_NAMES`` order (``model.output_names``)::
 
     video (B,T,3,H,W) ─► ClipEncoder ──tokens──┐
                           │ last-frame s4 +     ├─► fusion (presence-masked) ─► EventHead ─► event_logits
@@ -20,6 +20,10 @@ reads as 0 everywhere). Without video the detection outputs are a constant "no d
 (``NoDetectionHead``: heatmap logits -20, nothing passes a threshold); without audio the audio-tag
 logits are learned per-tag biases (``AudioTagPrior``). The ``fusion`` field applies only to two
 modalities; one modality is pooled by ``SingleModalityFusion``.
+
+A task without events, audio tags or boxes has no such head: ``num_events``, ``num_audio_tags`` or
+``num_objects`` is 0, and the model has no such output (a task without events has no fusion
+either). With all three, the model and its outputs are the contract's five.
 
 Create models by name through ``fusionedge.training.models.create_model``; the config is a plain
 dataclass, stored in every checkpoint as a dict (``ModelConfig.to_dict`` / ``from_dict``).
@@ -50,8 +54,12 @@ class ModelConfigError(InputError):
     """A model name is unknown or a model configuration value is invalid (the message names the field)."""
 
 
-#: Integer fields that may be 0 (extra layers); every other integer field needs at least 1.
-_MAY_BE_ZERO = ("video_depth", "audio_depth", "fusion_layers")
+#: Integer fields that may be 0 (extra layers, or a task without that head); every other integer field needs at least 1.
+_MAY_BE_ZERO = ("video_depth", "audio_depth", "fusion_layers", "num_events", "num_audio_tags", "num_objects")
+
+#: The outputs of each head, and the label count that sizes it (0: the task has no such head).
+HEAD_OUTPUTS: dict[str, tuple[str, ...]] = {"num_events": ("event_logits",), "num_audio_tags": ("audio_tag_logits",),
+                                            "num_objects": ("det_heatmap", "det_size", "det_offset")}
 
 
 def _is_int(v: object) -> bool:
@@ -146,8 +154,10 @@ class ModelConfig:
             problems.append(f"fusion {self.fusion!r} needs an even fusion_dim (time code), got {self.fusion_dim}")
         if len(self.video_channels) != 4 or len(self.audio_channels) != 3:
             problems.append("video_channels needs 4 widths and audio_channels 3")
-        if min(self.clip_frames, self.audio_samples, self.num_events, self.num_audio_tags, self.num_objects) < 1:
-            problems.append("clip_frames, audio_samples and the label counts must be >= 1")
+        if min(self.clip_frames, self.audio_samples) < 1:
+            problems.append("clip_frames and audio_samples must be >= 1")
+        if max(self.num_events, self.num_audio_tags, self.num_objects) < 1:
+            problems.append("a model needs at least one head: num_events, num_audio_tags or num_objects >= 1")
         if not 0.0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             problems.append(f"need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}")
         mods = tuple(self.modalities)
@@ -157,6 +167,11 @@ class ModelConfig:
             object.__setattr__(self, "modalities", tuple(m for m in MODALITIES if m in mods))  # canonical order
         if problems:
             raise ModelConfigError("invalid ModelConfig: " + "; ".join(problems))
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The outputs this model has, in ``OUTPUT_NAMES`` order: a head whose label count is 0 is absent."""
+        return tuple(name for count, names in HEAD_OUTPUTS.items() if getattr(self, count) > 0 for name in names)
 
     @property
     def video_tokens(self) -> int:
@@ -208,7 +223,7 @@ class ModelConfig:
 
 
 class MultimodalModel(nn.Module):
-    """Video + audio + presence → (event_logits, audio_tag_logits, det_heatmap, det_size, det_offset).
+    """Video + audio + presence → (event_logits, audio_tag_logits, det_heatmap, det_size, det_offset), less absent heads.
 
     Args:
         config: the architecture; see ``ModelConfig``.
@@ -229,51 +244,72 @@ class MultimodalModel(nn.Module):
         if use_audio:
             self.audio_encoder = AudioEncoder(c.audio_channels, c.audio_depth, c.audio_dim, c.sample_rate, c.n_fft,
                                               c.hop_length, c.n_mels, c.f_min, c.f_max)
-        if use_video and use_audio:
+        # the fusion feeds only the event head: a task without events has neither
+        self.fusion = self.event_head = self.audio_tag_head = self.det_head = None
+        if c.num_events and use_video and use_audio:
             times = dict(frame_times=c.frame_times, audio_times=c.audio_token_times) if self.uses_frame_tokens else {}
             self.fusion = build_fusion(c.fusion, video_dim=self.video_encoder.out_channels, audio_dim=c.audio_dim,
                                        video_tokens=c.video_tokens, audio_tokens=c.audio_tokens, dim=c.fusion_dim,
                                        heads=c.fusion_heads, layers=c.fusion_layers, dropout=c.dropout, **times)
-        elif use_video:
+        elif c.num_events and use_video:
             self.fusion = SingleModalityFusion(self.video_encoder.out_channels, c.video_tokens, c.fusion_dim, 0)
-        else:
+        elif c.num_events:
             self.fusion = SingleModalityFusion(c.audio_dim, c.audio_tokens, c.fusion_dim, 1)
-        self.event_head = EventHead(self.fusion.out_dim, c.head_hidden, c.num_events, c.dropout)
-        if use_audio:
+        if c.num_events:
+            self.event_head = EventHead(self.fusion.out_dim, c.head_hidden, c.num_events, c.dropout)
+        if c.num_audio_tags and use_audio:
             self.audio_tag_head = AudioTagHead(c.audio_dim, c.head_hidden, c.num_audio_tags)
-        else:
+        elif c.num_audio_tags:
             self.audio_tag_head = AudioTagPrior(c.num_audio_tags)
-        if use_video:
+        if c.num_objects and use_video:
             self.det_head = CenterNetHead(self.video_encoder.s4_channels, self.video_encoder.out_channels,
                                           c.det_channels, c.num_objects, c.size_scale_px)
-        else:
+        elif c.num_objects:
             hw = (c.height // c.output_stride, c.width // c.output_stride)
             self.det_head = NoDetectionHead(c.num_objects, hw, c.size_scale_px)
 
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The names of ``forward``'s outputs, in order (``ModelConfig.output_names``)."""
+        return self.config.output_names
+
     def forward(self, video: torch.Tensor, audio: torch.Tensor,
                 presence: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The outputs of the heads the model has, in ``output_names`` order (see the module docstring)."""
+        out: dict[str, torch.Tensor] = {}
         if self.video_encoder is None or self.audio_encoder is None:
             presence = presence * self.modality_mask  # (B, 2)
         if self.video_encoder is None:  # audio only: the video tensor is never read
             a_tokens, _ = self.audio_encoder(audio)  # (B, Na, Ca)
-            fused = self.fusion(a_tokens, presence)  # (B, F)
-            return (self.event_head(fused, presence), self.audio_tag_head(a_tokens), *self.det_head(audio))
+            if self.event_head is not None:
+                out["event_logits"] = self.event_head(self.fusion(a_tokens, presence), presence)  # (B, E)
+            if self.audio_tag_head is not None:
+                out["audio_tag_logits"] = self.audio_tag_head(a_tokens)  # (B, A)
+            if self.det_head is not None:
+                out.update(zip(HEAD_OUTPUTS["num_objects"], self.det_head(audio)))
+            return tuple(out[name] for name in self.output_names)
         if self.uses_frame_tokens:
             v_tokens, _, last_s4, context, f_tokens = self.video_encoder.forward_with_frames(video)  # f: (B, T, Cv)
         else:
             v_tokens, _, last_s4, context = self.video_encoder(video)  # (B, Nv, Cv), (B, C4, h, w), (B, Cv, h16, w16)
-        det_heatmap, det_size, det_offset = self.det_head(last_s4, context)  # (B, C|2|2, H/4, W/4)
+        if self.det_head is not None:  # (B, C|2|2, H/4, W/4)
+            out.update(zip(HEAD_OUTPUTS["num_objects"], self.det_head(last_s4, context)))
         if self.audio_encoder is None:  # video only: the audio tensor is never read
-            fused = self.fusion(v_tokens, presence)  # (B, F)
-            return self.event_head(fused, presence), self.audio_tag_head(video), det_heatmap, det_size, det_offset
+            if self.event_head is not None:
+                out["event_logits"] = self.event_head(self.fusion(v_tokens, presence), presence)  # (B, E)
+            if self.audio_tag_head is not None:
+                out["audio_tag_logits"] = self.audio_tag_head(video)  # (B, A) learned priors
+            return tuple(out[name] for name in self.output_names)
         a_tokens, _ = self.audio_encoder(audio)  # (B, Na, Ca)
-        if self.uses_frame_tokens:
-            fused = self.fusion(v_tokens, a_tokens, presence, f_tokens)  # (B, F)
-        else:
-            fused = self.fusion(v_tokens, a_tokens, presence)  # (B, F)
-        event_logits = self.event_head(fused, presence)  # (B, E)
-        audio_tag_logits = self.audio_tag_head(a_tokens)  # (B, A)
-        return event_logits, audio_tag_logits, det_heatmap, det_size, det_offset
+        if self.event_head is not None:
+            if self.uses_frame_tokens:
+                fused = self.fusion(v_tokens, a_tokens, presence, f_tokens)  # (B, F)
+            else:
+                fused = self.fusion(v_tokens, a_tokens, presence)  # (B, F)
+            out["event_logits"] = self.event_head(fused, presence)  # (B, E)
+        if self.audio_tag_head is not None:
+            out["audio_tag_logits"] = self.audio_tag_head(a_tokens)  # (B, A)
+        return tuple(out[name] for name in self.output_names)
 
     def example_inputs(self, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Random inputs of the right shapes (both modalities present), for export and tests."""
