@@ -1,9 +1,10 @@
 """The same inputs on every backend and precision variant, against the FP32 reference (``fusionedge compare``).
 
-The reference is the FP32 bundle's stored golden outputs (what PyTorch produced at export). Every
-(variant bundle, backend) pair runs the golden inputs — and, with ``data``, samples of a data-set
-manifest preprocessed the runtime's way, referenced by the FP32 bundle on ONNX Runtime CPU — and
-reports per output the max absolute error, max relative error and cosine similarity.
+The reference is the FP32 bundle's stored golden outputs (what PyTorch produced at export; for an
+imported model, what ONNX Runtime computed on the user's own file). Every (variant bundle, backend)
+pair runs the golden inputs — and, with ``data``, samples of a data-set manifest preprocessed the
+runtime's way (an imported model's one declared input), referenced by the FP32 bundle on ONNX Runtime
+CPU — and reports per output the max absolute error, max relative error and cosine similarity.
 
 Tolerances depend on the variant's precision: FP32 must match within the bundle's golden
 ``rtol``/``atol``; FP16 and INT8 are judged by cosine similarity (defaults 0.999 and 0.95, the
