@@ -365,6 +365,14 @@ def _int8_stage(run: _Run, model: Any, parent_bundle: Path, parent: str, clips: 
     finally:
         if qat_dir is not None:
             shutil.rmtree(qat_dir, ignore_errors=True)
+    if cfg.int8 == "qat":  # the gate quantized a QAT-tuned model: say so in the manifest
+        from fusionedge.sdk.bundle import MANIFEST_NAME
+        from fusionedge.sdk.fileio import write_json_atomic
+
+        manifest = dict(load_bundle(bundle).manifest)
+        manifest["variant"] = {**manifest["variant"], "method": "qat", "finetune": ft.to_dict()}
+        write_json_atomic(Path(bundle) / MANIFEST_NAME, manifest)
+        load_bundle(bundle)
     if cfg.sparsity:
         from fusionedge.export.sparsity import record_sparsity
 
