@@ -51,7 +51,8 @@ def draw_result(frame_bgr: np.ndarray, result: "Result") -> np.ndarray:
         cv2.putText(img, f"{b.label} {b.score:.2f}", (p1[0], max(10, p1[1] - 3)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, colour, max(1, thick - 1), cv2.LINE_AA)
     tags = ", ".join(k for k, v in result.audio_tags.items() if v >= 0.5) or "-"
-    lines = [f"{result.event} {result.scores[result.event]:.2f}", f"audio: {tags}"]
+    lines = ([] if result.event is None else [f"{result.event} {result.scores[result.event]:.2f}"]) + [
+        f"audio: {tags}"]  # a task without events names none
     if result.missing:
         lines.append("missing: " + ", ".join(result.missing))
     y = int(22 * scale) + 4

@@ -28,6 +28,7 @@ from fusionedge.sdk.media import read_audio, read_video
 from fusionedge.sdk.outside_metrics import expected_calibration_error, outside_metrics
 from fusionedge.sdk.postprocess import decode_centernet, sigmoid, softmax
 from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
+from fusionedge.sdk.spec import fusion_output_names
 
 if TYPE_CHECKING:
     from fusionedge.sdk.perception import Perception
@@ -40,21 +41,25 @@ def load_sample_inputs(sample: Sample, geometry) -> tuple[np.ndarray, np.ndarray
 
     Returns:
         ``(video (T,3,H,W), audio (S,), presence (2,), (width, height) of the original frames)``.
-        A sample without audio gets a zero waveform and presence 0 for audio.
+        A sample without audio gets a zero waveform and presence 0 for audio; an audio-only sample
+        zero frames, presence 0 for video and a frame size of (0, 0).
 
     Raises:
         MediaError: a media file cannot be decoded.
     """
-    clip = read_video(sample.video, max_seconds=geometry.clip_seconds)
-    video = preprocess_video(clip.frames, clip.fps, geometry)
-    frame_h, frame_w = clip.frames.shape[1:3]
+    if sample.video is not None:
+        clip = read_video(sample.video, max_seconds=geometry.clip_seconds)
+        video = preprocess_video(clip.frames, clip.fps, geometry)
+        frame_h, frame_w = clip.frames.shape[1:3]
+    else:
+        video = np.zeros((geometry.clip_frames, 3, geometry.height, geometry.width), np.float32)
+        frame_h = frame_w = 0
     if sample.audio is not None:
         samples, sr = read_audio(sample.audio)
         audio = preprocess_audio(samples, sr, geometry)
-        presence = np.array([1.0, 1.0], np.float32)
     else:
         audio = np.zeros(geometry.audio_samples, np.float32)
-        presence = np.array([1.0, 0.0], np.float32)
+    presence = np.array([sample.video is not None, sample.audio is not None], np.float32)
     return video, audio, presence, (frame_w, frame_h)
 
 
@@ -127,7 +132,8 @@ def evaluate(
         whether the bundle's calibration was applied; a calibrated bundle adds ``uncertain_rate``
         (share of all samples marked uncertain). Samples from ``fusionedge data outside`` add
         ``outside``: the open-world rates of :func:`fusionedge.sdk.outside_metrics.outside_metrics`
-        (with a calibrated bundle also ``uncertain_rate`` and ``ood_auroc``).
+        (with a calibrated bundle also ``uncertain_rate`` and ``ood_auroc``). A task without events,
+        audio tags or boxes has no such metric (and, without events or tags, no open-world rates).
 
     Raises:
         DataError: the manifest is invalid or uses labels the bundle does not know.
@@ -138,11 +144,13 @@ def evaluate(
                                  score_threshold=score_threshold)
     labels = perception.labels
     events, tags, objects = list(labels["events"]), list(labels["audio_tags"]), list(labels["objects"])
-    samples = read_manifest(data, require_labels=True, events=events, audio_tags=tags, objects=objects)
+    samples = read_manifest(data, require_labels=bool(events), events=events, audio_tags=tags, objects=objects)
     if limit is not None:
         samples = samples[:limit]
     if not samples:
         raise DataError(f"{data}: no samples to evaluate")
+    heads = fusion_output_names(labels)  # a task without a head has no such output and no such metric
+    has_ev, has_tag, has_det = "event_logits" in heads, "audio_tag_logits" in heads, "det_heatmap" in heads
     geometry = perception.geometry
     stride = geometry.output_stride
     in_wh = (geometry.width, geometry.height)
@@ -165,25 +173,41 @@ def evaluate(
             np.stack([p for _, _, p, _ in loaded]),
         )
         for i, (s, (_, _, _, wh)) in enumerate(zip(batch, loaded)):
+            if has_det:
+                det_pred.append(decode_centernet(
+                    out["det_heatmap"][i], out["det_size"][i], out["det_offset"][i], stride=stride,
+                    labels=objects, score_threshold=score_threshold, top_k=100, out_wh=wh, in_wh=in_wh))
+                det_true.append([(b.label, b.x1, b.y1, b.x2, b.y2) for b in s.boxes])
+            if has_tag:
+                tag_true.append([1.0 if t in s.audio_tags else 0.0 for t in tags])
+                tag_scores.append(sigmoid(out["audio_tag_logits"][i]))
+            if not has_ev:
+                continue
             y_true.append(events.index(s.event))
             y_pred.append(int(np.argmax(out["event_logits"][i])))
             logits = out["event_logits"][i].astype(np.float64)
             event_probs.append(softmax(logits) if cal is None else cal.event_probs(logits))
             if cal is not None:
                 has_audio = s.audio is not None
-                tag_logits = out["audio_tag_logits"][i][None] if has_audio else None
+                tag_logits = out["audio_tag_logits"][i][None] if has_audio and has_tag else None
                 ood.append(float(cal.ood_scores(logits[None], tag_logits)[0]))
-            tag_true.append([1.0 if t in s.audio_tags else 0.0 for t in tags])
-            tag_scores.append(sigmoid(out["audio_tag_logits"][i]))
-            det_pred.append(decode_centernet(
-                out["det_heatmap"][i], out["det_size"][i], out["det_offset"][i], stride=stride,
-                labels=objects, score_threshold=score_threshold, top_k=100, out_wh=wh, in_wh=in_wh))
-            det_true.append([(b.label, b.x1, b.y1, b.x2, b.y2) for b in s.boxes])
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
         bar.close()
 
+    if not (has_ev and has_tag):  # a head-less task: the metrics of the heads it has
+        headless: dict = {}
+        if has_ev:
+            headless["event_accuracy"] = M.event_accuracy(np.asarray(y_true), np.asarray(y_pred))
+            headless["event_macro_f1"] = M.event_macro_f1(np.asarray(y_true), np.asarray(y_pred), len(events))
+        if has_tag:
+            headless["audio_tag_map"] = M.audio_tag_map(np.asarray(tag_true), np.asarray(tag_scores))
+        if has_det:
+            headless["detection_map50"] = M.detection_map50(det_pred, det_true, objects)
+            headless.update(coco_detection_metrics(det_pred, det_true, objects))
+        return {**headless, "samples": len(samples), "backend": perception.backend_name,
+                "seconds": round(time.perf_counter() - t0, 3)}
     yt, yp = np.asarray(y_true), np.asarray(y_pred)
     per_class = {e: float(np.mean(yp[yt == k] == k)) for k, e in enumerate(events) if np.any(yt == k)}
     probs, scores = np.asarray(event_probs), np.asarray(tag_scores)
@@ -201,8 +225,8 @@ def evaluate(
         "event_accuracy": M.event_accuracy(yt, yp),
         "event_macro_f1": M.event_macro_f1(yt, yp, len(events)),
         "audio_tag_map": M.audio_tag_map(np.asarray(tag_true), np.asarray(tag_scores)),
-        "detection_map50": M.detection_map50(det_pred, det_true, objects),
-        **coco_detection_metrics(det_pred, det_true, objects),
+        **({"detection_map50": M.detection_map50(det_pred, det_true, objects),
+            **coco_detection_metrics(det_pred, det_true, objects)} if has_det else {}),
         "samples": len(samples),
         "per_class_accuracy": per_class,
         # samples with an ``outside`` block (fusionedge data outside): false alarms, siren recall, ECE

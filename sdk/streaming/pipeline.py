@@ -180,7 +180,7 @@ class Pipeline:
                 open_video_source(video, self.clock, realtime=c.realtime, timeout=c.stall_timeout)
         if audio is not None:
             self._audio_src = audio(self.clock) if callable(audio) else \
-                open_audio_source(audio, self.clock, realtime=c.realtime)
+                open_audio_source(audio, self.clock, realtime=c.realtime, rate=self.geometry.sample_rate)
         q = lambda: BoundedQueue(c.queue_size, c.policy, self._stop)  # noqa: E731
         self._q_frames, self._q_steps, self._q_outputs = q(), q(), q()
         # results wait only on file writes: a deeper queue absorbs a slow first write (codec start-up)

@@ -507,7 +507,8 @@ def open_video_source(uri: str | SourceURI, clock: StreamClock, *, realtime: boo
     return CaptureVideoSource(u, clock, timeout=timeout)
 
 
-def open_audio_source(uri: str | SourceURI, clock: StreamClock, *, realtime: bool = True) -> AudioSource:
+def open_audio_source(uri: str | SourceURI, clock: StreamClock, *, realtime: bool = True,
+                      rate: int = 16000) -> AudioSource:
     """Make (not yet opened) the audio source a URI names.
 
     Args:
@@ -515,6 +516,7 @@ def open_audio_source(uri: str | SourceURI, clock: StreamClock, *, realtime: boo
             or ``alsa://hw:0,0``.
         clock: the pipeline's clock.
         realtime: replay files at their native rate (True) or as fast as possible (False).
+        rate: Hz a microphone is captured at (the bundle's ``sample_rate``); a file keeps its own.
 
     Returns:
         An :class:`AudioSource`; call ``open()`` on it.
@@ -525,4 +527,4 @@ def open_audio_source(uri: str | SourceURI, clock: StreamClock, *, realtime: boo
     u = uri if isinstance(uri, SourceURI) else parse_uri(uri, "audio")
     if u.scheme == "file":
         return FileAudioSource(u, clock, realtime=realtime)
-    return MicAudioSource(u, clock)
+    return MicAudioSource(u, clock, rate=rate)
