@@ -86,3 +86,12 @@ def test_the_geometry_names_what_no_model_can_take():
     assert problems == ["clip_frames=0 (need an integer >= 1)"]
     assert "divisible by output_stride=4" in InputGeometry(width=162).problems()[0]
     assert "clip_seconds" in InputGeometry(clip_seconds=float("nan")).problems()[0]
+
+
+def test_a_box_in_a_task_without_object_classes_is_one_line_naming_it(tmp_path):
+    from fusionedge.sdk.datamanifest import read_manifest
+
+    row = {"id": "a", "video": "a.mp4", "event": "calm", "boxes": [{"label": "cat", "box": [1, 2, 3, 4]}]}
+    (tmp_path / "manifest.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=r"manifest.jsonl:1.*'cat' is not one of nothing \(the vocabulary is empty"):
+        read_manifest(tmp_path, check_files=False, events=("calm",), audio_tags=(), objects=())

@@ -26,6 +26,11 @@ the generator's when all of them are its. The heads are sized to them, the check
 ``config.json`` record them, and ``metrics.json`` holds where they came from and the count of each
 per split. A held-out label outside them refuses the run before anything is written.
 
+**Task shape.** A vocabulary that is empty gives a model without that head (no output, loss term or
+metric; the best epoch is chosen by event accuracy, else tag mAP, else detection mAP). The input
+geometry is ``cfg.geometry`` (checked before anything is read) and the modalities the model's, or
+the one the training manifest has when it has only video or only audio.
+
 Validation uses a held-out manifest (``val_data``) or a deterministic 10% of the training manifest.
 Seeds are fixed (python, numpy, torch); ``torch.set_num_threads`` is left to the caller. Everything
 that can be refused (options, model overrides, the ``init`` / ``teacher`` / ``resume`` checkpoints)
