@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fusionedge.cli.quickstart import add_quickstart_parser
     from fusionedge.cli.report import add_report_parser
     from fusionedge.cli.run import add_run_parser
+    from fusionedge.cli.track import add_track_parser
     from fusionedge.cli.train import add_distill_parser, add_pretrain_parser, add_train_parser
 
     parser = Parser(
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_parser(verbs)
     add_report_parser(verbs)
     add_run_parser(verbs)
+    add_track_parser(verbs)
     add_quantize_parsers(verbs)
     add_compress_parser(verbs)
     add_engine_parser(verbs)

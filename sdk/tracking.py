@@ -180,12 +180,13 @@ def _check_detections(detections: Iterable[Detection]) -> list[Detection]:
         if not all(isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v))
                    for v in values):
             raise InputError(f"detection {i} ({d.label}) has a NaN, Inf or non-number: {values}")
-        if not (d.x2 > d.x1 and d.y2 > d.y1):
-            raise InputError(f"detection {i} ({d.label}) has a box of zero or negative size: "
+        if d.x2 < d.x1 or d.y2 < d.y1:
+            raise InputError(f"detection {i} ({d.label}) has a box of negative size: "
                              f"x1={d.x1} y1={d.y1} x2={d.x2} y2={d.y2}")
         if not 0.0 <= float(d.score) <= 1.0:
             raise InputError(f"detection {i} ({d.label}) has a score outside [0, 1]: {d.score}")
-        out.append(d)
+        if d.x2 > d.x1 and d.y2 > d.y1:  # a box clipped to nothing at the frame's edge has nothing to follow
+            out.append(d)
     return out
 
 
@@ -271,7 +272,8 @@ class Tracker:
 
         Raises:
             InputError: ``t`` is not finite or not after the previous frame's; a detection has a
-                NaN/Inf coordinate or score, a zero or negative size, or a score outside [0, 1].
+                NaN/Inf coordinate or score, a negative size, or a score outside [0, 1]. A box of zero
+                width or height (clipped to nothing at the frame's edge) is skipped.
         """
         t = float(t)
         if not math.isfinite(t):

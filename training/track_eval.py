@@ -19,7 +19,6 @@ Motion accuracy is the share of such frames whose answer is the generator's trut
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Sequence
@@ -32,10 +31,9 @@ from fusionedge.sdk.spec import OBJECTS
 from fusionedge.sdk.track_events import SirenLevels, estimate_motion
 from fusionedge.sdk.tracking import Tracker, iou_matrix
 from fusionedge.training.synth.sequence import SequenceFolder, read_sequence, write_mot_rows
+from tqdm import tqdm
 
 __all__ = ["MATCH_IOU", "MOTION_NAMES", "evaluate_bundle", "hota", "mot_metrics", "track_sequence"]
-
-log = logging.getLogger(__name__)
 
 #: A hypothesis matches a true box at IoU >= this (MOTChallenge's threshold).
 MATCH_IOU = 0.5
@@ -252,7 +250,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backends: Sequence[
         out: where to write each sequence's tracker output (``<out>/<name>.txt``, MOTChallenge rows).
         low_score: the lowest detection score given to the tracker.
         tracker_options: keyword arguments of :class:`~fusionedge.sdk.tracking.Tracker`.
-        progress: log each sequence as it is done.
+        progress: a progress bar over the sequences on stderr.
 
     Returns:
         ``{"sequences", "frames", "seconds", "per_class": mot_metrics(...), "hota": {...} or None,
@@ -277,7 +275,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backends: Sequence[
     scored = []
     answers: dict[str, dict[str, list[tuple[str, str]]]] = {}
     with Perception.load(bundle, backends, score_threshold=min(low_score, 0.3), top_k=50) as perception:
-        for seq in seqs:
+        for seq in tqdm(seqs, desc="sequences", unit="seq", disable=not progress):
             result = track_sequence(perception, seq, low_score=low_score, tracker_options=tracker_options)
             scored.append((seq.name, seq.truth, result["rows"], seq.frames))
             if out is not None:
@@ -286,8 +284,6 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backends: Sequence[
                 a = answers.setdefault(m["label"], {"box": [], "box+siren": []})
                 a["box"] += [(x, m["truth"]) for x in m["box"]]
                 a["box+siren"] += [(x, m["truth"]) for x in m["box+siren"]]
-            if progress:
-                log.warning("%s: %d frames tracked", seq.name, seq.frames)
     seconds = time.perf_counter() - t0
     motion = {label: {"box": _accuracy(a["box"]), "box+siren": _accuracy(a["box+siren"]), "frames": len(a["box"])}
               for label, a in answers.items() if a["box"]}

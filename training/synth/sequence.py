@@ -13,7 +13,7 @@ frame (the inverse-distance law) with the matching Doppler shift, so an approach
 louder exactly as the box grows.
 
 :func:`write_sequence` writes one folder per sequence in the MOTChallenge layout that standard
-evaluators read (``gt/gt.txt`` rows ``frame,id,x,y,w,h,1,class,visibility``, 1-based frames, class
+evaluators read (``gt/gt.txt`` rows ``frame,id,x,y,w,h,1,class,visibility``, 1-based frames and pixels, class
 the 1-based index into :data:`~fusionedge.sdk.spec.OBJECTS`; ``seqinfo.ini``), plus ``video.mp4``,
 ``audio.wav`` and ``truth.json`` (each object's label and motion); :func:`read_sequence` reads it back.
 """
@@ -263,7 +263,8 @@ def write_mot_rows(path: Path, rows: list[tuple[int, int, str, list[float]]],
     """Write ``(frame, id, label, [x1, y1, x2, y2])`` rows as MOTChallenge text (atomically).
 
     Each line is ``frame,id,x,y,w,h,conf,class,visibility`` with ``class`` the 1-based index into
-    :data:`OBJECTS` and ``conf`` 1 for ground truth or the given score for tracker output.
+    :data:`OBJECTS` and ``conf`` 1 for ground truth or the given score for tracker output. Pixel
+    coordinates are 1-based, as in MOTChallenge (the top-left pixel is ``1,1``; evaluators subtract 1).
 
     Raises:
         InputError: a label outside :data:`OBJECTS`.
@@ -273,7 +274,7 @@ def write_mot_rows(path: Path, rows: list[tuple[int, int, str, list[float]]],
         if label not in OBJECTS:
             raise InputError(f"row {n}: label {label!r} is not one of {', '.join(OBJECTS)}")
         conf = 1.0 if scores is None else float(scores[n])
-        lines.append(f"{frame},{tid},{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f},{conf:.4f},"
+        lines.append(f"{frame},{tid},{x1 + 1:.2f},{y1 + 1:.2f},{x2 - x1:.2f},{y2 - y1:.2f},{conf:.4f},"
                      f"{OBJECTS.index(label) + 1},1")
     write_text_atomic(path, "".join(line + "\n" for line in lines))
 
@@ -297,7 +298,7 @@ def read_mot_rows(path: Path) -> list[tuple[int, int, str, list[float]]]:
             raise DataError(f"{path}:{lineno}: not a MOTChallenge row: {line!r}") from e
         if not 1 <= cls <= len(OBJECTS) or not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0:
             raise DataError(f"{path}:{lineno}: bad class or box: {line!r}")
-        rows.append((frame, tid, OBJECTS[cls - 1], [x, y, x + w, y + h]))
+        rows.append((frame, tid, OBJECTS[cls - 1], [x - 1, y - 1, x - 1 + w, y - 1 + h]))
     return rows
 
 
