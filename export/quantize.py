@@ -235,19 +235,35 @@ def _load_onnx(path: str | os.PathLike) -> Any:
         raise ExportError(f"{path}: cannot be read as ONNX: {e}") from e
 
 
+def _waveform_input(model: Any) -> str | None:
+    """The graph's waveform input: ``audio`` (the fused model's), else the one input of an imported
+    model when it is a ``(batch, samples)`` waveform; None when there is none."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if any(i.name == "audio" for i in inputs):
+        return "audio"
+    if len(inputs) == 1 and len(inputs[0].type.tensor_type.shape.dim) == 2:
+        return inputs[0].name
+    return None
+
+
 def frontend_nodes(model: Any) -> list[str]:
-    """Names of the audio front-end nodes: every node between the ``audio`` input and the first ``Log``.
+    """Names of the audio front-end nodes: every node between the waveform input and the first ``Log``.
 
     Args:
-        model: an ``onnx.ModelProto`` following the FusionEdge contract.
+        model: an ``onnx.ModelProto``: the FusionEdge contract (its ``audio`` input) or an imported
+            model whose one input is a ``(batch, samples)`` waveform.
 
     Returns:
-        Node names (the DFT convolution, power, mel matmul, log and the shape plumbing between them,
-        plus the constant subgraph that generates the DFT kernels, see ``onnx_compact``); empty when
-        the graph has no ``audio`` input or no ``Log`` fed from it.
+        Node names (the DFT or filterbank convolution, power, mel matmul, log and the shape plumbing
+        between them, plus the constant subgraph that generates the DFT kernels, see ``onnx_compact``);
+        empty when the graph has no waveform input or no ``Log`` fed from it.
     """
     nodes = list(model.graph.node)
-    from_audio: set[str] = {"audio"}
+    wave_input = _waveform_input(model)
+    if wave_input is None:
+        return []
+    from_audio: set[str] = {wave_input}
     constant: set[str] = {t.name for t in model.graph.initializer}
     downstream: set[int] = set()
     constant_nodes: set[int] = set()
