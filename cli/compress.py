@@ -73,8 +73,8 @@ def add_compress_parser(verbs: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="the folder to create (one bundle per stage)")
     p.add_argument("--prune", default=None, metavar="R[,R...]",
                    help="fraction(s) of the FLOPs to remove by channel pruning, each in (0, 1)")
-    p.add_argument("--criterion", choices=("magnitude", "taylor", "bn_scale"), default="magnitude",
-                   help="channel importance for pruning")
+    p.add_argument("--criterion", choices=("taylor", "magnitude", "bn_scale"), default="taylor",
+                   help="channel importance for pruning (taylor: |w·dL/dw| from the training loss)")
     p.add_argument("--global-pruning", action="store_true", help="rank channels across layers")
     p.add_argument("--rounds", type=int, default=1, help="prune -> fine-tune rounds per ratio")
     p.add_argument("--sparsity", default=None, metavar="PATTERN", help="2:4 semi-structured weight sparsity")

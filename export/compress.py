@@ -67,7 +67,8 @@ class CompressConfig:
 
     Attributes:
         prune: FLOPs ratios to remove, each in (0, 1) (empty: no pruning).
-        criterion: channel importance (``magnitude``, ``taylor``, ``bn_scale``).
+        criterion: channel importance (``taylor``, ``magnitude``, ``bn_scale``); Taylor keeps the most
+            accuracy before fine-tuning on the quickstart student.
         global_pruning: rank channels across layers.
         rounds: prune → fine-tune rounds per ratio.
         sparsity: ``"2:4"`` or None.
@@ -85,7 +86,7 @@ class CompressConfig:
     """
 
     prune: tuple[float, ...] = ()
-    criterion: str = "magnitude"
+    criterion: str = "taylor"
     global_pruning: bool = False
     rounds: int = 1
     sparsity: str | None = None

@@ -65,7 +65,8 @@ class PruneConfig:
     """What :func:`prune_model` removes and how.
 
     Attributes:
-        flops_ratio: fraction of the model's FLOPs to remove, in (0, 1).
+        flops_ratio: fraction of the model's FLOPs to remove, in (0, 1); pruning stops at the first step
+            that reaches it (channel counts move in multiples of ``round_to``, so it may remove a little more).
         criterion: one of :data:`CRITERIA`.
         global_pruning: rank channels across layers (False: the same fraction in every layer).
         rounds: prune → fine-tune rounds (the FLOPs target is reached in equal steps).
@@ -219,7 +220,7 @@ def prune_model(
     flops0, params0 = count_flops(model), count_params(model)
     fixed = flops0 - _layer_flops(model)  # what pruning cannot change (attention products)
     example = model.example_inputs(2)
-    steps = 30  # channel-ratio increments of max_channel_ratio / 30
+    steps = 60  # channel-ratio increments of max_channel_ratio / 60
     with warnings.catch_warnings():  # it notes the fusion's learned tokens, which are protected anyway
         warnings.simplefilter("ignore", UserWarning)
         pruner = tp.pruner.MetaPruner(
