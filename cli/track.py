@@ -71,6 +71,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     report = evaluate_bundle(args.bundle, args.data, backends=args.backends, out=args.out,
                              low_score=args.low_score, tracker_options={"buffer_seconds": args.buffer_seconds},
+                             motion_threshold=args.motion_threshold,
                              progress=not args.json)
     if args.json:
         print_json(report)
@@ -106,6 +107,8 @@ def add_track_parser(verbs: Any) -> None:
     p.add_argument("--out", type=Path, default=None, help="write each sequence's tracks here (MOTChallenge rows)")
     p.add_argument("--low-score", type=float, default=0.1, help="lowest detection score given to the tracker")
     p.add_argument("--buffer-seconds", type=float, default=1.0, help="how long a lost track waits to be found")
+    p.add_argument("--motion-threshold", type=float, default=0.015,
+                   help="closing rate (1/s) below which an object is stationary")
     add_backends_option(p)
     add_json_option(p)
     p.set_defaults(func=_cmd_eval)

@@ -29,7 +29,7 @@ import numpy as np
 from fusionedge.sdk.errors import InputError
 from fusionedge.sdk.tracking import Track
 
-__all__ = ["DB_PER_LOG_DISTANCE", "MOTIONS", "SIREN_BAND_HZ", "MotionEstimate", "SirenLevels", "TrackEvent",
+__all__ = ["DB_PER_LOG_DISTANCE", "MOTIONS", "MOTION_THRESHOLD", "SIREN_BAND_HZ", "MotionEstimate", "SirenLevels", "TrackEvent",
            "TrackEventMonitor", "estimate_motion", "scale_rate", "siren_band_level_db", "time_to_contact"]
 
 MOTIONS: tuple[str, ...] = ("approaching", "receding", "stationary")
@@ -37,6 +37,8 @@ MOTIONS: tuple[str, ...] = ("approaching", "receding", "stationary")
 SIREN_BAND_HZ: tuple[float, float] = (400.0, 2000.0)
 #: dB of level change per unit change of ln(distance) (inverse-distance law): 20 log10(e).
 DB_PER_LOG_DISTANCE = 20.0 / math.log(10.0)
+#: |closing rate| (1/s) below which an object is stationary: 0.015/s is a time to contact over a minute.
+MOTION_THRESHOLD = 0.015
 #: Emergency-vehicle label whose motion also reads the siren.
 SIREN_LABEL = "emergency_vehicle"
 
@@ -196,7 +198,7 @@ def estimate_motion(
     *,
     window_s: float = 3.0,
     siren: SirenLevels | None = None,
-    rate_threshold: float = 0.03,
+    rate_threshold: float = MOTION_THRESHOLD,
 ) -> MotionEstimate:
     """Approaching, receding or stationary, from the box's scale rate (and the siren, for the EV).
 
@@ -263,7 +265,7 @@ class TrackEventMonitor:
         rate_threshold: see :func:`estimate_motion`.
     """
 
-    def __init__(self, window_s: float = 3.0, min_seconds: float = 1.0, rate_threshold: float = 0.03) -> None:
+    def __init__(self, window_s: float = 3.0, min_seconds: float = 1.0, rate_threshold: float = MOTION_THRESHOLD) -> None:
         self.window_s = window_s
         self.min_seconds = min_seconds
         self.rate_threshold = rate_threshold

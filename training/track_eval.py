@@ -19,7 +19,9 @@ Motion accuracy is the share of such frames whose answer is the generator's trut
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 from fusionedge.sdk.errors import DataError, InputError
 from fusionedge.sdk.spec import OBJECTS
-from fusionedge.sdk.track_events import SirenLevels, estimate_motion
+from fusionedge.sdk.track_events import MOTION_THRESHOLD, SirenLevels, estimate_motion
 from fusionedge.sdk.tracking import Tracker, iou_matrix
 from fusionedge.training.synth.sequence import SequenceFolder, read_sequence, write_mot_rows
 from tqdm import tqdm
@@ -118,7 +120,9 @@ def hota(sequences: Sequence[tuple[str, Sequence[Row], Sequence[Row], int]],
     by its ``combine_sequences``, as TrackEval's MOTChallenge runner does.
     """
     try:
-        from trackeval.metrics import HOTA
+        # TrackEval prints its optional datasets' import failures on stdout: keep --json clean
+        with contextlib.redirect_stdout(sys.stderr):
+            from trackeval.metrics import HOTA
     except ImportError:
         return None
     metric = HOTA()
@@ -164,7 +168,7 @@ def _audio_window(audio: np.ndarray, end: int, n: int) -> np.ndarray:
 
 def track_sequence(perception: Any, seq: SequenceFolder, *, low_score: float = 0.1,
                    tracker_options: dict[str, Any] | None = None, motion_window_s: float = 3.0,
-                   siren_window_s: float = 0.5) -> dict[str, Any]:
+                   siren_window_s: float = 0.5, motion_threshold: float = MOTION_THRESHOLD) -> dict[str, Any]:
     """Run a loaded bundle and the tracker over one sequence, frame by frame.
 
     Args:
@@ -175,6 +179,7 @@ def track_sequence(perception: Any, seq: SequenceFolder, *, low_score: float = 0
         tracker_options: keyword arguments of :class:`Tracker`.
         motion_window_s: history fitted for each motion answer.
         siren_window_s: the audio window of each siren-level measurement.
+        motion_threshold: ``rate_threshold`` of :func:`estimate_motion`.
 
     Returns:
         ``{"rows", "scores", "motion"}``: the tracker's output rows, their scores, and per true object
@@ -204,7 +209,8 @@ def track_sequence(perception: Any, seq: SequenceFolder, *, low_score: float = 0
         end = round((k + 1) / seq.fps * sr)
         res = perception.infer(video=_window(frames, k, n_video), audio=_audio_window(audio, end, n_audio),
                                sample_rate=sr)
-        siren.add(_audio_window(audio, end, round(siren_window_s * sr)), t)
+        if end >= round(siren_window_s * sr):  # a window padded with silence would fake a rising level
+            siren.add(_audio_window(audio, end, round(siren_window_s * sr)), t)
         tracks = tracker.update([b for b in res.boxes if b.score >= low_score], t)
         for tr in tracks:
             rows.append((k + 1, tr.track_id, tr.label, list(tr.box)))
@@ -222,8 +228,9 @@ def track_sequence(perception: Any, seq: SequenceFolder, *, low_score: float = 0
             if iou[j] < MATCH_IOU:
                 continue
             m = motion[cands[j][1]]
-            m["box"].append(estimate_motion(tr, window_s=motion_window_s).motion)
-            m["box+siren"].append(estimate_motion(tr, window_s=motion_window_s, siren=siren).motion)
+            kw = {"window_s": motion_window_s, "rate_threshold": motion_threshold}
+            m["box"].append(estimate_motion(tr, **kw).motion)
+            m["box+siren"].append(estimate_motion(tr, siren=siren, **kw).motion)
     return {"rows": rows, "scores": scores, "motion": motion}
 
 
@@ -240,7 +247,8 @@ def _accuracy(answers: list[tuple[str, str]]) -> float | None:
 
 def evaluate_bundle(bundle: str | Path, data: str | Path, *, backends: Sequence[str] = ("onnxruntime",),
                     out: str | Path | None = None, low_score: float = 0.1,
-                    tracker_options: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
+                    tracker_options: dict[str, Any] | None = None, motion_threshold: float = MOTION_THRESHOLD,
+                    progress: bool = False) -> dict[str, Any]:
     """Track every sequence under ``data`` with ``bundle`` and score the tracks and the motion answers.
 
     Args:
@@ -250,6 +258,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backends: Sequence[
         out: where to write each sequence's tracker output (``<out>/<name>.txt``, MOTChallenge rows).
         low_score: the lowest detection score given to the tracker.
         tracker_options: keyword arguments of :class:`~fusionedge.sdk.tracking.Tracker`.
+        motion_threshold: the closing rate (1/s) below which an object is stationary.
         progress: a progress bar over the sequences on stderr.
 
     Returns:
@@ -276,7 +285,8 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, backends: Sequence[
     answers: dict[str, dict[str, list[tuple[str, str]]]] = {}
     with Perception.load(bundle, backends, score_threshold=min(low_score, 0.3), top_k=50) as perception:
         for seq in tqdm(seqs, desc="sequences", unit="seq", disable=not progress):
-            result = track_sequence(perception, seq, low_score=low_score, tracker_options=tracker_options)
+            result = track_sequence(perception, seq, low_score=low_score, tracker_options=tracker_options,
+                                    motion_threshold=motion_threshold)
             scored.append((seq.name, seq.truth, result["rows"], seq.frames))
             if out is not None:
                 write_mot_rows(Path(out) / f"{seq.name}.txt", result["rows"], result["scores"])
