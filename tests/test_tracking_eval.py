@@ -117,3 +117,14 @@ def test_track_eval_end_to_end_with_a_bundle(tmp_path_factory, seq_dir, capsys):
     # a folder without sequences is a one-line error with status 2
     assert main(["track", "eval", "--bundle", str(bundle), "--data", str(out)]) == 2
     assert "no sequence folder" in capsys.readouterr().err
+
+
+def test_hota_is_trackevals_when_installed(seq_dir):
+    pytest.importorskip("trackeval")
+    from fusionedge.training.track_eval import hota
+
+    seq = read_sequence(seq_dir / "seq_0000")
+    perfect = hota([("s", seq.truth, seq.truth, seq.frames)])
+    assert perfect["emergency_vehicle"] == pytest.approx(1.0)
+    shifted = [(f, i, lab, [b[0] + 3, b[1], b[2] + 3, b[3]]) for f, i, lab, b in seq.truth]
+    assert hota([("s", seq.truth, shifted, seq.frames)])["emergency_vehicle"] < 0.95
