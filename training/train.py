@@ -362,7 +362,8 @@ def _prepare_teacher(run: _Run) -> _Teacher:
     teacher, tinfo = load_teacher(cfg.teacher, geometry=cfg.geometry, labels=run.labels, device="cpu")
     teacher_flops, teacher_params = count_flops(teacher), sum(p.numel() for p in teacher.parameters())
     teacher.to(run.device)
-    det_kd = cfg.distill.det_feature > 0 and "video" in mcfg.modalities and "video" in teacher.config.modalities
+    det_kd = (cfg.distill.det_feature > 0 and mcfg.num_objects > 0 and "video" in mcfg.modalities
+              and "video" in teacher.config.modalities)  # the detection features of both CenterNet heads
     cache = compute_teacher_cache(teacher, run.train_clips, batch_size=cfg.batch_size, device=run.device,
                                   dist=run.dist, det_features=det_kd, progress=run.show)
     record = {"teacher": str(cfg.teacher), "teacher_model": tinfo["model_name"],
