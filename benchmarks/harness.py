@@ -248,7 +248,8 @@ def plan_benchmark(cfg: BenchConfig) -> BenchPlan:
             option = "--samples-per-query" if s == "MultiStream" else "--offline-batch"
             raise BenchConfigError(
                 f"backend {backends[0]!r} cannot run {s} on {bundle.model_id}: the scenario needs batches of "
-                f"{n} and the bundle accepts batches of {io.batch_min} to {io.batch_max}; change {option}"
+                f"{n} and the bundle accepts batches of {io.batch_min} to {io.batch_max}; change {option} "
+                f"or leave {s} out of --scenarios"
             )
 
     import_loadgen()

@@ -406,3 +406,16 @@ def test_the_decode_tail_of_a_yolo_export_stays_in_float(world):
     assert ops[tail[-1]] == "Concat" and "Sigmoid" in {ops[n] for n in tail}
     assert not any(ops[n] == "Conv" for n in tail)
     assert output_tail_nodes(onnx.load(str(world["raw"]["cls"]))) == []  # logits straight from Gemm
+
+
+def test_a_batch_one_export_is_told_how_to_bench_it(world, tmp_path):
+    """Ultralytics exports a fixed batch of 1: the default MultiStream and Offline batches cannot run."""
+    from fusionedge.benchmarks.errors import BenchConfigError
+    from fusionedge.benchmarks.harness import plan_benchmark
+
+    with pytest.raises(BenchConfigError, match=r"batches of 1 to 1; change --samples-per-query or leave "
+                                               r"MultiStream out of --scenarios"):
+        plan_benchmark(BenchConfig(bundle=world["bundles"]["det"], out=tmp_path))
+    plan = plan_benchmark(BenchConfig(bundle=world["bundles"]["det"], out=tmp_path, offline_batch=1,
+                                      scenarios=("SingleStream", "Offline")))
+    assert plan.model is not None and plan.model.task == "detect"
