@@ -93,7 +93,7 @@ def test_a_box_in_a_task_without_object_classes_is_one_line_naming_it(tmp_path):
 
     row = {"id": "a", "video": "a.mp4", "event": "calm", "boxes": [{"label": "cat", "box": [1, 2, 3, 4]}]}
     (tmp_path / "manifest.jsonl").write_text(json.dumps(row) + "\n")
-    with pytest.raises(DataError, match=r"manifest.jsonl:1.*'cat' is not one of nothing \(the vocabulary is empty"):
+    with pytest.raises(DataError, match=r"jsonl:1.*'cat' is not one of nothing \(the vocabulary is empty"):
         read_manifest(tmp_path, check_files=False, events=("calm",), audio_tags=(), objects=())
 
 
@@ -104,10 +104,10 @@ def test_distilling_between_tasks_with_different_heads_is_refused_naming_the_hea
 
     geometry = InputGeometry(clip_frames=2, height=32, width=48, clip_seconds=0.5, sample_rate=8000)
     labels = {"events": ["calm", "busy"], "audio_tags": ["purr"], "objects": ["cat"]}
-    teacher = create_model("fusion_student", **{**TINY, "num_events": 2, "num_audio_tags": 1, "num_objects": 1})
+    teacher = create_model("fusion_student", **TINY, num_events=2, num_audio_tags=1, num_objects=1)
     path = save_checkpoint(tmp_path / "teacher.pt", teacher, model_name="fusion_student",
-                           model_config=teacher.config.to_dict(), geometry=geometry, labels=labels, metrics={},
-                           epoch=1)
+                           model_config=teacher.config.to_dict(), geometry=geometry, labels=labels,
+                           metrics={}, epoch=1)
     student_labels = Labels(events=("calm", "busy"), audio_tags=(), objects=("cat",))
     with pytest.raises(CheckpointError, match="the teacher has an audio-tag head the student lacks"):
         load_teacher(path, geometry=geometry, labels=student_labels)

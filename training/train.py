@@ -318,8 +318,8 @@ def _check_inputs(cfg: TrainConfig, dist: DistContext, labels: Labels) -> tuple[
                               "(run under torchrun through `fusionedge train`, or use distributed.process_group)")
     mcfg = resolve_model_config(cfg.model, cfg.geometry, labels, _with_data_modalities(cfg))
     if cfg.teacher is not None and "event_logits" not in mcfg.output_names:
-        raise InputError("distillation needs an event head (its feature term distils the fused clip embedding "
-                         "that feeds it); this task has no events: train it without a teacher")
+        raise InputError("distillation needs an event head (its feature term distils the fused clip "
+                         "embedding that feeds it); this task has no events: train it without a teacher")
     resume = None
     if cfg.resume is not None:
         resume = resume_state(cfg.resume, cfg.to_dict(), mcfg.to_dict(), dist.world_size)
