@@ -138,7 +138,7 @@ class Track:
 
     ``box`` is the Kalman-filtered box ``x1, y1, x2, y2`` at ``t_last`` (after the update with its
     detection) in the detections' pixels; ``history`` holds ``(t, box)`` of every frame the track was
-    matched in, the last ``history_len`` of them. ``state`` is ``"tracked"`` (matched in the latest
+    matched in, over the tracker's ``history_seconds``. ``state`` is ``"tracked"`` (matched in the latest
     update), ``"lost"`` (missed, still predicted) or ``"removed"`` (ended). A track is ``confirmed``
     once matched in two frames (or at once when it starts in the tracker's first frame).
     """
@@ -204,7 +204,8 @@ class Tracker:
         low_match_iou: second association (low detections): IoU >= this.
         unconfirmed_match_iou: a new, unconfirmed track matches a leftover high detection at IoU >= this.
         buffer_seconds: how long a lost track is kept for re-identification.
-        history_len: how many matched boxes each track keeps for :mod:`fusionedge.sdk.track_events`.
+        history_seconds: how far back each track keeps its matched boxes (for
+            :mod:`fusionedge.sdk.track_events`, which fits the last few seconds).
 
     Raises:
         InputError: a parameter out of range.
@@ -222,7 +223,7 @@ class Tracker:
         low_match_iou: float = 0.5,
         unconfirmed_match_iou: float = 0.3,
         buffer_seconds: float = 1.0,
-        history_len: int = 64,
+        history_seconds: float = 10.0,
     ) -> None:
         import scipy.optimize  # noqa: F401 - fail at construction, not at the first update
 
@@ -237,8 +238,8 @@ class Tracker:
             raise InputError(f"low_threshold {low_threshold} is above high_threshold {high_threshold}")
         if not (math.isfinite(buffer_seconds) and buffer_seconds >= 0):
             raise InputError(f"buffer_seconds must be >= 0, got {buffer_seconds!r}")
-        if history_len < 2:
-            raise InputError(f"history_len must be >= 2, got {history_len!r}")
+        if not (math.isfinite(history_seconds) and history_seconds > 0):
+            raise InputError(f"history_seconds must be > 0, got {history_seconds!r}")
         self.fps = float(fps)
         self.high_threshold = high_threshold
         self.low_threshold = low_threshold
@@ -247,7 +248,7 @@ class Tracker:
         self.low_match_iou = low_match_iou
         self.unconfirmed_match_iou = unconfirmed_match_iou
         self.buffer_seconds = buffer_seconds
-        self.history_len = history_len
+        self.history_len = max(2, math.ceil(history_seconds * self.fps) + 1)
         self._kf = KalmanBoxFilter()
         self._tracks: list[Track] = []  # tracked and lost
         self._next_id = 1
