@@ -57,6 +57,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
             "fusionedge run --config /etc/fusionedge/run.toml"),
     "quantize": ("fusionedge quantize --bundle bundle --out bundle-int8 --data data/val --validation data/test",),
     "fp16": ("fusionedge fp16 --bundle bundle --out bundle-fp16",),
+    "compress": ("fusionedge compress --checkpoint runs/student/best.pt --data data --out compressed "
+                 "--prune 0.4 --int8 ptq",
+                 "fusionedge compress --checkpoint runs/student/best.pt --data data --out sparse --sparsity 2:4"),
+    "track": ("fusionedge track sequences --out seqs --count 4",),
+    "track sequences": ("fusionedge track sequences --out seqs --count 4 --seconds 12 --fps 8",),
+    "track eval": ("fusionedge track eval --bundle bundle --data seqs --out tracks",),
     "engine": ("fusionedge engine build --bundle bundle",),
     "engine build": ("fusionedge engine build --bundle bundle --workspace-mib 2048",),
     "engine check": ("fusionedge engine check --bundle bundle",),

@@ -15,6 +15,7 @@ from typing import Any
 
 from fusionedge.cli.options import add_backends_option, add_json_option
 from fusionedge.cli.output import print_json
+from fusionedge.sdk.errors import InputError
 from fusionedge.sdk.fileio import dumps_json
 
 __all__ = ["add_predict_parsers", "format_metrics", "format_result"]
@@ -63,6 +64,12 @@ def format_result(result: Any) -> str:
     lines.append(f"  boxes ({len(result.boxes)}):")
     for b in result.boxes:
         lines.append(f"    {b.label:<18} {b.score:.2f}  [{b.x1:.0f}, {b.y1:.0f}, {b.x2:.0f}, {b.y2:.0f}]")
+    attribution = getattr(result, "attribution", None)
+    if attribution is not None:
+        c = attribution.contribution
+        lines.append(f"  decided by: seen {c['video']:.0%}, heard {c['audio']:.0%} (drop of "
+                     f"{attribution.event} without video {attribution.drop['video']:.2f}, without audio "
+                     f"{attribution.drop['audio']:.2f})")
     lines.append("  timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     return "\n".join(lines)
 
@@ -91,8 +98,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from fusionedge.sdk import Perception
 
-    with Perception.load(args.bundle, backends=args.backends) as p:
-        result = p.infer(video_path=args.video, audio_path=args.audio, start_seconds=args.start)
+    if args.video is None and args.audio is None:
+        raise InputError("give --video, --audio or both")
+    if args.out and args.video is None:
+        raise InputError("--out draws on the video: give --video too")
+    with Perception.load(args.bundle, backends=args.backends, attribution=args.attribution) as p:
+        from fusionedge.sdk.media import embedded_audio
+
+        audio = args.audio
+        if audio is None and args.video is not None:
+            audio = embedded_audio(args.video)  # the video's own sound
+        result = p.infer(video_path=args.video, audio_path=audio, start_seconds=args.start)
         if args.out:
             from fusionedge.sdk.annotate import write_annotated_clip
 
@@ -128,9 +144,14 @@ def add_predict_parsers(verbs: Any) -> None:
     add_json_option(p)
     p.add_argument("--bundle", required=True, type=Path, help="the bundle folder")
     add_backends_option(p)
-    p.add_argument("--video", required=True, type=Path, help="the video clip (any format OpenCV reads)")
+    p.add_argument("--video", type=Path, default=None,
+                   help="the video clip (any format OpenCV reads); an audio-only bundle takes --audio alone")
     p.add_argument("--audio", type=Path, default=None,
-                   help="wav file (default: none; the model then runs on vision alone)")
+                   help="audio file: wav, or flac/ogg/mp3 with fusionedge[media] (default: the video's own "
+                        "sound where it has one and fusionedge[media] is installed, else vision alone)")
     p.add_argument("--start", type=float, default=0.0, help="clip start in seconds")
     p.add_argument("--out", type=Path, default=None, help="write an annotated mp4 here")
+    p.add_argument("--attribution", action="store_true",
+                   help="also run the clip with each sensor withheld and report how much of the decision "
+                        "was seen and how much heard")
     p.set_defaults(func=_cmd_predict)

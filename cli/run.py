@@ -4,6 +4,7 @@
 
     fusionedge run --bundle B --video /dev/video0 --audio mic://default --events events.jsonl
     fusionedge run --bundle B --video clip.mp4 --audio clip.wav --out annotated.mp4 --fast --policy offline
+    fusionedge run --bundle B --video dashcam.mp4      # its own sound track, aligned by the timestamps
 
 The pipeline itself is :mod:`fusionedge.sdk.streaming`; this module parses the verb and prints the
 live progress line and the summary (``--json``: one object). ``python -m fusionedge.cli.run ARGS``
@@ -40,7 +41,9 @@ def add_run_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True, type=Path, help="the bundle folder")
     p.add_argument("--video", default=None, help="video URI: file, folder, /dev/videoN, v4l2://N, csi://N, "
                                                  "rtsp://..., gst://...")
-    p.add_argument("--audio", default=None, help="audio URI: file.wav, mic://default, alsa://hw:0,0")
+    p.add_argument("--audio", default=None, help="audio URI: file.wav (flac, ogg, mp3 with fusionedge[media]), "
+                                                 "mic://default, alsa://hw:0,0; default: the --video file's "
+                                                 "own sound where it has one")
     p.add_argument("--out", type=Path, default=None, help="write the annotated video here (.mp4)")
     p.add_argument("--events", type=Path, default=None, help="write a JSONL event log here")
     p.add_argument("--policy", choices=("live", "offline"), default=None,
@@ -52,6 +55,13 @@ def add_run_parser(verbs: Any) -> argparse.ArgumentParser:
     pace.add_argument("--fast", dest="realtime", action="store_false", help="replay files as fast as possible")
     add_backends_option(p)
     p.add_argument("--threads", type=int, default=None, help="inference threads (onnxruntime)")
+    p.add_argument("--attribution", action="store_true",
+                   help="run each step also with each sensor withheld: every result says how much of its "
+                        "decision was seen and how much heard (events, annotated video)")
+    p.add_argument("--attribution-interval", type=float, default=0.25, metavar="SECONDS",
+                   help="with --attribution: stream seconds between attributed steps (0: every step; each "
+                        "attributed step costs about two more inferences, and the results between carry the "
+                        "latest attribution)")
     p.add_argument("--stall-timeout", type=float, default=1.0, help="seconds without data = sensor stalled")
     add_json_option(p, help="print the summary as one JSON object on stdout")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no live progress line")
@@ -102,10 +112,13 @@ def _run(args: argparse.Namespace, signals: Any) -> int:
     policy = args.policy or ("live" if args.realtime else "offline")
     options = {"onnxruntime": {"intra_op_threads": args.threads}} if args.threads else None
     try:
-        with Perception.load(args.bundle, backends=args.backends, backend_options=options) as perception:
-            config = PipelineConfig(policy=policy, realtime=args.realtime, stall_timeout=args.stall_timeout)
+        with Perception.load(args.bundle, backends=args.backends, backend_options=options,
+                             attribution=args.attribution) as perception:
+            config = PipelineConfig(policy=policy, realtime=args.realtime, stall_timeout=args.stall_timeout,
+                                    attribution_interval=args.attribution_interval)
             pipe_sinks: list = []
-            pipe = Pipeline(perception, video=args.video, audio=args.audio, sinks=pipe_sinks, config=config)
+            audio = args.audio if args.audio is not None else _embedded_audio(args.video)
+            pipe = Pipeline(perception, video=args.video, audio=audio, sinks=pipe_sinks, config=config)
             if args.events is not None:
                 pipe_sinks.append(JsonlEventSink(args.events))
             if args.out is not None:
@@ -133,6 +146,14 @@ def _run(args: argparse.Namespace, signals: Any) -> int:
         for name, s in summary["sensors"].items():
             print(f"  {name}: {s['state']} ({s['failures']} failures, {s['recoveries']} recoveries)")
     return signals.exit_status
+
+
+def _embedded_audio(video: str | None) -> str | None:
+    """The video file itself as the audio source when it carries sound (a dashcam's mp4), else None."""
+    from fusionedge.sdk.media import embedded_audio
+
+    found = embedded_audio(video)
+    return str(found) if found is not None else None
 
 
 class _LazyVideoSink:

@@ -34,10 +34,11 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from fusionedge.sdk.attribution import Attribution, attribute, infer_withheld
 from fusionedge.sdk.backends import Backend, ModelIO, backend_class, get_backend
 from fusionedge.sdk.bundle import Bundle, load_bundle
 from fusionedge.sdk.calibration import ALARM_EVENTS, DEFAULT_TAG_THRESHOLD, Calibration
@@ -48,7 +49,7 @@ from fusionedge.sdk.media import read_audio_window, read_video
 from fusionedge.sdk.postprocess import Detection, decode_centernet, sigmoid, softmax
 from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
 from fusionedge.sdk.selftest import compare_golden
-from fusionedge.sdk.spec import InputGeometry, check_fusion_contract
+from fusionedge.sdk.spec import MODALITIES, InputGeometry, bundle_modalities, check_fusion_contract
 
 __all__ = ["Fallback", "Perception", "Result"]
 
@@ -67,14 +68,16 @@ class Result:
     """What the model made of one clip.
 
     ``boxes`` refer to the last frame of the clip window, in the original frame's pixels; they are
-    empty when video is missing. ``audio_tags`` is empty when audio is missing. A calibrated bundle
+    empty when video is missing. ``audio_tags`` is empty when audio is missing. A task without a
+    head gives none of its answer: ``event`` None and ``scores`` empty (no events), ``audio_tags``
+    empty (no audio tags) or ``boxes`` empty (no object classes). A calibrated bundle
     (:mod:`fusionedge.sdk.calibration`) tempers ``scores``, turns tags on at their own thresholds and
     scores how far the clip lies from its validation data: ``uncertain`` means too far to trust the
     answer, and an uncertain result raises no alarm. Without calibration ``ood_score`` is None,
     ``uncertain`` False and a tag is on at 0.5.
     """
 
-    event: str  # the most likely event class
+    event: str | None  # the most likely event class; None for a task without events
     scores: dict[str, float]  # softmax over event classes (with the bundle's temperature, if calibrated)
     audio_tags: dict[str, float]  # sigmoid per audio tag (multi-label)
     boxes: list[Detection]  # best score first
@@ -83,6 +86,7 @@ class Result:
     missing: tuple[str, ...] = ()  # modalities that were absent ("video", "audio")
     timings: dict[str, float] = field(default_factory=dict)  # ms: decode, preprocess, infer, postprocess
     engine: str | None = None  # background engine build: "building", "ready" or "failed: ..."; None: none
+    attribution: Attribution | None = None  # each sensor's share of the decision (load with attribution=True)
     tags_on: tuple[str, ...] | None = None  # tags at or above their threshold (None given: 0.5)
     ood_score: float | None = None  # out-of-distribution score (higher: farther); None: not calibrated
     uncertain: bool = False  # the OOD score is above the bundle's threshold
@@ -113,6 +117,7 @@ class Result:
             "missing": list(self.missing),
             "timings": {k: round(float(v), 3) for k, v in self.timings.items()},
             "engine": self.engine,
+            "attribution": None if self.attribution is None else self.attribution.to_dict(),
             "tags_on": list(self.tags_on or ()),
             "ood_score": None if self.ood_score is None else float(self.ood_score),
             "uncertain": bool(self.uncertain),
@@ -131,8 +136,13 @@ class Perception:
         fallbacks: Sequence[Fallback] = (),
         score_threshold: float = 0.3,
         top_k: int = 50,
+        attribution: bool = False,
     ) -> None:
         """Bind a loaded backend to a bundle (use :meth:`load`, which does the loading and fallback).
+
+        With ``attribution`` every result of the fused model carries :class:`Attribution
+        <fusionedge.sdk.attribution.Attribution>` (the clip is also run with each modality withheld,
+        in the same batch: about the cost of a batch of 3).
 
         Raises:
             BundleError: the bundle does not follow the FusionEdge model contract.
@@ -147,6 +157,8 @@ class Perception:
         #: the bundle's fitted calibration (temperature, tag thresholds, OOD score); None when it has none
         self.calibration: Calibration | None = Calibration.from_manifest(bundle.manifest) if self.generic is None \
             else None
+        #: what the fused model reads ("video", "audio"); a one-modality model needs that input
+        self.modalities: tuple[str, ...] = MODALITIES if self.generic else bundle_modalities(bundle.manifest)
         self.bundle = bundle
         self.backend = backend
         self.fallbacks: tuple[Fallback, ...] = tuple(fallbacks)
@@ -156,6 +168,7 @@ class Perception:
         self._builder: threading.Thread | None = None
         self.score_threshold = float(score_threshold)
         self.top_k = int(top_k)
+        self.attribution = bool(attribution)
 
     # ----------------------------------------------------------------------------------- loading
 
@@ -172,6 +185,7 @@ class Perception:
         engine_build: str = "first",
         expected_digest: str | None = None,
         public_key: Any = None,
+        attribution: bool = False,
     ) -> Perception:
         """Load and verify a bundle, then the first backend in ``backends`` that loads.
 
@@ -193,6 +207,7 @@ class Perception:
                 <fusionedge.sdk.bundle.Bundle.digest>`); a bundle whose manifest has another is refused.
             public_key: a trusted ed25519 public key (or a list); the bundle's ``manifest.sig`` must
                 verify with one of them (see :func:`~fusionedge.sdk.bundle.load_bundle`).
+            attribution: attach each modality's contribution to every result (see ``__init__``).
 
         Returns:
             A ready :class:`Perception`.
@@ -237,7 +252,8 @@ class Perception:
             if fallbacks:
                 log.warning("running %s on backend %r (fell back from %s)", bundle.model_id, name,
                             ", ".join(f.backend for f in fallbacks))
-            p = cls(bundle, backend, fallbacks=fallbacks, score_threshold=score_threshold, top_k=top_k)
+            p = cls(bundle, backend, fallbacks=fallbacks, score_threshold=score_threshold, top_k=top_k,
+                    attribution=attribution)
             if deferred is not None:
                 p._build_in_background(deferred, dict(options.get(deferred, {})), io)
             return p
@@ -297,7 +313,8 @@ class Perception:
             A :class:`Result`; boxes are in the original frames' pixels (last frame of the window).
 
         Raises:
-            InputError: both modalities missing, an array and a path for the same modality, a bad
+            InputError: both modalities missing, or the one a one-modality bundle reads (a modality
+                the bundle does not read is ignored), an array and a path for the same modality, a bad
                 shape/dtype/rate, or NaN/Inf (each named).
             MediaError: a file cannot be decoded.
             BackendError: the backend failed to run.
@@ -313,6 +330,15 @@ class Perception:
             raise InputError("pass either audio or audio_path, not both")
         if video is None and video_path is None and audio is None and audio_path is None:
             raise InputError("no input: pass video/video_path, audio/audio_path, or both")
+        given = {"video": video is not None or video_path is not None,
+                 "audio": audio is not None or audio_path is not None}
+        if len(self.modalities) == 1 and not given[self.modalities[0]]:
+            only = self.modalities[0]
+            raise InputError(f"{self.model} reads {only} only; no {only} given (pass {only} or {only}_path)")
+        if "video" not in self.modalities:  # never decoded: the model does not read it
+            video = video_path = None
+        if "audio" not in self.modalities:
+            audio = audio_path = None
         start = float(start_seconds)
         if not math.isfinite(start) or start < 0:
             raise InputError(f"start_seconds must be a finite number >= 0, got {start_seconds!r}")
@@ -338,12 +364,18 @@ class Perception:
 
         t0 = time.perf_counter()
         backend = self.backend  # a background engine build may replace it; this call stays on one
-        out = backend.infer({"video": video_t[None], "audio": audio_t[None], "presence": presence[None]})
+        rows = None
+        if self.attribution:  # the full clip and each modality withheld, in one batch
+            out, rows = infer_withheld(backend, video_t, audio_t, presence)
+        else:
+            out = backend.infer({"video": video_t[None], "audio": audio_t[None], "presence": presence[None]})
         timings["infer"] = _ms(t0)
 
         t0 = time.perf_counter()
         result = self.decode(out, frame_wh=frame_wh, has_audio=samples is not None, timings=timings,
                              backend_name=backend.name)
+        if rows is not None:
+            result = replace(result, attribution=attribute(out, rows, self.labels, presence))
         timings["postprocess"] = _ms(t0)  # the same dict the result holds
         return result
 
@@ -375,24 +407,29 @@ class Perception:
         g = self.geometry
         events, tags = self.labels["events"], self.labels["audio_tags"]
         cal = self.calibration
-        event_logits = outputs["event_logits"][index].astype(np.float64)
-        scores = softmax(event_logits) if cal is None else cal.event_probs(event_logits)
+        # a head the task lacks has no output: no event (None, scores {}), no tags or no boxes
+        has_events = "event_logits" in outputs
+        has_tags = has_audio and "audio_tag_logits" in outputs
+        event_logits = outputs["event_logits"][index].astype(np.float64) if has_events else np.zeros(0)
+        scores = event_logits if not has_events else softmax(event_logits) if cal is None else cal.event_probs(
+            event_logits)
         boxes: list[Detection] = []
-        if frame_wh is not None:
+        if frame_wh is not None and "det_heatmap" in outputs:
             boxes = decode_centernet(
                 outputs["det_heatmap"][index], outputs["det_size"][index], outputs["det_offset"][index],
                 stride=g.output_stride, labels=self.labels["objects"], score_threshold=self.score_threshold,
                 top_k=self.top_k, out_wh=tuple(frame_wh), in_wh=(g.width, g.height),
             )
-        tag_scores = sigmoid(outputs["audio_tag_logits"][index].astype(np.float64)) if has_audio else None
+        tag_scores = sigmoid(outputs["audio_tag_logits"][index].astype(np.float64)) if has_tags else None
         audio_tags = {} if tag_scores is None else {t: float(s) for t, s in zip(tags, tag_scores)}
-        missing = tuple(m for m, present in (("video", frame_wh is not None), ("audio", has_audio)) if not present)
+        missing = tuple(m for m, present in (("video", frame_wh is not None), ("audio", has_audio))
+                        if not present and m in self.modalities)  # a modality the model never reads is not missing
         ood: float | None = None
-        if cal is not None:
-            tag_logits = outputs["audio_tag_logits"][index][None] if has_audio else None
+        if cal is not None and has_events:
+            tag_logits = outputs["audio_tag_logits"][index][None] if has_tags else None
             ood = float(cal.ood_scores(event_logits[None], tag_logits)[0])
         return Result(
-            event=events[int(np.argmax(scores))],
+            event=events[int(np.argmax(scores))] if has_events else None,
             scores={e: float(s) for e, s in zip(events, scores)},
             audio_tags=audio_tags,
             boxes=boxes,
