@@ -5,6 +5,11 @@
     fusionedge run --bundle B --video /dev/video0 --audio mic://default --events events.jsonl
     fusionedge run --bundle B --video clip.mp4 --audio clip.wav --out annotated.mp4 --fast --policy offline
     fusionedge run --bundle B --video dashcam.mp4      # its own sound track, aligned by the timestamps
+    fusionedge run --bundle B --source front=rtsp://cam1/s --source rear=/dev/video1 \
+        --mic cabin=mic://default --hears front,rear --events events.jsonl --out annotated/
+
+Named ``--source`` / ``--mic`` run several cameras at once (:mod:`fusionedge.sdk.streaming.multi`): one
+batched inference per tick, results and events per camera, ``--out`` a folder of one video per camera.
 
 The pipeline itself is :mod:`fusionedge.sdk.streaming`; this module parses the verb and prints the
 live progress line and the summary (``--json``: one object). ``python -m fusionedge.cli.run ARGS``
@@ -44,7 +49,15 @@ def add_run_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--audio", default=None, help="audio URI: file.wav (flac, ogg, mp3 with fusionedge[media]), "
                                                  "mic://default, alsa://hw:0,0; default: the --video file's "
                                                  "own sound where it has one")
-    p.add_argument("--out", type=Path, default=None, help="write the annotated video here (.mp4)")
+    p.add_argument("--source", dest="sources", action="append", default=[], metavar="NAME=URI",
+                   help="a named camera (repeat for several; one batched inference per tick); "
+                        "instead of --video")
+    p.add_argument("--mic", dest="mics", action=_MicAction, default=[], metavar="NAME=URI",
+                   help="a named microphone for the --source cameras (repeat for several)")
+    p.add_argument("--hears", action=_HearsAction, default={}, metavar="CAM,CAM",
+                   help="the cameras the preceding --mic is heard by (default with one --mic: all)")
+    p.add_argument("--out", type=Path, default=None, help="write the annotated video here (.mp4); with "
+                                                          "--source a folder of NAME.mp4, one per camera")
     p.add_argument("--events", type=Path, default=None, help="write a JSONL event log here")
     p.add_argument("--policy", choices=("live", "offline"), default=None,
                    help="live: drop oldest when behind (default with --realtime); offline: never drop "
@@ -96,6 +109,8 @@ def _run(args: argparse.Namespace, signals: Any) -> int:
     from fusionedge.sdk.streaming.pipeline import Pipeline, PipelineConfig
     from fusionedge.sdk.streaming.sinks import JsonlEventSink, VideoFileSink
 
+    if args.sources or args.mics:
+        return _run_cameras(args, signals)
     if args.video is None and args.audio is None:
         from fusionedge.sdk.errors import InputError
 
@@ -133,6 +148,11 @@ def _run(args: argparse.Namespace, signals: Any) -> int:
     finally:
         if server is not None:
             server.close()
+    _report(args, summary, show)
+    return signals.exit_status
+
+
+def _report(args: argparse.Namespace, summary: dict, show: bool) -> None:
     if show:
         print(file=sys.stderr)
     if args.json:
@@ -145,6 +165,63 @@ def _run(args: argparse.Namespace, signals: Any) -> int:
               + (" (interrupted)" if summary["interrupted"] else ""))
         for name, s in summary["sensors"].items():
             print(f"  {name}: {s['state']} ({s['failures']} failures, {s['recoveries']} recoveries)")
+
+
+class _MicAction(argparse.Action):
+    """``--mic NAME=URI``: appended in order, so a following ``--hears`` knows its microphone."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), values])
+
+
+class _HearsAction(argparse.Action):
+    """``--hears CAM,CAM``: the cameras that hear the ``--mic`` given just before."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        mics = getattr(namespace, "mics", [])
+        if not mics:
+            parser.error("--hears follows the --mic it is about")
+        hears = dict(getattr(namespace, self.dest, {}))
+        hears[len(mics) - 1] = [c.strip() for c in str(values).split(",") if c.strip()]
+        setattr(namespace, self.dest, hears)
+
+
+def _run_cameras(args: argparse.Namespace, signals: Any) -> int:
+    """``--source`` / ``--mic``: several named cameras and microphones, one batched inference per tick."""
+    from fusionedge.sdk.errors import InputError
+    from fusionedge.sdk.perception import Perception
+    from fusionedge.sdk.streaming.multi import MultiPipeline, parse_named_source
+    from fusionedge.sdk.streaming.pipeline import PipelineConfig
+    from fusionedge.sdk.streaming.sinks import JsonlEventSink, VideoFileSink
+
+    if args.video is not None or args.audio is not None:
+        raise InputError("give either --video/--audio (one camera) or named --source/--mic, not both")
+    if not args.sources:
+        raise InputError("--mic needs at least one --source camera")
+    cameras = [parse_named_source(s, "video") for s in args.sources]
+    mics = [parse_named_source(m, "audio") for m in args.mics]
+    hears = {mics[i][0]: cams for i, cams in args.hears.items()} if args.hears else None
+    if hears is not None and len(hears) < len(mics):
+        missing = [n for n, _ in mics if n not in hears]
+        raise InputError(f"say which cameras hear microphone {missing[0]!r} (--hears after its --mic)")
+    policy = args.policy or ("live" if args.realtime else "offline")
+    options = {"onnxruntime": {"intra_op_threads": args.threads}} if args.threads else None
+    show = args.progress and sys.stderr.isatty()
+    with Perception.load(args.bundle, backends=args.backends, backend_options=options,
+                         attribution=args.attribution) as perception:
+        config = PipelineConfig(policy=policy, realtime=args.realtime, stall_timeout=args.stall_timeout,
+                                attribution_interval=args.attribution_interval)
+        multi = MultiPipeline(perception, cameras=cameras, mics=mics, hears=hears, config=config)
+        if args.events is not None:
+            multi.add_sink(JsonlEventSink(args.events))
+        if args.out is not None:
+            if args.out.suffix:
+                raise InputError(f"--out {args.out}: with --source give a folder (one NAME.mp4 per camera)")
+            for name, pipe in multi.pipelines.items():
+                multi.add_sink(_LazyVideoSink(args.out / f"{name}.mp4", pipe, VideoFileSink), camera=name)
+        summary = multi.run(progress=(lambda s: print(_progress_line(s), end="", file=sys.stderr,
+                                                      flush=True)) if show else None, signals=signals)
+    _report(args, summary, show)
     return signals.exit_status
 
 

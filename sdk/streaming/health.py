@@ -52,11 +52,15 @@ class HealthEvent:
     reason: str
     t: float = field(default_factory=time.monotonic)  # time.monotonic() of the change
     failures: int = 0  # failures so far
+    camera: str | None = None  # the camera's pipeline in a multi-camera run (None: the one pipeline)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form for the event log."""
-        return {"type": "health", "modality": self.modality, "uri": self.uri, "state": self.state,
-                "reason": self.reason, "failures": self.failures}
+        """JSON-safe form for the event log (with ``camera`` when the event has one)."""
+        out: dict[str, Any] = {"type": "health", "modality": self.modality, "uri": self.uri, "state": self.state,
+                               "reason": self.reason, "failures": self.failures}
+        if self.camera is not None:
+            out["camera"] = self.camera
+        return out
 
 
 class SourceSupervisor:

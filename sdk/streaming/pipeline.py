@@ -109,10 +109,14 @@ class StreamResult:
     result: "Result"  # the model's output; result.missing lists absent modalities
     health: dict[str, str]  # modality -> sensor state ("ok", "stalled", ...) when the inputs were taken
     latency_ms: float  # capture of the current frame (or audio) -> result ready
+    camera: str | None = None  # the camera's name in a multi-camera pipeline (None: the one camera)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form for the event log."""
-        return {"type": "result", "index": self.index, "t": round(self.t, 6),
+        """JSON-safe form for the event log (with ``camera`` when the result has one)."""
+        head: dict[str, Any] = {"type": "result"}
+        if self.camera is not None:
+            head["camera"] = self.camera
+        return {**head, "index": self.index, "t": round(self.t, 6),
                 "latency_ms": round(self.latency_ms, 3), "health": dict(self.health), **self.result.to_dict()}
 
 
@@ -150,13 +154,17 @@ class Pipeline:
         audio: an audio URI, a callable ``clock -> AudioSource``, or None.
         sinks: where results go (:mod:`fusionedge.sdk.streaming.sinks`); closed at shutdown.
         config: a :class:`PipelineConfig`.
+        name: the camera's name: results and health events carry it (``camera``); None for one camera.
+        clock: a stream clock shared with other pipelines (:mod:`fusionedge.sdk.streaming.multi`): its
+            owner restarts it; None makes one, restarted by :meth:`start`.
 
     Raises:
         InputError: neither video nor audio given, or a URI that cannot be parsed.
     """
 
     def __init__(self, perception: "Perception", video: Any = None, audio: Any = None,
-                 sinks: Sequence["Sink"] = (), config: PipelineConfig | None = None) -> None:
+                 sinks: Sequence["Sink"] = (), config: PipelineConfig | None = None, *,
+                 name: str | None = None, clock: StreamClock | None = None) -> None:
         if video is None and audio is None:
             raise InputError("give a video source, an audio source, or both")
         reads = getattr(perception, "modalities", ("video", "audio"))  # a one-modality bundle needs that source
@@ -166,7 +174,9 @@ class Pipeline:
         self.config = config or PipelineConfig()
         self.geometry = perception.geometry
         self.sinks = list(sinks)
-        self.clock = StreamClock()
+        self.name = name
+        self._own_clock = clock is None
+        self.clock = StreamClock() if clock is None else clock
         self._stop = threading.Event()
         self._done = threading.Event()
         self._started = False
@@ -227,7 +237,8 @@ class Pipeline:
         if self._started:
             raise InputError("a Pipeline can be started once; make a new one")
         self._started = True
-        self.clock.restart()
+        if self._own_clock:
+            self.clock.restart()
         self._t_start = time.monotonic()
         for s in self._sup.values():
             s.start()
@@ -389,6 +400,8 @@ class Pipeline:
         self._q_frames.put(END)
 
     def _on_health(self, event: HealthEvent) -> None:
+        if self.name is not None:
+            event = replace(event, camera=self.name)
         with self._events_lock:
             self._events.append(event)
         if event.modality == "audio" and event.state != OK:
@@ -570,7 +583,7 @@ class Pipeline:
             latency = (time.monotonic() - step.captured) * 1e3
             self._lat.add("capture_to_result", latency)
             sr = StreamResult(index=step.index, t=step.t, frame=step.image if has_video else None,
-                              result=result, health=step.health, latency_ms=latency)
+                              result=result, health=step.health, latency_ms=latency, camera=self.name)
             self._q_results.put(sr)
         self._q_results.put(END)
 
