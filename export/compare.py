@@ -16,17 +16,17 @@ fails to load or run counts as a failure.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
 from fusionedge.sdk.backends import backend_class, get_backend, registered_backends
 from fusionedge.sdk.backends.base import ModelIO
 from fusionedge.sdk.bundle import Bundle, load_bundle
 from fusionedge.sdk.errors import FusionEdgeError, InputError
 
-__all__ = ["MIN_COSINE", "OutputError", "PairResult", "CompareReport", "output_errors", "compare"]
+__all__ = ["MIN_COSINE", "CompareReport", "OutputError", "PairResult", "compare", "output_errors"]
 
 #: Lowest cosine similarity (over every output) a variant may show, by precision.
 MIN_COSINE = {"fp16": 0.999, "int8": 0.95, "mixed": 0.95}
@@ -79,8 +79,8 @@ class CompareReport:
 
     def table(self) -> str:
         lines = [f"reference: {self.reference}",
-                 f"{'variant':<28} {'prec':<5} {'backend':<18} {'status':<8} {'max_abs':>9} {'max_rel':>9} "
-                 f"{'min_cos':>9}"]
+                 (f"{'variant':<28} {'prec':<5} {'backend':<18} {'status':<8} {'max_abs':>9} {'max_rel':>9} "
+                  f"{'min_cos':>9}")]
         for r in self.results:
             if r.outputs:
                 ma = max(o.max_abs for o in r.outputs)
