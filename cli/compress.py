@@ -39,6 +39,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         require_extra("compress")
     cfg = CompressConfig(
         prune=ratios, criterion=args.criterion, global_pruning=args.global_pruning, rounds=args.rounds,
+        round_to=args.round_to,
         sparsity=args.sparsity, int8=args.int8, int8_nodes=args.int8_nodes,
         finetune=FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
         quantize=QuantizeConfig(profile=args.profile), train_limit=args.train_samples,
@@ -77,6 +78,8 @@ def add_compress_parser(verbs: Any) -> None:
                    help="channel importance for pruning (taylor: |w·dL/dw| from the training loss)")
     p.add_argument("--global-pruning", action="store_true", help="rank channels across layers")
     p.add_argument("--rounds", type=int, default=1, help="prune -> fine-tune rounds per ratio")
+    p.add_argument("--round-to", type=int, default=8,
+                   help="pruned channel counts are multiples of this (16 for ONNX Runtime on AVX-512 CPUs)")
     p.add_argument("--sparsity", default=None, metavar="PATTERN", help="2:4 semi-structured weight sparsity")
     p.add_argument("--int8", choices=("ptq", "qat"), default=None,
                    help="quantize the last FP32 stage (post-training, or after quantization-aware fine-tuning)")

@@ -164,7 +164,7 @@ def test_compress_writes_sibling_bundles_and_a_report(tiny_run, tmp_path):
     from fusionedge.training.finetune import FinetuneConfig
 
     ckpt, data = tiny_run
-    cfg = with_budget_points(CompressConfig(prune=(0.15,), sparsity="2:4", int8="ptq",
+    cfg = with_budget_points(CompressConfig(prune=(0.15,), round_to=4, sparsity="2:4", int8="ptq",
                                             finetune=FinetuneConfig(epochs=1, batch_size=12),
                                             calibration_limit=8, latency_runs=3), 100, 100)
     out = tmp_path / "out"
