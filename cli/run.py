@@ -59,6 +59,9 @@ def add_run_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="write the annotated video here (.mp4); with "
                                                           "--source a folder of NAME.mp4, one per camera")
     p.add_argument("--events", type=Path, default=None, help="write a JSONL event log here")
+    p.add_argument("--track", action="store_true",
+                   help="track each camera's boxes and write track events (entry, exit, approaching / "
+                        "receding, time to contact; the siren level for the emergency vehicle) to --events")
     p.add_argument("--policy", choices=("live", "offline"), default=None,
                    help="live: drop oldest when behind (default with --realtime); offline: never drop "
                         "(default with --fast)")
@@ -104,7 +107,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run(args, signals)
 
 
+def _track_sink(events: Any, pipe: Any, perception: Any, camera: str | None) -> Any:
+    """A TrackSink of one camera into the event log (its frame rate read once the camera is open)."""
+    from fusionedge.sdk.streaming.tracks import TrackSink
+
+    return TrackSink(events, lambda: pipe.video_fps, perception.geometry.sample_rate, camera)
+
+
+def _check_track(args: argparse.Namespace) -> None:
+    if args.track and args.events is None:
+        from fusionedge.sdk.errors import InputError
+
+        raise InputError("--track writes track events to the event log: give --events FILE.jsonl")
+
+
 def _run(args: argparse.Namespace, signals: Any) -> int:
+    _check_track(args)
     from fusionedge.sdk.perception import Perception
     from fusionedge.sdk.streaming.pipeline import Pipeline, PipelineConfig
     from fusionedge.sdk.streaming.sinks import JsonlEventSink, VideoFileSink
@@ -136,6 +154,8 @@ def _run(args: argparse.Namespace, signals: Any) -> int:
             pipe = Pipeline(perception, video=args.video, audio=audio, sinks=pipe_sinks, config=config)
             if args.events is not None:
                 pipe_sinks.append(JsonlEventSink(args.events))
+                if args.track:
+                    pipe_sinks.append(_track_sink(pipe_sinks[-1], pipe, perception, None))
             if args.out is not None:
                 pipe_sinks.append(_LazyVideoSink(args.out, pipe, VideoFileSink))
             if metrics is not None:
@@ -213,7 +233,11 @@ def _run_cameras(args: argparse.Namespace, signals: Any) -> int:
                                 attribution_interval=args.attribution_interval)
         multi = MultiPipeline(perception, cameras=cameras, mics=mics, hears=hears, config=config)
         if args.events is not None:
-            multi.add_sink(JsonlEventSink(args.events))
+            events = JsonlEventSink(args.events)
+            multi.add_sink(events)
+            if args.track:
+                for name, pipe in multi.pipelines.items():
+                    multi.add_sink(_track_sink(events, pipe, perception, name), camera=name)
         if args.out is not None:
             if args.out.suffix:
                 raise InputError(f"--out {args.out}: with --source give a folder (one NAME.mp4 per camera)")

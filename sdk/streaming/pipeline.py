@@ -110,6 +110,7 @@ class StreamResult:
     health: dict[str, str]  # modality -> sensor state ("ok", "stalled", ...) when the inputs were taken
     latency_ms: float  # capture of the current frame (or audio) -> result ready
     camera: str | None = None  # the camera's name in a multi-camera pipeline (None: the one camera)
+    audio: np.ndarray | None = None  # the step's audio window at the model's rate (None: audio missing)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form for the event log (with ``camera`` when the result has one)."""
@@ -583,7 +584,8 @@ class Pipeline:
             latency = (time.monotonic() - step.captured) * 1e3
             self._lat.add("capture_to_result", latency)
             sr = StreamResult(index=step.index, t=step.t, frame=step.image if has_video else None,
-                              result=result, health=step.health, latency_ms=latency, camera=self.name)
+                              result=result, health=step.health, latency_ms=latency, camera=self.name,
+                              audio=step.audio if has_audio else None)
             self._q_results.put(sr)
         self._q_results.put(END)
 

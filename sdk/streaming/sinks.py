@@ -7,6 +7,7 @@ one sink thread, in order, and closes every sink at shutdown (also on Ctrl-C), s
 from __future__ import annotations
 
 import os
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable
@@ -100,14 +101,20 @@ class JsonlEventSink(Sink):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.every = int(every)
         self.lines = 0
+        self._lock = threading.Lock()  # several cameras' pipelines may share one log
         self._f = open(self.path, "w", encoding="utf-8")
 
     def _line(self, obj: dict) -> None:
-        if self._f is None:
-            return
-        self._f.write(dumps_json(obj, indent=None) + "\n")
-        self._f.flush()
-        self.lines += 1
+        with self._lock:
+            if self._f is None:
+                return
+            self._f.write(dumps_json(obj, indent=None) + "\n")
+            self._f.flush()
+            self.lines += 1
+
+    def write_event(self, event: dict) -> None:
+        """Write another kind of line (e.g. a track event: ``{"type": "track", ...}``) as it comes."""
+        self._line(event)
 
     def write(self, result: StreamResult) -> None:
         if result.index % self.every == 0:
@@ -117,7 +124,8 @@ class JsonlEventSink(Sink):
         self._line(event.to_dict())
 
     def close(self) -> None:
-        f, self._f = self._f, None
+        with self._lock:
+            f, self._f = self._f, None
         if f is not None:
             f.flush()
             os.fsync(f.fileno())
