@@ -70,7 +70,11 @@ def add_run_parser(verbs: Any) -> argparse.ArgumentParser:
                       help="replay files at their native rate (default)")
     pace.add_argument("--fast", dest="realtime", action="store_false", help="replay files as fast as possible")
     add_backends_option(p)
-    p.add_argument("--threads", type=int, default=None, help="inference threads (onnxruntime)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="inference threads (onnxruntime; default: the cores left after capture and encoding)")
+    p.add_argument("--spin", action="store_true",
+                   help="let idle onnxruntime workers spin-wait (faster alone, but they take CPU from capture "
+                        "and encoding on a small device; default: off)")
     p.add_argument("--attribution", action="store_true",
                    help="run each step also with each sensor withheld: every result says how much of its "
                         "decision was seen and how much heard (events, annotated video)")
@@ -114,6 +118,13 @@ def _track_sink(events: Any, pipe: Any, perception: Any, camera: str | None) -> 
     return TrackSink(events, lambda: pipe.video_fps, perception.geometry.sample_rate, camera)
 
 
+def _backend_options(args: argparse.Namespace, *, capture: int, encode: int) -> dict:
+    """ONNX Runtime's threads for a stream: --threads, else the cores left; spinning only with --spin."""
+    from fusionedge.sdk.streaming.threads import streaming_backend_options
+
+    return streaming_backend_options(capture, encode, threads=args.threads, spinning=args.spin)
+
+
 def _check_track(args: argparse.Namespace) -> None:
     if args.track and args.events is None:
         from fusionedge.sdk.errors import InputError
@@ -143,7 +154,8 @@ def _run(args: argparse.Namespace, signals: Any) -> int:
         metrics = PipelineMetrics()
         server = start_metrics(args, metrics.registry)
     policy = args.policy or ("live" if args.realtime else "offline")
-    options = {"onnxruntime": {"intra_op_threads": args.threads}} if args.threads else None
+    options = _backend_options(args, capture=int(args.video is not None) + int(args.audio is not None), encode=int(
+        args.out is not None))
     try:
         with Perception.load(args.bundle, backends=args.backends, backend_options=options,
                              attribution=args.attribution) as perception:
@@ -225,7 +237,8 @@ def _run_cameras(args: argparse.Namespace, signals: Any) -> int:
         missing = [n for n, _ in mics if n not in hears]
         raise InputError(f"say which cameras hear microphone {missing[0]!r} (--hears after its --mic)")
     policy = args.policy or ("live" if args.realtime else "offline")
-    options = {"onnxruntime": {"intra_op_threads": args.threads}} if args.threads else None
+    options = _backend_options(args, capture=len(cameras) + len(mics),
+                               encode=len(cameras) if args.out is not None else 0)
     show = args.progress and sys.stderr.isatty()
     with Perception.load(args.bundle, backends=args.backends, backend_options=options,
                          attribution=args.attribution) as perception:

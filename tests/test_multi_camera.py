@@ -136,3 +136,17 @@ def test_cli_two_cameras_with_tracks_writes_events_and_one_video_per_camera(bund
     assert {r["camera"] for r in rows if r["type"] == "result"} == {"front", "rear"}
     assert all(r["camera"] in ("front", "rear") for r in rows if r["type"] == "track")
     assert (out / "front.mp4").stat().st_size > 0 and (out / "rear.mp4").stat().st_size > 0
+
+
+def test_stream_threads_leave_cores_to_capture_and_turn_spinning_off(bundle_dir):
+    from fusionedge.sdk.streaming.threads import streaming_backend_options
+
+    opts = streaming_backend_options(3, 2, cores=6)  # 3 sensors ~ 2 cores, 2 encoders
+    assert opts == {"onnxruntime": {"intra_op_threads": 2, "allow_spinning": False}}
+    assert streaming_backend_options(8, 4, cores=2)["onnxruntime"]["intra_op_threads"] == 1
+    assert streaming_backend_options(1, threads=3, spinning=True, cores=2)["onnxruntime"] == {
+        "intra_op_threads": 3, "allow_spinning": True}
+    with Perception.load(bundle_dir, backend_options=streaming_backend_options(2, cores=4)) as p:
+        so = p.backend._session.get_session_options()
+        assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert so.intra_op_num_threads == 3

@@ -29,6 +29,9 @@ class OnnxRuntimeBackend(Backend):
             available in the installed onnxruntime, or ``load`` raises BackendError.
         intra_op_threads: threads for one operator; None lets ONNX Runtime choose (all cores).
         inter_op_threads: threads across operators (the session runs sequentially; default 1).
+        allow_spinning: False makes idle worker threads sleep instead of spin-waiting for work (ONNX
+            Runtime's ``session.intra_op.allow_spinning``): on a device with few cores, spinning workers
+            take CPU from capture, decode and encode threads; None keeps ONNX Runtime's default (spin).
     """
 
     name = "onnxruntime"
@@ -40,6 +43,7 @@ class OnnxRuntimeBackend(Backend):
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_threads: int | None = None,
         inter_op_threads: int = 1,
+        allow_spinning: bool | None = None,
     ) -> None:
         super().__init__()
         if isinstance(providers, str) or not providers:
@@ -49,6 +53,7 @@ class OnnxRuntimeBackend(Backend):
         self.providers = tuple(providers)
         self.intra_op_threads = intra_op_threads
         self.inter_op_threads = int(inter_op_threads)
+        self.allow_spinning = allow_spinning
         self._session: Any = None
         self._output_names: list[str] = []
 
@@ -67,6 +72,10 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = self.inter_op_threads
         if self.intra_op_threads is not None:
             options.intra_op_num_threads = self.intra_op_threads
+        if self.allow_spinning is not None:
+            flag = "1" if self.allow_spinning else "0"
+            options.add_session_config_entry("session.intra_op.allow_spinning", flag)
+            options.add_session_config_entry("session.inter_op.allow_spinning", flag)
         try:
             session = ort.InferenceSession(
                 str(model_path), sess_options=options, providers=list(self.providers)
