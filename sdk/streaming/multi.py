@@ -437,6 +437,11 @@ class MultiPipeline:
         for pipe in self.pipelines.values():
             pipe.start()
 
+    def request_stop(self) -> None:
+        """Ask every camera to stop (from any thread; returns at once): :meth:`run` then ends cleanly."""
+        for pipe in self.pipelines.values():
+            pipe._stop.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop every camera, then flush and close the shared sinks. Idempotent."""
         if self._closed:
