@@ -86,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cameras", type=int, default=None, help="one camera count only")
     ap.add_argument("--spinning", choices=("off", "on", "both"), default="off",
                     help="ONNX Runtime workers spin-wait (on) or sleep (off); both: measure each")
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: the cores "
+                                                               "left after capture)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     points = []
     counts = [args.cameras] if args.cameras else list(range(1, args.max_cameras + 1))
     for spin in (("off", "on") if args.spinning == "both" else (args.spinning,)):
-        opts = streaming_backend_options(max(counts), spinning=spin == "on")
+        opts = streaming_backend_options(max(counts), threads=args.threads, spinning=spin == "on")
         with Perception.load(args.bundle, backend_options=opts) as p:
             best = {True: 0, False: 0}
             for n in counts:
