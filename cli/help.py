@@ -54,6 +54,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "quickstart": ("fusionedge quickstart --workdir qs",),
     "run": ("fusionedge run --bundle bundle --video /dev/video0 --audio mic://default --events events.jsonl",
             "fusionedge run --bundle bundle --video clip.mp4 --audio clip.wav --fast --json",
+            "fusionedge run --bundle bundle --source front=/dev/video0 --source rear=/dev/video1 "
+            "--mic cabin=mic://default --hears front,rear --track --events events.jsonl --out annotated/",
             "fusionedge run --config /etc/fusionedge/run.toml"),
     "quantize": ("fusionedge quantize --bundle bundle --out bundle-int8 --data data/val --validation data/test",),
     "fp16": ("fusionedge fp16 --bundle bundle --out bundle-fp16",),
