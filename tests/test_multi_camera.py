@@ -150,3 +150,25 @@ def test_stream_threads_leave_cores_to_capture_and_turn_spinning_off(bundle_dir)
         so = p.backend._session.get_session_options()
         assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         assert so.intra_op_num_threads == 3
+
+
+def test_a_failing_live_camera_is_reported_and_retried_while_the_other_goes_on(perception, tmp_path):
+    import threading
+
+    from test_streaming_faults import CONFIG, FakeCamera, FakeMic
+
+    rear: list = []
+    events = JsonlEventSink(tmp_path / "events.jsonl")
+    multi = MultiPipeline(
+        perception, cameras=[("front", lambda clock: FakeCamera(clock)),
+                             ("rear", lambda clock: rear.append(FakeCamera(clock, "error", 10, 1000)) or rear[0])],
+        mics=[("cabin", lambda clock: FakeMic(clock))], sinks=[events], config=CONFIG)
+    threading.Timer(2.5, multi.request_stop).start()
+    summary = multi.run()
+    front = summary["cameras"]["front"]
+    assert front["results"] >= 30 and front["results_with_video"] >= 30 and front["results_with_audio"] >= 25
+    assert summary["sensors"]["rear/video"]["state"] != "ok" and summary["sensors"]["rear/video"]["failures"] >= 1
+    assert rear[0].opens >= 2  # retried
+    assert summary["sensors"]["front/video"]["state"] == "ok" and summary["sensors"]["front/audio"]["state"] == "ok"
+    rows = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert any(r["type"] == "health" and r.get("camera") == "rear" and r["state"] != "ok" for r in rows)
