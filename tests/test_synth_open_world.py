@@ -117,3 +117,25 @@ def test_non_road_and_decoy_scenes_render_with_the_right_boxes():
         if s.flags.lights_on_ev:
             assert ("emergency_vehicle", s.info["lights_on_ev_box"]) in s.boxes
         assert all(label in ("car", "pedestrian", "traffic_light", "emergency_vehicle") for label, _ in s.boxes)
+
+
+def test_sun_glare_never_hides_which_light_bar_lamp_is_lit():
+    """A lit lamp outshines the glare around it: once the glare washed the light bar out to white, so
+    about half of the glare clips with a lights-ON vehicle showed no lights cue under a lights label."""
+    from fusionedge.training.synth.scene import render_video
+
+    spans, i = [], 0
+    while len(spans) < 5 and i < 400:
+        rng_flags, rng_video, _ = np.random.default_rng([48, i]).spawn(3)
+        i += 1
+        f = sample_flags(rng_flags)
+        if not f.lights_on_ev:
+            continue
+        frames, _, info = render_video(f, rng_video)
+        if info.weather != "glare":
+            continue
+        x1, y1, x2, y2 = info.lights_on_ev_box
+        bar = frames[:, max(0, y1 - 4) : y1 + round(0.12 * (y2 - y1)) + 4, max(0, x1 - 4) : x2 + 4].astype(float)
+        rb = bar[..., 0] - bar[..., 2]
+        spans.append(float(np.ptp(rb.max(axis=(1, 2)) + rb.min(axis=(1, 2)))))  # red lit > 0, blue lit < 0
+    assert len(spans) == 5 and min(spans) > 80, spans

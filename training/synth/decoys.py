@@ -146,8 +146,13 @@ def sample_weather(rng: np.random.Generator, width: int, height: int) -> dict:
     return {"kind": "clear"}
 
 
-def apply_weather(img: np.ndarray, weather: dict, frame: int) -> np.ndarray:
-    """Apply the weather to one float32 (H, W, 3) frame (before blur and sensor noise); in place when possible."""
+def apply_weather(img: np.ndarray, weather: dict, frame: int, lamps: np.ndarray | None = None) -> np.ndarray:
+    """Apply the weather to one float32 (H, W, 3) frame (before blur and sensor noise); in place when possible.
+
+    ``lamps`` is the frame's emissive layer (non-zero where a lamp is lit): glare leaves those pixels
+    alone, as a lit lamp outshines the haze around it, so a light bar in the glare still shows
+    which lamp is lit.
+    """
     kind = weather["kind"]
     if kind == "rain":
         veil = weather["veil"]
@@ -163,7 +168,10 @@ def apply_weather(img: np.ndarray, weather: dict, frame: int) -> np.ndarray:
         H, W = img.shape[:2]
         yy, xx = np.ogrid[0:H, 0:W]
         d2 = ((xx - weather["x"]) ** 2 + (yy - weather["y"]) ** 2) / weather["r"] ** 2
-        img += (weather["gain"] * np.exp(-d2)).astype(np.float32)[..., None] * np.float32([1.0, 0.97, 0.85])
+        haze = (weather["gain"] * np.exp(-d2)).astype(np.float32)
+        if lamps is not None:
+            haze *= ~(lamps.max(axis=2) > 0)
+        img += haze[..., None] * np.float32([1.0, 0.97, 0.85])
     elif kind == "dark":
         img *= weather["gain"]
     return img

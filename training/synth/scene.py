@@ -739,7 +739,7 @@ def _finish(
 ) -> np.ndarray:
     """Add lamp glow, weather, camera shake, optical blur and sensor noise; uint8 (H, W, 3)."""
     H, W = img.shape[:2]
-    img = apply_weather(img, weather, frame)  # before the glow: an underexposed lamp still glows
+    img = apply_weather(img, weather, frame, glow)  # before the glow: an underexposed lamp still glows
     img += style.glow_gain * cv2.GaussianBlur(glow, (0, 0), style.glow_sigma)
     dx, dy = int(jitter[0]), int(jitter[1])
     if dx or dy:
