@@ -172,3 +172,23 @@ def test_a_failing_live_camera_is_reported_and_retried_while_the_other_goes_on(p
     assert summary["sensors"]["front/video"]["state"] == "ok" and summary["sensors"]["front/audio"]["state"] == "ok"
     rows = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert any(r["type"] == "health" and r.get("camera") == "rear" and r["state"] != "ok" for r in rows)
+
+
+def test_a_shared_microphone_gives_each_camera_each_chunk_once(clips):
+    from fusionedge.sdk.streaming import StreamClock, open_audio_source
+    from fusionedge.sdk.streaming.multi import MicHub
+
+    hub = MicHub(open_audio_source(str(clips[1]), StreamClock(), realtime=False, rate=8000))
+    front, rear = hub.listener(), hub.listener()
+
+    def read_all(listener):
+        listener.open()
+        chunks = []
+        while (chunk := listener.read()) is not None:
+            chunks.append(chunk.t_end)
+        listener.close()
+        return chunks
+
+    first = read_all(front)  # the front camera's pipeline reads the file to its end and closes
+    second = read_all(rear)  # the rear camera's pipeline starts later: the same chunks, not a replay
+    assert len(first) == 100 and second == first

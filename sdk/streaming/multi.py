@@ -102,39 +102,43 @@ class MicHub:
         self.source = source
         self._lock = threading.Lock()
         self._backlogs: list[deque] = []
-        self._open = 0
+        self._listeners: list[_MicListener] = []
         self._opened = False
         self._broken = False
+        self._ended = False  # a replayed file reached its end: it is not replayed again
 
     def listener(self) -> AudioSource:
         """A new listener: an AudioSource for one camera's pipeline."""
         backlog: deque = deque(maxlen=MIC_BACKLOG)
+        listener = _MicListener(self, backlog)
         self._backlogs.append(backlog)
-        return _MicListener(self, backlog)
+        self._listeners.append(listener)
+        return listener
 
     def _open_for(self, listener: _MicListener) -> None:
         with self._lock:
             if self._broken and self._opened:
                 self.source.close()
                 self._opened = False
-            if not self._opened:
+            if not self._opened and not (self._ended and not self.source.live):
                 self.source.open()
                 self._opened, self._broken = True, False
-            if not listener.is_open:
-                listener.is_open = True
-                self._open += 1
+            listener.is_open, listener.closed = True, False
             listener.rate = self.source.rate
 
     def _read_for(self, backlog: deque) -> AudioChunk | None:
         with self._lock:
             if backlog:
                 return backlog.popleft()
+            if not self._opened:
+                return None  # a replayed file that every listener has read to its end
             try:
                 chunk = self.source.read()
             except Exception:
                 self._broken = True
                 raise
             if chunk is None:
+                self._ended = True
                 return None
             for other in self._backlogs:
                 if other is not backlog:
@@ -142,13 +146,12 @@ class MicHub:
             return chunk
 
     def _close_for(self, listener: _MicListener) -> None:
-        last = False
         with self._lock:
-            if listener.is_open:
-                listener.is_open = False
-                self._open -= 1
-                last = self._open == 0
-        if last or self._broken:
+            listener.is_open, listener.closed = False, True
+            # close the real source once every listener is done with it (one that has not opened yet
+            # still needs it), or when it failed (the retrying listener reopens it)
+            close = self._opened and (self._broken or all(x.closed for x in self._listeners))
+        if close:
             self.source.close()  # sources allow close from another thread
             with self._lock:
                 self._opened = False
@@ -161,6 +164,7 @@ class _MicListener(AudioSource):
         super().__init__(hub.source.uri, hub.source.clock)
         self._hub, self._backlog = hub, backlog
         self.is_open = False
+        self.closed = False  # closed and not opened again
 
     def open(self) -> None:
         self._hub._open_for(self)
