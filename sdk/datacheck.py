@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 from fusionedge.sdk.datamanifest import manifest_path, read_manifest
 from fusionedge.sdk.errors import MediaError
-from fusionedge.sdk.media import WavFile, read_video
+from fusionedge.sdk.media import open_audio, read_video
 
 __all__ = ["DataReport", "DecodeFailure", "check_dataset", "format_report"]
 
@@ -124,7 +124,7 @@ def check_dataset(path: str | os.PathLike, *, decode: bool = True, tiny: float =
         DataError: the manifest is missing or invalid (names the file, line and field).
     """
     file = manifest_path(path)
-    samples = read_manifest(file, require_labels=False, check_files=False,
+    samples = read_manifest(file, require_labels=False, check_files=False, embedded_audio=decode,
                             events=None, audio_tags=None, objects=None)
     widths = [b.x2 - b.x1 for s in samples for b in s.boxes]
     heights = [b.y2 - b.y1 for s in samples for b in s.boxes]
@@ -140,24 +140,25 @@ def check_dataset(path: str | os.PathLike, *, decode: bool = True, tiny: float =
 
         for s in tqdm(samples, desc="check", unit="clip", disable=not progress):
             try:
-                clip = read_video(s.video, downscale_to=_CHECK_SIZE)
-                _check_complete(s.video, clip.frames.shape[0], clip.fps)
-                w, h = clip.size
-                sizes[f"{w}x{h}"] += 1
-                fps[f"{clip.fps:g}"] += 1
-                vsec.append(clip.seconds)
+                if s.video is not None:  # an audio-only clip has none
+                    clip = read_video(s.video, downscale_to=_CHECK_SIZE)
+                    _check_complete(s.video, clip.frames.shape[0], clip.fps)
+                    w, h = clip.size
+                    sizes[f"{w}x{h}"] += 1
+                    fps[f"{clip.fps:g}"] += 1
+                    vsec.append(clip.seconds)
             except MediaError as e:
                 failures.append(DecodeFailure(s.id, str(s.video), str(e)))
             if s.audio is None:
                 continue
             try:
-                with WavFile(s.audio) as wav:
-                    samples_read = wav.read(0, wav.frames)
+                with open_audio(s.audio) as wav:  # a WAV, FLAC, ... or the sound track of the video
+                    samples_read = wav.read_all()
                     if samples_read.size == 0:
-                        raise MediaError(f"{wav.path}: the WAV file holds no audio samples")
+                        raise MediaError(f"{wav.path}: the audio file holds no audio samples")
                     rates[str(wav.rate)] += 1
                     channels[str(wav.channels)] += 1
-                    asec.append(wav.seconds)
+                    asec.append(samples_read.shape[0] / wav.rate)
             except MediaError as e:
                 failures.append(DecodeFailure(s.id, str(s.audio), str(e)))
     unlabelled = sum(s.event is None for s in samples)

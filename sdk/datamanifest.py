@@ -10,7 +10,8 @@ folder. The synthetic generator writes exactly what a user would bring for real 
 Fields:
 
 ``id``          str, unique in the file
-``video``       str, required: path of the clip (relative to the manifest's folder, or absolute)
+``video``       str: path of the clip (relative to the manifest's folder, or absolute); may be left out
+                (or null) in a row with an ``audio`` file: an audio-only clip, which has no boxes
 ``audio``       str; null when the clip has no microphone; absent: the video file's own sound track
                 where it has one (a dashcam's mp4 with AAC, read with ``fusionedge[media]``), else none
                 (resolved when the files are checked; an audio path may itself name a video file)
@@ -69,7 +70,7 @@ class Sample:
     """One clip and its labels. Paths are absolute when read by :func:`read_manifest`."""
 
     id: str
-    video: Path
+    video: Path | None  # None: an audio-only clip
     audio: Path | None
     event: str | None
     audio_tags: tuple[str, ...] = ()
@@ -114,7 +115,8 @@ class _Line:
                 raise self.fail(fld, "must not be empty")
             return v
         if v not in vocab:
-            raise self.fail(fld, f"{v!r} is not one of {', '.join(vocab)}")
+            known = ", ".join(vocab) if len(vocab) else "nothing (the vocabulary is empty: the task has no such head)"
+            raise self.fail(fld, f"{v!r} is not one of {known}")
         return v
 
     def size(self, rec: dict, fld: str) -> int | None:
@@ -178,19 +180,21 @@ def _boxes(
 
 
 def _parse(
-    line: _Line, rec: Any, root: Path, *, require_labels: bool, check_files: bool,
+    line: _Line, rec: Any, root: Path, *, require_labels: bool, check_files: bool, embedded_audio: bool,
     events: Sequence[str] | None, audio_tags: Sequence[str] | None, objects: Sequence[str] | None,
 ) -> Sample:
     if not isinstance(rec, dict):
         raise DataError(f"{line.where}: each line must be a JSON object, got {type(rec).__name__}")
     sid = line.string(rec, "id", required=True)
-    video = _media(line, rec, "video", root, required=True, check=check_files)
-    if "audio" in rec or not check_files:
+    # an audio-only row (audio, no boxes) may leave the video out
+    video = _media(line, rec, "video", root, required=rec.get("audio") is None or bool(rec.get("boxes")),
+                   check=check_files)
+    if "audio" in rec or not embedded_audio:
         audio = _media(line, rec, "audio", root, required=False, check=check_files)
     else:  # absent: the recording's own sound, where it carries one
-        from .audio_file import embedded_audio  # the media readers load only when files are checked
+        from .audio_file import embedded_audio as sound_of  # the media readers load only when asked
 
-        audio = embedded_audio(video)
+        audio = sound_of(video)
     event = rec.get("event")
     if event is None:
         if require_labels:
@@ -219,6 +223,7 @@ def read_manifest(
     events: Sequence[str] | None = EVENTS,
     audio_tags: Sequence[str] | None = AUDIO_TAGS,
     objects: Sequence[str] | None = OBJECTS,
+    embedded_audio: bool | None = None,
 ) -> list[Sample]:
     """Read and validate a manifest.
 
@@ -229,6 +234,8 @@ def read_manifest(
         check_files: check that every video/audio file exists.
         events, audio_tags, objects: the label vocabularies (default: ``fusionedge.sdk.spec``);
             None accepts any non-empty label (the data set's own vocabulary).
+        embedded_audio: give a row without an ``audio`` field its video file as the audio when that
+            file has a sound track (opens each such video's header); None: as ``check_files``.
 
     Raises:
         DataError: the file is missing, unreadable or empty, or a line is invalid (bad JSON, JSON
@@ -255,6 +262,7 @@ def read_manifest(
         line = _Line(file, lineno)
         rec = loads_json(raw, what=line.where, error=DataError)  # bounded: depth, integer length, NaN
         s = _parse(line, rec, root, require_labels=require_labels, check_files=check_files,
+                   embedded_audio=check_files if embedded_audio is None else embedded_audio,
                    events=events, audio_tags=audio_tags, objects=objects)
         if s.id in first_line:
             raise line.fail("id", f"duplicate id {s.id!r} (first on line {first_line[s.id]})")
@@ -282,7 +290,7 @@ def _record(s: Sample, root: Path) -> dict:
         raise DataError(f"sample {s.id!r}: field 'meta': keys {clash} clash with manifest fields")
     rec: dict[str, Any] = {
         "id": s.id,
-        "video": _relative(s.video, root),
+        "video": None if s.video is None else _relative(s.video, root),
         "audio": None if s.audio is None else _relative(s.audio, root),
     }
     if s.event is not None:
