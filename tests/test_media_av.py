@@ -216,6 +216,10 @@ def test_a_manifest_row_without_audio_trains_and_evaluates_on_its_videos_sound(m
     assert own_presence.tolist() == [1.0, 1.0] and no_presence.tolist() == [1.0, 0.0]
     np.testing.assert_allclose(own, wav, atol=1e-5)
     assert np.abs(own).max() > 0.05
+    from fusionedge.sdk.datacheck import check_dataset
+
+    report = check_dataset(tmp_path, progress=False)  # data check hears the mp4's own sound too
+    assert report.failures == [] and report.audio_rates == {str(RATE): 2}
 
 
 # ----------------------------------------------------------------------------- predict, run
