@@ -143,22 +143,29 @@ class FusedInputs:
         self.labels = labels
 
     def decode(self, sample: Sample) -> tuple[np.ndarray, float, np.ndarray | None, int]:
-        """``(frames, fps, audio or None, audio rate)`` of one sample's files."""
+        """``(frames or None, fps, audio or None, audio rate)`` of one sample's files."""
         g = self.geometry
-        clip = read_video(sample.video, max_seconds=g.clip_seconds)
+        frames, fps = None, 0.0
+        if sample.video is not None:  # an audio-only clip has none
+            clip = read_video(sample.video, max_seconds=g.clip_seconds)
+            frames, fps = clip.frames, clip.fps
         if sample.audio is None:
-            return clip.frames, clip.fps, None, 0
+            return frames, fps, None, 0
         samples, rate = read_audio(sample.audio)
-        return clip.frames, clip.fps, samples, rate
+        return frames, fps, samples, rate
 
     def preprocess(self, raw: Any) -> tuple[np.ndarray, ...]:
         """``(video (T,3,H,W), audio (S,), presence (2,))``; a missing audio is zeros with presence 0."""
         frames, fps, audio, rate = raw
         g = self.geometry
-        video = preprocess_video(frames, fps, g)
+        if frames is None:
+            video = np.zeros((g.clip_frames, 3, g.height, g.width), np.float32)
+        else:
+            video = preprocess_video(frames, fps, g)
+        presence = np.array([frames is not None, audio is not None], np.float32)
         if audio is None:
-            return video, np.zeros(g.audio_samples, np.float32), np.array([1.0, 0.0], np.float32)
-        return video, preprocess_audio(audio, rate, g), np.array([1.0, 1.0], np.float32)
+            return video, np.zeros(g.audio_samples, np.float32), presence
+        return video, preprocess_audio(audio, rate, g), presence
 
     def stack(self, items: Sequence[tuple[np.ndarray, ...]]) -> dict[str, np.ndarray]:
         """The engine feed of a batch of preprocessed samples."""
@@ -174,11 +181,14 @@ class FusedInputs:
     def postprocess(
         self, out: Mapping[str, np.ndarray], k: int, raw: Any, prepared: Any, score_threshold: float, top_k: int
     ) -> Decoded:
-        """Sample ``k`` of the outputs: softmax events, sigmoid tags, CenterNet boxes in frame pixels."""
+        """Sample ``k`` of the outputs: softmax events, sigmoid tags, CenterNet boxes in frame pixels.
+
+        A head the task lacks has no output: no event scores, no tags or no boxes.
+        """
         g = self.geometry
         frames, _, audio, _ = raw
-        h, w = frames.shape[1:3]
-        boxes = decode_centernet(
+        h, w = (0, 0) if frames is None else frames.shape[1:3]
+        boxes = [] if "det_heatmap" not in out or frames is None else decode_centernet(
             out["det_heatmap"][k],
             out["det_size"][k],
             out["det_offset"][k],
@@ -189,8 +199,10 @@ class FusedInputs:
             out_wh=(w, h),
             in_wh=(g.width, g.height),
         )
-        tags = None if audio is None else sigmoid(out["audio_tag_logits"][k].astype(np.float64))
-        return Decoded(softmax(out["event_logits"][k].astype(np.float64)), tags, boxes, (w, h))
+        has_tags = audio is not None and "audio_tag_logits" in out
+        tags = sigmoid(out["audio_tag_logits"][k].astype(np.float64)) if has_tags else None
+        events = softmax(out["event_logits"][k].astype(np.float64)) if "event_logits" in out else np.zeros(0)
+        return Decoded(events, tags, boxes, None if frames is None else (w, h))
 
 
 class ImportedInputs:
@@ -398,9 +410,10 @@ def load_clips(
         labels: the bundle's label vocabularies (labels in the manifest must be among them).
         require_labels: every sample must have an event label (accuracy mode).
         limit: keep only the first ``limit`` samples.
-        model: an imported model's declared interface. Then only the label kinds it scores are checked
-            (any other label is accepted, as ``fusionedge eval`` does), ``require_labels`` keeps only the
-            samples labelled for what it scores, and an audio model keeps the samples that have audio.
+        model: an imported model's declared interface. Then labels are checked only for accuracy
+            (``require_labels``), and only the kinds it scores (any other label is accepted, as
+            ``fusionedge eval`` does); ``require_labels`` keeps the samples labelled for what it scores,
+            and an audio model keeps the samples that have audio.
 
     Returns:
         The samples, with absolute media paths.
@@ -418,7 +431,7 @@ def load_clips(
             objects=labels["objects"],
         )
         return samples[:limit] if limit is not None else samples
-    vocab = {k: (list(labels[k]) or None) for k in ("events", "audio_tags", "objects")}
+    vocab = {k: (list(labels[k]) or None) if require_labels else None for k in ("events", "audio_tags", "objects")}
     samples = read_manifest(data, require_labels=False, **vocab)
     if model.modality == "audio":
         samples = [s for s in samples if s.audio is not None]

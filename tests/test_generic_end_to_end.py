@@ -419,3 +419,20 @@ def test_a_batch_one_export_is_told_how_to_bench_it(world, tmp_path):
     plan = plan_benchmark(BenchConfig(bundle=world["bundles"]["det"], out=tmp_path, offline_batch=1,
                                       scenarios=("SingleStream", "Offline")))
     assert plan.model is not None and plan.model.task == "detect"
+
+
+def test_bench_clips_check_labels_only_for_accuracy(world, tmp_path):
+    """A performance run takes any labelled data; an accuracy run the samples labelled in the task's labels."""
+    from fusionedge.sdk.errors import DataError
+
+    det = load_bundle(world["bundles"]["det"])
+    model = GenericModel.from_bundle(det)
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((48, 80, 3), np.uint8))
+    _manifest(tmp_path, [{"id": "a", "video": "a.png", "event": "rain",
+                          "boxes": [{"label": "truck", "box": [1, 1, 20, 20]}]}])
+    assert [s.id for s in load_clips(tmp_path, det.labels, model=model)] == ["a"]
+    with pytest.raises(DataError, match="truck"):
+        load_clips(tmp_path, det.labels, model=model, require_labels=True)
+    cls = load_bundle(world["bundles"]["cls"])
+    with pytest.raises(DataError, match="no samples with the media and labels a classify model runs on"):
+        load_clips(world["data"]["det"], cls.labels, model=GenericModel.from_bundle(cls), require_labels=True)
