@@ -139,3 +139,17 @@ def test_sun_glare_never_hides_which_light_bar_lamp_is_lit():
         rb = bar[..., 0] - bar[..., 2]
         spans.append(float(np.ptp(rb.max(axis=(1, 2)) + rb.min(axis=(1, 2)))))  # red lit > 0, blue lit < 0
     assert len(spans) == 5 and min(spans) > 80, spans
+
+
+def test_a_band_limited_recording_has_nothing_above_its_band_edge(flags):
+    """One clip in five passes only up to 3.4-11 kHz, like the 8 and 22 kHz recordings of the world."""
+    limited, full = [], []
+    for i, f in enumerate([f for f in flags if f.ambience == "road"][:40]):
+        wave, info = synthesize_audio(f, np.random.default_rng([49, i]), sample_rate=48000)
+        spec = np.abs(np.fft.rfft(wave.astype(np.float64))) ** 2
+        freqs = np.fft.rfftfreq(wave.size, 1.0 / 48000)
+        edge = info.band_limit_hz or 11000.0
+        share = spec[freqs > 2 * edge].sum() / spec.sum()  # the power an octave above the band edge
+        (limited if info.band_limit_hz else full).append(share)
+    assert 2 <= len(limited) <= 20 and full
+    assert max(limited) < 1e-5 and 10 * max(limited) < np.median(full), (max(limited), np.median(full))

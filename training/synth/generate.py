@@ -147,6 +147,7 @@ def make_sample(seed: int, index: int, config: SynthConfig = SynthConfig()) -> S
         "clutter_sound": ainfo.clutter_sound,
         "cabin_voice": ainfo.cabin_voice,
         "ambience": ainfo.ambience,
+        "band_limit_hz": ainfo.band_limit_hz,
         "view": vinfo.view,
         "decoys": vinfo.decoys,
         "weather": vinfo.weather,

@@ -16,6 +16,7 @@ evaluation set), and several of them move, flicker or hold saturated red and blu
 ``cells``    a coarse grid of random cells that change from frame to frame (cellular automata)
 ``screen``   a user interface: a background, panels, lines of "text" blocks and a blinking cursor
 ``flashing`` the whole frame or large blocks switching between colours, red and blue included
+``fractal``  an escape-time fractal (Mandelbrot-like) in a cycling colour map, zooming slowly
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 __all__ = ["NON_ROAD_PATTERNS", "render_non_road"]
 
 NON_ROAD_PATTERNS: tuple[str, ...] = (
-    "bars", "gradient", "checker", "noise", "flat", "plasma", "cells", "screen", "flashing",
+    "bars", "gradient", "checker", "noise", "flat", "plasma", "cells", "screen", "flashing", "fractal",
 )
 
 _SATURATED = np.array(
@@ -165,6 +166,32 @@ def _flashing(rng, T, H, W, fps):
     return out
 
 
+def _fractal(rng, T, H, W):
+    """Computed at half size and scaled up (the escape-time loop is the costly part)."""
+    small = _fractal_full(rng, T, (H + 1) // 2, (W + 1) // 2)
+    return np.stack([cv2.resize(f, (W, H), interpolation=cv2.INTER_LINEAR) for f in small])
+
+
+def _fractal_full(rng, T, H, W):
+    centre = complex(rng.uniform(-0.8, -0.4), rng.uniform(-0.3, 0.3))
+    span, zoom = rng.uniform(1.5, 3.5), rng.uniform(0.97, 1.0)
+    shift = rng.uniform(0, 2 * np.pi, size=3)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    out = np.empty((T, H, W, 3), np.float32)
+    for f in range(T):
+        s = span * zoom**f
+        c = centre + (xx / W - 0.5) * s + 1j * (yy / H - 0.5) * s * H / W
+        z = np.zeros_like(c)
+        count = np.zeros(c.shape)
+        for _ in range(24):
+            inside = np.abs(z) <= 2.0
+            z[inside] = z[inside] ** 2 + c[inside]
+            count += inside
+        v = count[..., None] / 24.0 * 2 * np.pi * 3
+        out[f] = np.where(count[..., None] >= 24, 0.0, 127.5 + 127.5 * np.sin(v + shift))
+    return out
+
+
 def render_non_road(
     rng: np.random.Generator, frames: int, height: int, width: int, fps: float
 ) -> tuple[np.ndarray, str]:
@@ -185,7 +212,7 @@ def render_non_road(
         img = _flashing(rng, T, H, W, fps)
     else:
         maker = {"bars": _bars, "gradient": _gradient, "checker": _checker, "noise": _noise, "flat": _flat,
-                 "plasma": _plasma, "cells": _cells, "screen": _screen}[pattern]
+                 "plasma": _plasma, "cells": _cells, "screen": _screen, "fractal": _fractal}[pattern]
         img = maker(rng, T, H, W)
     img = img * rng.uniform(0.5, 1.1)  # exposure
     if rng.random() < 0.4:  # out of focus (a screen filmed too close)

@@ -62,6 +62,8 @@ CABIN_VOICE_SNR_DB = (-4.0, 14.0)
 QUIET_ROAD_DB = (20.0, 45.0)  # how far below its usual level the road noise is in a quiet ambience
 SILENT_PEAK_DBFS = (-90.0, -45.0)  # peak level of the faint hiss of a silent clip (or digital zero)
 P_DIGITAL_SILENCE = 0.35  # a silent clip is all zeros (a muted or absent microphone)
+P_BAND_LIMITED = 0.2  # the recording passes only up to 3.4-11 kHz (a phone, an 8 or 22 kHz recorder)
+BAND_LIMIT_HZ = (3400.0, 11000.0)
 # Random source loudness subtracted from the loudest level: the spread of a level at a given distance.
 SIREN_SPREAD_DB = 7.0
 ENGINE_SPREAD_DB = 7.35
@@ -85,6 +87,7 @@ class AudioInfo:
     clutter_sound: str | None = None  # the untagged sound mixed in (rules.CLUTTER_SOUNDS)
     cabin_voice: str | None = None  # "radio" (band-limited) or "passenger", when a cabin voice speaks
     ambience: str = "road"  # rules.AMBIENCES
+    band_limit_hz: int | None = None  # the recording's upper band edge, when it is band-limited
     levels_db: dict[str, float] = field(default_factory=dict)  # per source, relative to road noise
 
 
@@ -384,5 +387,11 @@ def synthesize_audio(
     if flags.ambience == "quiet":
         info.levels_db["road"] = -float(rng.uniform(*QUIET_ROAD_DB))
         mix = mix - road * (1.0 - 10 ** (info.levels_db["road"] / 20.0))
-    wave = np.round(mix * (target * 32767.0 / peak)).astype(np.int16)
+    if rng.random() < P_BAND_LIMITED:  # drawn last: a seed keeps every source it had
+        cut = float(rng.uniform(*BAND_LIMIT_HZ))
+        info.band_limit_hz = round(cut)
+        spec = np.fft.rfft(mix)
+        spec /= np.sqrt(1.0 + (np.fft.rfftfreq(n, 1.0 / sr) / cut) ** 16)  # 8th-order low-pass
+        mix = np.fft.irfft(spec, n)
+    wave = np.round(np.clip(mix * (target * 32767.0 / peak), -32767.0, 32767.0)).astype(np.int16)
     return wave, info
