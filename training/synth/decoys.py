@@ -154,21 +154,24 @@ def apply_weather(img: np.ndarray, weather: dict, frame: int, lamps: np.ndarray 
     which lamp is lit.
     """
     kind = weather["kind"]
+    H, W = img.shape[:2]
     if kind == "rain":
         veil = weather["veil"]
         img *= 1.0 - veil
         img += veil * 150.0
-        dy = weather["fall"] * frame
-        H = img.shape[0]
-        for x, y in weather["xy"]:
-            y = (y + dy) % H
-            x2, y2 = x + weather["slant"] * weather["len"], y + weather["len"]
-            cv2.line(img, (int(x), int(y)), (int(x2), int(y2)), (190.0, 190.0, 200.0), 1)
+        if "_streaks" not in weather:  # drawn once per clip, then moved down by the fall per frame
+            streaks = np.zeros((H, W), np.uint8)
+            for x, y in weather["xy"]:
+                x2, y2 = x + weather["slant"] * weather["len"], y + weather["len"]
+                cv2.line(streaks, (int(x), int(y)), (int(x2), int(y2)), 1, 1)
+            weather["_streaks"] = streaks.astype(bool)
+        img[np.roll(weather["_streaks"], int(weather["fall"] * frame) % H, axis=0)] = (190.0, 190.0, 200.0)
     elif kind == "glare":
-        H, W = img.shape[:2]
-        yy, xx = np.ogrid[0:H, 0:W]
-        d2 = ((xx - weather["x"]) ** 2 + (yy - weather["y"]) ** 2) / weather["r"] ** 2
-        haze = (weather["gain"] * np.exp(-d2)).astype(np.float32)
+        if "_haze" not in weather:  # the sun does not move within a clip
+            yy, xx = np.ogrid[0:H, 0:W]
+            d2 = ((xx - weather["x"]) ** 2 + (yy - weather["y"]) ** 2) / weather["r"] ** 2
+            weather["_haze"] = (weather["gain"] * np.exp(-d2)).astype(np.float32)
+        haze = weather["_haze"].copy()
         if lamps is not None:
             haze *= ~(lamps.max(axis=2) > 0)
         img += haze[..., None] * np.float32([1.0, 0.97, 0.85])
