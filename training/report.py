@@ -340,6 +340,7 @@ class _WithoutSensor:
     def __init__(self, model, missing: str) -> None:
         self.model, self.col = model, {"video": 0, "audio": 1}[missing]
         self.training = model.training
+        self.output_names = model.output_names  # the heads the model has, as evaluate_model reads them
 
     def eval(self):
         self.model.eval()
