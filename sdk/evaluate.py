@@ -112,6 +112,7 @@ def evaluate(
     progress: bool = True,
     limit: int | None = None,
     score_threshold: float = 0.05,
+    clip_logits: dict | None = None,
 ) -> dict:
     """Compute event accuracy / macro-F1, audio-tag mAP and detection mAP@0.5 of a bundle.
 
@@ -122,6 +123,10 @@ def evaluate(
         progress: show a progress bar on stderr.
         limit: evaluate only the first ``limit`` samples.
         score_threshold: lowest detection score kept for mAP (low, so the PR curve is complete).
+        clip_logits: a dict to fill with the per-clip outputs of this same pass, for callers that
+            score clips one by one too (the open-world report): ``samples`` (as evaluated) and, as
+            from :func:`sample_logits`, ``event_logits``, ``tag_logits`` and ``has_audio``; only for
+            a fused bundle with an event and an audio-tag head (otherwise left empty).
 
     Returns:
         ``{"event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50", "samples",
@@ -156,6 +161,7 @@ def evaluate(
     in_wh = (geometry.width, geometry.height)
 
     cal = perception.calibration
+    raw_events, raw_tags = [], []  # the logits as the backend gave them, for ``clip_logits``
     y_true, y_pred, event_probs = [], [], []
     tag_true, tag_scores, ood = [], [], []
     det_pred, det_true = [], []
@@ -186,6 +192,9 @@ def evaluate(
             y_true.append(events.index(s.event))
             y_pred.append(int(np.argmax(out["event_logits"][i])))
             logits = out["event_logits"][i].astype(np.float64)
+            raw_events.append(logits)
+            if has_tag:
+                raw_tags.append(out["audio_tag_logits"][i].astype(np.float64))
             event_probs.append(softmax(logits) if cal is None else cal.event_probs(logits))
             if cal is not None:
                 has_audio = s.audio is not None
@@ -208,6 +217,9 @@ def evaluate(
             headless.update(coco_detection_metrics(det_pred, det_true, objects))
         return {**headless, "samples": len(samples), "backend": perception.backend_name,
                 "seconds": round(time.perf_counter() - t0, 3)}
+    if clip_logits is not None:
+        clip_logits.update(samples=samples, event_logits=np.asarray(raw_events), tag_logits=np.asarray(raw_tags),
+                           has_audio=np.array([s.audio is not None for s in samples], bool))
     yt, yp = np.asarray(y_true), np.asarray(y_pred)
     per_class = {e: float(np.mean(yp[yt == k] == k)) for k, e in enumerate(events) if np.any(yt == k)}
     probs, scores = np.asarray(event_probs), np.asarray(tag_scores)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fusionedge.sdk.datamanifest import read_manifest
 from fusionedge.sdk.errors import InputError
 from fusionedge.sdk.fileio import write_json_atomic, write_text_atomic
 from fusionedge.sdk.outside_metrics import expected_calibration_error, ood_auroc, outside_label
@@ -69,22 +68,21 @@ def reliability_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = _BINS) -> d
 
 def _score_bundle(bundle: Path, test: Path, outside: Path, backends: Sequence[str], progress: bool) -> dict:
     """Every number of one bundle, and the per-clip arrays its diagram is drawn from."""
-    from fusionedge.sdk.evaluate import evaluate, sample_logits
+    from fusionedge.sdk.evaluate import evaluate
     from fusionedge.sdk.perception import Perception
 
     with Perception.load(bundle, backends=backends) as p:
-        events, tags = list(p.labels["events"]), list(p.labels["audio_tags"])
-        test_metrics = evaluate(p, test, progress=progress)
-        outside_metrics = evaluate(p, outside, progress=progress).get("outside")
+        events = list(p.labels["events"])
+        per_clip = {"test": {}, "outside": {}}  # filled by the same pass that computes the metrics
+        test_metrics = evaluate(p, test, progress=progress, clip_logits=per_clip["test"])
+        outside_metrics = evaluate(p, outside, progress=progress, clip_logits=per_clip["outside"]).get("outside")
         if outside_metrics is None:
             raise InputError(f"{outside}: no sample has an 'outside' block; make the set with fusionedge data outside")
         cal = p.calibration
         arrays: dict[str, Any] = {}
         ood: dict[str, np.ndarray] = {}
-        for name, data in (("test", test), ("outside", outside)):
-            samples = read_manifest(data, require_labels=True, events=events, audio_tags=tags,
-                                    objects=list(p.labels["objects"]))
-            logits = sample_logits(p, samples, progress=progress)
+        for name, logits in per_clip.items():
+            samples = logits["samples"]
             ev = logits["event_logits"]
             probs = softmax(ev) if cal is None else cal.event_probs(ev)
             y = np.array([events.index(s.event) for s in samples])
