@@ -24,6 +24,10 @@ its own classes (``fusionedge data import``, ``fusionedge data check``).
 ``boxes``       list of ``{"label": str, "box": [x1, y1, x2, y2]}`` in pixels of the clip's **last
                 frame**, x1 < x2, y1 < y2, finite; default []
 ``width``, ``height``  ints, the video's size; when given, boxes must lie inside [0, width] x [0, height]
+``questions``   list of ``{"question": str, "answer": str, "type": str}``: questions about the clip
+                and their answers, for scene question answering; ``type`` is an identifier
+                (``[a-z][a-z0-9_]*``: "exist", "count", "hear", ...), a question holds at most
+                1000 characters; default []
 
 Any other key is kept in :attr:`Sample.meta`. Blank lines are skipped.
 
@@ -37,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +51,18 @@ from .errors import DataError
 from .fileio import loads_json, write_text_atomic
 from .spec import AUDIO_TAGS, EVENTS, OBJECTS
 
-__all__ = ["MANIFEST_NAME", "Box", "Sample", "manifest_path", "read_manifest", "write_manifest"]
+__all__ = ["MANIFEST_NAME", "MAX_QUESTION_CHARS", "Box", "Question", "Sample", "manifest_path", "read_manifest",
+           "write_manifest"]
 
 #: The file name looked for when a folder is given.
 MANIFEST_NAME = "manifest.jsonl"
 
-_KNOWN = ("id", "video", "audio", "event", "audio_tags", "boxes", "width", "height")
+_KNOWN = ("id", "video", "audio", "event", "audio_tags", "boxes", "width", "height", "questions")
+
+#: The longest question a manifest may carry, in characters.
+MAX_QUESTION_CHARS = 1000
+
+_QUESTION_TYPE = re.compile(r"[a-z][a-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,15 @@ class Box:
     y1: float
     x2: float
     y2: float
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question about a clip, its answer, and its type (an identifier such as "count" or "hear")."""
+
+    question: str
+    answer: str
+    type: str
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,7 @@ class Sample:
     width: int | None = None
     height: int | None = None
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+    questions: tuple[Question, ...] = ()
 
 
 def manifest_path(path: str | os.PathLike) -> Path:
@@ -179,6 +200,39 @@ def _boxes(
     return tuple(out)
 
 
+def _questions(line: _Line, rec: dict) -> tuple[Question, ...]:
+    raw = rec.get("questions")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise line.fail("questions", f"must be a list, got {type(raw).__name__} {_short(raw)}")
+    out = []
+    for k, q in enumerate(raw):
+        fld = f"questions[{k}]"
+        if not isinstance(q, dict):
+            raise line.fail(fld, f"must be an object with 'question', 'answer' and 'type', got {type(q).__name__}")
+        extra = sorted(set(q) - {"question", "answer", "type"})
+        if extra:
+            raise line.fail(fld, f"unknown keys {extra} (expected 'question', 'answer', 'type')")
+        values = []
+        for key in ("question", "answer", "type"):
+            v = q.get(key)
+            if v is None:
+                raise line.fail(f"{fld}.{key}", "is required")
+            if not isinstance(v, str):
+                raise line.fail(f"{fld}.{key}", f"must be a string, got {type(v).__name__} {_short(v)}")
+            if not v.strip():
+                raise line.fail(f"{fld}.{key}", "must not be empty")
+            values.append(v)
+        text, answer, qtype = values
+        if len(text) > MAX_QUESTION_CHARS:
+            raise line.fail(f"{fld}.question", f"holds {len(text)} characters; the limit is {MAX_QUESTION_CHARS}")
+        if not _QUESTION_TYPE.fullmatch(qtype):
+            raise line.fail(f"{fld}.type", f"must be an identifier [a-z][a-z0-9_]*, got {_short(qtype)}")
+        out.append(Question(text, answer, qtype))
+    return tuple(out)
+
+
 def _parse(
     line: _Line, rec: Any, root: Path, *, require_labels: bool, check_files: bool, embedded_audio: bool,
     events: Sequence[str] | None, audio_tags: Sequence[str] | None, objects: Sequence[str] | None,
@@ -211,8 +265,10 @@ def _parse(
         raise line.fail("audio_tags", f"lists a tag twice: {_short(tags)}")
     width, height = line.size(rec, "width"), line.size(rec, "height")
     boxes = _boxes(line, rec, objects, width, height)
+    questions = _questions(line, rec)
     meta = {k: v for k, v in rec.items() if k not in _KNOWN}
-    return Sample(sid, video, audio, event, tuple(tags), boxes, width, height, meta)  # type: ignore[arg-type]
+    return Sample(sid, video, audio, event, tuple(tags), boxes, width, height, meta,  # type: ignore[arg-type]
+                  questions)
 
 
 def read_manifest(
@@ -301,6 +357,8 @@ def _record(s: Sample, root: Path) -> dict:
         rec["width"] = s.width
     if s.height is not None:
         rec["height"] = s.height
+    if s.questions:
+        rec["questions"] = [{"question": q.question, "answer": q.answer, "type": q.type} for q in s.questions]
     rec.update(s.meta)
     return rec
 
