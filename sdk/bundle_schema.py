@@ -38,6 +38,8 @@ __all__ = [
     "MODALITIES",
     "MODEL_NAME",
     "PRECISIONS",
+    "QA_KEY",
+    "QA_MAX_TOKENS",
     "RESIZES",
     "SCHEMA_VERSION",
     "SHA256_HEX",
@@ -271,6 +273,49 @@ def _check_golden_and_batch(manifest: Mapping) -> None:
         raise _fail("batch", f"expected 1 <= min <= opt <= max, got min {lo}, opt {opt}, max {hi}")
 
 
+#: The manifest block of a bundle that answers questions about a clip (``fusionedge ask``).
+QA_KEY = "qa"
+#: The range of a ``qa`` block's ``max_tokens`` (``[CLS]`` included).
+QA_MAX_TOKENS = (2, 512)
+
+
+def _check_qa(manifest: Mapping, version: int) -> None:
+    """The ``qa`` block: its three files listed in ``files``, the answers, the token length, the scores' settings."""
+    if version >= 2 and manifest.get("task", "fusion") != "fusion":
+        raise _fail(QA_KEY, f"only the fused camera + audio model answers questions, not a {manifest['task']!r} model")
+    qa = _get(manifest, QA_KEY, "", "dict")
+    for key in ("model", "tokenizer", "golden"):
+        rel = _get(qa, key, QA_KEY, "str")
+        safe_relpath(rel, f"{QA_KEY}.{key}")
+        if rel not in manifest["files"]:
+            raise _fail(f"{QA_KEY}.{key}", f"{rel!r} is not listed in 'files'")
+    lo, hi = QA_MAX_TOKENS
+    max_tokens = _get(qa, "max_tokens", QA_KEY, "int")
+    if not lo <= max_tokens <= hi:
+        raise _fail(f"{QA_KEY}.max_tokens", f"expected an integer in {lo}..{hi}, got {max_tokens}")
+    answers = _get(qa, "answers", QA_KEY, "list")
+    if not answers:
+        raise _fail(f"{QA_KEY}.answers", "expected a non-empty list")
+    for i, a in enumerate(answers):
+        if not isinstance(a, str) or not a:
+            raise _fail(f"{QA_KEY}.answers[{i}]", f"expected a non-empty string, got {a!r}")
+    if len(set(answers)) != len(answers):
+        raise _fail(f"{QA_KEY}.answers", "expected unique answers")
+    if "question_types" in qa:
+        for i, t in enumerate(_get(qa, "question_types", QA_KEY, "list")):
+            if not isinstance(t, str) or not t:
+                raise _fail(f"{QA_KEY}.question_types[{i}]", f"expected a non-empty string, got {t!r}")
+    if "temperature" in qa:
+        _check_positive(_get(qa, "temperature", QA_KEY, "number"), f"{QA_KEY}.temperature")
+    if "min_confidence" in qa:
+        conf = _get(qa, "min_confidence", QA_KEY, "number")
+        if not 0.0 <= conf <= 1.0:
+            raise _fail(f"{QA_KEY}.min_confidence", f"expected a score in [0, 1], got {conf}")
+    for key in ("golden_rtol", "golden_atol"):
+        if key in qa and _get(qa, key, QA_KEY, "number") < 0:
+            raise _fail(f"{QA_KEY}.{key}", "expected a tolerance >= 0")
+
+
 def safe_relpath(rel: str, where: str) -> None:
     """Refuse a manifest path that is empty, absolute, climbs out with ``..``, or names the manifest.
 
@@ -320,6 +365,8 @@ def validate_manifest(manifest: Any) -> None:
     _get(manifest, "metrics", "", "dict")
     _check_files(manifest)
     _check_golden_and_batch(manifest)
+    if QA_KEY in manifest:
+        _check_qa(manifest, version)
 
 
 

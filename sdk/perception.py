@@ -48,6 +48,7 @@ from fusionedge.sdk.generic import GenericModel, in_source_pixels, last_frame, r
 from fusionedge.sdk.media import read_audio_window, read_video
 from fusionedge.sdk.postprocess import Detection, decode_centernet, sigmoid, softmax
 from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
+from fusionedge.sdk.qa import Answer, QaModel, QaSpec, no_qa_error
 from fusionedge.sdk.selftest import compare_golden
 from fusionedge.sdk.spec import MODALITIES, InputGeometry, bundle_modalities, check_fusion_contract
 
@@ -169,6 +170,10 @@ class Perception:
         self.score_threshold = float(score_threshold)
         self.top_k = int(top_k)
         self.attribution = bool(attribution)
+        self._qa: QaModel | None = None  # the question-answering model, loaded by the first ask
+        self._qa_lock = threading.Lock()
+        #: backend names and options the question-answering model is loaded with (those of load())
+        self._qa_backends: tuple[tuple[str, ...], dict[str, Any]] = ((backend.name,), {})
 
     # ----------------------------------------------------------------------------------- loading
 
@@ -254,6 +259,7 @@ class Perception:
                             ", ".join(f.backend for f in fallbacks))
             p = cls(bundle, backend, fallbacks=fallbacks, score_threshold=score_threshold, top_k=top_k,
                     attribution=attribution)
+            p._qa_backends = (tuple(names), options)
             if deferred is not None:
                 p._build_in_background(deferred, dict(options.get(deferred, {})), io)
             return p
@@ -322,6 +328,36 @@ class Perception:
         if self.generic is not None:
             return self._infer_generic(video, audio, image, sample_rate, fps, video_path, audio_path,
                                        start_seconds)
+        video_t, audio_t, presence, frame_wh, timings = self._clip_tensors(
+            video, audio, image, sample_rate, fps, video_path, audio_path, start_seconds)
+
+        t0 = time.perf_counter()
+        backend = self.backend  # a background engine build may replace it; this call stays on one
+        rows = None
+        if self.attribution:  # the full clip and each modality withheld, in one batch
+            out, rows = infer_withheld(backend, video_t, audio_t, presence)
+        else:
+            out = backend.infer({"video": video_t[None], "audio": audio_t[None], "presence": presence[None]})
+        timings["infer"] = _ms(t0)
+
+        t0 = time.perf_counter()
+        result = self.decode(out, frame_wh=frame_wh, has_audio=bool(presence[1]), timings=timings,
+                             backend_name=backend.name)
+        if rows is not None:
+            result = replace(result, attribution=attribute(out, rows, self.labels, presence))
+        timings["postprocess"] = _ms(t0)  # the same dict the result holds
+        return result
+
+    def _clip_tensors(
+        self, video: np.ndarray | None, audio: np.ndarray | None, image: np.ndarray | None,
+        sample_rate: int | None, fps: float | None, video_path: str | os.PathLike | None,
+        audio_path: str | os.PathLike | None, start_seconds: float,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int] | None, dict[str, float]]:
+        """Check, decode and preprocess one clip for the fused model (what :meth:`infer` takes).
+
+        Returns:
+            ``(video (T,3,H,W), audio (S,), presence (2,), (w, h) of the frames or None, timings)``.
+        """
         if image is not None:
             raise InputError(f"image= is for a single-image model; {self.model} takes video (and audio)")
         if video is not None and video_path is not None:
@@ -361,23 +397,82 @@ class Perception:
             audio_t = np.zeros(g.audio_samples, np.float32)
         presence = np.array([frames is not None, samples is not None], np.float32)  # (2,) video, audio
         timings["preprocess"] = _ms(t0)
+        return video_t, audio_t, presence, frame_wh, timings
 
-        t0 = time.perf_counter()
-        backend = self.backend  # a background engine build may replace it; this call stays on one
-        rows = None
-        if self.attribution:  # the full clip and each modality withheld, in one batch
-            out, rows = infer_withheld(backend, video_t, audio_t, presence)
-        else:
-            out = backend.infer({"video": video_t[None], "audio": audio_t[None], "presence": presence[None]})
-        timings["infer"] = _ms(t0)
+    def ask(
+        self,
+        question: str,
+        *,
+        video: np.ndarray | None = None,
+        audio: np.ndarray | None = None,
+        image: np.ndarray | None = None,
+        sample_rate: int | None = None,
+        fps: float | None = None,
+        video_path: str | os.PathLike | None = None,
+        audio_path: str | os.PathLike | None = None,
+        start_seconds: float = 0.0,
+        top_k: int = 3,
+    ) -> Answer:
+        """Answer a question in words about one clip window, from what is seen and heard.
 
+        The clip is given as to :meth:`infer`; the bundle's question-answering model (its ``qa``
+        block) is loaded on the first question, on the backends this object was loaded with.
+
+        Returns:
+            An :class:`~fusionedge.sdk.qa.Answer`: the answer, its score and the ``top_k`` best, and
+            ``confident`` False when the score is below the bundle's ``min_confidence``.
+
+        Raises:
+            BundleError: the bundle answers no questions (the message says how to add a model), or
+                its question-answering model fails its golden self-test.
+            QuestionError: a question that is not a string, blank, over 1000 characters or holds
+                control characters.
+            InputError, MediaError, BackendError: as for :meth:`infer`.
+        """
+        return self.ask_batch([question], video=video, audio=audio, image=image, sample_rate=sample_rate,
+                              fps=fps, video_path=video_path, audio_path=audio_path,
+                              start_seconds=start_seconds, top_k=top_k)[0]
+
+    def ask_batch(
+        self,
+        questions: Sequence[str],
+        *,
+        video: np.ndarray | None = None,
+        audio: np.ndarray | None = None,
+        image: np.ndarray | None = None,
+        sample_rate: int | None = None,
+        fps: float | None = None,
+        video_path: str | os.PathLike | None = None,
+        audio_path: str | os.PathLike | None = None,
+        start_seconds: float = 0.0,
+        top_k: int = 3,
+    ) -> tuple[Answer, ...]:
+        """Answer several questions about one clip: the clip is decoded once and run in one batch.
+
+        Returns:
+            One :class:`~fusionedge.sdk.qa.Answer` per question, in order (see :meth:`ask`).
+        """
+        qa = self.qa  # loaded on the first question; not part of an answer's latency
         t0 = time.perf_counter()
-        result = self.decode(out, frame_wh=frame_wh, has_audio=samples is not None, timings=timings,
-                             backend_name=backend.name)
-        if rows is not None:
-            result = replace(result, attribution=attribute(out, rows, self.labels, presence))
-        timings["postprocess"] = _ms(t0)  # the same dict the result holds
-        return result
+        video_t, audio_t, presence, _, _ = self._clip_tensors(video, audio, image, sample_rate, fps, video_path,
+                                                              audio_path, start_seconds)
+        return qa.answer(questions, video_t, audio_t, presence, top_k=top_k, started=t0)
+
+    @property
+    def qa(self) -> QaModel:
+        """The bundle's question-answering model, loaded on first use (see :meth:`ask`).
+
+        Raises:
+            BundleError: the bundle answers no questions, or its model fails its golden self-test.
+            BackendError: no backend could load it, or the ``tokenizers`` package is missing.
+        """
+        with self._qa_lock:
+            if self._qa is None:
+                if self.generic is not None or QaSpec.from_manifest(self.bundle.manifest) is None:
+                    raise no_qa_error(self.bundle)
+                names, options = self._qa_backends
+                self._qa = QaModel.load(self.bundle, names, backend_options=options)
+            return self._qa
 
     def decode(
         self,
@@ -625,6 +720,8 @@ class Perception:
             self._builder.join()
         for old in self._retired:
             old.close()
+        if self._qa is not None:
+            self._qa.close()
         self.backend.close()
 
     def __enter__(self) -> Perception:

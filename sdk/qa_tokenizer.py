@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from .errors import BackendError, BundleError, InputError
-from .fileio import loads_json
+from fusionedge.sdk.errors import BackendError, BundleError, InputError
+from fusionedge.sdk.fileio import loads_json
 
 __all__ = [
     "MAX_MAX_TOKENS",
