@@ -29,7 +29,7 @@ import numpy as np
 
 from fusionedge.sdk.errors import BackendError, FusionEdgeError, InputError, NonFiniteOutputError
 
-__all__ = ["TensorSpec", "ModelIO", "Backend", "check_feeds", "check_outputs", "non_finite"]
+__all__ = ["TensorSpec", "ModelIO", "Backend", "DeviceInput", "check_feeds", "check_outputs", "non_finite"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,62 @@ class ModelIO:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.outputs)
+
+
+@dataclass(frozen=True)
+class DeviceInput:
+    """An input binding's device memory, for a producer that fills it on the device (a CUDA kernel).
+
+    The buffer holds the input at its largest shape (``shape[0]`` is the bundle's maximum batch), C
+    order. :meth:`offset` is the byte offset of one sample, or of one frame of a sample's clip, so a
+    producer writes camera ``slot``'s frame ``k`` straight into place.
+
+    Attributes:
+        name: the input's name.
+        pointer: the device address of element ``[0, 0, ...]``.
+        shape: the largest shape, batch first.
+        dtype: the element type.
+        cuda: the CUDA API the backend allocated it with (``CudaRuntime``).
+        stream: the backend's CUDA stream; work queued on it runs before the next inference.
+    """
+
+    name: str
+    pointer: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    cuda: Any
+    stream: Any
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one sample (one batch slot)."""
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one frame of a clip input ``(batch, T, ...)``: one slot over ``T``."""
+        if len(self.shape) < 3:
+            raise BackendError(f"input '{self.name}' of shape {self.shape} has no frame axis")
+        return self.sample_bytes // int(self.shape[1])
+
+    def offset(self, slot: int, frame: int | None = None) -> int:
+        """Byte offset of batch slot ``slot`` (and, for a clip input, of its frame ``frame``).
+
+        Raises:
+            BackendError: ``slot`` outside ``[0, shape[0])`` or ``frame`` outside ``[0, shape[1])``.
+        """
+        if not 0 <= int(slot) < int(self.shape[0]):
+            raise BackendError(f"input '{self.name}': batch slot {slot} is outside [0, {self.shape[0]})")
+        base = int(slot) * self.sample_bytes
+        if frame is None:
+            return base
+        if not 0 <= int(frame) < int(self.shape[1]) or len(self.shape) < 3:
+            raise BackendError(f"input '{self.name}' of shape {self.shape}: frame {frame} is out of range")
+        return base + int(frame) * self.frame_bytes
+
+    def address(self, slot: int, frame: int | None = None) -> int:
+        """The device address of :meth:`offset`."""
+        return self.pointer + self.offset(slot, frame)
 
 
 class Backend(ABC):
@@ -208,6 +264,63 @@ class Backend(ABC):
         check_outputs(result, where=self.name)
         return result
 
+    def device_input(self, name: str) -> DeviceInput | None:
+        """The device memory of input ``name`` when this backend runs from device buffers, else None.
+
+        A backend that returns one takes that input from the device in :meth:`infer_on_device`.
+        """
+        return None
+
+    def infer_on_device(self, feeds: Mapping[str, np.ndarray],
+                        on_device: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+        """Run one batch whose inputs named in ``on_device`` are already in :meth:`device_input` memory.
+
+        Args:
+            feeds: the other inputs, as for :meth:`infer`.
+            on_device: input name -> the shape written into its device buffer (same batch as ``feeds``).
+
+        Returns:
+            As :meth:`infer`.
+
+        Raises:
+            BackendError: this backend has no device inputs, or it failed to run.
+            InputError: as :meth:`infer` for ``feeds``; a device shape that does not match its spec or
+                batch.
+            NonFiniteOutputError: an output holds NaN or Inf.
+        """
+        self._require_loaded()
+        io = self.io
+        unknown = [n for n in on_device if n not in io.input_names]
+        if unknown:
+            raise InputError(f"unknown device input(s) {', '.join(map(repr, unknown))}")
+        for name in on_device:
+            if self.device_input(name) is None:
+                raise BackendError(f"{self.name}: input '{name}' is not taken from device memory")
+        host_io = ModelIO(inputs=tuple(s for s in io.inputs if s.name not in on_device), outputs=io.outputs,
+                          batch_min=io.batch_min, batch_opt=io.batch_opt, batch_max=io.batch_max)
+        checked = check_feeds(feeds, host_io)
+        batches = {int(a.shape[0]) for a in checked.values()}
+        for spec in io.inputs:
+            if spec.name in on_device:
+                shape = tuple(int(d) for d in on_device[spec.name])
+                fixed = all(isinstance(w, str) or w == g for w, g in zip(spec.shape, shape))
+                if len(shape) != len(spec.shape) or not fixed:
+                    raise InputError(f"device input '{spec.name}': shape {shape} does not match {spec.describe()}")
+                batches.add(shape[0])
+        if len(batches) != 1 or not io.batch_min <= next(iter(batches)) <= io.batch_max:
+            raise InputError(f"batch sizes {sorted(batches)}: one size in [{io.batch_min}, {io.batch_max}] needed")
+        t0 = time.perf_counter()
+        try:
+            outputs = self._infer_device_impl(checked, {k: tuple(v) for k, v in on_device.items()})
+        except FusionEdgeError:
+            raise
+        except Exception as e:
+            raise BackendError(f"{self.name}: inference failed: {type(e).__name__}: {e}") from e
+        self.last_timings = {"infer": (time.perf_counter() - t0) * 1e3}
+        result = {n: outputs[n] for n in io.output_names}
+        check_outputs(result, where=self.name)
+        return result
+
     def close(self) -> None:
         """Release the model and its memory. Safe to call more than once."""
         if self._state == "loaded":
@@ -237,6 +350,11 @@ class Backend(ABC):
     @abstractmethod
     def _infer_impl(self, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         """Run checked, C-contiguous feeds; return at least every output in ``io.outputs``."""
+
+    def _infer_device_impl(self, feeds: dict[str, np.ndarray],
+                           on_device: dict[str, tuple[int, ...]]) -> Mapping[str, np.ndarray]:
+        """Run with ``on_device`` inputs already in device memory (only backends with device inputs)."""
+        raise BackendError(f"{self.name}: this backend takes its inputs from host memory only")
 
     @abstractmethod
     def _close_impl(self) -> None:

@@ -8,8 +8,10 @@ plans with ``fusionedge engine build`` (:mod:`fusionedge.sdk.engine_build`).
 
 Memory: one pinned host buffer and one device buffer per I/O tensor, sized for the profile's max batch,
 allocated once at load through cuda-python (``cuda.bindings.runtime``, as TensorRT's samples do) or,
-with ``cuda_api="pycuda"``, pycuda. Inference uses the named-tensor API: ``set_input_shape``,
-``set_tensor_address``, ``execute_async_v3`` on one CUDA stream, async copies in and out, one
+with ``cuda_api="pycuda"``, pycuda. :meth:`TensorRTBackend.device_input` hands an input's device buffer
+to a producer that fills it on the GPU (the CUDA frame preprocessing of several cameras), and
+:meth:`~fusionedge.sdk.backends.base.Backend.infer_on_device` then skips that input's host copy.
+Inference uses the named-tensor API: ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3`` on one CUDA stream, async copies in and out, one
 synchronize. With ``cuda_graph=True`` the copy-in → execute → copy-out sequence is captured into a CUDA
 graph per batch size (after one ordinary run, which TensorRT needs after a shape change) and replayed.
 
@@ -25,7 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fusionedge.sdk.backends.base import Backend, ModelIO
+from fusionedge.sdk.backends.base import Backend, DeviceInput, ModelIO
 from fusionedge.sdk.engine_fingerprint import (
     EngineMismatchError,
     NoEngineError,
@@ -96,6 +98,10 @@ class CudaRuntime:
     def dtoh_async(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
         kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         self._check(self._rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync(D2H)")
+
+    def dtod_async(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        self._check(self._rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync(D2D)")
 
     def begin_capture(self, stream: Any) -> None:
         mode = self._rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
@@ -174,6 +180,9 @@ class PycudaRuntime(CudaRuntime):
     def dtoh_async(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
         host = np.ctypeslib.as_array((ctypes.c_ubyte * nbytes).from_address(dst))
         self._drv.memcpy_dtoh_async(host, src, stream)
+
+    def dtod_async(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
+        self._drv.memcpy_dtod_async(dst, src, nbytes, stream)
 
     def begin_capture(self, stream: Any) -> None:
         raise BackendError("CUDA-graph replay needs cuda-python; pass cuda_graph=False with pycuda")
@@ -266,8 +275,9 @@ class TensorRTBackend(Backend):
         self.plan = Path(plan) if plan is not None else None
         self._cuda: CudaRuntime | None = None
         self._buffers: dict[str, HostDeviceBuffer] = {}
-        self._graphs: dict[int, Any] = {}
-        self._seen_batches: set[int] = set()
+        self._graphs: dict[tuple, Any] = {}
+        self._seen_batches: set[tuple] = set()
+        self._max_shapes: dict[str, tuple[int, ...]] = {}
         self._engine: Any = None
         self._context: Any = None
         self._stream: Any = None
@@ -339,7 +349,8 @@ class TensorRTBackend(Backend):
             context.set_input_shape(spec.name, (io.batch_max, *spec.shape[1:]))
         try:
             for n in names:
-                shape = tuple(context.get_tensor_shape(n))
+                shape = tuple(int(d) for d in context.get_tensor_shape(n))
+                self._max_shapes[n] = shape
                 buf = HostDeviceBuffer(self._cuda, shape, np.dtype(trt.nptype(engine.get_tensor_dtype(n))))
                 self._buffers[n] = buf
                 context.set_tensor_address(n, buf.device)
@@ -350,9 +361,23 @@ class TensorRTBackend(Backend):
         self._engine, self._context, self._inputs = engine, context, inputs
         self._outputs = [n for n in names if n not in inputs]
 
-    def _enqueue(self, feeds: Mapping[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
+    def device_input(self, name: str) -> DeviceInput | None:
+        """Input ``name``'s device buffer (at the profile's max batch) and the stream inference runs on.
+
+        A producer (the CUDA frame preprocessing) writes a batch straight into it on this stream, then
+        calls :meth:`infer_on_device`; the input then makes no host round trip.
+        """
+        buf = self._buffers.get(name)
+        if buf is None or name not in getattr(self, "_inputs", ()):
+            return None
+        return DeviceInput(name=name, pointer=int(buf.device), shape=self._max_shapes[name], dtype=buf.dtype,
+                           cuda=self._cuda, stream=self._stream)
+
+    def _enqueue(self, feeds: Mapping[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
         cuda = self._cuda
         for n in self._inputs:
+            if n not in feeds:
+                continue  # already in device memory (infer_on_device)
             buf = self._buffers[n]
             cuda.htod_async(buf.device, buf.host, int(np.prod(feeds[n].shape)) * buf.dtype.itemsize,  # type: ignore[union-attr]
                             self._stream)
@@ -363,28 +388,41 @@ class TensorRTBackend(Backend):
             cuda.dtoh_async(buf.host, buf.device, int(np.prod(shapes[n])) * buf.dtype.itemsize, self._stream)  # type: ignore[union-attr]
 
     def _infer_impl(self, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        return self._run(feeds, {})
+
+    def _infer_device_impl(self, feeds: dict[str, np.ndarray],
+                           on_device: dict[str, tuple[int, ...]]) -> Mapping[str, np.ndarray]:
+        return self._run(feeds, on_device)
+
+    def _run(self, feeds: dict[str, np.ndarray], on_device: dict[str, tuple[int, ...]]) -> Mapping[str, np.ndarray]:
+        """Copy the host ``feeds`` in (the ``on_device`` inputs are in place already), execute, copy out."""
         cuda = self._cuda
-        batch = int(next(iter(feeds.values())).shape[0])
+        shapes_in = [a.shape for a in feeds.values()] + list(on_device.values())
+        batch = int(shapes_in[0][0])
         for n in self._inputs:
+            if n in on_device:
+                self._context.set_input_shape(n, on_device[n])
+                continue
             arr = feeds[n]
             if arr.dtype != self._buffers[n].dtype:
                 arr = arr.astype(self._buffers[n].dtype)
             self._context.set_input_shape(n, arr.shape)
             self._buffers[n].host_view(arr.shape)[...] = arr
         shapes = {n: tuple(self._context.get_tensor_shape(n)) for n in self._outputs}
-        if self.cuda_graph and batch in self._graphs:
-            cuda.graph_launch(self._graphs[batch], self._stream)  # type: ignore[union-attr]
-        elif self.cuda_graph and batch in self._seen_batches:
+        key = (batch, tuple(sorted(on_device)))  # a graph copies in exactly the host inputs it captured
+        if self.cuda_graph and key in self._graphs:
+            cuda.graph_launch(self._graphs[key], self._stream)  # type: ignore[union-attr]
+        elif self.cuda_graph and key in self._seen_batches:
             cuda.begin_capture(self._stream)  # type: ignore[union-attr]
             try:
                 self._enqueue(feeds, shapes)
             finally:
                 graph = cuda.end_capture(self._stream)  # type: ignore[union-attr]
-            self._graphs[batch] = graph
+            self._graphs[key] = graph
             cuda.graph_launch(graph, self._stream)  # type: ignore[union-attr]
         else:
             self._enqueue(feeds, shapes)  # TensorRT needs one plain run after a shape change
-            self._seen_batches.add(batch)
+            self._seen_batches.add(key)
         cuda.synchronize(self._stream)  # type: ignore[union-attr]
         return {n: self._buffers[n].host_view(shapes[n]).astype(np.float32, copy=True) for n in self._outputs}
 

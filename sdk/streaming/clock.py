@@ -266,19 +266,34 @@ class Synchronizer:
         Raises:
             InputError: no frame has been added.
         """
+        g = self.geometry
+        items = self.clip_items(t)
+        if out is None:
+            out = np.empty((len(items), 3, g.height, g.width), np.float32)
+        for k, item in enumerate(items):
+            out[k] = item
+        return out
+
+    def clip_items(self, t: float) -> list:
+        """What was added for each of the ``T`` clip positions of the step at ``t``, oldest first.
+
+        :meth:`video_clip` stacks these; a producer that keeps its frames elsewhere (on a GPU) adds
+        handles instead of tensors and places them itself.
+
+        Raises:
+            InputError: no frame has been added.
+        """
         if not self._times:
             raise InputError("no frame in the synchronizer yet")
-        g = self.geometry
-        if out is None:
-            out = np.empty((len(self._back), 3, g.height, g.width), np.float32)
         times = list(self._times)
-        for k, back in enumerate(self._back):
+        items = []
+        for back in self._back:
             target = t - back * self.period
             j = bisect.bisect_left(times, target)
             if j == len(times) or (j > 0 and target - times[j - 1] <= times[j] - target):
                 j -= 1
-            out[k] = self._tensors[j]
-        return out
+            items.append(self._tensors[j])
+        return items
 
     def window_end(self, t: float) -> float:
         """Clock time at which the step for a frame at ``t`` ends (audio is needed up to here): ``t``."""

@@ -16,7 +16,10 @@ thread, supervisor, queues and policy) on one shared :class:`StreamClock`. Their
 in a :class:`BatchGate`: the steps the live cameras have ready are stacked into one batch for the
 bundle's dynamic batch dimension and run once, so N cameras cost about one batched inference instead
 of N; a camera that is down or has ended is not waited for, and a late one waits at most ``max_wait``
-before the others go without it. A microphone is opened once and fanned out (:class:`MicHub`) to every
+before the others go without it. On a TensorRT engine with the CUDA preprocessing library
+(:mod:`fusionedge.sdk.cuda_preprocess`), each camera's frames are resized and normalized on the GPU and
+each tick's clips are placed straight into the engine's input binding, so video makes no host round
+trip; elsewhere frames are preprocessed on the CPU, and the reason is logged once. A microphone is opened once and fanned out (:class:`MicHub`) to every
 camera that hears it. Results and health events carry the camera's name; one camera failing is reported
 and retried by its own supervisor while the others go on. Memory stays bounded: each camera's queues are
 bounded as in a single pipeline, and each listener of a microphone keeps at most ``MIC_BACKLOG`` chunks.
@@ -32,23 +35,34 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from fusionedge.sdk.errors import FusionEdgeError, InputError
+from fusionedge.sdk.cuda_preprocess import (
+    CudaFramePreprocessor,
+    DeviceClip,
+    log_cpu_preprocessing,
+    plan_device_preprocessing,
+    ring_capacity,
+)
+from fusionedge.sdk.errors import BackendError, FusionEdgeError, InputError
 from fusionedge.sdk.streaming.clock import StreamClock
 from fusionedge.sdk.streaming.health import OK
 from fusionedge.sdk.streaming.pipeline import Pipeline, PipelineConfig, StreamResult
 from fusionedge.sdk.streaming.signals import StopSignals
-from fusionedge.sdk.streaming.sources import AudioChunk, AudioSource, open_audio_source
+from fusionedge.sdk.streaming.sources import AudioChunk, AudioSource, Frame, open_audio_source
 from fusionedge.sdk.streaming.uri import parse_uri
 
 if TYPE_CHECKING:
     from fusionedge.sdk.perception import Perception
+    from fusionedge.sdk.streaming.clock import Synchronizer
     from fusionedge.sdk.streaming.health import HealthEvent
     from fusionedge.sdk.streaming.sinks import Sink
 
-__all__ = ["MIC_BACKLOG", "BatchGate", "MicHub", "MultiPipeline", "batch_limits", "parse_named_source"]
+__all__ = ["MIC_BACKLOG", "PREPROCESSING", "BatchGate", "MicHub", "MultiPipeline", "batch_limits", "parse_named_source"]
 
 #: Audio chunks (20 ms each) a listener of a shared microphone may fall behind before the oldest go.
 MIC_BACKLOG = 256
+
+#: Where video is preprocessed: ``auto`` (the GPU where it can, else the CPU), ``cpu``, ``cuda`` (required).
+PREPROCESSING = ("auto", "cpu", "cuda")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -191,11 +205,14 @@ class BatchGate:
         waiting_for: called with a camera name: True while that camera is expected to send steps.
         max_wait: seconds a request waits for the other cameras.
         batched: False to run one inference per request.
+        device: the CUDA frame preprocessing: requests whose video is a
+            :class:`~fusionedge.sdk.cuda_preprocess.DeviceClip` are placed in the engine's input binding.
     """
 
     def __init__(self, perception: Perception, waiting_for: Callable[[str], bool], max_wait: float,
-                 batched: bool = True) -> None:
+                 batched: bool = True, device: CudaFramePreprocessor | None = None) -> None:
         self.perception = perception
+        self.device = device
         self.max_wait = float(max_wait)
         self.batched = batched
         self._waiting_for = waiting_for
@@ -228,7 +245,7 @@ class BatchGate:
     def run(self, name: str, video: np.ndarray, audio: np.ndarray, presence: np.ndarray) -> tuple[dict, Any]:
         """Run ``name``'s batch of rows (as ``Perception.run_batch``) together with the other cameras'."""
         if not self.batched:
-            outputs, model = self.perception.run_batch(video, audio, presence)
+            outputs, model = self._infer([(video, audio, presence)])
             with self._cond:
                 self.batches += 1
                 self.rows += len(video)
@@ -257,8 +274,7 @@ class BatchGate:
         reqs = list(batch.values())
         counts = [len(r["inputs"][0]) for r in reqs]
         try:
-            stacked = [np.concatenate([r["inputs"][k] for r in reqs]) for k in range(3)]
-            outputs, model = self.perception.run_batch(*stacked)
+            outputs, model = self._infer([r["inputs"] for r in reqs])
         except BaseException as e:  # noqa: BLE001 - every waiting camera sees the failure
             for r in reqs:
                 r["error"] = e
@@ -269,6 +285,22 @@ class BatchGate:
             start += n
         self.batches += 1
         self.rows += start
+
+
+    def _infer(self, inputs: list[tuple[Any, np.ndarray, np.ndarray]]) -> tuple[dict, Any]:
+        """One inference over the requests' rows: on the device binding when the clips are there."""
+        if self.device is None:
+            stacked = [np.concatenate([r[k] for r in inputs]) for k in range(3)]
+            return self.perception.run_batch(*stacked)
+        clips = []
+        for video, _, _ in inputs:
+            if isinstance(video, DeviceClip):
+                clips.append(video)
+            else:  # a step without video (zeros), one row per request in a device stream
+                clips.extend(np.asarray(video))
+        audio = np.concatenate([r[1] for r in inputs])
+        presence = np.concatenate([r[2] for r in inputs])
+        return self.device.run(clips, {"audio": audio, "presence": presence}), self.perception
 
 
 class _GatedPerception:
@@ -285,9 +317,25 @@ class _GatedPerception:
 
 
 class _CameraPipeline(Pipeline):
-    """A camera's pipeline that leaves the batch gate when its inference stage ends."""
+    """A camera's pipeline that leaves the batch gate when its inference stage ends.
+
+    With ``device`` set, its frames go to the GPU: the synchronizer keeps device-frame handles and each
+    step's clip is a :class:`~fusionedge.sdk.cuda_preprocess.DeviceClip`.
+    """
 
     gate: BatchGate
+    device: CudaFramePreprocessor | None = None
+
+    def _prepare_frame(self, frame: Frame, sync: Synchronizer) -> Any:
+        if self.device is None:
+            return super()._prepare_frame(frame, sync)
+        return self.device.preprocess(self.name or "", frame.image, color="bgr",
+                                      capacity=ring_capacity(sync.window_frames, self.config.queue_size))
+
+    def _video_clip(self, sync: Synchronizer, t: float) -> Any:
+        if self.device is None:
+            return super()._video_clip(sync, t)
+        return DeviceClip(sync.clip_items(t))
 
     def _infer_loop(self) -> None:
         try:
@@ -332,18 +380,24 @@ class MultiPipeline:
         config: the :class:`PipelineConfig` of every camera.
         batched: False runs one inference per camera (for comparison).
         max_wait: seconds a camera's step waits for the other cameras' (default: a quarter of 1/30 s).
+        preprocessing: ``auto`` preprocesses video on the GPU into the engine's input binding where the
+            backend and the CUDA library allow (:func:`~fusionedge.sdk.cuda_preprocess.plan_device_preprocessing`)
+            and on the CPU otherwise, logging why once; ``cpu`` always on the CPU; ``cuda`` requires the GPU.
 
     Raises:
-        InputError: no cameras, a duplicate or unknown name, a camera hearing two microphones, or more
-            cameras than the bundle's batch range takes (each named).
+        InputError: no cameras, a duplicate or unknown name, a camera hearing two microphones, more
+            cameras than the bundle's batch range takes (each named), or an unknown ``preprocessing``.
+        BackendError: ``preprocessing="cuda"`` where the GPU path cannot run (the reason).
     """
 
     def __init__(self, perception: Perception, cameras: Sequence[tuple[str, Any]],
                  mics: Sequence[tuple[str, Any]] = (), hears: Mapping[str, Sequence[str]] | None = None,
                  sinks: Sequence[Sink] = (), camera_sinks: Mapping[str, Sequence[Sink]] | None = None,
                  config: PipelineConfig | None = None, *, batched: bool = True,
-                 max_wait: float | None = None) -> None:
+                 max_wait: float | None = None, preprocessing: str = "auto") -> None:
         cameras, mics = list(cameras), list(mics)
+        if preprocessing not in PREPROCESSING:
+            raise InputError(f"preprocessing must be one of {', '.join(PREPROCESSING)}, got {preprocessing!r}")
         if not cameras:
             raise InputError("give at least one camera (NAME=URI)")
         seen: set[str] = set()
@@ -393,7 +447,16 @@ class MultiPipeline:
                 uri, self.clock, realtime=self.config.realtime, rate=perception.geometry.sample_rate)
             self._hubs[name] = MicHub(src)
         wait = (1.0 / 30.0) / 4 if max_wait is None else float(max_wait)
-        self.gate = BatchGate(perception, self._waiting_for, wait, batched=batched)
+        self.device: CudaFramePreprocessor | None = None
+        if preprocessing == "cpu":
+            self.preprocessing_reason = "asked for (preprocessing='cpu')"
+        else:
+            self.device, self.preprocessing_reason = plan_device_preprocessing(perception)
+            if self.device is None and preprocessing == "cuda":
+                raise BackendError(f"CUDA video preprocessing cannot run: {self.preprocessing_reason}")
+        if self.device is None:
+            log_cpu_preprocessing(self.preprocessing_reason)
+        self.gate = BatchGate(perception, self._waiting_for, wait, batched=batched, device=self.device)
         self.pipelines: dict[str, Pipeline] = {}
         camera_sinks = camera_sinks or {}
         for name in camera_sinks:
@@ -406,6 +469,7 @@ class MultiPipeline:
                                    sinks=[*shared, *camera_sinks.get(name, ())], config=self.config,
                                    name=name, clock=self.clock)
             pipe.gate = self.gate
+            pipe.device = self.device
             self.gate.register(name)
             self.pipelines[name] = pipe
         self.hears = {cam: mic for cam, mic in heard_by.items()}
@@ -453,6 +517,8 @@ class MultiPipeline:
         self._closed = True
         for pipe in self.pipelines.values():
             pipe.stop(timeout)
+        if self.device is not None:
+            self.device.close()
         for sink in self._sinks:
             try:
                 sink.close()
@@ -525,6 +591,8 @@ class MultiPipeline:
             "latency_ms": {"capture_to_result": worst},  # the worst camera's percentiles
             "sensors": {f"{cam}/{k}": v for cam, s in per.items() for k, v in s["sensors"].items()},
             "batched": self.batched,
+            "preprocessing": "cpu" if self.device is None else "cuda",
+            "preprocessing_reason": self.preprocessing_reason,
             "batches": self.gate.batches,
             "mean_batch": round(self.gate.rows / self.gate.batches, 3) if self.gate.batches else 0.0,
             "hears": dict(self.hears),

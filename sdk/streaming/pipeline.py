@@ -464,9 +464,7 @@ class Pipeline:
                 continue
             frame: Frame = item
             t0 = time.perf_counter()
-            tensor = np.empty((3, g.height, g.width), np.float32)  # (3, H, W)
-            preprocess_frame(frame.image, g, color="bgr", out=tensor)  # the model's one definition
-            sync.add_frame(frame.t, tensor)
+            sync.add_frame(frame.t, self._prepare_frame(frame, sync))
             prep_ms = (time.perf_counter() - t0) * 1e3
             self._wait_audio(sync.window_end(frame.t))
             t0 = time.perf_counter()
@@ -476,6 +474,16 @@ class Pipeline:
             index, last_t = index + 1, frame.t
             self._q_steps.put(step)
         self._q_steps.put(END)
+
+    def _prepare_frame(self, frame: Frame, sync: Synchronizer) -> Any:
+        """The frame as the synchronizer keeps it: the model's ``(3, H, W)`` float32 input."""
+        g = self.geometry
+        tensor = np.empty((3, g.height, g.width), np.float32)
+        return preprocess_frame(frame.image, g, color="bgr", out=tensor)  # the model's one definition
+
+    def _video_clip(self, sync: Synchronizer, t: float) -> Any:
+        """The step's ``(T, 3, H, W)`` clip whose current frame is at ``t``."""
+        return sync.video_clip(t)
 
     def _audio_only_steps(self, sync: Synchronizer, index: int, last_t: float | None) -> tuple[int, float] | None:
         """Steps at the frame rate from audio alone, for as far as audio has arrived; None when it ended."""
@@ -520,7 +528,7 @@ class Pipeline:
                    image: np.ndarray | None, *, video: bool) -> _Step:
         g = self.geometry
         if video:
-            clip = sync.video_clip(t)  # (T, 3, H, W)
+            clip = self._video_clip(sync, t)  # (T, 3, H, W)
         else:
             clip = np.zeros((g.clip_frames, 3, g.height, g.width), np.float32)
         ring = self._ring
