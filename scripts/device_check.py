@@ -17,9 +17,17 @@
    CPU tests (gloo).
 4. Where TensorRT is installed: build the bundle's plan and compare the
    ``tensorrt`` backend with the golden outputs.
+5. **The CUDA frame preprocessing** (``native/preprocess.cu`` through ``fusionedge.sdk.cuda_preprocess``):
+   the library beside the package or at ``$FUSIONEDGE_CUDA_LIB``, else compiled here with
+   ``nvcc -shared -Xcompiler -fPIC``; random RGB, BGR and NV12 frames of several sizes go through the
+   camera ring into an input binding and back, against the NumPy reference (max abs error), and the
+   per-frame time (upload + kernel) against the CPU path (``preprocess_frame``).
 
-Every section records ``ok``/``skipped`` with the reason; the exit status is 1 when a section that ran
-failed. ``--training-device cpu`` runs section 3 on the CPU (a dry run of the script where there is no GPU).
+Every section records ``ok``/``skipped`` with the reason: a machine without a GPU (or without
+cuda-python) skips the GPU sections and exits 0. The exit status is 1 when a section that ran failed.
+A readable line per section goes to stderr, the JSON summary to stdout (and ``--out``).
+``--training-device cpu`` runs section 3 on the CPU (a dry run of the script where there is no GPU);
+``--sections`` runs only the named ones.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,10 +46,29 @@ from pathlib import Path
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def gpu_unavailable() -> str | None:
+    """Why the CUDA sections cannot run here (no cuda-python, no GPU), or None when they can."""
+    try:
+        from fusionedge.sdk.backends.tensorrt import CudaRuntime
+
+        cuda = CudaRuntime()
+    except Exception as e:  # noqa: BLE001 - the reason is the result
+        return str(e)
+    count = cuda._rt.cudaGetDeviceCount()
+    if count[0] != cuda._rt.cudaError_t.cudaSuccess or count[1] < 1:
+        return f"no CUDA GPU ({count[0]})"
+    return None
+
 
 def check_cuda_memory() -> dict:
     from fusionedge.sdk.backends.tensorrt import CudaRuntime, HostDeviceBuffer
 
+    reason = gpu_unavailable()
+    if reason is not None:
+        return {"ok": None, "skipped": reason}
     cuda = CudaRuntime()
     shape = (32, 4, 3, 96, 160)
     src, dst = HostDeviceBuffer(cuda, shape, np.float32), HostDeviceBuffer(cuda, shape, np.float32)
@@ -195,21 +225,134 @@ def check_tensorrt(bundle: str | None) -> dict:
     return {"ok": report.ok, "plan": str(plan), "compare": report.to_dict()}
 
 
+def _cuda_kernel(workdir: Path) -> tuple[object, str]:
+    """The preprocessing kernel: the installed library, else one compiled here with nvcc."""
+    from fusionedge.sdk.cuda_preprocess import CudaPreprocessUnavailable, PreprocessKernel, load_kernel
+
+    try:
+        return load_kernel(), "installed"
+    except CudaPreprocessUnavailable as e:
+        if shutil.which("nvcc") is None:
+            raise CudaPreprocessUnavailable(f"{e}; and no nvcc to compile it") from e
+    lib = workdir / "libfusionedge_cuda.so"
+    base = ["nvcc", "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-cudart", "static",
+            str(REPO / "native" / "preprocess.cu"), "-o", str(lib)]
+    for arch in (["-arch=native"], []):  # -arch=native needs CUDA 11.6+
+        proc = subprocess.run(base[:1] + arch + base[1:], capture_output=True, text=True, timeout=180, check=False)
+        if proc.returncode == 0:
+            return PreprocessKernel(lib), "compiled with nvcc " + (" ".join(arch) or "(default arch)")
+    raise RuntimeError(f"nvcc failed: {proc.stderr.strip()[-500:]}")
+
+
+def check_cuda_preprocess(repeats: int = 30) -> dict:
+    """The CUDA kernel against the NumPy reference on random frames, and its time against the CPU path."""
+    reason = gpu_unavailable()
+    if reason is not None:
+        return {"ok": None, "skipped": reason}
+    from fusionedge.sdk.backends.base import DeviceInput
+    from fusionedge.sdk.backends.tensorrt import CudaRuntime, HostDeviceBuffer
+    from fusionedge.sdk.cuda_preprocess import CudaFramePreprocessor, DeviceClip
+    from fusionedge.sdk.preprocess import NATIVE_AVAILABLE, preprocess_frame, preprocess_frame_reference
+    from fusionedge.sdk.spec import InputGeometry
+
+    geometry = InputGeometry(clip_frames=4, height=96, width=160, clip_seconds=1.0)
+    cuda = CudaRuntime()
+    shape = (1, geometry.clip_frames, 3, geometry.height, geometry.width)
+    buf = HostDeviceBuffer(cuda, shape, np.dtype(np.float32))
+    stream = cuda.stream_create()
+    binding = DeviceInput("video", buf.device, shape, np.dtype(np.float32), cuda, stream)
+
+    class Readback:  # the engine's place: read the binding back to compare it
+        name = "readback"
+
+        def infer_on_device(self, feeds: dict, on_device: dict) -> dict:
+            cuda.dtoh_async(buf.host, buf.device, buf.capacity, stream)
+            cuda.synchronize(stream)
+            return {"video": buf.host_view(on_device["video"]).copy()}
+
+    rng = np.random.default_rng(0)
+    cases = [(1280, 720, "bgr"), (1920, 1080, "nv12"), (640, 360, "rgb"), (320, 240, "bgr"), (160, 96, "nv12"),
+             (100, 60, "rgb")]
+    res: dict = {"cpu_path": "native" if NATIVE_AVAILABLE else "numpy", "geometry": "160x96", "cases": []}
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="fusionedge-cuda-") as tmp:
+        kernel, res["library"] = _cuda_kernel(Path(tmp))
+        prep = CudaFramePreprocessor(kernel, Readback(), binding, geometry)
+        try:
+            for w, h, color in cases:
+                rows = h * 3 // 2 if color == "nv12" else h
+                frames = [rng.integers(0, 256, (rows, w) if color == "nv12" else (h, w, 3), dtype=np.uint8)
+                          for _ in range(geometry.clip_frames)]
+                name = f"{w}x{h}-{color}"
+                clip = DeviceClip([prep.preprocess(name, f, color=color, capacity=8) for f in frames])
+                got = prep.run([clip], {})["video"][0]
+                err = max(float(np.abs(got[k] - preprocess_frame_reference(f, geometry, color=color)).max())
+                          for k, f in enumerate(frames))
+                gpu, cpu = [], []
+                out = np.empty((3, geometry.height, geometry.width), np.float32)
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    prep.preprocess(name, frames[0], color=color, capacity=8)
+                    gpu.append((time.perf_counter() - t0) * 1e3)
+                    t0 = time.perf_counter()
+                    preprocess_frame(frames[0], geometry, color=color, out=out)
+                    cpu.append((time.perf_counter() - t0) * 1e3)
+                case = {"frame": name, "max_abs_err": err, "gpu_ms_median": round(statistics.median(gpu), 4),
+                        "cpu_ms_median": round(statistics.median(cpu), 4)}
+                res["cases"].append(case)
+                ok &= err <= 1e-4
+        finally:
+            prep.close()
+            cuda.stream_destroy(stream)
+            buf.free()
+    res["ok"] = bool(ok)
+    return res
+
+
+def _line(name: str, r: dict) -> str:
+    """One readable line per section."""
+    if r.get("ok") is None:
+        return f"{name}: skipped ({r.get('skipped')})"
+    if "error" in r:
+        return f"{name}: FAILED ({r['error']})"
+    head = f"{name}: {'ok' if r['ok'] else 'FAILED'}"
+    if name == "cuda_preprocess":
+        cases = "; ".join(f"{c['frame']} err {c['max_abs_err']:.1e} gpu {c['gpu_ms_median']:.3f} ms "
+                          f"cpu {c['cpu_ms_median']:.3f} ms" for c in r["cases"])
+        return f"{head} ({r['library']}; {cases})"
+    return head
+
+
+SECTIONS = ("cuda_memory", "torch_gpu", "training", "tensorrt", "cuda_preprocess")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="FusionEdge GPU check")
     ap.add_argument("--checkpoint", default=None, help="a training checkpoint (default: seeded fusion_student)")
     ap.add_argument("--bundle", default=None, help="a bundle to build a TensorRT plan for (needs TensorRT)")
     ap.add_argument("--out", default=None, help="also write the JSON result here")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
     ap.add_argument("--training-device", default="cuda", help="section 3's device (cpu: a dry run without a GPU)")
     args = ap.parse_args(argv)
+    chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     result = {}
     for name, fn in (("cuda_memory", check_cuda_memory), ("torch_gpu", lambda: check_torch_gpu(args.checkpoint)),
                      ("training", lambda: check_training(args.training_device)),
-                     ("tensorrt", lambda: check_tensorrt(args.bundle))):
+                     ("tensorrt", lambda: check_tensorrt(args.bundle)),
+                     ("cuda_preprocess", check_cuda_preprocess)):
+        if name not in chosen:
+            continue
+        t0 = time.perf_counter()
         try:
             result[name] = fn()
         except Exception as e:  # record and go on: one failing section must not hide the others
             result[name] = {"ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
+        result[name]["seconds"] = round(time.perf_counter() - t0, 2)
+        print(_line(name, result[name]), file=sys.stderr, flush=True)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

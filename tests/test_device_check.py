@@ -32,17 +32,39 @@ def test_training_section_dry_run_on_cpu():
     assert res["pretrain"]["view_top1"] is not None
 
 
-def test_sections_report_skips_and_failures(tmp_path, monkeypatch):
+def test_sections_report_skips_and_failures(tmp_path, monkeypatch, capsys):
     module = _load()
     # the training section has its own test above; here it is replaced to keep this one fast
     monkeypatch.setattr(module, "check_training", lambda device: {"ok": None, "skipped": "replaced in this test"})
     out = tmp_path / "check.json"
     rc = module.main(["--out", str(out)])
     result = json.loads(out.read_text())
-    assert set(result) == {"cuda_memory", "torch_gpu", "training", "tensorrt"}
+    assert set(result) == {"cuda_memory", "torch_gpu", "training", "tensorrt", "cuda_preprocess"}
+    lines = capsys.readouterr().err.splitlines()  # one readable line per section
+    assert [line.split(":")[0] for line in lines] == list(result)
     if importlib.util.find_spec("tensorrt") is None:
-        assert result["tensorrt"] == {"ok": None, "skipped": "tensorrt is not installed on this machine"}
-    if importlib.util.find_spec("cuda") is None:  # this machine: the section fails, and it is not hidden
-        assert result["cuda_memory"]["ok"] is False
-        assert "cuda-python is not installed" in result["cuda_memory"]["error"]
-        assert rc == 1
+        assert result["tensorrt"]["skipped"] == "tensorrt is not installed on this machine"
+    if module.gpu_unavailable() is not None:  # this machine: every GPU section says why it was skipped
+        for name in ("cuda_memory", "cuda_preprocess"):
+            assert result[name]["ok"] is None and result[name]["skipped"] == module.gpu_unavailable()
+            assert f"{name}: skipped (" in "\n".join(lines)
+        assert rc == 0
+    # a section that fails is reported, and makes the exit status 1
+    monkeypatch.setattr(module, "check_tensorrt", lambda bundle: 1 / 0)
+    assert module.main(["--sections", "tensorrt"]) == 1
+    assert "tensorrt: FAILED (ZeroDivisionError" in capsys.readouterr().err
+
+
+def test_help_and_a_run_without_a_gpu_exit_cleanly(tmp_path):
+    import subprocess
+    import sys
+
+    help_ = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60, check=False)
+    assert help_.returncode == 0 and "--sections" in help_.stdout
+    if _load().gpu_unavailable() is None:
+        pytest.skip("this machine has a GPU: the sections run instead of skipping")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--sections", "cuda_memory,cuda_preprocess"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cuda_preprocess"]["ok"] is None
+    assert "cuda_preprocess: skipped" in proc.stderr and "Traceback" not in proc.stderr
