@@ -29,7 +29,7 @@ import re
 import tempfile
 import time
 import wave
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -41,6 +41,7 @@ from fusionedge.sdk.errors import FusionEdgeError, InputError, MediaError
 from fusionedge.sdk.fileio import write_bytes_atomic
 
 from . import rules
+from .questions import questions_for_sample
 from .rules import SceneFlags
 from .scene import render_video
 from .sound import synthesize_audio
@@ -151,6 +152,7 @@ def make_sample(seed: int, index: int, config: SynthConfig = SynthConfig()) -> S
         "view": vinfo.view,
         "decoys": vinfo.decoys,
         "weather": vinfo.weather,
+        "traffic_lights": vinfo.traffic_lights,  # last frame: each boxed light's box and lit lamp
         # audio-visual correspondences (rules.py): the lights-ON vehicle's / siren source's distance and
         # motion (a pseudo-distance when the siren is behind), the engine's car, the talking pedestrian
         "ev_distance_m": _round(flags.ev_distance_m),
@@ -210,7 +212,7 @@ def _work(job: tuple[int, int, SynthConfig, Path, int]) -> Sample:
     video, audio = media / f"{sid}.mp4", media / f"{sid}.wav"
     _write_video(video, s.frames, config.fps)
     _write_wav(audio, s.audio, config.sample_rate)
-    return Sample(
+    sample = Sample(
         id=sid,
         video=video,
         audio=audio,
@@ -221,6 +223,8 @@ def _work(job: tuple[int, int, SynthConfig, Path, int]) -> Sample:
         height=config.height,
         meta={"synth": s.info},
     )
+    # questions from their own stream, so adding them changes no pixel or sample of the clip
+    return replace(sample, questions=questions_for_sample(sample, np.random.default_rng([seed, index, 1])))
 
 
 def _init_worker() -> None:

@@ -94,6 +94,7 @@ _EV_RED_ON, _EV_RED_DIM = (255, 35, 30), (95, 30, 30)
 _EV_BLUE_ON, _EV_BLUE_DIM = (40, 80, 255), (30, 35, 95)
 _TL_LIT = ((255, 40, 30), (255, 190, 20), (40, 255, 120))  # red, amber, green
 _TL_DARK = (55, 55, 50)
+TL_STATES = ("red", "amber", "green")  # the lit lamp, in _TL_LIT order
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,8 @@ class VideoInfo:
     view: str = "road"  # "road", or the pattern of a clip that shows no road (nonroad.NON_ROAD_PATTERNS)
     decoys: list[str] = field(default_factory=list)  # decoy lights drawn (decoys.DECOYS)
     weather: str = "clear"  # decoys.WEATHERS
+    # each boxed traffic light in the last frame: {"box": [x1, y1, x2, y2], "state": "red"|"amber"|"green"}
+    traffic_lights: list[dict] = field(default_factory=list)
 
 
 # A primitive: (op, geometry, rgb, emissive, boxed). op is "rect" (x1, y1, x2, y2 inclusive),
@@ -276,6 +279,12 @@ def _pedestrian_prims(o: _Obj, box, t: float) -> list:
     return p.prims
 
 
+def _lamp_state(o: _Obj, t: float) -> int:
+    """The lit lamp of a traffic light at time t (0 red, 1 amber, 2 green)."""
+    switch = o.extra.get("switch")  # (time, new state): the light changes mid-clip
+    return switch[1] if switch is not None and t >= switch[0] else o.state
+
+
 def _traffic_light_prims(o: _Obj, cam: _Camera, X: float, Z: float, t: float) -> list:
     xc, yb = cam.x(X, Z), cam.y(Z)
     pole_w = max(1.0, cam.px(0.14, Z))
@@ -286,8 +295,7 @@ def _traffic_light_prims(o: _Obj, cam: _Camera, X: float, Z: float, t: float) ->
     bx, by = xc - hw / 2, top - hh
     p.append(("rect", _part(bx, by, hw, hh, 0.0, 0.0, 1.0, 1.0), o.colour, False, True))
     r = max(1, int(round(0.3 * hw)))
-    switch = o.extra.get("switch")  # (time, new state): the light changes mid-clip
-    state = switch[1] if switch is not None and t >= switch[0] else o.state
+    state = _lamp_state(o, t)
     for k, fy in enumerate((0.18, 0.5, 0.82)):
         lit = k == state
         p.append(("circle", (int(round(bx + 0.5 * hw)), int(round(by + fy * hh)), r),
@@ -863,5 +871,7 @@ def render_video(
         near_pedestrian_box=role.get("near_pedestrian"),
         decoys=decoys,
         weather=weather["kind"],
+        traffic_lights=[{"box": b, "state": TL_STATES[_lamp_state(objs[i], t_last)]}
+                        for label, b, i in boxes if label == "traffic_light"],
     )
     return frames, [(label, b) for label, b, _ in boxes], info

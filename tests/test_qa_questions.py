@@ -1,0 +1,112 @@
+"""Scene questions from the generator's truth (training/synth/questions.py): answers correct by
+construction on hand-checked scenes, answers balanced per subject, and the generator writing them."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+from fusionedge.sdk.datamanifest import Box, Sample, read_manifest
+from fusionedge.training.synth.questions import (
+    ANSWER_RATES,
+    QUESTION_TYPES,
+    SceneTruth,
+    make_questions,
+    questions_for_sample,
+    truth_from_sample,
+)
+
+# a hand-checked scene: two cars, no pedestrian, one green traffic light 14 px tall, an ambulance
+# with its lights on at the left of the frame driving closer, a siren and an engine heard
+SCENE = SceneTruth(counts={"car": 2, "traffic_light": 1, "emergency_vehicle": 1}, audio_tags=("siren", "engine"),
+                   event="emergency_ahead", flashing_box=(10.0, 40.0, 60.0, 90.0), flashing_motion="approach",
+                   traffic_lights=((14.0, "green"),), width=320)
+
+
+def _expected(kind: str, text: str) -> str:
+    if kind == "exist":
+        if "flashing" in text or "lights" in text:
+            return "yes"
+        return "no" if "pedestrian" in text else "yes"
+    if kind == "count":
+        return {"cars": "2", "pedestrians": "0", "traffic lights": "1"}[next(
+            w for w in ("traffic lights", "pedestrians", "cars") if w in text)]
+    if kind == "hear":
+        return "yes" if any(w in text for w in ("siren", "engine")) else "no"
+    return {"light": "green", "side": "left", "motion": "approaching", "source": "ahead"}[kind]
+
+
+def test_answers_are_correct_by_construction():
+    seen = Counter()
+    for seed in range(300):
+        qs = make_questions(SCENE, np.random.default_rng(seed))
+        assert 4 <= len(qs) <= 8
+        assert len({q.question for q in qs}) == len(qs)
+        for q in qs:
+            assert q.answer == _expected(q.type, q.question), q
+            seen[q.type] += 1
+    assert set(seen) == set(QUESTION_TYPES)  # every type is asked about a scene that has it all
+
+
+def test_a_scene_without_road_gets_no_side_motion_or_light_question():
+    empty = SceneTruth(counts={}, audio_tags=(), event="none", flashing_box=None, flashing_motion=None,
+                       traffic_lights=(), width=320)
+    kinds = {q.type for seed in range(100) for q in make_questions(empty, np.random.default_rng(seed))}
+    assert not kinds & {"side", "motion", "light"}
+    assert {"exist", "count", "hear", "source"} <= kinds
+
+
+def test_answers_balanced_within_each_subject():
+    """Scenes drawn with the generator's answer rates give near-uniform answers per question subject."""
+    rng = np.random.default_rng(0)
+    per_subject: dict[str, Counter] = defaultdict(Counter)
+    for _ in range(3000):
+        def draw(kind, subject):
+            rates = ANSWER_RATES[(kind, subject)]
+            return rng.choice(list(rates), p=np.array(list(rates.values())) / sum(rates.values()))
+        counts = {o: int(draw("count", o)) for o in ("car", "pedestrian", "traffic_light")}
+        counts["emergency_vehicle"] = int(draw("exist", "emergency_vehicle") == "yes")
+        tags = tuple(t for t in ("siren", "horn", "speech", "engine") if draw("hear", t) == "yes")
+        truth = SceneTruth(counts=counts, audio_tags=tags, event="emergency_ahead" if "siren" in tags else "none",
+                           flashing_box=None, flashing_motion=None, traffic_lights=(), width=320)
+        for q in make_questions(truth, rng, types=("count", "hear")):
+            subject = next(w for w in ("traffic light", "pedestrian", "car", "siren", "horn", "engine", "speech",
+                                       "talking", "speaking", "voice", "honk")
+                           if w in q.question)
+            per_subject[q.type + ":" + subject][q.answer] += 1
+    for key in ("count:car", "count:pedestrian", "hear:siren", "hear:horn", "hear:engine"):
+        c = per_subject[key]
+        assert min(c.values()) / max(c.values()) > 0.7, (key, c)
+
+
+def test_truth_from_a_generated_sample(tmp_path):
+    synth = {"lights_on_ev_box": [200, 50, 260, 100], "ev_motion": "recede",
+             "traffic_lights": [{"box": [5, 5, 9, 25], "state": "red"}]}
+    s = Sample("a", tmp_path / "a.mp4", None, "lights_no_siren", ("horn",),
+               (Box("car", 1, 1, 20, 20), Box("traffic_light", 5, 5, 9, 25)), 320, 192, {"synth": synth})
+    t = truth_from_sample(s)
+    assert t is not None and t.counts == {"car": 1, "traffic_light": 1}
+    assert t.traffic_lights == ((20.0, "red"),) and t.flashing_motion == "recede"
+    assert truth_from_sample(Sample("b", tmp_path / "b.mp4", None, "none")) is None  # a user's own clip
+    assert questions_for_sample(Sample("b", tmp_path / "b.mp4", None, "none"), np.random.default_rng(0)) == ()
+
+
+@pytest.mark.slow
+def test_generated_data_set_carries_questions(tmp_path):
+    from fusionedge.training.synth import generate_dataset
+
+    manifest = generate_dataset(tmp_path / "d", samples=3, seed=3, workers=1, progress=False)
+    samples = read_manifest(manifest)
+    assert all(4 <= len(s.questions) <= 8 for s in samples)
+    for s in samples:  # every answer agrees with the sample's own labels
+        tl = s.meta["synth"]["traffic_lights"]
+        assert len(tl) == sum(b.label == "traffic_light" for b in s.boxes)
+        for q in s.questions:
+            if q.type == "hear":
+                tag = next(t for t in ("siren", "horn", "engine") if t in q.question) if any(
+                    t in q.question for t in ("siren", "horn", "engine")) else None
+                if tag:
+                    assert (q.answer == "yes") == (tag in s.audio_tags)
+            if q.type == "source":
+                assert q.answer == {"emergency_ahead": "ahead", "emergency_behind": "behind"}.get(s.event, "none")
