@@ -14,6 +14,12 @@ Decoding uses the runtime's one definition of preprocessing (``fusionedge.sdk.me
    probability ``modality_dropout``, the video or the audio — never both — is zeroed and its presence
    set to 0, as a missing sensor looks at run time). Flipping a normalized frame equals normalizing
    the flipped frame (the resize and the normalization act per pixel / per axis).
+3. **Background mixing** (``Augment.background_mix``): with that probability a sample also hears the
+   sound of another training clip that carries none of ``mix_exclude_tags`` (by default: no
+   siren), at -12 to 0 dB. The event stays what it was, because the added sound holds no siren,
+   and the tags become both clips' (a tag is decided by the sound alone). A model that must tell a
+   siren from a ringtone, a steady tone or a chord then hears each of those sounds with and without
+   a siren many times per epoch instead of once.
 
 A sample without an audio file has a zero waveform and audio presence 0; an audio-only sample (no
 video file) has zero frames and video presence 0, as a missing sensor looks at run time.
@@ -39,7 +45,7 @@ from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
 from .losses import IGNORE_INDEX
 
 __all__ = ["Labels", "ClipCache", "Augment", "load_clips", "split_for_validation", "iterate_batches",
-           "flipped_boxes"]
+           "flipped_boxes", "background_pool"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,35 @@ class Augment:
     modality_dropout: float = 0.1  # probability of zeroing video or audio (50/50, never both)
     hflip: float = 0.5  # probability of a horizontal flip (frames, boxes, targets)
     audio_gain_db: float = 6.0  # gain drawn uniformly from ±this many dB (result clipped to [-1, 1])
+    background_mix: float = 0.0  # probability of adding the sound of a clip without any mix_exclude_tags
+    mix_exclude_tags: tuple[str, ...] = ("siren",)  # tags a background clip must not carry (they decide events)
+    mix_gain_db: tuple[float, float] = (-12.0, 0.0)  # the added sound's gain, drawn uniformly in dB
+
+
+def background_pool(clips: ClipCache, exclude_tags: Sequence[str]) -> torch.Tensor:
+    """Indices of the clips whose sound may be mixed into another: with audio and none of ``exclude_tags``.
+
+    Args:
+        clips: the decoded split.
+        exclude_tags: audio tags whose sound decides an event (a siren); a clip carrying one is no background.
+
+    Raises:
+        DataError: none of ``exclude_tags`` is one of the split's audio tags (mixing would then add
+            sounds that may decide an event), or no clip qualifies.
+
+    Returns:
+        ``(P,)`` int64 indices into ``clips``.
+    """
+    known = [clips.labels.audio_tags.index(t) for t in exclude_tags if t in clips.labels.audio_tags]
+    if not known:
+        raise DataError(f"background mixing needs an audio tag that marks the event's sound "
+                        f"({', '.join(exclude_tags) or 'none given'}); the task's tags are "
+                        f"{list(clips.labels.audio_tags)}")
+    ok = clips.has_audio & (clips.audio_tags[:, known].sum(dim=1) == 0)
+    pool = torch.nonzero(ok).flatten()
+    if len(pool) == 0:
+        raise DataError(f"background mixing: no training clip has audio without {', '.join(exclude_tags)}")
+    return pool
 
 
 def split_for_validation(samples: Sequence, fraction: float = 0.1) -> tuple[list, list]:
@@ -216,17 +251,21 @@ def iterate_batches(clips: ClipCache, batch_size: int, *, shuffle: bool = False,
         raise ValueError("shuffle/augment need a torch.Generator for reproducibility")
     n = len(clips)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    pool = None
+    if augment is not None and augment.background_mix > 0:
+        pool = background_pool(clips, augment.mix_exclude_tags)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
-        yield _make_batch(clips, idx, generator, augment)
+        yield _make_batch(clips, idx, generator, augment, pool)
 
 
 def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator | None,
-                augment: Augment | None) -> dict[str, torch.Tensor]:
+                augment: Augment | None, pool: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     b = len(idx)
     frames = clips.video[idx]  # (B, T, 3, H, W) float32 normalized (a copy)
     audio = clips.audio[idx].clone()  # (B, S)
+    tags = clips.audio_tags[idx]  # (B, A) (a copy)
     video_on = torch.ones(b) if clips.has_video is None else clips.has_video[idx].float()  # (B,)
     presence = torch.stack([video_on, clips.has_audio[idx].float()], dim=1)  # (B, 2)
     targets = {k: v[idx].clone() for k, v in clips.targets.items()}
@@ -238,6 +277,15 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
         if flip.any():
             frames[flip] = frames[flip].flip(4)
             _flip_targets(clips, idx, flip, targets)
+        if pool is not None:  # drawn only when mixing, so runs without it keep their random stream
+            u_mix, u_mix_gain = torch.rand(2, b, generator=generator)
+            donor = pool[torch.randint(len(pool), (b,), generator=generator)]  # (B,)
+            mix = (u_mix < augment.background_mix) & clips.has_audio[idx]
+            if mix.any():
+                lo, hi = augment.mix_gain_db
+                g_mix = 10.0 ** ((lo + (hi - lo) * u_mix_gain[mix]) / 20.0)  # (M,)
+                audio[mix] = audio[mix] + g_mix.unsqueeze(1) * clips.audio[donor[mix]]
+                tags[mix] = torch.maximum(tags[mix], clips.audio_tags[donor[mix]])
         gain = 10.0 ** ((u_gain * 2.0 - 1.0) * augment.audio_gain_db / 20.0)  # (B,)
         audio = (audio * gain.unsqueeze(1)).clamp(-1.0, 1.0)
         drop = u_drop < augment.modality_dropout
@@ -248,7 +296,7 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
     video = frames * presence[:, 0].reshape(-1, 1, 1, 1, 1)  # a missing modality's tensor is zeros
     audio = audio * presence[:, 1].reshape(-1, 1)
     return {"video": video, "audio": audio, "presence": presence, "event": clips.event[idx],
-            "audio_tags": clips.audio_tags[idx], **targets, "index": idx, "flipped": flip}
+            "audio_tags": tags, **targets, "index": idx, "flipped": flip}
 
 
 def _flip_targets(clips: ClipCache, idx: torch.Tensor, flip: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:

@@ -136,6 +136,9 @@ class TrainConfig(RunConfig):
     task_schedule: str = "joint"  # "joint": all task groups every step; "alternating": one group per step
     report: bool = True  # write curves.png and summary.md at the end (rank 0)
     labels: Path | None = None  # labels file; None: labels.json beside the manifest, else the data's (task_labels.py)
+    # per-sample probability of adding the sound of a training clip without a siren tag (dataset.Augment):
+    # needs a "siren" audio tag, and no teacher (its outputs are cached for the clips as they are)
+    background_mix: float = 0.0
 
     KEY_ORDER: ClassVar[tuple[str, ...]] = (
         "data", "out", "val_data", "model", "model_overrides", "init", "encoder_lr_scale", "frozen_encoder_epochs",
@@ -166,6 +169,10 @@ class TrainConfig(RunConfig):
             bad.append("init and resume together (resume restores the weights)")
         if self.task_weighting not in TASK_WEIGHTINGS:
             bad.append(f"task_weighting={self.task_weighting!r} (need one of {', '.join(TASK_WEIGHTINGS)})")
+        if not 0.0 <= self.background_mix <= 1.0:
+            bad.append(f"background_mix={self.background_mix} (need 0..1)")
+        if self.background_mix > 0 and self.teacher is not None:
+            bad.append("background_mix with a teacher (its outputs are cached for the unmixed clips)")
         if self.task_schedule not in TASK_SCHEDULES:
             bad.append(f"task_schedule={self.task_schedule!r} (need one of {', '.join(TASK_SCHEDULES)})")
         return bad
@@ -317,6 +324,10 @@ def _check_inputs(cfg: TrainConfig, dist: DistContext, labels: Labels) -> tuple[
         raise FusionEdgeError(f"world_size={dist.world_size} needs an initialized process group "
                               "(run under torchrun through `fusionedge train`, or use distributed.process_group)")
     mcfg = resolve_model_config(cfg.model, cfg.geometry, labels, _with_data_modalities(cfg))
+    exclude = Augment.mix_exclude_tags
+    if cfg.background_mix > 0 and not set(exclude) & set(labels.audio_tags):
+        raise InputError(f"background_mix needs an audio tag that marks an event's sound ({', '.join(exclude)}); "
+                         f"this task's audio tags are {list(labels.audio_tags)}")
     if cfg.teacher is not None and "event_logits" not in mcfg.output_names:
         raise InputError("distillation needs an event head (its feature term distils the fused clip "
                          "embedding that feeds it); this task has no events: train it without a teacher")
@@ -665,7 +676,7 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
 
     # -- the epoch loop: train, then (rank 0) validate and save while the other ranks wait
     warmup = max(1, int(cfg.warmup_epochs * run.steps_per_epoch()))
-    augment = Augment(cfg.modality_dropout, cfg.hflip, cfg.audio_gain_db)
+    augment = Augment(cfg.modality_dropout, cfg.hflip, cfg.audio_gain_db, background_mix=cfg.background_mix)
     term_weights = _term_weights(cfg)
     ckpt_meta = dict(model_name=cfg.model, model_config=mcfg.to_dict(), geometry=cfg.geometry,
                      labels=labels.to_dict(), extra={"train_config": json_safe(cfg.to_dict())})
