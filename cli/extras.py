@@ -26,6 +26,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "bench": ("mlperf_loadgen",),
     "telemetry": ("prometheus_client",),
     "compress": ("torch_pruning",),
+    "qa": ("tokenizers",),
 }
 
 Handler = Callable[[argparse.Namespace], int]

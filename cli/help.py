@@ -49,6 +49,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "calibrate": ("fusionedge calibrate --bundle bundle --data data/val",
                   "fusionedge calibrate --bundle bundle --data data/val --target-ood-rate 0.02 --json"),
     "predict": ("fusionedge predict --bundle bundle --video clip.mp4 --audio clip.wav --out annotated.mp4",),
+    "ask": ("fusionedge ask --bundle bundle --video clip.mp4 --audio clip.wav \"is a siren heard?\"",
+            "fusionedge ask --bundle bundle --video clip.mp4 --top-k 5 --json \"how many cars are ahead?\""),
     "explain": ("fusionedge explain --bundle bundle --video clip.mp4 --audio clip.wav --out explain.png",
                 "fusionedge explain --bundle bundle --data data/test --out explain-report"),
     "quickstart": ("fusionedge quickstart --workdir qs",),
@@ -56,6 +58,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
             "fusionedge run --bundle bundle --video clip.mp4 --audio clip.wav --fast --json",
             "fusionedge run --bundle bundle --source front=/dev/video0 --source rear=/dev/video1 "
             "--mic cabin=mic://default --hears front,rear --track --events events.jsonl --out annotated/",
+            ("fusionedge run --bundle bundle --video clip.mp4 --events events.jsonl --ask \"is a siren heard?\" "
+             "--ask-every 10"),
             "fusionedge run --config /etc/fusionedge/run.toml"),
     "quantize": ("fusionedge quantize --bundle bundle --out bundle-int8 --data data/val --validation data/test",),
     "fp16": ("fusionedge fp16 --bundle bundle --out bundle-fp16",),

@@ -44,6 +44,7 @@ EXIT_INTERRUPTED = 130
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``fusionedge`` parser with every verb registered."""
+    from fusionedge.cli.ask import add_ask_parser
     from fusionedge.cli.bench import add_bench_parser
     from fusionedge.cli.calibrate import add_calibrate_parser
     from fusionedge.cli.compare import add_compare_parser
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(verbs)
     add_import_parser(verbs)
     add_predict_parsers(verbs)
+    add_ask_parser(verbs)
     add_explain_parser(verbs)
     add_calibrate_parser(verbs)
     add_quickstart_parser(verbs)

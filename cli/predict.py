@@ -92,6 +92,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             from fusionedge.sdk.outside_metrics import outside_markdown
 
             print("\n" + outside_markdown(metrics["outside"]), end="")
+        if "question_accuracy" in metrics:
+            from fusionedge.sdk.qa_evaluate import question_lines
+
+            print(question_lines(metrics))
     return 0
 
 

@@ -62,6 +62,11 @@ def add_run_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--track", action="store_true",
                    help="track each camera's boxes and write track events (entry, exit, approaching / "
                         "receding, time to contact; the siren level for the emergency vehicle) to --events")
+    p.add_argument("--ask", default=None, metavar="QUESTION",
+                   help="a standing question (e.g. \"is a siren heard?\") asked of the clip every --ask-every "
+                        "steps; each answer is an 'answer' line in --events (needs a bundle with a qa block)")
+    p.add_argument("--ask-every", type=int, default=10, metavar="N",
+                   help="with --ask: ask at every N-th step (each answer costs about one more inference)")
     p.add_argument("--policy", choices=("live", "offline"), default=None,
                    help="live: drop oldest when behind (default with --realtime); offline: never drop "
                         "(default with --fast)")
@@ -126,10 +131,21 @@ def _backend_options(args: argparse.Namespace, *, capture: int, encode: int) -> 
 
 
 def _check_track(args: argparse.Namespace) -> None:
-    if args.track and args.events is None:
-        from fusionedge.sdk.errors import InputError
+    from fusionedge.sdk.errors import InputError
 
+    if args.track and args.events is None:
         raise InputError("--track writes track events to the event log: give --events FILE.jsonl")
+    if args.ask is not None and args.events is None:
+        raise InputError("--ask writes its answers to the event log: give --events FILE.jsonl")
+    if args.ask_every < 1:
+        raise InputError(f"--ask-every must be >= 1, got {args.ask_every}")
+
+
+def _question_sink(args: argparse.Namespace, events: Any, perception: Any, camera: str | None) -> Any:
+    """A QuestionSink of one camera: ``--ask`` every ``--ask-every`` steps, answers into the event log."""
+    from fusionedge.sdk.streaming.questions import QuestionSink
+
+    return QuestionSink(events, perception, args.ask, every=args.ask_every, camera=camera)
 
 
 def _run(args: argparse.Namespace, signals: Any) -> int:
@@ -168,6 +184,8 @@ def _run(args: argparse.Namespace, signals: Any) -> int:
                 pipe_sinks.append(JsonlEventSink(args.events))
                 if args.track:
                     pipe_sinks.append(_track_sink(pipe_sinks[-1], pipe, perception, None))
+                if args.ask is not None:
+                    pipe_sinks.append(_question_sink(args, pipe_sinks[0], perception, None))
             if args.out is not None:
                 pipe_sinks.append(_LazyVideoSink(args.out, pipe, VideoFileSink))
             if metrics is not None:
@@ -251,6 +269,9 @@ def _run_cameras(args: argparse.Namespace, signals: Any) -> int:
             if args.track:
                 for name, pipe in multi.pipelines.items():
                     multi.add_sink(_track_sink(events, pipe, perception, name), camera=name)
+            if args.ask is not None:
+                for name in multi.pipelines:
+                    multi.add_sink(_question_sink(args, events, perception, name), camera=name)
         if args.out is not None:
             if args.out.suffix:
                 raise InputError(f"--out {args.out}: with --source give a folder (one NAME.mp4 per camera)")

@@ -28,6 +28,7 @@ from fusionedge.sdk.media import read_audio, read_video
 from fusionedge.sdk.outside_metrics import expected_calibration_error, outside_metrics
 from fusionedge.sdk.postprocess import decode_centernet, sigmoid, softmax
 from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
+from fusionedge.sdk.qa_evaluate import question_scorer
 from fusionedge.sdk.spec import fusion_output_names
 
 if TYPE_CHECKING:
@@ -139,6 +140,8 @@ def evaluate(
         ``outside``: the open-world rates of :func:`fusionedge.sdk.outside_metrics.outside_metrics`
         (with a calibrated bundle also ``uncertain_rate`` and ``ood_auroc``). A task without events,
         audio tags or boxes has no such metric (and, without events or tags, no open-world rates).
+        A bundle with a ``qa`` block evaluated on samples with ``questions`` adds the question accuracy
+        overall and per type (:mod:`fusionedge.sdk.qa_evaluate`).
 
     Raises:
         DataError: the manifest is invalid or uses labels the bundle does not know.
@@ -155,6 +158,7 @@ def evaluate(
     if not samples:
         raise DataError(f"{data}: no samples to evaluate")
     heads = fusion_output_names(labels)  # a task without a head has no such output and no such metric
+    questions = question_scorer(perception, samples)  # None unless the bundle and the data have questions
     has_ev, has_tag, has_det = "event_logits" in heads, "audio_tag_logits" in heads, "det_heatmap" in heads
     geometry = perception.geometry
     stride = geometry.output_stride
@@ -178,6 +182,8 @@ def evaluate(
             np.stack([a for _, a, _, _ in loaded]),
             np.stack([p for _, _, p, _ in loaded]),
         )
+        if questions is not None:
+            questions.add_batch(batch, loaded)
         for i, (s, (_, _, _, wh)) in enumerate(zip(batch, loaded)):
             if has_det:
                 det_pred.append(decode_centernet(
@@ -215,7 +221,8 @@ def evaluate(
         if has_det:
             headless["detection_map50"] = M.detection_map50(det_pred, det_true, objects)
             headless.update(coco_detection_metrics(det_pred, det_true, objects))
-        return {**headless, "samples": len(samples), "backend": perception.backend_name,
+        return {**headless, **(questions.metrics() if questions is not None else {}), "samples": len(samples),
+                "backend": perception.backend_name,
                 "seconds": round(time.perf_counter() - t0, 3)}
     if clip_logits is not None:
         clip_logits.update(samples=samples, event_logits=np.asarray(raw_events), tag_logits=np.asarray(raw_tags),
@@ -244,6 +251,7 @@ def evaluate(
         # samples with an ``outside`` block (fusionedge data outside): false alarms, siren recall, ECE
         **open_world,
         **outside_metrics(samples, probs, scores, events, tags, **kw),
+        **(questions.metrics() if questions is not None else {}),
         "backend": perception.backend_name,
         "seconds": round(time.perf_counter() - t0, 3),
     }

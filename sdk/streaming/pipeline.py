@@ -111,6 +111,9 @@ class StreamResult:
     latency_ms: float  # capture of the current frame (or audio) -> result ready
     camera: str | None = None  # the camera's name in a multi-camera pipeline (None: the one camera)
     audio: np.ndarray | None = None  # the step's audio window at the model's rate (None: audio missing)
+    # the step's model inputs (video (T, 3, H, W), audio (S,), presence (2,)), for a sink that runs another
+    # model on the same clip (a standing question); None unless a sink sets ``needs_inputs``
+    inputs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form for the event log (with ``camera`` when the result has one)."""
@@ -591,9 +594,11 @@ class Pipeline:
                 timings[k] = round(v, 3)
             latency = (time.monotonic() - step.captured) * 1e3
             self._lat.add("capture_to_result", latency)
+            keep = any(getattr(s, "needs_inputs", False) for s in self.sinks)
             sr = StreamResult(index=step.index, t=step.t, frame=step.image if has_video else None,
                               result=result, health=step.health, latency_ms=latency, camera=self.name,
-                              audio=step.audio if has_audio else None)
+                              audio=step.audio if has_audio else None,
+                              inputs=(step.video, step.audio, step.presence) if keep else None)
             self._q_results.put(sr)
         self._q_results.put(END)
 
