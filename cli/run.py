@@ -6,10 +6,12 @@
     fusionedge run --bundle B --video clip.mp4 --audio clip.wav --out annotated.mp4 --fast --policy offline
     fusionedge run --bundle B --video dashcam.mp4      # its own sound track, aligned by the timestamps
     fusionedge run --bundle B --source front=rtsp://cam1/s --source rear=/dev/video1 \
-        --mic cabin=mic://default --hears front,rear --events events.jsonl --out annotated/
+        --mic cabin=mic://default --hears front,rear --events events.jsonl --out mosaic.mp4
 
 Named ``--source`` / ``--mic`` run several cameras at once (:mod:`fusionedge.sdk.streaming.multi`): one
-batched inference per tick, results and events per camera, ``--out`` a folder of one video per camera.
+batched inference per tick, results and events per camera; ``--out FILE.mp4`` one mosaic video of all
+cameras (a grid, each tile labelled; a camera that is down shows "no signal"), ``--out-dir DIR`` (or
+``--out DIR`` without a suffix) one video per camera.
 
 The pipeline itself is :mod:`fusionedge.sdk.streaming`; this module parses the verb and prints the
 live progress line and the summary (``--json``: one object). ``python -m fusionedge.cli.run ARGS``
@@ -57,7 +59,10 @@ def add_run_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--hears", action=_HearsAction, default={}, metavar="CAM,CAM",
                    help="the cameras the preceding --mic is heard by (default with one --mic: all)")
     p.add_argument("--out", type=Path, default=None, help="write the annotated video here (.mp4); with "
-                                                          "--source a folder of NAME.mp4, one per camera")
+                                                          "--source one mosaic of every camera (a folder "
+                                                          "without a suffix: as --out-dir)")
+    p.add_argument("--out-dir", type=Path, default=None, metavar="DIR",
+                   help="with --source: one annotated NAME.mp4 per camera in this folder")
     p.add_argument("--events", type=Path, default=None, help="write a JSONL event log here")
     p.add_argument("--track", action="store_true",
                    help="track each camera's boxes and write track events (entry, exit, approaching / "
@@ -242,10 +247,13 @@ def _run_cameras(args: argparse.Namespace, signals: Any) -> int:
     from fusionedge.sdk.perception import Perception
     from fusionedge.sdk.streaming.multi import MultiPipeline, parse_named_source
     from fusionedge.sdk.streaming.pipeline import PipelineConfig
+    from fusionedge.sdk.streaming.mosaic import MosaicSink
     from fusionedge.sdk.streaming.sinks import JsonlEventSink, VideoFileSink
 
     if args.video is not None or args.audio is not None:
         raise InputError("give either --video/--audio (one camera) or named --source/--mic, not both")
+    if args.out is not None and args.out_dir is not None:
+        raise InputError("give --out FILE.mp4 (one mosaic) or --out-dir DIR (one video per camera), not both")
     if not args.sources:
         raise InputError("--mic needs at least one --source camera")
     cameras = [parse_named_source(s, "video") for s in args.sources]
@@ -255,8 +263,9 @@ def _run_cameras(args: argparse.Namespace, signals: Any) -> int:
         missing = [n for n, _ in mics if n not in hears]
         raise InputError(f"say which cameras hear microphone {missing[0]!r} (--hears after its --mic)")
     policy = args.policy or ("live" if args.realtime else "offline")
+    per_camera = args.out_dir is not None or (args.out is not None and not args.out.suffix)
     options = _backend_options(args, capture=len(cameras) + len(mics),
-                               encode=len(cameras) if args.out is not None else 0)
+                               encode=len(cameras) if per_camera else int(args.out is not None))
     show = args.progress and sys.stderr.isatty()
     with Perception.load(args.bundle, backends=args.backends, backend_options=options,
                          attribution=args.attribution) as perception:
@@ -272,11 +281,15 @@ def _run_cameras(args: argparse.Namespace, signals: Any) -> int:
             if args.ask is not None:
                 for name in multi.pipelines:
                     multi.add_sink(_question_sink(args, events, perception, name), camera=name)
-        if args.out is not None:
-            if args.out.suffix:
-                raise InputError(f"--out {args.out}: with --source give a folder (one NAME.mp4 per camera)")
+        folder = args.out_dir if args.out_dir is not None else (
+            args.out if args.out is not None and not args.out.suffix else None)
+        if folder is not None:
             for name, pipe in multi.pipelines.items():
-                multi.add_sink(_LazyVideoSink(args.out / f"{name}.mp4", pipe, VideoFileSink), camera=name)
+                multi.add_sink(_LazyVideoSink(folder / f"{name}.mp4", pipe, VideoFileSink), camera=name)
+        elif args.out is not None:
+            pipes = list(multi.pipelines.values())
+            multi.add_sink(MosaicSink(args.out, list(multi.pipelines), lambda: max(p.video_fps for p in pipes),
+                                      policy=policy))
         summary = multi.run(progress=(lambda s: print(_progress_line(s), end="", file=sys.stderr,
                                                       flush=True)) if show else None, signals=signals)
     _report(args, summary, show)

@@ -1,5 +1,9 @@
 """Draw a result onto video frames and write an annotated clip (``fusionedge predict --out``).
 
+:func:`draw_result` draws boxes (with track ids where tracks are given), the event, the audio tags and
+the attribution on a frame; :func:`draw_tile` does so on a camera's tile of a mosaic, labelled with the
+camera's name, and :func:`no_signal_tile` is the tile of a camera that is down.
+
 The clip is encoded into a private temporary folder and then put in place with
 :func:`fusionedge.sdk.fileio.write_bytes_atomic`, so an interrupted or failed run never leaves a
 half-written video (nor a temporary file) where the output belongs.
@@ -7,12 +11,13 @@ half-written video (nor a temporary file) where the output belongs.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-
 from fusionedge.sdk.errors import MediaError
 from fusionedge.sdk.fileio import write_bytes_atomic
 from fusionedge.sdk.media import read_video
@@ -21,7 +26,11 @@ if TYPE_CHECKING:
     from fusionedge.sdk.perception import Result
     from fusionedge.sdk.spec import InputGeometry
 
-__all__ = ["HEARD_COLOUR", "SEEN_COLOUR", "attribution_line", "draw_result", "write_annotated_clip"]
+__all__ = ["HEARD_COLOUR", "NO_SIGNAL_COLOUR", "SEEN_COLOUR", "TrackBox", "attribution_line", "draw_result",
+           "draw_tile", "no_signal_tile", "write_annotated_clip"]
+
+#: A tracked box to draw: ``(track id, label, (x1, y1, x2, y2))`` in the frame's pixels.
+TrackBox = tuple[int, str, tuple[float, float, float, float]]
 
 #: BGR colours per object label; unknown labels get grey.
 _COLOURS = {
@@ -33,22 +42,31 @@ _COLOURS = {
 #: BGR colours of the two senses in the attribution bar: what was seen, what was heard.
 SEEN_COLOUR = (0, 140, 255)
 HEARD_COLOUR = (230, 160, 40)
+#: BGR background of a camera's tile while the camera is down.
+NO_SIGNAL_COLOUR = (48, 48, 48)
 
 
-def draw_result(frame_bgr: np.ndarray, result: "Result") -> np.ndarray:
+def draw_result(frame_bgr: np.ndarray, result: "Result", tracks: Sequence[TrackBox] | None = None) -> np.ndarray:
     """Return a copy of a BGR frame with the boxes, the event, the audio tags and, where the result has
-    one, its attribution (a bar split into "seen" and "heard") drawn on it."""
+    one, its attribution (a bar split into "seen" and "heard") drawn on it.
+
+    With ``tracks`` (the tracker's boxes for this frame) each tracked box is drawn with its track id
+    (``#7 car``) instead of the frame's raw detections."""
     import cv2
 
     img = frame_bgr.copy()
     h, w = img.shape[:2]
     scale = max(0.35, min(w, h) / 500.0)
     thick = max(1, int(round(scale * 2)))
-    for b in result.boxes:
-        colour = _COLOURS.get(b.label, (160, 160, 160))
-        p1, p2 = (int(round(b.x1)), int(round(b.y1))), (int(round(b.x2)), int(round(b.y2)))
+    if tracks is None:
+        drawn = [((b.x1, b.y1, b.x2, b.y2), b.label, f"{b.label} {b.score:.2f}") for b in result.boxes]
+    else:
+        drawn = [(box, label, f"#{tid} {label}") for tid, label, box in tracks]
+    for (x1, y1, x2, y2), label, text in drawn:
+        colour = _COLOURS.get(label, (160, 160, 160))
+        p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
         cv2.rectangle(img, p1, p2, colour, thick)
-        cv2.putText(img, f"{b.label} {b.score:.2f}", (p1[0], max(10, p1[1] - 3)),
+        cv2.putText(img, text, (p1[0], max(10, p1[1] - 3)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, colour, max(1, thick - 1), cv2.LINE_AA)
     tags = ", ".join(k for k, v in result.audio_tags.items() if v >= 0.5) or "-"
     lines = ([] if result.event is None else [f"{result.event} {result.scores[result.event]:.2f}"]) + [
@@ -64,6 +82,55 @@ def draw_result(frame_bgr: np.ndarray, result: "Result") -> np.ndarray:
     if attribution is not None:
         _draw_attribution(img, attribution.contribution, (6, y - int(18 * scale)), scale, thick)
     return img
+
+
+def draw_tile(frame_bgr: np.ndarray, result: "Result", size: tuple[int, int], camera: str,
+              tracks: Sequence[TrackBox] | None = None) -> np.ndarray:
+    """One camera's tile of a mosaic: the frame resized to ``size`` (width, height), annotated as
+    :func:`draw_result` does (boxes and tracks scaled to the tile), with the camera's name at the bottom.
+
+    The frame is resized before drawing, so the cost does not grow with the camera's resolution.
+    """
+    import cv2
+
+    tw, th = size
+    h, w = frame_bgr.shape[:2]
+    tile = cv2.resize(frame_bgr, (tw, th), interpolation=cv2.INTER_AREA if tw <= w else cv2.INTER_LINEAR)
+    sx, sy = tw / w, th / h
+    boxes = [dataclasses.replace(b, x1=b.x1 * sx, y1=b.y1 * sy, x2=b.x2 * sx, y2=b.y2 * sy) for b in result.boxes]
+    scaled = None if tracks is None else [
+        (tid, label, (x1 * sx, y1 * sy, x2 * sx, y2 * sy)) for tid, label, (x1, y1, x2, y2) in tracks]
+    tile = draw_result(tile, dataclasses.replace(result, boxes=boxes), scaled)
+    _label(tile, camera)
+    return tile
+
+
+def no_signal_tile(size: tuple[int, int], camera: str, reason: str = "no signal") -> np.ndarray:
+    """The tile of a camera that is down: a grey field saying ``reason``, with the camera's name."""
+    import cv2
+
+    tw, th = size
+    tile = np.empty((th, tw, 3), np.uint8)
+    tile[...] = NO_SIGNAL_COLOUR
+    scale = max(0.35, min(tw, th) / 400.0)
+    thick = max(1, int(round(scale * 2)))
+    (text_w, text_h), _ = cv2.getTextSize(reason, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    cv2.putText(tile, reason, ((tw - text_w) // 2, (th + text_h) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (230, 230, 230), thick, cv2.LINE_AA)
+    _label(tile, camera)
+    return tile
+
+
+def _label(tile: np.ndarray, camera: str) -> None:
+    """The camera's name on a black strip along the tile's bottom edge."""
+    import cv2
+
+    th, tw = tile.shape[:2]
+    scale = max(0.35, min(tw, th) / 500.0)
+    strip = max(12, int(24 * scale))
+    tile[th - strip:] = 0
+    cv2.putText(tile, camera, (6, th - strip // 4 - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                max(1, int(round(scale * 2))), cv2.LINE_AA)
 
 
 def attribution_line(contribution: dict[str, float]) -> str:

@@ -14,12 +14,13 @@ The parts, one file each: :mod:`.uri` (parse a sensor URI), :mod:`.sources` (ope
 (timestamps, audio ring buffer, synchronizer), :mod:`.health` (failure detection and retry),
 :mod:`.queues` (bounded queues, latency percentiles), :mod:`.pipeline` (stages, stats), :mod:`.multi`
 (several cameras and microphones, one batched inference per tick), :mod:`.sinks`
-(outputs), :mod:`.signals` (SIGINT / SIGTERM as a graceful stop). The ``fusionedge run`` verb is
+(outputs), :mod:`.mosaic` (several cameras in one grid video), :mod:`.signals` (SIGINT / SIGTERM as a graceful stop). The ``fusionedge run`` verb is
 :mod:`fusionedge.cli.run`.
 """
 
 from fusionedge.sdk.streaming.clock import AudioRing, StreamClock, Synchronizer
 from fusionedge.sdk.streaming.health import HealthEvent, SourceSupervisor
+from fusionedge.sdk.streaming.mosaic import MosaicSink
 from fusionedge.sdk.streaming.multi import MultiPipeline
 from fusionedge.sdk.streaming.pipeline import Pipeline, PipelineConfig, StreamResult
 from fusionedge.sdk.streaming.queues import BoundedQueue
@@ -37,7 +38,7 @@ from fusionedge.sdk.streaming.uri import SourceURI, parse_uri
 
 __all__ = [
     "AudioChunk", "AudioRing", "AudioSource", "BoundedQueue", "CallbackSink", "Frame", "HealthEvent",
-    "JsonlEventSink", "MultiPipeline", "Pipeline", "PipelineConfig", "Sink", "SourceSupervisor", "SourceURI", "StopSignals",
+    "JsonlEventSink", "MosaicSink", "MultiPipeline", "Pipeline", "PipelineConfig", "Sink", "SourceSupervisor", "SourceURI", "StopSignals",
     "StreamClock", "StreamResult", "Synchronizer", "VideoFileSink", "VideoSource", "open_audio_source",
     "open_video_source", "parse_uri",
 ]

@@ -111,6 +111,8 @@ class StreamResult:
     latency_ms: float  # capture of the current frame (or audio) -> result ready
     camera: str | None = None  # the camera's name in a multi-camera pipeline (None: the one camera)
     audio: np.ndarray | None = None  # the step's audio window at the model's rate (None: audio missing)
+    # the camera's tracked boxes (track id, label, x1y1x2y2), set by a TrackSink before the sinks after it
+    tracks: tuple | None = None
     # the step's model inputs (video (T, 3, H, W), audio (S,), presence (2,)), for a sink that runs another
     # model on the same clip (a standing question); None unless a sink sets ``needs_inputs``
     inputs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None

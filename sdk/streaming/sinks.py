@@ -40,6 +40,8 @@ class Sink(ABC):
 class VideoFileSink(Sink):
     """Write each result's frame, annotated with :func:`~fusionedge.sdk.annotate.draw_result`, to a video.
 
+    Boxes carry their track ids when a :class:`~fusionedge.sdk.streaming.tracks.TrackSink` runs before it.
+
     Results without a frame (video missing) are skipped. The size is fixed by the first frame; later
     frames of another size are resized to it.
 
@@ -63,7 +65,7 @@ class VideoFileSink(Sink):
     def write(self, result: StreamResult) -> None:
         if result.frame is None:
             return
-        img = draw_result(result.frame, result.result)
+        img = draw_result(result.frame, result.result, result.tracks)
         if self._writer is None:
             h, w = img.shape[:2]
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ events (approaching / receding / stationary, time to contact), written as ``{"ty
 lines to a :class:`~fusionedge.sdk.streaming.sinks.JsonlEventSink`. The audio window of each result
 (the camera's microphone, shared by every camera that hears it) feeds the siren-band levels that the
 emergency vehicle's motion estimate combines with its box. One TrackSink per camera: track ids are per
-camera, and each line names its camera.
+camera, and each line names its camera. It also puts the tracked boxes on the result (``tracks``), so
+an annotated video or mosaic added after it draws the track ids.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class TrackSink(Sink):
             self._siren.add(result.audio, result.t)
             siren = self._siren
         tracks = self._tracker.update(result.result.boxes, result.t)
+        result.tracks = tuple((tr.track_id, tr.label, tr.box) for tr in tracks)  # for the video sinks after it
         camera = self.camera if self.camera is not None else result.camera
         for event in self._monitor.update(tracks, self._tracker.ended, result.t, siren):
             head = {"type": "track"} if camera is None else {"type": "track", "camera": camera}
