@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from fusionedge.sdk.backends import Backend, ModelIO, TensorSpec, get_backend
+from fusionedge.sdk.backends import Backend, ModelIO, TensorSpec, backend_class, get_backend
 from fusionedge.sdk.bundle_schema import QA_KEY
 from fusionedge.sdk.errors import BackendError, BundleError, InputError
 from fusionedge.sdk.postprocess import softmax
@@ -31,6 +31,7 @@ from fusionedge.sdk.selftest import compare_golden
 
 if TYPE_CHECKING:
     from fusionedge.sdk.bundle import Bundle
+    from fusionedge.sdk.perception import Fallback
 
 __all__ = ["QA_INPUTS", "QA_OUTPUT", "Answer", "QaModel", "QaSpec", "answer_scores", "no_qa_error"]
 
@@ -133,17 +134,24 @@ def _qa_io(bundle: Bundle, spec: QaSpec) -> ModelIO:
 class QaModel:
     """A bundle's question-answering model and tokenizer, loaded on one backend. Create with :meth:`load`."""
 
-    def __init__(self, bundle: Bundle, spec: QaSpec, tokenizer: QuestionTokenizer, backend: Backend) -> None:
+    def __init__(self, bundle: Bundle, spec: QaSpec, tokenizer: QuestionTokenizer, backend: Backend, *,
+                 fallbacks: Sequence[Fallback] = ()) -> None:
         """Bind a loaded backend and tokenizer to a bundle's ``qa`` block (use :meth:`load`)."""
         self.bundle = bundle
         self.spec = spec
         self.tokenizer = tokenizer
         self.backend = backend
+        #: the backends asked for that could not run the question model, and why
+        self.fallbacks: tuple[Fallback, ...] = tuple(fallbacks)
 
     @classmethod
     def load(cls, bundle: Bundle, backends: Sequence[str] = ("onnxruntime",), *,
              backend_options: Mapping[str, Mapping[str, Any]] | None = None, self_test: bool = True) -> QaModel:
         """Load a bundle's question-answering model on the first backend in ``backends`` that loads it.
+
+        A backend that runs device-built engines (TensorRT) is passed over: its plans are built and
+        found for ``model.onnx``. ONNX Runtime is tried last when no backend listed can load it; every
+        backend passed over is logged and kept in :attr:`fallbacks`.
 
         Args:
             bundle: a loaded (verified) fused bundle.
@@ -163,17 +171,21 @@ class QaModel:
             raise no_qa_error(bundle)
         tokenizer = QuestionTokenizer.from_file(bundle.path / spec.tokenizer, spec.max_tokens)
         io = _qa_io(bundle, spec)
-        reasons: list[str] = []
+        from fusionedge.sdk.perception import Fallback  # the one record of a backend passed over
+
+        fallbacks: list[Fallback] = []
         options = dict(backend_options or {})
-        for name in dict.fromkeys(backends):
+        for name in dict.fromkeys([*backends, "onnxruntime"]):
             try:
+                if backend_class(name).builds_engines:
+                    raise BackendError(f"{name} runs device engines built for model.onnx, not for {spec.model}")
                 backend = get_backend(name, **dict(options.get(name, {})))
                 backend.load(bundle.path / spec.model, io)
             except BackendError as e:
-                reasons.append(f"{name}: {e}")
-                log.warning("backend %r could not load %s, trying the next one: %s", name, spec.model, e)
+                fallbacks.append(Fallback(name, str(e)))
+                log.warning("backend %r cannot run %s, trying the next one: %s", name, spec.model, e)
                 continue
-            model = cls(bundle, spec, tokenizer, backend)
+            model = cls(bundle, spec, tokenizer, backend, fallbacks=fallbacks)
             if self_test:
                 try:
                     model.self_test()
@@ -181,7 +193,8 @@ class QaModel:
                     backend.close()
                     raise
             return model
-        raise BackendError(f"no backend could load {spec.model} of {bundle.model_id} ({'; '.join(reasons)})")
+        reasons = "; ".join(f"{f.backend}: {f.reason}" for f in fallbacks)
+        raise BackendError(f"no backend could load {spec.model} of {bundle.model_id} ({reasons})")
 
     @property
     def answers(self) -> tuple[str, ...]:

@@ -163,3 +163,30 @@ def test_close_releases_the_qa_model(qa_bundle):
     qa = p.qa
     p.close()
     assert qa.backend.closed and p.backend.closed
+
+
+def test_an_engine_building_backend_is_not_used_for_qa_onnx(qa_bundle):
+    """A backend that runs device-built plans finds them by the main model's fingerprint: qa.onnx is not
+    that model, so question answering goes on to the next backend, and says so."""
+    from fusionedge.sdk.backends import register_backend
+    from fusionedge.sdk.backends.onnxruntime import OnnxRuntimeBackend
+
+    class PlanBackend(OnnxRuntimeBackend):
+        name = "plan-test"
+        builds_engines = True
+
+    register_backend("plan-test", PlanBackend)
+    with Perception.load(qa_bundle, backends=["plan-test", "onnxruntime"]) as p:
+        assert p.backend_name == "plan-test"  # the main model may run on it
+        p.ask("is it quiet?", video=np.zeros((2, 32, 48, 3), np.uint8))
+        assert p.qa.backend.name == "onnxruntime"
+        assert [f.backend for f in p.qa.fallbacks] == ["plan-test"]
+        assert "model.onnx" in p.qa.fallbacks[0].reason
+
+
+def test_qa_falls_back_to_onnxruntime_when_no_listed_backend_loads_it(qa_bundle):
+    with Perception.load(qa_bundle, backends=["onnxruntime"]) as p:
+        p._qa_backends = (("no-such-backend",), {})
+        answer = p.ask("is it quiet?", video=np.zeros((2, 32, 48, 3), np.uint8))
+        assert answer.answer in TOY_ANSWERS and p.qa.backend.name == "onnxruntime"
+        assert p.qa.fallbacks[0].backend == "no-such-backend"
