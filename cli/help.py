@@ -51,6 +51,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "predict": ("fusionedge predict --bundle bundle --video clip.mp4 --audio clip.wav --out annotated.mp4",),
     "ask": ("fusionedge ask --bundle bundle --video clip.mp4 --audio clip.wav \"is a siren heard?\"",
             "fusionedge ask --bundle bundle --video clip.mp4 --top-k 5 --json \"how many cars are ahead?\""),
+    "qa": ("fusionedge qa train --checkpoint runs/student/best.pt --data data/train --val data/val --out runs/qa",
+           "fusionedge qa export --bundle bundle --checkpoint runs/qa/best.pt --calibrate-on data/val"),
+    "qa train": ("fusionedge qa train --checkpoint runs/student/best.pt --data data/train --val data/val "
+                 "--out runs/qa",),
+    "qa export": ("fusionedge qa export --bundle bundle --checkpoint runs/qa/best.pt --calibrate-on data/val",),
+    "qa report": ("fusionedge qa report --bundle bundle --data data/test --train-data data/train --out qa.md",),
     "explain": ("fusionedge explain --bundle bundle --video clip.mp4 --audio clip.wav --out explain.png",
                 "fusionedge explain --bundle bundle --data data/test --out explain-report"),
     "quickstart": ("fusionedge quickstart --workdir qs",),

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fusionedge.cli.fleet import add_fleet_parser
     from fusionedge.cli.import_model import add_import_parser
     from fusionedge.cli.predict import add_predict_parsers
+    from fusionedge.cli.qa import add_qa_parser
     from fusionedge.cli.quantize import add_quantize_parsers
     from fusionedge.cli.quickstart import add_quickstart_parser
     from fusionedge.cli.report import add_report_parser
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ask_parser(verbs)
     add_explain_parser(verbs)
     add_calibrate_parser(verbs)
+    add_qa_parser(verbs)
     add_quickstart_parser(verbs)
     add_pretrain_parser(verbs)
     add_distill_parser(verbs)

@@ -1,0 +1,71 @@
+"""End to end, tiny: generated clips with questions -> QA training (1 epoch) -> qa.onnx into a bundle with
+parity at batch 1 and 3 -> the bundle verifies with the qa files hashed -> the runtime answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tokenizers")
+torch = pytest.importorskip("torch")
+
+from fusionedge.sdk.bundle import load_bundle, sha256_file
+from fusionedge.sdk.errors import BundleError
+
+
+@pytest.mark.slow
+def test_train_export_and_ask(tmp_path):
+    from fusionedge.cli.main import main
+    from fusionedge.export import export_checkpoint
+    from fusionedge.export.qa_export import export_qa
+    from fusionedge.sdk.perception import Perception
+    from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
+    from fusionedge.training.checkpoint import save_checkpoint
+    from fusionedge.training.models.registry import create_model
+    from fusionedge.training.qa.checkpoint import load_qa_checkpoint
+    from fusionedge.training.qa.train import QATrainConfig, train_qa
+    from fusionedge.training.synth import generate_dataset
+
+    torch.manual_seed(0)
+    geometry = InputGeometry(clip_frames=2, height=32, width=48, clip_seconds=0.25, sample_rate=16000)
+    student = create_model("fusion_student", clip_frames=2, height=32, width=48, fusion="aligned_attention",
+                           audio_samples=geometry.audio_samples).eval()
+    ckpt = save_checkpoint(tmp_path / "run" / "best.pt", student, model_name="fusion_student",
+                           model_config=student.config.to_dict(), geometry=geometry,
+                           labels={"events": EVENTS, "audio_tags": AUDIO_TAGS, "objects": OBJECTS}, metrics={}, epoch=1)
+    bundle = export_checkpoint(ckpt, tmp_path / "bundle", progress=False)
+    data = generate_dataset(tmp_path / "data", samples=4, seed=11, workers=1, progress=False).parent
+
+    summary = train_qa(QATrainConfig(checkpoint=str(ckpt), data=str(data), val=str(data), out=str(tmp_path / "qa"),
+                                     epochs=1, progress=False, workers=1))
+    assert summary["train_questions"] >= 16 and (tmp_path / "qa" / "best.pt").is_file()
+    assert set(json.loads((tmp_path / "qa" / "metrics.json").read_text())["val"]["ablations"]) == {
+        "question_only", "question_video", "question_audio", "all"}
+    loaded = load_qa_checkpoint(tmp_path / "qa" / "best.pt")
+    assert loaded.answers[:2] == ("no", "yes") or "yes" in loaded.answers
+
+    out = export_qa(bundle, tmp_path / "qa" / "best.pt", calibrate_on=data)
+    assert out["parity"]["batches"] == [1, 3] and all(r["ok"] for r in out["parity"]["results"])
+    b = load_bundle(bundle)  # verifies every listed file's size and hash
+    qa = b.manifest["qa"]
+    assert qa["model"] == "qa.onnx" and qa["answers"] == list(loaded.answers)
+    for rel in ("qa.onnx", "qa_tokenizer.json", "qa_golden.npz"):
+        assert b.manifest["files"][rel]["sha256"] == sha256_file(bundle / rel)
+    assert 0.0 <= qa["min_confidence"] <= 1.0 and qa["temperature"] > 0
+    with np.load(bundle / "qa_golden.npz") as g:
+        assert set(g.files) == {"video", "audio", "presence", "question_ids", "question_mask", "answer_logits"}
+        assert g["question_ids"].dtype == np.int64 and g["answer_logits"].shape == (2, len(qa["answers"]))
+    assert out["digest"]["before"] != out["digest"]["after"] == b.digest
+
+    clip = next(iter((data / "media").glob("*.mp4")))
+    with Perception.load(bundle) as p:  # the runtime golden-checks qa.onnx on its first question
+        a = p.ask("is there a car?", video_path=clip, audio_path=clip.with_suffix(".wav"))
+    assert a.answer in qa["answers"] and 0.0 < a.score <= 1.0
+
+    (bundle / "manifest.sig").write_bytes(b"x")  # a signed bundle: its signature would stop verifying
+    with pytest.raises(BundleError, match="signed"):
+        export_qa(bundle, tmp_path / "qa" / "best.pt")
+    (bundle / "manifest.sig").unlink()
+    assert main(["qa", "export", "--bundle", str(bundle), "--checkpoint", str(tmp_path / "run" / "best.pt")]) == 2
