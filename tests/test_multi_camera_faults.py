@@ -36,14 +36,14 @@ def clip(tmp_path_factory) -> Path:
 
 def test_bad_sources_in_the_api_are_one_typed_error_naming_them(perception, clip):
     cases = [
-        (dict(cameras=[("front", "ftp://cam/1")]), "unknown scheme 'ftp'"),
-        (dict(cameras=[("front", str(clip))], mics=[("cabin", "smb://mic")]), "unknown scheme 'smb'"),
-        (dict(cameras=[("front", str(clip))], mics=[("front", str(clip))]), "'front' is given twice"),
-        (dict(cameras=[("front camera", str(clip))]), "source name 'front camera'"),
-        (dict(cameras=[]), "at least one camera"),
-        (dict(cameras=[("front", str(clip))], mics=[("cabin", str(clip))], hears={"cabin": ["rear"]}),
+        ({"cameras": [("front", "ftp://cam/1")]}, "unknown scheme 'ftp'"),
+        ({"cameras": [("front", str(clip))], "mics": [("cabin", "smb://mic")]}, "unknown scheme 'smb'"),
+        ({"cameras": [("front", str(clip))], "mics": [("front", str(clip))]}, "'front' is given twice"),
+        ({"cameras": [("front camera", str(clip))]}, "source name 'front camera'"),
+        ({"cameras": []}, "at least one camera"),
+        ({"cameras": [("front", str(clip))], "mics": [("cabin", str(clip))], "hears": {"cabin": ["rear"]}},
          "unknown camera 'rear'"),
-        (dict(cameras=[("front", str(clip))], mics=[("a", str(clip)), ("b", str(clip))]), "say which cameras hear"),
+        ({"cameras": [("front", str(clip))], "mics": [("a", str(clip)), ("b", str(clip))]}, "say which cameras hear"),
     ]
     for kwargs, message in cases:
         with pytest.raises(InputError, match=message):
