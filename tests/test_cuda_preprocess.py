@@ -324,18 +324,20 @@ def test_two_cameras_through_the_device_path_give_the_cpu_paths_results(bundle_d
     monkeypatch.setattr(multi_mod, "plan_device_preprocessing",
                         functools.partial(cp.plan_device_preprocessing, kernel=kernel))
     runs = {}
-    for where in ("cuda", "cpu"):
+    # one inference per camera too: the cameras' threads then take turns in the one binding
+    for where, batched in (("cuda", True), ("cuda", False), ("cpu", True)):
         results = []
         perception = Perception(bundle, backend)
         multi = MultiPipeline(perception, cameras=cams, sinks=[CallbackSink(results.append)], config=config,
-                              max_wait=0.05, preprocessing=where)
+                              max_wait=0.05, preprocessing=where, batched=batched)
         summary = multi.run()
         assert summary["preprocessing"] == where and summary["dropped"] == 0
-        runs[where] = {(r.camera, r.index): r.result.scores for r in results}
-    assert backend.device_runs >= 10 and kernel.launches == 2 * 20  # every frame once, on its camera's ring
-    assert runs["cuda"].keys() == runs["cpu"].keys() and len(runs["cuda"]) == 40
-    for key, scores in runs["cpu"].items():
-        assert np.allclose(list(runs["cuda"][key].values()), list(scores.values()), atol=1e-4), key
+        runs[where, batched] = {(r.camera, r.index): r.result.scores for r in results}
+    assert backend.device_runs >= 50 and kernel.launches == 2 * 2 * 20  # every frame once, on its camera's ring
+    for key, scores in runs["cpu", True].items():
+        for mode in (("cuda", True), ("cuda", False)):
+            assert runs[mode].keys() == runs["cpu", True].keys() and len(runs[mode]) == 40
+            assert np.allclose(list(runs[mode][key].values()), list(scores.values()), atol=1e-4), (mode, key)
     backend.close()
 
 

@@ -213,6 +213,7 @@ class BatchGate:
                  batched: bool = True, device: CudaFramePreprocessor | None = None) -> None:
         self.perception = perception
         self.device = device
+        self._device_lock = threading.Lock()  # one batch at a time in the device binding (also unbatched)
         self.max_wait = float(max_wait)
         self.batched = batched
         self._waiting_for = waiting_for
@@ -300,7 +301,8 @@ class BatchGate:
                 clips.extend(np.asarray(video))
         audio = np.concatenate([r[1] for r in inputs])
         presence = np.concatenate([r[2] for r in inputs])
-        return self.device.run(clips, {"audio": audio, "presence": presence}), self.perception
+        with self._device_lock:
+            return self.device.run(clips, {"audio": audio, "presence": presence}), self.perception
 
 
 class _GatedPerception:
