@@ -48,7 +48,7 @@ from fusionedge.sdk.generic import GenericModel, in_source_pixels, last_frame, r
 from fusionedge.sdk.media import read_audio_window, read_video
 from fusionedge.sdk.postprocess import Detection, decode_centernet, sigmoid, softmax
 from fusionedge.sdk.preprocess import preprocess_audio, preprocess_video
-from fusionedge.sdk.qa import Answer, QaModel, QaSpec, no_qa_error
+from fusionedge.sdk.qa import Answer, QaModel, QaSpec, check_questions, no_qa_error
 from fusionedge.sdk.selftest import compare_golden
 from fusionedge.sdk.spec import MODALITIES, InputGeometry, bundle_modalities, check_fusion_contract
 
@@ -454,6 +454,7 @@ class Perception:
         """
         qa = self.qa  # loaded on the first question; not part of an answer's latency
         t0 = time.perf_counter()
+        check_questions(questions)  # a question that cannot be asked is refused before the clip is decoded
         video_t, audio_t, presence, _, _ = self._clip_tensors(video, audio, image, sample_rate, fps, video_path,
                                                               audio_path, start_seconds)
         return qa.answer(questions, video_t, audio_t, presence, top_k=top_k, started=t0)

@@ -26,14 +26,15 @@ from fusionedge.sdk.backends import Backend, ModelIO, TensorSpec, backend_class,
 from fusionedge.sdk.bundle_schema import QA_KEY
 from fusionedge.sdk.errors import BackendError, BundleError, InputError
 from fusionedge.sdk.postprocess import softmax
-from fusionedge.sdk.qa_tokenizer import QuestionTokenizer
+from fusionedge.sdk.qa_tokenizer import QuestionTokenizer, check_question
 from fusionedge.sdk.selftest import compare_golden
 
 if TYPE_CHECKING:
     from fusionedge.sdk.bundle import Bundle
     from fusionedge.sdk.perception import Fallback
 
-__all__ = ["QA_INPUTS", "QA_OUTPUT", "Answer", "QaModel", "QaSpec", "answer_scores", "no_qa_error"]
+__all__ = ["QA_INPUTS", "QA_OUTPUT", "Answer", "QaModel", "QaSpec", "answer_scores", "check_questions",
+           "no_qa_error"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,19 @@ class Answer:
 def answer_scores(logits: np.ndarray, temperature: float) -> np.ndarray:
     """Answer probabilities ``softmax(logits / temperature)`` of ``(A,)`` or ``(B, A)`` logits (float64)."""
     return softmax(np.asarray(logits, np.float64) / float(temperature), axis=-1)
+
+
+def check_questions(questions: Sequence[str]) -> None:
+    """Refuse anything but a non-empty sequence of questions that can be asked.
+
+    Raises:
+        InputError: a single string or an empty sequence.
+        QuestionError: a question that is not a string, blank, too long or holds control characters.
+    """
+    if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
+        raise InputError("expected a non-empty list of questions")
+    for q in questions:
+        check_question(q)
 
 
 def no_qa_error(bundle: Bundle) -> BundleError:
@@ -254,8 +268,7 @@ class QaModel:
         t0 = time.perf_counter() if started is None else started
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be an integer >= 1, got {top_k!r}")
-        if isinstance(questions, str) or not questions:
-            raise InputError("expected a non-empty list of questions")
+        check_questions(questions)
         encoded = [self.tokenizer.encode(q) for q in questions]
         n = len(encoded)
         step = self.backend.io.batch_max

@@ -11,7 +11,7 @@ from _toy_qa import TOY_ANSWERS, TOY_MAX_TOKENS, shared_qa_bundle, write_toy_cli
 from fusionedge.sdk import Perception
 from fusionedge.sdk.bundle import load_bundle
 from fusionedge.sdk.datamanifest import Sample
-from fusionedge.sdk.errors import BundleError
+from fusionedge.sdk.errors import BundleError, InputError
 from fusionedge.sdk.evaluate import load_sample_inputs
 from fusionedge.sdk.postprocess import softmax
 from fusionedge.sdk.qa_tokenizer import QuestionError, QuestionTokenizer
@@ -88,6 +88,17 @@ def test_unknown_words_and_overlong_questions(qa_bundle):
             p.ask("", video=frames)
         with pytest.raises(QuestionError, match="must be a string"):
             p.ask_batch(["is it quiet?", None], video=frames)  # type: ignore[list-item]
+
+
+def test_a_bad_question_is_refused_before_the_clip_is_decoded(qa_bundle, tmp_path):
+    missing = tmp_path / "no-such-clip.mp4"
+    with Perception.load(qa_bundle) as p:
+        with pytest.raises(QuestionError, match="10000 characters"):
+            p.ask("x" * 10_000, video_path=missing)
+        with pytest.raises(QuestionError, match="only whitespace"):
+            p.ask_batch(["is it quiet?", " "], video_path=missing)
+        with pytest.raises(InputError, match="non-empty list of questions"):
+            p.ask_batch([], video_path=missing)
 
 
 def test_a_bundle_without_qa_says_how_to_add_one(tmp_path_factory):
