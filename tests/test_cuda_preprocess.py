@@ -389,3 +389,58 @@ def test_real_kernel_matches_the_reference():
         prep.close()
         cuda.stream_destroy(stream)
         buf.free()
+
+
+class FakeContext:
+    """TensorRT's execution context over FakeCuda memory: ``out[b] = sum(video[b]) + sum(audio[b])``."""
+
+    def __init__(self, buffers) -> None:
+        self.buffers, self.shapes, self.runs = buffers, {}, 0
+
+    def set_input_shape(self, name, shape) -> None:
+        self.shapes[name] = tuple(shape)
+
+    def get_tensor_shape(self, name):
+        return (self.shapes["video"][0], 1)
+
+    def execute_async_v3(self, stream) -> bool:
+        self.runs += 1
+        video = _read(self.buffers["video"].device, self.shapes["video"], np.float32)
+        audio = _read(self.buffers["audio"].device, self.shapes["audio"], np.float32)
+        out = (video.reshape(len(video), -1).sum(1) + audio.sum(1)).astype(np.float32)[:, None]
+        ctypes.memmove(self.buffers["out"].device, out.ctypes.data, out.nbytes)
+        return True
+
+
+def test_tensorrt_runs_a_batch_whose_video_is_already_in_its_binding():
+    from fusionedge.sdk.backends.base import ModelIO, TensorSpec
+
+    cuda = FakeCuda()
+    trt = TensorRTBackend()
+    shapes = {"video": (4, 2, 3, 4, 5), "audio": (4, 8), "out": (4, 1)}
+    trt._buffers = {n: HostDeviceBuffer(cuda, s, np.dtype(np.float32)) for n, s in shapes.items()}
+    trt._cuda, trt._stream, trt._max_shapes = cuda, cuda.stream_create(), shapes
+    trt._inputs, trt._outputs, trt._context = ["video", "audio"], ["out"], FakeContext(trt._buffers)
+    trt._io = ModelIO(inputs=(TensorSpec("video", ("batch", 2, 3, 4, 5), "float32"),
+                              TensorSpec("audio", ("batch", 8), "float32")),
+                      outputs=(TensorSpec("out", ("batch", 1), "float32"),), batch_max=4)
+    trt._state = "loaded"
+    binding = trt.device_input("video")
+    video = np.arange(2 * 120, dtype=np.float32).reshape(2, 2, 3, 4, 5)
+    for slot in range(2):  # what the preprocessing puts in place, frame by frame
+        for k in range(2):
+            ctypes.memmove(binding.address(slot, k), video[slot, k].ctypes.data, binding.frame_bytes)
+    audio = np.ones((2, 8), np.float32)
+    out = trt.infer_on_device({"audio": audio}, {"video": (2, 2, 3, 4, 5)})
+    np.testing.assert_allclose(out["out"][:, 0], video.reshape(2, -1).sum(1) + 8)
+    video_buffer = trt._buffers["video"].device
+    assert not [c for c in cuda.copies if c[0] == "htod" and c[1] == video_buffer]  # no host copy of video
+    assert [c[3] for c in cuda.copies if c[0] == "htod"] == [audio.nbytes]
+    with pytest.raises(InputError, match="does not match"):
+        trt.infer_on_device({"audio": audio}, {"video": (2, 2, 3, 4, 6)})
+    with pytest.raises(InputError, match=r"batch sizes \[2, 3\]"):
+        trt.infer_on_device({"audio": audio}, {"video": (3, 2, 3, 4, 5)})
+    ort = OnnxRuntimeBackend()
+    ort._state, ort._io = "loaded", trt._io
+    with pytest.raises(BackendError, match="input 'video' is not taken from device memory"):
+        ort.infer_on_device({"audio": audio}, {"video": (2, 2, 3, 4, 5)})
