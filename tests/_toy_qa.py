@@ -1,4 +1,4 @@
-"""Question-answering fixtures: a tiny trained question tokenizer (and, below, a toy ``qa`` bundle)."""
+"""Question-answering fixtures: a tiny trained question tokenizer, a toy QA checkpoint, a toy ``qa`` bundle."""
 
 from __future__ import annotations
 
@@ -43,112 +43,54 @@ def write_toy_tokenizer(path: Path, vocab_size: int = 200) -> Path:
 #: The answers of the toy ``qa`` block (answer index = logit index).
 TOY_ANSWERS = ("no", "yes", "0", "1", "2", "red", "green", "left", "right")
 TOY_MAX_TOKENS = 12
+TOY_TYPES = ("exist", "count", "hear", "colour", "side")
 
 
-def toy_qa_net(vocab_size: int, n_answers: int = len(TOY_ANSWERS), *, dim: int = 16, seed: int = 0):
-    """A tiny question-answering module with the exact ``qa.onnx`` interface, seeded, in eval mode.
-
-    The question's tokens (masked mean) attend to one token per frame and one for the waveform.
-    """
+def toy_qa_checkpoint(path: Path, *, seed: int = 0, max_tokens: int = TOY_MAX_TOKENS) -> Path:
+    """A QA checkpoint as ``fusionedge qa train`` writes it: a tiny untrained student of the toy geometry
+    and question reader, with :func:`train_toy_tokenizer`'s vocabulary and :data:`TOY_ANSWERS`."""
     import torch
-    from torch import nn
-
-    class ToyQaNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.frame = nn.Conv2d(3, dim, 3, stride=4, padding=1)
-            self.wave = nn.Conv1d(1, dim, 64, stride=32)
-            self.embed = nn.Embedding(vocab_size, dim)
-            self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
-            self.head = nn.Linear(dim, n_answers)
-
-        def forward(self, video, audio, presence, question_ids, question_mask):
-            b, t, c, h, w = video.shape
-            maps = self.frame(video.reshape(b * t, c, h, w)).relu()
-            v_tok = maps.mean(dim=(2, 3)).reshape(b, t, -1) * presence[:, None, :1]
-            a_tok = self.wave(audio[:, None]).relu().mean(-1)[:, None] * presence[:, None, 1:]
-            words = self.embed(question_ids) * question_mask[..., None]
-            q = words.sum(1) / question_mask.sum(1, keepdim=True).clamp(min=1.0)
-            clip = torch.cat([v_tok, a_tok], 1)
-            seen = self.attn(q[:, None], clip, clip, need_weights=False)[0][:, 0]
-            return self.head(seen + q) * 4.0
-
-    torch.manual_seed(seed)
-    return ToyQaNet().eval()
-
-
-def _export_qa_onnx(net, path: Path, geometry, max_tokens: int) -> None:
-    import warnings
-
-    import torch
-
-    g = geometry
-    args = (torch.zeros(2, g.clip_frames, 3, g.height, g.width), torch.zeros(2, g.audio_samples),
-            torch.ones(2, 2), torch.zeros(2, max_tokens, dtype=torch.int64), torch.ones(2, max_tokens))
-    names = ("video", "audio", "presence", "question_ids", "question_mask")
-    batch = torch.export.Dim("batch", min=1, max=64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, args, str(path), dynamo=True, opset_version=18, external_data=False,
-                          input_names=list(names), output_names=["answer_logits"],
-                          dynamic_shapes=tuple({0: batch} for _ in names), verbose=False)
-
-
-def add_toy_qa(bundle: Path, *, temperature: float = 1.0, min_confidence: float = 0.5, seed: int = 0,
-               max_tokens: int = TOY_MAX_TOKENS) -> Path:
-    """Give a copy of the toy bundle a ``qa`` block: a toy ``qa.onnx``, a trained tokenizer and goldens.
-
-    The files are hashed into ``files`` and the manifest rewritten the way the exporter does it.
-    """
-    import numpy as np
-    import onnxruntime as ort
-    import torch
-    from fusionedge.sdk.bundle import MANIFEST_NAME, sha256_file
-    from fusionedge.sdk.fileio import read_json, write_json_atomic
+    from _toy_model import TOY_GEOMETRY
     from fusionedge.sdk.qa_tokenizer import QuestionTokenizer
-    from fusionedge.sdk.spec import InputGeometry
+    from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS
+    from fusionedge.training.models.multimodal import ModelConfig, MultimodalModel
+    from fusionedge.training.qa.checkpoint import save_qa_checkpoint
+    from fusionedge.training.qa.model import QAModel, QuestionReader, reader_config_for
 
-    manifest = read_json(bundle / MANIFEST_NAME)
-    geometry = InputGeometry.from_dict(manifest["geometry"])
+    g = TOY_GEOMETRY
+    torch.manual_seed(seed)
+    cfg = ModelConfig(clip_frames=g.clip_frames, height=g.height, width=g.width, audio_samples=g.audio_samples,
+                      sample_rate=g.sample_rate, n_fft=200, hop_length=80, n_mels=16, f_max=4000.0,
+                      video_channels=(4, 8, 8, 16), video_depth=0, audio_channels=(4, 8, 16), audio_depth=0,
+                      audio_dim=16, fusion="aligned_attention", fusion_dim=16, fusion_heads=2, head_hidden=16,
+                      det_channels=8)
+    student = MultimodalModel(cfg).eval()
     text = train_toy_tokenizer()
-    (bundle / "qa_tokenizer.json").write_text(text, encoding="utf-8")
     tok = QuestionTokenizer.from_str(text, max_tokens)
-    net = toy_qa_net(tok.vocab_size, seed=seed)
-    _export_qa_onnx(net, bundle / "qa.onnx", geometry, max_tokens)
-    rng = np.random.default_rng(seed)
-    ids, mask = tok.encode_batch(["is a siren heard?", "how many cars are ahead?"])
-    inputs = {"video": rng.normal(size=(2, geometry.clip_frames, 3, geometry.height, geometry.width))
-              .astype(np.float32),
-              "audio": rng.uniform(-0.5, 0.5, (2, geometry.audio_samples)).astype(np.float32),
-              "presence": np.array([[1, 1], [1, 0]], np.float32), "question_ids": ids, "question_mask": mask}
-    session = ort.InferenceSession(str(bundle / "qa.onnx"), providers=["CPUExecutionProvider"])
-    logits = session.run(["answer_logits"], inputs)[0]
-    with torch.no_grad():
-        eager = net(*(torch.from_numpy(inputs[k]) for k in ("video", "audio", "presence", "question_ids",
-                                                            "question_mask"))).numpy()
-    assert np.allclose(logits, eager, rtol=1e-4, atol=1e-4), "toy qa.onnx disagrees with eager PyTorch"
-    np.savez(bundle / "qa_golden.npz", **inputs, answer_logits=logits)
-    for rel in ("qa.onnx", "qa_tokenizer.json", "qa_golden.npz"):
-        manifest["files"][rel] = {"sha256": sha256_file(bundle / rel), "size": (bundle / rel).stat().st_size}
-    manifest["qa"] = {"model": "qa.onnx", "tokenizer": "qa_tokenizer.json", "golden": "qa_golden.npz",
-                      "max_tokens": max_tokens, "answers": list(TOY_ANSWERS),
-                      "question_types": ["exist", "count", "hear", "colour", "side"],
-                      "temperature": temperature, "min_confidence": min_confidence,
-                      "golden_rtol": 1e-3, "golden_atol": 1e-4}
-    write_json_atomic(bundle / MANIFEST_NAME, manifest)
-    return bundle
+    rc = reader_config_for(student, vocab_size=tok.vocab_size, max_tokens=max_tokens, num_answers=len(TOY_ANSWERS),
+                           dim=16, heads=2, layers=1)
+    model = QAModel(student, QuestionReader(rc)).eval()
+    info = {"model_name": "fusion_student", "model_config": cfg.to_dict(), "geometry": g.to_dict(),
+            "labels": {"events": list(EVENTS), "audio_tags": list(AUDIO_TAGS), "objects": list(OBJECTS)}}
+    return save_qa_checkpoint(path, model, student_info=info, tokenizer_json=text, max_tokens=max_tokens,
+                              answers=TOY_ANSWERS, question_types=TOY_TYPES, metrics={}, epoch=1)
 
 
 _SHARED: dict[str, Path] = {}
 
 
 def shared_qa_bundle(tmp_path_factory) -> Path:
-    """The shared toy bundle with a toy ``qa`` block, built once per test session (treat as read-only)."""
+    """The shared toy bundle with a ``qa`` block written by the exporter (``fusionedge qa export``'s
+    :func:`~fusionedge.export.qa_export.export_qa`) from :func:`toy_qa_checkpoint`; built once per test
+    session (treat as read-only)."""
     if "qa" not in _SHARED:
         from _toy_model import copy_bundle, shared_toy_bundle
+        from fusionedge.export.qa_export import export_qa
 
-        src = shared_toy_bundle(tmp_path_factory)
-        _SHARED["qa"] = add_toy_qa(copy_bundle(src, tmp_path_factory.mktemp("toy-qa") / "bundle"))
+        root = tmp_path_factory.mktemp("toy-qa")
+        bundle = copy_bundle(shared_toy_bundle(tmp_path_factory), root / "bundle")
+        export_qa(bundle, toy_qa_checkpoint(root / "qa.pt"))
+        _SHARED["qa"] = bundle
     return _SHARED["qa"]
 
 

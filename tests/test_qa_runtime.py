@@ -28,16 +28,19 @@ def clip(tmp_path_factory, qa_bundle):
     return write_toy_clip(folder, "c0", 90, 700.0, load_bundle(qa_bundle).geometry)
 
 
-def _reference_scores(bundle, video, audio, question, temperature):
-    """qa.onnx run directly in ONNX Runtime on the clip as evaluation decodes it: the scores ask must give."""
+def _reference_logits(bundle, video, audio, question):
+    """qa.onnx run directly in ONNX Runtime on the clip as evaluation decodes it: what ask must score."""
     b = load_bundle(bundle)
     v, a, p, _ = load_sample_inputs(Sample("c0", video, audio, None, (), (), None, None, {}), b.geometry)
     tok = QuestionTokenizer.from_file(bundle / "qa_tokenizer.json", TOY_MAX_TOKENS)
     enc = tok.encode(question)
     session = ort.InferenceSession(str(bundle / "qa.onnx"), providers=["CPUExecutionProvider"])
-    logits = session.run(None, {"video": v[None], "audio": a[None], "presence": p[None],
-                                "question_ids": enc.ids[None], "question_mask": enc.mask[None]})[0][0]
-    return softmax(logits.astype(np.float64) / temperature)
+    return session.run(None, {"video": v[None], "audio": a[None], "presence": p[None],
+                              "question_ids": enc.ids[None], "question_mask": enc.mask[None]})[0][0].astype(np.float64)
+
+
+def _reference_scores(bundle, video, audio, question, temperature):
+    return softmax(_reference_logits(bundle, video, audio, question) / temperature)
 
 
 def test_ask_on_a_clip_file_gives_the_qa_model_tempered_scores(qa_bundle, clip):
@@ -47,7 +50,8 @@ def test_ask_on_a_clip_file_gives_the_qa_model_tempered_scores(qa_bundle, clip):
         p.infer(video_path=video, audio_path=audio)
         assert p._qa is None
         answer = p.ask("Is a siren heard?", video_path=video, audio_path=audio, top_k=4)
-    expected = _reference_scores(qa_bundle, video, audio, "Is a siren heard?", 1.0)
+    expected = _reference_scores(qa_bundle, video, audio, "Is a siren heard?",
+                                 load_bundle(qa_bundle).manifest["qa"]["temperature"])
     best = int(np.argmax(expected))
     assert answer.answer == TOY_ANSWERS[best]
     assert answer.score == pytest.approx(expected[best], abs=1e-5)
@@ -137,18 +141,20 @@ def _with_block(src, dest, **block):
 
 def test_low_confidence_is_reported_not_hidden(qa_bundle, tmp_path, clip):
     video, audio = clip
-    flat = _with_block(qa_bundle, tmp_path / "flat", temperature=50.0)
-    sharp = _with_block(qa_bundle, tmp_path / "sharp", temperature=0.05)
     q = "is a siren heard?"
+    logits = np.sort(_reference_logits(qa_bundle, video, audio, q))
+    hot, cold = 1e3 * np.abs(logits).max(), (logits[-1] - logits[-2]) / 10  # near-uniform; a clear winner
+    flat = _with_block(qa_bundle, tmp_path / "flat", temperature=float(hot))
+    sharp = _with_block(qa_bundle, tmp_path / "sharp", temperature=float(cold))
     with Perception.load(flat) as p:
         unsure = p.ask(q, video_path=video, audio_path=audio)
     with Perception.load(sharp) as p:
         sure = p.ask(q, video_path=video, audio_path=audio)
     assert unsure.answer == sure.answer == unsure.top_k[0][0]  # the same top answer, honestly scored
-    assert unsure.score == pytest.approx(_reference_scores(qa_bundle, video, audio, q, 50.0).max(), abs=1e-6)
+    assert unsure.score == pytest.approx(_reference_scores(qa_bundle, video, audio, q, hot).max(), abs=1e-6)
     assert unsure.score < 0.2 and unsure.confident is False and unsure.to_dict()["confident"] is False
     assert sure.score > 0.5 and sure.confident is True
-    picky = _with_block(qa_bundle, tmp_path / "picky", temperature=0.05, min_confidence=1.0)
+    picky = _with_block(qa_bundle, tmp_path / "picky", temperature=float(cold), min_confidence=1.0)
     with Perception.load(picky) as p:
         assert p.ask(q, video_path=video, audio_path=audio).confident is (sure.score >= 1.0)
 
