@@ -73,7 +73,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = QATrainConfig(checkpoint=str(args.checkpoint), data=str(args.data), val=str(args.val), out=str(args.out),
                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                        max_train_samples=args.max_train_samples, progress=not args.json)
+                        max_train_samples=args.max_train_samples, threads=args.threads, progress=not args.json)
     summary = train_qa(cfg)
     if args.json:
         print_json(summary)
@@ -129,11 +129,13 @@ def add_qa_parser(verbs: Any) -> None:
     p.add_argument("--data", required=True, type=Path, help="training manifest or folder, with questions")
     p.add_argument("--val", required=True, type=Path, help="validation manifest or folder, with questions")
     p.add_argument("--out", required=True, type=Path, help="run folder (best.pt, last.pt, metrics.json)")
-    p.add_argument("--epochs", type=int, default=40, help="passes over the training questions")
+    p.add_argument("--epochs", type=int, default=12, help="passes over the training questions")
     p.add_argument("--batch-size", type=int, default=256, help="questions per step")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the order")
     p.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training clips")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for the reader (1 is fastest on a busy machine; default: torch's)")
     add_json_option(p)
     p.set_defaults(func=needs("train", needs("qa", _cmd_train)))
 

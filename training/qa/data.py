@@ -10,22 +10,28 @@ decoding and no convolution. Clips are decoded with the runtime's own preprocess
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from fusionedge.sdk.datamanifest import Sample
 from fusionedge.sdk.errors import DataError
 from fusionedge.sdk.evaluate import load_sample_inputs
+from fusionedge.sdk.fileio import write_bytes_atomic
 from fusionedge.sdk.qa_tokenizer import QuestionTokenizer
 from fusionedge.sdk.spec import InputGeometry
 from tqdm import tqdm
 
 from .model import CONTEXT_KEYS, QAModel
 
-__all__ = ["QAExamples", "build_examples"]
+__all__ = ["CONTEXT_CACHE", "QAExamples", "build_examples", "load_cached_examples", "save_cached_examples"]
+
+#: The file in a run folder that keeps the train and validation contexts.
+CONTEXT_CACHE = "context.pt"
 
 
 @dataclass
@@ -99,3 +105,26 @@ def build_examples(model: QAModel, samples: Sequence[Sample], geometry: InputGeo
         answers=tuple(q.answer for _, q in rows),
         clip_ids=tuple(s.id for s in samples),
     )
+
+
+def save_cached_examples(path: Path, key: dict, train: QAExamples, val: QAExamples) -> None:
+    """Keep the examples of a run under ``key`` (what they were computed from), atomically."""
+    buffer = io.BytesIO()
+    torch.save({"key": key, "train": asdict(train), "val": asdict(val)}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def load_cached_examples(path: Path, key: dict) -> tuple[QAExamples, QAExamples] | None:
+    """The examples kept at ``path`` if they were computed from ``key``; None otherwise (or unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a stale or broken cache is recomputed, never trusted
+        return None
+    if not isinstance(state, dict) or state.get("key") != key:
+        return None
+    try:
+        return QAExamples(**state["train"]), QAExamples(**state["val"])
+    except (KeyError, TypeError):
+        return None

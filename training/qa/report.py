@@ -35,6 +35,10 @@ __all__ = ["format_qa_report", "qa_report"]
 _ABLATIONS = {"all": (1.0, 1.0), "question_video": (1.0, 0.0), "question_audio": (0.0, 1.0),
               "question_only": (0.0, 0.0)}
 _SOUND = ("hear", "source")
+#: Questions outside what the model was trained on (other words, other topics, a symbol it cannot spell):
+#: asked of every test clip with all its sensors, to see how often they come out confident.
+OFF_DOMAIN_QUESTIONS = ("is there a zebra?", "what is the capital of france?", "how old is the driver?",
+                        "is the road wet?", "is there a \U0001f6b2?")
 
 
 def _table(rows: list[tuple[str, bool]]) -> dict[str, Any]:
@@ -144,6 +148,11 @@ def qa_report(bundle: str | os.PathLike, data: str | os.PathLike, *, train_data:
                     confident_rows.append((a.confident, a.answer == q.answer))
                 if name == "question_only":
                     blind_confident.append(a.confident)
+    off: list[tuple[bool, float, bool]] = []  # (confident, score, had an unknown word)
+    for s in samples[:50]:
+        video, audio, presence, _ = load_sample_inputs(s, geometry)
+        for a in qa.answer(list(OFF_DOMAIN_QUESTIONS), video, audio, presence):
+            off.append((a.confident, a.score, bool(a.unknown_words)))
     conf = np.array([c for c, _ in confident_rows])
     hit = np.array([h for _, h in confident_rows])
     summary: dict[str, Any] = {
@@ -152,7 +161,12 @@ def qa_report(bundle: str | os.PathLike, data: str | os.PathLike, *, train_data:
         "confident": {"min_confidence": qa.spec.min_confidence, "temperature": qa.spec.temperature,
                       "share": float(conf.mean()), "accuracy_when_confident": float(hit[conf].mean()) if conf.any()
                       else float("nan"), "accuracy_when_not": float(hit[~conf].mean()) if (~conf).any()
-                      else float("nan"), "sensorless_confident_share": float(np.mean(blind_confident))},
+                      else float("nan"), "sensorless_confident_share": float(np.mean(blind_confident)),
+                      "off_domain_confident_share": float(np.mean([c for c, _, _ in off])),
+                      "off_domain_median_score": float(np.median([v for _, v, _ in off])),
+                      "off_domain_questions": list(OFF_DOMAIN_QUESTIONS),
+                      "unknown_word_confident_share": float(np.mean([c for c, _, u in off if u]))
+                      if any(u for _, _, u in off) else float("nan")},
         "baseline": _baseline(read_manifest(train_data), samples) if train_data is not None else None,
     }
     ab = summary["ablations"]
@@ -215,6 +229,11 @@ def format_qa_report(summary: dict[str, Any]) -> str:
         f"{_pct(c['share'])} of the answers with all sensors are confident ({_pct(c['accuracy_when_confident'])} "
         f"right; {_pct(c['accuracy_when_not'])} right among the others); asked with no sensor, "
         f"{_pct(c['sensorless_confident_share'])} are confident."),
+        "",
+        (f"Off-domain questions ({', '.join(repr(q) for q in c['off_domain_questions'])}) asked of the first "
+         f"test clips with all sensors: {_pct(c['off_domain_confident_share'])} confident (median score "
+         f"{c['off_domain_median_score']:.2f}); the one with a word the tokenizer cannot spell: "
+         f"{_pct(c['unknown_word_confident_share'])} confident (its unknown word is reported on the answer)."),
     ]
     lat = summary.get("latency")
     if lat:

@@ -12,6 +12,9 @@
    of the three), with the answer unchanged, so the reader learns what each sensor set can answer
    and, with none, the answer prior (which is what makes a question it cannot answer come out
    unsure);
+   The contexts are kept in ``OUT/context.pt`` with the digests of the checkpoint and the
+   manifests they came from, so a second run on the same inputs (another seed, learning rate or
+   reader size) skips the decoding;
 4. after every epoch scores validation accuracy with the clips' own sensors and keeps
    ``best.pt`` (highest) and ``last.pt``; writes ``metrics.json`` (per-epoch history, the best
    epoch's full validation evaluation with ablations and the question-only baseline) and
@@ -31,7 +34,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from fusionedge.sdk.datamanifest import read_manifest
+from fusionedge.sdk.bundle import sha256_file
+from fusionedge.sdk.datamanifest import manifest_path, read_manifest
 from fusionedge.sdk.errors import DataError, InputError
 from fusionedge.sdk.fileio import write_json_atomic, write_text_atomic
 from fusionedge.sdk.spec import InputGeometry
@@ -40,7 +44,7 @@ from tqdm import tqdm
 from ..checkpoint import load_checkpoint
 from ..loop import seed_everything
 from .checkpoint import save_qa_checkpoint
-from .data import build_examples
+from .data import CONTEXT_CACHE, build_examples, load_cached_examples, save_cached_examples
 from .evaluate import evaluate_reader, reader_logits
 from .model import QAModel, QuestionReader, reader_config_for
 from .vocab import DEFAULT_MAX_TOKENS, DEFAULT_VOCAB_SIZE, answer_vocabulary, train_tokenizer
@@ -56,7 +60,7 @@ class QATrainConfig:
     data: str  # training manifest (or folder) with questions
     val: str  # validation manifest (or folder) with questions
     out: str  # run folder
-    epochs: int = 40
+    epochs: int = 12
     batch_size: int = 256
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
@@ -72,6 +76,7 @@ class QATrainConfig:
     max_tokens: int = DEFAULT_MAX_TOKENS
     seed: int = 0
     workers: int = 2  # decoding threads
+    threads: int | None = None  # torch intra-op threads for the reader (None: torch's default)
     max_train_samples: int | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -120,6 +125,8 @@ def train_qa(cfg: QATrainConfig) -> dict:
         The summary written to ``metrics.json``.
     """
     cfg.check()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     gen = seed_everything(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,10 +150,18 @@ def train_qa(cfg: QATrainConfig) -> dict:
                            num_answers=len(answers), dim=cfg.dim, heads=cfg.heads, layers=cfg.layers,
                            dropout=cfg.dropout)
     model = QAModel(student, QuestionReader(rc))
-    train_ex = build_examples(model, train_samples, geometry, tokenizer, answers, workers=cfg.workers,
-                              progress=cfg.progress, desc="context train")
-    val_ex = build_examples(model, val_samples, geometry, tokenizer, answers, workers=cfg.workers,
-                            progress=cfg.progress, desc="context val")
+    key = {"checkpoint": sha256_file(cfg.checkpoint), "max_train_samples": cfg.max_train_samples,
+           "data": sha256_file(manifest_path(cfg.data)), "val": sha256_file(manifest_path(cfg.val)),
+           "vocab_size": cfg.vocab_size, "max_tokens": cfg.max_tokens}
+    cached = load_cached_examples(out / CONTEXT_CACHE, key)
+    if cached is None:
+        train_ex = build_examples(model, train_samples, geometry, tokenizer, answers, workers=cfg.workers,
+                                  progress=cfg.progress, desc="context train")
+        val_ex = build_examples(model, val_samples, geometry, tokenizer, answers, workers=cfg.workers,
+                                progress=cfg.progress, desc="context val")
+        save_cached_examples(out / CONTEXT_CACHE, key, train_ex, val_ex)
+    else:
+        train_ex, val_ex = cached
     reader = model.reader
     decay = [p for n, p in reader.named_parameters() if p.ndim >= 2 and not n.startswith(("token", "position"))]
     other = [p for n, p in reader.named_parameters() if not (p.ndim >= 2 and not n.startswith(("token", "position")))]
