@@ -15,7 +15,10 @@ average before and after. ``--busy on|both`` starts a process that keeps one cor
 loop) for the runs that ask for it, and stops it after each::
 
     python benchmarks/bench_cameras.py --bundle bundle/ --cameras 1,2,3 --spinning both --busy both \
-        --repeats 3 --seconds 4 --out cameras.json
+        --threads auto,2 --repeats 3 --seconds 4 --out cameras.json
+
+Each point also records the process's CPU time per result (all its threads, from ``getrusage``): on a
+busy machine latency measures the neighbours as much as the pipeline, CPU time much less so.
 
 It is a script, not a pytest-benchmark suite: each point is a multi-second real-time run.
 """
@@ -27,6 +30,7 @@ import itertools
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -99,11 +103,14 @@ def run_point(perception: Perception, cameras: int, *, batched: bool, seconds: f
     multi = MultiPipeline(perception, cameras=cams, config=PipelineConfig(policy="live"), batched=batched,
                           max_wait=0.25 / FPS)
     timer = threading.Timer(seconds, multi.request_stop)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     timer.start()
     try:
         s = multi.run()
     finally:
         timer.cancel()
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)  # every thread of this process
     per = s["cameras"].values()
     frames_min = min(c["results"] for c in per)
     expected = seconds * FPS
@@ -112,7 +119,8 @@ def run_point(perception: Perception, cameras: int, *, batched: bool, seconds: f
     return {"cameras": cameras, "batched": batched, "sustained": bool(ok), "dropped": s["dropped"],
             "min_results_per_camera": frames_min, "expected_per_camera": round(expected),
             "p50_ms": s["latency_ms"]["capture_to_result"].get("p50"), "p99_ms": p99,
-            "mean_batch": s["mean_batch"], "fps_total": s["fps"]}
+            "mean_batch": s["mean_batch"], "fps_total": s["fps"],
+            "cpu_ms_per_result": round(1e3 * cpu_s / max(1, s["results"]), 3)}
 
 
 def _choices(text: str) -> tuple[str, ...]:
@@ -131,13 +139,16 @@ def _counts(text: str) -> list[int]:
 
 def summarize(points: list[dict]) -> list[dict]:
     """Per configuration: rounds sustained, median and range of p99 and of results per camera, drops."""
-    key = lambda p: (p["cameras"], p["batched"], p["spinning"], p["busy"])
+    key = lambda p: (p["cameras"], p["batched"], p["intra_op_threads"], p["spinning"], p["busy"])
     rows = []
     for k, group in itertools.groupby(sorted(points, key=key), key=key):
         group = list(group)
         p99 = [g["p99_ms"] for g in group]
         res = [g["min_results_per_camera"] for g in group]
-        rows.append({"cameras": k[0], "batched": k[1], "spinning": k[2], "busy": k[3], "rounds": len(group),
+        cpu = [g["cpu_ms_per_result"] for g in group]
+        rows.append({"cameras": k[0], "batched": k[1], "intra_op_threads": k[2], "spinning": k[3], "busy": k[4],
+                     "rounds": len(group), "cpu_ms_per_result_median": round(statistics.median(cpu), 3),
+                     "cpu_ms_per_result_range": [min(cpu), max(cpu)],
                      "sustained_rounds": sum(g["sustained"] for g in group),
                      "p99_ms_median": round(statistics.median(p99), 2),
                      "p99_ms_range": [round(min(p99), 2), round(max(p99), 2)],
@@ -158,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="one core kept busy by another process during the run (on), or not; both: each")
     ap.add_argument("--modes", choices=("batched", "per-camera", "both"), default="both")
     ap.add_argument("--repeats", type=int, default=3, help="rounds; each runs every configuration once")
-    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: the cores "
-                                                               "left after capture)")
+    ap.add_argument("--threads", default="auto", help="ONNX Runtime intra-op threads, comma-separated to measure "
+                                                       "each (auto: the cores left after capture), e.g. auto,2")
     ap.add_argument("--seed", type=int, default=0, help="the order of configurations within the rounds")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -167,13 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     w, _, h = args.size.partition("x")
     size = (int(w), int(h))
     modes = {"batched": (True,), "per-camera": (False,), "both": (True, False)}[args.modes]
-    configs = list(itertools.product(counts, modes, _choices(args.spinning),
+    threads = [None if t.strip() == "auto" else int(t) for t in args.threads.split(",") if t.strip()]
+    configs = list(itertools.product(counts, modes, [(t, s) for t in threads for s in _choices(args.spinning)],
                                      _choices(args.busy)))
     perceptions = {}
-    for spin in {c[2] for c in configs}:  # one session per spinning setting, loaded once
-        opts = streaming_backend_options(max(counts), threads=args.threads, spinning=spin == "on")
-        perceptions[spin] = (Perception.load(args.bundle, backend_options=opts),
-                             opts["onnxruntime"]["intra_op_threads"])
+    for session in {c[2] for c in configs}:  # one session per threads x spinning setting, loaded once
+        opts = streaming_backend_options(max(counts), threads=session[0], spinning=session[1] == "on")
+        perceptions[session] = (Perception.load(args.bundle, backend_options=opts),
+                                opts["onnxruntime"]["intra_op_threads"])
     rng = random.Random(args.seed)
     load_before = os.getloadavg()
     points = []
@@ -181,11 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(args.repeats):
             order = configs[:]
             rng.shuffle(order)
-            for n, batched, spin, busy in order:
-                p, threads = perceptions[spin]
+            for n, batched, session, busy in order:
+                p, n_threads = perceptions[session]
                 with BusyCore(busy == "on"):
                     pt = run_point(p, n, batched=batched, seconds=args.seconds, size=size)
-                pt.update(spinning=spin, busy=busy, round=rnd, intra_op_threads=threads,
+                pt.update(spinning=session[1], busy=busy, round=rnd, intra_op_threads=n_threads,
                           loadavg_1m=round(os.getloadavg()[0], 2))
                 points.append(pt)
                 print(json.dumps(pt), file=sys.stderr, flush=True)
