@@ -44,6 +44,7 @@ __all__ = [
     "DeviceFrame",
     "DeviceTaps",
     "PreprocessKernel",
+    "library_folders",
     "library_path",
     "load_kernel",
     "log_cpu_preprocessing",
@@ -65,8 +66,21 @@ class CudaPreprocessUnavailable(BackendError):
     """The CUDA preprocessing library cannot be found or loaded here (the message says why)."""
 
 
+def library_folders() -> list[Path]:
+    """Where CMake installs the library: beside this module, and beside the native extension (which an
+    editable install keeps in site-packages, apart from the sources)."""
+    folders = [Path(__file__).parent]
+    try:
+        from fusionedge.sdk import _native
+
+        folders.append(Path(_native.__file__).parent)
+    except ImportError:  # no native build: only the package folder
+        pass
+    return list(dict.fromkeys(folders))
+
+
 def library_path(environ: Mapping[str, str] | None = None) -> Path:
-    """Where the CUDA preprocessing library is: ``$FUSIONEDGE_CUDA_LIB``, else beside this package.
+    """Where the CUDA preprocessing library is: ``$FUSIONEDGE_CUDA_LIB``, else in :func:`library_folders`.
 
     Args:
         environ: the environment to read (default: ``os.environ``).
@@ -84,11 +98,12 @@ def library_path(environ: Mapping[str, str] | None = None) -> Path:
         if not path.is_file():
             raise CudaPreprocessUnavailable(f"{ENV_VAR}={given}: no such file")
         return path
-    path = Path(__file__).with_name(LIBRARY_NAME)
-    if not path.is_file():
-        raise CudaPreprocessUnavailable(
-            f"{LIBRARY_NAME} is not built in {path.parent} (CMake builds it where nvcc is found; or set {ENV_VAR})")
-    return path
+    folders = library_folders()
+    for folder in folders:
+        if (folder / LIBRARY_NAME).is_file():
+            return folder / LIBRARY_NAME
+    raise CudaPreprocessUnavailable(f"{LIBRARY_NAME} is not built in {' or '.join(map(str, folders))} (CMake "
+                                    f"builds it where nvcc is found; or set {ENV_VAR})")
 
 
 class PreprocessKernel:

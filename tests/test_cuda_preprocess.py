@@ -135,15 +135,19 @@ def _frame(h: int, w: int, seed: int, color: str) -> np.ndarray:
 # ------------------------------------------------------------------------------ the library
 
 
-def test_library_is_found_by_the_variable_or_beside_the_package_and_each_failure_says_why(tmp_path):
+def test_library_is_found_by_the_variable_or_beside_the_package_and_each_failure_says_why(tmp_path, monkeypatch):
     with pytest.raises(cp.CudaPreprocessUnavailable, match=r"FUSIONEDGE_CUDA_LIB=.*nope\.so: no such file"):
         cp.library_path({cp.ENV_VAR: str(tmp_path / "nope.so")})
-    beside = Path(cp.__file__).with_name(cp.LIBRARY_NAME)
-    if not beside.is_file():
+    folders = cp.library_folders()
+    assert folders[0] == Path(cp.__file__).parent  # and beside the native extension, where CMake puts it
+    if not any((f / cp.LIBRARY_NAME).is_file() for f in folders):
         with pytest.raises(cp.CudaPreprocessUnavailable, match=r"libfusionedge_cuda\.so is not built in .*FUSIONEDGE_CUDA_LIB"):
             cp.load_kernel({})
     text = tmp_path / "libfusionedge_cuda.so"
     text.write_text("not a shared library")
+    monkeypatch.setattr(cp, "library_folders", lambda: [tmp_path / "src", tmp_path])
+    assert cp.library_path({}) == text  # the second folder has it
+    monkeypatch.undo()
     assert cp.library_path({cp.ENV_VAR: str(text)}) == text
     with pytest.raises(cp.CudaPreprocessUnavailable, match="cannot load"):
         cp.load_kernel({cp.ENV_VAR: str(text)})
