@@ -7,13 +7,14 @@ profile or model is refused with the reason (:class:`EngineMismatchError`), neve
 plans with ``fusionedge engine build`` (:mod:`fusionedge.sdk.engine_build`).
 
 Memory: one pinned host buffer and one device buffer per I/O tensor, sized for the profile's max batch,
-allocated once at load through cuda-python (``cuda.bindings.runtime``, as TensorRT's samples do) or,
-with ``cuda_api="pycuda"``, pycuda. :meth:`TensorRTBackend.device_input` hands an input's device buffer
-to a producer that fills it on the GPU (the CUDA frame preprocessing of several cameras), and
+allocated once at load through cuda-python (``cuda.bindings.runtime``, as TensorRT's samples do) or, with
+``cuda_api="pycuda"``, pycuda. :meth:`TensorRTBackend.device_input` hands an input's device buffer to a
+producer that fills it on the GPU (the CUDA frame preprocessing of several cameras), and
 :meth:`~fusionedge.sdk.backends.base.Backend.infer_on_device` then skips that input's host copy.
-Inference uses the named-tensor API: ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3`` on one CUDA stream, async copies in and out, one
-synchronize. With ``cuda_graph=True`` the copy-in → execute → copy-out sequence is captured into a CUDA
-graph per batch size (after one ordinary run, which TensorRT needs after a shape change) and replayed.
+Inference uses the named-tensor API: ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3`` on
+one CUDA stream, async copies in and out, one synchronize. With ``cuda_graph=True`` the copy-in → execute
+→ copy-out sequence is captured into a CUDA graph per batch size (after one ordinary run, which TensorRT
+needs after a shape change) and replayed.
 
 ``tensorrt`` and ``cuda`` are imported when a model is loaded, never at module import.
 """

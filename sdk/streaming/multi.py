@@ -12,17 +12,18 @@
         print(multi.run()["cameras"]["front"]["results"])
 
 Each camera runs the single-camera :class:`~fusionedge.sdk.streaming.pipeline.Pipeline` (its own capture
-thread, supervisor, queues and policy) on one shared :class:`StreamClock`. Their inference stages meet
-in a :class:`BatchGate`: the steps the live cameras have ready are stacked into one batch for the
-bundle's dynamic batch dimension and run once, so N cameras cost about one batched inference instead
-of N; a camera that is down or has ended is not waited for, and a late one waits at most ``max_wait``
-before the others go without it. On a TensorRT engine with the CUDA preprocessing library
+thread, supervisor, queues and policy) on one shared :class:`StreamClock`. Their inference stages meet in
+a :class:`BatchGate`: the steps the live cameras have ready are stacked into one batch for the bundle's
+dynamic batch dimension and run once, so N cameras cost about one batched inference instead of N; a
+camera that is down or has ended is not waited for, and a late one waits at most ``max_wait`` before the
+others go without it. On a TensorRT engine with the CUDA preprocessing library
 (:mod:`fusionedge.sdk.cuda_preprocess`), each camera's frames are resized and normalized on the GPU and
-each tick's clips are placed straight into the engine's input binding, so video makes no host round
-trip; elsewhere frames are preprocessed on the CPU, and the reason is logged once. A microphone is opened once and fanned out (:class:`MicHub`) to every
-camera that hears it. Results and health events carry the camera's name; one camera failing is reported
-and retried by its own supervisor while the others go on. Memory stays bounded: each camera's queues are
-bounded as in a single pipeline, and each listener of a microphone keeps at most ``MIC_BACKLOG`` chunks.
+each tick's clips are placed straight into the engine's input binding, so video makes no host round trip;
+elsewhere frames are preprocessed on the CPU, and the reason is logged once. A microphone is opened once
+and fanned out (:class:`MicHub`) to every camera that hears it. Results and health events carry the
+camera's name; one camera failing is reported and retried by its own supervisor while the others go on.
+Memory stays bounded: each camera's queues are bounded as in a single pipeline, and each listener of a
+microphone keeps at most ``MIC_BACKLOG`` chunks.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ if TYPE_CHECKING:
     from fusionedge.sdk.streaming.health import HealthEvent
     from fusionedge.sdk.streaming.sinks import Sink
 
-__all__ = ["MIC_BACKLOG", "PREPROCESSING", "BatchGate", "MicHub", "MultiPipeline", "batch_limits", "parse_named_source"]
+__all__ = ["MIC_BACKLOG", "PREPROCESSING", "BatchGate", "MicHub", "MultiPipeline", "batch_limits",
+           "parse_named_source"]
 
 #: Audio chunks (20 ms each) a listener of a shared microphone may fall behind before the oldest go.
 MIC_BACKLOG = 256
@@ -286,7 +288,6 @@ class BatchGate:
             start += n
         self.batches += 1
         self.rows += start
-
 
     def _infer(self, inputs: list[tuple[Any, np.ndarray, np.ndarray]]) -> tuple[dict, Any]:
         """One inference over the requests' rows: on the device binding when the clips are there."""
