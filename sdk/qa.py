@@ -183,6 +183,10 @@ class QaModel:
         spec = QaSpec.from_manifest(bundle.manifest)
         if spec is None:
             raise no_qa_error(bundle)
+        for rel in (spec.model, spec.tokenizer, spec.golden):  # a bundle loaded without verify=True
+            if not (bundle.path / rel).is_file():
+                raise BundleError(f"{rel}: missing from the bundle (listed in its qa block); re-export it with "
+                                  f"`fusionedge qa export`")
         tokenizer = QuestionTokenizer.from_file(bundle.path / spec.tokenizer, spec.max_tokens)
         io = _qa_io(bundle, spec)
         from fusionedge.sdk.perception import Fallback  # the one record of a backend passed over

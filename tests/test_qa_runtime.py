@@ -133,6 +133,13 @@ def test_a_qa_model_that_disagrees_with_its_golden_outputs_is_refused_on_the_fir
         p.ask("is a siren heard?", video=np.zeros((2, 32, 48, 3), np.uint8))
 
 
+def test_a_missing_qa_file_of_an_unverified_bundle_is_a_bundle_error(qa_bundle, tmp_path):
+    bad = copy_bundle(qa_bundle, tmp_path / "b")
+    (bad / "qa.onnx").unlink()
+    with Perception.load(bad, verify=False) as p, pytest.raises(BundleError, match="qa.onnx: missing from the bundle"):
+        p.ask("is it quiet?", video=np.zeros((2, 32, 48, 3), np.uint8))
+
+
 def _with_block(src, dest, **block):
     out = copy_bundle(src, dest)
     edit_manifest(out, lambda m: m["qa"].update(block))
