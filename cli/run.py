@@ -245,9 +245,9 @@ def _run_cameras(args: argparse.Namespace, signals: Any) -> int:
     """``--source`` / ``--mic``: several named cameras and microphones, one batched inference per tick."""
     from fusionedge.sdk.errors import InputError
     from fusionedge.sdk.perception import Perception
+    from fusionedge.sdk.streaming.mosaic import MosaicSink
     from fusionedge.sdk.streaming.multi import MultiPipeline, parse_named_source
     from fusionedge.sdk.streaming.pipeline import PipelineConfig
-    from fusionedge.sdk.streaming.mosaic import MosaicSink
     from fusionedge.sdk.streaming.sinks import JsonlEventSink, VideoFileSink
 
     if args.video is not None or args.audio is not None:

@@ -84,7 +84,7 @@ def draw_result(frame_bgr: np.ndarray, result: "Result", tracks: Sequence[TrackB
     return img
 
 
-def draw_tile(frame_bgr: np.ndarray, result: "Result", size: tuple[int, int], camera: str,
+def draw_tile(frame_bgr: np.ndarray, result: Result, size: tuple[int, int], camera: str,
               tracks: Sequence[TrackBox] | None = None) -> np.ndarray:
     """One camera's tile of a mosaic: the frame resized to ``size`` (width, height), annotated as
     :func:`draw_result` does (boxes and tracks scaled to the tile), with the camera's name at the bottom.
@@ -113,7 +113,7 @@ def no_signal_tile(size: tuple[int, int], camera: str, reason: str = "no signal"
     tile = np.empty((th, tw, 3), np.uint8)
     tile[...] = NO_SIGNAL_COLOUR
     scale = max(0.35, min(tw, th) / 400.0)
-    thick = max(1, int(round(scale * 2)))
+    thick = max(1, round(scale * 2))
     (text_w, text_h), _ = cv2.getTextSize(reason, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     cv2.putText(tile, reason, ((tw - text_w) // 2, (th + text_h) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
                 (230, 230, 230), thick, cv2.LINE_AA)
@@ -130,7 +130,7 @@ def _label(tile: np.ndarray, camera: str) -> None:
     strip = max(12, int(24 * scale))
     tile[th - strip:] = 0
     cv2.putText(tile, camera, (6, th - strip // 4 - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
-                max(1, int(round(scale * 2))), cv2.LINE_AA)
+                max(1, round(scale * 2)), cv2.LINE_AA)
 
 
 def attribution_line(contribution: dict[str, float]) -> str:
