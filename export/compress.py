@@ -356,7 +356,7 @@ def _int8_stage(run: _Run, model: Any, parent_bundle: Path, parent: str, clips: 
         strip_qat(m).eval()
         qat_dir = run.work / ".qat-fp32"
         source = run.export_stage(m, run.info, qat_dir.name, {"kind": "qat-fp32", "from": parent})
-    qcfg = cfg.quantize
+    qcfg = replace(cfg.quantize, weight_int8=True)  # what stays float keeps int8 weights: the file shrinks
     if cfg.int8_nodes == "conv":
         import onnx
         from fusionedge.export.int8_cpu import conv_only_keep_float

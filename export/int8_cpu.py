@@ -6,10 +6,15 @@ multiplies and concatenations, layer norms, attention products) cost ONNX Runtim
 INT8 arithmetic saves — each becomes a ``QLinearAdd``/``QLinearMul``/``QLinearMatMul`` with its own
 requantization, plus layout transposes between NCHW and the NHWC that the integer convolution
 kernels run in. What pays is the convolutions (most of the FLOPs), chained so that one Q/DQ pair
-sits between consecutive convolutions and fuses into ``QLinearConv``.
+sits between consecutive convolutions and fuses into ``QLinearConv``. The ``Relu`` (or ``Clip``)
+that follows a quantized convolution is quantized with it: the quantizer then gives the
+convolution's output the activation's range and ONNX Runtime drops the activation, so one
+quantization sits between two convolutions; kept in float, it would leave a
+``DequantizeLinear → QuantizeLinear`` requantization (two passes over the feature map) after every
+convolution.
 
-:func:`conv_only_keep_float` therefore keeps in float every node that is not a convolution, and
-also the convolutions over fewer than :data:`MIN_INPUT_CHANNELS` input channels (the RGB stem): a
+:func:`conv_only_keep_float` therefore keeps in float every node but the convolutions and their
+activations, and also the convolutions over fewer than :data:`MIN_INPUT_CHANNELS` input channels (the RGB stem): a
 3-channel reduction fills no integer dot-product lane, so its integer kernel is slower than the
 float one, and its input would need a full-resolution QuantizeLinear of the clip. The result still
 has explicit, per-channel Q/DQ on every quantized convolution, which TensorRT parses as well.
@@ -19,10 +24,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MIN_INPUT_CHANNELS", "conv_only_keep_float"]
+__all__ = ["ACTIVATIONS", "MIN_INPUT_CHANNELS", "conv_only_keep_float"]
 
 #: Convolutions with fewer input channels stay in float.
 MIN_INPUT_CHANNELS = 4
+#: Activations quantized together with the convolution they follow.
+ACTIVATIONS = ("Relu", "Clip")
 
 
 def conv_only_keep_float(model: Any) -> list[str]:
@@ -32,16 +39,28 @@ def conv_only_keep_float(model: Any) -> list[str]:
         model: an FP32 ``onnx.ModelProto``.
 
     Returns:
-        Node names: every non-``Conv`` node, and every ``Conv`` whose weight initializer has fewer
-        than :data:`MIN_INPUT_CHANNELS` input channels (or is not an initializer).
+        Node names: every node that is neither a quantized ``Conv`` nor the ``Relu``/``Clip`` reading a
+        quantized ``Conv``'s output (and no other node reads that output); a ``Conv`` stays in float
+        when its weight initializer has fewer than :data:`MIN_INPUT_CHANNELS` input channels (or is
+        not an initializer).
     """
     dims = {t.name: list(t.dims) for t in model.graph.initializer}
-    keep = []
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for x in n.input:
+            readers[x] = readers.get(x, 0) + 1
+    quantized: set[str] = set()  # outputs of quantized convolutions
     for n in model.graph.node:
         if n.op_type != "Conv":
-            keep.append(n.name)
             continue
         w = dims.get(n.input[1]) if len(n.input) > 1 else None
-        if w is None or len(w) < 2 or w[1] < MIN_INPUT_CHANNELS:
-            keep.append(n.name)
+        if w is not None and len(w) >= 2 and w[1] >= MIN_INPUT_CHANNELS:
+            quantized.add(n.output[0])
+    keep = []
+    for n in model.graph.node:
+        if n.op_type == "Conv" and n.output[0] in quantized:
+            continue
+        if n.op_type in ACTIVATIONS and n.input and n.input[0] in quantized and readers.get(n.input[0]) == 1:
+            continue
+        keep.append(n.name)
     return keep

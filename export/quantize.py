@@ -104,6 +104,9 @@ class QuantizeConfig:
         weight_bits: 8, or fewer for a coarser symmetric weight grid (``2^(b-1) - 1`` levels each
             side, e.g. 4 → [-7, 7]) still stored as int8 — a W4A8 setting for studying what
             quantization-aware training recovers; the graph's Q/DQ form is unchanged.
+        weight_int8: also store the float ``MatMul``/``Gemm`` weights (and learned embeddings) that stay
+            unquantized as weight-only INT8 (:mod:`fusionedge.export.weight_int8`): the compute stays
+            float, the file shrinks.
     """
 
     profile: str = "cpu"
@@ -115,6 +118,7 @@ class QuantizeConfig:
     keep_float: tuple[str, ...] = ()
     percentile: float = 99.999
     weight_bits: int = 8
+    weight_int8: bool = False
 
     def __post_init__(self) -> None:
         if not 2 <= int(self.weight_bits) <= 8:
@@ -134,6 +138,7 @@ class QuantizeConfig:
             "exclude_frontend": self.exclude_frontend, "exclude_sensitive": self.exclude_sensitive,
             "exclude_output_tail": self.exclude_output_tail,
             "keep_float": list(self.keep_float), "percentile": self.percentile, "weight_bits": self.weight_bits,
+            "weight_int8": self.weight_int8,
         }
 
 
@@ -337,13 +342,19 @@ def quantize_onnx(
     n_q = sum(1 for n in out.graph.node if n.op_type == "QuantizeLinear")
     if n_q == 0:
         raise ExportError("quantize: the output has no QuantizeLinear node; nothing was quantized")
+    report: dict[str, Any] = {"config": config.to_dict(), "excluded": excluded, "quantized_nodes": n_q}
     if config.weight_bits < 8:
+        report["requantized_weights"] = requantize_weights(out, config.weight_bits)
+    if config.weight_int8:
+        from fusionedge.export.weight_int8 import int8_weights
+
+        w8 = int8_weights(out)
+        report["weight_int8"] = {"weights": len(w8["weights"]), "max_rel_error": w8["max_rel_error"]}
+    if config.weight_bits < 8 or config.weight_int8:
         import onnx
 
-        n_w = requantize_weights(out, config.weight_bits)
         onnx.save(out, str(model_out))
-        return {"config": config.to_dict(), "excluded": excluded, "quantized_nodes": n_q, "requantized_weights": n_w}
-    return {"config": config.to_dict(), "excluded": excluded, "quantized_nodes": n_q}
+    return report
 
 
 def requantize_weights(model: Any, bits: int) -> int:
@@ -495,8 +506,14 @@ def write_variant_bundle(
         arrays.update({f"output.{k}": v for k, v in golden_out.items()})
         np.savez(tmp / GOLDEN_NAME, **arrays)
         manifest = json_safe(dict(source.manifest))
+        qa = manifest.get("qa")  # question answering travels unchanged: qa.onnx stays FP32
+        qa_files = tuple(qa[k] for k in ("model", "tokenizer", "golden")) if isinstance(qa, dict) else ()
+        for rel in qa_files:
+            shutil.copyfile(source.path / rel, tmp / rel)
         files = {rel: {"sha256": sha256_file(tmp / rel), "size": (tmp / rel).stat().st_size}
-                 for rel in (MODEL_NAME, GOLDEN_NAME)}
+                 for rel in (MODEL_NAME, GOLDEN_NAME, *qa_files)}
+        if qa_files:
+            variant = {**dict(variant), "qa": f"{qa['model']} kept FP32 (copied from the parent)"}
         manifest.update(
             precision=precision,
             files=files,

@@ -236,9 +236,12 @@ def test_conv_only_int8_quantizes_the_convolutions_that_gain(tmp_path_factory, t
     keep = set(conv_only_keep_float(fp))
     convs = {n.name: n for n in fp.graph.node if n.op_type == "Conv"}
     dims = {t.name: list(t.dims) for t in fp.graph.initializer}
-    assert {n.name for n in fp.graph.node if n.op_type != "Conv"} <= keep
     small = {name for name, n in convs.items() if dims[n.input[1]][1] < 4}  # the RGB and waveform convolutions
     assert small and small <= keep and set(convs) - small and not (set(convs) - small) & keep
+    big_out = {convs[name].output[0] for name in set(convs) - small}
+    acts = {n.name for n in fp.graph.node if n.op_type == "Relu" and n.input[0] in big_out}
+    assert acts and not acts & keep  # a quantized convolution's activation is quantized with it
+    assert {n.name for n in fp.graph.node if n.op_type != "Conv"} - acts <= keep
     feeds = [example_inputs(TOY_GEOMETRY, 2, seed=s) for s in range(2)]
     q_path = tmp_path / "q.onnx"
     quantize_onnx(bundle.model_path, q_path, ArrayCalibrationReader(feeds), QuantizeConfig(keep_float=tuple(keep)))
@@ -252,8 +255,11 @@ def test_conv_only_int8_quantizes_the_convolutions_that_gain(tmp_path_factory, t
     quantized = {n.name for n in q.graph.node if n.op_type == "Conv" and any(x in dq_out for x in n.input)}
     assert quantized == set(convs) - small
     for node in (n for n in q.graph.node if n.op_type == "QuantizeLinear"):
-        # every Q/DQ pair is a convolution's input or output: none sits around any other operator
+        # every Q/DQ pair is a convolution's input or its activation's output: none sits around any
+        # other operator, and none between a convolution and its activation (no requantization)
         src = producer.get(node.input[0])
         feeds_conv = any(r.op_type == "Conv" for dq in readers.get(node.output[0], [])
                          for r in readers.get(dq.output[0], []))
-        assert feeds_conv or (src is not None and src.op_type == "Conv"), node.name
+        act_inputs = {a.input[0] for a in fp.graph.node if a.name in acts}
+        conv_output = src is not None and src.op_type == "Conv" and src.output[0] not in act_inputs
+        assert feeds_conv or conv_output or (src is not None and src.name in acts), node.name
