@@ -22,8 +22,12 @@ A bundle of an imported model (``task`` classify, detect or audio-classify;
 (the last frame of the window) or ``infer(audio_path=...)`` gives class ``scores``, ``boxes`` in the
 original image's pixels, or ``audio_tags``, as the model declares.
 
-This module is a little past 600 lines because it is the one public facade of the runtime: loading
-with fallbacks, background engine builds, and both inference paths share one object's state.
+:meth:`Perception.ask` answers a question in words about a clip when the bundle has a ``qa`` block
+(:mod:`fusionedge.sdk.qa`): the clip is decoded and preprocessed exactly as for :meth:`~Perception.infer`,
+and the question model is loaded on the first question.
+
+This module is past 600 lines because it is the one public facade of the runtime: loading with
+fallbacks, background engine builds, both inference paths and questions share one object's state.
 """
 
 from __future__ import annotations
