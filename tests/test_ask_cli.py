@@ -56,7 +56,7 @@ def test_ask_errors_are_one_line_and_status_2(qa_bundle, clip, tmp_path_factory,
     assert len(err.splitlines()) == 1 and "fusionedge qa export --bundle" in err
 
 
-def test_run_ask_writes_answer_records(qa_bundle, clip, tmp_path, capsys):
+def test_run_ask_writes_answer_records(qa_bundle, clip, tmp_path, tmp_path_factory, capsys):
     video, audio = clip
     events = tmp_path / "events.jsonl"
     assert main(["run", "--bundle", str(qa_bundle), "--video", str(video), "--audio", str(audio), "--fast",
@@ -73,6 +73,13 @@ def test_run_ask_writes_answer_records(qa_bundle, clip, tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--bundle", str(qa_bundle), "--video", str(video), "--fast", "--ask", "is it quiet?"]) == 2
     assert "--ask writes its answers to the event log" in capsys.readouterr().err
+    other = tmp_path / "other.jsonl"
+    assert main(["run", "--bundle", str(shared_toy_bundle(tmp_path_factory)), "--video", str(video), "--fast",
+                 "--events", str(other), "--ask", "is it quiet?"]) == 2
+    assert "fusionedge qa export --bundle" in capsys.readouterr().err  # refused before the stream starts
+    assert main(["run", "--bundle", str(qa_bundle), "--video", str(video), "--fast", "--events", str(other),
+                 "--ask", "is it\x07 quiet?"]) == 2
+    assert "control character U+0007" in capsys.readouterr().err
 
 
 def test_run_ask_with_named_cameras_answers_per_camera(qa_bundle, clip, tmp_path):
