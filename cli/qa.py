@@ -73,7 +73,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = QATrainConfig(checkpoint=str(args.checkpoint), data=str(args.data), val=str(args.val), out=str(args.out),
                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                        max_train_samples=args.max_train_samples, threads=args.threads, progress=not args.json)
+                        max_train_samples=args.max_train_samples, threads=args.threads, unanswerable=args.unanswerable, progress=not args.json)
     summary = train_qa(cfg)
     if args.json:
         print_json(summary)
@@ -134,6 +134,8 @@ def add_qa_parser(verbs: Any) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the order")
     p.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training clips")
+    p.add_argument("--unanswerable", type=float, default=0.1,
+                   help="share of training questions garbled and trained toward no answer (0: off)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for the reader (1 is fastest on a busy machine; default: torch's)")
     add_json_option(p)

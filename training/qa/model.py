@@ -7,6 +7,7 @@
                                  └► per-frame tokens (B, T, Cv)  ─┤ projected to ``dim``, + position
     audio ─► student AudioEncoder ─► audio tokens (B, Na, Ca)    ─┤ and modality embeddings: the
                                  └► audio-tag logits (B, A): 1 token ┘ context
+    detection heatmap ─► per-class counts (sum, > 0.3, > 0.5 over cells): 1 token ─┘
     question ids / mask (B, L) ─► token + position embeddings ─► ``layers`` × [question tokens attend to
         themselves and the context; MLP] ─► [CLS] ─► answer head ─► answer_logits (B, K)
 
@@ -39,7 +40,7 @@ __all__ = ["CONTEXT_KEYS", "MASKED_BIAS", "QAConfig", "QAModel", "QuestionReader
 CONTEXT_KEYS: tuple[str, ...] = ("cells", "frames", "audio", "tags")
 #: Added to the attention score of a masked key: finite (no NaN when exported), and exp(-1e4) is 0.
 MASKED_BIAS = -1.0e4
-_TYPES = ("text", "cells", "frames", "audio", "tags")  # modality embedding rows
+_TYPES = ("text", "cells", "frames", "audio", "tags", "detections")  # modality embedding rows
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class QAConfig:
     num_answers: int  # K
     cell_tokens: int  # Nv, stride-16 cells
     cell_dim: int  # Cv + heatmap classes
+    cell_cols: int  # cells per row (W / 16)
+    heat_channels: int  # the detection heatmap's classes, the last channels of a cell
     frame_tokens: int  # T
     frame_dim: int
     audio_tokens: int  # Na
@@ -115,10 +118,19 @@ class QuestionReader(nn.Module):
         self.config = c = config
         d = c.dim
         self.token = nn.Embedding(c.vocab_size, d)
-        self.proj = nn.ModuleDict({"cells": nn.Linear(c.cell_dim, d), "frames": nn.Linear(c.frame_dim, d),
-                                   "audio": nn.Linear(c.audio_dim, d), "tags": nn.Linear(c.tag_dim, d)})
+        # cells, frames and audio tokens also get where / when they are (fixed coordinates in [0, 1]), so
+        # "left of", "first frame" need no learning; the detections token holds per-class counts
+        self.proj = nn.ModuleDict({"cells": nn.Linear(c.cell_dim + 2, d), "frames": nn.Linear(c.frame_dim + 1, d),
+                                   "audio": nn.Linear(c.audio_dim + 1, d), "tags": nn.Linear(c.tag_dim, d),
+                                   "detections": nn.Linear(3 * c.heat_channels, d)})
+        rows = c.cell_tokens // c.cell_cols
+        col, row = torch.arange(c.cell_tokens) % c.cell_cols, torch.arange(c.cell_tokens) // c.cell_cols
+        self.register_buffer("cell_xy", torch.stack([(col + 0.5) / c.cell_cols, (row + 0.5) / rows], dim=1),
+                             persistent=False)  # (Nv, 2)
+        self.register_buffer("frame_t", torch.linspace(0, 1, c.frame_tokens)[:, None], persistent=False)
+        self.register_buffer("audio_t", torch.linspace(0, 1, c.audio_tokens)[:, None], persistent=False)
         counts = {"text": c.max_tokens, "cells": c.cell_tokens, "frames": c.frame_tokens,
-                  "audio": c.audio_tokens, "tags": 1}
+                  "audio": c.audio_tokens, "tags": 1, "detections": 1}
         self.position = nn.ParameterDict({k: nn.Parameter(torch.randn(n, d) * 0.02) for k, n in counts.items()})
         self.modality = nn.Parameter(torch.randn(len(_TYPES), d) * 0.02)
         self.blocks = nn.ModuleList(_CrossBlock(d, c.heads, c.dropout) for _ in range(c.layers))
@@ -129,13 +141,19 @@ class QuestionReader(nn.Module):
                 presence: torch.Tensor, question_ids: torch.Tensor, question_mask: torch.Tensor) -> torch.Tensor:
         """Context ``cells`` (B, Nv, Cc), ``frames`` (B, T, Cf), ``audio`` (B, Na, Ca), ``tags`` (B, A);
         ``presence`` (B, 2); ``question_ids`` int64 (B, L), ``question_mask`` (B, L) → logits (B, K)."""
-        parts = {"cells": cells, "frames": frames, "audio": audio, "tags": tags.unsqueeze(1)}
+        b = cells.shape[0]
+        heat = cells[:, :, -self.config.heat_channels:]  # (B, Nv, C) stride-16 max of the centre heatmap
+        detections = torch.cat([heat.sum(1), (heat > 0.3).float().sum(1), (heat > 0.5).float().sum(1)], dim=1)
+        parts = {"cells": torch.cat([cells, self.cell_xy.expand(b, -1, -1)], dim=2),
+                 "frames": torch.cat([frames, self.frame_t.expand(b, -1, -1)], dim=2),
+                 "audio": torch.cat([audio, self.audio_t.expand(b, -1, -1)], dim=2),
+                 "tags": tags.unsqueeze(1), "detections": detections.unsqueeze(1)}
         context = torch.cat([self.proj[k](v) + self.position[k] + self.modality[_TYPES.index(k)]
                              for k, v in parts.items()], dim=1)  # (B, N, D)
         x = self.token(question_ids) + self.position["text"] + self.modality[0]  # (B, L, D)
         pv, pa = presence[:, 0:1], presence[:, 1:2]  # (B, 1)
         keep = torch.cat([question_mask, pv.expand(-1, cells.shape[1]), pv.expand(-1, frames.shape[1]),
-                          pa.expand(-1, audio.shape[1]), pa], dim=1)  # (B, L + N)
+                          pa.expand(-1, audio.shape[1]), pa, pv], dim=1)  # (B, L + N)
         bias = ((1.0 - keep) * MASKED_BIAS)[:, None, None, :]
         for block in self.blocks:
             x = block(x, context, bias)
@@ -179,7 +197,8 @@ class QAModel(nn.Module):
             v_tokens, _, last_s4, ctx = enc(video)
             frames = enc.frame_features(video)[1]  # (B, T, 2 Cv)
         heat = torch.sigmoid(self.student.det_head(last_s4, ctx)[0])  # (B, C, H/4, W/4)
-        heat16 = F.adaptive_max_pool2d(heat, ctx.shape[-2:])  # (B, C, H/16, W/16): which cell holds a centre
+        k = heat.shape[-1] // ctx.shape[-1]  # 4: stride 4 -> stride 16
+        heat16 = F.max_pool2d(heat, k, k)  # (B, C, H/16, W/16): which cell holds a centre
         cells = torch.cat([v_tokens, heat16.flatten(2).transpose(1, 2)], dim=2)  # (B, Nv, Cv + C)
         a_tokens, _ = self.student.audio_encoder(audio)  # (B, Na, Ca)
         tags = self.student.audio_tag_head(a_tokens)  # (B, A)
@@ -196,11 +215,12 @@ def reader_config_for(student: MultimodalModel, *, vocab_size: int, max_tokens: 
                       **overrides) -> QAConfig:
     """The :class:`QAConfig` whose context shapes fit ``student`` (shapes measured by one dry run)."""
     c = student.config
-    probe = QAModel(student, QuestionReader(QAConfig(1, 1, 1, 1, 1, 1, 1, 1, 1, 1)))
+    probe = QAModel(student, QuestionReader(QAConfig(1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)))
     with torch.no_grad():
         ctx = probe.context(torch.zeros(1, c.clip_frames, 3, c.height, c.width), torch.zeros(1, c.audio_samples))
     return QAConfig(vocab_size=vocab_size, max_tokens=max_tokens, num_answers=num_answers,
-                    cell_tokens=ctx["cells"].shape[1], cell_dim=ctx["cells"].shape[2],
+                    cell_tokens=ctx["cells"].shape[1], cell_dim=ctx["cells"].shape[2], cell_cols=c.width // 16,
+                    heat_channels=c.num_objects,
                     frame_tokens=ctx["frames"].shape[1], frame_dim=ctx["frames"].shape[2],
                     audio_tokens=ctx["audio"].shape[1], audio_dim=ctx["audio"].shape[2],
                     tag_dim=ctx["tags"].shape[1], **overrides)

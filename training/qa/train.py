@@ -11,7 +11,8 @@
    the video, the audio or both are masked out of attention (``modality_dropout`` = probabilities
    of the three), with the answer unchanged, so the reader learns what each sensor set can answer
    and, with none, the answer prior (which is what makes a question it cannot answer come out
-   unsure);
+   unsure); and ``unanswerable`` of the rows get garbled words and a uniform target, so that a question
+   it cannot read comes out unsure as well;
    The contexts are kept in ``OUT/context.pt`` with the digests of the checkpoint and the
    manifests they came from, so a second run on the same inputs (another seed, learning rate or
    reader size) skips the decoding;
@@ -77,6 +78,10 @@ class QATrainConfig:
     seed: int = 0
     workers: int = 2  # decoding threads
     threads: int | None = None  # torch intra-op threads for the reader (None: torch's default)
+    # share of training rows whose question words are garbled (each word piece replaced by a random one
+    # with probability 1/2) and whose target is the uniform distribution over the answers: a question the
+    # reader cannot read should come out unsure, not as a confident guess (0: off)
+    unanswerable: float = 0.1
     max_train_samples: int | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -92,6 +97,8 @@ class QATrainConfig:
         p = self.modality_dropout
         if len(p) != 3 or any(not 0.0 <= v <= 1.0 for v in p) or sum(p) > 1.0:
             raise InputError(f"modality_dropout must be 3 probabilities summing to at most 1, got {p!r}")
+        if not 0.0 <= self.unanswerable <= 0.5:
+            raise InputError(f"unanswerable must be a share in [0, 0.5], got {self.unanswerable!r}")
 
 
 def _lr(step: int, total: int, warmup: int, cfg: QATrainConfig) -> float:
@@ -110,6 +117,15 @@ def _dropped_presence(own: torch.Tensor, probs: tuple[float, float, float], gen:
     audio_off = ((u >= pv) & (u < pv + pa + pb))
     keep = torch.stack([~video_off, ~audio_off], dim=1).float()
     return own * keep
+
+
+def _garble(ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, vocab_size: int,
+            gen: torch.Generator) -> torch.Tensor:
+    """``ids`` with, in the selected ``rows``, each word piece replaced by a random one with probability 1/2."""
+    noise = torch.randint(3, vocab_size, ids.shape, generator=gen)  # ids 0-2 are [PAD], [UNK], [CLS]
+    swap = (torch.rand(ids.shape, generator=gen) < 0.5) & (mask > 0) & rows[:, None]
+    swap[:, 0] = False  # keep [CLS]
+    return torch.where(swap, noise, ids)
 
 
 def train_qa(cfg: QATrainConfig) -> dict:
@@ -184,7 +200,13 @@ def train_qa(cfg: QATrainConfig) -> dict:
             batch = train_ex.batch(rows, _dropped_presence(own, cfg.modality_dropout, gen))
             for g in opt.param_groups:
                 g["lr"] = _lr(step, total, warmup, cfg)
-            loss = F.cross_entropy(reader(*batch), train_ex.answer[rows])
+            *context, presence, ids, mask = batch
+            target = F.one_hot(train_ex.answer[rows], len(answers)).float()
+            if cfg.unanswerable > 0:
+                garbled = torch.rand(len(rows), generator=gen) < cfg.unanswerable
+                ids = _garble(ids, mask, garbled, tokenizer.vocab_size, gen)
+                target[garbled] = 1.0 / len(answers)
+            loss = F.cross_entropy(reader(*context, presence, ids, mask), target)
             if not torch.isfinite(loss):
                 raise DataError(f"epoch {epoch}: the QA loss is not finite ({loss.item()})")
             opt.zero_grad(set_to_none=True)
