@@ -214,3 +214,30 @@ def test_qa_falls_back_to_onnxruntime_when_no_listed_backend_loads_it(qa_bundle)
         answer = p.ask("is it quiet?", video=np.zeros((2, 32, 48, 3), np.uint8))
         assert answer.answer in TOY_ANSWERS and p.qa.backend.name == "onnxruntime"
         assert p.qa.fallbacks[0].backend == "no-such-backend"
+
+
+_NO_TORCH = """
+import json, sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+import numpy as np
+from fusionedge.sdk import Perception
+p = Perception.load(sys.argv[1])
+loaded_before = "tokenizers" in sys.modules
+a = p.ask("is a siren heard?", video=np.zeros((2, 32, 48, 3), np.uint8))
+p.close()
+print(json.dumps({"answer": a.to_dict(), "tokenizers_before_ask": loaded_before,
+                  "training": sorted(m for m in sys.modules if m.startswith(("fusionedge.training", "fusionedge.export")))}))
+"""
+
+
+def test_ask_runs_without_torch_and_imports_tokenizers_only_when_asked(qa_bundle):
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, str(qa_bundle)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["answer"]["answer"] in TOY_ANSWERS
+    assert report["tokenizers_before_ask"] is False and report["training"] == []
