@@ -430,5 +430,5 @@ def plan_device_preprocessing(perception: Any, *, environ: Mapping[str, str] | N
         found = kernel if kernel is not None else load_kernel(environ)
         return CudaFramePreprocessor(found, backend, binding, perception.geometry), \
             f"CUDA kernel {found.path.name} into the {backend.name} input binding"
-    except CudaPreprocessUnavailable as e:
+    except BackendError as e:  # no library, or a binding this preprocessing cannot fill
         return None, str(e)

@@ -276,6 +276,10 @@ def test_where_video_is_preprocessed_and_why_logged_once(perception, caplog, tmp
     prep.close()
     assert cp.plan_device_preprocessing(_Perception(backend, attribution=True), kernel=FakeKernel()) == (
         None, "attribution withholds each sensor on host copies of the inputs")
+    other = _Perception(backend)
+    other.geometry = InputGeometry(clip_frames=3, height=48, width=40)  # not the binding's frame size
+    prep, why = cp.plan_device_preprocessing(other, kernel=FakeKernel())
+    assert prep is None and "frames are (3, 24, 40), the geometry says (3, 48, 40)" in why
     missing = {cp.ENV_VAR: str(tmp_path / "none.so")}
     prep, why = cp.plan_device_preprocessing(_Perception(backend), environ=missing)
     assert prep is None and why.startswith("FUSIONEDGE_CUDA_LIB=") and why.endswith("no such file")
