@@ -263,3 +263,16 @@ def test_conv_only_int8_quantizes_the_convolutions_that_gain(tmp_path_factory, t
         act_inputs = {a.input[0] for a in fp.graph.node if a.name in acts}
         conv_output = src is not None and src.op_type == "Conv" and src.output[0] not in act_inputs
         assert feeds_conv or conv_output or (src is not None and src.name in acts), node.name
+
+
+def test_compress_failing_midway_leaves_no_bundle(tiny_run, tmp_path):
+    """A failure after the work folder exists (here an unreadable checkpoint) removes everything it wrote."""
+    from fusionedge.export.compress import CompressConfig, compress
+    from fusionedge.sdk.errors import FusionEdgeError
+
+    _, data = tiny_run
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(FusionEdgeError, match="best.pt"):
+        compress(bad, data, tmp_path / "out", CompressConfig(int8="ptq"), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]  # no out/, no work folder

@@ -1,0 +1,110 @@
+"""Speed-up of compressed bundles over their FP32 parent on ONNX Runtime CPU, as ratios measured interleaved.
+
+A compressed model's worth is a ratio (how much faster than the FP32 model, on the same machine at the
+same moment), and a shared or throttling machine moves absolute latencies by more than the ratio
+being measured. So every model is timed in turn within one run (``interleaved_latency``: one call of
+each, repeated), the ratio to the first model is taken per repeat, and the repeats give its median
+and spread. Batch 1, each intra-op thread count asked; the input is the bundle geometry's example
+batch. Run it as::
+
+    python -m fusionedge.benchmarks.compress_speed FP32_BUNDLE OTHER_BUNDLE... --threads 1,2 --repeats 7
+
+It prints a table and, with ``--json``, writes every repeat's medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fusionedge.sdk.errors import InputError
+
+__all__ = ["main", "measure_speedups"]
+
+
+def measure_speedups(bundles: list[str | os.PathLike], *, threads: tuple[int, ...] = (1,), repeats: int = 5,
+                     runs: int = 50, warmup: int = 5) -> dict[str, Any]:
+    """Batch-1 latency of each bundle's model and its speed-up over the first, interleaved, repeated.
+
+    Args:
+        bundles: bundle folders; the first is the reference (FP32).
+        threads: ONNX Runtime intra-op thread counts to measure.
+        repeats: independent interleaved measurements per thread count.
+        runs: timed runs per model in each repeat (median taken).
+        warmup: untimed runs per model first.
+
+    Returns:
+        ``{"models": [{"bundle", "size", "size_ratio"}], "threads": {n: [{"median_ms", "speedup_median",
+        "speedup_min", "speedup_max", "repeats_ms"}] per model}}``.
+
+    Raises:
+        InputError: fewer than two bundles, or a count < 1.
+        BundleError: a bundle is invalid.
+    """
+    from fusionedge.export.compress_report import interleaved_latency
+    from fusionedge.export.onnx_export import example_inputs
+    from fusionedge.sdk.bundle import load_bundle
+
+    if len(bundles) < 2:
+        raise InputError(f"compress speed: give the FP32 bundle and at least one other, got {len(bundles)}")
+    if min(repeats, runs, *threads) < 1 or warmup < 0:
+        raise InputError(f"compress speed: repeats, runs and threads must be >= 1, got {repeats}, {runs}, {threads}")
+    loaded = [load_bundle(b) for b in bundles]
+    feeds = example_inputs(loaded[0].geometry, 1, seed=0)
+    sizes = [b.model_path.stat().st_size for b in loaded]
+    result: dict[str, Any] = {
+        "models": [{"bundle": str(b.path), "size": s, "size_ratio": s / sizes[0]} for b, s in zip(loaded, sizes)],
+        "threads": {}, "repeats": repeats, "runs": runs}
+    for n in threads:
+        ms = np.array([[lat["median_ms"] for lat in interleaved_latency([b.model_path for b in loaded], feeds,
+                                                                        runs=runs, warmup=warmup, threads=n)]
+                       for _ in range(repeats)])  # (repeats, models)
+        ratio = ms[:, :1] / ms
+        result["threads"][n] = [
+            {"median_ms": float(np.median(ms[:, i])), "speedup_median": float(np.median(ratio[:, i])),
+             "speedup_min": float(ratio[:, i].min()), "speedup_max": float(ratio[:, i].max()),
+             "repeats_ms": [float(x) for x in ms[:, i]]}
+            for i in range(len(loaded))]
+    return result
+
+
+def _table(result: dict[str, Any]) -> str:
+    lines = ["| bundle | size vs first | threads | median ms | speed-up (median) | spread (min-max) |",
+             "|---|---|---|---|---|---|"]
+    for n, rows in result["threads"].items():
+        for m, r in zip(result["models"], rows):
+            lines.append(f"| {Path(m['bundle']).name} | {m['size_ratio']:.3f} | {n} | {r['median_ms']:.2f} | "
+                         f"{r['speedup_median']:.2f}x | {r['speedup_min']:.2f}-{r['speedup_max']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: time the bundles, print the table, optionally write JSON."""
+    p = argparse.ArgumentParser(prog="python -m fusionedge.benchmarks.compress_speed", description=__doc__.split("\n")[0])
+    p.add_argument("bundles", nargs="+", type=Path, help="the FP32 bundle first, then the compressed ones")
+    p.add_argument("--threads", default="1,2", help="intra-op thread counts, comma-separated")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved measurements per thread count")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per model per repeat")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = p.parse_args(argv)
+    from fusionedge.sdk.errors import FusionEdgeError
+    from fusionedge.sdk.fileio import write_json_atomic
+
+    try:
+        threads = tuple(int(x) for x in args.threads.split(",") if x.strip())
+        result = measure_speedups(args.bundles, threads=threads, repeats=args.repeats, runs=args.runs)
+    except (FusionEdgeError, ValueError) as e:
+        print(f"compress speed: {e}", file=sys.stderr)
+        return 2
+    print(_table(result))
+    if args.json:
+        write_json_atomic(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
