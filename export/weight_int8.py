@@ -8,7 +8,9 @@ symmetric int8 initializer (zero-point 0, one scale per row of a ``MatMul`` weig
 channel of a ``Gemm`` weight, else one per tensor) followed by a ``DequantizeLinear`` whose float output feeds
 the same node as before, so the computation stays float, the file shrinks by about 4x for those
 tensors, and the graph keeps the explicit Q/DQ form that TensorRT parses (a weight-only
-``DequantizeLinear`` directly on a ``MatMul``/``Gemm`` weight).
+``DequantizeLinear`` directly on a ``MatMul``/``Gemm`` weight). Where the other input of a ``MatMul``
+already comes out of a ``DequantizeLinear`` (a quantized convolution's output), ONNX Runtime may run
+the pair as one integer product (``MatMulIntegerToFloat``); that is the same arithmetic up to rounding.
 
 Only initializers with at least :data:`MIN_ELEMENTS` values whose every reader is a ``MatMul``, a
 ``Gemm`` or (for a learned embedding of rank >= 2, one scale per tensor) an ``Add`` are converted; a
