@@ -7,7 +7,7 @@
                                  └► per-frame tokens (B, T, Cv)  ─┤ projected to ``dim``, + position
     audio ─► student AudioEncoder ─► audio tokens (B, Na, Ca)    ─┤ and modality embeddings: the
                                  └► audio-tag logits (B, A): 1 token ┘ context
-    detection heatmap ─► per-class counts (sum, > 0.3, > 0.5 over cells): 1 token ─┘
+    detection heatmap ─► per class: sum, cells > 0.3, cells > 0.5, max, heat-weighted centre x, y: 1 token ─┘
     question ids / mask (B, L) ─► token + position embeddings ─► ``layers`` × [question tokens attend to
         themselves and the context; MLP] ─► [CLS] ─► answer head ─► answer_logits (B, K)
 
@@ -122,7 +122,7 @@ class QuestionReader(nn.Module):
         # "left of", "first frame" need no learning; the detections token holds per-class counts
         self.proj = nn.ModuleDict({"cells": nn.Linear(c.cell_dim + 2, d), "frames": nn.Linear(c.frame_dim + 1, d),
                                    "audio": nn.Linear(c.audio_dim + 1, d), "tags": nn.Linear(c.tag_dim, d),
-                                   "detections": nn.Linear(3 * c.heat_channels, d)})
+                                   "detections": nn.Linear(6 * c.heat_channels, d)})
         rows = c.cell_tokens // c.cell_cols
         col, row = torch.arange(c.cell_tokens) % c.cell_cols, torch.arange(c.cell_tokens) // c.cell_cols
         self.register_buffer("cell_xy", torch.stack([(col + 0.5) / c.cell_cols, (row + 0.5) / rows], dim=1),
@@ -143,7 +143,10 @@ class QuestionReader(nn.Module):
         ``presence`` (B, 2); ``question_ids`` int64 (B, L), ``question_mask`` (B, L) → logits (B, K)."""
         b = cells.shape[0]
         heat = cells[:, :, -self.config.heat_channels:]  # (B, Nv, C) stride-16 max of the centre heatmap
-        detections = torch.cat([heat.sum(1), (heat > 0.3).float().sum(1), (heat > 0.5).float().sum(1)], dim=1)
+        mass = heat.sum(1)  # (B, C)
+        centroid = torch.einsum("bnc,nk->bck", heat, self.cell_xy) / (mass[:, :, None] + 1e-3)  # (B, C, 2)
+        detections = torch.cat([mass, (heat > 0.3).float().sum(1), (heat > 0.5).float().sum(1), heat.amax(1),
+                                centroid.flatten(1)], dim=1)  # (B, 6 C)
         parts = {"cells": torch.cat([cells, self.cell_xy.expand(b, -1, -1)], dim=2),
                  "frames": torch.cat([frames, self.frame_t.expand(b, -1, -1)], dim=2),
                  "audio": torch.cat([audio, self.audio_t.expand(b, -1, -1)], dim=2),
