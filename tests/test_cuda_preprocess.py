@@ -452,3 +452,14 @@ def test_tensorrt_runs_a_batch_whose_video_is_already_in_its_binding():
     ort._state, ort._io = "loaded", trt._io
     with pytest.raises(BackendError, match="input 'video' is not taken from device memory"):
         ort.infer_on_device({"audio": audio}, {"video": (2, 2, 3, 4, 5)})
+
+
+def test_the_built_library_binds_and_refuses_bad_arguments_before_touching_a_device():
+    try:
+        kernel = cp.load_kernel()
+    except cp.CudaPreprocessUnavailable as e:
+        pytest.skip(f"no CUDA preprocessing library built here: {e}")
+    # the host side checks its arguments first (no GPU needed): null pointers are CUDA error 1
+    with pytest.raises(BackendError, match=r"CUDA error 1 \(invalid argument\) for a 640x480 bgr frame"):
+        kernel.launch(src=0, h=480, w=640, color="bgr", ys=0, wy=0, ky=5, xs=0, wx=0, kx=4, mean=(0.5,) * 3,
+                      std=(0.25,) * 3, dst=0, oh=96, ow=160, stream=0)
