@@ -13,7 +13,7 @@ import pytest
 from _toy_model import shared_toy_bundle
 from fusionedge.sdk import Perception
 from fusionedge.sdk.errors import InputError
-from fusionedge.sdk.streaming import CallbackSink, MultiPipeline
+from fusionedge.sdk.streaming import CallbackSink, MosaicSink, MultiPipeline
 from test_streaming_faults import CONFIG, FPS, FakeCamera
 from test_streaming_pipeline import write_clip
 
@@ -69,13 +69,15 @@ def test_bad_sources_on_the_command_line_are_one_line_and_exit_2(bundle_dir, per
         assert len(lines) == 1 and message in lines[0], proc.stderr
 
 
-def test_a_camera_killed_mid_run_is_reported_and_retried_while_the_other_keeps_its_rate(perception):
+def test_a_camera_killed_mid_run_is_reported_and_retried_while_the_other_keeps_its_rate(perception, tmp_path):
     rear: list = []  # killed after 0.5 s; its first 3 reopenings fail, then it comes back
     results: list = []
     multi = MultiPipeline(
         perception, cameras=[("front", lambda clock: FakeCamera(clock)),
                              ("rear", lambda clock: rear.append(FakeCamera(clock, "error", 10, 3)) or rear[0])],
         sinks=[CallbackSink(results.append)], config=CONFIG)
+    mosaic = MosaicSink(tmp_path / "mosaic.mp4", ["front", "rear"], FPS, tile=(48, 32))
+    multi.add_sink(mosaic)
     threading.Timer(3.0, multi.request_stop).start()
     summary = multi.run()
     front = sorted(r.t for r in results if r.camera == "front")
@@ -89,3 +91,5 @@ def test_a_camera_killed_mid_run_is_reported_and_retried_while_the_other_keeps_i
     assert summary["sensors"]["rear/video"]["failures"] >= 1 and summary["sensors"]["rear/video"]["recoveries"] == 1
     rear_t = [r.t for r in results if r.camera == "rear" and r.frame is not None]
     assert max(rear_t) > 1.0 and min(rear_t) < 0.5  # frames before it died and after it came back
+    # the mosaic showed the rear camera as no signal while it was down, and its frames again after
+    assert 3 <= mosaic.no_signal_tiles <= mosaic.frames_written - 10 and mosaic.frames_written >= 40
