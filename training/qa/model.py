@@ -7,7 +7,7 @@
                                  └► per-frame tokens (B, T, Cv)  ─┤ projected to ``dim``, + position
     audio ─► student AudioEncoder ─► audio tokens (B, Na, Ca)    ─┤ and modality embeddings: the
                                  └► audio-tag logits (B, A): 1 token ┘ context
-    detection heatmap ─► per class: sum, cells > 0.3, cells > 0.5, max, heat-weighted centre x, y: 1 token ─┘
+    detection heatmap ─► per class: sum, cells > 0.3, cells > 0.5, max, soft arg-max x, y: 1 token ─┘
     question ids / mask (B, L) ─► token + position embeddings ─► ``layers`` × [question tokens attend to
         themselves and the context; MLP] ─► [CLS] ─► answer head ─► answer_logits (B, K)
 
@@ -144,7 +144,10 @@ class QuestionReader(nn.Module):
         b = cells.shape[0]
         heat = cells[:, :, -self.config.heat_channels:]  # (B, Nv, C) stride-16 max of the centre heatmap
         mass = heat.sum(1)  # (B, C)
-        centroid = torch.einsum("bnc,nk->bck", heat, self.cell_xy) / (mass[:, :, None] + 1e-3)  # (B, C, 2)
+        # a soft arg-max: the heat of every other cell (about 0.04 each) would pull a plain weighted mean
+        # to the middle of the frame
+        weight = torch.softmax(20.0 * heat, dim=1)  # (B, Nv, C)
+        centroid = torch.einsum("bnc,nk->bck", weight, self.cell_xy)  # (B, C, 2)
         detections = torch.cat([mass, (heat > 0.3).float().sum(1), (heat > 0.5).float().sum(1), heat.amax(1),
                                 centroid.flatten(1)], dim=1)  # (B, 6 C)
         parts = {"cells": torch.cat([cells, self.cell_xy.expand(b, -1, -1)], dim=2),
