@@ -19,7 +19,7 @@ def test_speedups_are_ratios_to_the_first_bundle(tmp_path_factory, tmp_path, cap
     assert [m["size_ratio"] for m in r["models"]] == [1.0, 1.0]
     for n in (1, 2):
         first, second = r["threads"][n]
-        assert first["speedup_median"] == first["speedup_min"] == first["speedup_max"] == 1.0
+        assert first["speedup_median"] == first["speedup_min"] == first["speedup_max"] == first["speedup_p10"] == 1.0
         assert second["speedup_min"] <= second["speedup_median"] <= second["speedup_max"]
         assert len(second["repeats_ms"]) == 2 and min(second["repeats_ms"]) > 0
     with pytest.raises(InputError, match="got 1"):
