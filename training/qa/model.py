@@ -9,7 +9,7 @@
                                  └► audio-tag logits (B, A): 1 token ┘ context
     detection heatmap ─► per class: sum, cells > 0.3, cells > 0.5, max, soft arg-max x, y: 1 token ─┘
     question ids / mask (B, L) ─► token + position embeddings ─► ``layers`` × [question tokens attend to
-        themselves and the context; MLP] ─► [CLS] ─► answer head ─► answer_logits (B, K)
+        themselves and the context; MLP] ─► [CLS] ‖ detections ‖ tags ─► answer head ─► answer_logits (B, K)
 
 The presence mask is honoured inside attention: the context tokens of a modality whose presence is 0
 are masked out as keys (an additive -1e4, so exactly nothing of them reaches the answer, and a
@@ -135,7 +135,10 @@ class QuestionReader(nn.Module):
         self.modality = nn.Parameter(torch.randn(len(_TYPES), d) * 0.02)
         self.blocks = nn.ModuleList(_CrossBlock(d, c.heads, c.dropout) for _ in range(c.layers))
         self.norm = nn.LayerNorm(d)
-        self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(d, c.num_answers))
+        # the head also reads the detections and tag tokens directly (each zeroed when its sensor is absent):
+        # "which side" or "is a horn heard" is then a conjunction of the question with one feature, which
+        # an MLP learns from a few hundred questions where attention routing did not
+        self.head = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(d, c.num_answers))
 
     def forward(self, cells: torch.Tensor, frames: torch.Tensor, audio: torch.Tensor, tags: torch.Tensor,
                 presence: torch.Tensor, question_ids: torch.Tensor, question_mask: torch.Tensor) -> torch.Tensor:
@@ -163,7 +166,9 @@ class QuestionReader(nn.Module):
         bias = ((1.0 - keep) * MASKED_BIAS)[:, None, None, :]
         for block in self.blocks:
             x = block(x, context, bias)
-        return self.head(self.norm(x[:, 0]))  # [CLS]
+        direct = torch.cat([self.norm(x[:, 0]), self.proj["detections"](detections) * pv,
+                            self.proj["tags"](tags) * pa], dim=1)  # [CLS] + the two summaries
+        return self.head(direct)
 
 
 class QAModel(nn.Module):
