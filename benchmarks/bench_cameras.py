@@ -1,33 +1,33 @@
-"""How many 30 FPS cameras one device sustains: batched inference against one inference per camera.
+"""How many live cameras one device sustains: batched inference against one inference per camera.
 
-A camera count counts as sustained when, over the run, nothing was dropped, every camera delivered at
-least 90 % of its frames as results and the worst camera's p99 capture->result latency stays under one
-frame period (33.3 ms at 30 FPS). The cameras are synthetic live sensors (a moving picture of
-``--size`` at the frame rate, on the pipeline's clock), so the number measures the pipeline and the
-model, not a camera driver.
+A camera count counts as sustained in a run when nothing was dropped, every camera delivered at least
+90 % of its frames as results and the worst camera's p99 capture->result latency stays under one frame
+period (33.3 ms at 30 FPS); it counts as sustained overall when it was in most rounds. The cameras are
+synthetic live sensors (a moving picture of the given size at the frame rate, on the pipeline's clock)
+and, with ``audio``, one synthetic microphone that every camera hears (20 ms chunks at the bundle's
+sample rate, as a sound card delivers them), so the number measures the pipeline and the model, not a
+camera driver.
 
-Every configuration (camera count x batched / one call per camera x ONNX Runtime spinning on / off x
-one core busy or not) is run once per round, the configurations shuffled within each round, for
-``--repeats`` rounds: on a shared machine a burst of someone else's work then lands on different
-configurations each round instead of on all runs of one of them. The summary gives per configuration
-the median and the range of p99 and of results per camera, how many rounds sustained it, and the load
-average before and after. ``--busy on|both`` starts a process that keeps one core busy (a Python busy
-loop) for the runs that ask for it, and stops it after each::
+Every configuration (camera count x batched / one call per camera x ONNX Runtime intra-op threads x
+spinning on / off x one core busy or not) is run once per round, the configurations shuffled within
+each round, for ``repeats`` rounds: on a shared machine a burst of someone else's work then lands on
+different configurations each round instead of on all runs of one of them. :func:`run_cameras` returns
+per configuration the median and range of p99, of results per camera and of the process's CPU time per
+result (all its threads, from ``getrusage``: on a busy machine latency measures the neighbours as much
+as the pipeline, CPU time much less so), and the headline per setting: the most cameras sustained
+batched and one call per camera, and the batched / per-camera CPU-time ratio from the same rounds.
+``fusionedge bench cameras`` runs it; so does this file as a script::
 
-    python benchmarks/bench_cameras.py --bundle bundle/ --cameras 1,2,3 --spinning both --busy both \
-        --threads auto,2 --repeats 3 --seconds 4 --out cameras.json
+    python benchmarks/bench_cameras.py --bundle bundle/ --cameras 1,2,3 --audio --spinning both \
+        --busy both --threads auto,2 --repeats 3 --seconds 4 --out cameras.json
 
-Each point also records the process's CPU time per result (all its threads, from ``getrusage``): on a
-busy machine latency measures the neighbours as much as the pipeline, CPU time much less so.
-
-It is a script, not a pytest-benchmark suite: each point is a multi-second real-time run.
+Each point is a multi-second real-time run, so this is no pytest-benchmark suite.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import random
 import resource
@@ -36,24 +36,58 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from fusionedge.benchmarks.cameras_options import (
+    DEFAULT_CAMERAS,
+    FPS,
+    MAX_CAMERAS,
+    MIN_DELIVERED,
+    MIN_FRAMES,
+    CamerasConfig,
+    add_cameras_arguments,
+    cameras_config,
+    config_from_args,
+)
+from fusionedge.benchmarks.errors import BenchConfigError
 from fusionedge.sdk import Perception
-from fusionedge.sdk.errors import InputError
-from fusionedge.sdk.streaming import Frame, MultiPipeline, PipelineConfig, SourceURI, VideoSource
+from fusionedge.sdk.fileio import dumps_json, write_json_atomic
+from fusionedge.sdk.streaming import (
+    AudioChunk,
+    AudioSource,
+    Frame,
+    MultiPipeline,
+    PipelineConfig,
+    SourceURI,
+    VideoSource,
+)
+from fusionedge.sdk.streaming.multi import batch_limits
 from fusionedge.sdk.streaming.threads import streaming_backend_options
 
-FPS = 30.0
+__all__ = ["DEFAULT_CAMERAS", "FPS", "MAX_CAMERAS", "MIN_DELIVERED", "MIN_FRAMES", "SCHEMA", "BusyCore",
+           "CamerasConfig", "SyntheticCamera", "SyntheticMicrophone", "add_cameras_arguments", "cameras_config",
+           "config_from_args", "headlines", "main", "run_cameras", "run_point", "summarize"]
 
+#: ``schema`` of the document :func:`run_cameras` returns.
+SCHEMA = "fusionedge.bench.cameras/1"
 #: The process that keeps one core busy: a pure-Python loop (one core, no I/O).
 BUSY_LOOP = "while True:\n    pass\n"
+#: Seconds of audio per synthetic microphone chunk (what a sound card delivers per callback).
+CHUNK_SECONDS = 0.02
+
+_MODE = {True: "batched", False: "per-camera"}
+
+
+# ------------------------------------------------------------------------------------------ sensors
 
 
 class SyntheticCamera(VideoSource):
     """A live camera giving a moving ``width`` x ``height`` picture at ``fps`` on the stream clock."""
 
-    def __init__(self, clock, index: int, fps: float = FPS, size: tuple[int, int] = (640, 360)) -> None:
+    def __init__(self, clock: Any, index: int, fps: float = FPS, size: tuple[int, int] = (640, 360)) -> None:
         super().__init__(SourceURI(f"synthetic://{index}", "video", "v4l2", str(index)), clock)
         self.fps = fps
         rng = np.random.default_rng(index)
@@ -72,6 +106,36 @@ class SyntheticCamera(VideoSource):
         self._n += 1
         img = np.roll(self._base, 4 * self._n, axis=1)
         return Frame(image=img, t=self.clock.now(), index=self._n, captured=time.monotonic())
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class SyntheticMicrophone(AudioSource):
+    """A live microphone giving 20 ms chunks of a quiet tone in noise at ``rate`` Hz on the stream clock."""
+
+    def __init__(self, clock: Any, rate: int) -> None:
+        super().__init__(SourceURI("synthetic-mic://0", "audio", "mic", "0"), clock)
+        self.rate = int(rate)
+        self._size = max(1, round(CHUNK_SECONDS * self.rate))
+        self._rng = np.random.default_rng(0)
+        self._closed = threading.Event()
+        self._n = 0
+        self._t0 = 0.0
+
+    def open(self) -> None:
+        self._closed.clear()
+        self._n, self._t0 = 0, self.clock.now()
+
+    def read(self) -> AudioChunk | None:
+        t_end = self._t0 + (self._n + 1) * self._size / self.rate
+        if not self.clock.sleep_until(t_end, self._closed):
+            return None
+        j = np.arange(self._n * self._size, (self._n + 1) * self._size)
+        tone = 0.1 * np.sin(2 * np.pi * 440.0 * j / self.rate)
+        self._n += 1
+        samples = (tone + 0.01 * self._rng.standard_normal(self._size)).astype(np.float32)
+        return AudioChunk(samples=samples, rate=self.rate, t_end=t_end)
 
     def close(self) -> None:
         self._closed.set()
@@ -96,12 +160,24 @@ class BusyCore:
             self._proc = None
 
 
-def run_point(perception: Perception, cameras: int, *, batched: bool, seconds: float,
-              size: tuple[int, int] = (640, 360)) -> dict:
-    """Run ``cameras`` synthetic cameras live for ``seconds``; the summary numbers that decide a point."""
-    cams = [(f"cam{i}", (lambda clock, i=i: SyntheticCamera(clock, i, size=size))) for i in range(cameras)]
-    multi = MultiPipeline(perception, cameras=cams, config=PipelineConfig(policy="live"), batched=batched,
-                          max_wait=0.25 / FPS)
+# ------------------------------------------------------------------------------------------ measuring
+
+
+def run_point(perception: Perception, cameras: int, *, batched: bool, seconds: float, fps: float = FPS,
+              size: tuple[int, int] = (640, 360), audio: bool = False) -> dict:
+    """Run ``cameras`` synthetic cameras (and a shared microphone) live for ``seconds``.
+
+    Returns:
+        The numbers that decide the point: ``sustained``, ``dropped``, ``min_results_per_camera``,
+        ``expected_per_camera``, ``p50_ms`` / ``p99_ms`` (the worst camera's; None without results),
+        ``mean_batch``, ``fps_total`` and ``cpu_ms_per_result``.
+    """
+    cams = [(f"cam{i}", (lambda clock, i=i: SyntheticCamera(clock, i, fps=fps, size=size)))
+            for i in range(cameras)]
+    rate = perception.geometry.sample_rate
+    mics = [("mic", lambda clock: SyntheticMicrophone(clock, rate))] if audio else []
+    multi = MultiPipeline(perception, cameras=cams, mics=mics, config=PipelineConfig(policy="live"),
+                          batched=batched, max_wait=0.25 / fps)
     timer = threading.Timer(seconds, multi.request_stop)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     timer.start()
@@ -111,107 +187,181 @@ def run_point(perception: Perception, cameras: int, *, batched: bool, seconds: f
         timer.cancel()
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)  # every thread of this process
-    per = s["cameras"].values()
-    frames_min = min(c["results"] for c in per)
-    expected = seconds * FPS
-    p99 = s["latency_ms"]["capture_to_result"].get("p99", float("inf"))
-    ok = s["dropped"] == 0 and frames_min >= 0.9 * expected and p99 < 1e3 / FPS
+    frames_min = min(c["results"] for c in s["cameras"].values())
+    expected = seconds * fps
+    lat = s["latency_ms"]["capture_to_result"]
+    p99 = lat.get("p99")
+    ok = s["dropped"] == 0 and frames_min >= MIN_DELIVERED * expected and p99 is not None and p99 < 1e3 / fps
     return {"cameras": cameras, "batched": batched, "sustained": bool(ok), "dropped": s["dropped"],
             "min_results_per_camera": frames_min, "expected_per_camera": round(expected),
-            "p50_ms": s["latency_ms"]["capture_to_result"].get("p50"), "p99_ms": p99,
-            "mean_batch": s["mean_batch"], "fps_total": s["fps"],
-            "cpu_ms_per_result": round(1e3 * cpu_s / max(1, s["results"]), 3)}
+            "p50_ms": lat.get("p50"), "p99_ms": p99, "mean_batch": s["mean_batch"], "fps_total": s["fps"],
+            "cpu_ms_per_result": round(1e3 * cpu_s / s["results"], 3) if s["results"] else None}
 
 
-def _choices(text: str) -> tuple[str, ...]:
-    return ("off", "on") if text == "both" else (text,)
+def _median(values: Sequence[float | None], digits: int) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), digits) if known else None
 
 
-def _counts(text: str) -> list[int]:
-    try:
-        counts = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError as e:
-        raise InputError(f"--cameras takes counts like 1,2,3, got {text!r}") from e
-    if not counts or counts[0] < 1:
-        raise InputError(f"--cameras takes counts >= 1, got {text!r}")
-    return counts
+def _range(values: Sequence[float | None], digits: int) -> list[float] | None:
+    known = [v for v in values if v is not None]
+    return [round(min(known), digits), round(max(known), digits)] if known else None
+
+
+def _setting(p: dict) -> tuple:
+    return (p["threads"], p["intra_op_threads"], p["spinning"], p["busy"])
 
 
 def summarize(points: list[dict]) -> list[dict]:
-    """Per configuration: rounds sustained, median and range of p99 and of results per camera, drops."""
-    key = lambda p: (p["cameras"], p["batched"], p["intra_op_threads"], p["spinning"], p["busy"])
+    """Per configuration: rounds sustained, median and range of p99, results per camera and CPU time.
+
+    A configuration is ``sustained`` when it was in more than half of its rounds. A run without
+    results has no p99 and no CPU time per result; the medians are over the runs that have them.
+    """
+    def key(p: dict) -> tuple:
+        return (p["cameras"], not p["batched"], *_setting(p))
+
     rows = []
-    for k, group in itertools.groupby(sorted(points, key=key), key=key):
+    for _, group in itertools.groupby(sorted(points, key=key), key=key):
         group = list(group)
-        p99 = [g["p99_ms"] for g in group]
-        res = [g["min_results_per_camera"] for g in group]
-        cpu = [g["cpu_ms_per_result"] for g in group]
-        rows.append({"cameras": k[0], "batched": k[1], "intra_op_threads": k[2], "spinning": k[3], "busy": k[4],
-                     "rounds": len(group), "cpu_ms_per_result_median": round(statistics.median(cpu), 3),
-                     "cpu_ms_per_result_range": [min(cpu), max(cpu)],
-                     "sustained_rounds": sum(g["sustained"] for g in group),
-                     "p99_ms_median": round(statistics.median(p99), 2),
-                     "p99_ms_range": [round(min(p99), 2), round(max(p99), 2)],
-                     "min_results_median": statistics.median(res), "expected": group[0]["expected_per_camera"],
-                     "dropped": [g["dropped"] for g in group]})
+        g0 = group[0]
+        sustained = sum(g["sustained"] for g in group)
+        rows.append({"cameras": g0["cameras"], "batched": g0["batched"], "mode": _MODE[g0["batched"]],
+                     "threads": g0["threads"], "intra_op_threads": g0["intra_op_threads"],
+                     "spinning": g0["spinning"], "busy": g0["busy"], "rounds": len(group),
+                     "sustained_rounds": sustained, "sustained": 2 * sustained > len(group),
+                     "cpu_ms_per_result_median": _median([g["cpu_ms_per_result"] for g in group], 3),
+                     "cpu_ms_per_result_range": _range([g["cpu_ms_per_result"] for g in group], 3),
+                     "p99_ms_median": _median([g["p99_ms"] for g in group], 2),
+                     "p99_ms_range": _range([g["p99_ms"] for g in group], 2),
+                     "min_results_median": statistics.median(g["min_results_per_camera"] for g in group),
+                     "expected": g0["expected_per_camera"], "dropped": [g["dropped"] for g in group]})
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", type=Path, required=True)
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--cameras", default="1,2,3", help="camera counts, e.g. 1,2,3")
-    ap.add_argument("--size", default="640x360", help="each synthetic camera's frame size WxH")
-    ap.add_argument("--spinning", choices=("off", "on", "both"), default="off",
-                    help="ONNX Runtime workers spin-wait (on) or sleep (off); both: measure each")
-    ap.add_argument("--busy", choices=("off", "on", "both"), default="off",
-                    help="one core kept busy by another process during the run (on), or not; both: each")
-    ap.add_argument("--modes", choices=("batched", "per-camera", "both"), default="both")
-    ap.add_argument("--repeats", type=int, default=3, help="rounds; each runs every configuration once")
-    ap.add_argument("--threads", default="auto", help="ONNX Runtime intra-op threads, comma-separated to measure "
-                                                       "each (auto: the cores left after capture), e.g. auto,2")
-    ap.add_argument("--seed", type=int, default=0, help="the order of configurations within the rounds")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args(argv)
-    counts = _counts(args.cameras)
-    w, _, h = args.size.partition("x")
-    size = (int(w), int(h))
-    modes = {"batched": (True,), "per-camera": (False,), "both": (True, False)}[args.modes]
-    threads = [None if t.strip() == "auto" else int(t) for t in args.threads.split(",") if t.strip()]
-    configs = list(itertools.product(counts, modes, [(t, s) for t in threads for s in _choices(args.spinning)],
-                                     _choices(args.busy)))
-    perceptions = {}
-    for session in {c[2] for c in configs}:  # one session per threads x spinning setting, loaded once
-        opts = streaming_backend_options(max(counts), threads=session[0], spinning=session[1] == "on")
-        perceptions[session] = (Perception.load(args.bundle, backend_options=opts),
-                                opts["onnxruntime"]["intra_op_threads"])
-    rng = random.Random(args.seed)
-    load_before = os.getloadavg()
-    points = []
+def headlines(rows: list[dict]) -> list[dict]:
+    """Per setting (threads x spinning x busy): the most cameras sustained in each mode and the CPU ratio.
+
+    ``max_cameras_sustained[mode]`` is the largest camera count that was sustained with every smaller
+    count measured sustained too (0: not even the smallest; None: the mode was not measured).
+    ``cpu_ratio`` is batched over per-camera CPU time per result at the most cameras measured in both
+    modes (below 1: batching is cheaper), ``cpu_ratio_by_cameras`` the same at every count.
+    """
+    out = []
+    order = lambda r: (r["busy"] != "off", r["spinning"] != "off", r["threads"] != "auto", r["threads"])
+    for _, group in itertools.groupby(sorted(rows, key=lambda r: (order(r), _setting(r))), key=_setting):
+        group = list(group)
+        g0 = group[0]
+        by = {(r["cameras"], r["batched"]): r for r in group}
+        counts = sorted({r["cameras"] for r in group})
+        most: dict[str, int | None] = {}
+        for batched, mode in _MODE.items():
+            if not any(b == batched for _, b in by):
+                most[mode] = None
+                continue
+            n = 0
+            for c in counts:
+                r = by.get((c, batched))
+                if r is None:
+                    continue
+                if not r["sustained"]:
+                    break
+                n = c
+            most[mode] = n
+        ratios = []
+        for c in counts:
+            b, p = by.get((c, True)), by.get((c, False))
+            if b and p and b["cpu_ms_per_result_median"] and p["cpu_ms_per_result_median"]:
+                ratios.append({"cameras": c,
+                               "ratio": round(b["cpu_ms_per_result_median"] / p["cpu_ms_per_result_median"], 3)})
+        out.append({"threads": g0["threads"], "intra_op_threads": g0["intra_op_threads"],
+                    "spinning": g0["spinning"], "busy": g0["busy"], "max_cameras_sustained": most,
+                    "cpu_ratio": ratios[-1]["ratio"] if ratios else None,
+                    "cpu_ratio_cameras": ratios[-1]["cameras"] if ratios else None,
+                    "cpu_ratio_by_cameras": ratios})
+    return out
+
+
+def run_cameras(config: CamerasConfig, *, progress: Callable[[dict], None] | None = None) -> dict:
+    """Measure every configuration of ``config`` for ``config.repeats`` shuffled rounds.
+
+    Args:
+        config: what to measure (:func:`cameras_config`).
+        progress: called with each point as it is measured.
+
+    Returns:
+        ``schema`` (:data:`SCHEMA`), the settings, ``frame_period_ms``, the machine's cores and load
+        average before and after, ``headline`` (the stream's default setting where it was measured,
+        else the first), ``headlines`` (:func:`headlines`), ``summary`` (:func:`summarize`) and
+        ``points`` (each run).
+
+    Raises:
+        BundleError: the bundle cannot be loaded.
+        BenchConfigError: batched runs of more cameras than the bundle's batch range takes.
+    """
+    counts = config.cameras
+    sessions = [(t, s) for t in config.threads for s in config.spinning]
+    configs = list(itertools.product(counts, config.batched, sessions, config.busy))
+    perceptions: dict[tuple, tuple[Perception, int]] = {}
+    capture = max(counts) + (1 if config.audio else 0)
+    points: list[dict] = []
     try:
-        for rnd in range(args.repeats):
+        for session in sessions:  # one session per threads x spinning setting, loaded once
+            opts = streaming_backend_options(capture, threads=session[0], spinning=session[1] == "on")
+            p = Perception.load(config.bundle, backend_options=opts)
+            perceptions[session] = (p, int(opts["onnxruntime"]["intra_op_threads"]))
+            lo, hi = batch_limits(p)
+            too_many = [c for c in counts if not lo <= c <= hi]
+            if True in config.batched and too_many:
+                raise BenchConfigError(f"batched runs of {','.join(map(str, too_many))} cameras: bundle "
+                                       f"{p.model!r} takes a batch of {lo} to {hi}; measure at most {hi} "
+                                       f"cameras, --batched off, or re-export with a larger batch")
+        rng = random.Random(config.seed)
+        load_before = os.getloadavg()
+        for rnd in range(config.repeats):
             order = configs[:]
             rng.shuffle(order)
             for n, batched, session, busy in order:
                 p, n_threads = perceptions[session]
                 with BusyCore(busy == "on"):
-                    pt = run_point(p, n, batched=batched, seconds=args.seconds, size=size)
-                pt.update(spinning=session[1], busy=busy, round=rnd, intra_op_threads=n_threads,
+                    pt = run_point(p, n, batched=batched, seconds=config.seconds, fps=config.fps,
+                                   size=config.size, audio=config.audio)
+                pt.update(mode=_MODE[batched], threads="auto" if session[0] is None else str(session[0]),
+                          intra_op_threads=n_threads, spinning=session[1], busy=busy, round=rnd,
                           loadavg_1m=round(os.getloadavg()[0], 2))
                 points.append(pt)
-                print(json.dumps(pt), file=sys.stderr, flush=True)
+                if progress is not None:
+                    progress(pt)
+        model = next(iter(perceptions.values()))[0].model
     finally:
         for p, _ in perceptions.values():
             p.close()
-    out = {"size": args.size, "seconds": args.seconds, "repeats": args.repeats, "cores": os.cpu_count(),
-           "loadavg_before": [round(x, 2) for x in load_before],
-           "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-           "summary": summarize(points), "points": points}
-    text = json.dumps(out, indent=1)
+    rows = summarize(points)
+    heads = headlines(rows)
+    return {"schema": SCHEMA, "bundle": str(config.bundle), "model": model, "fps": config.fps,
+            "frame_period_ms": round(1e3 / config.fps, 3), "size": f"{config.size[0]}x{config.size[1]}",
+            "audio": config.audio, "seconds": config.seconds, "repeats": config.repeats, "seed": config.seed,
+            "min_delivered": MIN_DELIVERED, "cores": os.cpu_count(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "headline": heads[0] if heads else None, "headlines": heads, "summary": rows, "points": points}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The script: measure, print the document as JSON on stdout (each point on stderr), ``--out`` it."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cameras_arguments(ap)
+    ap.add_argument("--modes", choices=("batched", "per-camera", "both"), default=None,
+                    help="the same as --batched on, off and both")
+    ap.add_argument("--out", type=Path, default=None, help="write the document here as JSON")
+    args = ap.parse_args(argv)
+    if args.modes is not None:
+        args.batched = {"batched": "on", "per-camera": "off", "both": "both"}[args.modes]
+    doc = run_cameras(config_from_args(args), progress=lambda pt: print(dumps_json(pt, indent=None),
+                                                                        file=sys.stderr, flush=True))
     if args.out is not None:
-        args.out.write_text(text + "\n")
-    print(text)
+        write_json_atomic(args.out, doc)
+    print(dumps_json(doc))
     return 0
 
 

@@ -6,19 +6,26 @@
                      [--scenarios SingleStream,MultiStream,Offline] [--modes engine,e2e]
                      [--duration S] [--data DIR [--accuracy]] [--json]
     fusionedge bench compare A.json B.json [--threshold 0.1] [--json]
+    fusionedge bench cameras --bundle B [--cameras 1,2,3 | --max-cameras N] [--fps 30] [--size 640x360]
+                     [--audio] [--batched both] [--spinning off] [--busy off] [--threads auto]
+                     [--repeats 3] [--seconds 5] [--out FILE.json] [--report FILE.md] [--json]
 
 The harness is :mod:`fusionedge.benchmarks`; this module parses the verb and prints the results.
 Exit statuses: 0 done, 1 ``compare`` found a regression, 2 a user error (one line on stderr).
 Running a benchmark needs the ``bench`` extra (MLPerf LoadGen), checked when it runs; ``compare``
-only reads two results files and needs nothing more.
+only reads two results files and needs nothing more. ``cameras`` (the most live cameras sustained,
+batched against one inference per camera: :mod:`fusionedge.benchmarks.bench_cameras`) needs no extra;
+its report's plot needs matplotlib.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
+from fusionedge.benchmarks.cameras_options import add_cameras_arguments  # standard library only
 from fusionedge.benchmarks.results import MODES, SCENARIOS  # standard library only
 from fusionedge.cli.extras import needs
 from fusionedge.cli.options import add_backends_option, add_json_option
@@ -119,6 +126,63 @@ def _energy_text(energy: dict | None) -> str:
     return "  ".join(parts)
 
 
+def _cmd_cameras(args: argparse.Namespace) -> int:
+    from fusionedge.benchmarks.bench_cameras import config_from_args, run_cameras
+    from fusionedge.benchmarks.cameras_report import format_headline, write_cameras_report
+    from fusionedge.benchmarks.errors import BenchConfigError
+    from fusionedge.sdk.fileio import write_json_atomic
+
+    config = config_from_args(args)
+    for option, path in (("--out", args.out), ("--report", args.report)):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise BenchConfigError(f"{option} {path}: the folder {path.resolve().parent} does not exist")
+    progress = None if args.json else lambda pt: print(
+        f"  round {pt['round']}: {_point_text(pt)}", file=sys.stderr, flush=True)
+    doc = run_cameras(config, progress=progress)
+    report = plot = None
+    if args.out is not None:
+        write_json_atomic(args.out, doc)
+    if args.report is not None:
+        report, plot = write_cameras_report(doc, args.report, plot=not args.no_plots)
+    if args.json:
+        print_json({"results_path": str(args.out) if args.out else None,
+                    "report_path": str(report) if report else None,
+                    "plots": [str(plot)] if plot else [], "results": doc})
+        return 0
+    print(f"cameras of {doc['size']} at {doc['fps']:g} FPS{' with audio' if doc['audio'] else ''} on "
+          f"{doc['model']}: {doc['repeats']} round(s) of {doc['seconds']:g} s, load average "
+          f"{doc['loadavg_before'][0]:.2f} before, {doc['loadavg_after'][0]:.2f} after")
+    for r in doc["summary"]:
+        share = f"{r['min_results_median'] / r['expected']:.0%}" if r["expected"] else "-"
+        print(f"  {r['cameras']:>2} {r['mode']:<10} threads {r['threads']}(={r['intra_op_threads']}) "
+              f"spin {r['spinning']:<3} busy {r['busy']:<3} sustained {r['sustained_rounds']}/{r['rounds']}  "
+              f"p99 {_ms(r['p99_ms_median'])}{_span(r['p99_ms_range'])} ms  results {share}  "
+              f"CPU {_ms(r['cpu_ms_per_result_median'], 2)}{_span(r['cpu_ms_per_result_range'], 2)} ms/result  "
+              f"drops {','.join(map(str, r['dropped']))}")
+    for h in doc["headlines"]:
+        print(format_headline(doc, h))
+    if args.out is not None:
+        print(f"results: {args.out}")
+    if report is not None:
+        print(f"report:  {report}" + (f" (plot {plot})" if plot else ""))
+    return 0
+
+
+def _ms(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _span(r: list | None, digits: int = 1) -> str:
+    return "" if not r else f" [{r[0]:.{digits}f}-{r[1]:.{digits}f}]"
+
+
+def _point_text(pt: dict) -> str:
+    """One measured point as a progress line."""
+    return (f"{pt['cameras']} cameras {pt['mode']}, threads {pt['threads']}, spin {pt['spinning']}, busy "
+            f"{pt['busy']}: {'sustained' if pt['sustained'] else 'not sustained'}, p99 {_ms(pt['p99_ms'])} ms, "
+            f"{pt['min_results_per_camera']}/{pt['expected_per_camera']} results, {pt['dropped']} dropped")
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from fusionedge.benchmarks.compare import compare_results, format_comparison
     from fusionedge.benchmarks.results import load_results
@@ -214,7 +278,7 @@ def add_bench_parser(verbs: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="write report.md without PNG plots")
     p.set_defaults(func=needs("bench", _cmd_bench))
 
-    sub = p.add_subparsers(dest="bench_verb", metavar="compare")
+    sub = p.add_subparsers(dest="bench_verb", metavar="{compare,cameras}")
     chelp = "compare two results.json files; exit 1 on a regression beyond the threshold"
     c = sub.add_parser("compare", help=chelp, description=chelp)
     c.add_argument("a", type=Path, help="the reference results.json")
@@ -233,4 +297,15 @@ def add_bench_parser(verbs: Any) -> argparse.ArgumentParser:
     )
     add_json_option(c)
     c.set_defaults(func=_cmd_compare)
+
+    khelp = ("the most live cameras sustained at a frame rate (0 drops, p99 under one frame period), "
+             "batched against one inference per camera")
+    k = sub.add_parser("cameras", help=khelp, description=khelp)
+    add_cameras_arguments(k)
+    k.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
+    k.add_argument("--report", type=Path, default=None,
+                   help="write a Markdown report here, and its plot beside it as .png (needs matplotlib)")
+    k.add_argument("--no-plots", action="store_true", help="write the report without its plot")
+    add_json_option(k)
+    k.set_defaults(func=_cmd_cameras)
     return p

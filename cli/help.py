@@ -82,6 +82,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "bench": ("fusionedge bench --bundle bundle --out bench --duration 10",
               "fusionedge bench compare old/results.json new/results.json"),
     "bench compare": ("fusionedge bench compare old/results.json new/results.json --threshold 0.05",),
+    "bench cameras": ("fusionedge bench cameras --bundle bundle --cameras 1,2,3 --audio --repeats 3 --report cams.md",),
     "fleet": ("fusionedge fleet init repo", "fusionedge fleet status repo"),
     "fleet init": ("fusionedge fleet init repo --threshold root=2 --key-count root=3",),
     "fleet publish": ("fusionedge fleet publish repo bundle --model student --version 1.2.0 --device-class x86-cpu",),
