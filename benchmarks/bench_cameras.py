@@ -54,6 +54,7 @@ from fusionedge.benchmarks.cameras_options import (
 )
 from fusionedge.benchmarks.errors import BenchConfigError
 from fusionedge.sdk import Perception
+from fusionedge.sdk.errors import FusionEdgeError
 from fusionedge.sdk.fileio import dumps_json, write_json_atomic
 from fusionedge.sdk.streaming import (
     AudioChunk,
@@ -348,7 +349,11 @@ def run_cameras(config: CamerasConfig, *, progress: Callable[[dict], None] | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The script: measure, print the document as JSON on stdout (each point on stderr), ``--out`` it."""
+    """The script: measure, print the document as JSON on stdout (each point on stderr), ``--out`` it.
+
+    Returns:
+        0 done; 2 a bad value, bundle or output (one line on stderr).
+    """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_cameras_arguments(ap)
     ap.add_argument("--modes", choices=("batched", "per-camera", "both"), default=None,
@@ -357,10 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.modes is not None:
         args.batched = {"batched": "on", "per-camera": "off", "both": "both"}[args.modes]
-    doc = run_cameras(config_from_args(args), progress=lambda pt: print(dumps_json(pt, indent=None),
-                                                                        file=sys.stderr, flush=True))
-    if args.out is not None:
-        write_json_atomic(args.out, doc)
+    try:
+        doc = run_cameras(config_from_args(args), progress=lambda pt: print(dumps_json(pt, indent=None),
+                                                                            file=sys.stderr, flush=True))
+        if args.out is not None:
+            write_json_atomic(args.out, doc)
+    except (FusionEdgeError, OSError) as e:  # a bad value, bundle or output path: one line, as the CLI says it
+        print(f"bench_cameras.py: error: {e}", file=sys.stderr)
+        return 2
     print(dumps_json(doc))
     return 0
 
