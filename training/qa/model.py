@@ -151,8 +151,9 @@ class QuestionReader(nn.Module):
         # to the middle of the frame
         weight = torch.softmax(20.0 * heat, dim=1)  # (B, Nv, C)
         centroid = torch.einsum("bnc,nk->bck", weight, self.cell_xy)  # (B, C, 2)
-        detections = torch.cat([mass, (heat > 0.3).float().sum(1), (heat > 0.5).float().sum(1), heat.amax(1),
-                                centroid.flatten(1)], dim=1)  # (B, 6 C)
+        n = float(cells.shape[1])  # every feature on a [0, 1] scale: raw counts (up to Nv) drowned the centres
+        detections = torch.cat([mass / n, (heat > 0.3).float().sum(1) / 8.0, (heat > 0.5).float().sum(1) / 8.0,
+                                heat.amax(1), 2.0 * centroid.flatten(1) - 1.0], dim=1)  # (B, 6 C)
         parts = {"cells": torch.cat([cells, self.cell_xy.expand(b, -1, -1)], dim=2),
                  "frames": torch.cat([frames, self.frame_t.expand(b, -1, -1)], dim=2),
                  "audio": torch.cat([audio, self.audio_t.expand(b, -1, -1)], dim=2),
