@@ -10,7 +10,8 @@
   pattern checked in the exported ONNX and recorded in the manifest (``export/sparsity.py``);
 * ``int8/``: the chosen FP32 stage quantized by the precision gate (``export/precision_gate.py``),
   after post-training calibration (``ptq``) or quantization-aware fine-tuning with distillation
-  (``qat``);
+  (``qat``); the weights of the operators left in float are stored as weight-only INT8
+  (``export/weight_int8.py``), so the file is about a third of FP32's or less;
 * ``report.md``, ``report.json`` and ``pareto.png`` (:mod:`fusionedge.export.compress_report`): for
   every stage accuracy on the test split, batch-1 latency on ONNX Runtime CPU (all stages timed
   interleaved in one run), file size and FLOPs.

@@ -188,6 +188,9 @@ def test_compress_writes_sibling_bundles_and_a_report(tiny_run, tmp_path):
         assert manifest["sparsity"]["pattern"] == "2:4" and manifest["sparsity"]["weights"]
         check_2to4(str(out / name / "model.onnx"), manifest["sparsity"]["weights"])  # every claimed weight
     assert load_bundle(out / "int8").precision == "int8"
+    quantization = load_bundle(out / "int8").manifest["variant"]["quantization"]
+    assert quantization["config"]["weight_int8"] and quantization["weight_int8"]["weights"] > 0
+    assert by["int8"]["size"] < 0.6 * by["sparse-2of4"]["size"]  # the weights left float are int8 too (0.86 without)
     md = (out / "report.md").read_text()
     assert all(n in md for n in names)
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
