@@ -77,3 +77,23 @@ def test_the_student_is_frozen_and_stays_in_eval_mode(model):
     assert all(not p.requires_grad for p in model.student.parameters())
     assert all(p.requires_grad for p in model.reader.parameters())
     model.eval()
+
+
+def test_kept_contexts_take_the_ids_of_this_runs_tokenizer():
+    """Each run learns its own vocabulary, so questions from a kept context file are encoded again."""
+    from fusionedge.training.qa.data import QAExamples, encode_questions
+    from fusionedge.training.qa.vocab import train_tokenizer
+
+    questions = ("is there a car?", "how many pedestrians are there?", "can you hear a siren?")
+    _, first = train_tokenizer(questions, max_tokens=8)
+    _, other = train_tokenizer(("zebra crossing ahead?", "what colour is the light?", *questions), max_tokens=8)
+    ids, mask = first.encode_batch(list(questions))
+    ex = QAExamples(context={}, presence=torch.ones(1, 2), clip=torch.zeros(3, dtype=torch.int64),
+                    ids=torch.from_numpy(ids), mask=torch.from_numpy(mask), answer=torch.zeros(3, dtype=torch.int64),
+                    types=("exist", "count", "hear"), questions=questions, answers=("yes", "2", "maybe"),
+                    clip_ids=("a",))
+    again = encode_questions(ex, other, ("no", "yes", "2"))
+    want_ids, want_mask = other.encode_batch(list(questions))
+    assert torch.equal(again.ids, torch.from_numpy(want_ids)) and torch.equal(again.mask, torch.from_numpy(want_mask))
+    assert not torch.equal(again.ids, ex.ids)  # the two vocabularies number the pieces differently
+    assert again.answer.tolist() == [1, 2, -1]  # an answer outside the vocabulary is marked, not guessed

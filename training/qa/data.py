@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from .model import CONTEXT_KEYS, QAModel
 
-__all__ = ["CONTEXT_CACHE", "QAExamples", "build_examples", "load_cached_examples", "save_cached_examples"]
+__all__ = ["CONTEXT_CACHE", "QAExamples", "build_examples", "encode_questions", "load_cached_examples",
+           "save_cached_examples"]
 
 #: The file in a run folder that keeps the train and validation contexts.
 CONTEXT_CACHE = "context.pt"
@@ -128,3 +129,15 @@ def load_cached_examples(path: Path, key: dict) -> tuple[QAExamples, QAExamples]
         return QAExamples(**state["train"]), QAExamples(**state["val"])
     except (KeyError, TypeError):
         return None
+
+
+def encode_questions(ex: QAExamples, tokenizer: QuestionTokenizer, answers: Sequence[str]) -> QAExamples:
+    """``ex`` with its questions encoded by ``tokenizer`` and its answers indexed in ``answers``.
+
+    Kept contexts are reused by later runs, and each run learns its own vocabulary (the WordPiece
+    trainer does not promise the same ids twice), so the ids are never taken from the cache.
+    """
+    ids, mask = tokenizer.encode_batch(list(ex.questions))
+    index = {a: i for i, a in enumerate(answers)}
+    return replace(ex, ids=torch.from_numpy(ids), mask=torch.from_numpy(mask),
+                   answer=torch.tensor([index.get(a, -1) for a in ex.answers], dtype=torch.int64))

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from ..checkpoint import load_checkpoint
 from ..loop import seed_everything
 from .checkpoint import save_qa_checkpoint
-from .data import CONTEXT_CACHE, build_examples, load_cached_examples, save_cached_examples
+from .data import CONTEXT_CACHE, build_examples, encode_questions, load_cached_examples, save_cached_examples
 from .evaluate import evaluate_reader, reader_logits
 from .model import QAModel, QuestionReader, reader_config_for
 from .vocab import DEFAULT_MAX_TOKENS, DEFAULT_VOCAB_SIZE, answer_vocabulary, train_tokenizer
@@ -176,8 +176,8 @@ def train_qa(cfg: QATrainConfig) -> dict:
         val_ex = build_examples(model, val_samples, geometry, tokenizer, answers, workers=cfg.workers,
                                 progress=cfg.progress, desc="context val")
         save_cached_examples(out / CONTEXT_CACHE, key, train_ex, val_ex)
-    else:
-        train_ex, val_ex = cached
+    else:  # the contexts are reused; the questions are encoded with this run's tokenizer
+        train_ex, val_ex = (encode_questions(ex, tokenizer, answers) for ex in cached)
     reader = model.reader
     decay = [p for n, p in reader.named_parameters() if p.ndim >= 2 and not n.startswith(("token", "position"))]
     other = [p for n, p in reader.named_parameters() if not (p.ndim >= 2 and not n.startswith(("token", "position")))]
