@@ -41,6 +41,10 @@ def test_train_export_and_ask(tmp_path):
     summary = train_qa(QATrainConfig(checkpoint=str(ckpt), data=str(data), val=str(data), out=str(tmp_path / "qa"),
                                      epochs=1, progress=False, workers=1))
     assert summary["train_questions"] >= 16 and (tmp_path / "qa" / "best.pt").is_file()
+    assert (tmp_path / "qa" / "context.pt").is_file()
+    again = train_qa(QATrainConfig(checkpoint=str(ckpt), data=str(data), val=str(data), out=str(tmp_path / "qa"),
+                                   epochs=1, progress=False, workers=1))  # reuses the kept contexts
+    assert again["train_questions"] == summary["train_questions"]
     assert set(json.loads((tmp_path / "qa" / "metrics.json").read_text())["val"]["ablations"]) == {
         "question_only", "question_video", "question_audio", "all"}
     loaded = load_qa_checkpoint(tmp_path / "qa" / "best.pt")
@@ -63,6 +67,14 @@ def test_train_export_and_ask(tmp_path):
     with Perception.load(bundle) as p:  # the runtime golden-checks qa.onnx on its first question
         a = p.ask("is there a car?", video_path=clip, audio_path=clip.with_suffix(".wav"))
     assert a.answer in qa["answers"] and 0.0 < a.score <= 1.0
+
+    from fusionedge.export.quantize import write_variant_bundle  # what quantize / fp16 write
+
+    variant = write_variant_bundle(b, bundle / "model.onnx", tmp_path / "variant", precision="int8", variant={},
+                                   golden_tol={"rtol": 1e-3, "atol": 1e-4})
+    vb = load_bundle(variant)  # the qa files travel, hashed, and qa.onnx stays FP32
+    assert vb.manifest["qa"] == qa and "kept FP32" in vb.manifest["variant"]["qa"]
+    assert vb.manifest["files"]["qa.onnx"] == b.manifest["files"]["qa.onnx"]
 
     (bundle / "manifest.sig").write_bytes(b"x")  # a signed bundle: its signature would stop verifying
     with pytest.raises(BundleError, match="signed"):

@@ -61,7 +61,7 @@ def test_answers_balanced_within_each_subject():
     """Scenes drawn with the generator's answer rates give near-uniform answers per question subject."""
     rng = np.random.default_rng(0)
     per_subject: dict[str, Counter] = defaultdict(Counter)
-    for _ in range(3000):
+    for _ in range(2000):
         def draw(kind, subject):
             rates = ANSWER_RATES[(kind, subject)]
             return rng.choice(list(rates), p=np.array(list(rates.values())) / sum(rates.values()))
