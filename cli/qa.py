@@ -73,7 +73,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = QATrainConfig(checkpoint=str(args.checkpoint), data=str(args.data), val=str(args.val), out=str(args.out),
                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                        max_train_samples=args.max_train_samples, threads=args.threads, unanswerable=args.unanswerable, progress=not args.json)
+                        max_train_samples=args.max_train_samples, threads=args.threads, unanswerable=args.unanswerable, progress=not args.json,
+                        scene_features=not args.no_scene_features)
     summary = train_qa(cfg)
     if args.json:
         print_json(summary)
@@ -138,6 +139,8 @@ def add_qa_parser(verbs: Any) -> None:
                    help="share of training questions garbled and trained toward no answer (0: off)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for the reader (1 is fastest on a busy machine; default: torch's)")
+    p.add_argument("--no-scene-features", action="store_true",
+                   help="the reader does not read the scene features (stride-4 counts, lamp colour, motion)")
     add_json_option(p)
     p.set_defaults(func=needs("train", needs("qa", _cmd_train)))
 

@@ -97,3 +97,73 @@ def test_kept_contexts_take_the_ids_of_this_runs_tokenizer():
     assert torch.equal(again.ids, torch.from_numpy(want_ids)) and torch.equal(again.mask, torch.from_numpy(want_mask))
     assert not torch.equal(again.ids, ex.ids)  # the two vocabularies number the pieces differently
     assert again.answer.tolist() == [1, 2, -1]  # an answer outside the vocabulary is marked, not guessed
+
+
+def test_two_peaks_in_one_stride16_cell_count_as_two():
+    """The stride-16 pool merged two objects in one cell; the stride-4 peaks the decoder finds do not."""
+    from fusionedge.training.qa.scene_features import peak_counts
+
+    heat = torch.full((1, 4, 8, 12), 0.02)
+    heat[0, 0, 1, 1], heat[0, 0, 2, 3] = 0.9, 0.8  # two cars, both in the first 4x4 block (one 16-px cell)
+    heat[0, 1, 5, 5] = 0.25  # below the decoder's threshold: not a pedestrian
+    heat[0, 2, 6, 2] = heat[0, 2, 6, 3] = 0.7  # a plateau: both equal their 3x3 max, counted as the decoder does
+    for x in range(0, 12, 2):
+        heat[0, 3, 0, x] = 0.95  # six emergency vehicles: clipped at the largest answer, 3
+    assert peak_counts(heat).tolist() == [[2.0, 0.0, 2.0, 3.0]]
+    assert torch.nn.functional.max_pool2d(heat, 4, 4)[0, 0].gt(0.3).sum() == 1  # what the old feature saw
+
+
+def _normalised(pixels: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor((0.485, 0.456, 0.406)).reshape(1, 1, 3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).reshape(1, 1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+@pytest.mark.parametrize(("colour", "channel", "row"), [((1.0, 0.16, 0.12), 0, 16), ((0.16, 1.0, 0.47), 1, 21)])
+def test_the_lamp_colour_and_height_come_from_the_pixels_under_the_traffic_light_heat(colour, channel, row):
+    """A dark housing with one lit lamp under the traffic-light heat, and a brighter white sky elsewhere."""
+    from fusionedge.training.qa.scene_features import scene_features
+
+    pixels = torch.full((1, 2, 3, 32, 48), 0.2)
+    pixels[..., :6, :] = 1.0  # bright sky, far from the light: must not be read as the lamp
+    pixels[:, :, :, 13:24, 32:37] = 0.1  # the housing, centred on row 18
+    pixels[:, :, :, row - 1:row + 1, 33:36] = torch.tensor(colour).reshape(1, 1, 3, 1, 1)
+    heat = torch.full((1, 4, 8, 12), 0.02)
+    heat[0, 2, 4, 8] = 0.9  # the traffic light's centre: stride-4 cell (4, 8) covers pixels 16-19, 32-35
+    scene = scene_features(_normalised(pixels), torch.zeros(1, 2000), heat, 2, 3)[0]
+    chroma, height = scene[4:7], scene[7]
+    assert chroma.argmax().item() == channel and chroma[channel] > 0.5
+    assert (height > 0.15) if row < 18 else (height < -0.15)  # the red lamp is the top one, green the bottom
+
+
+def test_motion_features_grow_with_the_light_bar_and_the_sound():
+    from fusionedge.training.qa.scene_features import scene_features
+
+    pixels = torch.full((1, 4, 3, 32, 48), 0.3)
+    for t in range(4):  # a red light bar that grows frame by frame
+        pixels[0, t, :, 14:16 + t, 20:24 + 2 * t] = torch.tensor((1.0, 0.1, 0.1)).reshape(3, 1, 1)
+    heat = torch.full((1, 4, 8, 12), 0.02)
+    heat[0, 3, 4, 5] = 0.9
+    audio = torch.sin(torch.arange(3000.0)) * torch.linspace(0.1, 1.0, 3000)  # louder at the end
+    approaching = scene_features(_normalised(pixels), audio[None], heat, 2, 3)[0, -3:]
+    receding = scene_features(_normalised(pixels.flip(1)), audio.flip(0)[None], heat, 2, 3)[0, -3:]
+    assert (approaching > 0.2).all() and (receding < -0.2).all()
+
+
+@torch.no_grad()
+def test_a_reader_saved_before_the_scene_features_ignores_them_and_a_new_one_reads_them(model):
+    from fusionedge.training.qa.model import QAConfig
+
+    old = model.reader.config.to_dict()
+    assert old["scene_dim"] > 0
+    del old["scene_dim"]  # a config written before the field existed
+    assert QAConfig.from_dict(old).scene_dim == 0
+    video, audio, presence, ids, mask = inputs()
+    ctx = model.context(video, audio)
+    args = [ctx[k] for k in ("cells", "frames", "audio", "tags")]
+    other = torch.rand_like(ctx["scene"])
+    torch.manual_seed(0)
+    before = QuestionReader(QAConfig.from_dict(old)).eval()
+    assert torch.equal(before(*args, ctx["scene"], presence, ids, mask), before(*args, other, presence, ids, mask))
+    assert not torch.allclose(model.reader(*args, ctx["scene"], presence, ids, mask),
+                              model.reader(*args, other, presence, ids, mask), atol=1e-6)

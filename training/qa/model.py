@@ -7,7 +7,7 @@
                                  └► per-frame tokens (B, T, Cv)  ─┤ projected to ``dim``, + position
     audio ─► student AudioEncoder ─► audio tokens (B, Na, Ca)    ─┤ and modality embeddings: the
                                  └► audio-tag logits (B, A): 1 token ┘ context
-    detection heatmap ─► per class: sum, cells > 0.3, cells > 0.5, max, soft arg-max x, y: 1 token ─┘
+    detection heatmap ─► per class: sum, cells > 0.3, cells > 0.5, max, soft arg-max x, y ‖ scene: 1 token ─┘
     question ids / mask (B, L) ─► token + position embeddings ─► ``layers`` × [question tokens attend to
         themselves and the context; MLP] ─► [CLS] ‖ detections ‖ tags ─► answer head ─► answer_logits (B, K)
 
@@ -15,6 +15,11 @@ The presence mask is honoured inside attention: the context tokens of a modality
 are masked out as keys (an additive -1e4, so exactly nothing of them reaches the answer, and a
 missing sensor's zero tensor changes no output), and so are the question's padding tokens. The
 [CLS] token is always a key, so no row of the attention is empty.
+
+``scene`` (:mod:`.scene_features`: stride-4 peak counts, the lit lamp's colour, the light bar's and
+the sound's growth over the clip) is computed from the same inputs and joins the detections token
+when the reader's ``scene_dim`` is set; a reader configured without it (``scene_dim`` 0, as every
+reader saved before it existed) ignores it.
 
 The student (a ``MultimodalModel`` with both modalities, a detection head and an audio-tag head,
 loaded from a checkpoint) is frozen: its weights get no gradient and it stays in eval mode. Its
@@ -30,14 +35,16 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from fusionedge.sdk.errors import InputError
+from fusionedge.sdk.spec import OBJECTS
 from torch import nn
 
 from ..models.multimodal import MultimodalModel
+from .scene_features import AUDIO_SCENE_FEATURES, scene_features
 
 __all__ = ["CONTEXT_KEYS", "MASKED_BIAS", "QAConfig", "QAModel", "QuestionReader", "reader_config_for"]
 
 #: The context tensors the reader takes, in order (see ``QAModel.context``).
-CONTEXT_KEYS: tuple[str, ...] = ("cells", "frames", "audio", "tags")
+CONTEXT_KEYS: tuple[str, ...] = ("cells", "frames", "audio", "tags", "scene")
 #: Added to the attention score of a masked key: finite (no NaN when exported), and exp(-1e4) is 0.
 MASKED_BIAS = -1.0e4
 _TYPES = ("text", "cells", "frames", "audio", "tags", "detections")  # modality embedding rows
@@ -63,10 +70,14 @@ class QAConfig:
     heads: int = 4
     layers: int = 2
     dropout: float = 0.1
+    scene_dim: int = 0  # length of the scene features the reader reads (0: none, as readers saved before them)
 
     def __post_init__(self) -> None:
         for k, v in asdict(self).items():
-            if k == "dropout":
+            if k == "scene_dim":
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise InputError(f"QAConfig.scene_dim must be a non-negative integer, got {v!r}")
+            elif k == "dropout":
                 if not 0.0 <= v < 1.0:
                     raise InputError(f"QAConfig.dropout must be in [0, 1), got {v!r}")
             elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -117,12 +128,17 @@ class QuestionReader(nn.Module):
         super().__init__()
         self.config = c = config
         d = c.dim
+        # the scene's audio values join the tags token and the rest the detections token, so each is
+        # dropped with its own sensor
+        self.audio_scene = AUDIO_SCENE_FEATURES if c.scene_dim else 0
+        if c.scene_dim and c.scene_dim <= self.audio_scene:
+            raise InputError(f"QAConfig.scene_dim {c.scene_dim} leaves no video scene feature")
         self.token = nn.Embedding(c.vocab_size, d)
         # cells, frames and audio tokens also get where / when they are (fixed coordinates in [0, 1]), so
         # "left of", "first frame" need no learning; the detections token holds per-class counts
         self.proj = nn.ModuleDict({"cells": nn.Linear(c.cell_dim + 2, d), "frames": nn.Linear(c.frame_dim + 1, d),
-                                   "audio": nn.Linear(c.audio_dim + 1, d), "tags": nn.Linear(c.tag_dim, d),
-                                   "detections": nn.Linear(6 * c.heat_channels, d)})
+                                   "audio": nn.Linear(c.audio_dim + 1, d), "tags": nn.Linear(c.tag_dim + self.audio_scene, d),
+                                   "detections": nn.Linear(6 * c.heat_channels + c.scene_dim - self.audio_scene, d)})
         rows = c.cell_tokens // c.cell_cols
         col, row = torch.arange(c.cell_tokens) % c.cell_cols, torch.arange(c.cell_tokens) // c.cell_cols
         self.register_buffer("cell_xy", torch.stack([(col + 0.5) / c.cell_cols, (row + 0.5) / rows], dim=1),
@@ -141,8 +157,10 @@ class QuestionReader(nn.Module):
         self.head = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(d, c.num_answers))
 
     def forward(self, cells: torch.Tensor, frames: torch.Tensor, audio: torch.Tensor, tags: torch.Tensor,
-                presence: torch.Tensor, question_ids: torch.Tensor, question_mask: torch.Tensor) -> torch.Tensor:
-        """Context ``cells`` (B, Nv, Cc), ``frames`` (B, T, Cf), ``audio`` (B, Na, Ca), ``tags`` (B, A);
+                scene: torch.Tensor, presence: torch.Tensor, question_ids: torch.Tensor,
+                question_mask: torch.Tensor) -> torch.Tensor:
+        """Context ``cells`` (B, Nv, Cc), ``frames`` (B, T, Cf), ``audio`` (B, Na, Ca), ``tags`` (B, A),
+        ``scene`` (B, S) (read only when ``scene_dim`` is set, then S must equal it);
         ``presence`` (B, 2); ``question_ids`` int64 (B, L), ``question_mask`` (B, L) → logits (B, K)."""
         b = cells.shape[0]
         heat = cells[:, :, -self.config.heat_channels:]  # (B, Nv, C) stride-16 max of the centre heatmap
@@ -154,6 +172,12 @@ class QuestionReader(nn.Module):
         n = float(cells.shape[1])  # every feature on a [0, 1] scale: raw counts (up to Nv) drowned the centres
         detections = torch.cat([mass / n, (heat > 0.3).float().sum(1) / 8.0, (heat > 0.5).float().sum(1) / 8.0,
                                 heat.amax(1), 2.0 * centroid.flatten(1) - 1.0], dim=1)  # (B, 6 C)
+        if self.config.scene_dim:
+            if scene.shape[1] != self.config.scene_dim:
+                raise InputError(f"scene features have {scene.shape[1]} values, the reader reads "
+                                 f"{self.config.scene_dim}")
+            detections = torch.cat([detections, scene[:, :-self.audio_scene]], dim=1)  # (B, 6 C + S - Sa)
+            tags = torch.cat([tags, scene[:, -self.audio_scene:]], dim=1)  # (B, A + Sa)
         parts = {"cells": torch.cat([cells, self.cell_xy.expand(b, -1, -1)], dim=2),
                  "frames": torch.cat([frames, self.frame_t.expand(b, -1, -1)], dim=2),
                  "audio": torch.cat([audio, self.audio_t.expand(b, -1, -1)], dim=2),
@@ -201,7 +225,7 @@ class QAModel(nn.Module):
         return self
 
     def context(self, video: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The student's context for a batch of clips: ``{"cells", "frames", "audio", "tags"}`` (see the module docstring)."""
+        """The student's context for a batch of clips: ``{"cells", "frames", "audio", "tags", "scene"}`` (see the module docstring)."""
         enc = self.student.video_encoder
         if enc.frame_proj is not None:
             v_tokens, _, last_s4, ctx, frames = enc.forward_with_frames(video)  # frames (B, T, Cv)
@@ -214,7 +238,8 @@ class QAModel(nn.Module):
         cells = torch.cat([v_tokens, heat16.flatten(2).transpose(1, 2)], dim=2)  # (B, Nv, Cv + C)
         a_tokens, _ = self.student.audio_encoder(audio)  # (B, Na, Ca)
         tags = self.student.audio_tag_head(a_tokens)  # (B, A)
-        return {"cells": cells, "frames": frames, "audio": a_tokens, "tags": tags}
+        scene = scene_features(video, audio, heat, OBJECTS.index("traffic_light"), OBJECTS.index("emergency_vehicle"))
+        return {"cells": cells, "frames": frames, "audio": a_tokens, "tags": tags, "scene": scene}
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor, presence: torch.Tensor,
                 question_ids: torch.Tensor, question_mask: torch.Tensor) -> torch.Tensor:
@@ -224,8 +249,9 @@ class QAModel(nn.Module):
 
 
 def reader_config_for(student: MultimodalModel, *, vocab_size: int, max_tokens: int, num_answers: int,
-                      **overrides) -> QAConfig:
-    """The :class:`QAConfig` whose context shapes fit ``student`` (shapes measured by one dry run)."""
+                      scene: bool = True, **overrides) -> QAConfig:
+    """The :class:`QAConfig` whose context shapes fit ``student`` (shapes measured by one dry run);
+    ``scene``: the reader reads the scene features (:mod:`.scene_features`)."""
     c = student.config
     probe = QAModel(student, QuestionReader(QAConfig(1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)))
     with torch.no_grad():
@@ -235,4 +261,4 @@ def reader_config_for(student: MultimodalModel, *, vocab_size: int, max_tokens: 
                     heat_channels=c.num_objects,
                     frame_tokens=ctx["frames"].shape[1], frame_dim=ctx["frames"].shape[2],
                     audio_tokens=ctx["audio"].shape[1], audio_dim=ctx["audio"].shape[2],
-                    tag_dim=ctx["tags"].shape[1], **overrides)
+                    tag_dim=ctx["tags"].shape[1], scene_dim=ctx["scene"].shape[1] if scene else 0, **overrides)

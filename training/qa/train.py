@@ -47,7 +47,8 @@ from ..loop import seed_everything
 from .checkpoint import save_qa_checkpoint
 from .data import CONTEXT_CACHE, build_examples, encode_questions, load_cached_examples, save_cached_examples
 from .evaluate import evaluate_reader, reader_logits
-from .model import QAModel, QuestionReader, reader_config_for
+from .model import CONTEXT_KEYS, QAModel, QuestionReader, reader_config_for
+from .scene_features import SCENE_FEATURES_VERSION
 from .vocab import DEFAULT_MAX_TOKENS, DEFAULT_VOCAB_SIZE, answer_vocabulary, train_tokenizer
 
 __all__ = ["QATrainConfig", "train_qa"]
@@ -83,6 +84,8 @@ class QATrainConfig:
     # reader cannot read should come out unsure, not as a confident guess (0: off)
     unanswerable: float = 0.1
     max_train_samples: int | None = None
+    # the reader also reads the scene features (stride-4 peak counts, lamp colour, motion; .scene_features)
+    scene_features: bool = True
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -164,11 +167,12 @@ def train_qa(cfg: QATrainConfig) -> dict:
     geometry = InputGeometry.from_dict(info["geometry"])
     rc = reader_config_for(student, vocab_size=tokenizer.vocab_size, max_tokens=cfg.max_tokens,
                            num_answers=len(answers), dim=cfg.dim, heads=cfg.heads, layers=cfg.layers,
-                           dropout=cfg.dropout)
+                           dropout=cfg.dropout, scene=cfg.scene_features)
     model = QAModel(student, QuestionReader(rc))
     key = {"checkpoint": sha256_file(cfg.checkpoint), "max_train_samples": cfg.max_train_samples,
            "data": sha256_file(manifest_path(cfg.data)), "val": sha256_file(manifest_path(cfg.val)),
-           "vocab_size": cfg.vocab_size, "max_tokens": cfg.max_tokens}
+           "vocab_size": cfg.vocab_size, "max_tokens": cfg.max_tokens,
+           "context_keys": list(CONTEXT_KEYS), "scene_features_version": SCENE_FEATURES_VERSION}
     cached = load_cached_examples(out / CONTEXT_CACHE, key)
     if cached is None:
         train_ex = build_examples(model, train_samples, geometry, tokenizer, answers, workers=cfg.workers,
