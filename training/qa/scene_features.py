@@ -33,7 +33,7 @@ MAX_COUNT = 3
 #: The last values of the scene vector come from the audio alone (the rest from the video).
 AUDIO_SCENE_FEATURES = 1
 #: Changes whenever the features below change (part of the kept-context cache key).
-SCENE_FEATURES_VERSION = 1
+SCENE_FEATURES_VERSION = 2
 _MEAN = InputGeometry.__dataclass_fields__["mean"].default
 _STD = InputGeometry.__dataclass_fields__["std"].default
 _LAMP_DILATE = 7  # pixels around the traffic-light heat that may hold its lamp (odd)
@@ -61,8 +61,9 @@ def _pixels(video: torch.Tensor) -> torch.Tensor:
 
 def lamp_colour(frame: torch.Tensor, light_heat: torch.Tensor) -> torch.Tensor:
     """The lit lamp of a traffic light: ``frame`` (B, 3, H, W) in [0, 1], ``light_heat`` (B, 1, h, w) →
-    (B, 4): chromaticity r, g, b (summing to 1) and the lamp's height above the region's centre
-    (in units of the dilation window, > 0: above). Zeros-ish (uniform chromaticity) where no heat."""
+    (B, 4): chromaticity r, g, b, each as ``3 (c - 1/3)`` (0 for a grey pixel; the three lamps differ
+    by about 0.2 in raw chromaticity, too little for the reader to pick up), and the lamp's height
+    above the region's centre (in units of the dilation window, > 0: above)."""
     hh, ww = frame.shape[-2:]
     region = F.interpolate(light_heat, size=(hh, ww), mode="bilinear", align_corners=False)
     region = F.max_pool2d(region, _LAMP_DILATE, 1, _LAMP_DILATE // 2).flatten(1)  # (B, HW)
@@ -75,7 +76,7 @@ def lamp_colour(frame: torch.Tensor, light_heat: torch.Tensor) -> torch.Tensor:
     ys = (torch.arange(hh, dtype=frame.dtype)[:, None].expand(hh, ww).reshape(-1) + 0.5)  # (HW,)
     centre = (inside * ys).sum(1) / (inside.sum(1) + 1e-6)
     lamp_y = (weight * ys).sum(1)
-    return torch.cat([chroma, ((centre - lamp_y) / _LAMP_DILATE)[:, None]], dim=1)
+    return torch.cat([3.0 * (chroma - 1.0 / 3.0), ((centre - lamp_y) / _LAMP_DILATE)[:, None]], dim=1)
 
 
 def _bar_area(pixels: torch.Tensor) -> torch.Tensor:
