@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from fusionedge.sdk.media import read_audio, read_video
     from fusionedge.sdk.perception import Fallback, Perception, Result
     from fusionedge.sdk.postprocess import Detection
+    from fusionedge.sdk.qa import Answer
+    from fusionedge.sdk.qa_tokenizer import QuestionError
     from fusionedge.sdk.spec import InputGeometry
 
 # name -> module that defines it, imported on first attribute access (PEP 562).
@@ -45,6 +47,8 @@ _LAZY: dict[str, str] = {
     "Result": "fusionedge.sdk.perception",
     "Fallback": "fusionedge.sdk.perception",
     "Detection": "fusionedge.sdk.postprocess",
+    "Answer": "fusionedge.sdk.qa",
+    "QuestionError": "fusionedge.sdk.qa_tokenizer",
     "Bundle": "fusionedge.sdk.bundle",
     "load_bundle": "fusionedge.sdk.bundle",
     "update_bundle_metrics": "fusionedge.sdk.bundle",

@@ -130,3 +130,13 @@ def test_missing_special_token_is_a_bundle_error(tokenizer_json):
 def test_max_tokens_out_of_range_is_a_bundle_error(tokenizer_json, max_tokens):
     with pytest.raises(BundleError, match="max_tokens"):
         QuestionTokenizer.from_str(tokenizer_json, max_tokens)
+
+
+def test_answer_and_question_error_are_public_names_of_the_runtime():
+    import fusionedge.sdk as sdk
+    from fusionedge.sdk.qa import Answer
+    from fusionedge.sdk.qa_tokenizer import QuestionError as TokenizerQuestionError
+
+    assert sdk.Answer is Answer and sdk.QuestionError is TokenizerQuestionError
+    assert {"Answer", "QuestionError"} <= set(sdk.__all__)
+    assert issubclass(sdk.QuestionError, sdk.InputError)  # the CLI's one-line, exit-2 errors
