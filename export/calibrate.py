@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 from fusionedge.sdk.bundle import MANIFEST_NAME, load_bundle, manifest_digest, validate_manifest
-from fusionedge.sdk.bundle_signature import SIGNATURE_NAME
+from fusionedge.sdk.bundle_signature import renew_signature, signing_for_change
 from fusionedge.sdk.calibration import (
     CALIBRATION_KEY,
     DEFAULT_TAG_THRESHOLD,
@@ -338,16 +338,7 @@ def calibrate_bundle(
     if int(batch_size) < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size!r}")
     root = Path(bundle)
-    signed = (root / SIGNATURE_NAME).is_file()
-    if signed and sign_key is None and not drop_signature:
-        raise BundleError(f"{root}: the bundle is signed, and calibrating changes its digest, so {SIGNATURE_NAME} "
-                          f"would no longer verify; re-sign it (--sign-key) or remove the signature "
-                          f"(--drop-signature)")
-    key = None
-    if sign_key is not None:
-        from fusionedge.sdk.bundle_signature import load_private_key
-
-        key = load_private_key(sign_key)  # a bad key fails before anything is run
+    signed, key = signing_for_change(root, "calibrating", sign_key, drop_signature)
     t0 = time.perf_counter()
     with Perception.load(root, backends=backends) as p:
         if p.generic is not None:
@@ -378,16 +369,7 @@ def calibrate_bundle(
     Calibration.from_manifest(manifest)  # the block reads back as written
     before = manifest_digest(old_manifest)
     write_json_atomic(root / MANIFEST_NAME, manifest)
-    signature = "none"
-    if signed or key is not None:
-        if key is not None:
-            from fusionedge.sdk.bundle_signature import sign_bundle
-
-            sign_bundle(root, key)
-            signature = "signed"
-        else:
-            (root / SIGNATURE_NAME).unlink()
-            signature = "removed"
+    signature = renew_signature(root, signed, key)
     after = load_bundle(root).digest
 
     ev = out["event_logits"]

@@ -40,7 +40,7 @@ from fusionedge.export.calibrate import fit_temperature, negative_log_likelihood
 from fusionedge.export.onnx_export import MAX_BATCH, OPSET, ExportError, example_inputs
 from fusionedge.export.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityError, ParityReport, compare_outputs
 from fusionedge.sdk.bundle import MANIFEST_NAME, load_bundle, manifest_digest, sha256_file, validate_manifest
-from fusionedge.sdk.bundle_signature import SIGNATURE_NAME
+from fusionedge.sdk.bundle_signature import renew_signature, signing_for_change
 from fusionedge.sdk.datamanifest import read_manifest
 from fusionedge.sdk.errors import BundleError
 from fusionedge.sdk.fileio import fsync_dir, write_json_atomic
@@ -237,16 +237,7 @@ def export_qa(bundle: str | os.PathLike, checkpoint: str | os.PathLike, *, calib
     b = load_bundle(root)
     if b.task != "fusion":
         raise BundleError(f"{root}: a {b.task!r} model; question answering extends the fused camera + audio model")
-    signed = (root / SIGNATURE_NAME).is_file()
-    if signed and sign_key is None and not drop_signature:
-        raise BundleError(f"{root}: the bundle is signed, and adding question answering changes its digest, so "
-                          f"{SIGNATURE_NAME} would no longer verify; re-sign it (--sign-key) or remove the "
-                          f"signature (--drop-signature)")
-    key = None
-    if sign_key is not None:
-        from fusionedge.sdk.bundle_signature import load_private_key
-
-        key = load_private_key(sign_key)
+    signed, key = signing_for_change(root, "adding question answering", sign_key, drop_signature)
     ckpt = load_qa_checkpoint(checkpoint)
     geometry = InputGeometry.from_dict(ckpt.student["geometry"])
     bundle_geometry = InputGeometry.from_dict(b.manifest["geometry"])
@@ -285,16 +276,7 @@ def export_qa(bundle: str | os.PathLike, checkpoint: str | os.PathLike, *, calib
         write_json_atomic(root / MANIFEST_NAME, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    signature = "none"
-    if signed or key is not None:
-        if key is not None:
-            from fusionedge.sdk.bundle_signature import sign_bundle
-
-            sign_bundle(root, key)
-            signature = "signed"
-        else:
-            (root / SIGNATURE_NAME).unlink()
-            signature = "removed"
+    signature = renew_signature(root, signed, key)
     after = load_bundle(root).digest
     return {"bundle": str(root), "qa": manifest["qa"], "parity": parity.to_dict(), "calibration": calibration,
             "digest": {"before": manifest_digest(old), "after": after}, "signature": signature,

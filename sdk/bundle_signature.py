@@ -35,7 +35,9 @@ __all__ = [
     "key_id",
     "load_private_key",
     "load_public_keys",
+    "renew_signature",
     "sign_bundle",
+    "signing_for_change",
     "signed_message",
     "verify_signature",
 ]
@@ -204,3 +206,52 @@ def verify_signature(root: str | os.PathLike, manifest: dict, public_keys: Seque
         raise BundleError(f"{SIGNATURE_NAME}: the signature does not verify with the trusted key "
                           f"{record['keyid'][:12]}…; the bundle was altered or the signature forged") from e
     return record["keyid"]
+
+
+def signing_for_change(root: str | os.PathLike, change: str, sign_key: Any = None,
+                       drop_signature: bool = False) -> tuple[bool, Any]:
+    """Check that a change to an existing bundle may touch its signature, before anything is run.
+
+    A change to the manifest (a calibration, a question-answering model) changes the bundle's digest,
+    so an existing ``manifest.sig`` would no longer verify: the change is refused unless the bundle is
+    re-signed (``sign_key``) or its signature dropped (``drop_signature``).
+
+    Args:
+        root: the bundle folder.
+        change: what the change does, for the message (e.g. ``"calibrating"``).
+        sign_key: an ed25519 private key (PEM bytes, raw bytes or a key object) to re-sign with.
+        drop_signature: remove the signature instead.
+
+    Returns:
+        ``(signed, key)``: whether the bundle is signed now, and the loaded key (None without one);
+        hand both to :func:`renew_signature` once the change is written.
+
+    Raises:
+        BundleError: the bundle is signed and neither ``sign_key`` nor ``drop_signature`` is given.
+        InputError: ``sign_key`` is not an ed25519 private key.
+    """
+    root = Path(root)
+    signed = (root / SIGNATURE_NAME).is_file()
+    if signed and sign_key is None and not drop_signature:
+        raise BundleError(f"{root}: the bundle is signed, and {change} changes its digest, so {SIGNATURE_NAME} "
+                          f"would no longer verify; re-sign it (--sign-key) or remove the signature "
+                          f"(--drop-signature)")
+    key = None
+    if sign_key is not None:
+        key = load_private_key(sign_key)  # a bad key fails before anything is run
+    return signed, key
+
+
+def renew_signature(root: str | os.PathLike, signed: bool, key: Any) -> str:
+    """After a change: re-sign the bundle with ``key``, or remove a stale signature.
+
+    Returns:
+        ``"signed"``, ``"removed"`` or ``"none"`` (unsigned before, and no key).
+    """
+    if key is not None:
+        sign_bundle(root, key)
+        return "signed"
+    if signed:
+        (Path(root) / SIGNATURE_NAME).unlink()
+        return "removed"
+    return "none"
