@@ -13,7 +13,8 @@
 The parts, one file each: :mod:`.uri` (parse a sensor URI), :mod:`.sources` (open it), :mod:`.clock`
 (timestamps, audio ring buffer, synchronizer), :mod:`.health` (failure detection and retry),
 :mod:`.queues` (bounded queues, latency percentiles), :mod:`.pipeline` (stages, stats), :mod:`.multi`
-(several cameras and microphones, one batched inference per tick), :mod:`.sinks`
+(several cameras and microphones, one batched inference per tick), :mod:`.mics` (one microphone shared
+by several cameras), :mod:`.stages` (where each result's latency goes), :mod:`.sinks`
 (outputs), :mod:`.mosaic` (several cameras in one grid video), :mod:`.signals` (SIGINT / SIGTERM as a graceful stop). The ``fusionedge run`` verb is
 :mod:`fusionedge.cli.run`.
 """

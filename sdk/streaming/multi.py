@@ -20,14 +20,10 @@ others go without it. On a TensorRT engine with the CUDA preprocessing library
 (:mod:`fusionedge.sdk.cuda_preprocess`), each camera's frames are resized and normalized on the GPU and
 each tick's clips are placed straight into the engine's input binding, so video makes no host round trip;
 elsewhere frames are preprocessed on the CPU, and the reason is logged once. A microphone is opened once
-and fanned out (:class:`MicHub`) to every camera that hears it. Results and health events carry the
+and fanned out (:class:`~fusionedge.sdk.streaming.mics.MicHub`) to every camera that hears it. Results and health events carry the
 camera's name; one camera failing is reported and retried by its own supervisor while the others go on.
 Memory stays bounded: each camera's queues are bounded as in a single pipeline, and each listener of a
 microphone keeps at most ``MIC_BACKLOG`` chunks.
-
-The module sits just past 600 lines: the batcher, the microphone hub and the supervision loop share
-the tick's state (which cameras are up, what each is owed); split apart, that state would become a
-cross-module protocol that nothing else uses.
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -50,9 +45,10 @@ from fusionedge.sdk.cuda_preprocess import (
 from fusionedge.sdk.errors import BackendError, FusionEdgeError, InputError
 from fusionedge.sdk.streaming.clock import StreamClock
 from fusionedge.sdk.streaming.health import OK
+from fusionedge.sdk.streaming.mics import MIC_BACKLOG, MicHub
 from fusionedge.sdk.streaming.pipeline import Pipeline, PipelineConfig, StreamResult
 from fusionedge.sdk.streaming.signals import StopSignals
-from fusionedge.sdk.streaming.sources import AudioChunk, AudioSource, Frame, open_audio_source
+from fusionedge.sdk.streaming.sources import Frame, open_audio_source
 from fusionedge.sdk.streaming.uri import parse_uri
 
 if TYPE_CHECKING:
@@ -63,9 +59,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MIC_BACKLOG", "PREPROCESSING", "BatchGate", "MicHub", "MultiPipeline", "batch_limits",
            "parse_named_source"]
-
-#: Audio chunks (20 ms each) a listener of a shared microphone may fall behind before the oldest go.
-MIC_BACKLOG = 256
 
 #: Where video is preprocessed: ``auto`` (the GPU where it can, else the CPU), ``cpu``, ``cuda`` (required).
 PREPROCESSING = ("auto", "cpu", "cuda")
@@ -103,99 +96,6 @@ def batch_limits(perception: Any) -> tuple[int, int]:
     return int(io.batch_min), int(io.batch_max)
 
 
-# --------------------------------------------------------------------------------------- microphones
-
-
-class MicHub:
-    """One microphone (or audio file) opened once and read on behalf of several listeners.
-
-    Each listener is an :class:`AudioSource` (:meth:`listener`) with its own backlog; whichever listener
-    reads first pulls the next chunk from the real source and hands a copy to every backlog, so all
-    listeners see the same chunks on the same clock. A read error marks the source broken: the next
-    ``open()`` of any listener (its supervisor retrying) reopens it. It is closed when every listener is.
-
-    Args:
-        source: the real source.
-    """
-
-    def __init__(self, source: AudioSource) -> None:
-        self.source = source
-        self._lock = threading.Lock()
-        self._backlogs: list[deque] = []
-        self._listeners: list[_MicListener] = []
-        self._opened = False
-        self._broken = False
-        self._ended = False  # a replayed file reached its end: it is not replayed again
-
-    def listener(self) -> AudioSource:
-        """A new listener: an AudioSource for one camera's pipeline."""
-        backlog: deque = deque(maxlen=MIC_BACKLOG)
-        listener = _MicListener(self, backlog)
-        self._backlogs.append(backlog)
-        self._listeners.append(listener)
-        return listener
-
-    def _open_for(self, listener: _MicListener) -> None:
-        with self._lock:
-            if self._broken and self._opened:
-                self.source.close()
-                self._opened = False
-            if not self._opened and not (self._ended and not self.source.live):
-                self.source.open()
-                self._opened, self._broken = True, False
-            listener.is_open, listener.closed = True, False
-            listener.rate = self.source.rate
-
-    def _read_for(self, backlog: deque) -> AudioChunk | None:
-        with self._lock:
-            if backlog:
-                return backlog.popleft()
-            if not self._opened:
-                return None  # a replayed file that every listener has read to its end
-            try:
-                chunk = self.source.read()
-            except Exception:
-                self._broken = True
-                raise
-            if chunk is None:
-                self._ended = True
-                return None
-            for other in self._backlogs:
-                if other is not backlog:
-                    other.append(chunk)
-            return chunk
-
-    def _close_for(self, listener: _MicListener) -> None:
-        with self._lock:
-            listener.is_open, listener.closed = False, True
-            # close the real source once every listener is done with it (one that has not opened yet
-            # still needs it), or when it failed (the retrying listener reopens it)
-            close = self._opened and (self._broken or all(x.closed for x in self._listeners))
-        if close:
-            self.source.close()  # sources allow close from another thread
-            with self._lock:
-                self._opened = False
-
-
-class _MicListener(AudioSource):
-    """One camera's view of a shared microphone."""
-
-    def __init__(self, hub: MicHub, backlog: deque) -> None:
-        super().__init__(hub.source.uri, hub.source.clock)
-        self._hub, self._backlog = hub, backlog
-        self.is_open = False
-        self.closed = False  # closed and not opened again
-
-    def open(self) -> None:
-        self._hub._open_for(self)
-
-    def read(self) -> AudioChunk | None:
-        return self._hub._read_for(self._backlog)
-
-    def close(self) -> None:
-        self._hub._close_for(self)
-
-
 # ------------------------------------------------------------------------------------------ batching
 
 
@@ -230,6 +130,7 @@ class BatchGate:
         self._busy = False
         self.batches = 0
         self.rows = 0
+        self.started: dict[str, float] = {}  # camera -> monotonic time its last inference started running
 
     def register(self, name: str) -> None:
         """Expect requests from this camera."""
@@ -252,6 +153,7 @@ class BatchGate:
     def run(self, name: str, video: np.ndarray, audio: np.ndarray, presence: np.ndarray) -> tuple[dict, Any]:
         """Run ``name``'s batch of rows (as ``Perception.run_batch``) together with the other cameras'."""
         if not self.batched:
+            self.started[name] = time.monotonic()
             outputs, model = self._infer([(video, audio, presence)])
             with self._cond:
                 self.batches += 1
@@ -262,8 +164,11 @@ class BatchGate:
             self._pending[name] = req
             self._cond.notify_all()
             while req["out"] is None and req["error"] is None:
-                if self._ready(time.monotonic()):
+                now = time.monotonic()
+                if self._ready(now):
                     batch, self._pending, self._busy = self._pending, {}, True
+                    for n in batch:
+                        self.started[n] = now
                     self._cond.release()
                     try:
                         self._run_batch(batch)
@@ -343,6 +248,9 @@ class _CameraPipeline(Pipeline):
         if self.device is None:
             return super()._video_clip(sync, t)
         return DeviceClip(sync.clip_items(t))
+
+    def _batch_started(self, default: float) -> float:
+        return self.gate.started.get(self.name or "", default)
 
     def _infer_loop(self) -> None:
         try:

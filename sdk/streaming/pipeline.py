@@ -58,6 +58,7 @@ from fusionedge.sdk.streaming.sources import (
     open_audio_source,
     open_video_source,
 )
+from fusionedge.sdk.streaming.stages import StageTimes
 
 if TYPE_CHECKING:
     from fusionedge.sdk.perception import Perception, Result
@@ -140,6 +141,7 @@ class _Step:
     outputs: dict[str, np.ndarray] | None = None
     model: Any = None  # the Perception that produced ``outputs``; it decodes them
     rows: tuple[str | None, ...] | None = None  # what each output row withheld (with attribution)
+    marks: dict[str, float] = field(default_factory=dict)  # stage boundaries (:mod:`.stages`), monotonic s
 
 
 def _sink_name(sink: Any) -> str:
@@ -205,6 +207,7 @@ class Pipeline:
         self._ring_lock = threading.Lock()
         self._audio_ended = threading.Event()
         self._lat = Latencies(c.latency_window)
+        self._stages = StageTimes(c.latency_window)
         self._attributed_t = -float("inf")  # stream time of the last attributed step
         self._attributed_presence: tuple[float, ...] = ()  # its presence
         self._attribution: Any = None  # the latest Attribution, carried by the results after it
@@ -353,6 +356,7 @@ class Pipeline:
             "fps": round(self._counts["results"] / elapsed, 2) if elapsed else 0.0,
             "fps_recent": round(recent, 2),
             "latency_ms": self._lat.summary(),
+            "stages_ms": self._stages.summary(),
             "sensors": {k: {"state": s.state, "reason": s.reason, "failures": s.failures,
                             "recoveries": s.recoveries} for k, s in self._sup.items()},
             "audio_gaps": ring.gaps if ring else 0,
@@ -468,13 +472,18 @@ class Pipeline:
                     index, last_t = done
                 continue
             frame: Frame = item
+            dequeued = time.monotonic()
             t0 = time.perf_counter()
             sync.add_frame(frame.t, self._prepare_frame(frame, sync))
             prep_ms = (time.perf_counter() - t0) * 1e3
+            prepared = time.monotonic()
             self._wait_audio(sync.window_end(frame.t))
+            audio_ready = time.monotonic()
             t0 = time.perf_counter()
             step = self._make_step(sync, index, frame.t, frame.captured, frame.image, video=True)
             step.timings["preprocess"] = prep_ms + (time.perf_counter() - t0) * 1e3
+            step.marks.update(captured=frame.captured, dequeued=dequeued, prepared=prepared,
+                              audio_ready=audio_ready, step_ready=time.monotonic())
             self._lat.add("preprocess", step.timings["preprocess"])
             index, last_t = index + 1, frame.t
             self._q_steps.put(step)
@@ -500,6 +509,7 @@ class Pipeline:
         t = (last_t if last_t is not None else newest - sync.period) + sync.period
         while sync.window_end(t) <= newest + 1e-9 and not self._stop.is_set():
             step = self._make_step(sync, index, t, time.monotonic(), None, video=False)
+            step.marks.update(captured=step.captured, step_ready=time.monotonic())
             self._q_steps.put(step)
             index, last_t = index + 1, t
             t += sync.period
@@ -554,6 +564,7 @@ class Pipeline:
                 continue
             if step is END:
                 break
+            step.marks["infer_start"] = time.monotonic()
             t0 = time.perf_counter()
             presence = tuple(step.presence.tolist())
             if getattr(self.perception, "attribution", False) and (  # the step and each modality withheld
@@ -565,10 +576,16 @@ class Pipeline:
             else:
                 step.outputs, step.model = self.perception.run_batch(
                     step.video[None], step.audio[None], step.presence[None])
+            step.marks["infer_end"] = time.monotonic()
+            step.marks["batch_start"] = self._batch_started(step.marks["infer_start"])
             step.timings["infer"] = (time.perf_counter() - t0) * 1e3
             self._lat.add("infer", step.timings["infer"])
             self._q_outputs.put(step)
         self._q_outputs.put(END)
+
+    def _batch_started(self, default: float) -> float:
+        """When the last inference of this pipeline started running (after any wait for a batch)."""
+        return default
 
     def _postprocess_loop(self) -> None:
         while not self._stop.is_set():
@@ -577,6 +594,7 @@ class Pipeline:
                 continue
             if step is END:
                 break
+            step.marks["post_start"] = time.monotonic()
             t0 = time.perf_counter()
             has_video, has_audio = bool(step.presence[0]), bool(step.presence[1])
             frame_wh = None
@@ -594,14 +612,15 @@ class Pipeline:
             self._lat.add("postprocess", timings["postprocess"])
             for k, v in timings.items():
                 timings[k] = round(v, 3)
-            latency = (time.monotonic() - step.captured) * 1e3
+            step.marks["result"] = time.monotonic()
+            latency = (step.marks["result"] - step.captured) * 1e3
             self._lat.add("capture_to_result", latency)
             keep = any(getattr(s, "needs_inputs", False) for s in self.sinks)
             sr = StreamResult(index=step.index, t=step.t, frame=step.image if has_video else None,
                               result=result, health=step.health, latency_ms=latency, camera=self.name,
                               audio=step.audio if has_audio else None,
                               inputs=(step.video, step.audio, step.presence) if keep else None)
-            self._q_results.put(sr)
+            self._q_results.put((sr, step.marks))
         self._q_results.put(END)
 
     def _sink_loop(self) -> None:
@@ -616,10 +635,14 @@ class Pipeline:
                     if self._stop.is_set():
                         break
                     continue
+                item, marks = item
+                marks["sink_start"] = time.monotonic()
                 t0 = time.perf_counter()
                 for sink in self._live_sinks():
                     self._call_sink(sink, "write", item)
                 self._lat.add("sinks", (time.perf_counter() - t0) * 1e3)
+                marks["sink_end"] = time.monotonic()
+                self._stages.add(marks)
                 self._counts["results"] += 1  # delivered to every working sink
                 self._counts["results_video"] += int(item.frame is not None)
                 self._counts["results_audio"] += int("audio" not in item.result.missing)
