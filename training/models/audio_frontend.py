@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["LogMelFrontend", "mel_filterbank", "dft_kernels"]
+__all__ = ["LogMelFrontend", "dft_kernels", "mel_filterbank"]
 
 
 def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
@@ -101,11 +101,18 @@ class LogMelFrontend(nn.Module):
         """Frames produced for a waveform of ``num_samples`` samples (centre padding, as torch.stft)."""
         return 1 + num_samples // self.hop_length
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+    def power(self, audio: torch.Tensor) -> torch.Tensor:
+        """Waveform ``(B, S)`` → STFT power ``(B, n_fft // 2 + 1, frames)`` (bin ``k`` at ``k * sr / n_fft`` Hz)."""
         x = audio.unsqueeze(1)  # (B, 1, S)
         # centre=True with zero padding: n_fft // 2 zeros at both ends, as torch.stft(pad_mode="constant")
         spec = nn.functional.conv1d(x, self.dft, stride=self.hop_length, padding=self.n_fft // 2)  # (B, 2F, N)
         real, imag = spec[:, : self.n_freqs], spec[:, self.n_freqs:]
-        power = real * real + imag * imag  # (B, F, N)
+        return real * real + imag * imag  # (B, F, N)
+
+    def log_mel(self, power: torch.Tensor) -> torch.Tensor:
+        """STFT power ``(B, F, N)`` (from ``power``) → log-mel map ``(B, n_mels, N)``."""
         mel = torch.matmul(power.transpose(1, 2), self.mel_fb)  # (B, N, M)
         return torch.log(mel + self.eps).transpose(1, 2)  # (B, M, N)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.log_mel(self.power(audio))

@@ -21,9 +21,21 @@ import torch
 from torch import nn
 
 from .audio_frontend import LogMelFrontend
+from .pitch_motion import PITCH_MOTION_CHANNELS, PitchMotion
 
-__all__ = ["ConvBNReLU", "ClipEncoder", "AudioEncoder", "conv_out_len", "frame_times", "audio_token_spans",
-           "audio_token_times"]
+__all__ = [
+    "PITCH_MOTION_WIDTH",
+    "AudioEncoder",
+    "ClipEncoder",
+    "ConvBNReLU",
+    "audio_token_spans",
+    "audio_token_times",
+    "conv_out_len",
+    "frame_times",
+]
+
+#: Channels of the pitch-motion branch of ``AudioEncoder`` (``pitch_motion=True``).
+PITCH_MOTION_WIDTH = 32
 
 
 def conv_out_len(n: int, stride: int = 2, kernel: int = 3, padding: int = 1) -> int:
@@ -159,6 +171,12 @@ def _stage(cin: int, cout: int, depth: int) -> nn.Sequential:
     return nn.Sequential(ConvBNReLU(cin, cout, stride=2), *[ConvBNReLU(cout, cout) for _ in range(depth)])
 
 
+def _conv1d_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    """A stride-2 1-D convolution over time (kernel 3, padding 1: the time steps of ``ConvBNReLU``'s)."""
+    return nn.Sequential(nn.Conv1d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm1d(cout),
+                         nn.ReLU(inplace=True))
+
+
 class ClipEncoder(nn.Module):
     """Video clip ``(B, T, 3, H, W)`` → tokens, a pooled embedding and detection features.
 
@@ -258,17 +276,25 @@ class AudioEncoder(nn.Module):
     2-D CNN over (mel × time), three stride-2 stages → frequency and channels folded into each time
     step → 1×1 projection.
 
+    With ``pitch_motion`` the STFT power also feeds ``PitchMotion`` (per frame: the pitch, its
+    derivatives and salience, see ``pitch_motion``) → per-channel BatchNorm → three stride-2 1-D
+    convolutions over time (``PITCH_MOTION_WIDTH`` channels, the same time steps as the 2-D CNN);
+    each time step's pitch-motion features and their mean over the window join the folded map
+    before the projection, so every token knows how the pitch moves in its stretch and in the clip.
+
     Args:
         channels: widths of the three stages.
         depth: extra stride-1 convolutions in the last stage.
         out_dim: token width.
         sample_rate, n_fft, hop_length, n_mels, f_min, f_max: front-end settings (Hz, samples).
+        pitch_motion: add the pitch-motion branch (new weights; off keeps the state-dict keys).
 
     ``forward`` returns ``(tokens (B, N, out_dim), pooled (B, out_dim))``.
     """
 
     def __init__(self, channels: tuple[int, int, int], depth: int, out_dim: int, sample_rate: int,
-                 n_fft: int, hop_length: int, n_mels: int, f_min: float, f_max: float) -> None:
+                 n_fft: int, hop_length: int, n_mels: int, f_min: float, f_max: float,
+                 pitch_motion: bool = False) -> None:
         super().__init__()
         a1, a2, a3 = channels
         self.frontend = LogMelFrontend(sample_rate, n_fft, hop_length, n_mels, f_min, f_max)
@@ -279,7 +305,17 @@ class AudioEncoder(nn.Module):
             _stage(a2, a3, depth),
         )
         mel_out = conv_out_len(conv_out_len(conv_out_len(n_mels)))
-        self.proj = nn.Sequential(nn.Conv1d(a3 * mel_out, out_dim, 1, bias=False), nn.BatchNorm1d(out_dim),
+        proj_in = a3 * mel_out
+        # only when asked: existing models keep their state-dict keys
+        self.pitch = self.pitch_norm = self.pitch_cnn = None
+        if pitch_motion:
+            w = PITCH_MOTION_WIDTH
+            self.pitch = PitchMotion(sample_rate, n_fft)
+            self.pitch_norm = nn.BatchNorm1d(PITCH_MOTION_CHANNELS)
+            self.pitch_cnn = nn.Sequential(_conv1d_bn_relu(PITCH_MOTION_CHANNELS, w), _conv1d_bn_relu(w, w),
+                                           _conv1d_bn_relu(w, w))
+            proj_in += 2 * w
+        self.proj = nn.Sequential(nn.Conv1d(proj_in, out_dim, 1, bias=False), nn.BatchNorm1d(out_dim),
                                   nn.ReLU(inplace=True))
         self.out_channels = out_dim
 
@@ -288,8 +324,12 @@ class AudioEncoder(nn.Module):
         return conv_out_len(conv_out_len(conv_out_len(self.frontend.num_frames(num_samples))))
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mel = self.norm(self.frontend(audio))  # (B, M, F)
-        x = self.cnn(mel.unsqueeze(1))  # (B, C, M/8, F/8)
-        x = self.proj(x.flatten(1, 2))  # (B, D, F/8): each time step sees every mel band
+        power = self.frontend.power(audio)  # (B, n_fft/2+1, F)
+        mel = self.norm(self.frontend.log_mel(power))  # (B, M, F)
+        x = self.cnn(mel.unsqueeze(1)).flatten(1, 2)  # (B, C*M/8, F/8)
+        if self.pitch is not None:
+            m = self.pitch_cnn(self.pitch_norm(self.pitch(power)))  # (B, P, F/8)
+            x = torch.cat([x, m, m.mean(dim=2, keepdim=True).expand_as(m)], dim=1)
+        x = self.proj(x)  # (B, D, F/8): each time step sees every mel band
         tokens = x.transpose(1, 2)  # (B, N, D)
         return tokens, tokens.mean(dim=1)

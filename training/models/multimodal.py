@@ -86,6 +86,8 @@ def _field_problem(name: str, kind: str, v: object) -> str | None:
         return None if isinstance(v, str) and v in FUSIONS else f"fusion must be one of {sorted(FUSIONS)}, got {v!r}"
     if kind == "str":
         return None if isinstance(v, str) else f"{name} must be a string, got {v!r}"
+    if kind == "bool":
+        return None if isinstance(v, bool) else f"{name} must be true or false, got {v!r}"
     if kind.startswith("tuple[int"):
         n = kind.count("int")
         ok = isinstance(v, tuple) and len(v) == n and all(_is_int(x) and x >= 1 for x in v)
@@ -116,6 +118,7 @@ class ModelConfig:
     n_mels: int = 64  # mel bands, multiple of 8
     f_min: float = 0.0  # Hz
     f_max: float = 8000.0  # Hz, at most sample_rate / 2
+    audio_pitch_motion: bool = False  # also feed the audio encoder the pitch's motion (encoders.AudioEncoder)
     # -- encoders
     # widths at stride 2, 4, 8, 16; stride 4 feeds the detection head (narrower costs mAP, see EXPERIMENTS.md)
     video_channels: tuple[int, int, int, int] = (16, 32, 48, 64)
@@ -243,7 +246,7 @@ class MultimodalModel(nn.Module):
                                              frame_tokens=self.uses_frame_tokens)
         if use_audio:
             self.audio_encoder = AudioEncoder(c.audio_channels, c.audio_depth, c.audio_dim, c.sample_rate, c.n_fft,
-                                              c.hop_length, c.n_mels, c.f_min, c.f_max)
+                                              c.hop_length, c.n_mels, c.f_min, c.f_max, c.audio_pitch_motion)
         # the fusion feeds only the event head: a task without events has neither
         self.fusion = self.event_head = self.audio_tag_head = self.det_head = None
         if c.num_events and use_video and use_audio:
