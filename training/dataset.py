@@ -42,6 +42,7 @@ from fusionedge.sdk.postprocess import encode_centernet_targets
 from fusionedge.sdk.preprocess import scale_boxes
 from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
 
+from .audio_warp import warp_audio, warp_factors
 from .losses import IGNORE_INDEX
 
 __all__ = ["Labels", "ClipCache", "Augment", "load_clips", "split_for_validation", "iterate_batches",
@@ -91,6 +92,7 @@ class Augment:
     background_mix: float = 0.0  # probability of adding the sound of a clip without any mix_exclude_tags
     mix_exclude_tags: tuple[str, ...] = ("siren",)  # tags a background clip must not carry (they decide events)
     mix_gain_db: tuple[float, float] = (-12.0, 0.0)  # the added sound's gain, drawn uniformly in dB
+    audio_warp: float = 0.0  # resample each clip's sound by a factor log-uniform in [1/(1+w), 1+w] (audio_warp.py)
 
 
 def background_pool(clips: ClipCache, exclude_tags: Sequence[str]) -> torch.Tensor:
@@ -286,6 +288,8 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
                 g_mix = 10.0 ** ((lo + (hi - lo) * u_mix_gain[mix]) / 20.0)  # (M,)
                 audio[mix] = audio[mix] + g_mix.unsqueeze(1) * clips.audio[donor[mix]]
                 tags[mix] = torch.maximum(tags[mix], clips.audio_tags[donor[mix]])
+        if augment.audio_warp > 0:  # drawn only when warping, so runs without it keep their random stream
+            audio = warp_audio(audio, warp_factors(torch.rand(b, generator=generator), augment.audio_warp))
         gain = 10.0 ** ((u_gain * 2.0 - 1.0) * augment.audio_gain_db / 20.0)  # (B,)
         audio = (audio * gain.unsqueeze(1)).clamp(-1.0, 1.0)
         drop = u_drop < augment.modality_dropout

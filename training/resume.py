@@ -25,7 +25,8 @@ __all__ = ["TRAJECTORY_FIELDS", "resume_state", "rng_state", "set_rng_state"]
 TRAJECTORY_FIELDS = ("model", "model_overrides", "geometry", "epochs", "batch_size", "lr", "min_lr_ratio",
                      "warmup_epochs", "weight_decay", "grad_clip", "seed", "loss_weights", "modality_dropout",
                      "hflip", "audio_gain_db", "max_train_samples", "amp", "teacher", "distill",
-                     "task_weighting", "task_schedule", "encoder_lr_scale", "frozen_encoder_epochs")
+                     "task_weighting", "task_schedule", "encoder_lr_scale", "frozen_encoder_epochs", "background_mix",
+                     "audio_warp")
 
 
 def rng_state(gen: torch.Generator) -> dict:

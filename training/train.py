@@ -139,6 +139,9 @@ class TrainConfig(RunConfig):
     # per-sample probability of adding the sound of a training clip without a siren tag (dataset.Augment):
     # needs a "siren" audio tag, and no teacher (its outputs are cached for the clips as they are)
     background_mix: float = 0.0
+    # each clip's sound resampled by a factor log-uniform in [1/(1+w), 1+w], pitch and rates together
+    # (audio_warp.py): no teacher (its outputs are cached for the clips as they are)
+    audio_warp: float = 0.0
 
     KEY_ORDER: ClassVar[tuple[str, ...]] = (
         "data", "out", "val_data", "model", "model_overrides", "init", "encoder_lr_scale", "frozen_encoder_epochs",
@@ -173,6 +176,10 @@ class TrainConfig(RunConfig):
             bad.append(f"background_mix={self.background_mix} (need 0..1)")
         if self.background_mix > 0 and self.teacher is not None:
             bad.append("background_mix with a teacher (its outputs are cached for the unmixed clips)")
+        if not 0.0 <= self.audio_warp < 0.5:
+            bad.append(f"audio_warp={self.audio_warp} (need 0..0.5)")
+        if self.audio_warp > 0 and self.teacher is not None:
+            bad.append("audio_warp with a teacher (its outputs are cached for the unwarped clips)")
         if self.task_schedule not in TASK_SCHEDULES:
             bad.append(f"task_schedule={self.task_schedule!r} (need one of {', '.join(TASK_SCHEDULES)})")
         return bad
@@ -676,7 +683,8 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
 
     # -- the epoch loop: train, then (rank 0) validate and save while the other ranks wait
     warmup = max(1, int(cfg.warmup_epochs * run.steps_per_epoch()))
-    augment = Augment(cfg.modality_dropout, cfg.hflip, cfg.audio_gain_db, background_mix=cfg.background_mix)
+    augment = Augment(cfg.modality_dropout, cfg.hflip, cfg.audio_gain_db, background_mix=cfg.background_mix,
+                      audio_warp=cfg.audio_warp)
     term_weights = _term_weights(cfg)
     ckpt_meta = dict(model_name=cfg.model, model_config=mcfg.to_dict(), geometry=cfg.geometry,
                      labels=labels.to_dict(), extra={"train_config": json_safe(cfg.to_dict())})
