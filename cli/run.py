@@ -8,8 +8,9 @@
     fusionedge run --bundle B --source front=rtsp://cam1/s --source rear=/dev/video1 \
         --mic cabin=mic://default --hears front,rear --events events.jsonl --out mosaic.mp4
 
-Named ``--source`` / ``--mic`` run several cameras at once (:mod:`fusionedge.sdk.streaming.multi`): one
-batched inference per tick, results and events per camera; ``--out FILE.mp4`` one mosaic video of all
+Named ``--source`` / ``--mic`` run several cameras at once (:mod:`fusionedge.sdk.streaming.multi`): a
+camera's step is inferred as soon as it is ready, the steps ready together in one batch; results and
+events per camera; ``--out FILE.mp4`` one mosaic video of all
 cameras (a grid, each tile labelled; a camera that is down shows "no signal"), ``--out-dir DIR`` (or
 ``--out DIR`` without a suffix) one video per camera.
 
@@ -52,7 +53,7 @@ def add_run_parser(verbs: Any) -> argparse.ArgumentParser:
                                                  "mic://default, alsa://hw:0,0; default: the --video file's "
                                                  "own sound where it has one")
     p.add_argument("--source", dest="sources", action="append", default=[], metavar="NAME=URI",
-                   help="a named camera (repeat for several; one batched inference per tick); "
+                   help="a named camera (repeat for several; steps ready together are inferred as one batch); "
                         "instead of --video")
     p.add_argument("--mic", dest="mics", action=_MicAction, default=[], metavar="NAME=URI",
                    help="a named microphone for the --source cameras (repeat for several)")
@@ -242,7 +243,7 @@ class _HearsAction(argparse.Action):
 
 
 def _run_cameras(args: argparse.Namespace, signals: Any) -> int:
-    """``--source`` / ``--mic``: several named cameras and microphones, one batched inference per tick."""
+    """``--source`` / ``--mic``: several named cameras and microphones, their ready steps batched."""
     from fusionedge.sdk.errors import InputError
     from fusionedge.sdk.perception import Perception
     from fusionedge.sdk.streaming.mosaic import MosaicSink

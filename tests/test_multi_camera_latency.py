@@ -8,8 +8,20 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from fusionedge.sdk.streaming import AudioChunk, AudioSource, SourceURI, StreamClock
+import pytest
+from _toy_model import TOY_GEOMETRY, shared_toy_bundle
+from fusionedge.sdk import Perception
+from fusionedge.sdk.streaming import (
+    AudioChunk,
+    AudioSource,
+    CallbackSink,
+    Pipeline,
+    PipelineConfig,
+    SourceURI,
+    StreamClock,
+)
 from fusionedge.sdk.streaming.multi import MicHub
+from test_streaming_faults import FakeCamera
 
 RATE = 16000
 CHUNK = 0.02
@@ -19,9 +31,9 @@ class PacedMic(AudioSource):
     """A live microphone: 20 ms chunks released when their last sample is due on the clock; sample ``j``
     holds ``j / RATE`` (its own time), so a window shows where it was cut."""
 
-    def __init__(self, clock: StreamClock) -> None:
+    def __init__(self, clock: StreamClock, rate: int = RATE) -> None:
         super().__init__(SourceURI("paced-mic://0", "audio", "mic", "0"), clock)
-        self.rate = RATE
+        self.rate = rate
         self._closed = threading.Event()
         self._n = 0
 
@@ -29,13 +41,13 @@ class PacedMic(AudioSource):
         self._closed.clear()
 
     def read(self) -> AudioChunk | None:
-        size = int(CHUNK * RATE)
+        size = int(CHUNK * self.rate)
         t_end = (self._n + 1) * CHUNK
         if not self.clock.sleep_until(t_end, self._closed):
             return None
         j = np.arange(self._n * size, (self._n + 1) * size)
         self._n += 1
-        return AudioChunk(samples=(j / RATE).astype(np.float32), rate=RATE, t_end=t_end)
+        return AudioChunk(samples=(j / self.rate).astype(np.float32), rate=self.rate, t_end=t_end)
 
     def close(self) -> None:
         self._closed.set()
@@ -85,3 +97,38 @@ def test_the_stage_breakdown_says_which_stage_the_slow_results_lost_their_time_i
     assert s["stages"]["inference"]["p50"] == 2.0
     assert s["capture_to_result"]["p50"] == 9.0 and s["tail"]["n"] == 5
     assert s["tail"]["stages_ms"]["audio_wait"] == 31.0 and s["tail"]["capture_to_result_ms"] == 39.0
+
+
+@pytest.fixture(scope="module")
+def perception(tmp_path_factory):
+    with Perception.load(shared_toy_bundle(tmp_path_factory),
+                         backend_options={"onnxruntime": {"intra_op_threads": 1}}) as p:
+        yield p
+
+
+def _audio_ends(perception, lag: float) -> tuple[list[float], dict]:
+    """Run a live camera and microphone for 1.2 s; per result with audio, its frame time minus the time
+    just after the last sample of its audio window (the microphone's samples hold their own time)."""
+    rate = TOY_GEOMETRY.sample_rate
+    results: list = []
+    pipe = Pipeline(perception, video=lambda clock: FakeCamera(clock), audio=lambda clock: PacedMic(clock, rate),
+                    sinks=[CallbackSink(results.append)], config=PipelineConfig(policy="live", audio_lag=lag))
+    threading.Timer(1.2, pipe._stop.set).start()
+    summary = pipe.run()
+    # from the 8th step (a full window of audio) until 0.2 s before the stop (the microphone may stop first)
+    behind = [r.t - (float(r.audio[-1]) + 1 / rate) for r in results
+              if r.audio is not None and r.index >= 8 and r.t < 1.0]
+    return behind, summary
+
+
+def test_a_live_step_closes_on_the_audio_that_has_arrived_at_most_audio_lag_before_its_frame(perception):
+    behind, summary = _audio_ends(perception, 0.025)
+    assert len(behind) >= 10
+    # the window never ends after the frame, nor more than the bound (plus half a sample) before it
+    assert min(behind) > -1e-3 and max(behind) <= 0.025 + 1e-3, (min(behind), max(behind))
+    assert max(behind) > 1e-3  # frames fall between 20 ms chunks: some steps did go with older audio
+    lag = summary["audio_lag_ms"]
+    assert lag["n"] >= len(behind) and lag["max"] <= 25.0 + 1.0
+    assert abs(lag["p50"] - 1e3 * float(np.median(behind))) < 2.0  # what the stats say is what was taken
+    aligned, summary = _audio_ends(perception, 0.0)  # 0: every window ends at its frame, as offline
+    assert len(aligned) >= 10 and max(abs(x) for x in aligned) < 1e-3 and summary["audio_lag_ms"] == {}

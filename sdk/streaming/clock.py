@@ -6,7 +6,9 @@ frames are spread over it with the current frame last (:func:`clip_frame_indices
 audio is the ``clip_seconds`` of samples ending at the same instant ``t``. For a replayed file this is
 the offline preprocessing of frame window ``start = (k + 1) / fps - clip_seconds`` and of the audio
 window ``start = k / fps - clip_seconds`` (the audio ends at the current frame's capture instant, not
-one frame period later, so a live step never waits for audio from the future).
+one frame period later, so a live step never waits for audio from the future). A live step may
+instead close on the audio that has arrived, ending its window up to ``PipelineConfig.audio_lag``
+before the frame (a microphone delivers whole chunks; see :meth:`Synchronizer.audio_window`).
 
 The audio ring maps sample indices to clock time through an anchor (the time of the newest sample).
 Each chunk's timestamp is checked against where the samples already written put it:
@@ -299,12 +301,19 @@ class Synchronizer:
         """Clock time at which the step for a frame at ``t`` ends (audio is needed up to here): ``t``."""
         return t
 
-    def audio_window(self, ring: AudioRing | None, t: float) -> AudioWindow:
-        """The model's audio input for the step of the frame at ``t``, with its captured fraction."""
+    def audio_window(self, ring: AudioRing | None, t: float, end: float | None = None) -> AudioWindow:
+        """The model's audio input for the step of the frame at ``t``, with its captured fraction.
+
+        Args:
+            ring: the audio, or None (no audio: zeros, coverage 0).
+            t: the step's frame time.
+            end: where the window ends instead of :meth:`window_end` (a live step that goes with the
+                audio that has arrived, at most ``PipelineConfig.audio_lag`` before ``t``).
+        """
         g = self.geometry
         if ring is None:
             return AudioWindow(np.zeros(g.audio_samples, np.float32), 0.0)
-        end = self.window_end(t)
+        end = self.window_end(t) if end is None else end
         start = end - g.clip_seconds
         # filter context either side for the resampler (none needed at the model's own rate)
         ctx = 0.0 if ring.rate == g.sample_rate else 64.0 / min(ring.rate, g.sample_rate) + 1.0 / ring.rate

@@ -13,10 +13,12 @@
 
 Each camera runs the single-camera :class:`~fusionedge.sdk.streaming.pipeline.Pipeline` (its own capture
 thread, supervisor, queues and policy) on one shared :class:`StreamClock`. Their inference stages meet in
-a :class:`BatchGate`: the steps the live cameras have ready are stacked into one batch for the bundle's
-dynamic batch dimension and run once, so N cameras cost about one batched inference instead of N; a
-camera that is down or has ended is not waited for, and a late one waits at most ``max_wait`` before the
-others go without it. On a TensorRT engine with the CUDA preprocessing library
+a :class:`BatchGate`: a camera's step is inferred as soon as it is ready, and the steps that become ready
+while an inference runs are stacked into one batch for the bundle's dynamic batch dimension and run
+together when it ends, so a camera never waits on a slower one for more than one running inference and N
+cameras under load cost fewer than N inferences. Cameras whose frames are taken together (a synchronized
+rig) can be gathered into one batch per tick instead: ``max_wait`` > 0 lets a step wait up to that long
+for the other live cameras' (a camera that is down or has ended is not waited for). On a TensorRT engine with the CUDA preprocessing library
 (:mod:`fusionedge.sdk.cuda_preprocess`), each camera's frames are resized and normalized on the GPU and
 each tick's clips are placed straight into the engine's input binding, so video makes no host round trip;
 elsewhere frames are preprocessed on the CPU, and the reason is logged once. A microphone is opened once
@@ -102,14 +104,16 @@ def batch_limits(perception: Any) -> tuple[int, int]:
 class BatchGate:
     """Gathers one inference request per camera and runs them as one batch.
 
-    A request waits until every camera the gate is waiting for has one pending, or until ``max_wait``
-    seconds after the oldest pending request; then one caller runs the whole batch and every caller gets
-    its own rows back. ``batched=False`` runs each request alone (the baseline the benchmark compares).
+    With ``max_wait`` 0 a request runs as soon as no other batch is running, together with every request
+    pending by then (those that arrived while the last batch ran). With ``max_wait`` > 0 a request also
+    waits until every camera the gate is waiting for has one pending, or until ``max_wait`` seconds after
+    the oldest pending request. One caller runs the whole batch and every caller gets its own rows back.
+    ``batched=False`` runs each request alone (the baseline the benchmark compares).
 
     Args:
         perception: the loaded Perception (its ``run_batch``).
         waiting_for: called with a camera name: True while that camera is expected to send steps.
-        max_wait: seconds a request waits for the other cameras.
+        max_wait: seconds a request waits for the other cameras (0: none, it goes with what is pending).
         batched: False to run one inference per request.
         device: the CUDA frame preprocessing: requests whose video is a
             :class:`~fusionedge.sdk.cuda_preprocess.DeviceClip` are placed in the engine's input binding.
@@ -145,7 +149,7 @@ class BatchGate:
     def _ready(self, now: float) -> bool:
         if not self._pending or self._busy:
             return False
-        if now - min(r["t"] for r in self._pending.values()) >= self.max_wait:
+        if self.max_wait <= 0 or now - min(r["t"] for r in self._pending.values()) >= self.max_wait:
             return True
         expected = [n for n in self._names if n not in self._retired and self._waiting_for(n)]
         return all(n in self._pending for n in expected)
@@ -177,7 +181,8 @@ class BatchGate:
                         self._busy = False
                         self._cond.notify_all()
                 else:
-                    self._cond.wait(self.max_wait / 4 + 1e-4)
+                    # notified when a batch ends or a request comes; polls only for a max_wait deadline
+                    self._cond.wait(self.max_wait / 4 + 1e-4 if self.max_wait > 0 else 0.1)
         if req["error"] is not None:
             raise req["error"]
         return req["out"]
@@ -294,7 +299,8 @@ class MultiPipeline:
         camera_sinks: camera name -> sinks of that camera only (e.g. its annotated video).
         config: the :class:`PipelineConfig` of every camera.
         batched: False runs one inference per camera (for comparison).
-        max_wait: seconds a camera's step waits for the other cameras' (default: a quarter of 1/30 s).
+        max_wait: seconds a camera's ready step may wait for the other cameras' to batch with them
+            (default 0: it is inferred at once, with whatever other steps are pending).
         preprocessing: ``auto`` preprocesses video on the GPU into the engine's input binding where the
             backend and the CUDA library allow (:func:`~fusionedge.sdk.cuda_preprocess.plan_device_preprocessing`)
             and on the CPU otherwise, logging why once; ``cpu`` always on the CPU; ``cuda`` requires the GPU.
@@ -361,7 +367,9 @@ class MultiPipeline:
             src = uri(self.clock) if callable(uri) else open_audio_source(
                 uri, self.clock, realtime=self.config.realtime, rate=perception.geometry.sample_rate)
             self._hubs[name] = MicHub(src)
-        wait = (1.0 / 30.0) / 4 if max_wait is None else float(max_wait)
+        wait = 0.0 if max_wait is None else float(max_wait)
+        if not wait >= 0:
+            raise InputError(f"max_wait must be >= 0 seconds, got {max_wait!r}")
         self.device: CudaFramePreprocessor | None = None
         if preprocessing == "cpu":
             self.preprocessing_reason = "asked for (preprocessing='cpu')"

@@ -14,8 +14,12 @@
 Each stage is a thread; between stages sit bounded queues. Policy ``live`` never blocks a producer:
 a full queue drops its oldest item and counts the drop (the newest frame always gets through, so
 latency stays bounded). Policy ``offline`` blocks the producer instead (back-pressure): nothing is
-dropped, and replay runs as fast as the slowest stage. :meth:`Pipeline.stats` gives live counters:
-frames captured, results, drops per queue, FPS, and latency percentiles per stage and capture->result.
+dropped, and replay runs as fast as the slowest stage. A live step does not wait for the microphone
+chunk that covers its frame: it goes with the audio that has arrived once that is at most
+``audio_lag`` (25 ms) behind the frame; offline every audio window ends at its frame.
+:meth:`Pipeline.stats` gives live counters: frames captured, results, drops per queue, FPS, latency
+percentiles per stage and capture->result, the audio lag taken, and where the time went
+(``stages_ms``, :mod:`fusionedge.sdk.streaming.stages`).
 
 A sensor that fails is supervised (:mod:`fusionedge.sdk.streaming.health`): while video is down, steps
 are made from audio alone at the frame rate (video presence 0); while audio is down, frames run with
@@ -80,6 +84,11 @@ class PipelineConfig:
     backoff_initial: float = 0.2  # s before the first retry of a failed sensor
     backoff_max: float = 5.0  # s, longest retry delay
     audio_wait: float = 0.2  # s a live step waits for audio to reach its window end
+    # s a live step's audio window may end before its frame: the step goes with the audio that has
+    # arrived once that is at most this far behind (a microphone delivers 20 ms chunks, so waiting for
+    # the chunk that covers the frame costs up to a chunk of latency); 0 waits for the audio up to the
+    # frame. Offline steps always end at the frame. The lag taken is in stats()["audio_lag_ms"].
+    audio_lag: float = 0.025
     min_audio_coverage: float = 0.5  # fraction of captured samples below which audio counts as absent
     audio_buffer_seconds: float = 4.0  # s of audio kept (>= clip_seconds + latency)
     latency_window: int = 4096  # samples kept per latency percentile
@@ -96,6 +105,8 @@ class PipelineConfig:
         for name in ("stall_timeout", "backoff_initial", "backoff_max", "audio_buffer_seconds"):
             if not float(getattr(self, name)) > 0:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 <= float(self.audio_lag) <= 0.1:
+            raise InputError(f"audio_lag must be between 0 and 0.1 s, got {self.audio_lag!r}")
         if not float(self.attribution_interval) >= 0:
             raise InputError(f"attribution_interval must be >= 0, got {self.attribution_interval!r}")
 
@@ -208,6 +219,7 @@ class Pipeline:
         self._audio_ended = threading.Event()
         self._lat = Latencies(c.latency_window)
         self._stages = StageTimes(c.latency_window)
+        self._audio_lag = Latencies(c.latency_window)  # ms each live step's audio ended before its frame
         self._attributed_t = -float("inf")  # stream time of the last attributed step
         self._attributed_presence: tuple[float, ...] = ()  # its presence
         self._attribution: Any = None  # the latest Attribution, carried by the results after it
@@ -357,6 +369,7 @@ class Pipeline:
             "fps_recent": round(recent, 2),
             "latency_ms": self._lat.summary(),
             "stages_ms": self._stages.summary(),
+            "audio_lag_ms": self._audio_lag.summary().get("audio_lag", {}),
             "sensors": {k: {"state": s.state, "reason": s.reason, "failures": s.failures,
                             "recoveries": s.recoveries} for k, s in self._sup.items()},
             "audio_gaps": ring.gaps if ring else 0,
@@ -477,10 +490,11 @@ class Pipeline:
             sync.add_frame(frame.t, self._prepare_frame(frame, sync))
             prep_ms = (time.perf_counter() - t0) * 1e3
             prepared = time.monotonic()
-            self._wait_audio(sync.window_end(frame.t))
+            audio_end = self._wait_audio(sync.window_end(frame.t))
             audio_ready = time.monotonic()
             t0 = time.perf_counter()
-            step = self._make_step(sync, index, frame.t, frame.captured, frame.image, video=True)
+            step = self._make_step(sync, index, frame.t, frame.captured, frame.image, video=True,
+                                   audio_end=audio_end)
             step.timings["preprocess"] = prep_ms + (time.perf_counter() - t0) * 1e3
             step.marks.update(captured=frame.captured, dequeued=dequeued, prepared=prepared,
                               audio_ready=audio_ready, step_ready=time.monotonic())
@@ -517,37 +531,48 @@ class Pipeline:
             return None
         return index, (last_t if last_t is not None else t - sync.period)
 
-    def _wait_audio(self, t_end: float) -> None:
+    def _wait_audio(self, t_end: float) -> float:
+        """Wait for the audio of a step ending at ``t_end``; returns where its audio window ends.
+
+        Offline, and live with ``audio_lag`` 0, that is ``t_end``. Live, the step goes as soon as the
+        audio is in up to ``t_end - audio_lag`` and its window ends with the newest sample (never past
+        ``t_end``); audio that does not get that far within ``audio_wait`` leaves the window at
+        ``t_end``, where its coverage says what is missing.
+        """
         ring = self._ring
         if "audio" not in self._sup:
-            return
+            return t_end
         if ring is None:  # audio has not started yet
             if not self._audio_live():
-                return
+                return t_end
             deadline = time.monotonic() + (self.config.audio_wait if self.config.policy == "live" else 5.0)
             while self._ring is None and time.monotonic() < deadline and self._audio_live() \
                     and not self._stop.is_set():
                 time.sleep(0.005)
             ring = self._ring
             if ring is None:
-                return
+                return t_end
         if self.config.policy == "live":
-            if self._audio_live():
-                ring.wait_until(t_end, self.config.audio_wait, self._stop)
-            return
+            lag = float(self.config.audio_lag)
+            if self._audio_live() and ring.wait_until(t_end - lag, self.config.audio_wait, self._stop) and lag:
+                end = min(t_end, ring.newest_time())
+                self._audio_lag.add("audio_lag", (t_end - end) * 1e3)
+                return end
+            return t_end
         while self._audio_live() and not self._stop.is_set():  # offline: wait as long as audio comes
             if ring.wait_until(t_end, 0.1, self._stop):
-                return
+                break
+        return t_end
 
     def _make_step(self, sync: Synchronizer, index: int, t: float, captured: float,
-                   image: np.ndarray | None, *, video: bool) -> _Step:
+                   image: np.ndarray | None, *, video: bool, audio_end: float | None = None) -> _Step:
         g = self.geometry
         if video:
             clip = self._video_clip(sync, t)  # (T, 3, H, W)
         else:
             clip = np.zeros((g.clip_frames, 3, g.height, g.width), np.float32)
         ring = self._ring
-        win = sync.audio_window(ring, t)
+        win = sync.audio_window(ring, t, end=audio_end)
         audio_present = win.coverage >= self.config.min_audio_coverage
         if ring is not None:
             ring.release_before(sync.window_end(t) - g.clip_seconds - 0.5)
