@@ -16,7 +16,11 @@ per configuration the median and range of p99, of results per camera and of the 
 result (all its threads, from ``getrusage``: on a busy machine latency measures the neighbours as much
 as the pipeline, CPU time much less so), and the headline per setting: the most cameras sustained
 batched and one call per camera, and the batched / per-camera CPU-time ratio from the same rounds.
-``fusionedge bench cameras`` runs it; so does this file as a script::
+Each run also records where the worst camera's latency went, stage by stage (capture queue,
+preprocessing, waiting for audio, batch wait, inference, ...: :mod:`fusionedge.sdk.streaming.stages`),
+and before the runs the model call alone is timed at batch N against N calls at batch 1, interleaved
+(:mod:`fusionedge.benchmarks.cameras_inference`): the live runs' CPU time per result is mostly not
+inference, so whether batching pays shows there. ``fusionedge bench cameras`` runs it; so does this file as a script::
 
     python benchmarks/bench_cameras.py --bundle bundle/ --cameras 1,2,3 --audio --spinning both \
         --busy both --threads auto,2 --repeats 3 --seconds 4 --out cameras.json
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fusionedge.benchmarks.cameras_inference import inference_alone
 from fusionedge.benchmarks.cameras_options import (
     DEFAULT_CAMERAS,
     FPS,
@@ -70,7 +75,7 @@ from fusionedge.sdk.streaming.threads import streaming_backend_options
 
 __all__ = ["DEFAULT_CAMERAS", "FPS", "MAX_CAMERAS", "MIN_DELIVERED", "MIN_FRAMES", "SCHEMA", "BusyCore",
            "CamerasConfig", "SyntheticCamera", "SyntheticMicrophone", "add_cameras_arguments", "cameras_config",
-           "config_from_args", "headlines", "main", "run_cameras", "run_point", "summarize"]
+           "config_from_args", "headlines", "main", "run_cameras", "run_point", "stage_breakdown", "summarize"]
 
 #: ``schema`` of the document :func:`run_cameras` returns.
 SCHEMA = "fusionedge.bench.cameras/1"
@@ -171,14 +176,15 @@ def run_point(perception: Perception, cameras: int, *, batched: bool, seconds: f
     Returns:
         The numbers that decide the point: ``sustained``, ``dropped``, ``min_results_per_camera``,
         ``expected_per_camera``, ``p50_ms`` / ``p99_ms`` (the worst camera's; None without results),
-        ``mean_batch``, ``fps_total`` and ``cpu_ms_per_result``.
+        ``mean_batch``, ``fps_total`` and ``cpu_ms_per_result``; and where the worst camera's latency
+        went (:func:`stage_breakdown`): ``stages`` and ``audio_lag_ms`` (its window's lag behind the frame).
     """
     cams = [(f"cam{i}", (lambda clock, i=i: SyntheticCamera(clock, i, fps=fps, size=size)))
             for i in range(cameras)]
     rate = perception.geometry.sample_rate
     mics = [("mic", lambda clock: SyntheticMicrophone(clock, rate))] if audio else []
     multi = MultiPipeline(perception, cameras=cams, mics=mics, config=PipelineConfig(policy="live"),
-                          batched=batched, max_wait=0.25 / fps)
+                          batched=batched)
     timer = threading.Timer(seconds, multi.request_stop)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     timer.start()
@@ -193,10 +199,23 @@ def run_point(perception: Perception, cameras: int, *, batched: bool, seconds: f
     lat = s["latency_ms"]["capture_to_result"]
     p99 = lat.get("p99")
     ok = s["dropped"] == 0 and frames_min >= MIN_DELIVERED * expected and p99 is not None and p99 < 1e3 / fps
+    worst = max(s["cameras"].values(), key=lambda c: c["latency_ms"].get("capture_to_result", {}).get("p99", -1.0))
     return {"cameras": cameras, "batched": batched, "sustained": bool(ok), "dropped": s["dropped"],
             "min_results_per_camera": frames_min, "expected_per_camera": round(expected),
             "p50_ms": lat.get("p50"), "p99_ms": p99, "mean_batch": s["mean_batch"], "fps_total": s["fps"],
-            "cpu_ms_per_result": round(1e3 * cpu_s / s["results"], 3) if s["results"] else None}
+            "cpu_ms_per_result": round(1e3 * cpu_s / s["results"], 3) if s["results"] else None,
+            "stages": stage_breakdown(worst["stages_ms"]), "audio_lag_ms": worst["audio_lag_ms"] or None}
+
+
+def stage_breakdown(stages_ms: dict) -> dict | None:
+    """A camera's ``stats()["stages_ms"]`` in short: each stage's p50 and p99, and its mean over the
+    slowest results (``tail``, with their mean capture->result as ``tail_ms``); None without results."""
+    if not stages_ms.get("n"):
+        return None
+    per = stages_ms["stages"]
+    return {"p50": {k: v["p50"] for k, v in per.items()}, "p99": {k: v["p99"] for k, v in per.items()},
+            "tail": dict(stages_ms["tail"]["stages_ms"]), "tail_ms": stages_ms["tail"]["capture_to_result_ms"],
+            "tail_share": stages_ms["tail"]["share"]}
 
 
 def _median(values: Sequence[float | None], digits: int) -> float | None:
@@ -209,6 +228,14 @@ def _range(values: Sequence[float | None], digits: int) -> list[float] | None:
     return [round(min(known), digits), round(max(known), digits)] if known else None
 
 
+def _stage_medians(group: list[dict], which: str) -> dict | None:
+    """Per stage, the median over the runs of ``stages[which]`` (None when no run has results)."""
+    known = [g["stages"][which] for g in group if g.get("stages")]
+    if not known:
+        return None
+    return {k: round(statistics.median(s[k] for s in known), 3) for k in known[0]}
+
+
 def _setting(p: dict) -> tuple:
     return (p["threads"], p["intra_op_threads"], p["spinning"], p["busy"])
 
@@ -218,6 +245,8 @@ def summarize(points: list[dict]) -> list[dict]:
 
     A configuration is ``sustained`` when it was in more than half of its rounds. A run without
     results has no p99 and no CPU time per result; the medians are over the runs that have them.
+    ``stages_p50_ms`` / ``stages_tail_ms``: per stage, the median over the rounds of the worst camera's
+    p50 and of its mean over the slowest results (:func:`stage_breakdown`).
     """
     def key(p: dict) -> tuple:
         return (p["cameras"], not p["batched"], *_setting(p))
@@ -236,7 +265,8 @@ def summarize(points: list[dict]) -> list[dict]:
                      "p99_ms_median": _median([g["p99_ms"] for g in group], 2),
                      "p99_ms_range": _range([g["p99_ms"] for g in group], 2),
                      "min_results_median": statistics.median(g["min_results_per_camera"] for g in group),
-                     "expected": g0["expected_per_camera"], "dropped": [g["dropped"] for g in group]})
+                     "expected": g0["expected_per_camera"], "dropped": [g["dropped"] for g in group],
+                     "stages_p50_ms": _stage_medians(group, "p50"), "stages_tail_ms": _stage_medians(group, "tail")})
     return rows
 
 
@@ -293,8 +323,9 @@ def run_cameras(config: CamerasConfig, *, progress: Callable[[dict], None] | Non
     Returns:
         ``schema`` (:data:`SCHEMA`), the settings, ``frame_period_ms``, the machine's cores and load
         average before and after, ``headline`` (the stream's default setting where it was measured,
-        else the first), ``headlines`` (:func:`headlines`), ``summary`` (:func:`summarize`) and
-        ``points`` (each run).
+        else the first), ``headlines`` (:func:`headlines`), ``summary`` (:func:`summarize`), ``points``
+        (each run) and ``inference`` (the model call alone per setting and camera count, batch N
+        against N calls at batch 1: :func:`~fusionedge.benchmarks.cameras_inference.inference_alone`).
 
     Raises:
         BundleError: the bundle cannot be loaded.
@@ -317,8 +348,14 @@ def run_cameras(config: CamerasConfig, *, progress: Callable[[dict], None] | Non
                 raise BenchConfigError(f"batched runs of {','.join(map(str, too_many))} cameras: bundle "
                                        f"{p.model!r} takes a batch of {lo} to {hi}; measure at most {hi} "
                                        f"cameras, --batched off, or re-export with a larger batch")
-        rng = random.Random(config.seed)
         load_before = os.getloadavg()
+        inference = []  # the model call alone, batch N against N calls, before the live runs
+        for session, (p, n_threads) in perceptions.items():
+            for row in inference_alone(p, [c for c in counts if c > 1] or counts, seed=config.seed):
+                row.update(threads="auto" if session[0] is None else str(session[0]), intra_op_threads=n_threads,
+                           spinning=session[1])
+                inference.append(row)
+        rng = random.Random(config.seed)
         for rnd in range(config.repeats):
             order = configs[:]
             rng.shuffle(order)
@@ -345,7 +382,8 @@ def run_cameras(config: CamerasConfig, *, progress: Callable[[dict], None] | Non
             "min_delivered": MIN_DELIVERED, "cores": os.cpu_count(),
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-            "headline": heads[0] if heads else None, "headlines": heads, "summary": rows, "points": points}
+            "headline": heads[0] if heads else None, "headlines": heads, "summary": rows, "points": points,
+            "inference": inference}
 
 
 def main(argv: list[str] | None = None) -> int:

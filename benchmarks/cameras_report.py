@@ -2,7 +2,8 @@
 
 :func:`write_cameras_report` writes ``FILE.md`` with the headline (the most cameras sustained batched
 and one call per camera, the batched / per-camera CPU-time ratio), a table of every configuration with
-its medians and ranges, the settings and the load average; and, where matplotlib is installed,
+its medians and ranges, where the worst camera's latency went stage by stage, the model call alone at
+batch N against N calls, the settings and the load average; and, where matplotlib is installed,
 ``FILE.png`` beside it: camera count against the median p99 per mode and setting (the range as error
 bars) with the one-frame-period line a sustained count must stay under. Like the ``bench`` report it
 draws on matplotlib's Agg canvas directly (no pyplot, no global backend switch); without matplotlib the
@@ -18,7 +19,7 @@ from typing import Any
 
 from fusionedge.sdk.fileio import write_text_atomic
 
-__all__ = ["format_headline", "plot_cameras", "render_cameras_markdown", "write_cameras_report"]
+__all__ = ["STAGE_COLUMNS", "format_headline", "plot_cameras", "render_cameras_markdown", "write_cameras_report"]
 
 _MODE_COLORS = {"batched": "#4c72b0", "per-camera": "#dd8452"}
 
@@ -82,6 +83,8 @@ def render_cameras_markdown(doc: Mapping[str, Any], plot: Path | None = None, no
             f"{_span(r['p99_ms_range'])} | {share} | {_num(r['cpu_ms_per_result_median'], 2)}"
             f"{_span(r['cpu_ms_per_result_range'], 2)} | {', '.join(map(str, r['dropped']))} |")
     lines += [""]
+    lines += _stages_markdown(doc)
+    lines += _inference_markdown(doc)
     if plot is not None:
         rel = os.path.relpath(plot, base) if base is not None else str(plot)
         lines += [f"![p99 against cameras]({rel})", ""]
@@ -93,6 +96,55 @@ def render_cameras_markdown(doc: Mapping[str, Any], plot: Path | None = None, no
               f"{before[2]:.2f}, after {after[0]:.2f} {after[1]:.2f} {after[2]:.2f}. Bundle `{doc['bundle']}`."),
               ""]
     return "\n".join(lines)
+
+
+#: The stage groups of the breakdown table: (column, stages of :mod:`fusionedge.sdk.streaming.stages`).
+STAGE_COLUMNS = (("audio wait", ("audio_wait",)), ("batch wait", ("batch_wait",)), ("inference", ("inference",)),
+                 ("queues", ("capture_queue", "infer_queue", "post_queue")),
+                 ("pre/post", ("preprocess", "window", "postprocess")))
+
+
+def _stage_cells(stages: Mapping[str, float] | None) -> list[str]:
+    if not stages:
+        return ["—"] * len(STAGE_COLUMNS)
+    return [f"{sum(stages.get(k, 0.0) for k in keys):.1f}" for _, keys in STAGE_COLUMNS]
+
+
+def _stages_markdown(doc: Mapping[str, Any]) -> list[str]:
+    """Where the worst camera's capture→result time went, per configuration (median over rounds)."""
+    rows = [r for r in doc["summary"] if r.get("stages_p50_ms")]
+    if not rows:
+        return []
+    heads = " | ".join(c for c, _ in STAGE_COLUMNS)
+    lines = ["## Where the time goes", "",
+             ("The worst camera's capture→result by stage, ms: the median result (p50 of each stage) and the "
+              "slowest 5 % of results (each stage's mean over them); medians over the rounds. Queues: "
+              "capture→preprocess, preprocess→inference, inference→postprocess."), "",
+             f"| cameras | mode | busy core | p50: {heads} | slowest 5 %: {heads} |",
+             "|---|---|---|" + "---|" * (2 * len(STAGE_COLUMNS))]
+    for r in rows:
+        lines.append(f"| {r['cameras']} | {r['mode']} | {r['busy']} | "
+                     + " | ".join(_stage_cells(r["stages_p50_ms"])) + " | "
+                     + " | ".join(_stage_cells(r["stages_tail_ms"])) + " |")
+    return lines + [""]
+
+
+def _inference_markdown(doc: Mapping[str, Any]) -> list[str]:
+    """The model call alone: batch N against N calls at batch 1, interleaved."""
+    rows = doc.get("inference") or []
+    if not rows:
+        return []
+    lines = ["## Inference alone: batch N against N calls", "",
+             ("`Perception.run_batch` on N cameras' inputs as one batch and as N calls at batch 1, alternating "
+              "within every round; medians per frame (range in brackets)."), "",
+             ("| cameras | ORT threads | spinning | rounds | batched ms / frame | separate ms / frame | ratio | "
+              "CPU ratio |"), "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['cameras']} | {r['threads']} (= {r['intra_op_threads']}) | {r['spinning']} | {r['rounds']} | "
+                     f"{_num(r['batched_ms_per_frame'], 2)}{_span(r['batched_ms_range'], 2)} | "
+                     f"{_num(r['separate_ms_per_frame'], 2)}{_span(r['separate_ms_range'], 2)} | "
+                     f"{_num(r['ratio'], 2)}x | {_num(r['cpu_ratio'], 2)}x |")
+    return lines + [""]
 
 
 def plot_cameras(doc: Mapping[str, Any], path: Path) -> Path | None:

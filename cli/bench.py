@@ -159,6 +159,10 @@ def _cmd_cameras(args: argparse.Namespace) -> int:
               f"p99 {_ms(r['p99_ms_median'])}{_span(r['p99_ms_range'])} ms  results {share}  "
               f"CPU {_ms(r['cpu_ms_per_result_median'], 2)}{_span(r['cpu_ms_per_result_range'], 2)} ms/result  "
               f"drops {','.join(map(str, r['dropped']))}")
+    for r in doc.get("inference", []):
+        print(f"  inference alone, {r['cameras']} cameras, threads {r['threads']}(={r['intra_op_threads']}) spin "
+              f"{r['spinning']}: batch {r['cameras']} {_ms(r['batched_ms_per_frame'], 2)} ms/frame, {r['cameras']} "
+              f"calls {_ms(r['separate_ms_per_frame'], 2)} ms/frame ({_ms(r['ratio'], 2)}x)")
     for h in doc["headlines"]:
         print(format_headline(doc, h))
     if args.out is not None:

@@ -52,8 +52,18 @@ def test_cameras_verb_measures_both_modes_with_audio_and_writes_results_report_a
         assert head["max_cameras_sustained"][mode] == (1 if row["sustained"] else 0)
     ratio = rows["batched"]["cpu_ms_per_result_median"] / rows["per-camera"]["cpu_ms_per_result_median"]
     assert head["cpu_ratio"] == pytest.approx(ratio, abs=1e-3) and head["cpu_ratio_cameras"] == 1
+    for p in doc["points"]:  # where the worst camera's time went, stage by stage
+        st = p["stages"]
+        assert set(st["p50"]) >= {"capture_queue", "audio_wait", "batch_wait", "inference", "postprocess"}
+        assert st["p50"]["inference"] > 0 and st["tail_ms"] >= sum(st["p50"][k] for k in list(st["p50"])[:9]) * 0.5
+        assert p["audio_lag_ms"] is None or 0 <= p["audio_lag_ms"]["max"] <= 26.0
+    (inf,) = doc["inference"]  # the model call alone: batch N against N calls at batch 1
+    assert inf["cameras"] == 1 and inf["rounds"] >= 10 and inf["threads"] == "auto"
+    assert inf["batched_ms_per_frame"] > 0 and inf["separate_ms_per_frame"] > 0
+    assert inf["ratio"] == pytest.approx(inf["batched_ms_per_frame"] / inf["separate_ms_per_frame"], abs=2e-3)
     text = report.read_text()
     assert "## Headline" in text and "| 1 | batched |" in text and "| 1 | per-camera |" in text
+    assert "## Where the time goes" in text and "## Inference alone: batch N against N calls" in text
     if importlib.util.find_spec("matplotlib") is None:
         assert shown["plots"] == [] and "matplotlib is not installed" in text
     else:
@@ -111,3 +121,19 @@ def test_script_says_a_bad_value_in_one_line_and_exits_2(bundle, capsys, args):
     assert bench_cameras.main(["--bundle", str(bundle), *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("bench_cameras.py: error: --"), err
+
+
+def test_inference_alone_times_batch_n_against_n_calls_on_the_same_inputs(bundle):
+    from fusionedge.benchmarks.cameras_inference import inference_alone
+    from fusionedge.sdk import Perception
+
+    with Perception.load(bundle, backend_options={"onnxruntime": {"intra_op_threads": 1}}) as p:
+        rows = inference_alone(p, [2, 3], rounds=5)
+    assert [r["cameras"] for r in rows] == [2, 3] and all(r["rounds"] == 5 for r in rows)
+    for r in rows:
+        lo, hi = r["batched_ms_range"]
+        assert 0 < lo <= r["batched_ms_per_frame"] <= hi
+        lo, hi = r["separate_ms_range"]
+        assert 0 < lo <= r["separate_ms_per_frame"] <= hi
+        assert r["cpu_ratio"] > 0 and r["ratio"] == pytest.approx(r["batched_ms_per_frame"] / r["separate_ms_per_frame"],
+                                                                  abs=2e-3)

@@ -6,6 +6,7 @@ at once rather than waiting for a slower camera."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -132,3 +133,32 @@ def test_a_live_step_closes_on_the_audio_that_has_arrived_at_most_audio_lag_befo
     assert abs(lag["p50"] - 1e3 * float(np.median(behind))) < 2.0  # what the stats say is what was taken
     aligned, summary = _audio_ends(perception, 0.0)  # 0: every window ends at its frame, as offline
     assert len(aligned) >= 10 and max(abs(x) for x in aligned) < 1e-3 and summary["audio_lag_ms"] == {}
+
+
+def test_a_ready_step_is_inferred_at_once_not_after_a_slower_camera(perception):
+    from fusionedge.sdk.streaming.multi import BatchGate
+
+    g = perception.geometry
+    rng = np.random.default_rng(0)
+    video = rng.standard_normal((1, g.clip_frames, 3, g.height, g.width)).astype(np.float32)
+    audio = (0.1 * rng.standard_normal((1, g.audio_samples))).astype(np.float32)
+    presence = np.ones((1, 2), np.float32)
+    want, _ = perception.run_batch(video, audio, presence)
+    for max_wait in (0.0, 0.3):
+        gate = BatchGate(perception, waiting_for=lambda name: True, max_wait=max_wait)  # both cameras live
+        gate.register("front")
+        gate.register("rear")  # sends nothing: its frame is late
+        t0 = time.monotonic()
+        got, _ = gate.run("front", video, audio, presence)
+        waited = time.monotonic() - t0
+        assert all(np.allclose(got[k], want[k], atol=1e-6) for k in want)
+        assert gate.batches == 1 and gate.rows == 1 and gate.started["front"] >= t0
+        if max_wait == 0.0:
+            assert waited < 0.25, waited  # went without the rear camera
+        else:
+            assert waited >= 0.3  # a synchronized rig's gate waits up to max_wait for the other camera
+    from fusionedge.sdk.streaming import MultiPipeline
+
+    multi = MultiPipeline(perception, cameras=[("front", lambda clock: FakeCamera(clock)),
+                                               ("rear", lambda clock: FakeCamera(clock))])
+    assert multi.gate.max_wait == 0.0  # the default: no camera waits for another's frame
