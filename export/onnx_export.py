@@ -5,7 +5,8 @@ Two steps, each a small function:
 1. :func:`export_onnx` writes one self-contained ONNX file (opset 18, weights inside) with the
    torch.export-based exporter, from a **batch-2** example and a dynamic batch dimension. (With a
    batch-1 example the exporter can silently fix the batch to 1 — e.g. through attention layers — and
-   the ONNX checker still passes; that is why the parity step runs batch 1 *and* 3.)
+   the ONNX checker still passes; that is why the parity step runs batch 1 *and* 3.) Nodes that
+   compute from parameters alone are folded into initializers (:func:`fold_constants`).
 2. :func:`check_onnx` runs ``onnx.checker`` with ``full_check`` (shape inference included) and checks
    what the runtime relies on: the contract's input/output names in order and a symbolic batch dim.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,12 +28,15 @@ from torch import nn
 from fusionedge.sdk.errors import FusionEdgeError
 from fusionedge.sdk.spec import INPUT_NAMES, OUTPUT_NAMES, InputGeometry
 
-__all__ = ["ExportError", "OPSET", "MAX_BATCH", "example_inputs", "export_onnx", "check_onnx", "model_output_names"]
+__all__ = ["ExportError", "OPSET", "MAX_BATCH", "example_inputs", "export_onnx", "check_onnx", "fold_constants",
+           "model_output_names"]
 
 #: ONNX opset written (the dynamo exporter writes 18 whatever older value is asked for).
 OPSET = 18
 #: Largest batch the exported graph is declared for (also the bundle's ``batch.max``).
 MAX_BATCH = 32
+#: Largest tensor (elements) that :func:`fold_constants` reads or writes; far above any weight of the registry's models.
+_FOLD_LIMIT = 1 << 24
 
 # Presence patterns cycled over a batch: both, video only, audio only (order: video, audio).
 _PRESENCE = np.array([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
@@ -130,14 +135,33 @@ def export_onnx(
 
     from fusionedge.export.onnx_compact import compact_model
 
-    try:  # strip the exporter's per-node debug metadata, generate the DFT kernels in-graph
+    try:  # fold weight arithmetic, strip per-node debug metadata, generate the DFT kernels in-graph
         proto = onnx.load(str(path))
+        fold_constants(proto)
         compact_model(proto)
         onnx.save(proto, str(path))
     except Exception as e:
         path.unlink(missing_ok=True)
         raise ExportError(f"compacting the exported ONNX failed: {type(e).__name__}: {e}") from e
     return path
+
+
+def fold_constants(proto: Any) -> None:
+    """Fold every node whose inputs are all constants into an initializer, in place, whatever its size.
+
+    A model may compute a weight from its parameters (a slice of a packed projection, a scale folded
+    into it); the exporter folds such nodes only for small tensors, which would leave a ``Slice`` or
+    ``Mul`` between an initializer and the ``MatMul`` reading it. Folded, every weight is a plain
+    initializer of its operator: the graph has fewer nodes, and the INT8 tools (which look for
+    weights as initializers) see every weight. Runtimes fold the same nodes when they load a model,
+    so what it computes does not change.
+
+    Args:
+        proto: an ``onnx.ModelProto`` from :func:`export_onnx`.
+    """
+    from onnxscript.optimizer import fold_constants as fold
+
+    fold(proto, input_size_limit=_FOLD_LIMIT, output_size_limit=_FOLD_LIMIT)
 
 
 def model_output_names(model: nn.Module) -> tuple[str, ...]:

@@ -274,3 +274,16 @@ def test_aligned_student_exports_with_parity(tmp_path, model):
     parity = manifest["export"]["parity"]
     assert parity["batches"] == [1, 3] and (parity["rtol"], parity["atol"]) == (DEFAULT_RTOL, DEFAULT_ATOL)
     assert parity["results"] and all(r["ok"] and r["max_abs"] <= DEFAULT_ATOL for r in parity["results"])
+    # a small graph: no batch-size arithmetic (Shape/Expand), nothing computed from parameters alone
+    # (every weight an initializer of its operator) but the in-graph DFT kernels, and far fewer
+    # operators than the 379 of the per-head formulation with nn.MultiheadAttention
+    import onnx
+
+    graph = onnx.load(str(out / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert not {"Shape", "Expand", "ConstantOfShape"} & set(ops), ops
+    consts = {t.name for t in graph.initializer}
+    folded_late = [n.name for n in graph.node if n.input and "__gen" not in n.output[0]
+                   and all(x in consts for x in n.input if x)]
+    assert not folded_late
+    assert len(ops) <= 300, len(ops)

@@ -16,6 +16,16 @@ takes per-frame video tokens, and its constructor the time of every frame and au
 that wants these sets the class attribute ``uses_frame_tokens = True``; the model then passes
 ``frame_times=`` and ``audio_times=`` to the constructor and ``frame_tokens`` (B, T, Cv) as the fourth
 argument of ``forward``.
+
+The attention layers are written for a small exported graph, because at a fraction of a GFLOP the
+fusion's cost on a CPU is the number of operators, not their arithmetic: each attention projects its
+queries with one product and its keys and values with one packed product, splits heads with one
+constant-shape reshape and transpose (no per-head loops, no shape arithmetic on the batch size), puts
+the null key in front with a constant pad instead of a batch-sized expand, and masks an absent
+modality with one additive ``-inf`` row chosen by ``where`` (the softmax gives those keys weight 0,
+exactly as a masked fill does). The parameters keep the layout of ``torch.nn.MultiheadAttention``
+(``in_proj_weight``, ``in_proj_bias``, ``out_proj``), so checkpoints saved with it load unchanged
+and compute the same outputs up to float rounding.
 """
 
 from __future__ import annotations
@@ -24,22 +34,108 @@ import math
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .gelu import Gelu
 
 __all__ = ["CrossAttentionFusion", "ConcatFusion", "SingleModalityFusion", "AlignedAttentionFusion",
            "time_embedding", "FUSIONS", "build_fusion"]
 
 
 def _replace_missing(tokens: torch.Tensor, present: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
-    """``tokens`` (B, N, D) where ``present`` (B,) is 1, the learned ``missing`` (1, 1, D) where it is 0."""
-    p = present.reshape(-1, 1, 1)
-    return tokens * p + missing * (1.0 - p)
+    """``tokens`` (B, N, D) where ``present`` (B, 1, 1) is 1, the learned ``missing`` (1, 1, D) where it is 0."""
+    return tokens * present + missing * (1.0 - present)
+
+
+def _with_null(keys: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
+    """``keys`` (B, Lk, D) with the learned ``null`` (1, 1, D) in front: (B, 1 + Lk, D).
+
+    A zero row padded in front plus a constant tensor that is ``null`` in that row and 0 elsewhere:
+    the same values as concatenating a batch-sized copy of ``null``, without shape arithmetic on the
+    batch in the exported graph.
+    """
+    return F.pad(keys, (0, 0, 1, 0)) + F.pad(null, (0, 0, 0, keys.shape[1]))
+
+
+def _key_bias(absent: torch.Tensor, keys: int) -> torch.Tensor:
+    """Additive logit mask ``(B, 1, 1, 1 + keys)``: 0 for the null key; ``-inf`` for the others where absent.
+
+    Args:
+        absent: ``(B, 1)`` (or any shape with ``B`` elements) bool, True where the keys' modality is missing.
+        keys: real keys after the null key.
+    """
+    row = torch.cat([torch.zeros(1, 1, 1, 1, device=absent.device),
+                     torch.full((1, 1, 1, keys), float("-inf"), device=absent.device)], dim=-1)
+    return torch.where(absent.reshape(-1, 1, 1, 1), row, 0.0)
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(B, L, heads * hd)`` → ``(B, heads, L, hd)`` (constant target shape: the batch is the free axis)."""
+    return x.reshape(-1, x.shape[1], heads, x.shape[2] // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``(B, H, L, hd)`` → ``(B, L, H * hd)``."""
+    return x.transpose(1, 2).reshape(-1, x.shape[2], x.shape[1] * x.shape[3])
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout: float,
+            training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention over all heads at once.
+
+    Args:
+        q: ``(B, H, Lq, hd)`` queries, already scaled by ``1 / sqrt(hd)``. k, v: ``(B, H, Lk, hd)``.
+        bias: added to the logits, broadcastable to ``(B, H, Lq, Lk)`` (``-inf`` masks a key).
+        dropout: on the attention weights while training.
+
+    Returns:
+        ``(B, H, Lq, hd)`` outputs and the ``(B, H, Lq, Lk)`` weights.
+    """
+    weights = (torch.matmul(q, k.transpose(-2, -1)) + bias).softmax(dim=-1)
+    return torch.matmul(F.dropout(weights, dropout, training), v), weights
 
 
 class _FeedForward(nn.Sequential):
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
-        super().__init__(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+        super().__init__(nn.LayerNorm(dim), nn.Linear(dim, hidden), Gelu(), nn.Dropout(dropout),
                          nn.Linear(hidden, dim))
+
+
+class _PackedAttention(nn.Module):
+    """Multi-head cross-attention with the parameters of ``nn.MultiheadAttention`` (``batch_first``).
+
+    ``in_proj_weight`` (3D, D) stacks the query, key and value projections and ``out_proj`` is the
+    output projection, as in torch's module, so its state dict loads here; the forward pass is the
+    same math in fewer exported operators: one product for the queries (the ``1 / sqrt(hd)`` scale
+    folded into their weights), one for the keys and values together, all heads in one batched
+    product, and an additive mask.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} must be divisible by its {heads} heads")
+        self.heads, self.dropout = heads, float(dropout)
+        # created and initialized in the order nn.MultiheadAttention uses, so a seeded model starts the same
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, Lq, D) queries, ``keys`` (B, Lk, D) keys and values, ``bias`` (B, 1, 1, Lk) → (B, Lq, D)."""
+        d = x.shape[-1]
+        scale = 1.0 / math.sqrt(d // self.heads)
+        # slices, not a split: the exporter folds single-output constant nodes into plain initializers
+        w_q, w_kv = self.in_proj_weight[:d], self.in_proj_weight[d:]
+        b_q, b_kv = self.in_proj_bias[:d], self.in_proj_bias[d:]
+        q = _split_heads(F.linear(x, w_q * scale, b_q * scale), self.heads)  # (B, H, Lq, hd)
+        k, v = _split_heads(F.linear(keys, w_kv, b_kv), 2 * self.heads).chunk(2, dim=1)  # 2 × (B, H, Lk, hd)
+        out, _ = _attend(q, k, v, bias, self.dropout, self.training)
+        return self.out_proj(_merge_heads(out))
 
 
 class _CrossAttentionBlock(nn.Module):
@@ -48,26 +144,18 @@ class _CrossAttentionBlock(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.norm_v, self.norm_a = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.v_from_a = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.a_from_v = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.v_from_a = _PackedAttention(dim, heads, dropout)
+        self.a_from_v = _PackedAttention(dim, heads, dropout)
         self.null_v = nn.Parameter(torch.zeros(1, 1, dim))  # always-valid key for audio queries
         self.null_a = nn.Parameter(torch.zeros(1, 1, dim))  # always-valid key for video queries
         self.ff_v, self.ff_a = _FeedForward(dim, 2 * dim, dropout), _FeedForward(dim, 2 * dim, dropout)
 
-    @staticmethod
-    def _keys(tokens: torch.Tensor, null: torch.Tensor, absent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prepend the null token; mask (True = ignore) every other key where the modality is absent."""
-        keys = torch.cat([null.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # (B, 1+N, D)
-        mask = torch.cat([torch.zeros_like(absent[:, :1]), absent.expand(-1, tokens.shape[1])], dim=1)
-        return keys, mask  # mask (B, 1+N) bool
-
     def forward(self, v: torch.Tensor, a: torch.Tensor, v_absent: torch.Tensor,
                 a_absent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``v`` (B, Nv, D), ``a`` (B, Na, D), ``*_absent`` (B, 1) bool → the updated ``(v, a)``."""
         qv, qa = self.norm_v(v), self.norm_a(a)
-        ka, mask_a = self._keys(qa, self.null_a, a_absent)
-        kv, mask_v = self._keys(qv, self.null_v, v_absent)
-        v = v + self.v_from_a(qv, ka, ka, key_padding_mask=mask_a, need_weights=False)[0]
-        a = a + self.a_from_v(qa, kv, kv, key_padding_mask=mask_v, need_weights=False)[0]
+        v = v + self.v_from_a(qv, _with_null(qa, self.null_a), _key_bias(a_absent, qa.shape[1]))
+        a = a + self.a_from_v(qa, _with_null(qv, self.null_v), _key_bias(v_absent, qv.shape[1]))
         return v + self.ff_v(v), a + self.ff_a(a)
 
 
@@ -97,10 +185,10 @@ class CrossAttentionFusion(nn.Module):
 
     def forward(self, video_tokens: torch.Tensor, audio_tokens: torch.Tensor,
                 presence: torch.Tensor) -> torch.Tensor:
-        pv, pa = presence[:, 0], presence[:, 1]  # (B,)
+        pv, pa = presence[:, 0].reshape(-1, 1, 1), presence[:, 1].reshape(-1, 1, 1)  # (B, 1, 1)
         v = _replace_missing(self.proj_v(video_tokens) + self.pos_v, pv, self.missing_v)  # (B, Nv, D)
         a = _replace_missing(self.proj_a(audio_tokens) + self.pos_a, pa, self.missing_a)  # (B, Na, D)
-        v_absent, a_absent = (pv < 0.5).unsqueeze(1), (pa < 0.5).unsqueeze(1)  # (B, 1) bool
+        v_absent, a_absent = pv < 0.5, pa < 0.5  # (B, 1, 1) bool
         for block in self.blocks:
             v, a = block(v, a, v_absent, a_absent)
         # mean and max pooling: a cue such as a flashing light bar lives in one or two of the Nv
@@ -122,7 +210,7 @@ class ConcatFusion(nn.Module):
         self.proj_v, self.proj_a = nn.Linear(video_dim, dim), nn.Linear(audio_dim, dim)
         self.missing_v = nn.Parameter(torch.zeros(1, dim))
         self.missing_a = nn.Parameter(torch.zeros(1, dim))
-        self.mlp = nn.Sequential(nn.LayerNorm(2 * dim), nn.Linear(2 * dim, 2 * dim), nn.GELU(),
+        self.mlp = nn.Sequential(nn.LayerNorm(2 * dim), nn.Linear(2 * dim, 2 * dim), Gelu(),
                                  nn.Dropout(dropout))
         self.out_dim = 2 * dim
 
@@ -156,7 +244,8 @@ class SingleModalityFusion(nn.Module):
         self.out_dim = 2 * dim
 
     def forward(self, tokens: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
-        x = _replace_missing(self.proj(tokens) + self.pos, presence[:, self.modality], self.missing)  # (B, N, D)
+        p = presence[:, self.modality].reshape(-1, 1, 1)
+        x = _replace_missing(self.proj(tokens) + self.pos, p, self.missing)  # (B, N, D)
         return self.norm(torch.cat([x.mean(dim=1), x.amax(dim=1)], dim=1))  # (B, 2D)
 
 
@@ -222,7 +311,7 @@ class _LocalCrossAttention(nn.Module):
     def bias(self) -> torch.Tensor:
         """``(1, H, Lq, 1 + Lk)`` logit bias: 0 for the null key, ``-|Δt| / τ_h`` for the others."""
         local = -self.distance.unsqueeze(0) / self.tau()[:, None, None]  # (H, Lq, Lk)
-        return torch.cat([local.new_zeros(local.shape[0], local.shape[1], 1), local], dim=2).unsqueeze(0)
+        return F.pad(local, (1, 0)).unsqueeze(0)  # a zero column in front for the null key
 
     def forward(self, x: torch.Tensor, keys: torch.Tensor, absent: torch.Tensor,
                 need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -231,17 +320,11 @@ class _LocalCrossAttention(nn.Module):
         Returns ``(B, Lq, D)``, and with ``need_weights`` also the weights ``(B, H, Lq, 1 + Lk)``
         (index 0: the null key).
         """
-        b, lq, d = x.shape
-        lk = keys.shape[1]
-        h, hd = self.heads, self.head_dim
-        kv_in = torch.cat([self.null.expand(b, -1, -1), keys], dim=1)  # (B, 1+Lk, D)
-        q = self.q(x).reshape(b, lq, h, hd).transpose(1, 2)  # (B, H, Lq, hd)
-        k, v = self.kv(kv_in).reshape(b, 1 + lk, 2, h, hd).permute(2, 0, 3, 1, 4)  # 2 × (B, H, 1+Lk, hd)
-        logits = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(hd) + self.bias()  # (B, H, Lq, 1+Lk)
-        mask = torch.cat([torch.zeros_like(absent), absent.expand(-1, lk)], dim=1)  # (B, 1+Lk), True = ignore
-        weights = logits.masked_fill(mask[:, None, None, :], float("-inf")).softmax(dim=-1)
-        out = torch.matmul(self.drop(weights), v).transpose(1, 2).reshape(b, lq, d)  # (B, Lq, D)
-        out = self.out(out)
+        q = _split_heads(self.q(x), self.heads) * (1.0 / math.sqrt(self.head_dim))  # (B, H, Lq, hd)
+        k, v = _split_heads(self.kv(_with_null(keys, self.null)), 2 * self.heads).chunk(2, dim=1)  # (B, H, 1+Lk, hd)
+        bias = self.bias() + _key_bias(absent, keys.shape[1])  # (B, H, Lq, 1+Lk)
+        out, weights = _attend(q, k, v, bias, self.drop.p, self.training)
+        out = self.out(_merge_heads(out))  # (B, Lq, D)
         return (out, weights) if need_weights else out
 
 
@@ -328,11 +411,11 @@ class AlignedAttentionFusion(nn.Module):
     def fuse_tokens(self, video_tokens: torch.Tensor, audio_tokens: torch.Tensor, presence: torch.Tensor,
                     frame_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The fused token sets before pooling: ``(spatial (B, Nv, D), frames (B, T, D), audio (B, Na, D))``."""
-        pv, pa = presence[:, 0], presence[:, 1]  # (B,)
+        pv, pa = presence[:, 0].reshape(-1, 1, 1), presence[:, 1].reshape(-1, 1, 1)  # (B, 1, 1)
         v = _replace_missing(self.proj_v(video_tokens) + self.pos_v, pv, self.missing_v)  # (B, Nv, D)
         f = _replace_missing(self.proj_f(frame_tokens), pv, self.missing_f) + self.time_f  # (B, T, D)
         a = _replace_missing(self.proj_a(audio_tokens), pa, self.missing_a) + self.time_a  # (B, Na, D)
-        v_absent, a_absent = (pv < 0.5).unsqueeze(1), (pa < 0.5).unsqueeze(1)  # (B, 1) bool
+        v_absent, a_absent = pv < 0.5, pa < 0.5  # (B, 1, 1) bool
         for spatial, temporal in zip(self.spatial, self.temporal):
             v, a = spatial(v, a, v_absent, a_absent)
             f, a = temporal(f, a, v_absent, a_absent)

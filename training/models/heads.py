@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .encoders import ConvBNReLU
+from .gelu import Gelu
 
 __all__ = ["EventHead", "AudioTagHead", "CenterNetHead", "AudioTagPrior", "NoDetectionHead", "HEATMAP_BIAS_INIT",
            "NO_DETECTION_LOGIT"]
@@ -26,7 +27,7 @@ class EventHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, num_events: int, dropout: float = 0.1) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim + 2, hidden), nn.GELU(), nn.Dropout(dropout),
+        self.mlp = nn.Sequential(nn.Linear(in_dim + 2, hidden), Gelu(), nn.Dropout(dropout),
                                  nn.Linear(hidden, num_events))
 
     def forward(self, fused: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
@@ -38,7 +39,7 @@ class AudioTagHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, num_tags: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(2 * in_dim, hidden), nn.GELU(), nn.Linear(hidden, num_tags))
+        self.mlp = nn.Sequential(nn.Linear(2 * in_dim, hidden), Gelu(), nn.Linear(hidden, num_tags))
 
     def forward(self, audio_tokens: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([audio_tokens.mean(dim=1), audio_tokens.amax(dim=1)], dim=1)  # (B, 2D)
