@@ -14,7 +14,7 @@ from _toy_model import shared_toy_bundle
 from fusionedge.sdk import Perception
 from fusionedge.sdk.errors import InputError
 from fusionedge.sdk.streaming import CallbackSink, MosaicSink, MultiPipeline
-from test_streaming_faults import CONFIG, FPS, FakeCamera
+from test_streaming_faults import CONFIG, FPS, FakeCamera, FakeMic
 from test_streaming_pipeline import write_clip
 
 
@@ -93,3 +93,20 @@ def test_a_camera_killed_mid_run_is_reported_and_retried_while_the_other_keeps_i
     assert max(rear_t) > 1.0 and min(rear_t) < 0.5  # frames before it died and after it came back
     # the mosaic showed the rear camera as no signal while it was down, and its frames again after
     assert 3 <= mosaic.no_signal_tiles <= mosaic.frames_written - 10 and mosaic.frames_written >= 40
+
+
+def test_a_shared_microphone_that_fails_is_reopened_once_and_every_camera_hears_it_again(perception):
+    mic: list = []  # fails after 0.5 s; its first reopening is refused, the next works
+    results: list = []
+    multi = MultiPipeline(
+        perception, cameras=[("front", lambda clock: FakeCamera(clock)), ("rear", lambda clock: FakeCamera(clock))],
+        mics=[("cabin", lambda clock: mic.append(FakeMic(clock, "error", 25, 1)) or mic[0])],
+        sinks=[CallbackSink(results.append)], config=CONFIG)
+    threading.Timer(3.0, multi.request_stop).start()
+    summary = multi.run()
+    assert len(mic) == 1 and 3 <= mic[0].opens <= 4  # one device for both cameras: opened, failed, retried
+    for cam in ("front", "rear"):
+        audio = summary["sensors"][f"{cam}/audio"]
+        assert audio["state"] == "ok" and audio["failures"] >= 1 and audio["recoveries"] >= 1
+        late = [r for r in results if r.camera == cam and r.t > 2.0]
+        assert len(late) >= 10 and all("audio" not in r.result.missing for r in late)  # fusion resumed
