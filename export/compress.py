@@ -75,6 +75,7 @@ class CompressConfig:
         round_to: pruned channel counts are multiples of this. Runtimes compute in channel blocks
             (ONNX Runtime's AVX-512 convolutions in blocks of 16, AVX2 in 8; TensorRT's tensor cores
             want 8 in FP16, 32 in INT8), so channels removed below a block boundary save nothing there.
+        dense_detection: keep the detection head and the stride-4 features it reads unpruned.
         sparsity: ``"2:4"`` or None.
         int8: ``"ptq"``, ``"qat"`` or None.
         int8_nodes: ``"conv"``: quantize only the convolutions that gain on a CPU
@@ -94,6 +95,7 @@ class CompressConfig:
     global_pruning: bool = False
     rounds: int = 1
     round_to: int = 8
+    dense_detection: bool = False
     sparsity: str | None = None
     int8: str | None = None
     int8_nodes: str = "conv"
@@ -274,7 +276,8 @@ def compress(
 
 def _config_dict(cfg: CompressConfig, ft: Any) -> dict[str, Any]:
     return {"prune": list(cfg.prune), "criterion": cfg.criterion, "global_pruning": cfg.global_pruning,
-            "rounds": cfg.rounds, "round_to": cfg.round_to, "sparsity": cfg.sparsity, "int8": cfg.int8,
+            "rounds": cfg.rounds, "round_to": cfg.round_to, "dense_detection": cfg.dense_detection,
+            "sparsity": cfg.sparsity, "int8": cfg.int8,
             "int8_nodes": cfg.int8_nodes,
             "budget": cfg.budget.as_dict(),
             "finetune": ft.to_dict(), "quantize": cfg.quantize.to_dict()}
@@ -295,7 +298,7 @@ def _prune_stages(run: _Run, model: Any, info: dict, clips: Any, cache: Any, ft:
     for ratio in sorted(cfg.prune):
         m = copy.deepcopy(model)
         pcfg = PruneConfig(flops_ratio=ratio, criterion=cfg.criterion, global_pruning=cfg.global_pruning,
-                           rounds=cfg.rounds, round_to=cfg.round_to, finetune=ft)
+                           rounds=cfg.rounds, round_to=cfg.round_to, dense_detection=cfg.dense_detection, finetune=ft)
         run.say(f"pruning {ratio:.0%} of the FLOPs ({cfg.criterion})")
         report = prune_model(m, pcfg, clips=clips, teacher_cache=cache, progress=run.progress)
         name = f"pruned-{round(100 * ratio)}"

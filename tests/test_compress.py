@@ -63,6 +63,29 @@ def test_pruned_registry_model_has_fewer_flops():
     assert shapes == [(3, 4), (3, 4), (3, 4, 8, 12), (3, 2, 8, 12), (3, 2, 8, 12)]
 
 
+def test_dense_detection_prunes_around_the_stride4_detection_path():
+    """With ``dense_detection`` the detection head and the stride-4 features it reads keep every channel,
+    and the FLOPs still come down (taken from the rest of the encoders)."""
+    from fusionedge.training.models import create_model
+    from fusionedge.training.prune import PruneConfig, prune_model
+
+    torch.manual_seed(0)
+    model = create_model("fusion_student", **TINY).eval()
+    before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    report = prune_model(model, PruneConfig(flops_ratio=0.3, criterion="bn_scale", dense_detection=True),
+                         progress=False)
+    assert report["config"]["dense_detection"] is True
+    assert report["flops_after"] <= 0.7 * report["flops_before"]
+    widths = report["widths"]
+    dense = [n for n in before if n.startswith("det_head.")] + ["video_encoder.s4.1.0"]
+    assert {n: widths[n] for n in dense} == {n: before[n] for n in dense}
+    assert model.det_head.lateral[0].in_channels == before["video_encoder.s4.1.0"]
+    assert any(widths[n] < before[n] for n in before if n.startswith("video_encoder.s8"))
+    with torch.no_grad():
+        shapes = [tuple(o.shape) for o in model(*model.example_inputs(2))]
+    assert shapes == [(2, 4), (2, 4), (2, 4, 8, 12), (2, 2, 8, 12), (2, 2, 8, 12)]
+
+
 def test_2to4_mask_and_the_checker(tmp_path):
     import onnx
     from fusionedge.export.sparsity import SparsityCheckError, check_2to4, find_2to4, sparsity_section
