@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fusionedge.sdk.errors import InputError
 from fusionedge.training.models.multimodal import ModelConfig, MultimodalModel
 from fusionedge.training.qa.model import QAModel, QuestionReader, reader_config_for
 
@@ -145,8 +146,8 @@ def test_motion_features_grow_with_the_light_bar_and_the_sound():
     heat = torch.full((1, 4, 8, 12), 0.02)
     heat[0, 3, 4, 5] = 0.9
     audio = torch.sin(torch.arange(3000.0)) * torch.linspace(0.1, 1.0, 3000)  # louder at the end
-    approaching = scene_features(_normalised(pixels), audio[None], heat, 2, 3)[0, -3:]
-    receding = scene_features(_normalised(pixels.flip(1)), audio.flip(0)[None], heat, 2, 3)[0, -3:]
+    approaching = scene_features(_normalised(pixels), audio[None], heat, 2, 3, version=2)[0, -3:]
+    receding = scene_features(_normalised(pixels.flip(1)), audio.flip(0)[None], heat, 2, 3, version=2)[0, -3:]
     assert (approaching > 0.2).all() and (receding < -0.2).all()
 
 
@@ -167,3 +168,81 @@ def test_a_reader_saved_before_the_scene_features_ignores_them_and_a_new_one_rea
     assert torch.equal(before(*args, ctx["scene"], presence, ids, mask), before(*args, other, presence, ids, mask))
     assert not torch.allclose(model.reader(*args, ctx["scene"], presence, ids, mask),
                               model.reader(*args, other, presence, ids, mask), atol=1e-6)
+
+
+def test_peak_heights_are_the_highest_peaks_per_class_sorted_and_zero_past_the_last():
+    from fusionedge.training.qa.scene_features import PEAKS_KEPT, peak_heights
+
+    heat = torch.full((1, 2, 8, 12), 0.02)
+    heat[0, 0, 1, 1], heat[0, 0, 5, 8], heat[0, 0, 6, 2] = 0.35, 0.9, 0.2
+    heat[0, 0, 1, 2] = 0.3  # next to the 0.35 peak: not a peak of its own
+    heat[0, 1] = 0.0
+    heat[0, 1, 4, 4] = 0.6
+    got = peak_heights(heat)
+    assert got.shape == (1, 2, PEAKS_KEPT)
+    assert torch.allclose(got[0, 0, :3], torch.tensor([0.9, 0.35, 0.2])) and (got[0, 0, 3:] <= 0.02 + 1e-6).all()
+    assert torch.allclose(got[0, 1], torch.tensor([0.6] + [0.0] * (PEAKS_KEPT - 1)))
+
+
+def _vehicle_frames(scales: tuple[float, ...], shift: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """A vehicle-like 18x14-pixel patch of coloured blocks centred at (40, 24) of an 80x48 grey road,
+    one frame per scale, the last frame shifted by ``shift`` (camera jitter) → pixels (1, T, 3, 48, 80)."""
+    g = torch.Generator().manual_seed(3)
+    blocks = torch.rand(3, 5, 6, generator=g) * 0.8 + 0.1
+    frames = []
+    for i, s in enumerate(scales):
+        h, w = round(14 * s), round(18 * s)
+        patch = torch.nn.functional.interpolate(blocks[None], size=(h, w), mode="bilinear")[0]
+        frame = torch.full((3, 48, 80), 0.45)
+        dy, dx = shift if i == len(scales) - 1 else (0, 0)
+        y0, x0 = 24 - h // 2 + dy, 40 - w // 2 + dx
+        frame[:, y0:y0 + h, x0:x0 + w] = patch
+        frames.append(frame)
+    return torch.stack(frames)[None]
+
+
+@pytest.mark.parametrize(("scales", "sign"), [((1.0, 1.05, 1.1, 1.18), 1), ((1.18, 1.1, 1.05, 1.0), -1),
+                                              ((1.0, 1.0, 1.0, 1.0), 0)])
+def test_the_vehicle_scale_change_follows_its_size_between_the_first_and_the_last_frame(scales, sign):
+    from fusionedge.training.qa.scene_features import ev_scale_change
+
+    heat = torch.full((1, 1, 12, 20), 0.02)
+    heat[0, 0, 6, 10] = 0.9  # the vehicle's centre at stride 4
+    scale, ncc = ev_scale_change(_vehicle_frames(scales, shift=(1, -2)), heat)[0].tolist()
+    assert ncc > 0.8  # one of the candidates matches
+    if sign == 0:
+        assert abs(scale) < 0.1
+    else:  # log(1.18) = 0.166, over the 0.3 searched: 0.55 (the softmax pulls a shrink toward 0: 0.32)
+        assert sign * scale > 0.2
+
+
+def test_the_siren_band_trend_follows_the_siren_and_not_a_louder_hum_below_its_band():
+    from fusionedge.training.qa.scene_features import siren_band_trend
+
+    t = torch.arange(8000.0) / 8000
+    siren = torch.sin(2 * torch.pi * (700 * t + 150 * torch.sin(2 * torch.pi * 2 * t) / (2 * torch.pi * 2)))
+    growing = siren * torch.linspace(0.1, 1.0, 8000)
+    hum = torch.sin(2 * torch.pi * 60 * t)
+    got = siren_band_trend(torch.stack([growing, growing.flip(0), 0.3 * siren + hum * torch.linspace(0.1, 3.0, 8000)]), 8000)
+    assert got[0] > 1.0 and got[1] < -1.0  # log power: x10 in amplitude is about 4.6
+    assert abs(got[2]) < 0.5  # a steady siren under a growing 60 Hz hum
+
+
+@torch.no_grad()
+def test_a_reader_of_the_version_2_features_is_given_them_and_a_new_one_the_current_ones(model):
+    from fusionedge.training.qa.model import QAConfig
+    from fusionedge.training.qa.scene_features import SCENE_FEATURES_VERSION, scene_dim
+
+    config = model.reader.config.to_dict()
+    assert config["scene_version"] == SCENE_FEATURES_VERSION == 3
+    assert config["scene_dim"] == scene_dim(4, 3) == 4 + 4 * 5 + 10
+    video, audio, *_ = inputs()
+    old = {**config, "scene_dim": scene_dim(4, 2)}
+    del old["scene_version"]  # a config written before the field existed: version 2
+    old_model = QAModel(model.student, QuestionReader(QAConfig.from_dict(old))).eval()
+    old_scene, new_scene = old_model.context(video, audio)["scene"], model.context(video, audio)["scene"]
+    assert old_scene.shape == (3, 11) and new_scene.shape == (3, config["scene_dim"])
+    # version 3 keeps version 2's video values first and its audio value before the siren's
+    assert torch.equal(new_scene[:, :10], old_scene[:, :10]) and torch.equal(new_scene[:, -2], old_scene[:, -1])
+    with pytest.raises(InputError, match="scene_version"):
+        QAConfig.from_dict({**config, "scene_version": 7})

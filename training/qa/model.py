@@ -16,10 +16,11 @@ are masked out as keys (an additive -1e4, so exactly nothing of them reaches the
 missing sensor's zero tensor changes no output), and so are the question's padding tokens. The
 [CLS] token is always a key, so no row of the attention is empty.
 
-``scene`` (:mod:`.scene_features`: stride-4 peak counts, the lit lamp's colour, the light bar's and
-the sound's growth over the clip) is computed from the same inputs and joins the detections token
-when the reader's ``scene_dim`` is set; a reader configured without it (``scene_dim`` 0, as every
-reader saved before it existed) ignores it.
+``scene`` (:mod:`.scene_features`: stride-4 peak counts and heights, the lit lamp's colour, the
+light bar's, the vehicle's and the siren's change over the clip) is computed from the same inputs
+and joins the detections token when the reader's ``scene_dim`` is set; a reader configured without
+it (``scene_dim`` 0, as every reader saved before it existed) ignores it. The features are those of
+the reader's ``scene_version``, so a reader keeps the inputs it was trained on.
 
 The student (a ``MultimodalModel`` with both modalities, a detection head and an audio-tag head,
 loaded from a checkpoint) is frozen: its weights get no gradient and it stays in eval mode. Its
@@ -39,7 +40,7 @@ from fusionedge.sdk.spec import OBJECTS
 from torch import nn
 
 from ..models.multimodal import MultimodalModel
-from .scene_features import AUDIO_SCENE_FEATURES, scene_features
+from .scene_features import SCENE_FEATURES_VERSION, SCENE_VERSIONS, audio_scene_features, scene_features
 
 __all__ = ["CONTEXT_KEYS", "MASKED_BIAS", "QAConfig", "QAModel", "QuestionReader", "reader_config_for"]
 
@@ -71,12 +72,17 @@ class QAConfig:
     layers: int = 2
     dropout: float = 0.1
     scene_dim: int = 0  # length of the scene features the reader reads (0: none, as readers saved before them)
+    # which scene features (.scene_features.SCENE_VERSIONS); readers saved before the field read version 2
+    scene_version: int = 2
 
     def __post_init__(self) -> None:
         for k, v in asdict(self).items():
             if k == "scene_dim":
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                     raise InputError(f"QAConfig.scene_dim must be a non-negative integer, got {v!r}")
+            elif k == "scene_version":
+                if isinstance(v, bool) or v not in SCENE_VERSIONS:
+                    raise InputError(f"QAConfig.scene_version must be one of {SCENE_VERSIONS}, got {v!r}")
             elif k == "dropout":
                 if not 0.0 <= v < 1.0:
                     raise InputError(f"QAConfig.dropout must be in [0, 1), got {v!r}")
@@ -130,7 +136,7 @@ class QuestionReader(nn.Module):
         d = c.dim
         # the scene's audio values join the tags token and the rest the detections token, so each is
         # dropped with its own sensor
-        self.audio_scene = AUDIO_SCENE_FEATURES if c.scene_dim else 0
+        self.audio_scene = audio_scene_features(c.scene_version) if c.scene_dim else 0
         if c.scene_dim and c.scene_dim <= self.audio_scene:
             raise InputError(f"QAConfig.scene_dim {c.scene_dim} leaves no video scene feature")
         self.token = nn.Embedding(c.vocab_size, d)
@@ -238,7 +244,8 @@ class QAModel(nn.Module):
         cells = torch.cat([v_tokens, heat16.flatten(2).transpose(1, 2)], dim=2)  # (B, Nv, Cv + C)
         a_tokens, _ = self.student.audio_encoder(audio)  # (B, Na, Ca)
         tags = self.student.audio_tag_head(a_tokens)  # (B, A)
-        scene = scene_features(video, audio, heat, OBJECTS.index("traffic_light"), OBJECTS.index("emergency_vehicle"))
+        scene = scene_features(video, audio, heat, OBJECTS.index("traffic_light"), OBJECTS.index("emergency_vehicle"),
+                               sample_rate=self.student.config.sample_rate, version=self.reader.config.scene_version)
         return {"cells": cells, "frames": frames, "audio": a_tokens, "tags": tags, "scene": scene}
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor, presence: torch.Tensor,
@@ -251,9 +258,10 @@ class QAModel(nn.Module):
 def reader_config_for(student: MultimodalModel, *, vocab_size: int, max_tokens: int, num_answers: int,
                       scene: bool = True, **overrides) -> QAConfig:
     """The :class:`QAConfig` whose context shapes fit ``student`` (shapes measured by one dry run);
-    ``scene``: the reader reads the scene features (:mod:`.scene_features`)."""
+    ``scene``: the reader reads the scene features (:mod:`.scene_features`, the current version)."""
     c = student.config
-    probe = QAModel(student, QuestionReader(QAConfig(1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)))
+    probe = QAModel(student, QuestionReader(QAConfig(1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                                     scene_version=SCENE_FEATURES_VERSION)))
     with torch.no_grad():
         ctx = probe.context(torch.zeros(1, c.clip_frames, 3, c.height, c.width), torch.zeros(1, c.audio_samples))
     return QAConfig(vocab_size=vocab_size, max_tokens=max_tokens, num_answers=num_answers,
@@ -261,4 +269,5 @@ def reader_config_for(student: MultimodalModel, *, vocab_size: int, max_tokens: 
                     heat_channels=c.num_objects,
                     frame_tokens=ctx["frames"].shape[1], frame_dim=ctx["frames"].shape[2],
                     audio_tokens=ctx["audio"].shape[1], audio_dim=ctx["audio"].shape[2],
-                    tag_dim=ctx["tags"].shape[1], scene_dim=ctx["scene"].shape[1] if scene else 0, **overrides)
+                    tag_dim=ctx["tags"].shape[1], scene_dim=ctx["scene"].shape[1] if scene else 0,
+                    scene_version=SCENE_FEATURES_VERSION, **overrides)

@@ -16,40 +16,165 @@ graph:
   half of the frames against the first half, in the whole frame and near the emergency-vehicle
   heat, and the audio's log-energy in its last third against its first (the vector's last
   :data:`AUDIO_SCENE_FEATURES` values, so that the reader can drop them with the audio).
+
+Version 3 (:data:`SCENE_FEATURES_VERSION`) appends what the decoder's single threshold and the light
+bar's area left out, measured on validation clips: per class the :data:`PEAKS_KEPT` highest peak
+heights of the heatmap, sorted, so that the reader learns its own count per class instead of
+inheriting one threshold; the emergency vehicle's change of size between the first and the last
+frame, found by matching the first frame's patch around the vehicle, zoomed by each of a fixed set
+of scales and shifted by a few pixels, against the last frame's patch (normalised
+cross-correlation; the resampling is a product with fixed bilinear matrices, so it costs two small
+matrix products); and, with the audio, the trend over the clip of the loudest bin of the siren's
+band (a siren's envelope follows its motion, and the other sounds of a road mostly lie outside that
+band or do not change). A reader records the version it was trained on (``QAConfig.scene_version``)
+and is always given that version's vector, so readers trained on version 2 keep their inputs.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from fusionedge.sdk.errors import InputError
 from fusionedge.sdk.spec import InputGeometry
 
-__all__ = ["AUDIO_SCENE_FEATURES", "MAX_COUNT", "PEAK_THRESHOLD", "SCENE_FEATURES_VERSION", "peak_counts", "scene_dim", "scene_features"]
+from ..models.audio_frontend import dft_kernels
+
+__all__ = ["AUDIO_SCENE_FEATURES", "MAX_COUNT", "PEAKS_KEPT", "PEAK_THRESHOLD", "SCENE_FEATURES_VERSION",
+           "SCENE_VERSIONS", "audio_scene_features", "ev_scale_change", "peak_counts", "peak_heights", "scene_dim",
+           "scene_features", "siren_band_trend"]
 
 #: The runtime decoder's default score threshold for a centre peak.
 PEAK_THRESHOLD = 0.3
 #: Counts above this are clipped (the largest count any question's answer takes).
 MAX_COUNT = 3
-#: The last values of the scene vector come from the audio alone (the rest from the video).
+#: The last values of a version-2 scene vector that come from the audio alone (the rest from the video).
 AUDIO_SCENE_FEATURES = 1
-#: Changes whenever the features below change (part of the kept-context cache key).
-SCENE_FEATURES_VERSION = 2
+#: Changes whenever the features below change (part of the kept-context cache key); new readers read it.
+SCENE_FEATURES_VERSION = 3
+#: The versions :func:`scene_features` still computes (a reader gets the version it was trained on).
+SCENE_VERSIONS: tuple[int, ...] = (2, 3)
+#: Peak heights kept per class (version 3): the largest count asked, and two more to compare with.
+PEAKS_KEPT = MAX_COUNT + 2
 _MEAN = InputGeometry.__dataclass_fields__["mean"].default
 _STD = InputGeometry.__dataclass_fields__["std"].default
 _LAMP_DILATE = 7  # pixels around the traffic-light heat that may hold its lamp (odd)
 _LAMP_BETA = 30.0  # softmax sharpness over brightness in [0, 1]
 _EV_DILATE = 7  # stride-4 cells around the emergency-vehicle heat (odd)
+_SCALE_SPAN = 0.3  # log-scales searched between the first and the last frame: -0.3..0.3 (x0.74..x1.35)
+_SCALES = 13
+_SCALE_WINDOW, _SCALE_CROP, _SCALE_SHIFT = 24, 32, 3  # matched patch, crop around the vehicle, +-pixels searched
+_SCALE_BETA = 50.0  # softmax sharpness over the correlation of each scale
+_SIREN_BAND_HZ = (150.0, 2200.0)  # every siren's fundamental or its first harmonics
+_SIREN_WINDOW_S = 0.025  # DFT window and hop of the band trend (40 Hz bins)
 
 
-def scene_dim(num_classes: int) -> int:
-    """Length of :func:`scene_features`' vector for a heatmap with ``num_classes`` classes."""
-    return num_classes + 7
+def _check_version(version: int) -> None:
+    if version not in SCENE_VERSIONS:
+        raise InputError(f"scene features version {version!r} is not one of {SCENE_VERSIONS}")
+
+
+def audio_scene_features(version: int = SCENE_FEATURES_VERSION) -> int:
+    """How many of the last values of a ``version`` scene vector come from the audio alone.
+
+    Raises:
+        InputError: an unknown version.
+    """
+    _check_version(version)
+    return AUDIO_SCENE_FEATURES if version == 2 else AUDIO_SCENE_FEATURES + 1
+
+
+def scene_dim(num_classes: int, version: int = SCENE_FEATURES_VERSION) -> int:
+    """Length of :func:`scene_features`' vector for a heatmap with ``num_classes`` classes.
+
+    Raises:
+        InputError: an unknown version.
+    """
+    _check_version(version)
+    base = num_classes + 7
+    return base if version == 2 else base + num_classes * PEAKS_KEPT + 3
 
 
 def peak_counts(heat: torch.Tensor, threshold: float = PEAK_THRESHOLD, max_count: int = MAX_COUNT) -> torch.Tensor:
     """Per class, the peaks of a centre heatmap (B, C, h, w) as the decoder counts them → (B, C) in [0, max_count]."""
     peak = (heat == F.max_pool2d(heat, 3, 1, 1)) & (heat > threshold)
     return peak.float().sum(dim=(2, 3)).clamp(max=float(max_count))
+
+
+def peak_heights(heat: torch.Tensor, k: int = PEAKS_KEPT) -> torch.Tensor:
+    """Per class, the ``k`` highest peaks (3x3 max-pool equality) of a centre heatmap (B, C, h, w),
+    highest first, 0 where there are fewer → (B, C, k)."""
+    peak = torch.where(heat == F.max_pool2d(heat, 3, 1, 1), heat, torch.zeros_like(heat))
+    return torch.topk(peak.flatten(2), k, dim=2).values
+
+
+def _bilinear_rows(out_n: int, in_n: int, scale: float, shift: float) -> torch.Tensor:
+    """(out_n, in_n) weights: output ``i`` samples the input at its centre + (i - centre) x scale + shift."""
+    pos = (in_n - 1) / 2 + (torch.arange(out_n, dtype=torch.float32) - (out_n - 1) / 2) * scale + shift
+    return torch.relu(1.0 - (pos[:, None] - torch.arange(in_n, dtype=torch.float32)[None, :]).abs())
+
+
+def ev_scale_change(pixels: torch.Tensor, ev_heat: torch.Tensor) -> torch.Tensor:
+    """How much the emergency vehicle grew from the first to the last frame: ``pixels`` (B, T, 3, H, W)
+    in [0, 1], ``ev_heat`` (B, 1, h, w) of the last frame → (B, 2): the log scale (a softmax over the
+    searched scales of their best correlation, divided by the span searched: in [-1, 1], > 0: grew)
+    and the best normalised correlation (how well any scale matched).
+
+    The grey patch of the first frame around the vehicle's centre (a soft arg-max of its heat) is
+    zoomed by each scale and shifted by up to a few pixels, and each candidate is correlated with the
+    last frame's patch; the shifts absorb the camera's jitter and the vehicle's sideways drift."""
+    b, _, _, hh, ww = pixels.shape
+    h, w = ev_heat.shape[-2:]
+    weight = torch.softmax(30.0 * ev_heat.flatten(1), dim=1)  # (B, hw)
+    ys = ((torch.arange(h, dtype=pixels.dtype)[:, None].expand(h, w).reshape(-1) + 0.5) * (hh / h))
+    xs = ((torch.arange(w, dtype=pixels.dtype)[None, :].expand(h, w).reshape(-1) + 0.5) * (ww / w))
+    cx, cy = (weight * xs).sum(1), (weight * ys).sum(1)  # (B,) pixels
+    crop, win = _SCALE_CROP, _SCALE_WINDOW
+    r = torch.arange(crop, dtype=pixels.dtype) - (crop - 1) / 2
+    gx = ((cx[:, None] + r[None, :]) / ww * 2.0 - 1.0)[:, None, :].expand(b, crop, crop)
+    gy = ((cy[:, None] + r[None, :]) / hh * 2.0 - 1.0)[:, :, None].expand(b, crop, crop)
+    grey = pixels[:, [0, -1]].mean(dim=2)  # (B, 2, H, W): first and last frame
+    crops = F.grid_sample(grey, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border",
+                          align_corners=False)  # (B, 2, crop, crop)
+    first, last = crops[:, 0], crops[:, 1]
+    o = (crop - win) // 2
+    target = last[:, o:o + win, o:o + win]  # (B, win, win)
+    logs = torch.linspace(-_SCALE_SPAN, _SCALE_SPAN, _SCALES)
+    shifts = range(-_SCALE_SHIFT, _SCALE_SHIFT + 1)
+    n_s, n_d = _SCALES, len(shifts)
+    # a vehicle grown by s in the last frame matches the first frame sampled at 1 / s about the centre
+    rows = torch.stack([torch.stack([_bilinear_rows(win, crop, float(torch.exp(-a)), float(d)) for d in shifts])
+                        for a in logs]).to(pixels.dtype)  # (S, D, win, crop)
+    zoomed = (rows.reshape(1, n_s * n_d, win, crop) @ first[:, None]).reshape(b, n_s, n_d * win, crop)
+    cols = rows.permute(0, 3, 1, 2).reshape(1, n_s, crop, n_d * win)
+    cand = (zoomed @ cols).reshape(b, n_s, n_d, win, n_d, win)  # (B, S, dy, y, dx, x)
+    t = target - target.mean(dim=(1, 2), keepdim=True)
+    cand = cand - cand.mean(dim=(3, 5), keepdim=True)
+    num = torch.einsum("byx,bsdyex->bsde", t, cand)
+    den = t.pow(2).sum(dim=(1, 2)).sqrt()[:, None, None, None] * cand.pow(2).sum(dim=(3, 5)).sqrt() + 1e-6
+    ncc = (num / den).flatten(2).amax(dim=2)  # (B, S): the best shift of each scale
+    scale = (torch.softmax(_SCALE_BETA * ncc, dim=1) * logs.to(pixels.dtype)).sum(1) / _SCALE_SPAN
+    return torch.stack([scale, ncc.amax(dim=1)], dim=1)
+
+
+def siren_band_trend(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """The change over the clip of the log power of the loudest bin in the siren's band: ``audio``
+    (B, S) → (B,), the least-squares slope over 25 ms frames times the clip's length in frames
+    (> 0: louder at the end)."""
+    n_fft = max(2, round(sample_rate * _SIREN_WINDOW_S))
+    lo = max(1, math.ceil(_SIREN_BAND_HZ[0] * n_fft / sample_rate))
+    hi = min(n_fft // 2, math.floor(_SIREN_BAND_HZ[1] * n_fft / sample_rate))
+    kernels = dft_kernels(n_fft).to(audio.dtype)
+    half = n_fft // 2 + 1
+    kernels = torch.cat([kernels[lo:hi + 1], kernels[half + lo:half + hi + 1]])  # the band's cos and sin
+    spec = F.conv1d(audio[:, None, :], kernels, stride=n_fft)  # (B, 2K, N)
+    k = hi + 1 - lo
+    power = spec[:, :k].pow(2) + spec[:, k:].pow(2)  # (B, K, N)
+    level = torch.log(power.amax(dim=1) + 1e-6)  # (B, N)
+    n = level.shape[1]
+    t = torch.arange(n, dtype=audio.dtype) - (n - 1) / 2
+    return (level * t).sum(1) / (t.pow(2).sum() + 1e-6) * max(1, n - 1)
 
 
 def _pixels(video: torch.Tensor) -> torch.Tensor:
@@ -86,16 +211,24 @@ def _bar_area(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def scene_features(video: torch.Tensor, audio: torch.Tensor, heat: torch.Tensor, light_class: int,
-                   ev_class: int) -> torch.Tensor:
+                   ev_class: int, *, sample_rate: int = 16000, version: int = SCENE_FEATURES_VERSION) -> torch.Tensor:
     """The scene vector (see the module docstring): normalised ``video`` (B, T, 3, H, W), ``audio``
-    (B, S), the stride-4 centre ``heat`` (B, C, h, w) after the sigmoid → (B, C + 7)."""
+    (B, S) at ``sample_rate``, the stride-4 centre ``heat`` (B, C, h, w) after the sigmoid →
+    (B, :func:`scene_dim` (C, version)); the video's values first, the last
+    :func:`audio_scene_features` (version) from the audio.
+
+    Raises:
+        InputError: an unknown version.
+    """
+    _check_version(version)
     counts = peak_counts(heat) / MAX_COUNT  # (B, C)
     pixels = _pixels(video)
     lamp = lamp_colour(pixels[:, -1], heat[:, light_class:light_class + 1])  # (B, 4)
     bar = _bar_area(pixels)  # (B, T, H, W)
     t = bar.shape[1]
     half = max(1, t // 2)
-    near = F.interpolate(F.max_pool2d(heat[:, ev_class:ev_class + 1], _EV_DILATE, 1, _EV_DILATE // 2),
+    ev_heat = heat[:, ev_class:ev_class + 1]
+    near = F.interpolate(F.max_pool2d(ev_heat, _EV_DILATE, 1, _EV_DILATE // 2),
                          size=bar.shape[-2:], mode="nearest")  # (B, 1, H, W)
     area = bar.sum(dim=(2, 3))  # (B, T) in pixels
     area_near = (bar * near).sum(dim=(2, 3))
@@ -104,5 +237,12 @@ def scene_features(video: torch.Tensor, audio: torch.Tensor, heat: torch.Tensor,
     third = max(1, audio.shape[1] // 3)
     energy = torch.log(audio[:, -third:].pow(2).mean(1) + 1e-6) - torch.log(audio[:, :third].pow(2).mean(1) + 1e-6)
     # on [-1, 1]: the light bar's area changes by a few tens of percent over a clip, the sound's energy by more
-    motion = torch.stack([5.0 * grow, 5.0 * grow_near, 0.5 * energy], dim=1).clamp(-1.0, 1.0)  # (B, 3)
-    return torch.cat([counts, lamp, motion], dim=1)
+    video_motion = torch.stack([5.0 * grow, 5.0 * grow_near], dim=1).clamp(-1.0, 1.0)  # (B, 2)
+    audio_motion = (0.5 * energy)[:, None].clamp(-1.0, 1.0)  # (B, 1)
+    if version == 2:
+        return torch.cat([counts, lamp, video_motion, audio_motion], dim=1)
+    peaks = peak_heights(heat).flatten(1)  # (B, C K) in [0, 1]
+    scale = ev_scale_change(pixels, ev_heat)  # (B, 2)
+    # the siren's band changes by a few units of log power over a moving vehicle's clip
+    siren = (0.25 * siren_band_trend(audio, sample_rate))[:, None].clamp(-1.0, 1.0)  # (B, 1)
+    return torch.cat([counts, lamp, video_motion, peaks, scale, audio_motion, siren], dim=1)
