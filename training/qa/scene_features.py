@@ -140,21 +140,40 @@ def ev_scale_change(pixels: torch.Tensor, ev_heat: torch.Tensor) -> torch.Tensor
     first, last = crops[:, 0], crops[:, 1]
     o = (crop - win) // 2
     target = last[:, o:o + win, o:o + win]  # (B, win, win)
-    logs = torch.linspace(-_SCALE_SPAN, _SCALE_SPAN, _SCALES)
+    logs = [_SCALE_SPAN * (2.0 * i / (_SCALES - 1) - 1.0) for i in range(_SCALES)]  # Python floats: constants
     shifts = range(-_SCALE_SHIFT, _SCALE_SHIFT + 1)
     n_s, n_d = _SCALES, len(shifts)
     # a vehicle grown by s in the last frame matches the first frame sampled at 1 / s about the centre
-    rows = torch.stack([torch.stack([_bilinear_rows(win, crop, float(torch.exp(-a)), float(d)) for d in shifts])
+    rows = torch.stack([torch.stack([_bilinear_rows(win, crop, math.exp(-a), float(d)) for d in shifts])
                         for a in logs]).to(pixels.dtype)  # (S, D, win, crop)
-    zoomed = (rows.reshape(1, n_s * n_d, win, crop) @ first[:, None]).reshape(b, n_s, n_d * win, crop)
+    # the first crop less its mean c is zoomed (the candidates then have a mean near 0, and the sums of squares
+    # below lose nothing to rounding); each candidate is cand_c + c u with u = a_y a_xᵀ, a = the rows' sums
+    # (1 inside the crop, less where a row samples past its edge, which counts as 0 there)
+    c = first.mean(dim=(1, 2))  # (B,)
+    zoomed = (rows.reshape(1, n_s * n_d, win, crop) @ (first - c[:, None, None])[:, None])
+    zoomed = zoomed.reshape(b, n_s, n_d, win, crop)  # (B, S, dy, y, j): rows done
     cols = rows.permute(0, 3, 1, 2).reshape(1, n_s, crop, n_d * win)
-    cand = (zoomed @ cols).reshape(b, n_s, n_d, win, n_d, win)  # (B, S, dy, y, dx, x)
+    cand = (zoomed.reshape(b, n_s, n_d * win, crop) @ cols).reshape(b, n_s, n_d, win, n_d, win)  # (B, S, dy, y, dx, x)
+    n = float(win * win)
+    a = rows.sum(dim=3)  # (S, D, win)
+    u_sum = a.sum(dim=2)[:, :, None] * a.sum(dim=2)[:, None, :]  # (S, dy, dx): sum(u)
+    u_spread = (a.pow(2).sum(dim=2)[:, :, None] * a.pow(2).sum(dim=2)[:, None, :]) - u_sum.pow(2) / n
     t = target - target.mean(dim=(1, 2), keepdim=True)
-    cand = cand - cand.mean(dim=(3, 5), keepdim=True)
-    num = torch.einsum("byx,bsdyex->bsde", t, cand)
-    den = t.pow(2).sum(dim=(1, 2)).sqrt()[:, None, None, None] * cand.pow(2).sum(dim=(3, 5)).sqrt() + 1e-6
+    # every sum over a candidate's pixels but one is a product of small matrices (j: the crop's columns)
+    weighted = (t[:, None, None] @ rows[None]).reshape(b, n_s, n_d, win * crop)  # (B, S, dx, y j): t @ rows[dx]
+    t_cand = zoomed.reshape(b, n_s, n_d, win * crop) @ weighted.transpose(-1, -2)  # (B, S, dy, dx): sum(t cand_c)
+    t_u = (a[None] @ t[:, None]) @ a.transpose(1, 2)[None]  # (B, S, dy, dx): sum(t u) = a_yᵀ t a_x
+    total = zoomed.sum(dim=3) @ rows.sum(dim=2).transpose(-1, -2)  # (B, S, dy, dx): sum(cand_c)
+    across = (a[:, :, None, :] @ zoomed).squeeze(3) @ (a[:, :, None, :] @ rows).squeeze(2).transpose(-1, -2)
+    square = cand.pow(2).sum(dim=5).sum(dim=3)  # (B, S, dy, dx): sum(cand_c²)
+    cc = c[:, None, None, None]
+    # sum((cand - its mean)²) and sum(t (cand - its mean)) for cand = cand_c + c u
+    spread = (square - total.pow(2) / n) + 2.0 * cc * (across - total * u_sum / n) + cc.pow(2) * u_spread
+    mean = (total + cc * u_sum) / n
+    num = t_cand + cc * t_u - mean * t.sum(dim=(1, 2))[:, None, None, None]
+    den = t.pow(2).sum(dim=(1, 2)).sqrt()[:, None, None, None] * spread.clamp(min=0.0).sqrt() + 1e-6
     ncc = (num / den).flatten(2).amax(dim=2)  # (B, S): the best shift of each scale
-    scale = (torch.softmax(_SCALE_BETA * ncc, dim=1) * logs.to(pixels.dtype)).sum(1) / _SCALE_SPAN
+    scale = (torch.softmax(_SCALE_BETA * ncc, dim=1) * torch.tensor(logs, dtype=pixels.dtype)).sum(1) / _SCALE_SPAN
     return torch.stack([scale, ncc.amax(dim=1)], dim=1)
 
 
