@@ -20,7 +20,11 @@ def test_speedups_are_ratios_to_the_first_bundle(tmp_path_factory, tmp_path, cap
     for n in (1, 2):
         first, second = r["threads"][n]
         assert first["speedup_median"] == first["speedup_min"] == first["speedup_max"] == first["speedup_p10"] == 1.0
+        assert first["speedup_fastest"] == 1.0
         assert second["speedup_min"] <= second["speedup_median"] <= second["speedup_max"]
+        # the fastest run of all repeats: no slower than any repeat's median
+        assert 0 < second["fastest_ms"] <= min(second["repeats_ms"])
+        assert second["speedup_fastest"] == pytest.approx(first["fastest_ms"] / second["fastest_ms"])
         assert len(second["repeats_ms"]) == 2 and min(second["repeats_ms"]) > 0
     with pytest.raises(InputError, match="got 1"):
         measure_speedups([bundle])
