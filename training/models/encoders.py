@@ -324,10 +324,11 @@ class AudioEncoder(nn.Module):
         return conv_out_len(conv_out_len(conv_out_len(self.frontend.num_frames(num_samples))))
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        power = self.frontend.power(audio)  # (B, n_fft/2+1, F)
-        mel = self.norm(self.frontend.log_mel(power))  # (B, M, F)
-        x = self.cnn(mel.unsqueeze(1)).flatten(1, 2)  # (B, C*M/8, F/8)
-        if self.pitch is not None:
+        if self.pitch is None:  # the front end as one module (QAT may replace it with a fake-quantized one)
+            x = self.cnn(self.norm(self.frontend(audio)).unsqueeze(1)).flatten(1, 2)  # (B, C*M/8, F/8)
+        else:  # one STFT feeds both the log-mel map and the pitch motion
+            power = self.frontend.power(audio)  # (B, n_fft/2+1, F)
+            x = self.cnn(self.norm(self.frontend.log_mel(power)).unsqueeze(1)).flatten(1, 2)  # (B, C*M/8, F/8)
             m = self.pitch_cnn(self.pitch_norm(self.pitch(power)))  # (B, P, F/8)
             x = torch.cat([x, m, m.mean(dim=2, keepdim=True).expand_as(m)], dim=1)
         x = self.proj(x)  # (B, D, F/8): each time step sees every mel band
