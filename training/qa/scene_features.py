@@ -18,13 +18,13 @@ graph:
   :data:`AUDIO_SCENE_FEATURES` values, so that the reader can drop them with the audio).
 
 Version 3 (:data:`SCENE_FEATURES_VERSION`) appends what the decoder's single threshold and the light
-bar's area left out, measured on validation clips: per class the :data:`PEAKS_KEPT` highest peak
+bar's area leave out: per class the :data:`PEAKS_KEPT` highest peak
 heights of the heatmap, sorted, so that the reader learns its own count per class instead of
 inheriting one threshold; the emergency vehicle's change of size between the first and the last
 frame, found by matching the first frame's patch around the vehicle, zoomed by each of a fixed set
 of scales and shifted by a few pixels, against the last frame's patch (normalised
-cross-correlation; the resampling is a product with fixed bilinear matrices, so it costs two small
-matrix products); and, with the audio, the trend over the clip of the loudest bin of the siren's
+cross-correlation; the zoom and the correlation's sums are products with fixed bilinear matrices,
+about a millisecond on a CPU); and, with the audio, the trend over the clip of the loudest bin of the siren's
 band (a siren's envelope follows its motion, and the other sounds of a road mostly lie outside that
 band or do not change). A reader records the version it was trained on (``QAConfig.scene_version``)
 and is always given that version's vector, so readers trained on version 2 keep their inputs.
