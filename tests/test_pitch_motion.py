@@ -82,7 +82,8 @@ def test_pitch_branch_trains_and_exports_to_onnx_with_dynamic_batch(tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     torch.manual_seed(0)
-    model = create_model("fusion_student", audio_pitch_motion=True, clip_frames=2, height=32, width=48,
+    # audio only: the branch lives in the audio encoder, and the export takes a third of the fused model's time
+    model = create_model("audio_only_student", audio_pitch_motion=True, clip_frames=2, height=32, width=48,
                          audio_samples=4000)
     video, audio, presence = model.example_inputs(2)
     sum(o.float().square().mean() for o in model(video, audio, presence)).backward()
