@@ -117,3 +117,27 @@ def test_qat_to_bundle_lives_in_export_and_writes_a_qat_variant(tmp_path, tmp_pa
     assert (tmp_path / "int8-qat-fp32" / "model.onnx").is_file()
     assert manifest["precision"] == "int8" and manifest["variant"]["method"] == "qat"
     assert manifest["variant"]["qat"]["samples"] == 8
+
+
+def test_quantized_frontend_feeds_the_pitch_motion_branch_too():
+    """With the pitch-motion branch the encoder reads the front end's power and log-mel separately;
+    the fake-quantized front end must offer both, and strip back to the same outputs."""
+    from fusionedge.training.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("audio_only_student", audio_pitch_motion=True, clip_frames=2, height=32, width=48,
+                         audio_samples=4000).eval()
+    video, audio, presence = model.example_inputs(batch=2)
+    with torch.no_grad():
+        ref = model(video, audio, presence)
+        prepare_qat(model, QATConfig(quantize_frontend=True))
+        for m in model.modules():
+            if isinstance(m, FakeQuantActivation):
+                m.train()
+        model(video, audio, presence)
+        model.eval()
+        fq = model(video, audio, presence)
+        assert all(torch.isfinite(o).all() for o in fq)
+        assert not torch.equal(fq[0], ref[0])
+        strip_qat(model)
+        assert torch.allclose(model(video, audio, presence)[0], ref[0], atol=1e-6)

@@ -149,13 +149,25 @@ class _QATFrontend(nn.Module):
         names = ("audio", "spec", "rr", "ii", "power", "mel")
         self.q = nn.ModuleDict({n: FakeQuantActivation(cfg.momentum) for n in names})
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+    def power(self, audio: torch.Tensor) -> torch.Tensor:
+        """The fake-quantized STFT power (B, n_fft/2+1, F), as the front end's ``power``."""
         f, q = self.frontend, self.q
         x = q["audio"](audio.unsqueeze(1))
         dft = fake_quant_weight(f.dft, self.per_channel, self.bits)
         spec = q["spec"](nn.functional.conv1d(x, dft, stride=f.hop_length, padding=f.n_fft // 2))
         real, imag = spec[:, : f.n_freqs], spec[:, f.n_freqs:]
-        power = q["power"](q["rr"](real * real) + q["ii"](imag * imag))
+        return q["power"](q["rr"](real * real) + q["ii"](imag * imag))
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames the front end makes of ``num_samples`` samples."""
+        return self.frontend.num_frames(num_samples)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.log_mel(self.power(audio))
+
+    def log_mel(self, power: torch.Tensor) -> torch.Tensor:
+        """Log-mel of a (fake-quantized) power spectrum, as the front end's ``log_mel``."""
+        f, q = self.frontend, self.q
         mel_fb = fake_quant_weight(f.mel_fb.t(), self.per_channel, self.bits).t()  # MatMul weight: per column
         mel = q["mel"](torch.matmul(power.transpose(1, 2), mel_fb))
         # the "+ eps" output is not fake-quantized: a rounded 0 there would give log(0) = -inf in training
