@@ -136,6 +136,11 @@ def test_gelu_is_the_exact_gelu():
     torch.testing.assert_close(Gelu()(x), nn.GELU()(x), rtol=1e-6, atol=1e-6)
 
 
+def test_every_gelu_of_the_student_is_the_fusable_one(student):
+    assert not any(isinstance(m, nn.GELU) for m in student.modules())
+    assert sum(isinstance(m, Gelu) for m in student.modules()) >= 3
+
+
 def test_onnxruntime_fuses_the_exported_gelu_into_one_kernel(tmp_path):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")

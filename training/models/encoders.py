@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .audio_frontend import LogMelFrontend
+from .gelu import Gelu
 from .pitch_motion import PITCH_MOTION_CHANNELS, PitchMotion
 
 __all__ = [
@@ -217,7 +218,7 @@ class ClipEncoder(nn.Module):
         self.merge = nn.Sequential(nn.Conv2d(2 * c16, c16, 1, bias=False), nn.BatchNorm2d(c16),
                                    nn.ReLU(inplace=True))
         # only when asked: existing models keep their state-dict keys
-        self.frame_proj = nn.Sequential(nn.Linear(2 * c16, c16), nn.GELU()) if frame_tokens else None
+        self.frame_proj = nn.Sequential(nn.Linear(2 * c16, c16), Gelu()) if frame_tokens else None
         self.out_channels = c16
         self.s4_channels = c4
 
