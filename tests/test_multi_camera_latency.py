@@ -129,8 +129,8 @@ def test_a_live_step_closes_on_the_audio_that_has_arrived_at_most_audio_lag_befo
     assert min(behind) > -1e-3 and max(behind) <= 0.025 + 1e-3, (min(behind), max(behind))
     assert max(behind) > 1e-3  # frames fall between 20 ms chunks: some steps did go with older audio
     lag = summary["audio_lag_ms"]
-    assert lag["n"] >= len(behind) and lag["max"] <= 25.0 + 1.0
-    assert abs(lag["p50"] - 1e3 * float(np.median(behind))) < 2.0  # what the stats say is what was taken
+    # the stats record every live step's lag: at least the largest one the audio shows, never past the bound
+    assert lag["n"] >= len(behind) and 1e3 * max(behind) - 1.0 <= lag["max"] <= 25.0 + 1.0
     aligned, summary = _audio_ends(perception, 0.0)  # 0: every window ends at its frame, as offline
     assert len(aligned) >= 10 and max(abs(x) for x in aligned) < 1e-3 and summary["audio_lag_ms"] == {}
 
