@@ -152,20 +152,22 @@ def ev_scale_change(pixels: torch.Tensor, ev_heat: torch.Tensor) -> torch.Tensor
     c = first.mean(dim=(1, 2))  # (B,)
     zoomed = (rows.reshape(1, n_s * n_d, win, crop) @ (first - c[:, None, None])[:, None])
     zoomed = zoomed.reshape(b, n_s, n_d, win, crop)  # (B, S, dy, y, j): rows done
-    cols = rows.permute(0, 3, 1, 2).reshape(1, n_s, crop, n_d * win)
-    cand = (zoomed.reshape(b, n_s, n_d * win, crop) @ cols).reshape(b, n_s, n_d, win, n_d, win)  # (B, S, dy, y, dx, x)
     n = float(win * win)
     a = rows.sum(dim=3)  # (S, D, win)
     u_sum = a.sum(dim=2)[:, :, None] * a.sum(dim=2)[:, None, :]  # (S, dy, dx): sum(u)
     u_spread = (a.pow(2).sum(dim=2)[:, :, None] * a.pow(2).sum(dim=2)[:, None, :]) - u_sum.pow(2) / n
     t = target - target.mean(dim=(1, 2), keepdim=True)
-    # every sum over a candidate's pixels but one is a product of small matrices (j: the crop's columns)
+    # every sum over a candidate's pixels is a product of small matrices (j: the crop's columns)
     weighted = (t[:, None, None] @ rows[None]).reshape(b, n_s, n_d, win * crop)  # (B, S, dx, y j): t @ rows[dx]
     t_cand = zoomed.reshape(b, n_s, n_d, win * crop) @ weighted.transpose(-1, -2)  # (B, S, dy, dx): sum(t cand_c)
     t_u = (a[None] @ t[:, None]) @ a.transpose(1, 2)[None]  # (B, S, dy, dx): sum(t u) = a_yᵀ t a_x
     total = zoomed.sum(dim=3) @ rows.sum(dim=2).transpose(-1, -2)  # (B, S, dy, dx): sum(cand_c)
     across = (a[:, :, None, :] @ zoomed).squeeze(3) @ (a[:, :, None, :] @ rows).squeeze(2).transpose(-1, -2)
-    square = cand.pow(2).sum(dim=5).sum(dim=3)  # (B, S, dy, dx): sum(cand_c²)
+    # sum(cand_c²) = |Z Rᵀ|² = <ZᵀZ, RᵀR> for Z = zoomed[dy], R = rows[dx]: two crop x crop Gram matrices instead
+    # of every candidate's pixels (RᵀR is a constant)
+    gram = (zoomed.transpose(-1, -2) @ zoomed).reshape(b, n_s, n_d, crop * crop)  # (B, S, dy, j j')
+    gram_rows = (rows.transpose(-1, -2) @ rows).reshape(1, n_s, n_d, crop * crop)  # (1, S, dx, j j')
+    square = gram @ gram_rows.transpose(-1, -2)  # (B, S, dy, dx): sum(cand_c²)
     cc = c[:, None, None, None]
     # sum((cand - its mean)²) and sum(t (cand - its mean)) for cand = cand_c + c u
     spread = (square - total.pow(2) / n) + 2.0 * cc * (across - total * u_sum / n) + cc.pow(2) * u_spread
