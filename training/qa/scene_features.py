@@ -23,8 +23,8 @@ heights of the heatmap, sorted, so that the reader learns its own count per clas
 inheriting one threshold; the emergency vehicle's change of size between the first and the last
 frame, found by matching the first frame's patch around the vehicle, zoomed by each of a fixed set
 of scales and shifted by a few pixels, against the last frame's patch (normalised
-cross-correlation; the zoom and the correlation's sums are products with fixed bilinear matrices,
-about a millisecond on a CPU); and, with the audio, the trend over the clip of the loudest bin of the siren's
+cross-correlation; the crop, the zoom and the correlation's sums are products with small bilinear
+matrices, under half a millisecond on a CPU); and, with the audio, the trend over the clip of the loudest bin of the siren's
 band (a siren's envelope follows its motion, and the other sounds of a road mostly lie outside that
 band or do not change). A reader records the version it was trained on (``QAConfig.scene_version``)
 and is always given that version's vector, so readers trained on version 2 keep their inputs.
@@ -132,11 +132,14 @@ def ev_scale_change(pixels: torch.Tensor, ev_heat: torch.Tensor) -> torch.Tensor
     cx, cy = (weight * xs).sum(1), (weight * ys).sum(1)  # (B,) pixels
     crop, win = _SCALE_CROP, _SCALE_WINDOW
     r = torch.arange(crop, dtype=pixels.dtype) - (crop - 1) / 2
-    gx = ((cx[:, None] + r[None, :]) / ww * 2.0 - 1.0)[:, None, :].expand(b, crop, crop)
-    gy = ((cy[:, None] + r[None, :]) / hh * 2.0 - 1.0)[:, :, None].expand(b, crop, crop)
+    # the crop is a bilinear sampling (pixel centres at +0.5, the border repeated) separable in y and x: two
+    # products with (crop, H) and (crop, W) weight matrices, cheaper than a per-pixel grid sampler
+    px = (cx[:, None] + r[None, :] - 0.5).clamp(0.0, ww - 1.0)  # (B, crop): sampled columns
+    py = (cy[:, None] + r[None, :] - 0.5).clamp(0.0, hh - 1.0)
+    wx = torch.relu(1.0 - (px[:, :, None] - torch.arange(ww, dtype=pixels.dtype)).abs())  # (B, crop, W)
+    wy = torch.relu(1.0 - (py[:, :, None] - torch.arange(hh, dtype=pixels.dtype)).abs())  # (B, crop, H)
     grey = pixels[:, [0, -1]].mean(dim=2)  # (B, 2, H, W): first and last frame
-    crops = F.grid_sample(grey, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border",
-                          align_corners=False)  # (B, 2, crop, crop)
+    crops = wy[:, None] @ grey @ wx.transpose(1, 2)[:, None]  # (B, 2, crop, crop)
     first, last = crops[:, 0], crops[:, 1]
     o = (crop - win) // 2
     target = last[:, o:o + win, o:o + win]  # (B, win, win)
@@ -164,10 +167,14 @@ def ev_scale_change(pixels: torch.Tensor, ev_heat: torch.Tensor) -> torch.Tensor
     total = zoomed.sum(dim=3) @ rows.sum(dim=2).transpose(-1, -2)  # (B, S, dy, dx): sum(cand_c)
     across = (a[:, :, None, :] @ zoomed).squeeze(3) @ (a[:, :, None, :] @ rows).squeeze(2).transpose(-1, -2)
     # sum(cand_c²) = |Z Rᵀ|² = <ZᵀZ, RᵀR> for Z = zoomed[dy], R = rows[dx]: two crop x crop Gram matrices instead
-    # of every candidate's pixels (RᵀR is a constant)
-    gram = (zoomed.transpose(-1, -2) @ zoomed).reshape(b, n_s, n_d, crop * crop)  # (B, S, dy, j j')
-    gram_rows = (rows.transpose(-1, -2) @ rows).reshape(1, n_s, n_d, crop * crop)  # (1, S, dx, j j')
-    square = gram @ gram_rows.transpose(-1, -2)  # (B, S, dy, dx): sum(cand_c²)
+    # of every candidate's pixels; a bilinear row touches two neighbouring columns, so the constant RᵀR is
+    # tridiagonal and only the diagonal and first off-diagonal of ZᵀZ count (with RᵀR's off-diagonal doubled)
+    band = torch.cat([torch.arange(crop) * (crop + 1), torch.arange(crop - 1) * (crop + 1) + 1])  # (2 crop - 1,)
+    gram = (zoomed.transpose(-1, -2) @ zoomed).reshape(b, n_s, n_d, crop * crop)
+    gram = torch.index_select(gram, 3, band)  # (B, S, dy, band)
+    gram_rows = torch.index_select((rows.transpose(-1, -2) @ rows).reshape(n_s, n_d, crop * crop), 2, band)  # (S, dx, band)
+    gram_rows = gram_rows * torch.cat([torch.ones(crop), torch.full((crop - 1,), 2.0)]).to(pixels.dtype)
+    square = gram @ gram_rows.transpose(-1, -2)[None]  # (B, S, dy, dx): sum(cand_c²)
     cc = c[:, None, None, None]
     # sum((cand - its mean)²) and sum(t (cand - its mean)) for cand = cand_c + c u
     spread = (square - total.pow(2) / n) + 2.0 * cc * (across - total * u_sum / n) + cc.pow(2) * u_spread
@@ -217,7 +224,7 @@ def lamp_colour(frame: torch.Tensor, light_heat: torch.Tensor) -> torch.Tensor:
     hi, lo = frame.amax(dim=1).flatten(1), frame.amin(dim=1).flatten(1)  # (B, HW)
     # a lit lamp is bright and saturated; pixels outside the region are out by a margin no brightness beats
     weight = torch.softmax(_LAMP_BETA * (2.0 * hi - lo) + 100.0 * (inside - 1.0), dim=1)  # (B, HW)
-    rgb = torch.einsum("bp,bcp->bc", weight, frame.flatten(2))
+    rgb = (frame.flatten(2) @ weight[:, :, None]).squeeze(2)  # (B, 3): one product (an einsum runs slowly on ORT)
     chroma = rgb / (rgb.sum(dim=1, keepdim=True) + 1e-6)
     ys = (torch.arange(hh, dtype=frame.dtype)[:, None].expand(hh, ww).reshape(-1) + 0.5)  # (HW,)
     centre = (inside * ys).sum(1) / (inside.sum(1) + 1e-6)
