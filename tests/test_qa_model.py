@@ -216,6 +216,64 @@ def test_the_vehicle_scale_change_follows_its_size_between_the_first_and_the_las
         assert sign * scale > 0.2
 
 
+def _ev_scale_change_candidate_by_candidate(pixels: torch.Tensor, ev_heat: torch.Tensor) -> torch.Tensor:
+    """ev_scale_change as its docstring says it, every candidate patch materialised: the grey crops by a grid
+    sampler, each scale and shift a zoomed patch of the first crop, its normalised correlation with the
+    last crop's window."""
+    import math
+
+    from fusionedge.training.qa import scene_features as sf
+
+    b, _, _, hh, ww = pixels.shape
+    h, w = ev_heat.shape[-2:]
+    weight = torch.softmax(30.0 * ev_heat.flatten(1), dim=1)
+    ys = ((torch.arange(h, dtype=pixels.dtype)[:, None].expand(h, w).reshape(-1) + 0.5) * (hh / h))
+    xs = ((torch.arange(w, dtype=pixels.dtype)[None, :].expand(h, w).reshape(-1) + 0.5) * (ww / w))
+    cx, cy = (weight * xs).sum(1), (weight * ys).sum(1)
+    crop, win = sf._SCALE_CROP, sf._SCALE_WINDOW
+    r = torch.arange(crop, dtype=pixels.dtype) - (crop - 1) / 2
+    gx = ((cx[:, None] + r[None, :]) / ww * 2.0 - 1.0)[:, None, :].expand(b, crop, crop)
+    gy = ((cy[:, None] + r[None, :]) / hh * 2.0 - 1.0)[:, :, None].expand(b, crop, crop)
+    crops = torch.nn.functional.grid_sample(pixels[:, [0, -1]].mean(dim=2), torch.stack([gx, gy], dim=-1),
+                                            mode="bilinear", padding_mode="border", align_corners=False)
+    o = (crop - win) // 2
+    t = crops[:, 1, o:o + win, o:o + win]
+    t = t - t.mean(dim=(1, 2), keepdim=True)
+    logs = [sf._SCALE_SPAN * (2.0 * i / (sf._SCALES - 1) - 1.0) for i in range(sf._SCALES)]
+    best = []
+    for a in logs:
+        rows = [sf._bilinear_rows(win, crop, math.exp(-a), float(d)).to(pixels.dtype)
+                for d in range(-sf._SCALE_SHIFT, sf._SCALE_SHIFT + 1)]
+        nccs = []
+        for ry in rows:
+            for rx in rows:
+                cand = ry @ crops[:, 0] @ rx.T
+                cand = cand - cand.mean(dim=(1, 2), keepdim=True)
+                den = t.pow(2).sum(dim=(1, 2)).sqrt() * cand.pow(2).sum(dim=(1, 2)).sqrt() + 1e-6
+                nccs.append((t * cand).sum(dim=(1, 2)) / den)
+        best.append(torch.stack(nccs, dim=1).amax(dim=1))
+    ncc = torch.stack(best, dim=1)
+    scale = (torch.softmax(sf._SCALE_BETA * ncc, dim=1) * torch.tensor(logs, dtype=pixels.dtype)).sum(1) / sf._SCALE_SPAN
+    return torch.stack([scale, ncc.amax(dim=1)], dim=1)
+
+
+def test_the_vehicle_scale_change_equals_matching_every_candidate_patch():
+    from fusionedge.training.qa.scene_features import ev_scale_change
+
+    g = torch.Generator().manual_seed(5)
+    # a growing vehicle near the frame's left edge (its crop samples past the border) and random texture
+    vehicle = _vehicle_frames((1.0, 1.05, 1.1, 1.18), shift=(1, -2)).double()
+    noise = torch.rand(1, 4, 3, 48, 80, generator=g, dtype=torch.float64)
+    pixels = torch.cat([vehicle, 0.7 * vehicle + 0.3 * noise])
+    heat = torch.full((2, 1, 12, 20), 0.02, dtype=torch.float64)
+    heat[0, 0, 6, 10] = 0.9
+    heat[1, 0, 3, 1] = 0.9
+    fast = ev_scale_change(pixels, heat)
+    direct = _ev_scale_change_candidate_by_candidate(pixels, heat)
+    assert fast.shape == (2, 2)
+    torch.testing.assert_close(fast, direct, rtol=0.0, atol=1e-9)
+
+
 def test_the_siren_band_trend_follows_the_siren_and_not_a_louder_hum_below_its_band():
     from fusionedge.training.qa.scene_features import siren_band_trend
 
