@@ -2,7 +2,8 @@
 
 :class:`MicHub` reads the real source on behalf of its listeners (one :class:`AudioSource` per camera's
 pipeline, :meth:`MicHub.listener`). Whichever listener finds its backlog empty reads the next chunk and
-appends a copy to every other listener's backlog; a listener that finds another one reading waits for
+appends the same chunk (never written to: each pipeline copies its samples into its own ring) to every
+other listener's backlog; a listener that finds another one reading waits for
 that chunk instead of queueing behind the read, so every camera gets a chunk as soon as it is captured
 (a read blocks until the chunk's last sample is due: queued behind it, a camera would get each chunk a
 chunk late). Memory stays bounded: each backlog keeps at most :data:`MIC_BACKLOG` chunks.
@@ -26,7 +27,7 @@ class MicHub:
 
     Each listener is an :class:`AudioSource` (:meth:`listener`) with its own backlog; the listener that
     reads pulls the next chunk from the real source (outside the hub's lock, so the others can take what
-    is already theirs meanwhile) and hands a copy to every other backlog, so all listeners see the same
+    is already theirs meanwhile) and hands the same chunk to every other backlog, so all listeners see the same
     chunks on the same clock. A read error marks the source broken: the next ``open()`` of any listener
     (its supervisor retrying) reopens it. It is closed when every listener is.
 
