@@ -20,19 +20,22 @@ HOP = 160  # 10 ms
 
 
 def _autocorr_pitch(x: np.ndarray, lo: float, hi: float, frame: int = 640) -> tuple[np.ndarray, np.ndarray]:
-    """Per 10 ms hop: the autocorrelation pitch (Hz) between ``lo`` and ``hi`` and its peak (0..1)."""
+    """Per 10 ms hop: the autocorrelation pitch (Hz) between ``lo`` and ``hi`` and its peak (0..1).
+
+    The normalized cross-correlation of each 40 ms frame with the signal ``k`` samples later, for
+    every lag ``k`` of a period between ``lo`` and ``hi``.
+    """
     lags = np.arange(int(SR / hi), int(SR / lo) + 1)
-    pitch, peak = [], []
-    for a in range(0, x.size - frame - lags[-1], HOP):
-        seg = x[a : a + frame + lags[-1]]
-        ref = seg[:frame]
-        e0 = float(ref @ ref) + 1e-12
-        r = np.array([ref @ seg[k : k + frame] / np.sqrt(e0 * (float(seg[k : k + frame] @ seg[k : k + frame]) + 1e-12))
-                      for k in lags])
-        k = int(np.argmax(r))
-        pitch.append(SR / lags[k])
-        peak.append(r[k])
-    return np.array(pitch), np.array(peak)
+    span = frame + lags[-1]
+    starts = np.arange(0, x.size - span, HOP)
+    segs = np.lib.stride_tricks.sliding_window_view(x, span)[starts]
+    nfft = 1 << int(np.ceil(np.log2(2 * span)))
+    cross = np.fft.irfft(np.conj(np.fft.rfft(segs[:, :frame], nfft)) * np.fft.rfft(segs, nfft), nfft)[:, lags]
+    sq = np.concatenate([np.zeros((starts.size, 1)), np.cumsum(segs**2, axis=1)], axis=1)
+    energy = sq[:, lags + frame] - sq[:, lags]  # of each lagged window
+    r = cross / np.sqrt(sq[:, frame : frame + 1] * energy + 1e-12)
+    k = np.argmax(r, axis=1)
+    return SR / lags[k], r[np.arange(starts.size), k]
 
 
 def _periodicity(track: np.ndarray, max_lag: int) -> float:
