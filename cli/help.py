@@ -53,6 +53,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
             "fusionedge ask --bundle bundle --video clip.mp4 --top-k 5 --json \"how many cars are ahead?\""),
     "qa": ("fusionedge qa train --checkpoint runs/student/best.pt --data data/train --val data/val --out runs/qa",
            "fusionedge qa export --bundle bundle --checkpoint runs/qa/best.pt --calibrate-on data/val"),
+    "qa finetune-detection": (("fusionedge qa finetune-detection --checkpoint runs/student/best.pt "
+                               "--data data/train --val data/val --out runs/qa-det"),),
     "qa train": ("fusionedge qa train --checkpoint runs/student/best.pt --data data/train --val data/val "
                  "--out runs/qa",),
     "qa export": ("fusionedge qa export --bundle bundle --checkpoint runs/qa/best.pt --calibrate-on data/val",),

@@ -1,5 +1,8 @@
 """``fusionedge qa``: train scene question answering, add it to a bundle, and report on it.
 
+* ``qa finetune-detection`` — the student's detection path fine-tuned on the question data's boxes
+  for counting (:mod:`fusionedge.training.qa.detection_finetune`): a perception checkpoint that
+  ``qa train --checkpoint`` takes, so the QA model carries the fine-tuned copy;
 * ``qa train``  — a question reader on top of a trained perception checkpoint
   (:mod:`fusionedge.training.qa.train`): run folder with best.pt, last.pt, metrics.json;
 * ``qa export`` — ``qa.onnx`` + tokenizer + golden + the ``qa`` block into an existing fused bundle
@@ -21,7 +24,7 @@ from fusionedge.cli.extras import needs
 from fusionedge.cli.options import add_json_option, add_sub_verbs
 from fusionedge.cli.output import print_json
 
-__all__ = ["add_qa_parser", "format_qa_export", "format_qa_train"]
+__all__ = ["add_qa_parser", "format_detection_finetune", "format_qa_export", "format_qa_train"]
 
 
 def _pct(v: float | None) -> str:
@@ -45,6 +48,20 @@ def format_qa_train(summary: dict) -> str:
     if "question_only_baseline" in val:
         lines.append(f"  question-only baseline {_pct(val['question_only_baseline']['overall'])}")
     return "\n".join(lines)
+
+
+def format_detection_finetune(summary: dict) -> str:
+    """The human-readable form of :func:`~fusionedge.training.qa.detection_finetune.finetune_detection`'s summary."""
+    def counts(acc: dict) -> str:
+        per = ", ".join(f"{k} {_pct(v)}" for k, v in acc["per_class"].items())
+        return f"{_pct(acc['questions'])} ({per})"
+
+    best = summary["best"]
+    first = (f"validation count questions answered by the decoder's peaks ({summary['val_count_questions']}): "
+             f"{counts(summary['before'])} before")
+    second = (f"  best epoch {summary['best_epoch']}: {counts(best['val_count'])} "
+              f"({summary['train_clips']} training clips, {summary['seconds']:.0f} s)")
+    return first + "\n" + second
 
 
 def format_qa_export(summary: dict) -> str:
@@ -81,6 +98,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         print(format_qa_train(summary))
         print(f"run folder: {args.out}")
+    return 0
+
+
+def _cmd_finetune_detection(args: argparse.Namespace) -> int:
+    from fusionedge.training.qa.detection_finetune import DetectionFinetuneConfig, finetune_detection
+
+    cfg = DetectionFinetuneConfig(checkpoint=str(args.checkpoint), data=str(args.data), val=str(args.val),
+                                  out=str(args.out), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                  scope=args.scope, peak_weight=args.peak_weight, seed=args.seed,
+                                  threads=args.threads, cache=None if args.cache is None else str(args.cache),
+                                  max_train_samples=args.max_train_samples, progress=not args.json)
+    summary = finetune_detection(cfg)
+    if args.json:
+        print_json(summary)
+    else:
+        print(format_detection_finetune(summary))
+        print(f"run folder: {args.out} (train the reader with `fusionedge qa train --checkpoint {args.out}/best.pt`)")
     return 0
 
 
@@ -143,6 +177,29 @@ def add_qa_parser(verbs: Any) -> None:
                    help="the reader does not read the scene features (stride-4 counts, lamp colour, motion)")
     add_json_option(p)
     p.set_defaults(func=needs("train", needs("qa", _cmd_train)))
+
+    help = "fine-tune the student's detection path for counting, on the question data's boxes"
+    p = sub.add_parser("finetune-detection", help=help,
+                       description=help + " (CenterNet loss on the last frame's boxes, BatchNorm fixed); the epoch "
+                                          "whose peaks answer the most validation count questions is kept as a "
+                                          "perception checkpoint for `qa train --checkpoint`")
+    p.add_argument("--checkpoint", required=True, type=Path, help="the perception run's best.pt")
+    p.add_argument("--data", required=True, type=Path, help="training manifest or folder (boxes)")
+    p.add_argument("--val", required=True, type=Path, help="validation manifest or folder, with count questions")
+    p.add_argument("--out", required=True, type=Path, help="run folder (best.pt, last.pt, metrics.json)")
+    p.add_argument("--epochs", type=int, default=6, help="passes over the training clips")
+    p.add_argument("--batch-size", type=int, default=32, help="clips per step")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+    p.add_argument("--scope", choices=("video", "head"), default="video",
+                   help="train the video encoder and the detection head, or the head alone")
+    p.add_argument("--peak-weight", type=float, default=1.0,
+                   help="weight of the loss on the decoder's peaks: stray peaks down, each centre's up (0: off)")
+    p.add_argument("--cache", type=Path, default=None, help="folder for the decoded clips (default OUT/clips)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the order and the flips")
+    p.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training clips")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_json_option(p)
+    p.set_defaults(func=needs("train", needs("qa", _cmd_finetune_detection)))
 
     help = "add question answering (qa.onnx, tokenizer, golden, the qa block) to a fused bundle"
     p = sub.add_parser("export", help=help, description=help + "; ONNX Runtime parity at batch 1 and 3 is "

@@ -360,7 +360,8 @@ def test_a_path_the_machine_refuses_is_one_line_naming_it():
 def test_every_verb_that_needs_an_extra_is_guarded_and_no_other():
     needs = {"train": "train", "pretrain": "train", "distill": "train", "report": "train", "export": "train",
              "quickstart": "train", "quantize": "train", "fp16": "train", "compress": "train",
-             "bench": "bench", "qa train": "train", "qa export": "train", "qa report": "qa", "ask": "qa",
+             "bench": "bench", "qa train": "train", "qa finetune-detection": "train", "qa export": "train",
+             "qa report": "qa", "ask": "qa",
              **{f"fleet {v}": "fleet" for v in ("init", "publish", "rollout", "timestamp", "resign", "rotate-key",
                                                "status", "serve", "agent", "watch")}}
     found = {}

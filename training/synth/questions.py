@@ -40,6 +40,7 @@ __all__ = [
     "QUESTION_TYPES",
     "TYPE_WEIGHTS",
     "SceneTruth",
+    "count_subject",
     "make_questions",
     "questions_for_sample",
     "truth_from_sample",
@@ -185,6 +186,16 @@ def _candidate(kind: str, truth: SceneTruth, rng: np.random.Generator) -> tuple[
     if kind == "source":
         return "siren", str(rng.choice(_SOURCE)), _SOURCE_OF_EVENT.get(truth.event or "", "none")
     raise ValueError(f"unknown question type {kind!r}")
+
+
+def count_subject(question: str) -> str | None:
+    """The object label a count question asks about (``"car"``, ``"pedestrian"``, ``"traffic_light"``),
+    from the words of any of its paraphrases; None for a question that names no countable object."""
+    text = question.lower()
+    for label in ("car", "pedestrian", "traffic_light"):
+        if _NAMES[label][1] in text:
+            return label
+    return None
 
 
 def make_questions(truth: SceneTruth, rng: np.random.Generator, *, low: int = 4, high: int = 8,
