@@ -110,3 +110,34 @@ def test_generated_data_set_carries_questions(tmp_path):
                     assert (q.answer == "yes") == (tag in s.audio_tags)
             if q.type == "source":
                 assert q.answer == {"emergency_ahead": "ahead", "emergency_behind": "behind"}.get(s.event, "none")
+
+
+def test_measured_draw_rates_balance_a_subject_that_a_clip_without_road_is_asked_more_often():
+    """A clip that supports fewer question types draws more "is there a car?" before it has enough
+    questions; balanced with the scenes' own rates, "no" then wins; with the rates the draws meet, not."""
+    from fusionedge.training.synth.questions import measure_answer_rates
+
+    road = SceneTruth(counts={"car": 2, "emergency_vehicle": 1, "traffic_light": 1}, audio_tags=("siren",),
+                      event="emergency_ahead", flashing_box=(10.0, 40.0, 60.0, 90.0), flashing_motion="approach",
+                      traffic_lights=((14.0, "green"),), width=320)
+    empty = SceneTruth(counts={}, audio_tags=(), event="none", flashing_box=None, flashing_motion=None,
+                       traffic_lights=(), width=320)
+    truths = [road, empty] * 200  # the scenes: a car in half of them
+    types = ("exist", "count", "side", "motion", "light")  # a clip without road supports two of them
+
+    def kept(rates) -> float:
+        c = Counter()
+        for seed in (7, 8):
+            for i, t in enumerate(truths):
+                for q in make_questions(t, np.random.default_rng([seed, i]), rates=rates, types=types):
+                    if q.type == "exist" and "car" in q.question:
+                        c[q.answer] += 1
+        return c["no"] / c["yes"]
+
+    scene_rates = {k: dict(v) for k, v in ANSWER_RATES.items()}
+    scene_rates[("exist", "car")] = {"yes": 0.5, "no": 0.5}
+    before = kept(scene_rates)
+    measured = measure_answer_rates(truths, seed=3, rounds=8, types=types)
+    after = kept(measured)
+    assert before > 1.3 and measured[("exist", "car")]["no"] > 0.55, (before, measured[("exist", "car")])
+    assert abs(after - 1.0) < 0.35 * (before - 1.0), (before, after)

@@ -17,9 +17,10 @@ and motion, each traffic light's lit lamp). The types and what answers them:
             flashing vehicle seen or not)
 
 Balance: a candidate (type, subject, answer) is kept with probability ``min_a p(a) / p(answer)``,
-where ``p`` is how often the generator's scenes give that answer for that subject
-(:data:`ANSWER_RATES`, measured over generated clips), so within each question subject the kept
-answers are near uniform and a question-only model is near chance. Each subject is drawn at most
+where ``p`` is how often that answer comes up among the subject's draws (:data:`ANSWER_RATES`,
+measured over generated clips with :func:`measure_answer_rates`: not the scenes' own rates, since a
+clip that supports fewer question types draws more of the others), so within each question subject
+the kept answers are near uniform and a question-only model is near chance. Each subject is drawn at most
 once per clip (a retry after a rejection would undo the balance). Clips are independent, so this is
 done per clip from the fixed rates, not by counting across a data set. Yes/no types are drawn less
 often (:data:`TYPE_WEIGHTS`, :data:`MAX_PER_CLIP`) so that the mix as a whole leaves a question-only
@@ -42,31 +43,35 @@ __all__ = [
     "SceneTruth",
     "count_subject",
     "make_questions",
+    "measure_answer_rates",
     "questions_for_sample",
     "truth_from_sample",
 ]
 
 QUESTION_TYPES: tuple[str, ...] = ("exist", "count", "light", "side", "motion", "hear", "source")
 
-#: How often the generator's scenes give each answer, per (type, subject); answers not listed are
-#: not asked (e.g. four or more cars). Measured over 2000 generated clips (cue_agreement 0.5).
+#: How often each answer comes up among the subjects :func:`make_questions` draws, per (type,
+#: subject); answers not listed are not asked (e.g. four or more cars). Measured with
+#: :func:`measure_answer_rates` (its defaults) over 2400 generated clips (``fusionedge data synth``,
+#: seeds 0 and 1, 2000 + 400 clips, the generator with negatives and non-road views):
+#: ``measure_answer_rates([truth_from_sample(s) for s in read_manifest(m)...])``.
 ANSWER_RATES: dict[tuple[str, str], dict[str, float]] = {
-    ("exist", "car"): {"yes": 0.815, "no": 0.185},
-    ("exist", "pedestrian"): {"yes": 0.70, "no": 0.30},
-    ("exist", "traffic_light"): {"yes": 0.45, "no": 0.55},
-    ("exist", "emergency_vehicle"): {"yes": 0.60, "no": 0.40},
-    ("exist", "flashing"): {"yes": 0.50, "no": 0.50},
-    ("count", "car"): {"0": 0.185, "1": 0.254, "2": 0.261, "3": 0.191},
-    ("count", "pedestrian"): {"0": 0.302, "1": 0.304, "2": 0.241, "3": 0.12},
-    ("count", "traffic_light"): {"0": 0.552, "1": 0.333, "2": 0.116},
-    ("light", "traffic_light"): {"red": 1 / 3, "amber": 1 / 3, "green": 1 / 3},
-    ("side", "flashing"): {"left": 0.31, "right": 0.41, "ahead": 0.28},
-    ("motion", "flashing"): {"approaching": 1 / 3, "receding": 1 / 3, "steady": 1 / 3},
-    ("hear", "siren"): {"yes": 0.51, "no": 0.49},
-    ("hear", "horn"): {"yes": 0.27, "no": 0.73},
-    ("hear", "speech"): {"yes": 0.41, "no": 0.59},
-    ("hear", "engine"): {"yes": 0.51, "no": 0.49},
-    ("source", "siren"): {"ahead": 0.25, "behind": 0.25, "none": 0.5},
+    ("exist", "car"): {"yes": 0.820, "no": 0.180},
+    ("exist", "pedestrian"): {"yes": 0.689, "no": 0.311},
+    ("exist", "traffic_light"): {"yes": 0.423, "no": 0.577},
+    ("exist", "emergency_vehicle"): {"yes": 0.573, "no": 0.427},
+    ("exist", "flashing"): {"yes": 0.443, "no": 0.557},
+    ("count", "car"): {"0": 0.214, "1": 0.285, "2": 0.293, "3": 0.208},
+    ("count", "pedestrian"): {"0": 0.319, "1": 0.309, "2": 0.243, "3": 0.129},
+    ("count", "traffic_light"): {"0": 0.565, "1": 0.317, "2": 0.118},
+    ("light", "traffic_light"): {"red": 0.341, "amber": 0.372, "green": 0.287},
+    ("side", "flashing"): {"left": 0.311, "right": 0.416, "ahead": 0.273},
+    ("motion", "flashing"): {"approaching": 0.328, "receding": 0.311, "steady": 0.361},
+    ("hear", "siren"): {"yes": 0.491, "no": 0.509},
+    ("hear", "horn"): {"yes": 0.263, "no": 0.737},
+    ("hear", "speech"): {"yes": 0.414, "no": 0.586},
+    ("hear", "engine"): {"yes": 0.510, "no": 0.490},
+    ("source", "siren"): {"ahead": 0.250, "behind": 0.261, "none": 0.489},
 }
 
 _NAMES = {"car": ("car", "cars"), "pedestrian": ("pedestrian", "pedestrians"),
@@ -199,7 +204,9 @@ def count_subject(question: str) -> str | None:
 
 
 def make_questions(truth: SceneTruth, rng: np.random.Generator, *, low: int = 4, high: int = 8,
-                   types: Sequence[str] = QUESTION_TYPES) -> tuple[Question, ...]:
+                   types: Sequence[str] = QUESTION_TYPES,
+                   rates: Mapping[tuple[str, str], Mapping[str, float]] | None = None,
+                   drawn: list[tuple[str, str, str]] | None = None) -> tuple[Question, ...]:
     """Draw ``low``..``high`` distinct questions about one clip, answers balanced per subject.
 
     Args:
@@ -208,10 +215,14 @@ def make_questions(truth: SceneTruth, rng: np.random.Generator, *, low: int = 4,
         low, high: how many questions to aim for; fewer come back when the clip supports fewer
             (e.g. a clip that shows no road has no side or motion question).
         types: the question types to draw from.
+        rates: the answer rates to balance with (default :data:`ANSWER_RATES`).
+        drawn: if given, every (type, subject, answer) drawn is appended to it, kept or not (what
+            :func:`measure_answer_rates` counts).
 
     Returns:
         The questions, each with its answer and type.
     """
+    table = ANSWER_RATES if rates is None else rates
     want = int(rng.integers(low, high + 1))
     kinds = list(types)
     weights = np.array([TYPE_WEIGHTS.get(k, 1.0) for k in kinds])
@@ -226,14 +237,51 @@ def make_questions(truth: SceneTruth, rng: np.random.Generator, *, low: int = 4,
         if cand is None:
             continue
         subject, text, answer = cand
-        rates = ANSWER_RATES[(kind, subject)]
+        p = table[(kind, subject)]
         if (kind, subject) in seen or sum(q.type == kind for q in out) >= MAX_PER_CLIP.get(kind, high):
             continue
         seen.add((kind, subject))  # one draw per subject and clip, kept or not: a retry would undo the balance
-        if answer not in rates or rng.random() >= min(rates.values()) / rates[answer]:
+        if drawn is not None:
+            drawn.append((kind, subject, answer))
+        if answer not in p or rng.random() >= min(p.values()) / p[answer]:
             continue  # an over-frequent answer for this subject: kept only as often as the rarest one
         out.append(Question(text, answer, kind))
     return tuple(out)
+
+
+def measure_answer_rates(truths: Sequence[SceneTruth], *, seed: int = 0, rounds: int = 10, repeats: int = 2,
+                         damping: float = 0.0, types: Sequence[str] = QUESTION_TYPES
+                         ) -> dict[tuple[str, str], dict[str, float]]:
+    """The answer rates as :func:`make_questions` meets them: per (type, subject), how often each
+    answer of :data:`ANSWER_RATES` comes up among the subjects it draws over ``truths``.
+
+    A clip that supports fewer question types draws more of the others before it has enough
+    questions, so the answers a draw meets are not the scenes' own rates (a clip without a road,
+    which has no car and no siren, is asked more "is there a car?"). The draws depend on the rates
+    they are balanced with, so this starts from :data:`ANSWER_RATES` and moves toward the rates the
+    draws meet, ``rounds`` times, each round drawing every clip ``repeats`` times with fresh random
+    streams; ``damping`` is the share of the old rates kept per round. The iteration converges
+    slowly where a rarer answer's rejections make a clip draw that subject's type again;
+    ``types`` as :func:`make_questions` is given them.
+
+    Returns:
+        Rates in the layout of :data:`ANSWER_RATES` (the answers it lists; each sums to 1).
+    """
+    rates: dict[tuple[str, str], dict[str, float]] = {k: dict(v) for k, v in ANSWER_RATES.items()}
+    for r in range(rounds):
+        drawn: list[tuple[str, str, str]] = []
+        for j in range(repeats):
+            for i, truth in enumerate(truths):
+                make_questions(truth, np.random.default_rng([seed, r, j, i]), rates=rates, drawn=drawn, types=types)
+        seen: dict[tuple[str, str], dict[str, int]] = {k: dict.fromkeys(v, 0) for k, v in rates.items()}
+        for kind, subject, answer in drawn:
+            if answer in seen[(kind, subject)]:
+                seen[(kind, subject)][answer] += 1
+        for key, c in seen.items():
+            n = sum(c.values())
+            if n and min(c.values()) > 0:
+                rates[key] = {a: damping * rates[key][a] + (1.0 - damping) * v / n for a, v in c.items()}
+    return rates
 
 
 def questions_for_sample(sample: Sample, rng: np.random.Generator) -> tuple[Question, ...]:
