@@ -1,5 +1,7 @@
-"""End to end, tiny: generated clips with questions -> QA training (1 epoch) -> qa.onnx into a bundle with
-parity at batch 1 and 3 -> the bundle verifies with the qa files hashed -> the runtime answers."""
+"""End to end, tiny: generated clips with questions -> the student's detection path fine-tuned for
+counting -> QA training (1 epoch) on it -> qa.onnx into a bundle with parity at batch 1 and 3, carrying
+the tuned student while model.onnx keeps the original -> the bundle verifies with the qa files hashed ->
+the runtime answers."""
 
 from __future__ import annotations
 
@@ -19,10 +21,10 @@ from fusionedge.sdk.errors import BundleError
 def test_train_export_and_ask(tmp_path):
     from fusionedge.cli.main import main
     from fusionedge.export import export_checkpoint
-    from fusionedge.export.qa_export import export_qa
+    from fusionedge.export.qa_export import _run_onnx, _run_torch, export_qa, qa_example_inputs
     from fusionedge.sdk.perception import Perception
     from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
-    from fusionedge.training.checkpoint import save_checkpoint
+    from fusionedge.training.checkpoint import load_checkpoint, save_checkpoint
     from fusionedge.training.models.registry import create_model
     from fusionedge.training.qa.checkpoint import load_qa_checkpoint
     from fusionedge.training.qa.train import QATrainConfig, train_qa
@@ -36,22 +38,44 @@ def test_train_export_and_ask(tmp_path):
                            model_config=student.config.to_dict(), geometry=geometry,
                            labels={"events": EVENTS, "audio_tags": AUDIO_TAGS, "objects": OBJECTS}, metrics={}, epoch=1)
     bundle = export_checkpoint(ckpt, tmp_path / "bundle", progress=False)
+    model_onnx = sha256_file(bundle / "model.onnx")
     data = generate_dataset(tmp_path / "data", samples=4, seed=11, workers=1, progress=False).parent
 
-    summary = train_qa(QATrainConfig(checkpoint=str(ckpt), data=str(data), val=str(data), out=str(tmp_path / "qa"),
-                                     epochs=1, progress=False, workers=1))
+    # the detection path fine-tuned: a perception checkpoint whose video encoder and detection head
+    # differ, and nothing else (BatchNorm statistics fixed)
+    assert main(["qa", "finetune-detection", "--checkpoint", str(ckpt), "--data", str(data), "--val", str(data),
+                 "--out", str(tmp_path / "det"), "--epochs", "2", "--lr", "1e-2", "--batch-size", "2", "--json"]) == 0
+    tuned, info = load_checkpoint(tmp_path / "det" / "best.pt")
+    assert info["model_config"] == student.config.to_dict() and "val_count" in info["metrics"]
+    original, after = student.state_dict(), tuned.state_dict()
+    changed = {k for k in original if not torch.equal(original[k], after[k])}
+    assert any(k.startswith("det_head.") for k in changed) and any(k.startswith("video_encoder.") for k in changed)
+    assert all(k.startswith(("det_head.", "video_encoder.")) and "running_" not in k for k in changed), changed
+    assert (tmp_path / "det" / "clips" / "train" / "key.json").is_file()  # decoded once, kept
+    tuned_ckpt = tmp_path / "det" / "best.pt"
+
+    summary = train_qa(QATrainConfig(checkpoint=str(tuned_ckpt), data=str(data), val=str(data),
+                                     out=str(tmp_path / "qa"), epochs=1, progress=False, workers=1))
     assert summary["train_questions"] >= 16 and (tmp_path / "qa" / "best.pt").is_file()
     assert (tmp_path / "qa" / "context.pt").is_file()
-    again = train_qa(QATrainConfig(checkpoint=str(ckpt), data=str(data), val=str(data), out=str(tmp_path / "qa"),
-                                   epochs=1, progress=False, workers=1))  # reuses the kept contexts
+    again = train_qa(QATrainConfig(checkpoint=str(tuned_ckpt), data=str(data), val=str(data),
+                                   out=str(tmp_path / "qa"), epochs=1, progress=False, workers=1))  # kept contexts
     assert again["train_questions"] == summary["train_questions"]
     assert set(json.loads((tmp_path / "qa" / "metrics.json").read_text())["val"]["ablations"]) == {
         "question_only", "question_video", "question_audio", "all"}
     loaded = load_qa_checkpoint(tmp_path / "qa" / "best.pt")
     assert loaded.answers[:2] == ("no", "yes") or "yes" in loaded.answers
+    for k, v in after.items():  # the QA checkpoint carries the fine-tuned student
+        assert torch.equal(loaded.model.student.state_dict()[k], v), k
 
     out = export_qa(bundle, tmp_path / "qa" / "best.pt", calibrate_on=data)
     assert out["parity"]["batches"] == [1, 3] and all(r["ok"] for r in out["parity"]["results"])
+    assert sha256_file(bundle / "model.onnx") == model_onnx  # infer keeps the original student
+    probe = qa_example_inputs(geometry, loaded.tokenizer, 3, seed=5)
+    answers = _run_onnx(bundle / "qa.onnx", probe)
+    assert np.allclose(answers, _run_torch(loaded.model, probe), atol=1e-4)
+    loaded.model.student.load_state_dict(original)  # the same reader on the original student answers otherwise
+    assert not np.allclose(answers, _run_torch(loaded.model, probe), atol=1e-4)
     b = load_bundle(bundle)  # verifies every listed file's size and hash
     qa = b.manifest["qa"]
     assert qa["model"] == "qa.onnx" and qa["answers"] == list(loaded.answers)
