@@ -76,6 +76,10 @@ class CompressConfig:
             (ONNX Runtime's AVX-512 convolutions in blocks of 16, AVX2 in 8; TensorRT's tensor cores
             want 8 in FP16, 32 in INT8), so channels removed below a block boundary save nothing there.
         dense_detection: keep the detection head and the stride-4 features it reads unpruned.
+        keep_narrow: keep every channel of convolutions with at most ``2 * round_to`` of them (a cut
+            there would remove half or more).
+        ratio_scale: ``(module-name prefix, factor)`` pairs: those convolutions lose channels ``factor``
+            times as fast as the others (``PruneConfig.ratio_scale``).
         sparsity: ``"2:4"`` or None.
         int8: ``"ptq"``, ``"qat"`` or None.
         int8_nodes: ``"conv"``: quantize only the convolutions that gain on a CPU
@@ -96,6 +100,8 @@ class CompressConfig:
     rounds: int = 1
     round_to: int = 8
     dense_detection: bool = False
+    keep_narrow: bool = False
+    ratio_scale: tuple[tuple[str, float], ...] = ()
     sparsity: str | None = None
     int8: str | None = None
     int8_nodes: str = "conv"
@@ -113,7 +119,8 @@ class CompressConfig:
         from fusionedge.training.sparsity import check_pattern
 
         for r in self.prune:
-            PruneConfig(flops_ratio=r, criterion=self.criterion, rounds=self.rounds, round_to=self.round_to)
+            PruneConfig(flops_ratio=r, criterion=self.criterion, rounds=self.rounds, round_to=self.round_to,
+                        ratio_scale=self.ratio_scale)
         if len(set(self.prune)) != len(self.prune):
             raise InputError(f"prune ratios must differ, got {list(self.prune)}")
         if self.sparsity is not None:
@@ -171,6 +178,18 @@ class _Run:
         self.base_val: dict[str, float] = {}
         self.fp32: Path | None = None
         self.info: dict = {}
+        self.val_clips: Any = None
+
+    def validate(self, model: Any) -> dict[str, float]:
+        """The PyTorch model's budget metrics on the validation split (decoded once), for fine-tune epochs."""
+        from fusionedge.training.evaluation import evaluate_model
+        from fusionedge.training.finetune import load_training_clips
+
+        if self.val_clips is None:
+            self.val_clips = load_training_clips(self.info, _split(self.data, "val"), limit=self.cfg.val_limit,
+                                                 progress=False)
+        metrics = evaluate_model(model, self.val_clips)
+        return {k: float(metrics[k]) for k in _METRICS if k in metrics}
 
     def say(self, msg: str) -> None:
         if self.progress:
@@ -254,7 +273,8 @@ def compress(
         clips = cache = None
         if needs_training:
             clips = load_training_clips(info, splits["train"], limit=cfg.train_limit, progress=progress)
-            cache = teacher_targets(copy.deepcopy(model), clips, batch_size=ft.batch_size, progress=progress)
+            cache = teacher_targets(copy.deepcopy(model), clips, batch_size=ft.batch_size,
+                                    det_features=ft.distill.det_feature > 0, progress=progress)
         chain_model, chain_bundle, chain_name = model, run.fp32, "fp32"
         if cfg.prune:
             chain_model, chain_bundle, chain_name = _prune_stages(run, model, info, clips, cache, ft)
@@ -277,7 +297,7 @@ def compress(
 def _config_dict(cfg: CompressConfig, ft: Any) -> dict[str, Any]:
     return {"prune": list(cfg.prune), "criterion": cfg.criterion, "global_pruning": cfg.global_pruning,
             "rounds": cfg.rounds, "round_to": cfg.round_to, "dense_detection": cfg.dense_detection,
-            "sparsity": cfg.sparsity, "int8": cfg.int8,
+            "keep_narrow": cfg.keep_narrow, "ratio_scale": [list(x) for x in cfg.ratio_scale], "sparsity": cfg.sparsity, "int8": cfg.int8,
             "int8_nodes": cfg.int8_nodes,
             "budget": cfg.budget.as_dict(),
             "finetune": ft.to_dict(), "quantize": cfg.quantize.to_dict()}
@@ -298,9 +318,10 @@ def _prune_stages(run: _Run, model: Any, info: dict, clips: Any, cache: Any, ft:
     for ratio in sorted(cfg.prune):
         m = copy.deepcopy(model)
         pcfg = PruneConfig(flops_ratio=ratio, criterion=cfg.criterion, global_pruning=cfg.global_pruning,
-                           rounds=cfg.rounds, round_to=cfg.round_to, dense_detection=cfg.dense_detection, finetune=ft)
+                           rounds=cfg.rounds, round_to=cfg.round_to, dense_detection=cfg.dense_detection,
+                           keep_narrow=cfg.keep_narrow, ratio_scale=cfg.ratio_scale, finetune=ft)
         run.say(f"pruning {ratio:.0%} of the FLOPs ({cfg.criterion})")
-        report = prune_model(m, pcfg, clips=clips, teacher_cache=cache, progress=run.progress)
+        report = prune_model(m, pcfg, clips=clips, teacher_cache=cache, validate=run.validate, progress=run.progress)
         name = f"pruned-{round(100 * ratio)}"
         bundle = run.export_stage(m, info, name, {"kind": "pruned", "prune": report})
         stage = run.measure(name, bundle, "pruned", report["flops_after"],

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -84,6 +87,97 @@ def test_dense_detection_prunes_around_the_stride4_detection_path():
     with torch.no_grad():
         shapes = [tuple(o.shape) for o in model(*model.example_inputs(2))]
     assert shapes == [(2, 4), (2, 4), (2, 4, 8, 12), (2, 2, 8, 12), (2, 2, 8, 12)]
+
+
+def test_keep_narrow_and_ratio_scale_shape_where_the_channels_go():
+    """``keep_narrow`` leaves convolutions of at most 2 * round_to channels whole (a cut there would halve
+    them); ``ratio_scale`` makes the named convolutions lose channels faster than the rest."""
+    from fusionedge.training.models import create_model
+    from fusionedge.training.prune import PruneConfig, PruneError, prune_model
+
+    torch.manual_seed(0)
+    base = create_model("fusion_student", **TINY).eval()
+    before = {n: m.out_channels for n, m in base.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    plain = copy.deepcopy(base)
+    prune_model(plain, PruneConfig(flops_ratio=0.4, criterion="bn_scale", round_to=8), progress=False)
+    narrow = [n for n, c in before.items() if c <= 16 and not n.startswith("det_head.")]
+    assert narrow and any(plain.get_submodule(n).out_channels < before[n] for n in narrow)  # cut without it
+
+    shaped = copy.deepcopy(base)
+    report = prune_model(shaped, PruneConfig(flops_ratio=0.4, criterion="bn_scale", round_to=8, keep_narrow=True,
+                                             ratio_scale=(("det_head", 2.0),)), progress=False)
+    widths = report["widths"]
+    assert report["flops_after"] <= 0.6 * report["flops_before"]
+    assert {n: widths[n] for n in narrow} == {n: before[n] for n in narrow}
+    lost = {n: 1 - widths[n] / before[n] for n in before}
+    assert lost["det_head.shared.0"] > lost["video_encoder.s4.1.0"]
+    assert report["config"]["keep_narrow"] and report["config"]["ratio_scale"] == [["det_head", 2.0]]
+    with torch.no_grad():
+        shapes = [tuple(o.shape) for o in shaped(*shaped.example_inputs(2))]
+    assert shapes == [(2, 4), (2, 4), (2, 4, 8, 12), (2, 2, 8, 12), (2, 2, 8, 12)]
+    with pytest.raises(PruneError, match="no_such_module"):
+        prune_model(copy.deepcopy(base), PruneConfig(ratio_scale=(("no_such_module", 2.0),)), progress=False)
+    with pytest.raises(PruneError, match="-1"):
+        PruneConfig(ratio_scale=(("det_head", -1),))
+
+
+def test_finetune_lr_warms_up_then_follows_a_cosine_to_its_floor():
+    from fusionedge.sdk.errors import InputError
+    from fusionedge.training.finetune import FinetuneConfig, finetune_lr
+
+    cfg = FinetuneConfig(lr=1e-3, warmup=0.1, min_lr_ratio=0.02)
+    lrs = [finetune_lr(cfg, s, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # 10 warm-up steps
+    assert all(a < b for a, b in itertools.pairwise(lrs[:10]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))  # then never up again
+    assert lrs[-1] == pytest.approx(2e-5)
+    assert lrs[55] == pytest.approx(2e-5 + 0.5 * (1e-3 - 2e-5) * (1 + math.cos(math.pi * 45 / 89)))
+    assert {finetune_lr(FinetuneConfig(lr=3e-4, schedule="constant"), s, 50) for s in range(50)} == {3e-4}
+    with pytest.raises(InputError, match="'step'"):
+        FinetuneConfig(schedule="step")
+
+
+def test_finetune_validates_every_epoch_and_distils_detection_features(tiny_run):
+    """A pruned model fine-tuned with the detection-feature term (its adapter bridges the pruned width to
+    the teacher's) reports validation numbers per epoch; without cached features it is refused."""
+    from fusionedge.training.checkpoint import load_checkpoint
+    from fusionedge.training.distill import DistillWeights
+    from fusionedge.training.evaluation import evaluate_model
+    from fusionedge.training.finetune import (
+        FinetuneConfig,
+        FinetuneError,
+        distill_finetune,
+        load_training_clips,
+        teacher_targets,
+    )
+    from fusionedge.training.prune import PruneConfig, prune_model
+
+    ckpt, data = tiny_run
+    model, info = load_checkpoint(ckpt)
+    clips = load_training_clips(info, data / "train", limit=12, progress=False)
+    cache = teacher_targets(copy.deepcopy(model), clips, batch_size=12, det_features=True, progress=False)
+    plain = teacher_targets(copy.deepcopy(model), clips, batch_size=12, progress=False)
+    prune_model(model, PruneConfig(flops_ratio=0.2, criterion="bn_scale", round_to=2,
+                                   ratio_scale=(("det_head", 2.0),)), progress=False)
+    assert model.det_head.shared[0].out_channels < cache.det_feature.shape[2]  # the adapter has work to do
+    cfg = FinetuneConfig(epochs=2, batch_size=6, lr=1e-3, distill=DistillWeights(event_kl=1, heatmap=1, det_feature=1))
+    with pytest.raises(FinetuneError, match="det_features=True"):
+        distill_finetune(copy.deepcopy(model), plain, clips, cfg, progress=False)
+    seen = []
+
+    def validate(m):
+        assert not m.training
+        seen.append(1)
+        metrics = evaluate_model(m, clips)
+        return {"event_accuracy": metrics["event_accuracy"], "detection_map50": metrics["detection_map50"]}
+
+    weight = model.det_head.shared[0].weight.detach().clone()
+    history = distill_finetune(model, cache, clips, cfg, validate=validate, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2] and len(seen) == 2
+    assert all(0 <= h["val_event_accuracy"] <= 1 and 0 <= h["val_detection_map50"] <= 1 for h in history)
+    assert all(math.isfinite(h["loss"]) and h["steps"] == 2 for h in history)
+    assert history[-1]["lr"] == pytest.approx(cfg.lr * cfg.min_lr_ratio)
+    assert not torch.equal(weight, model.det_head.shared[0].weight) and not model.training
 
 
 def test_2to4_mask_and_the_checker(tmp_path):
@@ -206,6 +300,8 @@ def test_compress_writes_sibling_bundles_and_a_report(tiny_run, tmp_path):
         parity = load_bundle(out / name).manifest["variant"]["export_parity"]
         assert set(parity["batches"]) >= {1, 3} and parity["results"]
     assert load_bundle(out / "pruned-15").manifest["variant"]["parent"]["name"] == load_bundle(out / "fp32").name
+    epochs = load_bundle(out / "pruned-15").manifest["variant"]["prune"]["rounds"][0]["finetune"]
+    assert epochs and all(0 <= e["val_event_accuracy"] <= 1 for e in epochs)  # a validation per fine-tune epoch
     for name in ("sparse-2of4", "int8"):
         manifest = load_bundle(out / name).manifest
         assert manifest["sparsity"]["pattern"] == "2:4" and manifest["sparsity"]["weights"]

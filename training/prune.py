@@ -14,7 +14,10 @@ channels are folded with frequency into one axis by a reshape the dependency gra
 With ``dense_detection`` the detection head (its stride-4 convolutions and the projection of the
 upsampled context) and the stride-4 features it reads keep every channel too: pruned, they cost the
 quickstart student 11 points of detection mAP that a short distillation did not recover, while its
-events held, so the FLOPs are then taken from the rest of the encoders.
+events held, so the FLOPs are then taken from the rest of the encoders. With ``keep_narrow`` a convolution of at
+most ``2 * round_to`` channels keeps them all: channel counts move in multiples of ``round_to``, so any
+cut there removes half of its channels or more (the quickstart student's 16-channel RGB stem became 8
+under a uniform 40% cut), for a small share of the FLOPs.
 
 How much is pruned is asked as a fraction of the FLOPs to remove (``flops_ratio``). Pruning is
 iterative: the channel ratio grows in small steps (``torch-pruning``'s iterative schedule) until
@@ -77,6 +80,9 @@ class PruneConfig:
         max_channel_ratio: most channels any one layer may lose.
         round_to: keep channel counts multiples of this (fast kernels want multiples of 4 or 8).
         dense_detection: keep the detection head and the stride-4 features it reads unpruned.
+        keep_narrow: keep every channel of convolutions with at most ``2 * round_to`` of them.
+        ratio_scale: ``(module-name prefix, factor)`` pairs: the convolutions under that prefix lose
+            channels ``factor`` times as fast as the others (e.g. ``(("det_head", 1.5),)``).
         taylor_batches: batches whose loss gradients score channels for ``taylor``.
         finetune: the distillation fine-tune after each round (its epochs are per round).
     """
@@ -88,6 +94,8 @@ class PruneConfig:
     max_channel_ratio: float = 0.9
     round_to: int = 4
     dense_detection: bool = False
+    keep_narrow: bool = False
+    ratio_scale: tuple[tuple[str, float], ...] = ()
     taylor_batches: int = 4
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
@@ -103,12 +111,18 @@ class PruneConfig:
             raise PruneError(f"max_channel_ratio must be in (0, 1), got {self.max_channel_ratio!r}")
         if not (isinstance(self.round_to, int) and self.round_to >= 1):
             raise PruneError(f"round_to must be an integer >= 1, got {self.round_to!r}")
+        for item in self.ratio_scale:
+            ok = (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and item[0]
+                  and isinstance(item[1], (int, float)) and not isinstance(item[1], bool) and 0 < item[1] <= 10)
+            if not ok:
+                raise PruneError(f"ratio_scale entries must be (module prefix, factor in (0, 10]), got {item!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"flops_ratio": self.flops_ratio, "criterion": self.criterion,
                 "global_pruning": self.global_pruning, "rounds": self.rounds,
                 "max_channel_ratio": self.max_channel_ratio, "round_to": self.round_to,
-                "dense_detection": self.dense_detection, "finetune": self.finetune.to_dict()}
+                "dense_detection": self.dense_detection, "keep_narrow": self.keep_narrow,
+                "ratio_scale": [list(x) for x in self.ratio_scale], "finetune": self.finetune.to_dict()}
 
 
 def _tp() -> Any:
@@ -119,13 +133,15 @@ def _tp() -> Any:
     return torch_pruning
 
 
-def protected_layers(model: MultimodalModel, dense_detection: bool = False) -> list[nn.Module]:
+def protected_layers(model: MultimodalModel, dense_detection: bool = False,
+                     narrow: int = 0) -> list[nn.Module]:
     """The modules whose output channels must not change (see the module docstring).
 
     Args:
         model: the model to prune.
         dense_detection: also every convolution of the detection head and the last convolution of
             the video encoder's stride-4 stage (the features the head reads).
+        narrow: also every convolution with at most this many output channels (0: none).
     """
     keep: list[nn.Module] = [model.fusion, model.event_head, model.audio_tag_head]
     dh = model.det_head
@@ -145,6 +161,9 @@ def protected_layers(model: MultimodalModel, dense_detection: bool = False) -> l
         keep.append(ae.proj[0])  # the audio tokens' width
         last_conv = [m for m in ae.cnn.modules() if isinstance(m, nn.Conv2d)][-1]
         keep.append(last_conv)  # folded with frequency by a reshape
+    if narrow > 0:
+        keep += [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)
+                 and m.out_channels <= narrow and not any(m is k for k in keep)]
     return keep
 
 
@@ -180,6 +199,23 @@ def _layer_flops(model: MultimodalModel) -> int:
     return total
 
 
+def _ratio_dict(model: nn.Module, cfg: PruneConfig) -> dict[nn.Module, float]:
+    """torch-pruning's per-layer channel ratios at its last step for ``cfg.ratio_scale`` (each step scales them).
+
+    Raises:
+        PruneError: a prefix names no convolution of the model.
+    """
+    ratios: dict[nn.Module, float] = {}
+    for prefix, factor in cfg.ratio_scale:
+        hit = [m for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)
+               and (n == prefix or n.startswith(prefix + "."))]
+        if not hit:
+            raise PruneError(f"ratio_scale: {prefix!r} names no convolution of the model")
+        for m in hit:
+            ratios[m] = cfg.max_channel_ratio * factor  # the schedule scales it; max_pruning_ratio caps it
+    return ratios
+
+
 def _importance(tp: Any, criterion: str) -> Any:
     if criterion == "magnitude":
         return tp.importance.GroupMagnitudeImportance(p=2)
@@ -209,6 +245,7 @@ def prune_model(
     *,
     clips: Any = None,
     teacher_cache: Any = None,
+    validate: Any = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Prune ``model``'s channels in place until ``cfg.flops_ratio`` of its FLOPs are gone.
@@ -219,6 +256,7 @@ def prune_model(
         clips: training clips; needed for ``taylor`` and for fine-tuning between rounds.
         teacher_cache: the unpruned model's outputs on ``clips``; with ``clips``, each round is
             followed by a distillation fine-tune of ``cfg.finetune.epochs``.
+        validate: ``model -> metrics``, run after every fine-tune epoch (see ``distill_finetune``).
         progress: progress bars on stderr.
 
     Returns:
@@ -241,8 +279,9 @@ def prune_model(
         warnings.simplefilter("ignore", UserWarning)
         pruner = tp.pruner.MetaPruner(
             model, example, importance=_importance(tp, cfg.criterion), global_pruning=cfg.global_pruning,
-            pruning_ratio=cfg.max_channel_ratio, iterative_steps=steps, ignored_layers=protected_layers(model, cfg.dense_detection),
-            round_to=cfg.round_to,
+            pruning_ratio=cfg.max_channel_ratio, iterative_steps=steps, round_to=cfg.round_to,
+            pruning_ratio_dict=_ratio_dict(model, cfg) or None, max_pruning_ratio=cfg.max_channel_ratio,
+            ignored_layers=protected_layers(model, cfg.dense_detection, 2 * cfg.round_to if cfg.keep_narrow else 0),
         )
     rounds: list[dict[str, Any]] = []
     done = 0
@@ -262,7 +301,7 @@ def prune_model(
         model.zero_grad(set_to_none=True)
         record: dict[str, Any] = {"round": r, "flops": flops, "flops_removed": round(1 - flops / flops0, 4)}
         if clips is not None and teacher_cache is not None and cfg.finetune.epochs > 0:
-            record["finetune"] = distill_finetune(model, teacher_cache, clips, cfg.finetune,
+            record["finetune"] = distill_finetune(model, teacher_cache, clips, cfg.finetune, validate=validate,
                                                   desc=f"prune round {r}/{cfg.rounds}", progress=progress)
         rounds.append(record)
     model.eval()
@@ -300,7 +339,8 @@ def prune_checkpoint(
 
     model, info = load_checkpoint(checkpoint)
     clips = load_training_clips(info, data, limit=limit, progress=progress)
-    cache = teacher_targets(copy.deepcopy(model), clips, batch_size=cfg.finetune.batch_size, progress=progress)
+    cache = teacher_targets(copy.deepcopy(model), clips, batch_size=cfg.finetune.batch_size,
+                            det_features=cfg.finetune.distill.det_feature > 0, progress=progress)
     report = prune_model(model, cfg, clips=clips, teacher_cache=cache, progress=progress)
     info = dict(info)
     info["extra"] = {**dict(info.get("extra") or {}), "prune": report}
