@@ -7,7 +7,9 @@ each, repeated), the ratio to the first model is taken per repeat, and the repea
 and spread. On a loaded machine those medians move by more than a few percent, and the slower model
 of a pair is hit harder; the ratio of the fastest runs (each model's fastest over all repeats: the runs
 no other process disturbed) is then the steadier estimate, so it is reported too. Batch 1, each
-intra-op thread count asked; the input is the bundle geometry's example batch. Run it as::
+intra-op thread count asked; the input is the bundle geometry's example batch. The machine's load
+average before and after the timing goes with the result, so a ratio can be read against how busy
+the machine was. Run it as::
 
     python -m fusionedge.benchmarks.compress_speed FP32_BUNDLE OTHER_BUNDLE... --threads 1,2 --repeats 7
 
@@ -40,7 +42,8 @@ def measure_speedups(bundles: list[str | os.PathLike], *, threads: tuple[int, ..
         warmup: untimed runs per model first.
 
     Returns:
-        ``{"models": [{"bundle", "size", "size_ratio"}], "threads": {n: [{"median_ms", "fastest_ms",
+        ``{"models": [{"bundle", "size", "size_ratio"}], "load_average": {"before", "after"} (1-minute load
+        averages; None where the system has none), "threads": {n: [{"median_ms", "fastest_ms",
         "speedup_median", "speedup_min", "speedup_max", "speedup_p10", "speedup_fastest", "repeats_ms"}]
         per model}}`` (``speedup_min``/``max``: the spread of the per-repeat ratios; ``speedup_fastest``:
         the first model's fastest run over this model's, across all repeats).
@@ -62,7 +65,7 @@ def measure_speedups(bundles: list[str | os.PathLike], *, threads: tuple[int, ..
     sizes = [b.model_path.stat().st_size for b in loaded]
     result: dict[str, Any] = {
         "models": [{"bundle": str(b.path), "size": s, "size_ratio": s / sizes[0]} for b, s in zip(loaded, sizes)],
-        "threads": {}, "repeats": repeats, "runs": runs}
+        "threads": {}, "repeats": repeats, "runs": runs, "load_average": {"before": _load_average()}}
     for n in threads:
         lat = [interleaved_latency([b.model_path for b in loaded], feeds, runs=runs, warmup=warmup, threads=n)
                for _ in range(repeats)]
@@ -76,7 +79,16 @@ def measure_speedups(bundles: list[str | os.PathLike], *, threads: tuple[int, ..
              "speedup_min": float(ratio[:, i].min()), "speedup_max": float(ratio[:, i].max()),
              "speedup_p10": float(np.median(ratio_p10[:, i])), "repeats_ms": [float(x) for x in ms[:, i]]}
             for i in range(len(loaded))]
+    result["load_average"]["after"] = _load_average()
     return result
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the system does not report one)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -88,6 +100,8 @@ def _table(result: dict[str, Any]) -> str:
             lines.append(f"| {Path(m['bundle']).name} | {m['size_ratio']:.3f} | {n} | {r['median_ms']:.2f} | "
                          f"{r['speedup_median']:.2f}x | {r['speedup_min']:.2f}-{r['speedup_max']:.2f} | "
                          f"{r['speedup_p10']:.2f}x | {r['fastest_ms']:.2f} | {r['speedup_fastest']:.2f}x |")
+    load = result.get("load_average") or {}
+    lines.append(f"\nload average (1 min): {load.get('before')} before, {load.get('after')} after")
     return "\n".join(lines)
 
 

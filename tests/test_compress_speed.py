@@ -26,9 +26,11 @@ def test_speedups_are_ratios_to_the_first_bundle(tmp_path_factory, tmp_path, cap
         assert 0 < second["fastest_ms"] <= min(second["repeats_ms"])
         assert second["speedup_fastest"] == pytest.approx(first["fastest_ms"] / second["fastest_ms"])
         assert len(second["repeats_ms"]) == 2 and min(second["repeats_ms"]) > 0
+    assert all(isinstance(r["load_average"][k], float) and r["load_average"][k] >= 0 for k in ("before", "after"))
     with pytest.raises(InputError, match="got 1"):
         measure_speedups([bundle])
     out = tmp_path / "speed.json"
     assert main([str(bundle), str(bundle), "--threads", "1", "--repeats", "1", "--runs", "2", "--json", str(out)]) == 0
-    assert "| 1 |" in capsys.readouterr().out and json.loads(out.read_text())["repeats"] == 1
+    printed = capsys.readouterr().out
+    assert "| 1 |" in printed and "load average (1 min): " in printed and json.loads(out.read_text())["repeats"] == 1
     assert main([str(bundle), "--threads", "1"]) == 2
