@@ -91,3 +91,16 @@ def test_a_qa_checkpoint_in_the_first_layout_still_loads(tmp_path):
     assert loaded.epoch == 3 and loaded.answers == ("no", "yes", "1")
     for k, v in student.state_dict().items():
         assert torch.equal(loaded.model.student.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("scope,prefixes", [("head", ("det_head.",)), ("video", ("det_head.", "video_encoder."))])
+def test_only_the_detection_path_of_the_scope_is_trained(scope, prefixes):
+    from fusionedge.training.qa.detection_finetune import _trainable
+    from test_qa_model import tiny_student
+
+    student = tiny_student()
+    params = _trainable(student, scope)
+    trained = {n for n, p in student.named_parameters() if p.requires_grad}
+    assert len(params) == len(trained) > 0
+    assert all(n.startswith(prefixes) and not n.startswith("video_encoder.frame_proj") for n in trained), trained
+    assert {n.split(".")[0] for n in trained} == {p[:-1] for p in prefixes}
