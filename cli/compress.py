@@ -29,7 +29,20 @@ def _ratios(text: str) -> tuple[float, ...]:
         raise InputError(f"--prune takes FLOPs ratios in (0, 1), comma-separated; got {text!r}") from None
 
 
+def _ratio_scale(items: list[str] | None) -> tuple[tuple[str, float], ...]:
+    out = []
+    for text in items or ():
+        prefix, _, factor = text.partition("=")
+        try:
+            out.append((prefix.strip(), float(factor)))
+        except ValueError:
+            raise InputError(f"--ratio-scale takes MODULE=FACTOR (e.g. det_head=1.5), got {text!r}") from None
+    return tuple(out)
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from fusionedge.export.compress import CompressConfig, compress, with_budget_points
     from fusionedge.export.quantize import QuantizeConfig
     from fusionedge.training.finetune import FinetuneConfig
@@ -39,9 +52,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         require_extra("compress")
     cfg = CompressConfig(
         prune=ratios, criterion=args.criterion, global_pruning=args.global_pruning, rounds=args.rounds,
-        round_to=args.round_to,
+        round_to=args.round_to, keep_narrow=args.keep_narrow, ratio_scale=_ratio_scale(args.ratio_scale),
         sparsity=args.sparsity, int8=args.int8, int8_nodes=args.int8_nodes,
-        finetune=FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
+        finetune=FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                distill=replace(FinetuneConfig().distill, det_feature=args.w_det_feature)),
         quantize=QuantizeConfig(profile=args.profile), train_limit=args.train_samples,
         val_limit=args.val_samples, test_limit=args.test_samples, calibration_limit=args.calibration_samples,
         latency_runs=args.latency_runs,
@@ -80,6 +94,11 @@ def add_compress_parser(verbs: Any) -> None:
     p.add_argument("--rounds", type=int, default=1, help="prune -> fine-tune rounds per ratio")
     p.add_argument("--round-to", type=int, default=8,
                    help="pruned channel counts are multiples of this (16 for ONNX Runtime on AVX-512 CPUs)")
+    p.add_argument("--keep-narrow", action="store_true",
+                   help="convolutions of at most 2 x --round-to channels keep them all (a cut would halve them)")
+    p.add_argument("--ratio-scale", action="append", default=None, metavar="MODULE=FACTOR",
+                   help="the convolutions under MODULE lose channels FACTOR times as fast (e.g. det_head=1.5); "
+                        "repeatable")
     p.add_argument("--sparsity", default=None, metavar="PATTERN", help="2:4 semi-structured weight sparsity")
     p.add_argument("--int8", choices=("ptq", "qat"), default=None,
                    help="quantize the last FP32 stage (post-training, or after quantization-aware fine-tuning)")
@@ -92,6 +111,8 @@ def add_compress_parser(verbs: Any) -> None:
     p.add_argument("--epochs", type=float, default=1.0, help="distillation fine-tune epochs per stage")
     p.add_argument("--lr", type=float, default=5e-4, help="fine-tune learning rate")
     p.add_argument("--batch-size", type=int, default=32, help="fine-tune batch size")
+    p.add_argument("--w-det-feature", type=float, default=0.0,
+                   help="weight of the detection-feature distillation term in the fine-tune (0: off)")
     p.add_argument("--train-samples", type=int, default=None, help="fine-tune on the first N training samples")
     p.add_argument("--val-samples", type=int, default=None, help="check the budget on the first N validation samples")
     p.add_argument("--test-samples", type=int, default=None, help="report on the first N test samples")

@@ -321,6 +321,8 @@ def test_compress_writes_sibling_bundles_and_a_report(tiny_run, tmp_path):
     (["--prune", "1.5"], "1.5"),
     (["--sparsity", "1:4"], "'1:4'"),
     (["--int8", "ptq", "--budget-event", "-3"], "-3"),
+    (["--prune", "0.3", "--ratio-scale", "det_head=-2"], "-2"),
+    (["--prune", "0.3", "--ratio-scale", "det_head"], "'det_head'"),
 ])
 def test_compress_cli_refuses_bad_input_without_a_bundle(tiny_run, tmp_path, args, needle):
     ckpt, data = tiny_run
