@@ -17,7 +17,10 @@ quickstart student 11 points of detection mAP that a short distillation did not 
 events held, so the FLOPs are then taken from the rest of the encoders. With ``keep_narrow`` a convolution of at
 most ``2 * round_to`` channels keeps them all: channel counts move in multiples of ``round_to``, so any
 cut there removes half of its channels or more (the quickstart student's 16-channel RGB stem became 8
-under a uniform 40% cut), for a small share of the FLOPs.
+under a uniform 40% cut), for a small share of the FLOPs. ``ratio_scale`` makes named layers lose
+channels faster than the rest (torch-pruning's per-layer ratios, scaled at every step), so the FLOPs
+can be taken where a layer is wide for what it reads (the 64-channel stride-4 detection head over
+32-channel features).
 
 How much is pruned is asked as a fraction of the FLOPs to remove (``flops_ratio``). Pruning is
 iterative: the channel ratio grows in small steps (``torch-pruning``'s iterative schedule) until
