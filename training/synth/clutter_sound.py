@@ -10,16 +10,12 @@ models give it the rest of the world to compare against, each one kind of
   door chimes (decaying bell partials), turn-signal ticks, alarm-clock beep groups, notification
   jingles and phone ringtones (a fast trill of two tones, two-tone beeps, or a short tune);
 * **music**: melodies from a scale, sustained chords, drum patterns (kick, snare, hi-hat);
-* **noise**: gusting wind, often with a whistle whose pitch follows the gusts; rain, with a resonance
-  that drifts and drops that ring at it (some chirping upward, as bubbles do); tyre hum, the tread's
-  passing frequency, which sweeps as the car speeds up or slows; and the harsh roar and thumps of a
-  rough road. These put spectral peaks that move into the world, none of them a siren: a peak that
-  follows a gust or the car's speed has no period, and it is a band of noise, not a tone.
+* **noise**: wind gusts, rain with drops, and the harsh roar and thumps of a rough road.
 
 What makes a siren a siren is written in ``training/synth/README.md`` and drawn in :mod:`.sound`:
 a periodic sweep or a two-tone alternation of continuous sound at the rates real sirens use. The
 pitched sounds here either hold their pitch, or change it in steps with gaps or at rates and
-intervals sirens do not use; the noises' peaks move irregularly. Only numpy is used.
+intervals sirens do not use. Only numpy is used.
 """
 
 from __future__ import annotations
@@ -30,7 +26,7 @@ from fusionedge.sdk.errors import InputError
 from .dsp import harmonic, rms, shape_noise, timbre_amps
 from .rules import CLUTTER_SOUNDS
 
-__all__ = ["clutter_sound", "gust", "narrowband"]
+__all__ = ["clutter_sound"]
 
 _MAJOR = (0, 2, 4, 5, 7, 9, 11)
 _MINOR = (0, 2, 3, 5, 7, 8, 10)
@@ -226,92 +222,24 @@ def _drums(rng, n, sr, seconds):
     return out
 
 
-def _smooth(rng: np.random.Generator, n: int, sr: int, cutoff_hz: float) -> np.ndarray:
-    """Noise low-passed below ``cutoff_hz``, scaled to unit peak: a slow random course with no period."""
-    x = shape_noise(rng, n, sr, lambda f: np.exp(-((f / cutoff_hz) ** 2)))
-    return x / (np.max(np.abs(x)) + 1e-12)
-
-
-def narrowband(rng: np.random.Generator, f_hz: np.ndarray, bandwidth_hz: float, sr: int) -> np.ndarray:
-    """Noise in a narrow band that follows the centre frequency ``f_hz`` (per sample): a whistle, a hum.
-
-    A complex noise low-passed to ``bandwidth_hz`` is moved up to the running phase of ``f_hz``, so
-    the band moves with the centre and stays noise (its pitch wanders within the band, unlike a
-    tone's). Unit RMS.
-    """
-    n = f_hz.size
-    z = shape_noise(rng, n, sr, lambda f: np.exp(-((f / bandwidth_hz) ** 2)))
-    z = z + 1j * shape_noise(rng, n, sr, lambda f: np.exp(-((f / bandwidth_hz) ** 2)))
-    x = np.real(z * np.exp(2j * np.pi * np.cumsum(f_hz) / sr))
-    return x / rms(x)
-
-
-def gust(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
-    """Relative wind speed over ``n`` samples: slow gusts and faster turbulence, irregular, around 1."""
-    slow = _smooth(rng, n, sr, rng.uniform(0.4, 1.5))
-    fast = _smooth(rng, n, sr, rng.uniform(3.0, 8.0))
-    return np.exp(rng.uniform(0.1, 0.4) * slow + rng.uniform(0.01, 0.05) * fast)
-
-
 def _wind(rng, n, sr, seconds):
-    """Wind noise rising and falling with the gusts; often a whistle (an edge, a mirror, a gap in a
-    seal) whose pitch follows the wind speed (a Strouhal tone), one or two of them."""
     cut = rng.uniform(150.0, 600.0)
-    speed = gust(rng, n, sr)
-    x = shape_noise(rng, n, sr, lambda f: 1.0 / (1.0 + (np.maximum(f, 1.0) / cut) ** 2)) * speed**1.5
-    x = x / rms(x)
-    if rng.random() < 0.7:
-        f0 = float(np.exp(rng.uniform(np.log(400.0), np.log(2500.0))))
-        for k in range(1 if rng.random() < 0.6 else 2):
-            fc = f0 * (1.0 if k == 0 else rng.uniform(1.3, 2.2))
-            x = x + rng.uniform(0.3, 1.5) * speed * narrowband(rng, fc * speed, fc * rng.uniform(0.01, 0.04), sr)
-    return x
+    x = shape_noise(rng, n, sr, lambda f: 1.0 / (1.0 + (np.maximum(f, 1.0) / cut) ** 2))
+    t = np.arange(n) / sr
+    gust = 1.0 + rng.uniform(0.4, 0.9) * np.sin(2 * np.pi * rng.uniform(0.2, 1.2) * t + rng.uniform(0, 2 * np.pi))
+    return x * gust
 
 
 def _rain(rng, n, sr, seconds):
-    """Rain: a hiss through a broad resonance that drifts (the surface it falls on), and drops that
-    ring at that resonance, some of them chirping upward as a bubble does."""
     lo = rng.uniform(800.0, 3000.0)
     x = shape_noise(rng, n, sr, lambda f: 1.0 / (1.0 + np.exp(-(f - lo) / 300.0)))
-    f_res = float(np.exp(rng.uniform(np.log(700.0), np.log(4000.0))))
-    drift = f_res * 2.0 ** (rng.uniform(1.0, 5.0) * _smooth(rng, n, sr, rng.uniform(0.5, 3.0)) / 12.0)
-    x = x / rms(x) + rng.uniform(0.2, 1.0) * narrowband(rng, drift, f_res * rng.uniform(0.08, 0.2), sr)
     drops = np.zeros(n)
     count = int(rng.uniform(30, 400) * seconds)
-    k = int(0.025 * sr)
-    t = np.arange(k) / sr
-    chirp_share = rng.uniform(0.0, 0.6)
+    k = int(0.004 * sr)
+    decay = np.exp(-np.arange(k) / (0.0008 * sr))
     for s in rng.integers(0, n, size=count):
-        f = drift[s] * 2.0 ** (rng.normal(0.0, 0.15))
-        rise = rng.uniform(0.1, 0.5) if rng.random() < chirp_share else 0.0
-        ring = np.sin(2 * np.pi * f * (t + rise * t**2 / 0.02)) * np.exp(-t / rng.uniform(0.003, 0.02))
-        tick = rng.standard_normal(k) * np.exp(-t / 0.0008)
-        _place(drops, ring + tick, int(s), rng.uniform(0.5, 3.0))
+        _place(drops, rng.standard_normal(k) * decay, int(s), rng.uniform(0.5, 3.0))
     return x / rms(x) + rng.uniform(0.3, 1.5) * drops / (rms(drops) + 1e-9)
-
-
-def _tyre_hum(rng, n, sr, seconds):
-    """Tyre noise on a smooth road: the tread blocks' passing frequency (a hum a few per cent wide, with
-    its harmonics) over broadband roar; the hum follows the car's speed as it speeds up or slows."""
-    t = np.arange(n) / sr
-    change = rng.uniform(0.05, 0.3) * rng.choice([-1.0, 1.0])  # relative speed change over the clip
-    shape = rng.integers(3)
-    if shape == 0:  # a steady acceleration or braking
-        course = t / max(seconds, 1e-9)
-    elif shape == 1:  # easing into it
-        course = 0.5 - 0.5 * np.cos(np.pi * t / max(seconds, 1e-9))
-    else:  # speed wandering with the traffic
-        course = _smooth(rng, n, sr, rng.uniform(0.5, 2.0))
-    speed = 1.0 + change * course
-    f0 = rng.uniform(300.0, 1200.0)
-    f = f0 * speed
-    bw = f0 * rng.uniform(0.03, 0.08)
-    x = narrowband(rng, f, bw, sr)
-    for h, (a, b) in ((2, (0.1, 0.5)), (3, (0.05, 0.2))):
-        if h * f0 < 0.45 * sr:
-            x = x + rng.uniform(a, b) * narrowband(rng, h * f, h * bw, sr)
-    roar = shape_noise(rng, n, sr, lambda fr: (100.0 / np.maximum(fr, 20.0)) ** 0.5)
-    return x * speed + rng.uniform(0.3, 1.2) * roar / rms(roar)
 
 
 def _rough_road(rng, n, sr, seconds):
@@ -332,7 +260,7 @@ _MAKERS = {
     "tone": _tone, "beeps": _beeps, "reversing_alarm": _reversing_alarm, "seatbelt_chime": _seatbelt_chime,
     "turn_signal": _turn_signal, "ringtone": _ringtone, "alarm_clock": _alarm_clock,
     "notification": _notification, "melody": _melody, "chord": _chord, "drums": _drums, "wind": _wind,
-    "rain": _rain, "rough_road": _rough_road, "tyre_hum": _tyre_hum,
+    "rain": _rain, "rough_road": _rough_road,
 }
 assert set(_MAKERS) == set(CLUTTER_SOUNDS), "every clutter kind of rules.CLUTTER_SOUNDS needs a sound model"
 

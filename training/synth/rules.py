@@ -128,7 +128,7 @@ P_CABIN_VOICE = 0.15  # a voice from the radio, a phone or a passenger (``speech
 P_CLUTTER_SOUND = 0.5  # one untagged sound: a tone, beeps, a ringtone, a chime, music, wind, rain ...
 CLUTTER_SOUNDS: tuple[str, ...] = (
     "tone", "beeps", "reversing_alarm", "seatbelt_chime", "turn_signal", "ringtone", "alarm_clock",
-    "notification", "melody", "chord", "drums", "wind", "rain", "rough_road", "tyre_hum",
+    "notification", "melody", "chord", "drums", "wind", "rain", "rough_road",
 )
 P_DECOY_LIGHTS = 0.5  # lights that flash or glow and are not an emergency light bar (any event)
 P_NON_ROAD = 0.6  # the camera shows no road at all, where no vehicle or pedestrian must be in view
