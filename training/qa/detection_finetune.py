@@ -38,7 +38,7 @@ from tqdm import tqdm
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..dataset import ClipCache, Labels, load_clips
 from ..loop import seed_everything
-from ..losses import centernet_focal_loss, masked_l1
+from ..losses import multitask_terms
 from ..models.multimodal import MultimodalModel
 from ..synth.questions import count_subject
 from .scene_features import MAX_COUNT, PEAK_THRESHOLD, peak_counts
@@ -315,11 +315,8 @@ def finetune_detection(cfg: DetectionFinetuneConfig) -> dict:
             for g in opt.param_groups:  # cosine to 5% of the peak
                 g["lr"] = cfg.lr * (0.05 + 0.475 * (1.0 + math.cos(math.pi * step / total)))
             logits, size, offset = detection_heat(student, batch["video"])
-            ones = torch.ones(len(idx))
-            terms = {"heatmap": centernet_focal_loss(logits, batch["heatmap"], ones),
-                     "size": masked_l1(torch.log(size.clamp(min=1e-3)), torch.log(batch["size"].clamp(min=1e-3)),
-                                       batch["mask"]),
-                     "offset": masked_l1(offset, batch["offset"], batch["mask"])}
+            batch["presence"] = torch.ones(len(idx), 2)  # every clip's frames are seen
+            terms = multitask_terms({"det_heatmap": logits, "det_size": size, "det_offset": offset}, batch)
             loss = terms["heatmap"] + cfg.size_weight * terms["size"] + cfg.offset_weight * terms["offset"]
             if cfg.peak_weight > 0:
                 terms["peaks"] = peak_loss(logits, batch["heatmap"])
@@ -333,7 +330,6 @@ def finetune_detection(cfg: DetectionFinetuneConfig) -> dict:
             step += 1
             for k, v in terms.items():
                 sums[k] += v.item() * len(idx) / len(train)
-        student.eval()
         acc = count_accuracy(_heat_all(student, val), val, labels.objects)
         row = {"epoch": epoch, "loss": sums, "val_count": acc, "seconds": round(time.perf_counter() - t0, 1)}
         history.append(row)
