@@ -22,7 +22,6 @@ A compression method keeps its constraint through ``after_step``, called after e
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ from torch import nn
 
 from .dataset import Augment, ClipCache, Labels, iterate_batches, load_clips
 from .distill import DistillWeights, TeacherCache, compute_teacher_cache, distill_terms
+from .loop import warmup_cosine
 from .losses import LossWeights, multitask_loss
 
 __all__ = ["SCHEDULES", "FinetuneConfig", "FinetuneError", "distill_finetune", "finetune_lr", "load_training_clips",
@@ -119,11 +119,7 @@ def finetune_lr(cfg: FinetuneConfig, step: int, total: int) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     warm = int(cfg.warmup * total)
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm - 1)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return warmup_cosine(step, cfg.lr, warm, total - warm - 1, cfg.min_lr_ratio)
 
 
 class FinetuneError(FusionEdgeError):

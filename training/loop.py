@@ -32,6 +32,7 @@ __all__ = [
     "read_split_samples",
     "resolve_model_config",
     "seed_everything",
+    "warmup_cosine",
 ]
 
 #: State-dict prefixes of the two encoders: what pretraining learns and ``encoder_lr_scale`` scales.
@@ -53,8 +54,29 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def warmup_cosine(step: int, lr: float, warmup: int, decay_steps: int, min_lr_ratio: float) -> float:
+    """The one learning-rate schedule of every training loop: linear warm-up, then a cosine to a floor.
+
+    Args:
+        step: the optimizer step about to be taken (0-based).
+        lr: the peak rate, reached at step ``warmup - 1`` (at step 0 without a warm-up).
+        warmup: warm-up steps (0: none).
+        decay_steps: steps from the end of the warm-up to the floor (>= 1 is used); the rate stays at
+            the floor after them.
+        min_lr_ratio: the floor, as a fraction of ``lr``.
+
+    Returns:
+        The rate for this step.
+    """
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, decay_steps)
+    floor = lr * min_lr_ratio
+    return floor + 0.5 * (lr - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
 def lr_at(step: int, total: int, warmup: int, cfg: RunConfig) -> float:
-    """The learning rate of optimizer step ``step``: linear warm-up, then cosine down to a floor.
+    """The learning rate of optimizer step ``step`` of a ``total``-step run (:func:`warmup_cosine`).
 
     Args:
         step: the step about to be taken (0-based).
@@ -65,11 +87,7 @@ def lr_at(step: int, total: int, warmup: int, cfg: RunConfig) -> float:
     Returns:
         The rate for this step.
     """
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return warmup_cosine(step, cfg.lr, warmup, total - warmup, cfg.min_lr_ratio)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, *extra: torch.nn.Module,

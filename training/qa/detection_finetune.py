@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..dataset import ClipCache, Labels, load_clips
-from ..loop import seed_everything
+from ..loop import seed_everything, warmup_cosine
 from ..losses import multitask_terms
 from ..models.multimodal import MultimodalModel
 from ..synth.questions import count_subject
@@ -312,8 +312,8 @@ def finetune_detection(cfg: DetectionFinetuneConfig) -> dict:
                      "mask": train.mask[idx].clone()}
             if cfg.hflip:
                 _flip(batch, torch.nonzero(torch.rand(len(idx), generator=gen) < 0.5).squeeze(1))
-            for g in opt.param_groups:  # cosine to 5% of the peak
-                g["lr"] = cfg.lr * (0.05 + 0.475 * (1.0 + math.cos(math.pi * step / total)))
+            for g in opt.param_groups:  # cosine to 5% of the peak, no warm-up
+                g["lr"] = warmup_cosine(step, cfg.lr, 0, total, 0.05)
             logits, size, offset = detection_heat(student, batch["video"])
             batch["presence"] = torch.ones(len(idx), 2)  # every clip's frames are seen
             terms = multitask_terms({"det_heatmap": logits, "det_size": size, "det_offset": offset}, batch)

@@ -7,7 +7,7 @@
 2. loads the student from its checkpoint, freezes it, and computes each clip's context once
    (:mod:`.data`);
 3. trains the :class:`~.model.QuestionReader` with AdamW under a warm-up and cosine schedule
-   (``training.loop.lr_at``), cross-entropy on the answer, and **modality dropout**: per question,
+   (``training.loop.warmup_cosine``), cross-entropy on the answer, and **modality dropout**: per question,
    the video, the audio or both are masked out of attention (``modality_dropout`` = probabilities
    of the three), with the answer unchanged, so the reader learns what each sensor set can answer
    and, with none, the answer prior (which is what makes a question it cannot answer come out
@@ -43,7 +43,7 @@ from fusionedge.sdk.spec import InputGeometry
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint
-from ..loop import seed_everything
+from ..loop import seed_everything, warmup_cosine
 from .checkpoint import save_qa_checkpoint
 from .data import CONTEXT_CACHE, build_examples, encode_questions, load_cached_examples, save_cached_examples
 from .evaluate import evaluate_reader, reader_logits
@@ -102,14 +102,6 @@ class QATrainConfig:
             raise InputError(f"modality_dropout must be 3 probabilities summing to at most 1, got {p!r}")
         if not 0.0 <= self.unanswerable <= 0.5:
             raise InputError(f"unanswerable must be a share in [0, 0.5], got {self.unanswerable!r}")
-
-
-def _lr(step: int, total: int, warmup: int, cfg: QATrainConfig) -> float:
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _dropped_presence(own: torch.Tensor, probs: tuple[float, float, float], gen: torch.Generator) -> torch.Tensor:
@@ -203,7 +195,7 @@ def train_qa(cfg: QATrainConfig) -> dict:
             own = train_ex.presence[train_ex.clip[rows]]
             batch = train_ex.batch(rows, _dropped_presence(own, cfg.modality_dropout, gen))
             for g in opt.param_groups:
-                g["lr"] = _lr(step, total, warmup, cfg)
+                g["lr"] = warmup_cosine(step, cfg.lr, warmup, total - warmup, cfg.min_lr_ratio)
             *context, presence, ids, mask = batch
             target = F.one_hot(train_ex.answer[rows], len(answers)).float()
             if cfg.unanswerable > 0:
