@@ -153,25 +153,3 @@ def test_a_band_limited_recording_has_nothing_above_its_band_edge(flags):
         (limited if info.band_limit_hz else full).append(share)
     assert 2 <= len(limited) <= 20 and full
     assert max(limited) < 1e-5 and 10 * max(limited) < np.median(full), (max(limited), np.median(full))
-
-
-def test_borderline_labels_are_the_objects_near_the_box_rules():
-    """An object whose box turns on a few pixels (share near 0.5, a side near 4 px) marks its label;
-    clear ones, and one hidden too well to matter, do not."""
-    from types import SimpleNamespace
-
-    from fusionedge.training.synth.scene import borderline_labels
-
-    objs = [SimpleNamespace(kind=k) for k in ("car", "pedestrian", "traffic_light", "car", "pedestrian")]
-    views = [(0, 1.0, [0, 0, 40, 30]),  # a clear car
-             (1, 0.55, [50, 50, 60, 90]),  # a pedestrian just over half visible: borderline
-             (2, 1.0, [100, 10, 105, 14]),  # a traffic light 4 px tall: boxed, but borderline
-             (4, 0.1, [120, 50, 123, 60])]  # a pedestrian nine-tenths hidden and thin: clearly not boxed
-    assert borderline_labels(objs, views) == ["pedestrian", "traffic_light"]
-    assert borderline_labels(objs, [(3, 0.72, [0, 0, 6, 6])]) == []
-    assert borderline_labels(objs, [(3, 0.62, [0, 0, 60, 60])]) == ["car"]
-    assert borderline_labels(objs, [(0, 1.0, [0, 0, 3, 30])]) == ["car"]  # 3 px wide: unboxed, by one pixel
-    for i in range(12):  # generated scenes carry the labels; a boxed object 4 px wide is among them
-        s = make_sample(49, i)
-        small = {label for label, (x1, y1, x2, y2) in s.boxes if min(x2 - x1, y2 - y1) == 4}
-        assert small <= set(s.info["borderline"]) <= {"car", "pedestrian", "traffic_light", "emergency_vehicle"}

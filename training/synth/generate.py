@@ -153,7 +153,6 @@ def make_sample(seed: int, index: int, config: SynthConfig = SynthConfig()) -> S
         "decoys": vinfo.decoys,
         "weather": vinfo.weather,
         "traffic_lights": vinfo.traffic_lights,  # last frame: each boxed light's box and lit lamp
-        "borderline": vinfo.borderline,  # last frame: labels with an object near the box rules
         # audio-visual correspondences (rules.py): the lights-ON vehicle's / siren source's distance and
         # motion (a pseudo-distance when the siren is behind), the engine's car, the talking pedestrian
         "ev_distance_m": _round(flags.ev_distance_m),

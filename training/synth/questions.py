@@ -16,11 +16,6 @@ and motion, each traffic light's lit lamp). The types and what answers them:
 ``source``  where the siren comes from: ahead / behind / none (needs both: a siren heard, and a
             flashing vehicle seen or not)
 
-Answerable: a label with an object near the generator's box rules in the last frame (``synth``
-``borderline``: about half hidden, or a few pixels tall) gets no exist, count or light question in
-that clip, because whether that object counts turns on a few pixels (CLEVR renders a scene again when
-an object is too hidden; here the question is not asked).
-
 Balance: a candidate (type, subject, answer) is kept with probability ``min_a p(a) / p(answer)``,
 where ``p`` is how often that answer comes up among the subject's draws (:data:`ANSWER_RATES`,
 measured over generated clips with :func:`measure_answer_rates`: not the scenes' own rates, since a
@@ -58,26 +53,25 @@ QUESTION_TYPES: tuple[str, ...] = ("exist", "count", "light", "side", "motion", 
 #: How often each answer comes up among the subjects :func:`make_questions` draws, per (type,
 #: subject); answers not listed are not asked (e.g. four or more cars). Measured with
 #: :func:`measure_answer_rates` (its defaults) over 2400 generated clips (``fusionedge data synth``,
-#: seeds 0 and 1, 2000 + 400 clips, the generator with negatives and non-road views, no question
-#: about a borderline label):
+#: seeds 0 and 1, 2000 + 400 clips, the generator with negatives and non-road views):
 #: ``measure_answer_rates([truth_from_sample(s) for s in read_manifest(m)...])``.
 ANSWER_RATES: dict[tuple[str, str], dict[str, float]] = {
-    ("exist", "car"): {"yes": 0.765, "no": 0.235},
-    ("exist", "pedestrian"): {"yes": 0.683, "no": 0.317},
-    ("exist", "traffic_light"): {"yes": 0.181, "no": 0.819},
-    ("exist", "emergency_vehicle"): {"yes": 0.570, "no": 0.430},
-    ("exist", "flashing"): {"yes": 0.471, "no": 0.529},
-    ("count", "car"): {"0": 0.263, "1": 0.314, "2": 0.267, "3": 0.156},
-    ("count", "pedestrian"): {"0": 0.340, "1": 0.314, "2": 0.225, "3": 0.121},
-    ("count", "traffic_light"): {"0": 0.791, "1": 0.165, "2": 0.044},
-    ("light", "traffic_light"): {"red": 0.329, "amber": 0.363, "green": 0.308},
-    ("side", "flashing"): {"left": 0.309, "right": 0.416, "ahead": 0.275},
-    ("motion", "flashing"): {"approaching": 0.325, "receding": 0.313, "steady": 0.362},
-    ("hear", "siren"): {"yes": 0.497, "no": 0.503},
-    ("hear", "horn"): {"yes": 0.268, "no": 0.732},
-    ("hear", "speech"): {"yes": 0.408, "no": 0.592},
-    ("hear", "engine"): {"yes": 0.505, "no": 0.495},
-    ("source", "siren"): {"ahead": 0.250, "behind": 0.258, "none": 0.492},
+    ("exist", "car"): {"yes": 0.820, "no": 0.180},
+    ("exist", "pedestrian"): {"yes": 0.689, "no": 0.311},
+    ("exist", "traffic_light"): {"yes": 0.423, "no": 0.577},
+    ("exist", "emergency_vehicle"): {"yes": 0.573, "no": 0.427},
+    ("exist", "flashing"): {"yes": 0.443, "no": 0.557},
+    ("count", "car"): {"0": 0.214, "1": 0.285, "2": 0.293, "3": 0.208},
+    ("count", "pedestrian"): {"0": 0.319, "1": 0.309, "2": 0.243, "3": 0.129},
+    ("count", "traffic_light"): {"0": 0.565, "1": 0.317, "2": 0.118},
+    ("light", "traffic_light"): {"red": 0.341, "amber": 0.372, "green": 0.287},
+    ("side", "flashing"): {"left": 0.311, "right": 0.416, "ahead": 0.273},
+    ("motion", "flashing"): {"approaching": 0.328, "receding": 0.311, "steady": 0.361},
+    ("hear", "siren"): {"yes": 0.491, "no": 0.509},
+    ("hear", "horn"): {"yes": 0.263, "no": 0.737},
+    ("hear", "speech"): {"yes": 0.414, "no": 0.586},
+    ("hear", "engine"): {"yes": 0.510, "no": 0.490},
+    ("source", "siren"): {"ahead": 0.250, "behind": 0.261, "none": 0.489},
 }
 
 _NAMES = {"car": ("car", "cars"), "pedestrian": ("pedestrian", "pedestrians"),
@@ -134,9 +128,6 @@ class SceneTruth:
         flashing_motion: its motion (``approach`` / ``recede`` / ``steady``), None when unknown.
         traffic_lights: ``(box height in pixels, lit lamp)`` of each boxed traffic light.
         width: the frame width in pixels.
-        borderline: labels with an object near the generator's box rules in the last frame (half
-            hidden, or a few pixels tall): how many there are, or whether there is one, turns on a
-            few pixels, so no exist, count or light question is asked about them.
     """
 
     counts: Mapping[str, int]
@@ -146,7 +137,6 @@ class SceneTruth:
     flashing_motion: str | None
     traffic_lights: tuple[tuple[float, str], ...]
     width: int
-    borderline: frozenset[str] = frozenset()
 
 
 def truth_from_sample(sample: Sample) -> SceneTruth | None:
@@ -167,8 +157,7 @@ def truth_from_sample(sample: Sample) -> SceneTruth | None:
     return SceneTruth(counts=counts, audio_tags=tuple(sample.audio_tags), event=sample.event,
                       flashing_box=None if box is None else tuple(float(v) for v in box),  # type: ignore[arg-type]
                       flashing_motion=synth.get("ev_motion") if box is not None else None,
-                      traffic_lights=lights, width=sample.width,
-                      borderline=frozenset(str(v) for v in synth.get("borderline") or ()))
+                      traffic_lights=lights, width=sample.width)
 
 
 def _candidate(kind: str, truth: SceneTruth, rng: np.random.Generator) -> tuple[str, str, str] | None:
@@ -177,18 +166,13 @@ def _candidate(kind: str, truth: SceneTruth, rng: np.random.Generator) -> tuple[
         subject = str(rng.choice(["car", "pedestrian", "traffic_light", "emergency_vehicle", "flashing"]))
         if subject == "flashing":
             return subject, str(rng.choice(_EXIST_FLASHING)), "yes" if truth.flashing_box is not None else "no"
-        if subject in truth.borderline:
-            return None
         text = str(rng.choice(_EXIST)).format(o=_NAMES[subject][0])
         return subject, text, "yes" if truth.counts.get(subject, 0) else "no"
     if kind == "count":
         subject = str(rng.choice(["car", "pedestrian", "traffic_light"]))
-        if subject in truth.borderline:
-            return None
         return subject, str(rng.choice(_COUNT)).format(os=_NAMES[subject][1]), str(truth.counts.get(subject, 0))
     if kind == "light":
-        if (len(truth.traffic_lights) != 1 or truth.traffic_lights[0][0] < _MIN_LIGHT_PX
-                or "traffic_light" in truth.borderline):
+        if len(truth.traffic_lights) != 1 or truth.traffic_lights[0][0] < _MIN_LIGHT_PX:
             return None
         return "traffic_light", str(rng.choice(_LIGHT)), truth.traffic_lights[0][1]
     if kind == "side":

@@ -61,10 +61,6 @@ P_LIGHTING = (0.5, 0.25, 0.25)
 
 MIN_BOX_PX = 4  # boxes smaller than this on either side are dropped
 MIN_VISIBLE = 0.5  # fraction of an object's own pixels that must be unoccluded to keep its box
-# an object this close to the two rules above (share within 0.15 of MIN_VISIBLE, shorter side one
-# pixel either side of the size rule: 3 or 4 px) is borderline: whether it is boxed turns on a few pixels (``borderline_labels``)
-BORDERLINE_SHARE = 0.15
-BORDERLINE_PX = 1
 P_OCCLUDER = 0.35  # chance that a car is placed deliberately in front of another object
 
 LANE_W = 3.5  # metres
@@ -170,8 +166,6 @@ class VideoInfo:
     weather: str = "clear"  # decoys.WEATHERS
     # each boxed traffic light in the last frame: {"box": [x1, y1, x2, y2], "state": "red"|"amber"|"green"}
     traffic_lights: list[dict] = field(default_factory=list)
-    # labels with an object near the box rules in the last frame, boxed or not (``borderline_labels``)
-    borderline: list[str] = field(default_factory=list)
 
 
 # A primitive: (op, geometry, rgb, emissive, boxed). op is "rect" (x1, y1, x2, y2 inclusive),
@@ -782,10 +776,8 @@ def _own_box(prims: list, jitter, W: int, H: int) -> list[int] | None:
     return [x1, y1, x2, y2]
 
 
-def _views(objs: list[_Obj], prims: list[list], jitter, W: int, H: int) -> list[tuple[int, float, list[int]]]:
-    """Every object on screen in a frame: (object index, visible share of its own pixels, its clipped box).
-
-    The share counts the pixels no nearer object covers (a pole covers nothing boxed)."""
+def _boxes(objs: list[_Obj], prims: list[list], jitter, W: int, H: int) -> list[tuple[str, list[int], int]]:
+    """Boxes of the visible objects in a frame: (label, [x1, y1, x2, y2], object index)."""
     scene = np.zeros((H, W), np.uint8)  # who owns each pixel (255: a pole)
     for i, ps in enumerate(prims):
         for op, geom, _, _, boxed in ps:
@@ -794,7 +786,7 @@ def _views(objs: list[_Obj], prims: list[list], jitter, W: int, H: int) -> list[
     out = []
     alone = np.zeros((H, W), np.uint8)
     dx, dy = int(jitter[0]), int(jitter[1])
-    for i, ps in enumerate(prims):
+    for i, (o, ps) in enumerate(zip(objs, prims)):
         alone[...] = 0
         for op, geom, _, _, boxed in ps:
             if boxed:
@@ -803,42 +795,17 @@ def _views(objs: list[_Obj], prims: list[list], jitter, W: int, H: int) -> list[
         if cols.size == 0:
             continue  # off screen
         rows = np.flatnonzero(alone.any(axis=1))
+        own = np.count_nonzero(alone)
+        if owned[i + 1] < MIN_VISIBLE * own:
+            continue  # mostly hidden behind nearer objects
         x1 = min(max(int(cols[0]) + dx, 0), W)
         x2 = min(max(int(cols[-1]) + 1 + dx, 0), W)
         y1 = min(max(int(rows[0]) + dy, 0), H)
         y2 = min(max(int(rows[-1]) + 1 + dy, 0), H)
-        out.append((i, float(owned[i + 1]) / float(np.count_nonzero(alone)), [x1, y1, x2, y2]))
+        if x2 - x1 < MIN_BOX_PX or y2 - y1 < MIN_BOX_PX:
+            continue
+        out.append((o.kind, [x1, y1, x2, y2], i))
     return out
-
-
-def _boxed(share: float, box: list[int]) -> bool:
-    """Whether a view of an object gets a box: mostly unhidden and at least ``MIN_BOX_PX`` on both sides."""
-    return share >= MIN_VISIBLE and box[2] - box[0] >= MIN_BOX_PX and box[3] - box[1] >= MIN_BOX_PX
-
-
-def _boxes(objs: list[_Obj], prims: list[list], jitter, W: int, H: int) -> list[tuple[str, list[int], int]]:
-    """Boxes of the visible objects in a frame: (label, [x1, y1, x2, y2], object index)."""
-    return [(objs[i].kind, box, i) for i, share, box in _views(objs, prims, jitter, W, H) if _boxed(share, box)]
-
-
-def borderline_labels(objs: list[_Obj], views: list[tuple[int, float, list[int]]]) -> list[str]:
-    """The labels with an object near the box rules in a frame's ``views`` (:func:`_views`), boxed or
-    not (sorted, no repeats).
-
-    Near means a visible share within ``BORDERLINE_SHARE`` of ``MIN_VISIBLE`` (a viewer cannot tell
-    45% of a car from 55%), or, for an object mostly in view, a box whose shorter side is within
-    ``BORDERLINE_PX`` pixels either side of the size rule (3 px: unboxed, 4 px: boxed): whether such
-    an object counts turns on a pixel, so a
-    question about how many there are has no answer a viewer could give. A thin object clearly over
-    the size rule (a 5 px wide pedestrian) is not borderline, however small it looks.
-    """
-    out = set()
-    for i, share, box in views:
-        side = min(box[2] - box[0], box[3] - box[1])
-        if abs(share - MIN_VISIBLE) < BORDERLINE_SHARE or (
-                share >= MIN_VISIBLE and MIN_BOX_PX - BORDERLINE_PX <= side < MIN_BOX_PX + BORDERLINE_PX):
-            out.add(objs[i].kind)
-    return sorted(out)
 
 
 def render_video(
@@ -893,8 +860,7 @@ def render_video(
         if k == 0:
             ev_first = next((_own_box(ps, style.jitter[0], width, height)
                              for o, ps in zip(objs, prims) if o.lights == "on"), None)
-    views = _views(objs, prims, style.jitter[-1], width, height)
-    boxes = [(objs[i].kind, box, i) for i, share, box in views if _boxed(share, box)]
+    boxes = _boxes(objs, prims, style.jitter[-1], width, height)
     role = {objs[i].extra.get("role"): b for _, b, i in boxes}
     info = VideoInfo(
         lighting=style.lighting,
@@ -907,6 +873,5 @@ def render_video(
         weather=weather["kind"],
         traffic_lights=[{"box": b, "state": TL_STATES[_lamp_state(objs[i], t_last)]}
                         for label, b, i in boxes if label == "traffic_light"],
-        borderline=borderline_labels(objs, views),
     )
     return frames, [(label, b) for label, b, _ in boxes], info
