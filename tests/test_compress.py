@@ -121,6 +121,23 @@ def test_keep_narrow_and_ratio_scale_shape_where_the_channels_go():
         PruneConfig(ratio_scale=(("det_head", -1),))
 
 
+def test_one_schedule_serves_training_the_qa_reader_and_the_detection_finetune():
+    """``warmup_cosine`` is the schedule of every loop: ``lr_at`` (training, pretraining, the QA
+    reader) and the detection fine-tune's cosine without warm-up are it, value for value."""
+    from types import SimpleNamespace
+
+    from fusionedge.training.loop import lr_at, warmup_cosine
+
+    run = SimpleNamespace(lr=3e-3, min_lr_ratio=0.02)
+    assert [lr_at(s, 200, 20, run) for s in range(220)] == [warmup_cosine(s, 3e-3, 20, 180, 0.02) for s in range(220)]
+    assert warmup_cosine(0, 3e-3, 20, 180, 0.02) == pytest.approx(1.5e-4)
+    assert warmup_cosine(19, 3e-3, 20, 180, 0.02) == pytest.approx(3e-3)
+    assert warmup_cosine(200, 3e-3, 20, 180, 0.02) == warmup_cosine(500, 3e-3, 20, 180, 0.02) == pytest.approx(6e-5)
+    for step in (0, 150, 299):  # no warm-up: the peak at step 0, 5% of it at the end, as the detection fine-tune had
+        assert warmup_cosine(step, 2e-4, 0, 300, 0.05) == pytest.approx(
+            2e-4 * (0.05 + 0.475 * (1.0 + math.cos(math.pi * step / 300))))
+
+
 def test_finetune_lr_warms_up_then_follows_a_cosine_to_its_floor():
     from fusionedge.sdk.errors import InputError
     from fusionedge.training.finetune import FinetuneConfig, finetune_lr
