@@ -455,9 +455,10 @@ class Pipeline:
         s = self._sup.get("audio")
         return s is not None and s.state in (OK, "starting") and not self._audio_ended.is_set()
 
-    def _video_failed(self) -> bool:
-        s = self._sup.get("video")
-        return s is None or (s.state not in (OK, "starting", "ended"))
+    def _video_failed(self, health: dict[str, str] | None = None) -> bool:
+        """Whether video is down, now or in a ``health`` snapshot (:meth:`_health`)."""
+        state = (self._health() if health is None else health).get("video")
+        return state is None or state not in (OK, "starting", "ended")
 
     def _fps(self) -> float:
         return self._video_src.fps if self._video_src is not None and self._sup["video"].opened.is_set() \
@@ -478,8 +479,9 @@ class Pipeline:
             if item is END:
                 break
             if item is None:  # no frame in one period: make audio-only steps while video is down
-                if self._video_failed() or self._video_src is None:
-                    done = self._audio_only_steps(sync, index, last_t)
+                health = self._health()  # taken with the decision: the steps say why they lack video
+                if self._video_failed(health) or self._video_src is None:
+                    done = self._audio_only_steps(sync, index, last_t, health)
                     if done is None:
                         break  # audio ended too: nothing left to run on
                     index, last_t = done
@@ -513,8 +515,12 @@ class Pipeline:
         """The step's ``(T, 3, H, W)`` clip whose current frame is at ``t``."""
         return sync.video_clip(t)
 
-    def _audio_only_steps(self, sync: Synchronizer, index: int, last_t: float | None) -> tuple[int, float] | None:
-        """Steps at the frame rate from audio alone, for as far as audio has arrived; None when it ended."""
+    def _audio_only_steps(self, sync: Synchronizer, index: int, last_t: float | None,
+                          health: dict[str, str]) -> tuple[int, float] | None:
+        """Steps at the frame rate from audio alone, for as far as audio has arrived; None when it ended.
+
+        Every step carries ``health``, the snapshot that found video down: a camera that comes back
+        while the backlog of audio is turned into steps does not make those steps read "ok"."""
         ring = self._ring
         if ring is None:
             return (index, last_t if last_t is not None else -sync.period) \
@@ -522,7 +528,7 @@ class Pipeline:
         newest = ring.newest_time()
         t = (last_t if last_t is not None else newest - sync.period) + sync.period
         while sync.window_end(t) <= newest + 1e-9 and not self._stop.is_set():
-            step = self._make_step(sync, index, t, time.monotonic(), None, video=False)
+            step = self._make_step(sync, index, t, time.monotonic(), None, video=False, health=health)
             step.marks.update(captured=step.captured, step_ready=time.monotonic())
             self._q_steps.put(step)
             index, last_t = index + 1, t
@@ -565,7 +571,8 @@ class Pipeline:
         return t_end
 
     def _make_step(self, sync: Synchronizer, index: int, t: float, captured: float,
-                   image: np.ndarray | None, *, video: bool, audio_end: float | None = None) -> _Step:
+                   image: np.ndarray | None, *, video: bool, audio_end: float | None = None,
+                   health: dict[str, str] | None = None) -> _Step:
         g = self.geometry
         if video:
             clip = self._video_clip(sync, t)  # (T, 3, H, W)
@@ -580,7 +587,7 @@ class Pipeline:
         return _Step(index=index, t=t, captured=captured, image=image, video=clip,
                      audio=win.samples if audio_present else np.zeros_like(win.samples),
                      presence=np.array([float(video), float(audio_present)], np.float32),
-                     health=self._health())
+                     health=self._health() if health is None else health)
 
     def _infer_loop(self) -> None:
         while not self._stop.is_set():
