@@ -171,3 +171,25 @@ def test_a_sensor_that_never_opens_is_retried_and_the_other_runs(perception):
     assert set(_states(pipe, "video")) == {"error"}
     assert results and all("video" in r.result.missing for r in results)
     assert ("video",) in [r.result.missing for r in results]  # audio alone ran
+
+
+def test_audio_only_steps_keep_the_health_that_found_video_down(perception):
+    """Audio-only steps are made because video was down; a camera that is back before the backlog of
+    audio becomes steps must not make those steps read video "ok" (it did, with the cores busy)."""
+    from fusionedge.sdk.streaming.clock import AudioRing, Synchronizer
+    from fusionedge.sdk.streaming.health import OK
+
+    pipe = Pipeline(perception, sinks=[], config=CONFIG, video=lambda c: FakeCamera(c), audio=lambda c: FakeMic(c))
+    ring = AudioRing(RATE, 4.0)
+    ring.write(np.full(2 * RATE, 0.05, np.float32), t_end=2.0)  # two seconds of audio waiting
+    pipe._ring = ring
+    pipe._sup["video"]._set("error", "read failed (test)")
+    health = pipe._health()  # what the preprocessing loop decided on
+    pipe._sup["video"]._set(OK, "recovered")  # the camera comes back before the steps are made
+    sync = Synchronizer(pipe.geometry, 10.0, min_coverage=CONFIG.min_audio_coverage)
+    pipe._audio_only_steps(sync, 0, None, health)
+    steps = []
+    while (step := pipe._q_steps.get(timeout=0.01)) is not None:
+        steps.append(step)
+    assert steps and all(not s.presence[0] for s in steps)
+    assert {s.health["video"] for s in steps} == {"error"}
