@@ -457,7 +457,11 @@ class Pipeline:
 
     def _video_failed(self, health: dict[str, str] | None = None) -> bool:
         """Whether video is down, now or in a ``health`` snapshot (:meth:`_health`)."""
-        state = (self._health() if health is None else health).get("video")
+        if health is None:
+            s = self._sup.get("video")
+            state = None if s is None else s.state
+        else:
+            state = health.get("video")
         return state is None or state not in (OK, "starting", "ended")
 
     def _fps(self) -> float:
