@@ -73,6 +73,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "fp16": ("fusionedge fp16 --bundle bundle --out bundle-fp16",),
     "compress": ("fusionedge compress --checkpoint runs/student/best.pt --data data --out compressed "
                  "--prune 0.4 --int8 ptq",
+                 "fusionedge compress --checkpoint runs/student/best.pt --data data --out compressed "
+                 "--prune 0.4 --keep-narrow --ratio-scale det_head=1.5 --w-det-feature 1 --epochs 24 --lr 1e-3 "
+                 "--int8 ptq",
                  "fusionedge compress --checkpoint runs/student/best.pt --data data --out sparse --sparsity 2:4"),
     "track": ("fusionedge track sequences --out seqs --count 4",),
     "track sequences": ("fusionedge track sequences --out seqs --count 4 --seconds 12 --fps 8",),
