@@ -127,8 +127,7 @@ def check_sha256(value: Any, what: str, error: type[Exception] = VerificationErr
 def version_key(text: str) -> tuple[int, int, int]:
     """``(major, minor, patch)`` of a version string, for ordering ``min_sdk`` against the runtime.
 
-    Reads the leading ``N[.N[.N]]`` only, so a pre-release version such as ``0.3.0.dev1`` compares as
-    0.3.0.
+    Reads the leading ``N[.N[.N]]`` only: ``0.3.0rc1`` and ``0.3.0.post2`` compare as 0.3.0.
 
     Raises:
         VerificationError: ``text`` does not start with a number.

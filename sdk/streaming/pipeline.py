@@ -30,7 +30,7 @@ A sink that fails (a full disk, a closed pipe) is reported once — a ``failed``
 modality ``sink`` to the other sinks, and an ERROR log line — and disabled; perception and the other
 sinks go on, and the summary lists it under ``sinks_failed``.
 
-The module is past 600 lines (about 730, with the per-stage timestamps) because the capture, inference and sink threads share the
+The module is past 600 lines (about 740, with the per-stage timestamps) because the capture, inference and sink threads share the
 pipeline's clock, queues and counters; the queues and signal handling already live in their own
 modules, and what is left would only be split by passing that shared state around.
 """
