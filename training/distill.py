@@ -273,8 +273,7 @@ class FeatureTap:
     Args:
         model: the model; works under DDP, whose forward runs the hook.
         where: ``"fusion"``: ``model.fusion`` (the fused clip embedding ``(B, F)``);
-            ``"detection"``: ``model.det_head.shared`` (the detection feature map ``(B, D, h, w)``);
-            ``"audio"``: ``model.audio_encoder``'s tokens ``(B, N, C)``.
+            ``"detection"``: ``model.det_head.shared`` (the detection feature map ``(B, D, h, w)``).
 
     Raises:
         FusionEdgeError: unknown ``where``, or a model without that module (no video, no detection head).
@@ -286,21 +285,17 @@ class FeatureTap:
             module = model.fusion
             if module is None:
                 raise FusionEdgeError("the model has no fused embedding to tap (a task without events)")
-        elif where == "audio":
-            module = model.audio_encoder
-            if module is None:
-                raise FusionEdgeError("the model has no audio encoder to tap (a video-only model)")
         elif where == "detection":
             module = getattr(model.det_head, "shared", None)
             if module is None:
                 raise FusionEdgeError(f"{type(model.det_head).__name__} has no detection features to tap "
                                       "(a model without video)")
         else:
-            raise FusionEdgeError(f"FeatureTap: where must be 'fusion', 'detection' or 'audio', got {where!r}")
+            raise FusionEdgeError(f"FeatureTap: where must be 'fusion' or 'detection', got {where!r}")
         self._handle = module.register_forward_hook(self._hook)
 
-    def _hook(self, module: nn.Module, inputs, output: torch.Tensor | tuple) -> None:
-        self.output = output[0] if isinstance(output, tuple) else output  # the audio encoder: (tokens, ...)
+    def _hook(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
+        self.output = output
 
     def take(self) -> torch.Tensor:
         """The tapped output of the last forward pass, then forget it.

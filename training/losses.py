@@ -156,8 +156,7 @@ TASK_GROUPS: tuple[str, ...] = ("event", "audio_tags", "detection")
 TERM_GROUPS: dict[str, str] = {"event": "event", "audio_tags": "audio_tags", "heatmap": "detection",
                                "size": "detection", "offset": "detection", "kd_event": "event",
                                "kd_feature": "event", "kd_tags": "audio_tags", "kd_heatmap": "detection",
-                               "kd_box": "detection", "kd_det_feature": "detection",
-                               "aux_audio": "audio_tags"}
+                               "kd_box": "detection", "kd_det_feature": "detection"}
 TASK_WEIGHTINGS: tuple[str, ...] = ("fixed", "uncertainty")
 #: The task group of each head's outputs.
 _OUTPUT_GROUPS: dict[str, str] = {"event_logits": "event", "audio_tag_logits": "audio_tags",

@@ -19,8 +19,6 @@ checkpoint of the same architecture, or a self-supervised pretraining checkpoint
 (``extra["kind"] == "pretrain"``, ``pretrain.load_pretrained_encoders``: the encoders, and a fusion
 that pretraining trained). ``frozen_encoder_epochs`` holds the encoders still while the rest warms
 up (linear probe, then fine-tune: Kumar et al. 2022) and ``encoder_lr_scale`` slows them after.
-``aux_audio_label`` adds an auxiliary head, trained beside the model and not exported, that names a
-metadata field of each training row from the audio tokens (``aux_audio.py``).
 
 **Labels.** The events, audio tags and object classes are the task's own (``task_labels.py``): a
 ``labels`` file, a ``labels.json`` beside the manifest, or the labels the training manifest uses;
@@ -71,11 +69,10 @@ from typing import ClassVar
 import torch
 from tqdm import tqdm
 
-from fusionedge.sdk.datamanifest import Sample, read_manifest
+from fusionedge.sdk.datamanifest import read_manifest
 from fusionedge.sdk.errors import DataError, FusionEdgeError, InputError
 from fusionedge.sdk.fileio import json_safe, write_json_atomic
 
-from .aux_audio import AudioMetaHead, aux_audio_loss, meta_targets
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .dataset import Augment, ClipCache, Labels, iterate_batches, load_clips
 from .distill import (
@@ -145,10 +142,6 @@ class TrainConfig(RunConfig):
     # each clip's sound resampled by a factor log-uniform in [1/(1+w), 1+w], pitch and rates together
     # (audio_warp.py): no teacher (its outputs are cached for the clips as they are)
     audio_warp: float = 0.0
-    # a metadata field of the training rows (dotted, e.g. "synth.clutter_sound") that an auxiliary head
-    # on the audio tokens learns to name (aux_audio.py; not exported), and the weight of its loss
-    aux_audio_label: str | None = None
-    aux_audio_weight: float = 0.5
 
     KEY_ORDER: ClassVar[tuple[str, ...]] = (
         "data", "out", "val_data", "model", "model_overrides", "init", "encoder_lr_scale", "frozen_encoder_epochs",
@@ -187,10 +180,6 @@ class TrainConfig(RunConfig):
             bad.append(f"audio_warp={self.audio_warp} (need 0..0.5)")
         if self.audio_warp > 0 and self.teacher is not None:
             bad.append("audio_warp with a teacher (its outputs are cached for the unwarped clips)")
-        if not (math.isfinite(self.aux_audio_weight) and self.aux_audio_weight >= 0):
-            bad.append(f"aux_audio_weight={self.aux_audio_weight} (need >= 0)")
-        if self.aux_audio_label is not None and self.background_mix > 0:
-            bad.append("aux_audio_label with background_mix (a mixed clip holds two clips' sounds, one name)")
         if self.task_schedule not in TASK_SCHEDULES:
             bad.append(f"task_schedule={self.task_schedule!r} (need one of {', '.join(TASK_SCHEDULES)})")
         return bad
@@ -202,8 +191,7 @@ class TrainConfig(RunConfig):
         return d
 
 
-def _load_splits(cfg: TrainConfig, labels: Labels) -> tuple[ClipCache, ClipCache, list[Sample]]:
-    """The decoded training and validation splits, and the training rows."""
+def _load_splits(cfg: TrainConfig, labels: Labels) -> tuple[ClipCache, ClipCache]:
     train_samples, val_samples = read_split_samples(cfg, labels)
     train_samples = train_samples[: cfg.max_train_samples]
     val_samples = val_samples[: cfg.max_val_samples]
@@ -212,8 +200,7 @@ def _load_splits(cfg: TrainConfig, labels: Labels) -> tuple[ClipCache, ClipCache
                         f"(got {len(train_samples)} and {len(val_samples)})")
     kw = dict(workers=cfg.num_workers, progress=cfg.progress)
     return (load_clips(train_samples, cfg.geometry, labels, desc="decode train", **kw),
-            load_clips(val_samples, cfg.geometry, labels, desc="decode val", **kw),
-            train_samples)
+            load_clips(val_samples, cfg.geometry, labels, desc="decode val", **kw))
 
 
 #: The metric that selects the best epoch, by the first head the task has.
@@ -243,8 +230,6 @@ def _term_weights(cfg: TrainConfig) -> dict[str, float]:
         weights = {k: hard * v for k, v in weights.items()}
     if cfg.teacher is not None:
         weights.update(cfg.distill.term_weights())
-    if cfg.aux_audio_label is not None:
-        weights["aux_audio"] = cfg.aux_audio_weight
     return weights
 
 
@@ -316,7 +301,6 @@ class _Run:
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
     label_counts: dict = field(default_factory=dict)  # {"train"|"val": {kind: {label: count}}}
-    aux_audio: dict | None = None  # {"targets": (N,) per training clip, "classes", "counts"} (aux_audio.py)
 
     @property
     def labels(self) -> Labels:
@@ -351,9 +335,6 @@ def _check_inputs(cfg: TrainConfig, dist: DistContext, labels: Labels) -> tuple[
     if cfg.background_mix > 0 and not set(exclude) & set(labels.audio_tags):
         raise InputError(f"background_mix needs an audio tag that marks an event's sound ({', '.join(exclude)}); "
                          f"this task's audio tags are {list(labels.audio_tags)}")
-    if cfg.aux_audio_label is not None and "audio" not in mcfg.modalities:
-        raise InputError(f"aux_audio_label={cfg.aux_audio_label!r} needs a model that hears audio; "
-                         f"this one reads {list(mcfg.modalities)}")
     if cfg.teacher is not None and "event_logits" not in mcfg.output_names:
         raise InputError("distillation needs an event head (its feature term distils the fused clip "
                          "embedding that feeds it); this task has no events: train it without a teacher")
@@ -434,9 +415,6 @@ def _build_model(run: _Run) -> None:
             run.aux["det_adapter"] = torch.nn.Conv2d(mcfg.det_channels, t.det_dim, 1).to(device)
             run.taps["detection"] = FeatureTap(model, "detection")
             rec.update(det_adapter=[mcfg.det_channels, t.det_dim])
-    if run.aux_audio is not None:  # created after the others: an exact resume needs the same draws
-        run.aux["audio_meta"] = AudioMetaHead(mcfg.audio_dim, len(run.aux_audio["classes"])).to(device)
-        run.taps["audio"] = FeatureTap(model, "audio")
     if cfg.task_weighting == "uncertainty":
         run.aux["uncertainty"] = UncertaintyWeighting(output_groups(mcfg.output_names)).to(device)
     model.to(device)
@@ -514,11 +492,6 @@ def _step_loss(run: _Run, batch: dict, term_weights: dict[str, float],
         projected = run.aux["projector"](run.taps["fusion"].take().float())
         terms.update(distill_terms(outputs, projected, targets, batch["presence"], run.cfg.distill.temperature,
                                    adapted))
-    if run.aux_audio is not None:
-        index = batch["index"].cpu() if shard_idx is None else shard_idx[batch["index"].cpu()]
-        logits = run.aux["audio_meta"](run.taps["audio"].take().float())
-        terms["aux_audio"] = aux_audio_loss(logits, run.aux_audio["targets"][index].to(run.device),
-                                            batch["presence"][:, 1])
     groups = scheduled_groups(run.cfg.task_schedule, run.step, output_groups(run.mcfg.output_names))
     loss = combine_task_losses(terms, term_weights, groups,
                                run.aux.get("uncertainty"))
@@ -626,9 +599,6 @@ def _summary(run: _Run) -> dict:
             "task_weighting": run.cfg.task_weighting, "task_schedule": run.cfg.task_schedule,
             "labels": {**run.task.to_dict(), "counts": run.label_counts},
             **({"distillation": run.teacher.record} if run.teacher is not None else {}),
-            **({"aux_audio": {"label": run.cfg.aux_audio_label, "weight": run.cfg.aux_audio_weight,
-                              "classes": list(run.aux_audio["classes"]), "train_counts": run.aux_audio["counts"]}}
-               if run.aux_audio is not None else {}),
             **({"init": run.init_info} if run.init_info is not None else {})}
 
 
@@ -698,10 +668,7 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
     run = _Run(cfg=cfg, dist=dist, device=device, gen=gen, task=task, mcfg=mcfg, t_start=t_start)
 
     # -- data: decode once, keep in memory (every rank holds the whole training split)
-    run.train_clips, run.val_clips, train_rows = _load_splits(dataclasses.replace(cfg, progress=run.show), labels)
-    if cfg.aux_audio_label is not None:
-        targets, classes, counts = meta_targets([s.meta for s in train_rows], cfg.aux_audio_label)
-        run.aux_audio = {"targets": targets, "classes": classes, "counts": counts}
+    run.train_clips, run.val_clips = _load_splits(dataclasses.replace(cfg, progress=run.show), labels)
     run.t_data = time.perf_counter() - t_start
     run.label_counts = {"train": label_counts(run.train_clips), "val": label_counts(run.val_clips)}
     if run.show:
