@@ -14,7 +14,10 @@ Decoding uses the runtime's one definition of preprocessing (``fusionedge.sdk.me
    probability ``modality_dropout``, the video or the audio — never both — is zeroed and its presence
    set to 0, as a missing sensor looks at run time). Flipping a normalized frame equals normalizing
    the flipped frame (the resize and the normalization act per pixel / per axis).
-3. **Background mixing** (``Augment.background_mix``): with that probability a sample also hears the
+3. **New renderings of the sound** (``Augment.audio_variants``, ``audio_resynth.py``): a generator's
+   clip may come with more renderings of its scene's sound (same event and tags); each draw hears
+   one of them or its own, so a clip is not learnt by its one tone or ringtone.
+4. **Background mixing** (``Augment.background_mix``): with that probability a sample also hears the
    sound of another training clip that carries none of ``mix_exclude_tags`` (by default: no
    siren), at -12 to 0 dB. The event stays what it was, because the added sound holds no siren,
    and the tags become both clips' (a tag is decided by the sound alone). A model that must tell a
@@ -77,6 +80,8 @@ class ClipCache:
     geometry: InputGeometry
     labels: Labels
     has_video: torch.Tensor | None = None  # (N,) bool: the sample has a video file; None: all have one
+    # (N, R, S) float32: R more renderings of each clip's sound with the same labels (audio_resynth.py)
+    audio_variants: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -93,6 +98,8 @@ class Augment:
     mix_exclude_tags: tuple[str, ...] = ("siren",)  # tags a background clip must not carry (they decide events)
     mix_gain_db: tuple[float, float] = (-12.0, 0.0)  # the added sound's gain, drawn uniformly in dB
     audio_warp: float = 0.0  # resample each clip's sound by a factor log-uniform in [1/(1+w), 1+w] (audio_warp.py)
+    # hear one of the clip's sounds (its own or one of ClipCache.audio_variants), uniformly, when it has them
+    audio_variants: bool = False
 
 
 def background_pool(clips: ClipCache, exclude_tags: Sequence[str]) -> torch.Tensor:
@@ -267,6 +274,12 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
     b = len(idx)
     frames = clips.video[idx]  # (B, T, 3, H, W) float32 normalized (a copy)
     audio = clips.audio[idx].clone()  # (B, S)
+    if augment is not None and augment.audio_variants and clips.audio_variants is not None:
+        # drawn only with variants, so runs without them keep their random stream; 0: the clip's own sound
+        pick = torch.randint(clips.audio_variants.shape[1] + 1, (b,), generator=generator)  # (B,)
+        other = pick > 0
+        if other.any():
+            audio[other] = clips.audio_variants[idx[other], pick[other] - 1]
     tags = clips.audio_tags[idx]  # (B, A) (a copy)
     video_on = torch.ones(b) if clips.has_video is None else clips.has_video[idx].float()  # (B,)
     presence = torch.stack([video_on, clips.has_audio[idx].float()], dim=1)  # (B, 2)

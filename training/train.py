@@ -19,6 +19,8 @@ checkpoint of the same architecture, or a self-supervised pretraining checkpoint
 (``extra["kind"] == "pretrain"``, ``pretrain.load_pretrained_encoders``: the encoders, and a fusion
 that pretraining trained). ``frozen_encoder_epochs`` holds the encoders still while the rest warms
 up (linear probe, then fine-tune: Kumar et al. 2022) and ``encoder_lr_scale`` slows them after.
+``audio_variants`` renders each generator clip's sound again that many times (same event and tags;
+``audio_resynth.py``), and every draw of the clip hears one of its sounds.
 
 **Labels.** The events, audio tags and object classes are the task's own (``task_labels.py``): a
 ``labels`` file, a ``labels.json`` beside the manifest, or the labels the training manifest uses;
@@ -69,10 +71,11 @@ from typing import ClassVar
 import torch
 from tqdm import tqdm
 
-from fusionedge.sdk.datamanifest import read_manifest
+from fusionedge.sdk.datamanifest import Sample, read_manifest
 from fusionedge.sdk.errors import DataError, FusionEdgeError, InputError
 from fusionedge.sdk.fileio import json_safe, write_json_atomic
 
+from .audio_resynth import audio_variants
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .dataset import Augment, ClipCache, Labels, iterate_batches, load_clips
 from .distill import (
@@ -142,6 +145,9 @@ class TrainConfig(RunConfig):
     # each clip's sound resampled by a factor log-uniform in [1/(1+w), 1+w], pitch and rates together
     # (audio_warp.py): no teacher (its outputs are cached for the clips as they are)
     audio_warp: float = 0.0
+    # more renderings of each generator clip's sound (same event and tags), one heard per draw
+    # (audio_resynth.py): no teacher (its outputs are cached for the clips' own sounds)
+    audio_variants: int = 0
 
     KEY_ORDER: ClassVar[tuple[str, ...]] = (
         "data", "out", "val_data", "model", "model_overrides", "init", "encoder_lr_scale", "frozen_encoder_epochs",
@@ -180,6 +186,11 @@ class TrainConfig(RunConfig):
             bad.append(f"audio_warp={self.audio_warp} (need 0..0.5)")
         if self.audio_warp > 0 and self.teacher is not None:
             bad.append("audio_warp with a teacher (its outputs are cached for the unwarped clips)")
+        if isinstance(self.audio_variants, bool) or not isinstance(self.audio_variants, int) \
+                or self.audio_variants < 0:
+            bad.append(f"audio_variants={self.audio_variants!r} (need an integer >= 0)")
+        elif self.audio_variants > 0 and self.teacher is not None:
+            bad.append("audio_variants with a teacher (its outputs are cached for the clips' own sounds)")
         if self.task_schedule not in TASK_SCHEDULES:
             bad.append(f"task_schedule={self.task_schedule!r} (need one of {', '.join(TASK_SCHEDULES)})")
         return bad
@@ -191,7 +202,8 @@ class TrainConfig(RunConfig):
         return d
 
 
-def _load_splits(cfg: TrainConfig, labels: Labels) -> tuple[ClipCache, ClipCache]:
+def _load_splits(cfg: TrainConfig, labels: Labels) -> tuple[ClipCache, ClipCache, list[Sample]]:
+    """The decoded training and validation splits, and the training rows."""
     train_samples, val_samples = read_split_samples(cfg, labels)
     train_samples = train_samples[: cfg.max_train_samples]
     val_samples = val_samples[: cfg.max_val_samples]
@@ -200,7 +212,8 @@ def _load_splits(cfg: TrainConfig, labels: Labels) -> tuple[ClipCache, ClipCache
                         f"(got {len(train_samples)} and {len(val_samples)})")
     kw = dict(workers=cfg.num_workers, progress=cfg.progress)
     return (load_clips(train_samples, cfg.geometry, labels, desc="decode train", **kw),
-            load_clips(val_samples, cfg.geometry, labels, desc="decode val", **kw))
+            load_clips(val_samples, cfg.geometry, labels, desc="decode val", **kw),
+            train_samples)
 
 
 #: The metric that selects the best epoch, by the first head the task has.
@@ -668,7 +681,11 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
     run = _Run(cfg=cfg, dist=dist, device=device, gen=gen, task=task, mcfg=mcfg, t_start=t_start)
 
     # -- data: decode once, keep in memory (every rank holds the whole training split)
-    run.train_clips, run.val_clips = _load_splits(dataclasses.replace(cfg, progress=run.show), labels)
+    run.train_clips, run.val_clips, train_rows = _load_splits(dataclasses.replace(cfg, progress=run.show), labels)
+    if cfg.audio_variants:
+        variants = audio_variants(train_rows, cfg.audio_variants, cfg.geometry, workers=cfg.num_workers,
+                                  progress=run.show)
+        run.train_clips = dataclasses.replace(run.train_clips, audio_variants=torch.from_numpy(variants))
     run.t_data = time.perf_counter() - t_start
     run.label_counts = {"train": label_counts(run.train_clips), "val": label_counts(run.val_clips)}
     if run.show:
@@ -684,7 +701,7 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
     # -- the epoch loop: train, then (rank 0) validate and save while the other ranks wait
     warmup = max(1, int(cfg.warmup_epochs * run.steps_per_epoch()))
     augment = Augment(cfg.modality_dropout, cfg.hflip, cfg.audio_gain_db, background_mix=cfg.background_mix,
-                      audio_warp=cfg.audio_warp)
+                      audio_warp=cfg.audio_warp, audio_variants=cfg.audio_variants > 0)
     term_weights = _term_weights(cfg)
     ckpt_meta = dict(model_name=cfg.model, model_config=mcfg.to_dict(), geometry=cfg.geometry,
                      labels=labels.to_dict(), extra={"train_config": json_safe(cfg.to_dict())})
