@@ -132,8 +132,15 @@ def test_video_failure_is_detected_audio_keeps_running_and_fusion_resumes(percep
         cams.append(FakeCamera(clock, fault=fault, fail_after=10, refuse_opens=2))
         return cams[-1]
 
+    def fused_again(pipe, results) -> bool:
+        missing = [r.result.missing for r in results]
+        return ("video",) in missing and () in missing[missing.index(("video",)):] \
+            and _states(pipe, "video")[-1:] == ["ok"] and "error" in _states(pipe, "video")[2:]
+
+    # the camera fails 10 frames in, refuses two re-opens (0.05 + 0.1 s backoff), then works: about 1.5 s
+    # idle; a busy machine may need longer (the run stops as soon as fusion is back)
     with caplog.at_level(logging.WARNING, logger="fusionedge.sdk.streaming"):
-        pipe, results = run_for(perception, 3.0, video=camera, audio=lambda c: FakeMic(c))
+        pipe, results = run_for(perception, 20.0, until=fused_again, video=camera, audio=lambda c: FakeMic(c))
     states = _states(pipe, "video")
     assert states[:2] == ["ok", {"stall": "stalled", "stop": "stopped", "error": "error"}[fault]]
     assert "error" in states[2:] and states[-1] == "ok"  # refused re-opens, then back
