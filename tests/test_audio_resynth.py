@@ -16,10 +16,9 @@ from fusionedge.sdk.spec import InputGeometry
 from fusionedge.training.audio_resynth import audio_variants, render_sound_again
 from fusionedge.training.dataset import Augment, iterate_batches, load_clips
 from fusionedge.training.train import TrainConfig, train
+from _tiny_train import TINY
 
 GEOMETRY = InputGeometry()
-TINY = dict(video_channels=(8, 8, 16, 16), video_depth=0, audio_channels=(8, 8, 16), audio_depth=0, audio_dim=16,
-            fusion_dim=16, fusion_heads=2, head_hidden=16, det_channels=8)
 
 
 @pytest.fixture(scope="module")

@@ -32,10 +32,9 @@ from fusionedge.cli.train import add_distill_parser
 from fusionedge.training.models import create_model
 from fusionedge.training.train import TrainConfig, train
 from fusionedge.sdk.errors import FusionEdgeError
+from _tiny_train import TINY
 
 GEOMETRY = InputGeometry()
-TINY = dict(video_channels=(8, 8, 16, 16), video_depth=0, audio_channels=(8, 8, 16), audio_depth=0, audio_dim=16,
-            fusion_dim=16, fusion_heads=2, head_hidden=16, det_channels=8)
 #: A "teacher": wider than TINY (another fused-embedding width, so the projector is exercised).
 TEACHER = {**TINY, "video_channels": (8, 12, 16, 24), "fusion_dim": 24, "det_channels": 12}
 

@@ -24,10 +24,9 @@ from fusionedge.training.losses import (
 from fusionedge.training.models import create_model
 from fusionedge.training.run_report import write_run_report
 from fusionedge.training.train import TrainConfig, train
+from _tiny_train import TINY
 
 GEOMETRY = InputGeometry()
-TINY = dict(video_channels=(8, 8, 16, 16), video_depth=0, audio_channels=(8, 8, 16), audio_depth=0, audio_dim=16,
-            fusion_dim=16, fusion_heads=2, head_hidden=16, det_channels=8)
 WEIGHTS = {"event": 1.0, "audio_tags": 1.0, "heatmap": 1.0, "size": 0.5, "offset": 1.0}
 
 

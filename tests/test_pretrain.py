@@ -32,10 +32,9 @@ from fusionedge.training.pretrain import (
     view_loss,
 )
 from fusionedge.cli.train import add_pretrain_parser
+from _tiny_train import TINY
 
 #: A model small enough that a pretraining epoch on ~44 clips takes well under a second.
-TINY = dict(video_channels=(8, 8, 16, 16), video_depth=0, audio_channels=(8, 8, 16), audio_depth=0, audio_dim=16,
-            fusion_dim=16, fusion_heads=2, head_hidden=16, det_channels=8)
 
 
 @pytest.fixture(scope="module")

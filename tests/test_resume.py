@@ -9,9 +9,7 @@ import torch
 
 from fusionedge.training.checkpoint import CheckpointError, read_checkpoint
 from fusionedge.training.train import TrainConfig, train
-
-TINY = dict(video_channels=(8, 8, 16, 16), video_depth=0, audio_channels=(8, 8, 16), audio_depth=0, audio_dim=16,
-            fusion_dim=16, fusion_heads=2, head_hidden=16, det_channels=8)
+from _tiny_train import TINY
 
 
 @pytest.fixture(scope="module")

@@ -29,11 +29,9 @@ from fusionedge.training.dataset import (
 from fusionedge.training.losses import IGNORE_INDEX, LossWeights, centernet_focal_loss, multitask_loss
 from fusionedge.training.models import create_model
 from fusionedge.training.train import TrainConfig, evaluate_model, train
+from _tiny_train import TINY
 
 GEOMETRY = InputGeometry()
-#: A model small enough that a training epoch on a few clips takes about a second.
-TINY = dict(video_channels=(8, 8, 16, 16), video_depth=0, audio_channels=(8, 8, 16), audio_depth=0, audio_dim=16,
-            fusion_dim=16, fusion_heads=2, head_hidden=16, det_channels=8)
 
 
 @pytest.fixture(scope="module")
