@@ -51,6 +51,9 @@ def test_variants_are_preprocessed_like_the_runtime_and_in_row_order(data_dir):
     expected = preprocess_audio(render_sound_again(rows[2], 1).astype(np.float32) / 32768.0, 16000, GEOMETRY)
     assert np.array_equal(v[2, 1], expected)
     assert np.array_equal(audio_variants(rows, 2, GEOMETRY, workers=2, progress=False), v)  # processes: same
+    # the stored sound through the same path is what the training cache holds for the row
+    own = preprocess_audio(render_sound_again(rows[0], -1).astype(np.float32) / 32768.0, 16000, GEOMETRY)
+    assert np.array_equal(own, load_clips(rows[:1], GEOMETRY, progress=False).audio[0].numpy())
 
 
 def test_rows_that_are_not_the_generators_are_refused_naming_them(data_dir, tmp_path):
