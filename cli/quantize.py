@@ -71,7 +71,8 @@ def add_quantize_parsers(verbs: Any) -> None:
     p.add_argument("--out", required=True, type=Path, help="the INT8 bundle folder to create")
     p.add_argument("--data", required=True, type=Path, help="calibration data-set manifest (or its folder)")
     p.add_argument("--profile", choices=("cpu", "tensorrt"), default="cpu",
-                   help="cpu: uint8 activations; tensorrt: symmetric int8 (zero-point 0)")
+                   help="cpu: uint8 activations, 7-bit weights (no 16-bit overflow on CPUs without VNNI); "
+                        "tensorrt: symmetric int8 (zero-point 0)")
     p.add_argument("--calibration", choices=("minmax", "entropy", "percentile"), default="minmax",
                    help="how activation ranges are chosen from the calibration samples")
     p.add_argument("--calibration-samples", type=int, default=64, help="samples of --data to calibrate on")

@@ -183,3 +183,44 @@ def test_w4_weights_sit_on_a_4_bit_grid_and_stay_close(tmp_path_factory):
     assert load_bundle(w4).manifest["variant"]["quantization"]["config"]["weight_bits"] == 4
     with pytest.raises(ExportError, match="weight_bits"):
         QuantizeConfig(weight_bits=9)
+
+
+def test_cpu_int8_cannot_saturate_the_16_bit_sums_of_avx2_kernels(tmp_path):
+    """ONNX Runtime's uint8 x int8 convolution on x86 CPUs without VNNI (AVX2, AVX-512F) adds pairs of
+    products in 16 bits: 255 * 127 * 2 = 64,770 saturates at 32,767. Bright inputs through large
+    same-sign weights hit it; the cpu profile's 7-bit weight grid (255 * 64 * 2 = 32,640) cannot.
+    On a VNNI or ARM CPU the test passes either way; on an AVX2 one it failed before the 7-bit grid."""
+    import onnxruntime as ort
+    from fusionedge.export.quantize import QuantizeConfig, quantize_onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w = rng.uniform(0.5, 1.0, (8, 32, 3, 3)).astype(np.float32)  # every weight large and positive
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "bright",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "fp32.onnx")
+    feeds = [{"x": rng.uniform(0.9, 1.0, (1, 32, 8, 8)).astype(np.float32)} for _ in range(4)]
+
+    class Reader:
+        def __init__(self):
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    report = quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", Reader(), QuantizeConfig())
+    assert report["config"]["reduce_range"] is True
+    q = onnx.load(str(tmp_path / "int8.onnx"))
+    weights = [numpy_helper.to_array(t) for t in q.graph.initializer if t.data_type == TensorProto.INT8]
+    assert weights and all(-64 <= int(a.min()) and int(a.max()) <= 64 for a in weights)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    fp32 = ort.InferenceSession(str(tmp_path / "fp32.onnx"), opts, providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(tmp_path / "int8.onnx"), opts, providers=["CPUExecutionProvider"])
+    ref, got = fp32.run(None, feeds[0])[0], int8.run(None, feeds[0])[0]
+    assert np.max(np.abs(got - ref)) / np.max(np.abs(ref)) < 0.02
