@@ -53,7 +53,7 @@ epoch's permutation: ``batch_size`` is per process. Only rank 0 validates and wr
 folder; the others wait. On CUDA the forward pass runs under autocast (bf16, or fp16 with a
 ``GradScaler`` where bf16 is not supported); on the CPU in float32.
 
-The module is a little past 600 lines because it is the loop and its phases, one helper each; the
+The module is past 600 lines (about 720) because it is the loop and its phases, one helper each; the
 building blocks it shares with pretraining are in ``loop.py``, ``run_config.py`` and ``resume.py``.
 """
 
