@@ -139,13 +139,18 @@ class QuantizeConfig:
         if not 50.0 < float(self.percentile) <= 100.0:
             raise ExportError(f"quantize: percentile must be in (50, 100], got {self.percentile}")
 
+    @property
+    def weights_7bit(self) -> bool:
+        """Whether weights go on the 7-bit grid: ``reduce_range`` in the ``cpu`` profile."""
+        return self.reduce_range and self.profile == "cpu"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "profile": self.profile, "calibration": self.calibration, "per_channel": self.per_channel,
             "exclude_frontend": self.exclude_frontend, "exclude_sensitive": self.exclude_sensitive,
             "exclude_output_tail": self.exclude_output_tail,
             "keep_float": list(self.keep_float), "percentile": self.percentile, "weight_bits": self.weight_bits,
-            "weight_int8": self.weight_int8, "reduce_range": self.reduce_range and self.profile == "cpu",
+            "weight_int8": self.weight_int8, "reduce_range": self.weights_7bit,
         }
 
 
@@ -335,7 +340,7 @@ def quantize_onnx(
             _quantize_static(
                 source, str(model_out), reader,
                 quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
-                reduce_range=config.reduce_range and config.profile == "cpu",
+                reduce_range=config.weights_7bit,
                 activation_type=activation_type, weight_type=QuantType.QInt8,
                 calibrate_method=method, nodes_to_exclude=excluded, extra_options=extra, **kwargs,
             )

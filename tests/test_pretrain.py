@@ -32,9 +32,7 @@ from fusionedge.training.pretrain import (
     view_loss,
 )
 from fusionedge.cli.train import add_pretrain_parser
-from _tiny_train import TINY
-
-#: A model small enough that a pretraining epoch on ~44 clips takes well under a second.
+from _tiny_train import TINY  # small enough that a pretraining epoch on ~44 clips takes well under a second
 
 
 @pytest.fixture(scope="module")

@@ -28,16 +28,11 @@ from fusionedge.sdk.errors import DataError
 from fusionedge.sdk.preprocess import preprocess_audio
 from fusionedge.sdk.spec import InputGeometry
 
-__all__ = ["rendering_seed", "render_sound_again", "audio_variants"]
+__all__ = ["render_sound_again", "audio_variants"]
 
 #: The stream of variant ``v`` of row (seed, index) is ``[seed, index, RESYNTH_STREAM, v]`` (the
 #: generator uses ``[seed, index]`` for the clip and ``[seed, index, 1]`` for its questions).
 RESYNTH_STREAM = 2
-
-
-def rendering_seed(seed: int, index: int, variant: int) -> list[int]:
-    """The random stream of one new rendering; ``variant`` -1 is the generator's own (the stored sound)."""
-    return [seed, index] if variant < 0 else [seed, index, RESYNTH_STREAM, variant]
 
 
 def render_sound_again(sample: Sample, variant: int) -> np.ndarray:
@@ -72,9 +67,14 @@ def render_sound_again(sample: Sample, variant: int) -> np.ndarray:
                         f"{info['index']} has event {event!r} and tags {sorted(tags)}, the manifest "
                         f"{sample.event!r} and {sorted(sample.audio_tags)}: made by another generator version "
                         "or edited, so it cannot be rendered again")
-    rng = rng_audio if variant < 0 else np.random.default_rng(rendering_seed(info["seed"], info["index"], variant))
+    rng = rng_audio if variant < 0 else np.random.default_rng([info["seed"], info["index"], RESYNTH_STREAM, variant])
     wave, _ = synthesize_audio(flags, rng, sample_rate=config.sample_rate, seconds=config.seconds)
     return wave
+
+
+def _as_float(wave: np.ndarray) -> np.ndarray:
+    """int16 samples as float32 in [-1, 1), the scaling the runtime's WAV reader uses."""
+    return wave.astype(np.float32) / 32768.0
 
 
 def _check_renders_as_stored(sample: Sample) -> None:
@@ -82,7 +82,7 @@ def _check_renders_as_stored(sample: Sample) -> None:
     from fusionedge.sdk.audio_file import read_audio
 
     stored, _ = read_audio(sample.audio)
-    again = render_sound_again(sample, -1).astype(np.float32) / 32768.0
+    again = _as_float(render_sound_again(sample, -1))
     stored = stored.reshape(-1) if stored.ndim == 2 and stored.shape[1] == 1 else stored  # (S, 1): mono
     if stored.shape != again.shape or not np.array_equal(stored, again):
         raise DataError(f"sample {sample.id!r}: rendering its scene again does not give its stored sound "
@@ -90,10 +90,12 @@ def _check_renders_as_stored(sample: Sample) -> None:
                         "or length, so its sound cannot be rendered again")
 
 
-def _variants_of(job: tuple[Sample, int, InputGeometry, int]) -> np.ndarray:
-    sample, count, geometry, sample_rate = job
-    return np.stack([preprocess_audio(render_sound_again(sample, v).astype(np.float32) / 32768.0, sample_rate,
-                                      geometry) for v in range(count)])
+def _variants_of(job: tuple[Sample, int, InputGeometry]) -> np.ndarray:
+    from .synth.generate import SynthConfig
+
+    sample, count, geometry = job
+    return np.stack([preprocess_audio(_as_float(render_sound_again(sample, v)), SynthConfig.sample_rate, geometry)
+                     for v in range(count)])
 
 
 def audio_variants(samples: Sequence[Sample], count: int, geometry: InputGeometry, *, workers: int = 1,
@@ -113,8 +115,6 @@ def audio_variants(samples: Sequence[Sample], count: int, geometry: InputGeometr
     Returns:
         float32 ``(N, count, geometry.audio_samples)``.
     """
-    from .synth.generate import SynthConfig
-
     if count < 1:
         raise DataError(f"audio variants: need count >= 1, got {count}")
     for s in samples:
@@ -122,11 +122,11 @@ def audio_variants(samples: Sequence[Sample], count: int, geometry: InputGeometr
             raise DataError(f"sample {s.id!r} has no audio to render again")
     if samples:
         _check_renders_as_stored(samples[0])
-    jobs = [(s, count, geometry, SynthConfig.sample_rate) for s in samples]
+    jobs = [(s, count, geometry) for s in samples]
     bar = dict(total=len(jobs), desc=f"render sound x{count}", unit="clip", disable=not progress, leave=False)
     if workers <= 1:
         out = [_variants_of(j) for j in tqdm(jobs, **bar)]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             out = list(tqdm(pool.map(_variants_of, jobs, chunksize=16), **bar))
-    return np.stack(out).astype(np.float32)
+    return np.stack(out)  # float32, as preprocess_audio returns it
