@@ -358,7 +358,7 @@ def _int8_stage(run: _Run, model: Any, parent_bundle: Path, parent: str, clips: 
     spent = next(s["val_drop"] for s in run.stages if s["name"] == parent)
     left = Budget(**{k: max(0.0, getattr(cfg.budget, k) - max(0.0, spent[k])) for k in _METRICS})
     source, flops = parent_bundle, next(s["flops"] for s in run.stages if s["name"] == parent)
-    qat_dir = None
+    qat_dir, qat_cfg = None, None
     if cfg.int8 == "qat":
         import torch
         from fusionedge.training.finetune import distill_finetune
@@ -375,7 +375,10 @@ def _int8_stage(run: _Run, model: Any, parent_bundle: Path, parent: str, clips: 
                 mod.weight.mul_(mask)
 
         run.say(f"quantization-aware fine-tune of {parent}")
-        prepare_qat(m, QATConfig(per_channel=cfg.quantize.per_channel, seed=ft.seed))
+        q = cfg.quantize  # the fine-tuning rounds weights to the grid the gate's quantizer will use
+        qat_cfg = QATConfig(per_channel=q.per_channel, weight_bits=q.weight_bits, reduce_range=q.weights_7bit,
+                            quantize_frontend=not q.exclude_frontend, seed=ft.seed)
+        prepare_qat(m, qat_cfg)
         distill_finetune(m, cache, clips, ft, after_step=keep_pattern if kept else None, desc="qat fine-tune",
                          progress=run.progress)
         strip_qat(m).eval()
@@ -401,7 +404,9 @@ def _int8_stage(run: _Run, model: Any, parent_bundle: Path, parent: str, clips: 
         from fusionedge.sdk.fileio import write_json_atomic
 
         manifest = dict(load_bundle(bundle).manifest)
-        manifest["variant"] = {**manifest["variant"], "method": "qat", "finetune": ft.to_dict()}
+        manifest["variant"] = {**manifest["variant"], "method": "qat", "finetune": ft.to_dict(),
+                               "qat": {"weight_bits": qat_cfg.weight_bits, "reduce_range": qat_cfg.reduce_range,
+                                       "weight_qmax": qat_cfg.weight_qmax}}
         write_json_atomic(Path(bundle) / MANIFEST_NAME, manifest)
         load_bundle(bundle)
     if cfg.sparsity:

@@ -33,7 +33,8 @@ def qat_to_bundle(
         calibration: calibration data for the final ``quantize_static``.
         out_dir: the INT8 bundle to create.
         cfg: see :class:`~fusionedge.training.qat.QATConfig` (its ``per_channel`` / ``quantize_frontend``
-            / ``weight_bits`` pick the PTQ settings).
+            / ``weight_bits`` / ``reduce_range`` pick the PTQ settings, so the fine-tuning rounds weights
+            to the grid the export uses).
         limit: fine-tuning samples.
         calibration_limit: calibration samples.
         overwrite: replace existing folders.
@@ -50,6 +51,6 @@ def qat_to_bundle(
     out = Path(out_dir)
     fp32 = export_model(model, info, out.parent / f"{out.name}-fp32", overwrite=overwrite, progress=progress)
     qcfg = QuantizeConfig(per_channel=cfg.per_channel, exclude_frontend=not cfg.quantize_frontend,
-                          weight_bits=cfg.weight_bits)
+                          weight_bits=cfg.weight_bits, reduce_range=cfg.reduce_range)
     return quantize_bundle(fp32, out, calibration, config=qcfg, calibration_limit=calibration_limit,
                            extra_manifest={"method": "qat", "qat": info["extra"]["qat"]}, overwrite=overwrite)

@@ -334,6 +334,29 @@ def test_compress_writes_sibling_bundles_and_a_report(tiny_run, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name != "out"]  # no work folder left behind
 
 
+def test_compress_qat_fine_tunes_on_the_grid_its_int8_stage_writes(tiny_run, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from fusionedge.export.compress import CompressConfig, compress, with_budget_points
+    from fusionedge.sdk.bundle import load_bundle
+    from fusionedge.training.finetune import FinetuneConfig
+
+    ckpt, data = tiny_run
+    cfg = with_budget_points(CompressConfig(int8="qat", finetune=FinetuneConfig(epochs=1, batch_size=12),
+                                            calibration_limit=8, latency_runs=3), 100, 100)
+    report = compress(ckpt, data, tmp_path / "out", cfg, progress=False)
+    assert [s["name"] for s in report["stages"]] == ["fp32", "int8"]
+    variant = load_bundle(tmp_path / "out" / "int8", verify=True).manifest["variant"]
+    assert variant["method"] == "qat" and variant["quantization"]["config"]["reduce_range"] is True
+    assert variant["qat"] == {"weight_bits": 8, "reduce_range": True, "weight_qmax": 64}
+    graph = onnx.load(str(tmp_path / "out" / "int8" / "model.onnx")).graph
+    weights = [numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("_quantized")]
+    weights = [w for w in weights if w.dtype == np.int8 and w.ndim == 4]
+    assert weights and max(int(np.abs(w).max()) for w in weights) == 64  # the grid QAT rounded to
+    assert not (tmp_path / "out" / ".qat-fp32").exists()
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--prune", "1.5"], "1.5"),
     (["--sparsity", "1:4"], "'1:4'"),

@@ -36,6 +36,12 @@ def test_fake_quant_weight_grid_and_ste():
     steps4 = q4 / (w.detach().abs().flatten(1).amax(1) / 7).view(-1, 1, 1, 1)
     assert torch.allclose(steps4, steps4.round(), atol=1e-4) and steps4.abs().max() <= 7 + 1e-4
     assert (q4 - w.detach()).abs().mean() > err_pc  # a coarser grid, a larger error
+    # the cpu profile's reduced range: 8-bit weights on [-64, 64], as ONNX Runtime's reduce_range
+    assert QATConfig().weight_qmax == 64 and QATConfig(reduce_range=False).weight_qmax == 127
+    assert QATConfig(weight_bits=4).weight_qmax == 7
+    q64 = fake_quant_weight(w.detach(), per_channel=True, qmax=64)
+    steps64 = q64 / (w.detach().abs().flatten(1).amax(1) / 64).view(-1, 1, 1, 1)
+    assert torch.allclose(steps64, steps64.round(), atol=1e-4) and steps64.abs().max() <= 64 + 1e-4
 
 
 def test_fake_quant_activation_observes_and_rounds():
@@ -116,7 +122,31 @@ def test_qat_to_bundle_lives_in_export_and_writes_a_qat_variant(tmp_path, tmp_pa
     manifest = json.loads((out / "manifest.json").read_text())
     assert (tmp_path / "int8-qat-fp32" / "model.onnx").is_file()
     assert manifest["precision"] == "int8" and manifest["variant"]["method"] == "qat"
-    assert manifest["variant"]["qat"]["samples"] == 8
+    assert manifest["variant"]["qat"]["samples"] == 8 and manifest["variant"]["qat"]["reduce_range"] is True
+    # the grid QAT rounded to is the grid the export wrote: every int8 conv weight, dequantized, is the
+    # fine-tuned float weight through fake_quant_weight on the reduced range
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    fp32 = onnx.load(str(tmp_path / "int8-qat-fp32" / "model.onnx"))
+    floats = {t.name: numpy_helper.to_array(t).copy() for t in fp32.graph.initializer}
+    graph = onnx.load(str(out / "model.onnx")).graph
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    checked = 0
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not node.input[0].endswith("_quantized"):
+            continue
+        name = node.input[0][: -len("_quantized")]
+        q, scale = init.get(node.input[0]), init.get(node.input[1])
+        if name not in floats or q is None or q.dtype != np.int8 or q.ndim != 4 or scale.size != q.shape[0]:
+            continue
+        assert np.abs(q).max() <= 64
+        expected = fake_quant_weight(torch.from_numpy(floats[name]), per_channel=True, qmax=QATConfig().weight_qmax)
+        got = q.astype(np.float32) * scale.reshape(-1, 1, 1, 1)
+        assert np.allclose(got, expected.numpy(), rtol=1e-5, atol=1e-7), name
+        checked += 1
+    assert checked >= 3
 
 
 def test_quantized_frontend_feeds_the_pitch_motion_branch_too():

@@ -30,8 +30,8 @@ from torch import nn
 
 from fusionedge.sdk.errors import FusionEdgeError
 
-__all__ = ["QATError", "QATConfig", "FakeQuantActivation", "fake_quant_weight", "prepare_qat", "strip_qat",
-           "finetune_qat"]
+__all__ = ["QATError", "QATConfig", "FakeQuantActivation", "fake_quant_weight", "weight_qmax", "prepare_qat",
+           "strip_qat", "finetune_qat"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class QATConfig:
         per_channel: per-output-channel weight scales (False: one per tensor), as PTQ ``per_channel``.
         quantize_frontend: also simulate quantizing the audio front end (PTQ ``exclude_frontend=False``).
         weight_bits: the symmetric weight grid, ``2^(b-1) - 1`` levels each side (PTQ ``weight_bits``).
+        reduce_range: 8-bit weights on the ``cpu`` profile's 7-bit grid, [-64, 64] (PTQ
+            ``QuantizeConfig.weights_7bit``: ONNX Runtime's reduced int8 range), so that fine-tuning
+            rounds the weights to the grid the export will use.
         epochs: fine-tuning epochs.
         lr: AdamW learning rate (small: this refines a trained model).
         batch_size: samples per step.
@@ -52,11 +55,26 @@ class QATConfig:
     per_channel: bool = True
     quantize_frontend: bool = False
     weight_bits: int = 8  # as PTQ ``QuantizeConfig.weight_bits``: 4 simulates W4A8
+    reduce_range: bool = True  # as PTQ ``QuantizeConfig.weights_7bit`` (the default ``cpu`` profile)
     epochs: int = 1
     lr: float = 2e-4
     batch_size: int = 32
     momentum: float = 0.9
     seed: int = 0
+
+    @property
+    def weight_qmax(self) -> int:
+        """The weight grid's largest level: ``2^(b-1) - 1``, or 64 for 8 bits on the reduced range."""
+        return weight_qmax(self.weight_bits, self.reduce_range)
+
+
+def weight_qmax(bits: int, reduce_range: bool) -> int:
+    """The largest level of the symmetric weight grid the exporter uses for these settings.
+
+    ONNX Runtime's ``reduce_range`` puts int8 weights on [-64, 64] (scale ``max|w| / 64``); a coarser
+    ``weight_bits`` grid is applied after it (``export.quantize.requantize_weights``).
+    """
+    return 64 if reduce_range and bits == 8 else 2 ** (bits - 1) - 1
 
 
 class QATError(FusionEdgeError):
@@ -73,12 +91,14 @@ class _RoundSTE(torch.autograd.Function):
         return g
 
 
-def fake_quant_weight(w: torch.Tensor, per_channel: bool, bits: int = 8) -> torch.Tensor:
-    """Symmetric int8 fake quantization of a weight (scale = max|w| / 127, per output channel or tensor).
+def fake_quant_weight(w: torch.Tensor, per_channel: bool, bits: int = 8, qmax: int | None = None) -> torch.Tensor:
+    """Symmetric int8 fake quantization of a weight (scale = max|w| / qmax, per output channel or tensor).
 
     Args:
         w: the weight, output channels first.
         per_channel: one scale per output channel.
+        bits: the grid's bits (``qmax = 2^(bits-1) - 1``) when ``qmax`` is not given.
+        qmax: the grid's largest level (:func:`weight_qmax`).
 
     Returns:
         ``w`` rounded to the int8 grid, with straight-through gradients.
@@ -87,9 +107,9 @@ def fake_quant_weight(w: torch.Tensor, per_channel: bool, bits: int = 8) -> torc
         amax = w.detach().abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, *([1] * (w.dim() - 1)))
     else:
         amax = w.detach().abs().amax().clamp_min(1e-12)
-    qmax = float(2 ** (bits - 1) - 1)
-    scale = amax / qmax
-    return torch.clamp(_RoundSTE.apply(w / scale), -qmax, qmax) * scale
+    top = float(2 ** (bits - 1) - 1 if qmax is None else qmax)
+    scale = amax / top
+    return torch.clamp(_RoundSTE.apply(w / scale), -top, top) * scale
 
 
 class FakeQuantActivation(nn.Module):
@@ -124,11 +144,11 @@ class _QATLayer(nn.Module):
         super().__init__()
         self.layer = layer
         self.act = FakeQuantActivation(cfg.momentum)
-        self.per_channel, self.bits = cfg.per_channel, cfg.weight_bits
+        self.per_channel, self.qmax = cfg.per_channel, cfg.weight_qmax
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(x)
-        w = fake_quant_weight(self.layer.weight, self.per_channel, self.bits)
+        w = fake_quant_weight(self.layer.weight, self.per_channel, qmax=self.qmax)
         if isinstance(self.layer, nn.Linear):
             return nn.functional.linear(x, w, self.layer.bias)
         return self.layer._conv_forward(x, w, self.layer.bias)  # type: ignore[operator]
@@ -145,7 +165,7 @@ class _QATFrontend(nn.Module):
     def __init__(self, frontend: nn.Module, cfg: QATConfig) -> None:
         super().__init__()
         self.frontend = frontend
-        self.per_channel, self.bits = cfg.per_channel, cfg.weight_bits
+        self.per_channel, self.qmax = cfg.per_channel, cfg.weight_qmax
         names = ("audio", "spec", "rr", "ii", "power", "mel")
         self.q = nn.ModuleDict({n: FakeQuantActivation(cfg.momentum) for n in names})
 
@@ -153,7 +173,7 @@ class _QATFrontend(nn.Module):
         """The fake-quantized STFT power (B, n_fft/2+1, F), as the front end's ``power``."""
         f, q = self.frontend, self.q
         x = q["audio"](audio.unsqueeze(1))
-        dft = fake_quant_weight(f.dft, self.per_channel, self.bits)
+        dft = fake_quant_weight(f.dft, self.per_channel, qmax=self.qmax)
         spec = q["spec"](nn.functional.conv1d(x, dft, stride=f.hop_length, padding=f.n_fft // 2))
         real, imag = spec[:, : f.n_freqs], spec[:, f.n_freqs:]
         return q["power"](q["rr"](real * real) + q["ii"](imag * imag))
@@ -168,7 +188,7 @@ class _QATFrontend(nn.Module):
     def log_mel(self, power: torch.Tensor) -> torch.Tensor:
         """Log-mel of a (fake-quantized) power spectrum, as the front end's ``log_mel``."""
         f, q = self.frontend, self.q
-        mel_fb = fake_quant_weight(f.mel_fb.t(), self.per_channel, self.bits).t()  # MatMul weight: per column
+        mel_fb = fake_quant_weight(f.mel_fb.t(), self.per_channel, qmax=self.qmax).t()  # MatMul weight: per column
         mel = q["mel"](torch.matmul(power.transpose(1, 2), mel_fb))
         # the "+ eps" output is not fake-quantized: a rounded 0 there would give log(0) = -inf in training
         return torch.log(mel + f.eps).transpose(1, 2)
@@ -274,5 +294,6 @@ def finetune_qat(
     info = dict(info)
     info["extra"] = {**dict(info.get("extra") or {}), "qat": {
         "per_channel": cfg.per_channel, "quantize_frontend": cfg.quantize_frontend, "epochs": cfg.epochs,
-        "lr": cfg.lr, "samples": len(samples), "seed": cfg.seed}}
+        "lr": cfg.lr, "samples": len(samples), "seed": cfg.seed, "weight_bits": cfg.weight_bits,
+        "reduce_range": cfg.reduce_range}}
     return model, info
