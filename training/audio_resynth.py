@@ -28,31 +28,26 @@ from fusionedge.sdk.errors import DataError
 from fusionedge.sdk.preprocess import preprocess_audio
 from fusionedge.sdk.spec import InputGeometry
 
-__all__ = ["render_sound_again", "audio_variants"]
+__all__ = ["scene_of", "render_sound_again", "audio_variants", "as_float"]
 
 #: The stream of variant ``v`` of row (seed, index) is ``[seed, index, RESYNTH_STREAM, v]`` (the
 #: generator uses ``[seed, index]`` for the clip and ``[seed, index, 1]`` for its questions).
 RESYNTH_STREAM = 2
 
 
-def render_sound_again(sample: Sample, variant: int) -> np.ndarray:
-    """Render a synthetic row's sound again from a new stream.
-
-    Args:
-        sample: a manifest row the generator wrote (``meta["synth"]`` with ``seed``, ``index``,
-            ``cue_agreement``).
-        variant: >= 0 for a new rendering; -1 renders the stored sound again (a check).
+def scene_of(sample: Sample):
+    """A synthetic row's scene re-derived from its ``synth.seed`` / ``synth.index``, checked against its labels.
 
     Raises:
         DataError: the row is not the generator's, or its re-derived event or tags differ from the
             manifest's.
 
     Returns:
-        int16 ``(seconds * sample_rate,)``, as the generator writes it.
+        ``(flags, config, rng_audio)``: the scene's ``rules.SceneFlags``, the ``SynthConfig`` it was
+        made with and the generator's own audio stream for it (unconsumed).
     """
     from .synth import rules
     from .synth.generate import SynthConfig
-    from .synth.sound import synthesize_audio
 
     info = sample.meta.get("synth") if isinstance(sample.meta, dict) else None
     if not isinstance(info, dict) or not all(isinstance(info.get(k), int) for k in ("seed", "index")):
@@ -67,12 +62,33 @@ def render_sound_again(sample: Sample, variant: int) -> np.ndarray:
                         f"{info['index']} has event {event!r} and tags {sorted(tags)}, the manifest "
                         f"{sample.event!r} and {sorted(sample.audio_tags)}: made by another generator version "
                         "or edited, so it cannot be rendered again")
+    return flags, config, rng_audio
+
+
+def render_sound_again(sample: Sample, variant: int) -> np.ndarray:
+    """Render a synthetic row's sound again from a new stream.
+
+    Args:
+        sample: a manifest row the generator wrote (``meta["synth"]`` with ``seed``, ``index``,
+            ``cue_agreement``).
+        variant: >= 0 for a new rendering; -1 renders the stored sound again (a check).
+
+    Raises:
+        DataError: as :func:`scene_of`.
+
+    Returns:
+        int16 ``(seconds * sample_rate,)``, as the generator writes it.
+    """
+    from .synth.sound import synthesize_audio
+
+    flags, config, rng_audio = scene_of(sample)
+    info = sample.meta["synth"]
     rng = rng_audio if variant < 0 else np.random.default_rng([info["seed"], info["index"], RESYNTH_STREAM, variant])
     wave, _ = synthesize_audio(flags, rng, sample_rate=config.sample_rate, seconds=config.seconds)
     return wave
 
 
-def _as_float(wave: np.ndarray) -> np.ndarray:
+def as_float(wave: np.ndarray) -> np.ndarray:
     """int16 samples as float32 in [-1, 1), the scaling the runtime's WAV reader uses."""
     return wave.astype(np.float32) / 32768.0
 
@@ -82,7 +98,7 @@ def _check_renders_as_stored(sample: Sample) -> None:
     from fusionedge.sdk.audio_file import read_audio
 
     stored, _ = read_audio(sample.audio)
-    again = _as_float(render_sound_again(sample, -1))
+    again = as_float(render_sound_again(sample, -1))
     stored = stored.reshape(-1) if stored.ndim == 2 and stored.shape[1] == 1 else stored  # (S, 1): mono
     if stored.shape != again.shape or not np.array_equal(stored, again):
         raise DataError(f"sample {sample.id!r}: rendering its scene again does not give its stored sound "
@@ -94,7 +110,7 @@ def _variants_of(job: tuple[Sample, int, InputGeometry]) -> np.ndarray:
     from .synth.generate import SynthConfig
 
     sample, count, geometry = job
-    return np.stack([preprocess_audio(_as_float(render_sound_again(sample, v)), SynthConfig.sample_rate, geometry)
+    return np.stack([preprocess_audio(as_float(render_sound_again(sample, v)), SynthConfig.sample_rate, geometry)
                      for v in range(count)])
 
 

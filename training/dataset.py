@@ -17,7 +17,10 @@ Decoding uses the runtime's one definition of preprocessing (``fusionedge.sdk.me
 3. **New renderings of the sound** (``Augment.audio_variants``, ``audio_resynth.py``): a generator's
    clip may come with more renderings of its scene's sound (same event and tags); each draw hears
    one of them or its own, so a clip is not learnt by its one tone or ringtone.
-4. **Background mixing** (``Augment.background_mix``): with that probability a sample also hears the
+4. **Siren swap** (``Augment.siren_swap``, ``siren_swap.py``): with that probability a generator's
+   clip hears the rest of its scene without its siren, or with another clip's siren, and its event
+   and siren tag follow the sound, so the same tone or voice is heard under both labels.
+5. **Background mixing** (``Augment.background_mix``): with that probability a sample also hears the
    sound of another training clip that carries none of ``mix_exclude_tags`` (by default: no
    siren), at -12 to 0 dB. The event stays what it was, because the added sound holds no siren,
    and the tags become both clips' (a tag is decided by the sound alone). A model that must tell a
@@ -47,6 +50,7 @@ from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
 
 from .audio_warp import warp_audio, warp_factors
 from .losses import IGNORE_INDEX
+from .siren_swap import SirenSwap, swap_sirens
 
 __all__ = ["Labels", "ClipCache", "Augment", "load_clips", "split_for_validation", "iterate_batches",
            "flipped_boxes", "background_pool"]
@@ -82,6 +86,7 @@ class ClipCache:
     has_video: torch.Tensor | None = None  # (N,) bool: the sample has a video file; None: all have one
     # (N, R, S) float32: R more renderings of each clip's sound with the same labels (audio_resynth.py)
     audio_variants: torch.Tensor | None = None
+    siren_swap: SirenSwap | None = None  # each row's sound taken apart at its siren (siren_swap.py)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -100,6 +105,9 @@ class Augment:
     audio_warp: float = 0.0  # resample each clip's sound by a factor log-uniform in [1/(1+w), 1+w] (audio_warp.py)
     # hear one of the clip's sounds (its own or one of ClipCache.audio_variants), uniformly, when it has them
     audio_variants: bool = False
+    # probability of swapping a clip's siren (its rest of the sound with another clip's siren or none;
+    # the event and siren tag follow), when ClipCache.siren_swap holds the parts
+    siren_swap: float = 0.0
 
 
 def background_pool(clips: ClipCache, exclude_tags: Sequence[str]) -> torch.Tensor:
@@ -281,6 +289,7 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
         if other.any():
             audio[other] = clips.audio_variants[idx[other], pick[other] - 1]
     tags = clips.audio_tags[idx]  # (B, A) (a copy)
+    event = clips.event[idx]  # (B,) (a copy)
     video_on = torch.ones(b) if clips.has_video is None else clips.has_video[idx].float()  # (B,)
     presence = torch.stack([video_on, clips.has_audio[idx].float()], dim=1)  # (B, 2)
     targets = {k: v[idx].clone() for k, v in clips.targets.items()}
@@ -292,6 +301,8 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
         if flip.any():
             frames[flip] = frames[flip].flip(4)
             _flip_targets(clips, idx, flip, targets)
+        if augment.siren_swap > 0 and clips.siren_swap is not None:  # drawn only when swapping (same stream otherwise)
+            swap_sirens(clips.siren_swap, augment.siren_swap, idx, audio, event, tags, generator)
         if pool is not None:  # drawn only when mixing, so runs without it keep their random stream
             u_mix, u_mix_gain = torch.rand(2, b, generator=generator)
             donor = pool[torch.randint(len(pool), (b,), generator=generator)]  # (B,)
@@ -312,7 +323,7 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
         presence[drop_audio, 1] = 0.0
     video = frames * presence[:, 0].reshape(-1, 1, 1, 1, 1)  # a missing modality's tensor is zeros
     audio = audio * presence[:, 1].reshape(-1, 1)
-    return {"video": video, "audio": audio, "presence": presence, "event": clips.event[idx],
+    return {"video": video, "audio": audio, "presence": presence, "event": event,
             "audio_tags": tags, **targets, "index": idx, "flipped": flip}
 
 

@@ -20,7 +20,9 @@ checkpoint of the same architecture, or a self-supervised pretraining checkpoint
 that pretraining trained). ``frozen_encoder_epochs`` holds the encoders still while the rest warms
 up (linear probe, then fine-tune: Kumar et al. 2022) and ``encoder_lr_scale`` slows them after.
 ``audio_variants`` renders each generator clip's sound again that many times (same event and tags;
-``audio_resynth.py``), and every draw of the clip hears one of its sounds.
+``audio_resynth.py``), and every draw of the clip hears one of its sounds. ``siren_swap`` hears a
+clip's scene without its siren or with another clip's, its event and siren tag following the sound
+(``siren_swap.py``).
 
 **Labels.** The events, audio tags and object classes are the task's own (``task_labels.py``): a
 ``labels`` file, a ``labels.json`` beside the manifest, or the labels the training manifest uses;
@@ -76,6 +78,7 @@ from fusionedge.sdk.errors import DataError, FusionEdgeError, InputError
 from fusionedge.sdk.fileio import json_safe, write_json_atomic
 
 from .audio_resynth import audio_variants
+from .siren_swap import SIREN_TAG, siren_swap_parts
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .dataset import Augment, ClipCache, Labels, iterate_batches, load_clips
 from .distill import (
@@ -148,6 +151,9 @@ class TrainConfig(RunConfig):
     # more renderings of each generator clip's sound (same event and tags), one heard per draw
     # (audio_resynth.py): no teacher (its outputs are cached for the clips' own sounds)
     audio_variants: int = 0
+    # per-sample probability of hearing the clip's scene without its siren or with another clip's, the
+    # event and siren tag following (siren_swap.py): the generator's rows only, no teacher
+    siren_swap: float = 0.0
 
     KEY_ORDER: ClassVar[tuple[str, ...]] = (
         "data", "out", "val_data", "model", "model_overrides", "init", "encoder_lr_scale", "frozen_encoder_epochs",
@@ -191,6 +197,11 @@ class TrainConfig(RunConfig):
             bad.append(f"audio_variants={self.audio_variants!r} (need an integer >= 0)")
         elif self.audio_variants > 0 and self.teacher is not None:
             bad.append("audio_variants with a teacher (its outputs are cached for the clips' own sounds)")
+        if isinstance(self.siren_swap, bool) or not isinstance(self.siren_swap, (int, float)) \
+                or not 0.0 <= self.siren_swap <= 1.0:
+            bad.append(f"siren_swap={self.siren_swap!r} (need a number in 0..1)")
+        elif self.siren_swap > 0 and self.teacher is not None:
+            bad.append("siren_swap with a teacher (its outputs are cached for the clips as they are)")
         if self.task_schedule not in TASK_SCHEDULES:
             bad.append(f"task_schedule={self.task_schedule!r} (need one of {', '.join(TASK_SCHEDULES)})")
         return bad
@@ -348,6 +359,14 @@ def _check_inputs(cfg: TrainConfig, dist: DistContext, labels: Labels) -> tuple[
     if cfg.background_mix > 0 and not set(exclude) & set(labels.audio_tags):
         raise InputError(f"background_mix needs an audio tag that marks an event's sound ({', '.join(exclude)}); "
                          f"this task's audio tags are {list(labels.audio_tags)}")
+    if cfg.siren_swap > 0:
+        from .synth.rules import EVENTS
+
+        lacking = [e for e in EVENTS if e not in labels.events]
+        lacking += [] if SIREN_TAG in labels.audio_tags else [SIREN_TAG]
+        if lacking:
+            raise InputError(f"siren_swap needs the generator's events and a {SIREN_TAG!r} audio tag; this task "
+                             f"lacks {', '.join(lacking)}")
     if cfg.teacher is not None and "event_logits" not in mcfg.output_names:
         raise InputError("distillation needs an event head (its feature term distils the fused clip "
                          "embedding that feeds it); this task has no events: train it without a teacher")
@@ -686,6 +705,10 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
         variants = audio_variants(train_rows, cfg.audio_variants, cfg.geometry, workers=cfg.num_workers,
                                   progress=run.show)
         run.train_clips = dataclasses.replace(run.train_clips, audio_variants=torch.from_numpy(variants))
+    if cfg.siren_swap:
+        parts = siren_swap_parts(train_rows, labels.events, labels.audio_tags, cfg.geometry,
+                                 workers=cfg.num_workers, progress=run.show)
+        run.train_clips = dataclasses.replace(run.train_clips, siren_swap=parts)
     run.t_data = time.perf_counter() - t_start
     run.label_counts = {"train": label_counts(run.train_clips), "val": label_counts(run.val_clips)}
     if run.show:
@@ -701,7 +724,7 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
     # -- the epoch loop: train, then (rank 0) validate and save while the other ranks wait
     warmup = max(1, int(cfg.warmup_epochs * run.steps_per_epoch()))
     augment = Augment(cfg.modality_dropout, cfg.hflip, cfg.audio_gain_db, background_mix=cfg.background_mix,
-                      audio_warp=cfg.audio_warp, audio_variants=cfg.audio_variants > 0)
+                      audio_warp=cfg.audio_warp, audio_variants=cfg.audio_variants > 0, siren_swap=cfg.siren_swap)
     term_weights = _term_weights(cfg)
     ckpt_meta = dict(model_name=cfg.model, model_config=mcfg.to_dict(), geometry=cfg.geometry,
                      labels=labels.to_dict(), extra={"train_config": json_safe(cfg.to_dict())})

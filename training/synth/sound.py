@@ -46,7 +46,8 @@ from .clutter_sound import clutter_sound
 from .dsp import harmonic, rms, shape_noise, timbre_amps
 from .rules import AMBIENCES, EV_DISTANCE_M, EV_MOTIONS, NEAR_CAR_M, NEAR_PEDESTRIAN_M, SceneFlags
 
-__all__ = ["AudioInfo", "synthesize_audio", "SIREN_PATTERNS", "SIREN_ENVELOPES", "level_at_distance"]
+__all__ = ["AudioInfo", "SoundParts", "synthesize_audio", "synthesize_audio_parts", "SIREN_PATTERNS",
+           "SIREN_ENVELOPES", "level_at_distance"]
 
 SIREN_PATTERNS: tuple[str, ...] = ("wail", "yelp", "hilo", "phaser", "rumbler")
 SIREN_TIMBRES: tuple[str, ...] = ("driver", "sine", "triangle", "square")
@@ -314,6 +315,23 @@ def _mix_in(mix: np.ndarray, src: np.ndarray, ref_rms: float, snr_db: float) -> 
     return mix + src * (ref_rms * 10 ** (snr_db / 20.0) / rms(src))
 
 
+@dataclass
+class SoundParts:
+    """A clip's sound split at its siren, as :func:`synthesize_audio_parts` renders it.
+
+    ``wave`` is what the generator writes. ``siren`` is the siren as it sounds in ``wave`` (same
+    recording level and band limit, float, int16 units; zeros without one), so ``wave - siren`` is
+    the scene without its siren to within the int16 rounding. ``road_rms`` is the RMS of the road
+    noise at the recording level (int16 units; 0 for a silent clip): the reference every source's
+    level is drawn against, so a siren moves to another clip at its own level by ``road_rms`` ratios.
+    """
+
+    wave: np.ndarray  # int16 (n,)
+    info: AudioInfo
+    siren: np.ndarray  # float64 (n,)
+    road_rms: float
+
+
 def synthesize_audio(
     flags: SceneFlags, rng: np.random.Generator, *, sample_rate: int = 16000, seconds: float = 1.0
 ) -> tuple[np.ndarray, AudioInfo]:
@@ -334,6 +352,18 @@ def synthesize_audio(
         ``(waveform, info)``: ``waveform`` is int16 of shape ``(round(seconds * sample_rate),)``,
         never clipping; ``info`` says which siren pattern/envelope and which levels were used.
     """
+    parts = synthesize_audio_parts(flags, rng, sample_rate=sample_rate, seconds=seconds)
+    return parts.wave, parts.info
+
+
+def synthesize_audio_parts(
+    flags: SceneFlags, rng: np.random.Generator, *, sample_rate: int = 16000, seconds: float = 1.0
+) -> SoundParts:
+    """:func:`synthesize_audio`, with the siren as heard in the clip kept apart (same stream, same wave).
+
+    Raises:
+        InputError: as :func:`synthesize_audio`.
+    """
     if flags.engine and flags.near_car_m is None:
         raise InputError("flags.engine is set but flags.near_car_m is None")
     if flags.speech and flags.near_pedestrian_m is None:
@@ -348,11 +378,12 @@ def synthesize_audio(
     if flags.ambience == "silent":
         if flags.siren or flags.horn or flags.speech or flags.engine or flags.cabin_voice or flags.clutter_sound:
             raise InputError("a silent ambience cannot have a sound source")
-        return _silence(rng, n, sr), AudioInfo(ambience="silent")
+        return SoundParts(_silence(rng, n, sr), AudioInfo(ambience="silent"), np.zeros(n), 0.0)
     info = AudioInfo(ambience=flags.ambience)
     road = _road_noise(rng, n, sr)
     ref = rms(road)
     mix = road.copy()
+    siren_part = np.zeros(n)
     if flags.engine:
         info.levels_db["engine"] = level_at_distance(
             flags.near_car_m, NEAR_CAR_M[0], ENGINE_SNR_DB[1], ENGINE_SPREAD_DB, rng)
@@ -371,7 +402,9 @@ def synthesize_audio(
             flags.ev_distance_m, EV_DISTANCE_M[0], SIREN_SNR_DB[1], SIREN_SPREAD_DB, rng)
         siren, info.siren_timbre = _siren(rng, n, sr, info.siren_pattern, info.siren_envelope,
                                           flags.ev_depth_change_m)
+        before = mix
         mix = _mix_in(mix, siren, ref, info.levels_db["siren"])
+        siren_part = mix - before
     if flags.clutter_sound is not None:
         info.clutter_sound = flags.clutter_sound
         info.levels_db["clutter"] = float(rng.uniform(*CLUTTER_SNR_DB))
@@ -390,8 +423,9 @@ def synthesize_audio(
     if rng.random() < P_BAND_LIMITED:  # drawn last: a seed keeps every source it had
         cut = float(rng.uniform(*BAND_LIMIT_HZ))
         info.band_limit_hz = round(cut)
-        spec = np.fft.rfft(mix)
-        spec /= np.sqrt(1.0 + (np.fft.rfftfreq(n, 1.0 / sr) / cut) ** 16)  # 8th-order low-pass
-        mix = np.fft.irfft(spec, n)
-    wave = np.round(np.clip(mix * (target * 32767.0 / peak), -32767.0, 32767.0)).astype(np.int16)
-    return wave, info
+        denominator = np.sqrt(1.0 + (np.fft.rfftfreq(n, 1.0 / sr) / cut) ** 16)  # 8th-order low-pass
+        mix = np.fft.irfft(np.fft.rfft(mix) / denominator, n)
+        siren_part = np.fft.irfft(np.fft.rfft(siren_part) / denominator, n)
+    scale = target * 32767.0 / peak
+    wave = np.round(np.clip(mix * scale, -32767.0, 32767.0)).astype(np.int16)
+    return SoundParts(wave, info, siren_part * scale, ref * scale)
