@@ -32,8 +32,14 @@ def format_calibration(summary: dict) -> str:
         (f"  OOD score          {ood['score']}, threshold {ood['threshold']:.3f} "
          f"({ood['threshold_events_only']:.3f} without audio), target rate {ood['target_rate']:.2f}, "
          f"{val['uncertain_rate']:.2f} of the validation clips above it"),
-        f"  digest             {summary['digest']['before'][:12]}… -> {summary['digest']['after'][:12]}…",
     ]
+    for m, v in cal.get("missing_modality", {}).items():
+        if m == "rule":
+            continue
+        verdict = "still decided" if v["alarm_decided"] else "a guess: results without it are uncertain"
+        lines.append(f"  without {m:<10} alarm accuracy {v['alarm_accuracy']:.3f} (majority {v['majority']:.3f}): "
+                     f"{verdict}")
+    lines.append(f"  digest             {summary['digest']['before'][:12]}… -> {summary['digest']['after'][:12]}…")
     if summary["signature"] != "none":
         lines.append(f"  signature          {summary['signature']}")
     return "\n".join(lines)

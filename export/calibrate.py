@@ -2,7 +2,7 @@
 
 The validation clips go through the runtime — decode, preprocess with the bundle's geometry, ONNX
 Runtime (or the backends asked for) — so the corrections fit the deployed model's own logits, and
-only NumPy does the fitting (no torch, no SciPy). Three things are fit
+only NumPy does the fitting (no torch, no SciPy). Four things are fit
 (:mod:`fusionedge.sdk.calibration` says what each is and why it was chosen):
 
 * :func:`fit_temperature`: the event temperature minimising validation NLL (a golden-section search
@@ -13,6 +13,9 @@ only NumPy does the fitting (no torch, no SciPy). Three things are fit
   a target share of validation clips exceeds. The threshold is set on cross-fitted scores (each fold
   scored by Gaussians fit without it), so that unseen in-distribution clips exceed it about as often
   as the target says rather than more.
+* :func:`fit_missing_modality`: for each modality the model reads, whether the alarm decision is
+  still better than the majority guess with that modality removed (the validation clips run again
+  with it zeroed); a result without a modality the alarm needs is then ``uncertain``.
 
 :func:`calibrate_bundle` stores the result as the manifest's ``calibration`` block, rewriting
 ``manifest.json`` atomically; no other file changes. The block is part of the bundle's digest — it
@@ -35,6 +38,7 @@ import numpy as np
 from fusionedge.sdk.bundle import MANIFEST_NAME, load_bundle, manifest_digest, validate_manifest
 from fusionedge.sdk.bundle_signature import renew_signature, signing_for_change
 from fusionedge.sdk.calibration import (
+    ALARM_EVENTS,
     CALIBRATION_KEY,
     DEFAULT_TAG_THRESHOLD,
     Calibration,
@@ -51,6 +55,7 @@ __all__ = [
     "DEFAULT_TARGET_OOD_RATE",
     "calibrate_bundle",
     "fit_calibration",
+    "fit_missing_modality",
     "fit_ood",
     "fit_tag_thresholds",
     "fit_temperature",
@@ -230,6 +235,46 @@ def fit_ood(
             "threshold_events_only": float(np.quantile(events, q)), "validation_scores": full}
 
 
+def fit_missing_modality(
+    event_logits_without: dict[str, np.ndarray], y: np.ndarray, events: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Whether the alarm decision survives each modality's removal.
+
+    The alarm decision is "the top event is one of ``ALARM_EVENTS``". Without a modality it counts as
+    decided when its validation accuracy exceeds the majority rate (always saying the more common
+    answer) by three binomial standard errors; otherwise the model only guesses without it.
+
+    Args:
+        event_logits_without: per removed modality (``"audio"``, ``"video"``), the ``(N, K)`` event logits
+            of the validation clips run without it.
+        y: ``(N,)`` true event classes.
+        events: the K event names.
+
+    Returns:
+        Per modality ``{"samples", "alarm_accuracy", "majority", "alarm_decided"}``; ``{}`` when no
+        event of the task raises an alarm.
+
+    Raises:
+        InputError: NaN/Inf logits or shapes that disagree.
+    """
+    alarm = np.array([e in ALARM_EVENTS for e in events])
+    if not alarm.any():
+        return {}
+    y = np.asarray(y)
+    truth = alarm[y]
+    majority = float(max(truth.mean(), 1.0 - truth.mean()))
+    out = {}
+    for m, logits in event_logits_without.items():
+        ev = _check_logits(logits, f"event logits without {m}")
+        if ev.shape != (len(y), len(events)):
+            raise InputError(f"event logits without {m} must be ({len(y)}, {len(events)}), got {ev.shape}")
+        accuracy = float(np.mean(alarm[np.argmax(ev, axis=1)] == truth))
+        margin = 3.0 * math.sqrt(majority * (1.0 - majority) / len(y))
+        out[m] = {"samples": int(len(y)), "alarm_accuracy": accuracy, "majority": majority,
+                  "alarm_decided": bool(accuracy > majority + margin)}
+    return out
+
+
 def fit_calibration(
     event_logits: np.ndarray,
     tag_logits: np.ndarray,
@@ -240,6 +285,8 @@ def fit_calibration(
     has_audio: np.ndarray | None = None,
     target_ood_rate: float = DEFAULT_TARGET_OOD_RATE,
     validation: dict[str, Any] | None = None,
+    events: Sequence[str] | None = None,
+    event_logits_without: dict[str, np.ndarray] | None = None,
 ) -> Calibration:
     """Fit temperature, tag thresholds and the OOD score on validation logits.
 
@@ -253,6 +300,9 @@ def fit_calibration(
             those, the temperature on all.
         target_ood_rate: share of validation clips above the OOD threshold.
         validation: what to record about the set (``samples``, ``sha256``).
+        events: the K event names (needed with ``event_logits_without``).
+        event_logits_without: per removed modality, the validation event logits without it
+            (:func:`fit_missing_modality`); None fits no missing-modality rule.
 
     Returns:
         The :class:`~fusionedge.sdk.calibration.Calibration`.
@@ -277,6 +327,8 @@ def fit_calibration(
         covariance=ood["covariance"], threshold=ood["threshold"],
         threshold_events_only=ood["threshold_events_only"], target_rate=float(target_ood_rate),
         validation=dict(validation or {"samples": len(ev)}), fitted_tags=fitted,
+        missing_modality=fit_missing_modality(event_logits_without, y, list(events or []))
+        if event_logits_without else {},
     )
 
 
@@ -356,13 +408,17 @@ def calibrate_bundle(
         if len({s.event for s in samples}) < 2:  # before running anything: no temperature can be fit
             raise DataError(f"{data}: the validation set holds a single event class; a temperature needs at "
                             f"least two")
-        out = sample_logits(p, samples, batch_size=int(batch_size), progress=progress, desc="calibrate")
+        # what a dead sensor leaves: the fused model's clips run again with each modality zeroed
+        dead = p.modalities if len(p.modalities) == 2 and any(e in ALARM_EVENTS for e in events) else ()
+        out = sample_logits(p, samples, batch_size=int(batch_size), progress=progress, desc="calibrate",
+                            without=dead)
         old_manifest = p.bundle.manifest
     y = np.array([events.index(s.event) for s in samples])
     tag_true = np.array([[t in s.audio_tags for t in tags] for s in samples], np.float64)
     validation = {"samples": len(samples), "sha256": _set_digest(manifest_path(data), samples)}
     cal = fit_calibration(out["event_logits"], out["tag_logits"], y, tag_true, tags, has_audio=out["has_audio"],
-                          target_ood_rate=target_ood_rate, validation=validation)
+                          target_ood_rate=target_ood_rate, validation=validation, events=events,
+                          event_logits_without=out.get("event_logits_without"))
     manifest = {k: v for k, v in old_manifest.items()}
     manifest[CALIBRATION_KEY] = cal.to_manifest()
     validate_manifest(manifest)

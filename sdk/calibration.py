@@ -2,7 +2,7 @@
 
 A network trained with cross-entropy is over-confident, and a closed-set model gives some answer to
 every input, however foreign. ``fusionedge calibrate`` (:mod:`fusionedge.export.calibrate`) fits
-three corrections on a labelled validation set through the runtime and stores them in the manifest's
+its corrections on a labelled validation set through the runtime and stores them in the manifest's
 ``calibration`` block; this module reads that block and applies it to the raw model outputs:
 
 * **Temperature scaling** (Guo et al., 2017): event probabilities are ``softmax(logits / T)`` with
@@ -22,6 +22,13 @@ three corrections on a labelled validation set through the runtime and stores th
   threshold is set so that a target share (default 5 %) of validation clips lies above it; a result
   above it is ``uncertain``. Without audio, the score uses the event logits' part of the Gaussians
   and its own threshold.
+* **What a missing sensor leaves undecided**: the validation clips are run again with each modality
+  removed (its input zeroed, its presence 0, as a dead sensor looks at run time), and the alarm
+  decision (top event in ``ALARM_EVENTS`` or not) is scored against the truth. A modality without
+  which that accuracy is not above the majority rate by three standard errors decides the alarm:
+  without it the model can only guess (in the fused task a siren is heard, never seen), so a result
+  that lacks it is ``uncertain`` and raises no alarm, whatever its top event. A camera that fails
+  while the siren is heard still alarms, because the alarm does not need the camera.
 
 A bundle without the block gives exactly the outputs it always did: plain softmax, tags on at 0.5,
 no OOD score, never uncertain. NumPy only: this module is part of the device runtime.
@@ -31,18 +38,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from fusionedge.sdk.errors import BundleError, InputError
 from fusionedge.sdk.postprocess import softmax
+from fusionedge.sdk.spec import MODALITIES
 
 __all__ = [
     "ALARM_EVENTS",
     "CALIBRATION_KEY",
     "DEFAULT_TAG_THRESHOLD",
     "METHOD",
+    "MISSING_RULE",
     "OOD_SCORE",
     "TAG_RULE",
     "Calibration",
@@ -58,6 +67,8 @@ TAG_RULE = "max-f1"
 OOD_SCORE = "mahalanobis-logits"
 #: Where an uncalibrated bundle (or a tag the validation set could not fit) turns a tag on.
 DEFAULT_TAG_THRESHOLD = 0.5
+#: How the missing-modality block decides that a modality is needed for the alarm.
+MISSING_RULE = "alarm-accuracy-3se-above-majority"
 
 
 def mahalanobis_min(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -93,6 +104,9 @@ class Calibration:
     target_rate: float
     validation: dict[str, Any]  # {"samples": int, "sha256": hex of the set}
     fitted_tags: tuple[str, ...] = ()  # tags whose threshold was fit (the others keep 0.5)
+    # per removed modality: {"samples", "alarm_accuracy", "majority", "alarm_decided"}: whether the alarm
+    # is still decided without it; {} when not fit
+    missing_modality: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         k = self.class_means.shape[0]
@@ -156,6 +170,7 @@ class Calibration:
             threshold=_number(ood, "threshold", f"{where}.ood"),
             threshold_events_only=_number(ood, "threshold_events_only", f"{where}.ood"),
             target_rate=rate, validation=dict(validation), fitted_tags=tuple(fitted),
+            missing_modality=_missing_block(block.get("missing_modality"), f"{where}.missing_modality"),
         )
 
     def to_manifest(self) -> dict[str, Any]:
@@ -175,7 +190,13 @@ class Calibration:
                 "covariance": self.covariance.astype(float).tolist(),
             },
             "validation": dict(self.validation),
+            **self._missing_manifest(),
         }
+
+    def _missing_manifest(self) -> dict[str, Any]:
+        if not self.missing_modality:
+            return {}
+        return {"missing_modality": {"rule": MISSING_RULE, **{m: dict(v) for m, v in self.missing_modality.items()}}}
 
     # ----------------------------------------------------------------------------- applying it
 
@@ -216,11 +237,36 @@ class Calibration:
             raise InputError("event or tag logits contain NaN or Inf; check the model and its input")
         return mahalanobis_min(x, means, prec)
 
-    def is_uncertain(self, score: float | np.ndarray, *, has_audio: bool = True) -> bool | np.ndarray:
-        """Whether an OOD score lies above the threshold of its kind (with or without audio)."""
+    def is_uncertain(self, score: float | np.ndarray, *, has_audio: bool = True,
+                     has_video: bool = True) -> bool | np.ndarray:
+        """Whether a result is uncertain: its OOD score lies above the threshold of its kind (with or
+        without audio), or it lacks a modality without which the alarm could not be decided."""
         limit = self.threshold if has_audio else self.threshold_events_only
         out = np.asarray(score) > limit
+        if any(m in self.alarm_needs for m, present in (("audio", has_audio), ("video", has_video)) if not present):
+            out = np.ones_like(out, dtype=bool)
         return bool(out) if out.ndim == 0 else out
+
+    @property
+    def alarm_needs(self) -> tuple[str, ...]:
+        """The modalities without which validation showed the alarm cannot be decided."""
+        return tuple(m for m, v in self.missing_modality.items() if not v["alarm_decided"])
+
+
+def _missing_block(block: Any, where: str) -> dict[str, dict[str, Any]]:
+    """The ``missing_modality`` block (absent in bundles calibrated before it existed: no rule)."""
+    if block is None:
+        return {}
+    if not isinstance(block, dict) or block.get("rule") != MISSING_RULE:
+        raise _fail(where, f"expected an object with rule {MISSING_RULE!r}")
+    out = {}
+    for m, v in block.items():
+        if m == "rule":
+            continue
+        if m not in MODALITIES or not isinstance(v, dict) or not isinstance(v.get("alarm_decided"), bool):
+            raise _fail(f"{where}.{m}", f"expected one of {', '.join(MODALITIES)} with a boolean 'alarm_decided'")
+        out[m] = dict(v)
+    return out
 
 
 def _fail(where: str, message: str) -> BundleError:

@@ -22,7 +22,7 @@ import numpy as np
 from fusionedge.sdk import metrics as M
 from fusionedge.sdk.coco import coco_detection_metrics
 from fusionedge.sdk.datamanifest import Sample, read_manifest
-from fusionedge.sdk.errors import DataError
+from fusionedge.sdk.errors import DataError, InputError
 from fusionedge.sdk.generic import last_frame
 from fusionedge.sdk.media import read_audio, read_video
 from fusionedge.sdk.outside_metrics import expected_calibration_error, outside_metrics
@@ -66,20 +66,28 @@ def load_sample_inputs(sample: Sample, geometry) -> tuple[np.ndarray, np.ndarray
 
 def sample_logits(
     perception: Perception, samples: Sequence[Sample], *, batch_size: int = 16, progress: bool = False,
-    desc: str = "logits",
-) -> dict[str, np.ndarray]:
+    desc: str = "logits", without: Sequence[str] = (),
+) -> dict:
     """Run samples through a loaded fused-model bundle; the raw event and tag logits of each.
 
     What calibration is fit on and what an open-world report scores (per clip, not aggregated).
+    ``without=("audio", "video")`` also runs every clip as if each of those sensors were dead (its
+    input zeroed and its presence 0, as the runtime feeds a missing modality), from the same decoded
+    batch.
 
     Returns:
-        ``{"event_logits" (N, K), "tag_logits" (N, T), "has_audio" (N,)}``, float64 / bool.
+        ``{"event_logits" (N, K), "tag_logits" (N, T), "has_audio" (N,)}``, float64 / bool, and with
+        ``without`` ``"event_logits_without": {modality: (N, K)}``.
 
     Raises:
+        InputError: ``without`` names something other than ``audio`` or ``video``.
         MediaError: a media file cannot be decoded.
         BackendError: the backend failed (NaN/Inf outputs included).
     """
+    if not set(without) <= {"audio", "video"}:
+        raise InputError(f"without must name 'audio' and/or 'video', got {list(without)!r}")
     ev, tg, audio = [], [], []
+    dead: dict[str, list] = {m: [] for m in without}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -87,8 +95,11 @@ def sample_logits(
         bar = tqdm(total=len(samples), desc=desc, unit="clip", leave=False)
     for batch in _batches(list(samples), batch_size):
         loaded = [load_sample_inputs(s, perception.geometry) for s in batch]
-        out = perception.infer_batch(np.stack([v for v, _, _, _ in loaded]), np.stack([a for _, a, _, _ in loaded]),
-                                     np.stack([p for _, _, p, _ in loaded]))
+        video, waves, presence = (np.stack([x[i] for x in loaded]) for i in range(3))
+        out = perception.infer_batch(video, waves, presence)
+        for m in without:  # the same clips with one sensor dead
+            keep = np.array([m != "video", m != "audio"], presence.dtype)
+            dead[m].append(perception.infer_batch(video * keep[0], waves * keep[1], presence * keep)["event_logits"])
         ev.append(out["event_logits"])
         tg.append(out["audio_tag_logits"])
         audio += [bool(p[1]) for _, _, p, _ in loaded]
@@ -96,8 +107,11 @@ def sample_logits(
             bar.update(len(loaded))
     if bar is not None:
         bar.close()
-    return {"event_logits": np.concatenate(ev).astype(np.float64),
-            "tag_logits": np.concatenate(tg).astype(np.float64), "has_audio": np.asarray(audio, bool)}
+    result: dict = {"event_logits": np.concatenate(ev).astype(np.float64),
+                    "tag_logits": np.concatenate(tg).astype(np.float64), "has_audio": np.asarray(audio, bool)}
+    if without:
+        result["event_logits_without"] = {m: np.concatenate(v).astype(np.float64) for m, v in dead.items()}
+    return result
 
 
 def _batches(samples: list[Sample], size: int) -> Iterator[list[Sample]]:
@@ -235,8 +249,9 @@ def evaluate(
                         "calibrated": cal is not None}
     kw: dict = {}
     if cal is not None:
-        has_audio = np.array([s.audio is not None for s in samples])
-        unsure = np.array([cal.is_uncertain(o, has_audio=a) for o, a in zip(ood, has_audio)], bool)
+        unsure = np.array([cal.is_uncertain(o, has_audio=s.audio is not None or "audio" not in perception.modalities,
+                                            has_video=s.video is not None or "video" not in perception.modalities)
+                           for o, s in zip(ood, samples)], bool)
         kw = {"tags_on": np.array([[v >= cal.tag_thresholds[t] for t, v in zip(tags, row)] for row in scores], bool)
               .reshape(scores.shape), "uncertain": unsure, "ood_scores": np.asarray(ood)}
         open_world["uncertain_rate"] = float(unsure.mean())

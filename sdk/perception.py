@@ -502,7 +502,8 @@ class Perception:
 
         Returns:
             The result: softmax event scores, sigmoid audio tags, boxes in the frame's pixels; with the
-            bundle's calibration applied when it has one (tempered scores, tag thresholds, OOD score).
+            bundle's calibration applied when it has one (tempered scores, tag thresholds, OOD score,
+            ``uncertain`` also when a modality the alarm needs is missing).
         """
         g = self.geometry
         events, tags = self.labels["events"], self.labels["audio_tags"]
@@ -540,7 +541,9 @@ class Perception:
             engine=self.engine_state,
             tags_on=None if cal is None else cal.tags_on(audio_tags),
             ood_score=ood,
-            uncertain=False if ood is None else bool(cal.is_uncertain(ood, has_audio=has_audio)),
+            uncertain=False if ood is None else bool(cal.is_uncertain(
+                ood, has_audio=has_audio or "audio" not in self.modalities,
+                has_video=frame_wh is not None or "video" not in self.modalities)),
         )
 
     def _infer_generic(

@@ -14,6 +14,7 @@ from _toy_model import TOY_GEOMETRY, copy_bundle, shared_toy_bundle
 from fusionedge.cli.main import main
 from fusionedge.export.calibrate import (
     fit_calibration,
+    fit_missing_modality,
     fit_ood,
     fit_tag_thresholds,
     fit_temperature,
@@ -321,6 +322,9 @@ def test_open_world_report_compares_bundles_in_a_table_with_a_reliability_diagra
     ("temperature", -1.0, "calibration.temperature"),
     ("tag_thresholds", {"siren": 0.5}, "calibration.tag_thresholds"),
     ("ood", {"score": "energy"}, "calibration.ood.score"),
+    ("missing_modality", {"rule": "a-guess", "audio": {"alarm_decided": False}}, "calibration.missing_modality"),
+    ("missing_modality", {"rule": "alarm-accuracy-3se-above-majority", "smell": {"alarm_decided": False}},
+     "calibration.missing_modality.smell"),
 ])
 def test_a_malformed_calibration_block_refuses_the_bundle_naming_the_field(toy, capsys, tmp_path, field, value,
                                                                            message):
@@ -337,3 +341,52 @@ def test_a_malformed_calibration_block_refuses_the_bundle_naming_the_field(toy, 
     clip = toy["val"] / "media" / "c01"
     assert main(["predict", "--bundle", str(bundle), "--video", f"{clip}.mp4", "--audio", f"{clip}.wav"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_modality_without_which_the_alarm_is_a_guess_is_found_on_validation():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)  # EVENTS: none, emergency_ahead, emergency_behind, lights_no_siren
+    right = np.eye(4)[y] * 5.0  # the true event on top
+    guess = rng.normal(size=(400, 4))  # an event at random
+    out = fit_missing_modality({"video": right, "audio": guess}, y, EVENTS)
+    assert out["video"]["alarm_decided"] is True and out["video"]["alarm_accuracy"] == 1.0
+    assert out["audio"]["alarm_decided"] is False and abs(out["audio"]["alarm_accuracy"] - 0.5) < 0.1
+    assert out["audio"]["samples"] == 400 and 0.5 <= out["audio"]["majority"] <= 0.6
+    # a task none of whose events raise an alarm has no rule; bad logits are a typed error
+    assert fit_missing_modality({"audio": guess}, y, ["a", "b", "c", "d"]) == {}
+    with pytest.raises(InputError, match="without audio"):
+        fit_missing_modality({"audio": guess[:10]}, y, EVENTS)
+    with pytest.raises(InputError, match="NaN"):
+        fit_missing_modality({"audio": np.full((400, 4), np.nan)}, y, EVENTS)
+
+
+def test_the_calibrated_bundle_records_what_each_dead_sensor_leaves_and_a_guess_is_uncertain(toy, tmp_path):
+    from fusionedge.sdk import Perception
+    from fusionedge.sdk.fileio import write_json_atomic
+
+    block = json.loads((toy["calibrated"] / "manifest.json").read_text())["calibration"]["missing_modality"]
+    assert block["rule"] == "alarm-accuracy-3se-above-majority" and set(block) == {"rule", "video", "audio"}
+    assert all(block[m]["samples"] == 16 and isinstance(block[m]["alarm_decided"], bool) for m in ("video", "audio"))
+    clip = {"video_path": toy["val"] / "media" / "c05.mp4", "audio_path": toy["val"] / "media" / "c05.wav"}
+    for needed, decided in (("audio", "video"), ("video", "audio")):
+        bundle = copy_bundle(toy["calibrated"], tmp_path / f"needs-{needed}")
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["calibration"]["ood"].update(threshold=1e12, threshold_events_only=1e12)  # no clip is far
+        manifest["calibration"]["missing_modality"][needed]["alarm_decided"] = False
+        manifest["calibration"]["missing_modality"][decided]["alarm_decided"] = True
+        write_json_atomic(bundle / "manifest.json", manifest)
+        with Perception.load(bundle) as p:
+            assert p.calibration.alarm_needs == (needed,)
+            assert p.infer(**clip).uncertain is False  # both sensors: the OOD score alone decides
+            without_needed = p.infer(**{k: v for k, v in clip.items() if not k.startswith(needed)})
+            without_other = p.infer(**{k: v for k, v in clip.items() if not k.startswith(decided)})
+        assert without_needed.missing == (needed,) and without_needed.uncertain is True
+        assert without_needed.alarm is False
+        assert without_other.missing == (decided,) and without_other.uncertain is False
+    # a bundle calibrated before the rule existed reads as having none
+    manifest = json.loads((toy["calibrated"] / "manifest.json").read_text())
+    del manifest["calibration"]["missing_modality"]
+    from fusionedge.sdk.calibration import Calibration
+
+    old = Calibration.from_manifest(manifest)
+    assert old.missing_modality == {} and old.is_uncertain(0.0, has_audio=False, has_video=True) is False
