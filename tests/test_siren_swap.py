@@ -20,6 +20,7 @@ from fusionedge.training.synth import rules
 from fusionedge.training.synth.dsp import rms
 from fusionedge.training.synth.sound import synthesize_audio, synthesize_audio_parts
 from fusionedge.training.train import TrainConfig, train
+from _precision_fixtures import synth_data
 from _tiny_train import TINY
 
 GEOMETRY = InputGeometry()
@@ -27,11 +28,7 @@ GEOMETRY = InputGeometry()
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    from fusionedge.training.synth.generate import generate_dataset
-
-    out = tmp_path_factory.mktemp("synth")
-    generate_dataset(out, 24, seed=11, workers=1, progress=False)
-    return out
+    return synth_data(tmp_path_factory)  # 24 generator clips, shared with the precision tests
 
 
 def test_the_parts_render_the_same_wave_and_the_siren_at_its_drawn_level(monkeypatch):
