@@ -25,9 +25,9 @@ its corrections on a labelled validation set through the runtime and stores them
 * **What a missing sensor leaves undecided**: the validation clips are run again with each modality
   removed (its input zeroed, its presence 0, as a dead sensor looks at run time), and the alarm
   decision (top event in ``ALARM_EVENTS`` or not) is scored against the truth. A modality without
-  which that accuracy is not above the majority rate by three standard errors decides the alarm:
-  without it the model can only guess (in the fused task a siren is heard, never seen), so a result
-  that lacks it is ``uncertain`` and raises no alarm, whatever its top event. A camera that fails
+  which that accuracy is not above the majority rate by three standard errors is needed for the
+  alarm: without it the model can only guess (in the fused task a siren is heard, never seen), so a
+  result that lacks it is ``uncertain`` and raises no alarm, whatever its top event. A camera that fails
   while the siren is heard still alarms, because the alarm does not need the camera.
 
 A bundle without the block gives exactly the outputs it always did: plain softmax, tags on at 0.5,
@@ -196,7 +196,8 @@ class Calibration:
     def _missing_manifest(self) -> dict[str, Any]:
         if not self.missing_modality:
             return {}
-        return {"missing_modality": {"rule": MISSING_RULE, **{m: dict(v) for m, v in self.missing_modality.items()}}}
+        block = {m: dict(v) for m, v in self.missing_modality.items()}
+        return {"missing_modality": {"rule": MISSING_RULE, **block}}
 
     # ----------------------------------------------------------------------------- applying it
 

@@ -249,8 +249,7 @@ def evaluate(
                         "calibrated": cal is not None}
     kw: dict = {}
     if cal is not None:
-        unsure = np.array([cal.is_uncertain(o, has_audio=s.audio is not None or "audio" not in perception.modalities,
-                                            has_video=s.video is not None or "video" not in perception.modalities)
+        unsure = np.array([cal.is_uncertain(o, has_audio=s.audio is not None, has_video=s.video is not None)
                            for o, s in zip(ood, samples)], bool)
         kw = {"tags_on": np.array([[v >= cal.tag_thresholds[t] for t, v in zip(tags, row)] for row in scores], bool)
               .reshape(scores.shape), "uncertain": unsure, "ood_scores": np.asarray(ood)}

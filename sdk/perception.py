@@ -541,9 +541,8 @@ class Perception:
             engine=self.engine_state,
             tags_on=None if cal is None else cal.tags_on(audio_tags),
             ood_score=ood,
-            uncertain=False if ood is None else bool(cal.is_uncertain(
-                ood, has_audio=has_audio or "audio" not in self.modalities,
-                has_video=frame_wh is not None or "video" not in self.modalities)),
+            uncertain=False if ood is None else bool(cal.is_uncertain(ood, has_audio=has_audio,
+                                                                      has_video=frame_wh is not None)),
         )
 
     def _infer_generic(
