@@ -126,7 +126,7 @@ def siren_swap_parts(samples: Sequence[Sample], events: Sequence[str], audio_tag
     for lit in (False, True):
         group = eligible & (lights == lit)
         rate.append(float(has_siren[group].mean()) if group.any() else 0.0)
-    rest[~eligible] = 0.0  # never used; keeps the tensor honest
+    rest[~eligible] = 0.0  # never swapped: their own sound stays in the decoded split
     return SirenSwap(
         rest=torch.from_numpy(rest), siren=torch.from_numpy(np.stack([out[i][1] for i in donors])),
         donors=torch.from_numpy(donors.astype(np.int64)), road_rms=torch.from_numpy(road),
