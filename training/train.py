@@ -55,7 +55,7 @@ epoch's permutation: ``batch_size`` is per process. Only rank 0 validates and wr
 folder; the others wait. On CUDA the forward pass runs under autocast (bf16, or fp16 with a
 ``GradScaler`` where bf16 is not supported); on the CPU in float32.
 
-The module is past 600 lines (about 720) because it is the loop and its phases, one helper each; the
+The module is past 600 lines (about 740) because it is the loop and its phases, one helper each; the
 building blocks it shares with pretraining are in ``loop.py``, ``run_config.py`` and ``resume.py``.
 """
 
@@ -78,7 +78,6 @@ from fusionedge.sdk.errors import DataError, FusionEdgeError, InputError
 from fusionedge.sdk.fileio import json_safe, write_json_atomic
 
 from .audio_resynth import audio_variants
-from .siren_swap import SIREN_TAG, siren_swap_parts
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .dataset import Augment, ClipCache, Labels, iterate_batches, load_clips
 from .distill import (
@@ -115,6 +114,7 @@ from .models.multimodal import ModelConfig, MultimodalModel, count_flops, count_
 from .models.registry import model_config
 from .resume import resume_state, rng_state, set_rng_state
 from .run_config import RunConfig
+from .siren_swap import SIREN_TAG, siren_swap_parts
 from .task_labels import TaskLabels, format_label_counts, label_counts, resolve_labels
 
 __all__ = ["TrainConfig", "train", "evaluate_model", "resolve_model_config", "ENCODER_PREFIXES"]
