@@ -35,7 +35,7 @@ __all__ = ["scene_of", "render_sound_again", "audio_variants", "as_float"]
 RESYNTH_STREAM = 2
 
 
-def scene_of(sample: Sample):
+def scene_of(sample: Sample) -> tuple:
     """A synthetic row's scene re-derived from its ``synth.seed`` / ``synth.index``, checked against its labels.
 
     Raises:
