@@ -1,7 +1,8 @@
 """``fusionedge quickstart``: the whole path on one machine, end to end.
 
 1. synthesize a training split, a validation split and a test split from a **different seed**
-2. train the ``fusion_student`` model
+2. train the ``fusion_student`` model (with the pitch-motion audio input and siren swap: the
+   open-world recipe of ``training/EXPERIMENTS.md``)
 3. export it to a verified ONNX bundle (``WORKDIR/bundle``)
 4. calibrate the bundle on the validation split (``fusionedge calibrate``: event temperature, tag
    thresholds, the out-of-distribution score that marks a result ``uncertain``); a validation split
@@ -46,6 +47,11 @@ class QuickstartConfig:
     overwrite: bool = False
     progress: bool = True
     min_event_accuracy: float = 0.5  # below this the run fails loudly: something is broken, not unlucky
+    # the open-world recipe (training/EXPERIMENTS.md, "siren swap ... pitch motion", two seeds): the audio
+    # encoder also reads the pitch track, and half the training draws hear their scene with another
+    # clip's siren or none, the labels following; a steady tone is then no siren
+    siren_swap: float = 0.5
+    audio_pitch_motion: bool = True
 
 
 def _log(msg: str) -> None:
@@ -101,7 +107,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     stage("train", f"training {cfg.model}")
     run_dir = work / "run"
     tcfg = {"data": train_m, "val_data": val_m, "out": run_dir, "model": cfg.model, "seed": cfg.seed,
-            "progress": cfg.progress}
+            "progress": cfg.progress, "siren_swap": cfg.siren_swap,
+            "model_overrides": {"audio_pitch_motion": True} if cfg.audio_pitch_motion else {}}
     if cfg.epochs is not None:
         tcfg["epochs"] = cfg.epochs
     train_metrics = train(TrainConfig(**tcfg))
