@@ -101,18 +101,14 @@ class QuantizeConfig:
             output (:func:`output_tail_nodes`); :func:`quantize_bundle` turns it on for an imported model.
         keep_float: further node names to keep in float (e.g. the precision gate's choice).
         percentile: the percentile for ``percentile`` calibration.
-        weight_bits: 8, or fewer for a coarser symmetric weight grid (``2^(b-1) - 1`` levels each
-            side, e.g. 4 → [-7, 7]) still stored as int8 — a W4A8 setting for studying what
-            quantization-aware training recovers; the graph's Q/DQ form is unchanged.
-        weight_int8: also store the float ``MatMul``/``Gemm`` weights (and learned embeddings) that stay
-            unquantized as weight-only INT8 (:mod:`fusionedge.export.weight_int8`): the compute stays
-            float, the file shrinks.
-        reduce_range: ``cpu`` profile: weights on a 7-bit grid (about [-64, 64]). ONNX Runtime's
-            uint8 x int8 kernels on x86 CPUs without VNNI (AVX2, AVX-512F: many AMD EPYC and older
-            Intel parts) add pairs of products in 16 bits, which 255 x 127 x 2 overflows; with 7-bit
-            weights it cannot. Without it an imported detection model lost 0.65 mAP@0.5 on an AMD EPYC.
-            A bundle may run on another CPU than the one that built it, so this is on by default;
-            the ``tensorrt`` profile keeps 8-bit weights (TensorRT does not add in 16 bits).
+        weight_bits: 8, or fewer for a coarser symmetric grid (``2^(b-1) - 1`` levels each side, e.g.
+            4 → [-7, 7]) stored as int8: W4A8, to study what QAT recovers; the Q/DQ form is unchanged.
+        weight_int8: also store the float ``MatMul``/``Gemm`` weights (and learned embeddings) as
+            weight-only INT8 (:mod:`fusionedge.export.weight_int8`): compute stays float, the file shrinks.
+        reduce_range: ``cpu`` profile: 7-bit weights, [-64, 64]. ONNX Runtime's uint8 x int8 kernels on
+            x86 without VNNI add product pairs in 16 bits, which 255 x 127 x 2 overflows (an imported
+            detector lost 0.65 mAP@0.5 on an AMD EPYC); on by default, as a bundle may run on another
+            CPU. The ``tensorrt`` profile keeps 8-bit weights.
     """
 
     profile: str = "cpu"

@@ -28,7 +28,7 @@ from fusionedge.sdk.errors import DataError
 from fusionedge.sdk.preprocess import preprocess_audio
 from fusionedge.sdk.spec import InputGeometry
 
-__all__ = ["scene_of", "render_sound_again", "audio_variants", "as_float"]
+__all__ = ["scene_of", "render_sound_again", "stored_sound", "audio_variants", "as_float"]
 
 #: The stream of variant ``v`` of row (seed, index) is ``[seed, index, RESYNTH_STREAM, v]`` (the
 #: generator uses ``[seed, index]`` for the clip and ``[seed, index, 1]`` for its questions).
@@ -93,17 +93,29 @@ def as_float(wave: np.ndarray) -> np.ndarray:
     return wave.astype(np.float32) / 32768.0
 
 
-def _check_renders_as_stored(sample: Sample) -> None:
-    """The generator's own stream must give the stored sound back, or the scene is not the one it made."""
+def stored_sound(sample: Sample, wave: np.ndarray | None = None) -> np.ndarray:
+    """A generator row's stored sound, checked against its scene rendered again by the generator's own stream.
+
+    Args:
+        sample: the row.
+        wave: that rendering (int16) when the caller already has it; None renders it here.
+
+    Raises:
+        DataError: the two differ (another generator version, sample rate or length, or an edited file).
+
+    Returns:
+        The stored sound, float32 mono in [-1, 1).
+    """
     from fusionedge.sdk.audio_file import read_audio
 
     stored, _ = read_audio(sample.audio)
-    again = as_float(render_sound_again(sample, -1))
+    again = as_float(render_sound_again(sample, -1) if wave is None else wave)
     stored = stored.reshape(-1) if stored.ndim == 2 and stored.shape[1] == 1 else stored  # (S, 1): mono
     if stored.shape != again.shape or not np.array_equal(stored, again):
         raise DataError(f"sample {sample.id!r}: rendering its scene again does not give its stored sound "
                         f"({sample.audio}): made by another generator version or with another sample rate "
-                        "or length, so its sound cannot be rendered again")
+                        "or length, or edited, so its sound cannot be rendered again")
+    return stored
 
 
 def _variants_of(job: tuple[Sample, int, InputGeometry]) -> np.ndarray:
@@ -137,7 +149,7 @@ def audio_variants(samples: Sequence[Sample], count: int, geometry: InputGeometr
         if s.audio is None:
             raise DataError(f"sample {s.id!r} has no audio to render again")
     if samples:
-        _check_renders_as_stored(samples[0])
+        stored_sound(samples[0])
     jobs = [(s, count, geometry) for s in samples]
     bar = dict(total=len(jobs), desc=f"render sound x{count}", unit="clip", disable=not progress, leave=False)
     if workers <= 1:

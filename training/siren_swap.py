@@ -35,7 +35,7 @@ from fusionedge.sdk.errors import DataError
 from fusionedge.sdk.preprocess import preprocess_audio
 from fusionedge.sdk.spec import InputGeometry
 
-from .audio_resynth import as_float, scene_of
+from .audio_resynth import scene_of, stored_sound
 
 __all__ = ["SirenSwap", "siren_swap_parts", "swap_sirens"]
 
@@ -59,19 +59,12 @@ class SirenSwap:
 
 
 def _parts(job: tuple[Sample, InputGeometry]) -> tuple[np.ndarray, np.ndarray, float, bool, bool, bool]:
-    from fusionedge.sdk.audio_file import read_audio
-
     from .synth.sound import synthesize_audio_parts
 
     sample, geometry = job
     flags, config, rng_audio = scene_of(sample)
     parts = synthesize_audio_parts(flags, rng_audio, sample_rate=config.sample_rate, seconds=config.seconds)
-    stored, _ = read_audio(sample.audio)
-    stored = stored.reshape(-1) if stored.ndim == 2 and stored.shape[1] == 1 else stored
-    if stored.shape != parts.wave.shape or not np.array_equal(stored, as_float(parts.wave)):
-        raise DataError(f"sample {sample.id!r}: rendering its scene again does not give its stored sound "
-                        f"({sample.audio}): made by another generator version or edited, so its siren cannot "
-                        "be taken apart from the rest")
+    stored = stored_sound(sample, parts.wave)
     eligible = parts.info.ambience != "silent" and parts.info.band_limit_hz is None and parts.road_rms > 0
     siren = (parts.siren / 32768.0).astype(np.float32)
     rest = preprocess_audio(stored - siren, config.sample_rate, geometry)
