@@ -7,9 +7,10 @@ Every clip has road/tyre noise (spectrally shaped noise). On top of it, as the s
             *hi-lo* (two alternating tones), *rumbler* (low) - with an approach, recede or steady
             loudness envelope and a matching small Doppler shift
 ``horn``    a one- or two-tone harmonic burst, a car's or a truck's (one or two honks)
-``speech``  babble of 1-3 talkers: glottal pulse trains filtered by vowel formants, cut into
-            syllables with smooth envelopes, with a little fricative noise; a cabin voice (radio,
-            phone, passenger) is one such talker, band-limited for a loudspeaker or a phone line
+``speech``  babble of 1-3 talkers (:mod:`.voice`: a formant synthesizer whose formants glide from
+            phone to phone, on a phrase's intonation, its voicing broken by consonants and
+            pauses); a cabin voice (radio, phone, passenger) is one such talker, band-limited for a
+            loudspeaker or a phone line
 
 and, with no tag, one untagged sound of the open world (:mod:`.clutter_sound`). A siren is a
 continuous tone whose pitch moves periodically (wail, yelp, phaser, hi-lo, rumbler; see
@@ -45,6 +46,7 @@ from fusionedge.sdk.errors import InputError
 from .clutter_sound import clutter_sound
 from .dsp import harmonic, rms, shape_noise, timbre_amps
 from .rules import AMBIENCES, EV_DISTANCE_M, EV_MOTIONS, NEAR_CAR_M, NEAR_PEDESTRIAN_M, SceneFlags
+from .voice import babble, cabin_voice
 
 __all__ = ["AudioInfo", "SoundParts", "synthesize_audio", "synthesize_audio_parts", "SIREN_PATTERNS",
            "SIREN_ENVELOPES", "level_at_distance"]
@@ -69,14 +71,6 @@ BAND_LIMIT_HZ = (3400.0, 11000.0)
 SIREN_SPREAD_DB = 7.0
 ENGINE_SPREAD_DB = 7.35
 SPEECH_SPREAD_DB = 6.0
-
-# Vowel formants (F1, F2, F3) in Hz, adult average.
-_VOWELS = np.array(
-    [[730, 1090, 2440], [530, 1840, 2480], [270, 2290, 3010], [570, 840, 2410], [300, 870, 2240],
-     [660, 1720, 2410], [490, 1350, 1690]],
-    dtype=np.float64,
-)
-
 
 @dataclass
 class AudioInfo:
@@ -243,64 +237,6 @@ def _horn(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     return tone * env
 
 
-def _formant_gain(freqs: np.ndarray, formants: np.ndarray) -> np.ndarray:
-    g = np.zeros_like(freqs)
-    for i, fc in enumerate(formants):
-        bw = 60.0 + 0.06 * fc
-        g += (0.9**i) / (1.0 + ((freqs - fc) / bw) ** 2)
-    return g * np.exp(-freqs / 6000.0)
-
-
-def _talker(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
-    out = np.zeros(n)
-    f0_base = float(np.exp(rng.uniform(np.log(75.0), np.log(320.0))))  # deep voices to children's
-    swing = rng.uniform(0.02, 0.2)  # a flat, synthetic-sounding voice to a lively one
-    pos = int(rng.uniform(-0.1, 0.15) * sr)
-    while pos < n:
-        dur = int(rng.uniform(0.08, 0.3) * sr)
-        a, b = max(pos, 0), min(pos + dur, n)
-        if b - a > 64:
-            m = b - a
-            tt = np.arange(m) / sr
-            f0 = f0_base * (1.0 + rng.uniform(-swing, swing) + rng.uniform(-swing, swing) * tt / max(tt[-1], 1e-9))
-            phase = np.cumsum(f0) / sr + rng.random()
-            pulses = np.diff(np.floor(phase), prepend=np.floor(phase[0]))  # 1 where a glottal period starts
-            vowel = _VOWELS[rng.integers(len(_VOWELS))] * rng.uniform(0.9, 1.15)
-            freqs = np.fft.rfftfreq(m, 1.0 / sr)
-            voiced = np.fft.irfft(np.fft.rfft(pulses) * _formant_gain(freqs, vowel), m)
-            env = np.sin(np.pi * np.linspace(0, 1, m)) ** rng.uniform(0.6, 1.5)
-            seg = voiced / (rms(voiced) + 1e-9) * env
-            if rng.random() < 0.4:  # a fricative onset (s, sh, f): short high-passed noise
-                k = min(m, int(rng.uniform(0.03, 0.07) * sr))
-                fc = rng.uniform(2500.0, 5500.0)
-                fric = shape_noise(rng, k, sr, lambda fr: 1.0 / (1.0 + np.exp(-(fr - fc) / 300.0)))
-                seg[:k] += 0.5 * fric / (rms(fric) + 1e-9) * np.hanning(k)
-            out[a:b] += seg
-        pos += dur + int(rng.uniform(0.01, 0.12) * sr)  # syllable gap
-    return out
-
-
-def _babble(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
-    talkers = int(rng.integers(1, 4))
-    out = np.zeros(n)
-    for i in range(talkers):
-        out += _talker(rng, n, sr) * (0.75**i)
-    return out
-
-
-def _cabin_voice(rng: np.random.Generator, n: int, sr: int) -> tuple[np.ndarray, str]:
-    """A voice in the car: one talker, from the radio or a phone (band-limited to 300-3400 Hz, as a
-    loudspeaker or a phone line passes it) or a passenger (full band)."""
-    voice = _talker(rng, n, sr)
-    if rng.random() < 0.5:
-        return voice, "passenger"
-    lo, hi = rng.uniform(200.0, 400.0), rng.uniform(3000.0, 5000.0)
-    spec = np.fft.rfft(voice)
-    f = np.fft.rfftfreq(n, 1.0 / sr)
-    spec *= 1.0 / (1.0 + (lo / np.maximum(f, 1.0)) ** 4) / (1.0 + (f / hi) ** 4)
-    return np.fft.irfft(spec, n), "radio"
-
-
 def _silence(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     """A silent clip: all zeros (a muted microphone) or a faint hiss far below any road noise."""
     if rng.random() < P_DIGITAL_SILENCE:
@@ -391,7 +327,7 @@ def synthesize_audio_parts(
     if flags.speech:
         info.levels_db["speech"] = level_at_distance(
             flags.near_pedestrian_m, NEAR_PEDESTRIAN_M[0], SPEECH_SNR_DB[1], SPEECH_SPREAD_DB, rng)
-        mix = _mix_in(mix, _babble(rng, n, sr), ref, info.levels_db["speech"])
+        mix = _mix_in(mix, babble(rng, n, sr), ref, info.levels_db["speech"])
     if flags.horn:
         info.levels_db["horn"] = float(rng.uniform(*HORN_SNR_DB))
         mix = _mix_in(mix, _horn(rng, n, sr), ref, info.levels_db["horn"])
@@ -410,7 +346,7 @@ def synthesize_audio_parts(
         info.levels_db["clutter"] = float(rng.uniform(*CLUTTER_SNR_DB))
         mix = _mix_in(mix, clutter_sound(flags.clutter_sound, rng, n, sr), ref, info.levels_db["clutter"])
     if flags.cabin_voice:
-        voice, info.cabin_voice = _cabin_voice(rng, n, sr)
+        voice, info.cabin_voice = cabin_voice(rng, n, sr)
         info.levels_db["cabin_voice"] = float(rng.uniform(*CABIN_VOICE_SNR_DB))
         mix = _mix_in(mix, voice, ref, info.levels_db["cabin_voice"])
     # the recording level is set with the road noise at its usual level, so in a quiet ambience the
