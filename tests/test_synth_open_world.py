@@ -91,6 +91,26 @@ def test_every_clutter_sound_is_heard_and_an_unknown_one_is_refused():
         clutter_sound("siren", np.random.default_rng(0), SR, SR)
 
 
+def _pulse_peak(x: np.ndarray) -> float:
+    """How far the loudness envelope's strongest rate at 4-25 Hz stands above its typical one there
+    (20 ms frames over the clip): a few for noise, far more for a periodic flutter."""
+    frames = np.sqrt(np.mean(x[: x.size // 320 * 320].reshape(-1, 320) ** 2, axis=1))
+    spec = np.abs(np.fft.rfft(frames - frames.mean())) ** 2
+    f = np.fft.rfftfreq(frames.size, 0.02)
+    band = spec[(f >= 4) & (f <= 25)]
+    return float(band.max() / np.median(band))
+
+
+def test_some_noises_pulse_fast_in_loudness():
+    """About 40% of the wind and rain noises flutter at 4-25 Hz (buffeting, a rotor): their loudness then
+    has one strong rate in that range (peak over median above 40; 4-11 without). A rough road pulses
+    too, but its axle thumps already give its loudness rates of their own, so it is not counted."""
+    for k, kind in enumerate(("wind", "rain")):
+        peaks = np.array([_pulse_peak(clutter_sound(kind, np.random.default_rng([47, k, i]), 4 * SR, SR))
+                          for i in range(40)])
+        assert 0.2 <= np.mean(peaks > 40) <= 0.6 and np.mean(peaks < 15) >= 0.4, (kind, np.round(peaks))
+
+
 def test_silent_and_quiet_clips(flags):
     silent = [f for f in flags if f.ambience == "silent"][:40]
     peaks = [np.abs(synthesize_audio(f, np.random.default_rng([45, i]))[0]).max() for i, f in enumerate(silent)]

@@ -10,7 +10,8 @@ models give it the rest of the world to compare against, each one kind of
   door chimes (decaying bell partials), turn-signal ticks, alarm-clock beep groups, notification
   jingles and phone ringtones (a fast trill of two tones, two-tone beeps, or a short tune);
 * **music**: melodies from a scale, sustained chords, drum patterns (kick, snare, hi-hat);
-* **noise**: wind gusts, rain with drops, and the harsh roar and thumps of a rough road.
+* **noise**: wind gusts, rain with drops, and the harsh roar and thumps of a rough road; any of
+  them may pulse in loudness at 4-25 Hz (an open window's buffeting, a helicopter's rotor).
 
 What makes a siren a siren is written in ``training/synth/README.md`` and drawn in :mod:`.sound`:
 a periodic sweep or a two-tone alternation of continuous sound at the rates real sirens use. The
@@ -222,12 +223,28 @@ def _drums(rng, n, sr, seconds):
     return out
 
 
+#: Chance that a noise (wind, rain, rough road) pulses in loudness at 4-25 Hz: the buffeting of an open
+#: window or sunroof, a helicopter's rotor, a rattle. A fast flutter of noise is not a moving pitch.
+P_PULSING = 0.4
+
+
+def _pulsing(rng: np.random.Generator, x: np.ndarray, sr: int) -> np.ndarray:
+    """``x`` with, with probability :data:`P_PULSING`, its loudness pulsing at 4-25 Hz (rate drifting
+    by up to 10% over the clip, depth 30-90%)."""
+    if rng.random() >= P_PULSING:
+        return x
+    t = np.arange(x.size) / sr
+    rate = rng.uniform(4.0, 25.0) * (1.0 + rng.uniform(-0.1, 0.1) * t / max(t[-1], 1e-9))
+    depth = rng.uniform(0.3, 0.9)
+    return x * (1.0 + depth * np.sin(2 * np.pi * np.cumsum(rate) / sr + rng.uniform(0, 2 * np.pi)))
+
+
 def _wind(rng, n, sr, seconds):
     cut = rng.uniform(150.0, 600.0)
     x = shape_noise(rng, n, sr, lambda f: 1.0 / (1.0 + (np.maximum(f, 1.0) / cut) ** 2))
     t = np.arange(n) / sr
     gust = 1.0 + rng.uniform(0.4, 0.9) * np.sin(2 * np.pi * rng.uniform(0.2, 1.2) * t + rng.uniform(0, 2 * np.pi))
-    return x * gust
+    return _pulsing(rng, x * gust, sr)
 
 
 def _rain(rng, n, sr, seconds):
@@ -239,7 +256,7 @@ def _rain(rng, n, sr, seconds):
     decay = np.exp(-np.arange(k) / (0.0008 * sr))
     for s in rng.integers(0, n, size=count):
         _place(drops, rng.standard_normal(k) * decay, int(s), rng.uniform(0.5, 3.0))
-    return x / rms(x) + rng.uniform(0.3, 1.5) * drops / (rms(drops) + 1e-9)
+    return _pulsing(rng, x / rms(x) + rng.uniform(0.3, 1.5) * drops / (rms(drops) + 1e-9), sr)
 
 
 def _rough_road(rng, n, sr, seconds):
@@ -253,7 +270,7 @@ def _rough_road(rng, n, sr, seconds):
         for off in (0.0, rng.uniform(0.08, 0.2)):
             thump = np.sin(2 * np.pi * rng.uniform(40, 90) * t) * np.exp(-t / 0.03) * rng.uniform(2.0, 5.0)
             _place(out, thump, int((s + off) * sr))
-    return out
+    return _pulsing(rng, out, sr)
 
 
 _MAKERS = {
