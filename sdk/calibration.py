@@ -10,7 +10,8 @@ its corrections on a labelled validation set through the runtime and stores them
   its probability becomes an honest frequency.
 * **Per-tag thresholds**: an audio tag is on when its sigmoid score reaches its own threshold, the one
   that maximises F1 on validation (precision and recall weigh the same; a fixed precision target
-  would need an application's cost of a false tag, which a bundle does not know).
+  would need an application's cost of a false tag, which a bundle does not know), bagged over
+  bootstrap resamples of the validation set because F1 is flat near its maximum.
 * **An out-of-distribution score**: the class-conditional Mahalanobis distance (Lee et al., 2018)
   of the logit vector — event logits and audio-tag logits together — to the nearest event class's
   validation mean, under one shared covariance. The bundle exposes no embedding, so the logits are
@@ -54,6 +55,7 @@ __all__ = [
     "MISSING_RULE",
     "OOD_SCORE",
     "TAG_RULE",
+    "TAG_RULES",
     "Calibration",
     "mahalanobis_min",
 ]
@@ -63,7 +65,11 @@ ALARM_EVENTS: tuple[str, ...] = ("emergency_ahead", "emergency_behind")
 #: The manifest field holding the block.
 CALIBRATION_KEY = "calibration"
 METHOD = "temperature"
-TAG_RULE = "max-f1"
+#: How the tag thresholds are fit: the median max-F1 threshold of bootstrap resamples of the
+#: validation set. Bundles calibrated before it hold "max-f1" (the arg-max on the set itself); the
+#: runtime reads both, since it only applies the thresholds.
+TAG_RULE = "max-f1-bagged"
+TAG_RULES: tuple[str, ...] = (TAG_RULE, "max-f1")
 OOD_SCORE = "mahalanobis-logits"
 #: Where an uncalibrated bundle (or a tag the validation set could not fit) turns a tag on.
 DEFAULT_TAG_THRESHOLD = 0.5
@@ -107,6 +113,7 @@ class Calibration:
     # per removed modality: {"samples", "alarm_accuracy", "majority", "alarm_decided"}: whether the alarm
     # is still decided without it; {} when not fit
     missing_modality: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    tag_rule: str = TAG_RULE  # how the tag thresholds were fit (TAG_RULES)
 
     def __post_init__(self) -> None:
         k = self.class_means.shape[0]
@@ -138,8 +145,9 @@ class Calibration:
         temperature = _number(block, "temperature", where)
         if temperature <= 0:
             raise _fail(f"{where}.temperature", f"expected a value > 0, got {temperature}")
-        if block.get("tag_threshold_rule") != TAG_RULE:
-            raise _fail(f"{where}.tag_threshold_rule", f"expected {TAG_RULE!r}")
+        tag_rule = block.get("tag_threshold_rule")
+        if tag_rule not in TAG_RULES:
+            raise _fail(f"{where}.tag_threshold_rule", f"expected one of {', '.join(map(repr, TAG_RULES))}")
         raw = block.get("tag_thresholds")
         if not isinstance(raw, dict) or set(raw) != set(tags):
             raise _fail(f"{where}.tag_thresholds", f"expected one threshold per audio tag ({', '.join(tags)})")
@@ -171,6 +179,7 @@ class Calibration:
             threshold_events_only=_number(ood, "threshold_events_only", f"{where}.ood"),
             target_rate=rate, validation=dict(validation), fitted_tags=tuple(fitted),
             missing_modality=_missing_block(block.get("missing_modality"), f"{where}.missing_modality"),
+            tag_rule=str(tag_rule),
         )
 
     def to_manifest(self) -> dict[str, Any]:
@@ -178,7 +187,7 @@ class Calibration:
         return {
             "method": METHOD,
             "temperature": float(self.temperature),
-            "tag_threshold_rule": TAG_RULE,
+            "tag_threshold_rule": self.tag_rule,
             "tag_thresholds": {t: float(v) for t, v in self.tag_thresholds.items()},
             "fitted_tags": list(self.fitted_tags),
             "ood": {

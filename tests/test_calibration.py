@@ -21,7 +21,7 @@ from fusionedge.export.calibrate import (
     negative_log_likelihood,
 )
 from fusionedge.sdk.calibration import Calibration
-from fusionedge.sdk.errors import DataError, InputError
+from fusionedge.sdk.errors import BundleError, DataError, InputError
 from fusionedge.sdk.postprocess import sigmoid, softmax
 from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS
 
@@ -44,10 +44,38 @@ def test_temperature_fit_recovers_a_known_temperature():
 def test_tag_thresholds_maximise_f1_and_a_one_class_tag_keeps_one_half():
     scores = np.array([[0.9, 0.7], [0.8, 0.6], [0.4, 0.2], [0.35, 0.1], [0.1, 0.3], [0.05, 0.9]])
     truth = np.array([[1, 0], [1, 0], [0, 0], [1, 0], [0, 0], [0, 0]])
-    thresholds, fitted = fit_tag_thresholds(scores, truth, ["siren", "horn"])
+    thresholds, fitted = fit_tag_thresholds(scores, truth, ["siren", "horn"], resamples=0)
     # Best cut keeps 0.9, 0.8, 0.4, 0.35 (F1 6/7); it lies halfway to the next score down.
     assert thresholds["siren"] == pytest.approx(0.225)
     assert thresholds["horn"] == 0.5 and fitted == ("siren",)
+    bagged, _ = fit_tag_thresholds(scores, truth, ["siren", "horn"])
+    assert bagged["horn"] == 0.5 and 0.05 < bagged["siren"] < 0.9
+    assert bagged == fit_tag_thresholds(scores, truth, ["siren", "horn"])[0]  # seeded: repeatable
+
+
+def test_bagged_tag_thresholds_vary_less_between_validation_sets():
+    """Where F1 is flat near its maximum (overlapping score distributions), the arg-max threshold of
+    one validation set of 300 clips jumps around; the bagged one, from the same 30 sets, varies less
+    and lies nearer the threshold that is best for the population (0.5 here, by symmetry)."""
+    from fusionedge.export.calibrate import _bagged_max_f1_threshold, _max_f1_threshold
+
+    rng = np.random.default_rng(5)
+    plain, bagged = [], []
+    for _ in range(30):
+        truth = rng.random(300) < 0.5
+        scores = 1 / (1 + np.exp(-np.where(truth, rng.normal(2.0, 1.5, 300), rng.normal(-2.0, 1.5, 300))))
+        plain.append(fit_tag_thresholds(scores[:, None], truth[:, None], ["siren"], resamples=0)[0]["siren"])
+        bagged.append(fit_tag_thresholds(scores[:, None], truth[:, None], ["siren"])[0]["siren"])
+    plain, bagged = np.array(plain), np.array(bagged)
+    assert np.std(bagged) < 0.95 * np.std(plain), (np.std(bagged), np.std(plain))
+    assert np.mean(np.abs(bagged - 0.5)) < np.mean(np.abs(plain - 0.5))
+    # the bagged threshold is the median of the resamples' own max-F1 thresholds
+    r = np.random.default_rng(0)
+    by_hand = []
+    for _ in range(50):
+        i = r.integers(0, 300, 300)
+        by_hand.append(_max_f1_threshold(scores[i], truth[i].astype(float)))
+    assert _bagged_max_f1_threshold(scores, truth.astype(float), 50, 0) == pytest.approx(np.median(by_hand))
 
 
 def test_bad_validation_logits_are_typed_errors():
@@ -84,6 +112,13 @@ def test_ood_threshold_leaves_the_target_share_of_unseen_clips_above_it_and_flag
     back = Calibration.from_manifest(manifest)
     assert back.temperature == cal.temperature and back.tag_thresholds == cal.tag_thresholds
     np.testing.assert_array_equal(back.ood_scores(fresh[:5, :4], None), cal.ood_scores(fresh[:5, :4], None))
+    # A bundle calibrated before the thresholds were bagged still loads and writes its rule back; an
+    # unknown rule is refused, naming the field.
+    old = {**manifest, "calibration": {**manifest["calibration"], "tag_threshold_rule": "max-f1"}}
+    assert Calibration.from_manifest(old).to_manifest()["tag_threshold_rule"] == "max-f1"
+    assert back.to_manifest()["tag_threshold_rule"] == "max-f1-bagged"
+    with pytest.raises(BundleError, match="tag_threshold_rule"):
+        Calibration.from_manifest({**manifest, "calibration": {**manifest["calibration"], "tag_threshold_rule": "f2"}})
 
 
 # ------------------------------------------------------------------------------ the toy bundle, end to end
@@ -329,7 +364,6 @@ def test_open_world_report_compares_bundles_in_a_table_with_a_reliability_diagra
 def test_a_malformed_calibration_block_refuses_the_bundle_naming_the_field(toy, capsys, tmp_path, field, value,
                                                                            message):
     from fusionedge.sdk import Perception
-    from fusionedge.sdk.errors import BundleError
     from fusionedge.sdk.fileio import write_json_atomic
 
     bundle = copy_bundle(toy["calibrated"], tmp_path / "bad")
