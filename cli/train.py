@@ -60,7 +60,8 @@ def cmd_train(args: argparse.Namespace, extra: dict | None = None) -> int:
                 "val_data": args.val, "init": args.init, "resume": args.resume, "device": args.device,
                 "task_weighting": args.task_weighting, "task_schedule": args.task_schedule,
                 "max_train_samples": args.max_train_samples, "encoder_lr_scale": args.encoder_lr_scale,
-                "frozen_encoder_epochs": args.frozen_encoder_epochs, "labels": args.labels, **(extra or {})}
+                "frozen_encoder_epochs": args.frozen_encoder_epochs, "labels": args.labels,
+                "siren_swap": getattr(args, "siren_swap", None), **(extra or {})}
     geometry = geometry_from_args(args)
     if geometry is not None:
         optional["geometry"] = geometry
@@ -147,6 +148,10 @@ def add_train_parser(verbs: Any) -> argparse.ArgumentParser:
     p = verbs.add_parser("train", help=help, description=help)
     add_json_option(p)
     add_training_arguments(p)
+    p.add_argument("--siren-swap", type=float, default=None, metavar="P",
+                   help="with probability P a training draw hears its scene without its siren or with "
+                        "another clip's, event and siren tag following (generator data only; the "
+                        "quickstart uses 0.5; default 0)")
     _add_labels_option(p)
     add_geometry_options(p)
     p.set_defaults(func=needs("train", cmd_train))

@@ -190,3 +190,18 @@ def test_a_task_without_a_siren_tag_is_refused_before_anything_is_written(data_d
         train(TrainConfig(data=tmp_path / "manifest.jsonl", out=tmp_path / "run", model_overrides=TINY, epochs=1,
                           progress=False, report=False, siren_swap=0.5))
     assert not (tmp_path / "run").exists()
+
+
+def test_the_train_verb_takes_siren_swap_and_refuses_a_bad_one(data_dir, tmp_path, capsys):
+    from fusionedge.cli.main import main
+
+    tiny = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data_dir), "--out", str(run), "--epochs", "1", "--batch-size", "8",
+                 "--siren-swap", "0.5", "--set", "audio_pitch_motion=true", *tiny, "--json"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["siren_swap"] == 0.5 and config["model_config"]["audio_pitch_motion"] is True
+    capsys.readouterr()
+    assert main(["train", "--data", str(data_dir), "--out", str(tmp_path / "bad"), "--siren-swap", "2",
+                 *tiny, "--json"]) == 2
+    assert "siren_swap=2.0" in capsys.readouterr().err and not (tmp_path / "bad").exists()
