@@ -173,3 +173,29 @@ def test_a_band_limited_recording_has_nothing_above_its_band_edge(flags):
         (limited if info.band_limit_hz else full).append(share)
     assert 2 <= len(limited) <= 20 and full
     assert max(limited) < 1e-5 and 10 * max(limited) < np.median(full), (max(limited), np.median(full))
+
+
+def test_a_wet_road_hisses_and_changes_nothing_else(flags, monkeypatch):
+    """A quarter of the clips with sound carry a wet road's spray: much more of their power lies above
+    3 kHz than a dry road's. The spray is drawn on its own stream, so a clip's every other source,
+    level and pattern is the same wet or dry."""
+    from fusionedge.training.synth import sound
+
+    quiet = [dataclasses.replace(f, siren=False, horn=False, speech=False, engine=False, near_car_m=None,
+                                 near_pedestrian_m=None, cabin_voice=False, clutter_sound=None)
+             for f in flags if f.ambience == "road"][:120]
+    share = {True: [], False: []}
+    for i, f in enumerate(quiet):
+        wave, info = synthesize_audio(f, np.random.default_rng([50, i]))
+        spec = np.abs(np.fft.rfft(wave.astype(np.float64))) ** 2
+        share[info.wet_road].append(spec[np.fft.rfftfreq(wave.size, 1 / SR) > 3000].sum() / spec.sum())
+    assert 0.15 <= len(share[True]) / len(quiet) <= 0.35, len(share[True])
+    assert np.median(share[True]) > 5 * np.median(share[False]), (np.median(share[True]), np.median(share[False]))
+    busy = [f for f in flags if f.siren and f.clutter_sound and f.ambience == "road"][:6]
+    for i, f in enumerate(busy):
+        monkeypatch.setattr(sound, "P_WET_ROAD", 0.0)
+        _, dry = synthesize_audio(f, np.random.default_rng([51, i]))
+        monkeypatch.setattr(sound, "P_WET_ROAD", 1.0)
+        _, wet = synthesize_audio(f, np.random.default_rng([51, i]))
+        assert wet.wet_road and not dry.wet_road
+        assert dataclasses.replace(wet, wet_road=False) == dry

@@ -149,6 +149,7 @@ def make_sample(seed: int, index: int, config: SynthConfig = SynthConfig()) -> S
         "cabin_voice": ainfo.cabin_voice,
         "ambience": ainfo.ambience,
         "band_limit_hz": ainfo.band_limit_hz,
+        "wet_road": ainfo.wet_road,
         "view": vinfo.view,
         "decoys": vinfo.decoys,
         "weather": vinfo.weather,

@@ -1,6 +1,7 @@
 """Audio synthesis for the synthetic driving scenes: mono waveforms built from a few sound models.
 
-Every clip has road/tyre noise (spectrally shaped noise). On top of it, as the scene's flags ask:
+Every clip has road/tyre noise (spectrally shaped noise; on a wet road, a quarter of the clips, with
+the bright hiss of the tyres' spray). On top of it, as the scene's flags ask:
 
 ``engine``  a low harmonic hum (firing frequency 25-70 Hz and its harmonics) with rpm drift
 ``siren``   one of five patterns - *wail* (slow sweep), *yelp* (fast sweep), *phaser* (faster),
@@ -65,6 +66,9 @@ CABIN_VOICE_SNR_DB = (-4.0, 14.0)
 QUIET_ROAD_DB = (20.0, 45.0)  # how far below its usual level the road noise is in a quiet ambience
 SILENT_PEAK_DBFS = (-90.0, -45.0)  # peak level of the faint hiss of a silent clip (or digital zero)
 P_DIGITAL_SILENCE = 0.35  # a silent clip is all zeros (a muted or absent microphone)
+P_WET_ROAD = 0.25  # the tyres throw spray: a bright hiss over the roar (drawn on its own stream)
+WET_HISS_DB = (-12.0, 6.0)  # the hiss's level against the roar
+WET_HISS_CORNER_HZ = (700.0, 4000.0)  # where the hiss rises above the roar
 P_BAND_LIMITED = 0.2  # the recording passes only up to 3.4-11 kHz (a phone, an 8 or 22 kHz recorder)
 BAND_LIMIT_HZ = (3400.0, 11000.0)
 # Random source loudness subtracted from the loudest level: the spread of a level at a given distance.
@@ -83,6 +87,7 @@ class AudioInfo:
     cabin_voice: str | None = None  # "radio" (band-limited) or "passenger", when a cabin voice speaks
     ambience: str = "road"  # rules.AMBIENCES
     band_limit_hz: int | None = None  # the recording's upper band edge, when it is band-limited
+    wet_road: bool = False  # the road noise carries a wet road's spray hiss
     levels_db: dict[str, float] = field(default_factory=dict)  # per source, relative to road noise
 
 
@@ -128,6 +133,22 @@ def _road_noise(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     t = np.arange(n) / sr
     x *= 1.0 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.3, 1.5) * t + rng.uniform(0, 2 * np.pi))
     return x
+
+
+def _wet_spray(rng: np.random.Generator, n: int, sr: int) -> np.ndarray | None:
+    """With probability :data:`P_WET_ROAD`, a wet road's tyre spray: broadband hiss above a corner of
+    0.7-4 kHz (a fourth-order rise) that swells and fades with the spray, at unit RMS; else None.
+
+    A bright, steady hiss with nothing tonal in it is what a car hears on a wet road (and from air
+    brakes, a fan, or a radio between stations), and it is no siren.
+    """
+    if rng.random() >= P_WET_ROAD:
+        return None
+    corner = rng.uniform(*WET_HISS_CORNER_HZ)
+    x = shape_noise(rng, n, sr, lambda f: 1.0 / np.sqrt(1.0 + (corner / np.maximum(f, 1.0)) ** 8))
+    t = np.arange(n) / sr
+    x *= 1.0 + rng.uniform(0.0, 0.5) * np.sin(2 * np.pi * rng.uniform(0.2, 2.0) * t + rng.uniform(0, 2 * np.pi))
+    return x / rms(x) * 10 ** (rng.uniform(*WET_HISS_DB) / 20.0)
 
 
 def _engine(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
@@ -317,7 +338,11 @@ def synthesize_audio_parts(
         return SoundParts(_silence(rng, n, sr), AudioInfo(ambience="silent"), np.zeros(n), 0.0)
     info = AudioInfo(ambience=flags.ambience)
     road = _road_noise(rng, n, sr)
-    ref = rms(road)
+    ref = rms(road)  # the sources' levels are set against the roar, wet or dry
+    spray = _wet_spray(rng.spawn(1)[0], n, sr)  # its own stream: every other draw of the clip is unchanged
+    if spray is not None:
+        info.wet_road = True
+        road = road + spray * ref
     mix = road.copy()
     siren_part = np.zeros(n)
     if flags.engine:
