@@ -43,7 +43,9 @@ class QuickstartConfig:
     val_samples: int = 300
     test_samples: int = 400
     model: str = "fusion_student"
-    epochs: int | None = 9  # one fewer than the training default keeps the whole run within 10 minutes on 2 cores
+    # one fewer than the training default keeps the whole run within 10 minutes on 2 cores, at a cost in
+    # detection mAP (training/EXPERIMENTS.md, 2026-12-07)
+    epochs: int | None = 9
     overwrite: bool = False
     progress: bool = True
     min_event_accuracy: float = 0.5  # below this the run fails loudly: something is broken, not unlucky

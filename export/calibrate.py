@@ -9,9 +9,9 @@ only NumPy does the fitting (no torch, no SciPy). Four things are fit
   over ``log T``; the NLL is convex in ``1/T``, so the search finds its one minimum);
 * :func:`fit_tag_thresholds`: each audio tag's max-F1 threshold, bagged: the median of the max-F1
   thresholds of bootstrap resamples of the validation clips. F1 is flat near its maximum, so the
-  arg-max of one validation set lands anywhere on that plateau (on 300 clips a siren threshold
-  of 0.16 or 0.48 for the same model); the median over resamples sits in its middle (a tag with no
-  positive or no negative clip keeps 0.5 and is not listed as fitted);
+  arg-max of one validation set lands anywhere on that plateau (a siren threshold anywhere from 0.16
+  to 0.56 between resamples of the same 300 clips); the median over resamples sits in its middle (a
+  tag with no positive or no negative clip keeps 0.5 and is not listed as fitted);
 * :func:`fit_ood`: the class means and shared covariance of the logit vector, and the threshold that
   a target share of validation clips exceeds. The threshold is set on cross-fitted scores (each fold
   scored by Gaussians fit without it), so that unseen in-distribution clips exceed it about as often
