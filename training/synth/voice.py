@@ -208,7 +208,7 @@ def _filter_frames(src: np.ndarray, sr: int, tracks: np.ndarray, high: np.ndarra
     nfft = 3 * win  # the ringing of the narrowest resonance (70 Hz: 4.5 ms) has died within a window
     off = (nfft - win) // 2
     pad = nfft
-    x = np.concatenate([np.zeros(pad), src, np.zeros(pad + tracks.shape[0] * hop)])
+    x = np.concatenate([np.zeros(pad), src, np.zeros(pad)])  # the last frame ends half a window past n
     live = np.flatnonzero(amp > 1e-4)
     out = np.zeros(x.size + nfft)
     if live.size == 0:
