@@ -43,6 +43,9 @@ def format_metrics(metrics: dict) -> str:
         v = metrics[k]
         row = f"  {k:<22} {v:.4f}" if isinstance(v, float) else f"  {k:<22} {v}"
         rows.append(f"{row}   ({_METRIC_NOTES[k]})" if k in _METRIC_NOTES else row)
+        if k == "detection_map50" and metrics.get("detection_ap50_per_class"):
+            rows.append("    per class: " + ", ".join(f"{lab} {ap:.4f}"
+                                                      for lab, ap in metrics["detection_ap50_per_class"].items()))
     return "\n".join(rows) if rows else dumps_json(metrics)
 
 

@@ -145,7 +145,8 @@ def evaluate(
 
     Returns:
         ``{"event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50", "samples",
-        "backend", "seconds", "per_class_accuracy"}``; ``detection_map50`` is VOC all-point AP@0.5,
+        "backend", "seconds", "per_class_accuracy"}``; ``detection_map50`` is VOC all-point AP@0.5
+        (``detection_ap50_per_class``: the same AP of each object class with ground truth),
         and with the ``metrics`` extra ``detection_ap50_coco`` and ``detection_ap50_95_coco`` are
         COCO's AP50 and AP50:95. ``event_ece`` is the top-label ECE of the event probabilities on
         the samples without an ``outside`` block (None if there are none) and ``calibrated`` says
@@ -233,8 +234,7 @@ def evaluate(
         if has_tag:
             headless["audio_tag_map"] = M.audio_tag_map(np.asarray(tag_true), np.asarray(tag_scores))
         if has_det:
-            headless["detection_map50"] = M.detection_map50(det_pred, det_true, objects)
-            headless.update(coco_detection_metrics(det_pred, det_true, objects))
+            headless.update(_detection_metrics(det_pred, det_true, objects))
         return {**headless, **(questions.metrics() if questions is not None else {}), "samples": len(samples),
                 "backend": perception.backend_name,
                 "seconds": round(time.perf_counter() - t0, 3)}
@@ -258,8 +258,7 @@ def evaluate(
         "event_accuracy": M.event_accuracy(yt, yp),
         "event_macro_f1": M.event_macro_f1(yt, yp, len(events)),
         "audio_tag_map": M.audio_tag_map(np.asarray(tag_true), np.asarray(tag_scores)),
-        **({"detection_map50": M.detection_map50(det_pred, det_true, objects),
-            **coco_detection_metrics(det_pred, det_true, objects)} if has_det else {}),
+        **(_detection_metrics(det_pred, det_true, objects) if has_det else {}),
         "samples": len(samples),
         "per_class_accuracy": per_class,
         # samples with an ``outside`` block (fusionedge data outside): false alarms, siren recall, ECE
@@ -269,6 +268,13 @@ def evaluate(
         "backend": perception.backend_name,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _detection_metrics(det_pred: list, det_true: list, objects: Sequence[str]) -> dict:
+    """VOC AP@0.5, its mean and (with the ``metrics`` extra) COCO's APs of one evaluation's boxes."""
+    per_class = M.detection_ap_per_class(det_pred, det_true, objects)
+    return {"detection_map50": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
+            "detection_ap50_per_class": per_class, **coco_detection_metrics(det_pred, det_true, objects)}
 
 
 class _AnyLabel(tuple):
@@ -337,8 +343,7 @@ def _evaluate_generic(
     if tags:
         metrics["audio_tag_map"] = M.audio_tag_map(np.asarray(tag_true), np.asarray(tag_scores))
     if objects:
-        metrics["detection_map50"] = M.detection_map50(det_pred, det_true, objects)
-        metrics.update(coco_detection_metrics(det_pred, det_true, objects))
+        metrics.update(_detection_metrics(det_pred, det_true, objects))
     metrics.update(samples=len(samples), backend=perception.backend_name,
                    seconds=round(time.perf_counter() - t0, 3))
     return metrics

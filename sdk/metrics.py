@@ -24,6 +24,7 @@ __all__ = [
     "average_precision",
     "audio_tag_map",
     "detection_map50",
+    "detection_ap_per_class",
     "iou_xyxy",
 ]
 
@@ -166,12 +167,28 @@ def detection_map50(
 ) -> float:
     """PASCAL VOC all-point mean average precision of box detections at one IoU threshold.
 
+    The mean of :func:`detection_ap_per_class` over the classes with at least one ground-truth box
+    (see there for the matching rule and the errors raised); ``nan`` when there is no ground-truth
+    box at all.
+    """
+    aps = detection_ap_per_class(predictions, ground_truth, labels, iou_threshold)
+    return float(np.mean(list(aps.values()))) if aps else float("nan")
+
+
+def detection_ap_per_class(
+    predictions: list[list[Detection]],
+    ground_truth: list[list[tuple[str, float, float, float, float]]],
+    labels: Sequence[str],
+    iou_threshold: float = 0.5,
+) -> dict[str, float]:
+    """PASCAL VOC all-point average precision of box detections at one IoU threshold, per class.
+
     Per class: all predictions of the class over the whole set, by descending score (ties keep input
     order), are matched in turn to the still-unmatched ground-truth box of that class in the same
     image with the highest IoU; a match with IoU >= ``iou_threshold`` is a true positive, anything else
     a false positive. AP is the all-point interpolated area (precision made monotone from the right,
-    summed over recall steps). The mean is over classes with at least one ground-truth box;
-    predictions of classes without ground truth do not count.
+    summed over recall steps). Classes without a ground-truth box have no AP and are left out;
+    their predictions do not count.
 
     Args:
         predictions: per image, its :class:`~fusionedge.sdk.postprocess.Detection` list.
@@ -180,7 +197,7 @@ def detection_map50(
         iou_threshold: IoU needed for a match, in (0, 1].
 
     Returns:
-        mAP in [0, 1]; ``nan`` when there is no ground-truth box at all.
+        ``{label: AP in [0, 1]}`` in the order of ``labels``, for the classes with ground truth.
 
     Raises:
         InputError: the two lists differ in length, or an unknown label / bad box appears.
@@ -210,7 +227,7 @@ def detection_map50(
                 raise InputError(f"prediction in image {i} has unknown label {d.label!r}")
             preds[d.label].append((float(d.score), i, (d.x1, d.y1, d.x2, d.y2)))
 
-    aps = []
+    aps: dict[str, float] = {}
     for lab in labels:
         if n_gt[lab] == 0:
             continue
@@ -229,8 +246,8 @@ def detection_map50(
             if ious[best] >= iou_threshold:
                 tp[rank] = 1.0
                 matched[(lab, img)][best] = True
-        aps.append(_voc_ap(tp, n_gt[lab]))
-    return float(np.mean(aps)) if aps else float("nan")
+        aps[lab] = _voc_ap(tp, n_gt[lab])
+    return aps
 
 
 def _voc_ap(tp: np.ndarray, n_gt: int) -> float:

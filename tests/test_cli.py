@@ -55,7 +55,21 @@ def test_eval_json_reports_every_metric(pipeline, capsys):
     assert m["samples"] == 8
     for key in ("event_accuracy", "event_macro_f1", "audio_tag_map", "detection_map50"):
         assert 0.0 <= m[key] <= 1.0, key
+    per_class = m["detection_ap50_per_class"]  # the classes with a box in the split, their mean the mAP
+    assert per_class and set(per_class) <= {"car", "pedestrian", "traffic_light", "emergency_vehicle"}
+    assert sum(per_class.values()) / len(per_class) == pytest.approx(m["detection_map50"])
     assert m["backend"] == "onnxruntime"
+
+
+def test_eval_text_prints_the_ap_of_each_class_under_the_map():
+    from fusionedge.cli.predict import format_metrics
+
+    text = format_metrics({"detection_map50": 0.5, "detection_ap50_per_class": {"car": 0.75, "pedestrian": 0.25},
+                           "samples": 4})
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["detection_map50", "0.5000"]
+    assert lines[1].strip() == "per class: car 0.7500, pedestrian 0.2500"
+    assert "per class" not in format_metrics({"detection_map50": 0.5, "samples": 4})
 
 
 @pytest.mark.slow

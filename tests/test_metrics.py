@@ -11,6 +11,7 @@ from fusionedge.sdk.errors import InputError
 from fusionedge.sdk.metrics import (
     audio_tag_map,
     average_precision,
+    detection_ap_per_class,
     detection_map50,
     event_accuracy,
     event_macro_f1,
@@ -187,9 +188,11 @@ def test_detection_map50_by_hand() -> None:
         [_det("car", 0.7, (40, 40, 50, 50)), _det("person", 0.5, (50, 50, 60, 60))],
     ]
     assert detection_map50(preds, gt, ["car", "person"]) == pytest.approx(0.75)
+    assert detection_ap_per_class(preds, gt, ["car", "person"]) == pytest.approx({"car": 0.5, "person": 1.0})
     # a class with no GT is not averaged, even with predictions; adding one changes nothing
     preds[1].append(_det("bike", 0.99, (0, 0, 5, 5)))
     assert detection_map50(preds, gt, ["car", "person", "bike"]) == pytest.approx(0.75)
+    assert list(detection_ap_per_class(preds, gt, ["person", "bike", "car"])) == ["person", "car"]
 
 
 def test_detection_matches_best_unmatched_gt() -> None:
