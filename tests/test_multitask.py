@@ -27,7 +27,7 @@ from fusionedge.training.train import TrainConfig, train
 from _tiny_train import TINY
 
 GEOMETRY = InputGeometry()
-WEIGHTS = {"event": 1.0, "audio_tags": 1.0, "heatmap": 1.0, "size": 0.5, "offset": 1.0}
+WEIGHTS = {"event": 1.0, "audio_tags": 1.0, "heatmap": 1.0, "size": 1.0, "offset": 2.5}
 
 
 @pytest.fixture(scope="module")
