@@ -42,9 +42,9 @@ class LossWeights:
 
     The box terms weigh more than CenterNet's (size 0.1 on pixels, offset 1): at the student's 160x96
     input a pedestrian is 2-4 px wide and a traffic light 2 px, so a box is right at IoU 0.5 only when
-    its centre is within about a pixel. Size 1.0 and offset 2.5 (from 0.5 and 1.0) raised detection
-    mAP@0.5 by 2.6-3.7 points on two seeds, tag mAP unchanged (``training/EXPERIMENTS.md``,
-    "localization weights").
+    its centre is within about a pixel. Size 1.0 and offset 2.5 (from 0.5 and 1.0) raised the
+    quickstart recipe's detection mAP@0.5 by 2.6-3.6 points on three seeds, tag mAP unchanged
+    (``training/EXPERIMENTS.md``, "heavier box terms").
     """
 
     event: float = 1.0
