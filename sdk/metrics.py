@@ -11,6 +11,7 @@ AP50:95 (101-point, what COCO tools print as mAP50 and mAP50-95) are in :mod:`fu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -25,6 +26,8 @@ __all__ = [
     "audio_tag_map",
     "detection_map50",
     "detection_ap_per_class",
+    "match_detections",
+    "ClassMatches",
     "iou_xyxy",
 ]
 
@@ -183,12 +186,9 @@ def detection_ap_per_class(
 ) -> dict[str, float]:
     """PASCAL VOC all-point average precision of box detections at one IoU threshold, per class.
 
-    Per class: all predictions of the class over the whole set, by descending score (ties keep input
-    order), are matched in turn to the still-unmatched ground-truth box of that class in the same
-    image with the highest IoU; a match with IoU >= ``iou_threshold`` is a true positive, anything else
-    a false positive. AP is the all-point interpolated area (precision made monotone from the right,
-    summed over recall steps). Classes without a ground-truth box have no AP and are left out;
-    their predictions do not count.
+    Predictions are matched by :func:`match_detections`; AP is the all-point interpolated area
+    (precision made monotone from the right, summed over recall steps). Classes without a
+    ground-truth box have no AP and are left out; their predictions do not count.
 
     Args:
         predictions: per image, its :class:`~fusionedge.sdk.postprocess.Detection` list.
@@ -202,13 +202,62 @@ def detection_ap_per_class(
     Raises:
         InputError: the two lists differ in length, or an unknown label / bad box appears.
     """
+    matches = match_detections(predictions, ground_truth, labels, iou_threshold)
+    return {lab: _voc_ap(m.tp, m.n_gt) for lab, m in matches.items() if m.n_gt > 0}
+
+
+@dataclass(frozen=True)
+class ClassMatches:
+    """One class's predictions over a set of images, by descending score, after matching.
+
+    ``scores``, ``tp`` (1.0 for a true positive) and ``image`` (the image index) have one entry per
+    prediction; ``gt_per_image`` counts the class's ground-truth boxes in each image.
+    """
+
+    scores: np.ndarray
+    tp: np.ndarray
+    image: np.ndarray
+    gt_per_image: np.ndarray
+
+    @property
+    def n_gt(self) -> int:
+        """The class's ground-truth boxes over the set."""
+        return int(self.gt_per_image.sum())
+
+
+def match_detections(
+    predictions: list[list[Detection]],
+    ground_truth: list[list[tuple[str, float, float, float, float]]],
+    labels: Sequence[str],
+    iou_threshold: float = 0.5,
+) -> dict[str, ClassMatches]:
+    """Match predictions to ground truth per class, as PASCAL VOC does.
+
+    Per class: all predictions of the class over the whole set, by descending score (ties keep input
+    order), are matched in turn to the still-unmatched ground-truth box of that class in the same
+    image with the highest IoU; a match with IoU >= ``iou_threshold`` is a true positive, anything else
+    a false positive. A prediction's flag does not depend on any lower-scored one, so the true
+    positives kept at a score threshold ``t`` are exactly the flags of the predictions scoring >= ``t``.
+
+    Args:
+        predictions: per image, its :class:`~fusionedge.sdk.postprocess.Detection` list.
+        ground_truth: per image, ``(label, x1, y1, x2, y2)`` tuples.
+        labels: the class names; every label used must be among them.
+        iou_threshold: IoU needed for a match, in (0, 1].
+
+    Returns:
+        ``{label: ClassMatches}`` for every label, in the order of ``labels``.
+
+    Raises:
+        InputError: the two lists differ in length, or an unknown label / bad box appears.
+    """
     if len(predictions) != len(ground_truth):
         raise InputError(f"{len(predictions)} prediction lists for {len(ground_truth)} ground-truth lists")
     if not (0.0 < float(iou_threshold) <= 1.0):
         raise InputError(f"iou_threshold must be in (0, 1], got {iou_threshold!r}")
     known = set(labels)
     gt_by: dict[tuple[str, int], np.ndarray] = {}  # (label, image) -> (G, 4)
-    n_gt: dict[str, int] = {lab: 0 for lab in labels}
+    gt_count: dict[str, np.ndarray] = {lab: np.zeros(len(ground_truth), np.int64) for lab in labels}
     for i, gts in enumerate(ground_truth):
         per: dict[str, list] = {}
         for g in gts:
@@ -219,7 +268,7 @@ def detection_ap_per_class(
             per.setdefault(g[0], []).append(g[1:])
         for lab, bs in per.items():
             gt_by[(lab, i)] = _boxes(np.asarray(bs, dtype=np.float64), f"ground truth of image {i}")
-            n_gt[lab] += len(bs)
+            gt_count[lab][i] = len(bs)
     preds: dict[str, list[tuple[float, int, tuple]]] = {lab: [] for lab in labels}
     for i, dets in enumerate(predictions):
         for d in dets:
@@ -227,10 +276,8 @@ def detection_ap_per_class(
                 raise InputError(f"prediction in image {i} has unknown label {d.label!r}")
             preds[d.label].append((float(d.score), i, (d.x1, d.y1, d.x2, d.y2)))
 
-    aps: dict[str, float] = {}
+    out: dict[str, ClassMatches] = {}
     for lab in labels:
-        if n_gt[lab] == 0:
-            continue
         ps = preds[lab]
         order = np.argsort([-sc for sc, _, _ in ps], kind="stable")
         matched = {key: np.zeros(len(b), bool) for key, b in gt_by.items() if key[0] == lab}
@@ -246,8 +293,9 @@ def detection_ap_per_class(
             if ious[best] >= iou_threshold:
                 tp[rank] = 1.0
                 matched[(lab, img)][best] = True
-        aps[lab] = _voc_ap(tp, n_gt[lab])
-    return aps
+        out[lab] = ClassMatches(scores=np.array([ps[j][0] for j in order], np.float64), tp=tp,
+                                image=np.array([ps[j][1] for j in order], np.int64), gt_per_image=gt_count[lab])
+    return out
 
 
 def _voc_ap(tp: np.ndarray, n_gt: int) -> float:

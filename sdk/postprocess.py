@@ -87,7 +87,7 @@ def decode_centernet(
     *,
     stride: int,
     labels: Sequence[str],
-    score_threshold: float = 0.3,
+    score_threshold: float | Sequence[float] = 0.3,
     top_k: int = 50,
     out_wh: tuple[int, int] | None = None,
     in_wh: tuple[int, int] | None = None,
@@ -96,7 +96,8 @@ def decode_centernet(
 
     A peak is a cell whose logit equals the maximum of its 3x3 neighbourhood (CenterNet's max-pool
     decode, done on logits, which orders like ``sigmoid`` but does not saturate) and whose
-    ``sigmoid`` score is at least ``score_threshold``. The ``top_k`` best become boxes centred at
+    ``sigmoid`` score is at least ``score_threshold`` (one for all classes, or each class its own). The
+    ``top_k`` best become boxes centred at
     ``((col + off_x) * stride, (row + off_y) * stride)`` with width, height from ``size``
     (negative sizes count as 0). See the module docstring for the cell convention.
 
@@ -106,7 +107,8 @@ def decode_centernet(
         offset: ``(2, h, w)`` sub-cell centre offset x, y in cells.
         stride: model-input pixels per heatmap cell.
         labels: ``C`` class names.
-        score_threshold: lowest score kept, in [0, 1].
+        score_threshold: lowest score kept, in [0, 1]; or ``C`` of them, one per class (a bundle's
+            calibrated per-class thresholds).
         top_k: most detections returned, >= 1.
         out_wh: ``(width, height)`` of the original image; boxes are scaled to it and clipped.
         in_wh: ``(width, height)`` of the model input; defaults to ``(w * stride, h * stride)``.
@@ -133,8 +135,7 @@ def decode_centernet(
         raise InputError("detection outputs contain NaN or Inf; check the model and its input")
     stride = _positive_int(stride, "stride")
     top_k = _positive_int(top_k, "top_k")
-    if not (0.0 <= float(score_threshold) <= 1.0):
-        raise InputError(f"score_threshold must be in [0, 1], got {score_threshold!r}")
+    threshold = _score_thresholds(score_threshold, c)
     if in_wh is None:
         in_wh = (w * stride, h * stride)
     iw, ih = _wh(in_wh, "in_wh")
@@ -146,7 +147,7 @@ def decode_centernet(
         for dx in range(3):
             np.maximum(pooled, padded[:, dy : dy + h, dx : dx + w], out=pooled)
     scores = sigmoid(hm).astype(np.float64)
-    keep = (hm == pooled) & (scores >= float(score_threshold))
+    keep = (hm == pooled) & (scores >= threshold[:, None, None])
     cls, rows, cols = np.nonzero(keep)  # (K,) each
     if cls.size == 0:
         return []
@@ -412,6 +413,21 @@ def _float_array(x: object) -> np.ndarray:
     if not np.issubdtype(a.dtype, np.number) and a.dtype != np.bool_:
         raise InputError(f"expected a numeric array, got dtype {a.dtype}")
     return a.astype(np.float64)
+
+
+def _score_thresholds(value: object, classes: int) -> np.ndarray:
+    """``(classes,)`` score thresholds from one number or one per class, each in [0, 1]."""
+    try:
+        t = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"score_threshold must be a number or one per class, got {value!r}") from e
+    if t.ndim == 0:
+        t = np.full(classes, float(t))
+    elif t.shape != (classes,):
+        raise InputError(f"score_threshold must be one number or {classes} (one per class), got {t.size}")
+    if not np.all((t >= 0.0) & (t <= 1.0)):  # NaN fails too
+        raise InputError(f"score_threshold must be in [0, 1], got {value!r}")
+    return t
 
 
 def _positive_int(value: object, what: str) -> int:

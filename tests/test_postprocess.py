@@ -171,6 +171,9 @@ def test_decode_keeps_only_local_maxima_above_threshold() -> None:
     assert len(decode_centernet(hm, size, off, stride=4, labels=["a", "b"], score_threshold=0.2)) == 3
     best = decode_centernet(hm, size, off, stride=4, labels=["a", "b"], score_threshold=0.2, top_k=1)
     assert [d.score for d in best] == [dets[0].score]
+    # one threshold per class: "a" keeps only its 0.881 peak, "b" its 0.269 one
+    per_class = decode_centernet(hm, size, off, stride=4, labels=["a", "b"], score_threshold=[0.7, 0.25])
+    assert [(d.label, round(d.score, 3)) for d in per_class] == [("a", 0.881), ("b", 0.269)]
 
 
 def test_decode_scales_to_original_image_and_clips() -> None:
@@ -211,6 +214,8 @@ def test_decode_plateau_keeps_ties_like_centernet() -> None:
         {"stride": 0, "match": "stride"},
         {"top_k": 0, "match": "top_k"},
         {"score_threshold": 1.5, "match": "score_threshold"},
+        {"score_threshold": [0.3], "match": "one per class"},
+        {"score_threshold": [0.3, float("nan")], "match": "score_threshold"},
         {"out_wh": (0, 10), "match": "out_wh"},
     ],
 )
