@@ -33,6 +33,13 @@ def format_calibration(summary: dict) -> str:
          f"({ood['threshold_events_only']:.3f} without audio), target rate {ood['target_rate']:.2f}, "
          f"{val['uncertain_rate']:.2f} of the validation clips above it"),
     ]
+    det = cal.get("detection_thresholds")
+    if det:
+        before, after = val["detection_f1_before"], val["detection_f1_after"]
+        lines.append("  box thresholds     " + ", ".join(
+            f"{c} {v:.2f}" + (f" (F1 {before[c]:.3f} -> {after[c]:.3f})" if c in after else "")
+            + ("" if c in det["fitted"] else " (not fit)") for c, v in det["thresholds"].items())
+            + f"   ({det['rule']}; F1 at 0.30 for all -> at each class's own)")
     for m, v in cal.get("missing_modality", {}).items():
         if m == "rule":
             continue

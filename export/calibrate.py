@@ -2,7 +2,7 @@
 
 The validation clips go through the runtime — decode, preprocess with the bundle's geometry, ONNX
 Runtime (or the backends asked for) — so the corrections fit the deployed model's own logits, and
-only NumPy does the fitting (no torch, no SciPy). Four things are fit
+only NumPy does the fitting (no torch, no SciPy). Five things are fit
 (:mod:`fusionedge.sdk.calibration` says what each is and why it was chosen):
 
 * :func:`fit_temperature`: the event temperature minimising validation NLL (a golden-section search
@@ -16,6 +16,8 @@ only NumPy does the fitting (no torch, no SciPy). Four things are fit
   a target share of validation clips exceeds. The threshold is set on cross-fitted scores (each fold
   scored by Gaussians fit without it), so that unseen in-distribution clips exceed it about as often
   as the target says rather than more.
+* :func:`fit_detection_thresholds`: each object class's max-F1 score threshold at IoU 0.5, bagged
+  over bootstrap resamples of the validation images as the tag thresholds are;
 * :func:`fit_missing_modality`: for each modality the model reads, whether the alarm decision is
   still better than the majority guess with that modality removed (the validation clips run again
   with it zeroed); a result without a modality the alarm needs is then ``uncertain``.
@@ -43,6 +45,7 @@ from fusionedge.sdk.bundle_signature import renew_signature, signing_for_change
 from fusionedge.sdk.calibration import (
     ALARM_EVENTS,
     CALIBRATION_KEY,
+    DEFAULT_SCORE_THRESHOLD,
     DEFAULT_TAG_THRESHOLD,
     Calibration,
     mahalanobis_min,
@@ -51,12 +54,15 @@ from fusionedge.sdk.datamanifest import Sample, manifest_path, read_manifest
 from fusionedge.sdk.errors import BundleError, DataError, InputError
 from fusionedge.sdk.evaluate import sample_logits
 from fusionedge.sdk.fileio import write_json_atomic
+from fusionedge.sdk.metrics import match_detections
 from fusionedge.sdk.outside_metrics import expected_calibration_error
-from fusionedge.sdk.postprocess import sigmoid, softmax
+from fusionedge.sdk.postprocess import Detection, sigmoid, softmax
 
 __all__ = [
     "DEFAULT_TARGET_OOD_RATE",
     "calibrate_bundle",
+    "detection_f1",
+    "fit_detection_thresholds",
     "fit_calibration",
     "fit_missing_modality",
     "fit_ood",
@@ -130,17 +136,27 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(math.exp((lo + hi) / 2))
 
 
+def _max_f1_cut(scores: np.ndarray, tp: np.ndarray, weight: np.ndarray, positives: float) -> float:
+    """The cut between distinct scores that maximises F1 (ties: the higher cut).
+
+    ``scores`` sorted descending; ``tp`` 1 for a true positive; ``weight`` how often each item counts
+    (a bootstrap resample's multiplicity); ``positives`` the weighted number of true items, found or not.
+    """
+    tp_sum = np.cumsum(tp * weight)
+    kept = np.cumsum(weight)
+    last = np.r_[scores[1:] != scores[:-1], True]  # the last position of each run of equal scores
+    k = np.flatnonzero(last)  # kept: score >= scores[k], i.e. the first k+1 items
+    f1 = 2 * tp_sum[k] / (kept[k] + positives)
+    best = int(k[int(np.argmax(f1))])
+    below = scores[best + 1] if best + 1 < len(scores) else None
+    return float(scores[best] if below is None else (scores[best] + below) / 2)
+
+
 def _max_f1_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
     """The cut between distinct scores that maximises F1 (ties: the higher cut)."""
     order = np.argsort(-scores, kind="stable")
-    s, t = scores[order], truth[order]
-    tp = np.cumsum(t)
-    last = np.r_[s[1:] != s[:-1], True]  # the last position of each run of equal scores
-    k = np.flatnonzero(last)  # predicted positive: s >= s[k], i.e. the first k+1 clips
-    f1 = 2 * tp[k] / ((k + 1) + t.sum())
-    best = int(k[int(np.argmax(f1))])
-    below = s[best + 1] if best + 1 < len(s) else None
-    return float(s[best] if below is None else (s[best] + below) / 2)
+    t = truth[order]
+    return _max_f1_cut(scores[order], t, np.ones_like(t), float(t.sum()))
 
 
 #: Bootstrap resamples of the validation clips whose max-F1 thresholds are bagged.
@@ -195,6 +211,70 @@ def fit_tag_thresholds(
                            else _max_f1_threshold(s[:, j], truth))
         fitted.append(tag)
     return thresholds, tuple(fitted)
+
+
+def fit_detection_thresholds(
+    predictions: list[list[Detection]],
+    ground_truth: list[list[tuple[str, float, float, float, float]]],
+    objects: Sequence[str],
+    *,
+    resamples: int = TAG_RESAMPLES,
+    seed: int = 0,
+) -> tuple[dict[str, float], tuple[str, ...]]:
+    """Each object class's bagged max-F1 score threshold on validation detections.
+
+    A box counts as found when it matches a true box of its class at IoU >= 0.5
+    (:func:`~fusionedge.sdk.metrics.match_detections`); F1 weighs boxes found against boxes shown
+    that are not there. As for the tags, the threshold is the median of the max-F1 thresholds of
+    bootstrap resamples, here of the validation images (a resample keeps each image's boxes together).
+
+    Args:
+        predictions: per image, its detections decoded at a low score (so every cut can be tried).
+        ground_truth: per image, ``(label, x1, y1, x2, y2)`` in the same pixels.
+        objects: the class names.
+        resamples: bootstrap resamples whose thresholds are bagged (0: the plain max-F1 threshold).
+        seed: of the resampling.
+
+    Returns:
+        ``({class: threshold}, fitted classes)``; a class without a true box or without a detection
+        keeps the default threshold (``DEFAULT_SCORE_THRESHOLD``) and is not listed as fitted.
+
+    Raises:
+        InputError: the lists differ in length, or an unknown label or bad box appears.
+    """
+    matches = match_detections(predictions, ground_truth, objects)
+    thresholds, fitted = {}, []
+    for j, lab in enumerate(objects):
+        m = matches[lab]
+        if m.n_gt == 0 or len(m.scores) == 0:
+            thresholds[lab] = DEFAULT_SCORE_THRESHOLD
+            continue
+        whole = _max_f1_cut(m.scores, m.tp, np.ones(len(m.tp)), float(m.n_gt))
+        rng = np.random.default_rng([seed, j])
+        n, found = len(ground_truth), []
+        for _ in range(resamples):
+            w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+            positives = float(w @ m.gt_per_image)
+            if positives > 0:
+                found.append(_max_f1_cut(m.scores, m.tp, w[m.image], positives))
+        thresholds[lab] = float(np.median(found)) if found else whole
+        fitted.append(lab)
+    return thresholds, tuple(fitted)
+
+
+def detection_f1(
+    predictions: list[list[Detection]],
+    ground_truth: list[list[tuple[str, float, float, float, float]]],
+    objects: Sequence[str],
+    thresholds: dict[str, float],
+) -> dict[str, float]:
+    """F1 at IoU 0.5 of each class with a true box, keeping its boxes scoring >= its threshold."""
+    out = {}
+    for lab, m in match_detections(predictions, ground_truth, objects).items():
+        if m.n_gt:
+            keep = m.scores >= thresholds[lab]
+            out[lab] = float(2 * m.tp[keep].sum() / (keep.sum() + m.n_gt))
+    return out
 
 
 def _gaussians(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -313,8 +393,11 @@ def fit_calibration(
     validation: dict[str, Any] | None = None,
     events: Sequence[str] | None = None,
     event_logits_without: dict[str, np.ndarray] | None = None,
+    detections: list[list[Detection]] | None = None,
+    ground_truth: list[list[tuple[str, float, float, float, float]]] | None = None,
+    objects: Sequence[str] = (),
 ) -> Calibration:
-    """Fit temperature, tag thresholds and the OOD score on validation logits.
+    """Fit temperature, tag thresholds, the OOD score and detection thresholds on validation outputs.
 
     Args:
         event_logits: ``(N, K)``.
@@ -329,6 +412,10 @@ def fit_calibration(
         events: the K event names (needed with ``event_logits_without``).
         event_logits_without: per removed modality, the validation event logits without it
             (:func:`fit_missing_modality`); None fits no missing-modality rule.
+        detections: per clip, its boxes decoded at a low score; with ``ground_truth`` and
+            ``objects``, the per-class detection thresholds are fit (:func:`fit_detection_thresholds`).
+        ground_truth: per clip, its true ``(label, x1, y1, x2, y2)`` boxes.
+        objects: the object class names.
 
     Returns:
         The :class:`~fusionedge.sdk.calibration.Calibration`.
@@ -355,7 +442,29 @@ def fit_calibration(
         validation=dict(validation or {"samples": len(ev)}), fitted_tags=fitted,
         missing_modality=fit_missing_modality(event_logits_without, y, list(events or []))
         if event_logits_without else {},
+        **_detection_fields(detections, ground_truth, objects),
     )
+
+
+def _detection_fields(detections: list[list[Detection]] | None,
+                      ground_truth: list[list[tuple[str, float, float, float, float]]] | None,
+                      objects: Sequence[str]) -> dict[str, Any]:
+    """``Calibration``'s detection fields: none without detections or classes, or when no class fits."""
+    if detections is None or ground_truth is None or not objects:
+        return {}
+    thresholds, fitted = fit_detection_thresholds(detections, ground_truth, objects)
+    return {"detection_thresholds": thresholds, "fitted_objects": fitted} if fitted else {}
+
+
+def _detection_summary(detections: list[list[Detection]] | None,
+                       truth: list[list[tuple[str, float, float, float, float]]], objects: Sequence[str],
+                       cal: Calibration) -> dict[str, Any]:
+    """Each class's validation F1 at IoU 0.5 with one threshold of 0.3 for all and with its fitted one."""
+    if not cal.detection_thresholds or detections is None:
+        return {}
+    default = {c: DEFAULT_SCORE_THRESHOLD for c in objects}
+    return {"detection_f1_before": detection_f1(detections, truth, objects, default),
+            "detection_f1_after": detection_f1(detections, truth, objects, dict(cal.detection_thresholds))}
 
 
 def _set_digest(file: Path, samples: Sequence[Sample]) -> str:
@@ -436,15 +545,18 @@ def calibrate_bundle(
                             f"least two")
         # what a dead sensor leaves: the fused model's clips run again with each modality zeroed
         dead = p.modalities if len(p.modalities) == 2 and any(e in ALARM_EVENTS for e in events) else ()
+        objects = list(labels["objects"])
         out = sample_logits(p, samples, batch_size=int(batch_size), progress=progress, desc="calibrate",
-                            without=dead)
+                            without=dead, detections=bool(objects))
         old_manifest = p.bundle.manifest
     y = np.array([events.index(s.event) for s in samples])
     tag_true = np.array([[t in s.audio_tags for t in tags] for s in samples], np.float64)
     validation = {"samples": len(samples), "sha256": _set_digest(manifest_path(data), samples)}
+    truth = [[(b.label, b.x1, b.y1, b.x2, b.y2) for b in s.boxes] for s in samples]
     cal = fit_calibration(out["event_logits"], out["tag_logits"], y, tag_true, tags, has_audio=out["has_audio"],
                           target_ood_rate=target_ood_rate, validation=validation, events=events,
-                          event_logits_without=out.get("event_logits_without"))
+                          event_logits_without=out.get("event_logits_without"), detections=out.get("detections"),
+                          ground_truth=truth, objects=objects)
     manifest = {k: v for k, v in old_manifest.items()}
     manifest[CALIBRATION_KEY] = cal.to_manifest()
     validate_manifest(manifest)
@@ -469,6 +581,7 @@ def calibrate_bundle(
             "ece_before": expected_calibration_error(softmax(ev), y),
             "ece_after": expected_calibration_error(cal.event_probs(ev), y),
             "uncertain_rate": float(np.mean(scores > cal.threshold)),
+            **_detection_summary(out.get("detections"), truth, objects, cal),
         },
         "digest": {"before": before, "after": after},
         "signature": signature,

@@ -23,6 +23,12 @@ its corrections on a labelled validation set through the runtime and stores them
   threshold is set so that a target share (default 5 %) of validation clips lies above it; a result
   above it is ``uncertain``. Without audio, the score uses the event logits' part of the Gaussians
   and its own threshold.
+* **Per-class detection thresholds**: a box is shown when its score reaches its class's threshold,
+  the one that maximises F1 at IoU 0.5 on validation (boxes found against boxes shown that are not
+  there), bagged over bootstrap resamples of the validation images like the tag thresholds. A
+  CenterNet heatmap's peak heights differ by class (a car's centre is surer than a 3-pixel
+  pedestrian's), so one threshold for all classes is too low for some and too high for others. A
+  caller's explicit ``score_threshold`` still applies to every class.
 * **What a missing sensor leaves undecided**: the validation clips are run again with each modality
   removed (its input zeroed, its presence 0, as a dead sensor looks at run time), and the alarm
   decision (top event in ``ALARM_EVENTS`` or not) is scored against the truth. A modality without
@@ -32,7 +38,7 @@ its corrections on a labelled validation set through the runtime and stores them
   while the siren is heard still alarms, because the alarm does not need the camera.
 
 A bundle without the block gives exactly the outputs it always did: plain softmax, tags on at 0.5,
-no OOD score, never uncertain. NumPy only: this module is part of the device runtime.
+boxes from a score of 0.3, no OOD score, never uncertain. NumPy only: this module is part of the device runtime.
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ from fusionedge.sdk.spec import MODALITIES
 __all__ = [
     "ALARM_EVENTS",
     "CALIBRATION_KEY",
+    "DEFAULT_SCORE_THRESHOLD",
     "DEFAULT_TAG_THRESHOLD",
+    "DETECTION_RULE",
     "METHOD",
     "MISSING_RULE",
     "OOD_SCORE",
@@ -73,6 +81,12 @@ TAG_RULES: tuple[str, ...] = (TAG_RULE, "max-f1")
 OOD_SCORE = "mahalanobis-logits"
 #: Where an uncalibrated bundle (or a tag the validation set could not fit) turns a tag on.
 DEFAULT_TAG_THRESHOLD = 0.5
+#: The lowest detection score kept by an uncalibrated bundle (or for a class the validation set
+#: could not fit), unless the caller asks for another.
+DEFAULT_SCORE_THRESHOLD = 0.3
+#: How the per-class detection thresholds are fit: the median over bootstrap resamples of the
+#: validation images of the score cut that maximises F1 at IoU 0.5.
+DETECTION_RULE = "max-f1-iou50-bagged"
 #: How the missing-modality block decides that a modality is needed for the alarm.
 MISSING_RULE = "alarm-accuracy-3se-above-majority"
 
@@ -114,6 +128,9 @@ class Calibration:
     # is still decided without it; {} when not fit
     missing_modality: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     tag_rule: str = TAG_RULE  # how the tag thresholds were fit (TAG_RULES)
+    # per object class, the lowest score of a box shown; {} when not fit (bundles calibrated before it)
+    detection_thresholds: Mapping[str, float] = field(default_factory=dict)
+    fitted_objects: tuple[str, ...] = ()  # classes whose threshold was fit (the others keep 0.3)
 
     def __post_init__(self) -> None:
         k = self.class_means.shape[0]
@@ -180,6 +197,8 @@ class Calibration:
             target_rate=rate, validation=dict(validation), fitted_tags=tuple(fitted),
             missing_modality=_missing_block(block.get("missing_modality"), f"{where}.missing_modality"),
             tag_rule=str(tag_rule),
+            **_detection_block(block.get("detection_thresholds"), list(manifest["labels"].get("objects", ())),
+                               f"{where}.detection_thresholds"),
         )
 
     def to_manifest(self) -> dict[str, Any]:
@@ -200,7 +219,15 @@ class Calibration:
             },
             "validation": dict(self.validation),
             **self._missing_manifest(),
+            **self._detection_manifest(),
         }
+
+    def _detection_manifest(self) -> dict[str, Any]:
+        if not self.detection_thresholds:
+            return {}
+        return {"detection_thresholds": {"rule": DETECTION_RULE,
+                                         "thresholds": {c: float(v) for c, v in self.detection_thresholds.items()},
+                                         "fitted": list(self.fitted_objects)}}
 
     def _missing_manifest(self) -> dict[str, Any]:
         if not self.missing_modality:
@@ -277,6 +304,26 @@ def _missing_block(block: Any, where: str) -> dict[str, dict[str, Any]]:
             raise _fail(f"{where}.{m}", f"expected one of {', '.join(MODALITIES)} with a boolean 'alarm_decided'")
         out[m] = dict(v)
     return out
+
+
+def _detection_block(block: Any, objects: list[str], where: str) -> dict[str, Any]:
+    """The ``detection_thresholds`` block as ``Calibration`` fields (absent: none, as before it existed)."""
+    if block is None:
+        return {}
+    if not objects:
+        raise _fail(where, "the bundle has no object classes, so no detection thresholds")
+    if not isinstance(block, dict) or block.get("rule") != DETECTION_RULE:
+        raise _fail(where, f"expected an object with rule {DETECTION_RULE!r}")
+    raw = block.get("thresholds")
+    if not isinstance(raw, dict) or set(raw) != set(objects):
+        raise _fail(f"{where}.thresholds", f"expected one threshold per object class ({', '.join(objects)})")
+    thresholds = {c: _number(raw, c, f"{where}.thresholds") for c in objects}
+    if any(not 0.0 <= v <= 1.0 for v in thresholds.values()):
+        raise _fail(f"{where}.thresholds", "expected thresholds in [0, 1]")
+    fitted = block.get("fitted", [])
+    if not isinstance(fitted, list) or not set(fitted) <= set(objects):
+        raise _fail(f"{where}.fitted", "expected a list of the bundle's object classes")
+    return {"detection_thresholds": thresholds, "fitted_objects": tuple(fitted)}
 
 
 def _fail(where: str, message: str) -> BundleError:

@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 __all__ = ["evaluate", "load_sample_inputs", "sample_logits"]
 
 
+#: Detections decoded for an mAP or a threshold fit: down to a low score, so every cut can be tried.
+EVAL_SCORE_THRESHOLD = 0.05
+EVAL_TOP_K = 100
+
+
 def load_sample_inputs(sample: Sample, geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
     """Decode and preprocess one manifest sample the way the runtime does.
 
@@ -66,18 +71,20 @@ def load_sample_inputs(sample: Sample, geometry) -> tuple[np.ndarray, np.ndarray
 
 def sample_logits(
     perception: Perception, samples: Sequence[Sample], *, batch_size: int = 16, progress: bool = False,
-    desc: str = "logits", without: Sequence[str] = (),
+    desc: str = "logits", without: Sequence[str] = (), detections: bool = False,
 ) -> dict:
     """Run samples through a loaded fused-model bundle; the raw event and tag logits of each.
 
     What calibration is fit on and what an open-world report scores (per clip, not aggregated).
     ``without=("audio", "video")`` also runs every clip as if each of those sensors were dead (its
     input zeroed and its presence 0, as the runtime feeds a missing modality), from the same decoded
-    batch.
+    batch. ``detections=True`` also decodes each clip's boxes as :func:`evaluate` does for its mAP
+    (score >= 0.05, at most 100, in the clip's pixels).
 
     Returns:
-        ``{"event_logits" (N, K), "tag_logits" (N, T), "has_audio" (N,)}``, float64 / bool, and with
-        ``without`` ``"event_logits_without": {modality: (N, K)}``.
+        ``{"event_logits" (N, K), "tag_logits" (N, T), "has_audio" (N,)}``, float64 / bool, with
+        ``without`` ``"event_logits_without": {modality: (N, K)}``, and with ``detections``
+        ``"detections"``: per clip its list of :class:`~fusionedge.sdk.postprocess.Detection`.
 
     Raises:
         InputError: ``without`` names something other than ``audio`` or ``video``.
@@ -86,7 +93,8 @@ def sample_logits(
     """
     if not set(without) <= {"audio", "video"}:
         raise InputError(f"without must name 'audio' and/or 'video', got {list(without)!r}")
-    ev, tg, audio = [], [], []
+    ev, tg, audio, boxes = [], [], [], []
+    g = perception.geometry
     dead: dict[str, list] = {m: [] for m in without}
     bar = None
     if progress:
@@ -103,6 +111,12 @@ def sample_logits(
         ev.append(out["event_logits"])
         tg.append(out["audio_tag_logits"])
         audio += [bool(p[1]) for _, _, p, _ in loaded]
+        if detections:
+            boxes += [decode_centernet(out["det_heatmap"][i], out["det_size"][i], out["det_offset"][i],
+                                       stride=g.output_stride, labels=perception.labels["objects"],
+                                       score_threshold=EVAL_SCORE_THRESHOLD, top_k=EVAL_TOP_K, out_wh=wh,
+                                       in_wh=(g.width, g.height))
+                      for i, (_, _, _, wh) in enumerate(loaded)]
         if bar is not None:
             bar.update(len(loaded))
     if bar is not None:
@@ -111,6 +125,8 @@ def sample_logits(
                     "tag_logits": np.concatenate(tg).astype(np.float64), "has_audio": np.asarray(audio, bool)}
     if without:
         result["event_logits_without"] = {m: np.concatenate(v).astype(np.float64) for m, v in dead.items()}
+    if detections:
+        result["detections"] = boxes
     return result
 
 
@@ -126,7 +142,7 @@ def evaluate(
     batch_size: int = 16,
     progress: bool = True,
     limit: int | None = None,
-    score_threshold: float = 0.05,
+    score_threshold: float = EVAL_SCORE_THRESHOLD,
     clip_logits: dict | None = None,
 ) -> dict:
     """Compute event accuracy / macro-F1, audio-tag mAP and detection mAP@0.5 of a bundle.
@@ -203,7 +219,7 @@ def evaluate(
             if has_det:
                 det_pred.append(decode_centernet(
                     out["det_heatmap"][i], out["det_size"][i], out["det_offset"][i], stride=stride,
-                    labels=objects, score_threshold=score_threshold, top_k=100, out_wh=wh, in_wh=in_wh))
+                    labels=objects, score_threshold=score_threshold, top_k=EVAL_TOP_K, out_wh=wh, in_wh=in_wh))
                 det_true.append([(b.label, b.x1, b.y1, b.x2, b.y2) for b in s.boxes])
             if has_tag:
                 tag_true.append([1.0 if t in s.audio_tags else 0.0 for t in tags])
@@ -254,6 +270,10 @@ def evaluate(
         kw = {"tags_on": np.array([[v >= cal.tag_thresholds[t] for t, v in zip(tags, row)] for row in scores], bool)
               .reshape(scores.shape), "uncertain": unsure, "ood_scores": np.asarray(ood)}
         open_world["uncertain_rate"] = float(unsure.mean())
+    if has_det:  # the boxes the runtime would show: at the bundle's per-class thresholds
+        shown = perception.detection_thresholds
+        kw["box_labels"] = [[d.label for d in [d for d in dets if d.score >= shown[d.label]][:perception.top_k]]
+                            for dets in det_pred]
     return {
         "event_accuracy": M.event_accuracy(yt, yp),
         "event_macro_f1": M.event_macro_f1(yt, yp, len(events)),
@@ -323,7 +343,7 @@ def _evaluate_generic(
                 transforms.append(transform)
         out = perception.infer_inputs(np.stack(tensors))
         for i, (s, transform) in enumerate(zip(batch, transforms)):
-            d = model.decode(out, index=i, transform=transform, score_threshold=score_threshold, top_k=100)
+            d = model.decode(out, index=i, transform=transform, score_threshold=score_threshold, top_k=EVAL_TOP_K)
             if events:
                 y_true.append(events.index(s.event))
                 y_pred.append(events.index(d.event))

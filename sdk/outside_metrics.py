@@ -15,7 +15,9 @@ probabilities and tag scores into the rates, overall and per kind; :func:`expect
 is the usual top-label ECE. An audio tag counts as raised at a score of 0.5, like ``fusionedge
 predict`` shows it, unless the caller passes the tag decisions of a calibrated bundle
 (:mod:`fusionedge.sdk.calibration`); a result the bundle marks ``uncertain`` raises no alarm, and
-:func:`ood_auroc` scores how well its OOD score tells outside clips from in-distribution ones.
+:func:`ood_auroc` scores how well its OOD score tells outside clips from in-distribution ones. Every
+outside video is a test pattern, a fractal, noise or a flat colour, never a road, so a shown
+``emergency_vehicle`` box on one, or an event that needs a light bar seen, is wrong by construction.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from fusionedge.sdk.errors import DataError, InputError
 
 __all__ = [
     "ALARM_EVENTS",
+    "EMERGENCY_OBJECT",
+    "LIGHTS_EVENTS",
     "TAG_THRESHOLD",
     "OutsideLabel",
     "expected_calibration_error",
@@ -42,6 +46,10 @@ __all__ = [
 
 #: An audio tag counts as raised at this score.
 TAG_THRESHOLD = DEFAULT_TAG_THRESHOLD
+#: Predicted events that say an emergency vehicle's lights were seen.
+LIGHTS_EVENTS: tuple[str, ...] = ("emergency_ahead", "lights_no_siren")
+#: The object class whose box on a video without a road counts as a false emergency box.
+EMERGENCY_OBJECT = "emergency_vehicle"
 _EXPECT = ("siren", "alarm", "silent", "event_defined")
 
 
@@ -177,6 +185,7 @@ def outside_metrics(
     tags_on: np.ndarray | None = None,
     uncertain: np.ndarray | None = None,
     ood_scores: np.ndarray | None = None,
+    box_labels: Sequence[Sequence[str]] | None = None,
 ) -> dict:
     """Open-world rates of a model on the samples that carry an ``outside`` block.
 
@@ -192,6 +201,8 @@ def outside_metrics(
         uncertain: ``(N,)`` results the bundle marks uncertain: they raise no alarm. Default none.
         ood_scores: ``(N,)`` the bundle's OOD scores; with them the block has ``ood_auroc``, outside
             clips against the samples without an ``outside`` block.
+        box_labels: per sample, the labels of the boxes the runtime shows (at the bundle's score
+            thresholds); with them the block has ``nonroad_emergency_box_rate``.
 
     Returns:
         ``{"outside": {...}}`` with ``samples``; ``false_siren_tag_rate`` and
@@ -201,7 +212,10 @@ def outside_metrics(
         ``event_ece`` (``n_bins`` bins) and ``event_accuracy`` on clips whose event is defined; and
         ``per_kind``: for each kind ``samples``, ``siren_tag_rate``, ``alarm_rate``,
         ``any_tag_rate``, ``event_accuracy``, ``mean_confidence`` and ``predicted`` (event counts).
-        A rate over no clips is None. Empty when no sample has an ``outside`` block. With
+        A rate over no clips is None. Empty when no sample has an ``outside`` block. On the clips
+        with a video (none of which shows a road): ``nonroad_lights_event_rate`` (a predicted event
+        in ``LIGHTS_EVENTS`` not marked uncertain) and, with ``box_labels``,
+        ``nonroad_emergency_box_rate`` (an ``emergency_vehicle`` box shown, uncertain or not). With
         ``uncertain``: ``uncertain_rate`` overall and per kind; with ``ood_scores``: ``ood_auroc``.
 
     Raises:
@@ -218,6 +232,8 @@ def outside_metrics(
     unsure = np.zeros(n, bool) if uncertain is None else np.asarray(uncertain, bool)
     if on.shape != scores.shape or unsure.shape != (n,) or (ood_scores is not None and np.shape(ood_scores) != (n,)):
         raise InputError(f"tags_on must be ({n}, {len(tags)}), uncertain and ood_scores ({n},)")
+    if box_labels is not None and len(box_labels) != n:
+        raise InputError(f"box_labels must hold one list per sample ({n}), got {len(box_labels)}")
     rows = [(i, lab) for i, s in enumerate(samples) if (lab := outside_label(s)) is not None]
     if not rows:
         return {}
@@ -247,6 +263,11 @@ def outside_metrics(
         "event_ece": (expected_calibration_error(probs[idx][defined], truth[defined], n_bins)
                       if defined.any() else None),
     }
+    video = np.array([samples[i].video is not None for i in idx])
+    lights_ids = [events.index(e) for e in LIGHTS_EVENTS if e in events]
+    out["nonroad_lights_event_rate"] = _rate((np.isin(pred, lights_ids) & ~unsure[idx])[video])
+    if box_labels is not None:
+        out["nonroad_emergency_box_rate"] = _rate(np.array([EMERGENCY_OBJECT in box_labels[i] for i in idx])[video])
     if uncertain is not None:
         out["uncertain_rate"] = float(unsure[idx].mean())
     if ood_scores is not None:
@@ -290,10 +311,11 @@ def outside_markdown(metrics: dict) -> str:
     if not isinstance(m, dict) or "per_kind" not in m:
         raise InputError("not an outside-metrics block (no 'per_kind')")
     head = ("false_siren_tag_rate", "false_alarm_rate", "false_event_rate", "siren_recall", "siren_alarm_recall",
-            "silence_any_tag_rate", "event_accuracy", "event_ece")
+            "silence_any_tag_rate", "event_accuracy", "event_ece", "nonroad_lights_event_rate")
     lines = [f"Outside-media clips: {m['samples']}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(m.get(k))} |" for k in head]
-    lines += [f"| {k} | {_fmt(m[k])} |" for k in ("uncertain_rate", "ood_auroc") if k in m]  # calibrated bundles
+    lines += [f"| {k} | {_fmt(m[k])} |" for k in ("nonroad_emergency_box_rate", "uncertain_rate", "ood_auroc")
+              if k in m]  # with boxes; calibrated bundles
     unsure = "uncertain_rate" in m
     lines += ["", "| kind | clips | siren tag | alarm | any tag | event acc. | mean conf. | "
                   + ("uncertain | " if unsure else "") + "predicted events |",

@@ -45,7 +45,7 @@ import numpy as np
 from fusionedge.sdk.attribution import Attribution, attribute, infer_withheld
 from fusionedge.sdk.backends import Backend, ModelIO, backend_class, get_backend
 from fusionedge.sdk.bundle import Bundle, load_bundle
-from fusionedge.sdk.calibration import ALARM_EVENTS, DEFAULT_TAG_THRESHOLD, Calibration
+from fusionedge.sdk.calibration import ALARM_EVENTS, DEFAULT_SCORE_THRESHOLD, DEFAULT_TAG_THRESHOLD, Calibration
 from fusionedge.sdk.engine_fingerprint import NoEngineError
 from fusionedge.sdk.errors import BackendError, InputError
 from fusionedge.sdk.generic import GenericModel, in_source_pixels, last_frame, reader_target
@@ -139,7 +139,7 @@ class Perception:
         backend: Backend,
         *,
         fallbacks: Sequence[Fallback] = (),
-        score_threshold: float = 0.3,
+        score_threshold: float | None = None,
         top_k: int = 50,
         attribution: bool = False,
     ) -> None:
@@ -153,7 +153,7 @@ class Perception:
             BundleError: the bundle does not follow the FusionEdge model contract.
             InputError: ``score_threshold`` outside [0, 1] or ``top_k`` < 1.
         """
-        if not 0.0 <= float(score_threshold) <= 1.0:
+        if score_threshold is not None and not 0.0 <= float(score_threshold) <= 1.0:
             raise InputError(f"score_threshold must be in [0, 1], got {score_threshold!r}")
         if int(top_k) < 1:
             raise InputError(f"top_k must be >= 1, got {top_k!r}")
@@ -171,7 +171,16 @@ class Perception:
         self.engine_state: str | None = None
         self._retired: list[Backend] = []  # backends replaced by a finished build; closed in close()
         self._builder: threading.Thread | None = None
-        self.score_threshold = float(score_threshold)
+        #: the one detection threshold the caller gave for every class; None: the bundle's own
+        self.score_threshold_override: float | None = None if score_threshold is None else float(score_threshold)
+        #: the lowest detection score kept: the caller's, or the default where none was given
+        self.score_threshold = DEFAULT_SCORE_THRESHOLD if score_threshold is None else float(score_threshold)
+        cal = self.calibration
+        #: per object class of the fused model, the lowest score of a box in ``Result.boxes``: the
+        #: calibration's fitted thresholds unless the caller gave ``score_threshold``
+        self.detection_thresholds: dict[str, float] = (
+            dict(cal.detection_thresholds) if score_threshold is None and cal is not None and cal.detection_thresholds
+            else {c: self.score_threshold for c in (self.labels["objects"] if self.generic is None else ())})
         self.top_k = int(top_k)
         self.attribution = bool(attribution)
         self._qa: QaModel | None = None  # the question-answering model, loaded by the first ask
@@ -188,7 +197,7 @@ class Perception:
         backends: Sequence[str] = ("onnxruntime",),
         *,
         verify: bool = True,
-        score_threshold: float = 0.3,
+        score_threshold: float | None = None,
         top_k: int = 50,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
         engine_build: str = "first",
@@ -203,7 +212,9 @@ class Perception:
             backends: backend names in order of preference, e.g. ``["tensorrt", "onnxruntime"]``.
                 Each one that fails is logged and recorded in :attr:`fallbacks` before the next is tried.
             verify: check every bundle file's size and SHA-256 first (see :func:`load_bundle`).
-            score_threshold: lowest detection score kept in ``Result.boxes``, in [0, 1].
+            score_threshold: lowest detection score kept in ``Result.boxes``, in [0, 1], for every
+                class. None (default): each class's threshold from the bundle's calibration when it
+                has them (:mod:`~fusionedge.sdk.calibration`), else 0.3.
             top_k: most boxes per result.
             backend_options: per-backend constructor options, e.g.
                 ``{"onnxruntime": {"intra_op_threads": 2}}``.
@@ -518,7 +529,8 @@ class Perception:
         if frame_wh is not None and "det_heatmap" in outputs:
             boxes = decode_centernet(
                 outputs["det_heatmap"][index], outputs["det_size"][index], outputs["det_offset"][index],
-                stride=g.output_stride, labels=self.labels["objects"], score_threshold=self.score_threshold,
+                stride=g.output_stride, labels=self.labels["objects"],
+                score_threshold=[self.detection_thresholds[c] for c in self.labels["objects"]],
                 top_k=self.top_k, out_wh=tuple(frame_wh), in_wh=(g.width, g.height),
             )
         tag_scores = sigmoid(outputs["audio_tag_logits"][index].astype(np.float64)) if has_tags else None

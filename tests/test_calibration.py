@@ -13,7 +13,9 @@ import pytest
 from _toy_model import TOY_GEOMETRY, copy_bundle, shared_toy_bundle
 from fusionedge.cli.main import main
 from fusionedge.export.calibrate import (
+    detection_f1,
     fit_calibration,
+    fit_detection_thresholds,
     fit_missing_modality,
     fit_ood,
     fit_tag_thresholds,
@@ -22,8 +24,8 @@ from fusionedge.export.calibrate import (
 )
 from fusionedge.sdk.calibration import Calibration
 from fusionedge.sdk.errors import BundleError, DataError, InputError
-from fusionedge.sdk.postprocess import sigmoid, softmax
-from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS
+from fusionedge.sdk.postprocess import Detection, sigmoid, softmax
+from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS
 
 
 def _labels_from(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
@@ -51,6 +53,31 @@ def test_tag_thresholds_maximise_f1_and_a_one_class_tag_keeps_one_half():
     bagged, _ = fit_tag_thresholds(scores, truth, ["siren", "horn"])
     assert bagged["horn"] == 0.5 and 0.05 < bagged["siren"] < 0.9
     assert bagged == fit_tag_thresholds(scores, truth, ["siren", "horn"])[0]  # seeded: repeatable
+
+
+def _det(label: str, score: float, x: float) -> Detection:
+    return Detection(label, score, x, 10.0, x + 10.0, 20.0)
+
+
+def test_detection_thresholds_maximise_f1_at_iou_half_and_a_class_without_boxes_keeps_the_default():
+    # "car": true boxes at x=0 (image 0) and x=50 (image 1); found at 0.9 and 0.5, and three boxes
+    # that are not there at 0.6, 0.4 (image 2, which has no car) and 0.2. By score: TP FP TP FP FP.
+    preds = [[_det("car", 0.9, 0.0), _det("car", 0.6, 100.0)],
+             [_det("car", 0.5, 51.0), _det("car", 0.2, 120.0), _det("pedestrian", 0.7, 5.0)],
+             [_det("car", 0.4, 30.0)]]
+    truth = [[("car", 0.0, 10.0, 10.0, 20.0)], [("car", 50.0, 10.0, 60.0, 20.0)], [("traffic_light", 0, 0, 4, 9)]]
+    thresholds, fitted = fit_detection_thresholds(preds, truth, OBJECTS, resamples=0)
+    # F1 per cut: 2/3, 2/4, 4/5 (keep 0.9, 0.6, 0.5), 4/6, 4/7: the cut lies halfway from 0.5 to 0.4
+    assert thresholds["car"] == pytest.approx(0.45) and fitted == ("car",)
+    # pedestrians have no true box, traffic lights no detection, emergency vehicles neither
+    assert all(thresholds[c] == 0.3 for c in ("pedestrian", "traffic_light", "emergency_vehicle"))
+    f1 = detection_f1(preds, truth, OBJECTS, thresholds)
+    assert f1 == pytest.approx({"car": 0.8, "traffic_light": 0.0})
+    assert detection_f1(preds, truth, OBJECTS, {c: 0.3 for c in OBJECTS})["car"] == pytest.approx(4 / 6)
+    bagged, _ = fit_detection_thresholds(preds, truth, OBJECTS)
+    assert 0.2 <= bagged["car"] <= 0.9 and bagged == fit_detection_thresholds(preds, truth, OBJECTS)[0]
+    with pytest.raises(InputError, match="prediction lists"):
+        fit_detection_thresholds(preds[:2], truth, OBJECTS)
 
 
 def test_bagged_tag_thresholds_vary_less_between_validation_sets():
@@ -331,6 +358,33 @@ def test_eval_of_a_calibrated_bundle_reports_the_ood_auroc_and_no_alarm_from_unc
     assert plain["event_accuracy"] == m["event_accuracy"]  # a temperature never changes the decision
 
 
+def test_eval_counts_the_emergency_boxes_the_runtime_shows_on_outside_video(toy, capsys, tmp_path):
+    """``nonroad_emergency_box_rate`` is the share of outside clips whose ``Perception.infer`` result
+    holds an ``emergency_vehicle`` box, at the bundle's own thresholds (set here so that the toy
+    model's boxes show on some clips and not on others)."""
+    from fusionedge.sdk import Perception
+    from fusionedge.sdk.fileio import write_json_atomic
+
+    data = _write_mixed(tmp_path / "mixed", inside=2)
+    bundle = copy_bundle(toy["calibrated"], tmp_path / "b")
+    with Perception.load(bundle, score_threshold=0.0, top_k=10_000) as p:
+        peaks = [max((d.score for d in p.infer(video_path=data / "media" / f"c{i:02d}.mp4",
+                                               audio_path=data / "media" / f"c{i:02d}.wav").boxes
+                      if d.label == "emergency_vehicle"), default=0.0) for i in range(2, 8)]
+    cut = float(np.median(peaks))  # between the clips' best emergency peaks: some above, some below
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["calibration"]["detection_thresholds"] = {
+        "rule": "max-f1-iou50-bagged", "fitted": [], "thresholds": {c: cut for c in OBJECTS}}
+    write_json_atomic(bundle / "manifest.json", manifest)
+    assert main(["eval", "--bundle", str(bundle), "--data", str(data), "--json"]) == 0
+    rate = json.loads(capsys.readouterr().out)["outside"]["nonroad_emergency_box_rate"]
+    with Perception.load(bundle) as p:
+        shown = [any(d.label == "emergency_vehicle" for d in p.infer(
+            video_path=data / "media" / f"c{i:02d}.mp4", audio_path=data / "media" / f"c{i:02d}.wav").boxes)
+            for i in range(2, 8)]
+    assert 0 < sum(shown) < 6 and rate == pytest.approx(np.mean(shown))
+
+
 def test_open_world_report_compares_bundles_in_a_table_with_a_reliability_diagram_each(toy, capsys, tmp_path):
     pytest.importorskip("matplotlib")
     outside = _write_mixed(tmp_path / "outside", inside=0)
@@ -360,6 +414,11 @@ def test_open_world_report_compares_bundles_in_a_table_with_a_reliability_diagra
     ("missing_modality", {"rule": "a-guess", "audio": {"alarm_decided": False}}, "calibration.missing_modality"),
     ("missing_modality", {"rule": "alarm-accuracy-3se-above-majority", "smell": {"alarm_decided": False}},
      "calibration.missing_modality.smell"),
+    ("detection_thresholds", {"rule": "max-f1"}, "calibration.detection_thresholds"),
+    ("detection_thresholds", {"rule": "max-f1-iou50-bagged", "thresholds": {"car": 0.4}},
+     "calibration.detection_thresholds.thresholds"),
+    ("detection_thresholds", {"rule": "max-f1-iou50-bagged", "thresholds": {c: 1.5 for c in OBJECTS}},
+     "calibration.detection_thresholds.thresholds"),
 ])
 def test_a_malformed_calibration_block_refuses_the_bundle_naming_the_field(toy, capsys, tmp_path, field, value,
                                                                            message):
@@ -424,3 +483,43 @@ def test_the_calibrated_bundle_records_what_each_dead_sensor_leaves_and_a_guess_
 
     old = Calibration.from_manifest(manifest)
     assert old.missing_modality == {} and old.is_uncertain(0.0, has_audio=False, has_video=True) is False
+
+
+def test_calibrating_on_boxes_fits_each_class_threshold_and_the_runtime_shows_boxes_by_it(toy, tmp_path):
+    """A validation set with boxes gets per-class detection thresholds in the manifest; Perception
+    keeps a class's box only from its own threshold, and a caller's ``score_threshold`` still rules
+    every class."""
+    from fusionedge.export.calibrate import calibrate_bundle
+    from fusionedge.sdk import Perception
+
+    val = _write_set(tmp_path / "val", [EVENTS[i % 4] for i in range(8)])
+    rows = [json.loads(line) for line in (val / "manifest.jsonl").read_text().splitlines()]
+    g = TOY_GEOMETRY
+    for i, row in enumerate(rows):  # a car in every clip, a pedestrian in every other one
+        row["boxes"] = [{"label": "car", "box": [4 + i, 4, 4 + i + g.width // 3, 4 + g.height // 3]}]
+        if i % 2:
+            row["boxes"].append({"label": "pedestrian", "box": [g.width // 2, 8, g.width // 2 + 6, 26]})
+    (val / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bundle = copy_bundle(toy["plain"], tmp_path / "b")
+    summary = calibrate_bundle(bundle, val)
+    block = json.loads((bundle / "manifest.json").read_text())["calibration"]["detection_thresholds"]
+    assert block["rule"] == "max-f1-iou50-bagged" and set(block["thresholds"]) == set(OBJECTS)
+    assert block["fitted"] == ["car", "pedestrian"]  # the classes with true boxes
+    assert all(block["thresholds"][c] == 0.3 for c in ("traffic_light", "emergency_vehicle"))
+    assert set(summary["validation"]["detection_f1_after"]) == {"car", "pedestrian"}
+
+    # the runtime applies whatever the block says: one class shown from 0, the others never
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["calibration"]["detection_thresholds"] = {
+        "rule": "max-f1-iou50-bagged", "fitted": ["car"], "thresholds": {c: 0.0 if c == "car" else 1.0 for c in OBJECTS}}
+    from fusionedge.sdk.fileio import write_json_atomic
+
+    write_json_atomic(bundle / "manifest.json", manifest)
+    clip = {"video_path": val / "media" / "c03.mp4", "audio_path": val / "media" / "c03.wav"}
+    with Perception.load(bundle, top_k=10_000) as p, \
+            Perception.load(bundle, score_threshold=0.0, top_k=10_000) as everything:
+        assert p.detection_thresholds == {c: 0.0 if c == "car" else 1.0 for c in OBJECTS}
+        shown, all_peaks = p.infer(**clip).boxes, everything.infer(**clip).boxes
+    assert shown and {d.label for d in shown} == {"car"}
+    assert {d.label for d in all_peaks} == set(OBJECTS)  # every class has a local maximum at score 0
+    assert shown == [d for d in all_peaks if d.label == "car"]

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import threading
 import time
 from contextlib import redirect_stdout
@@ -405,6 +406,32 @@ def test_a_bundle_that_fails_its_self_test_is_not_swapped_in(releases):
             future.result(timeout=60)
         assert live.model == "toy@0.1.0" and live.swaps == 0
         assert live.infer(**_inputs(np.random.default_rng(1))).model == "toy@0.1.0"
+
+
+def test_a_swapped_in_bundle_shows_boxes_by_its_own_calibrated_thresholds(releases, tmp_path):
+    """A later bundle's calibration decides its boxes (not the first model's threshold), unless the
+    server was given one threshold for every class."""
+    from fusionedge.sdk.calibration import Calibration
+    from fusionedge.sdk.fileio import write_json_atomic
+    from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS
+
+    bundle = tmp_path / "calibrated"
+    shutil.copytree(releases["0.2.0"], bundle)
+    own = {c: 0.0 if c == "car" else 1.0 for c in OBJECTS}  # cars from any score, nothing else
+    dim = len(EVENTS) + len(AUDIO_TAGS)
+    cal = Calibration(temperature=1.0, tag_thresholds={t: 0.5 for t in AUDIO_TAGS}, class_means=np.zeros((4, dim)),
+                      covariance=np.eye(dim), threshold=1e12, threshold_events_only=1e12, target_rate=0.05,
+                      validation={"samples": 1}, detection_thresholds=own, fitted_objects=("car",))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    write_json_atomic(bundle / "manifest.json", {**manifest, "calibration": cal.to_manifest()})
+    with HotSwapPerception.load(releases["0.1.0"], backend_options=FAST, top_k=10_000) as live:
+        assert live.active.detection_thresholds == {c: 0.3 for c in OBJECTS}  # no calibration: 0.3
+        assert live.swap_to(bundle).result(timeout=60) == "toy@0.2.0"
+        assert live.active.detection_thresholds == own
+        assert {d.label for d in live.infer(**_inputs(np.random.default_rng(2))).boxes} == {"car"}
+    with HotSwapPerception.load(releases["0.1.0"], backend_options=FAST, score_threshold=0.2) as live:
+        live.swap_to(bundle).result(timeout=60)
+        assert live.active.detection_thresholds == {c: 0.2 for c in OBJECTS}
 
 
 def test_agent_commit_hot_swaps_the_running_model(env, releases):

@@ -255,8 +255,24 @@ def test_outside_rates_on_hand_made_predictions():
     assert m["per_kind"]["tone"]["alarm_rate"] == 0.5 and m["per_kind"]["tone"]["siren_tag_rate"] == 0.5
     assert m["per_kind"]["silence"]["predicted"] == {"lights_no_siren": 1, "none": 1}
     assert m["per_kind"]["silence"]["any_tag_rate"] == 0.5
+    # every outside clip here has a (non-road) video; the one lights event is sample 2's (the lights
+    # on silence); sample 6's emergency_ahead is not an outside clip
+    assert m["nonroad_lights_event_rate"] == pytest.approx(1 / 6)
+    assert "nonroad_emergency_box_rate" not in m  # no boxes given
     md = outside_markdown(m)
     assert "| false_alarm_rate | 0.25 |" in md and "| siren_wail | 2 |" in md
+    # the boxes shown: an emergency box on one outside clip counts; on the road clip it does not
+    boxes = [["car"], ["emergency_vehicle", "car"], [], [], [], [], ["emergency_vehicle"]]
+    unsure = np.array([False, True, True, False, False, False, False])
+    b = outside_metrics(samples, probs, tags, EVENTS, AUDIO_TAGS, box_labels=boxes, uncertain=unsure)["outside"]
+    assert b["nonroad_emergency_box_rate"] == pytest.approx(1 / 6)  # shown, even on an uncertain result
+    assert b["nonroad_lights_event_rate"] == 0.0  # the lights event on silence is marked uncertain
+    assert "| nonroad_emergency_box_rate | 0.17 |" in outside_markdown(b)
+    audio_only = [Sample(x.id, None, Path("/m/a.wav"), x.event, x.audio_tags, meta=x.meta) for x in samples]
+    assert outside_metrics(audio_only, probs, tags, EVENTS, AUDIO_TAGS, box_labels=boxes)["outside"][
+        "nonroad_emergency_box_rate"] is None  # no video, no rate
+    with pytest.raises(InputError, match="box_labels"):
+        outside_metrics(samples, probs, tags, EVENTS, AUDIO_TAGS, box_labels=boxes[:3])
     # nothing from outside: nothing reported; a rate over no clips is None, not 0
     assert outside_metrics(samples[6:], probs[6:], tags[6:], EVENTS, AUDIO_TAGS) == {}
     only_tones = outside_metrics(samples[:2], probs[:2], tags[:2], EVENTS, AUDIO_TAGS)["outside"]

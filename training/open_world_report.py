@@ -33,7 +33,8 @@ _TEST_COLUMNS = (("event acc.", "event_accuracy"), ("macro-F1", "event_macro_f1"
                  ("det mAP@0.5", "detection_map50"), ("ECE", "event_ece"), ("uncertain", "uncertain_rate"))
 _OUTSIDE_COLUMNS = (("false siren tag", "false_siren_tag_rate"), ("false alarm", "false_alarm_rate"),
                     ("silence→tag", "silence_any_tag_rate"), ("siren recall", "siren_recall"),
-                    ("siren alarm recall", "siren_alarm_recall"), ("ECE", "event_ece"),
+                    ("siren alarm recall", "siren_alarm_recall"), ("EV box, non-road", "nonroad_emergency_box_rate"),
+                    ("lights event, non-road", "nonroad_lights_event_rate"), ("ECE", "event_ece"),
                     ("uncertain", "uncertain_rate"), ("OOD AUROC", "ood_auroc"))
 
 

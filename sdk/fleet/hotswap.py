@@ -42,7 +42,9 @@ class HotSwapPerception:
         perception: the loaded model to serve first (this object takes ownership and closes it).
         backends: backends for the bundles swapped in later (default: the first model's backend).
         backend_options: per-backend options for later bundles.
-        score_threshold: lowest detection score kept, for later bundles (default: the first model's).
+        score_threshold: lowest detection score kept for every class, for later bundles (default: what
+            the first model was loaded with: a threshold given then, or else each bundle's own per-class
+            thresholds from its calibration).
         top_k: most boxes per result, for later bundles (default: the first model's).
     """
 
@@ -58,7 +60,7 @@ class HotSwapPerception:
         self._active = perception
         self._backends = list(backends) if backends is not None else [perception.backend_name]
         self._backend_options = {k: dict(v) for k, v in (backend_options or {}).items()}
-        self._score_threshold = perception.score_threshold if score_threshold is None else score_threshold
+        self._score_threshold = perception.score_threshold_override if score_threshold is None else score_threshold
         self._top_k = perception.top_k if top_k is None else top_k
         self._cond = threading.Condition()
         self._inflight: dict[int, int] = {}  # id(perception) -> inferences running on it
@@ -74,7 +76,7 @@ class HotSwapPerception:
         backends: Sequence[str] = ("onnxruntime",),
         *,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
-        score_threshold: float = 0.3,
+        score_threshold: float | None = None,
         top_k: int = 50,
     ) -> "HotSwapPerception":
         """Load a bundle (see :meth:`Perception.load`) and serve it, ready for later swaps.
