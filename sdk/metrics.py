@@ -188,19 +188,11 @@ def detection_ap_per_class(
 
     Predictions are matched by :func:`match_detections`; AP is the all-point interpolated area
     (precision made monotone from the right, summed over recall steps). Classes without a
-    ground-truth box have no AP and are left out; their predictions do not count.
-
-    Args:
-        predictions: per image, its :class:`~fusionedge.sdk.postprocess.Detection` list.
-        ground_truth: per image, ``(label, x1, y1, x2, y2)`` tuples.
-        labels: the class names; every label used must be among them.
-        iou_threshold: IoU needed for a match, in (0, 1].
+    ground-truth box have no AP and are left out; their predictions do not count. The arguments and
+    errors are :func:`match_detections`'.
 
     Returns:
         ``{label: AP in [0, 1]}`` in the order of ``labels``, for the classes with ground truth.
-
-    Raises:
-        InputError: the two lists differ in length, or an unknown label / bad box appears.
     """
     matches = match_detections(predictions, ground_truth, labels, iou_threshold)
     return {lab: _voc_ap(m.tp, m.n_gt) for lab, m in matches.items() if m.n_gt > 0}
