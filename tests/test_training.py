@@ -73,6 +73,27 @@ def test_load_clips_shapes_and_targets(clips):
     assert sum(len(b) for b in clips.boxes) > 0
 
 
+def test_load_clips_holds_the_decoded_clips_once(data_dir):
+    """The peak memory of decoding is the cache itself plus little: the clips go into arrays of the
+    final size as they come, not into a list that is then stacked (twice the video at the peak)."""
+    import tracemalloc
+
+    from fusionedge.training.dataset import _decode
+
+    samples = read_manifest(data_dir)
+    clip = _decode(samples[0], GEOMETRY, Labels())
+    one = clip["video"].nbytes + clip["audio"].nbytes
+    tracemalloc.start()
+    try:
+        cache = load_clips(samples, GEOMETRY, workers=1, progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    held = cache.video.numpy().nbytes + cache.audio.numpy().nbytes
+    assert held == len(samples) * one
+    assert peak < held + 8 * one, (peak / one, len(samples))  # stacking a list would need 2 x held
+
+
 def test_batches_preprocess_like_the_runtime(clips, data_dir):
     batch = next(iterate_batches(clips, 4))
     g = GEOMETRY
