@@ -332,7 +332,8 @@ class E2EPipeline:
         samples: the clips.
         geometry: the bundle's input geometry.
         labels: the bundle's ``{"events", "objects", "audio_tags"}``.
-        score_threshold: lowest detection score kept (Perception's default 0.3; evaluation uses 0.05).
+        score_threshold: lowest detection score kept (Perception's default where a bundle has no fitted
+            per-class thresholds, 0.3; evaluation uses 0.05).
         top_k: most boxes per sample.
         model: an imported model's declared interface (None: the fused model).
     """
