@@ -35,7 +35,7 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ from fusionedge.sdk.datamanifest import Sample, manifest_path, read_manifest
 from fusionedge.sdk.errors import BundleError, DataError, InputError
 from fusionedge.sdk.evaluate import sample_logits
 from fusionedge.sdk.fileio import write_json_atomic
-from fusionedge.sdk.metrics import match_detections
+from fusionedge.sdk.metrics import ClassMatches, match_detections
 from fusionedge.sdk.outside_metrics import expected_calibration_error
 from fusionedge.sdk.postprocess import Detection, sigmoid, softmax
 
@@ -242,22 +242,26 @@ def fit_detection_thresholds(
     Raises:
         InputError: the lists differ in length, or an unknown label or bad box appears.
     """
-    matches = match_detections(predictions, ground_truth, objects)
+    return _fit_detection_thresholds(match_detections(predictions, ground_truth, objects), resamples, seed)
+
+
+def _fit_detection_thresholds(matches: Mapping[str, ClassMatches], resamples: int = TAG_RESAMPLES,
+                              seed: int = 0) -> tuple[dict[str, float], tuple[str, ...]]:
+    """:func:`fit_detection_thresholds` on already matched detections (one class per key)."""
     thresholds, fitted = {}, []
-    for j, lab in enumerate(objects):
-        m = matches[lab]
+    for j, (lab, m) in enumerate(matches.items()):
         if m.n_gt == 0 or len(m.scores) == 0:
             thresholds[lab] = DEFAULT_SCORE_THRESHOLD
             continue
-        whole = _max_f1_cut(m.scores, m.tp, np.ones(len(m.tp)), float(m.n_gt))
         rng = np.random.default_rng([seed, j])
-        n, found = len(ground_truth), []
+        n, found = len(m.gt_per_image), []
         for _ in range(resamples):
             w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
             positives = float(w @ m.gt_per_image)
             if positives > 0:
                 found.append(_max_f1_cut(m.scores, m.tp, w[m.image], positives))
-        thresholds[lab] = float(np.median(found)) if found else whole
+        thresholds[lab] = (float(np.median(found)) if found
+                           else _max_f1_cut(m.scores, m.tp, np.ones(len(m.tp)), float(m.n_gt)))
         fitted.append(lab)
     return thresholds, tuple(fitted)
 
@@ -269,8 +273,13 @@ def detection_f1(
     thresholds: dict[str, float],
 ) -> dict[str, float]:
     """F1 at IoU 0.5 of each class with a true box, keeping its boxes scoring >= its threshold."""
+    return _detection_f1(match_detections(predictions, ground_truth, objects), thresholds)
+
+
+def _detection_f1(matches: Mapping[str, ClassMatches], thresholds: Mapping[str, float]) -> dict[str, float]:
+    """:func:`detection_f1` on already matched detections."""
     out = {}
-    for lab, m in match_detections(predictions, ground_truth, objects).items():
+    for lab, m in matches.items():
         if m.n_gt:
             keep = m.scores >= thresholds[lab]
             out[lab] = float(2 * m.tp[keep].sum() / (keep.sum() + m.n_gt))
@@ -393,9 +402,7 @@ def fit_calibration(
     validation: dict[str, Any] | None = None,
     events: Sequence[str] | None = None,
     event_logits_without: dict[str, np.ndarray] | None = None,
-    detections: list[list[Detection]] | None = None,
-    ground_truth: list[list[tuple[str, float, float, float, float]]] | None = None,
-    objects: Sequence[str] = (),
+    detection_matches: Mapping[str, ClassMatches] | None = None,
 ) -> Calibration:
     """Fit temperature, tag thresholds, the OOD score and detection thresholds on validation outputs.
 
@@ -412,10 +419,9 @@ def fit_calibration(
         events: the K event names (needed with ``event_logits_without``).
         event_logits_without: per removed modality, the validation event logits without it
             (:func:`fit_missing_modality`); None fits no missing-modality rule.
-        detections: per clip, its boxes decoded at a low score; with ``ground_truth`` and
-            ``objects``, the per-class detection thresholds are fit (:func:`fit_detection_thresholds`).
-        ground_truth: per clip, its true ``(label, x1, y1, x2, y2)`` boxes.
-        objects: the object class names.
+        detection_matches: per object class, the validation boxes (decoded at a low score) matched
+            to the true ones (:func:`~fusionedge.sdk.metrics.match_detections`); with them the
+            per-class detection thresholds are fit (:func:`fit_detection_thresholds`).
 
     Returns:
         The :class:`~fusionedge.sdk.calibration.Calibration`.
@@ -442,29 +448,24 @@ def fit_calibration(
         validation=dict(validation or {"samples": len(ev)}), fitted_tags=fitted,
         missing_modality=fit_missing_modality(event_logits_without, y, list(events or []))
         if event_logits_without else {},
-        **_detection_fields(detections, ground_truth, objects),
+        **_detection_fields(detection_matches),
     )
 
 
-def _detection_fields(detections: list[list[Detection]] | None,
-                      ground_truth: list[list[tuple[str, float, float, float, float]]] | None,
-                      objects: Sequence[str]) -> dict[str, Any]:
-    """``Calibration``'s detection fields: none without detections or classes, or when no class fits."""
-    if detections is None or ground_truth is None or not objects:
+def _detection_fields(matches: Mapping[str, ClassMatches] | None) -> dict[str, Any]:
+    """``Calibration``'s detection fields: none without matched detections, or when no class fits."""
+    if not matches:
         return {}
-    thresholds, fitted = fit_detection_thresholds(detections, ground_truth, objects)
+    thresholds, fitted = _fit_detection_thresholds(matches)
     return {"detection_thresholds": thresholds, "fitted_objects": fitted} if fitted else {}
 
 
-def _detection_summary(detections: list[list[Detection]] | None,
-                       truth: list[list[tuple[str, float, float, float, float]]], objects: Sequence[str],
-                       cal: Calibration) -> dict[str, Any]:
+def _detection_summary(matches: Mapping[str, ClassMatches] | None, cal: Calibration) -> dict[str, Any]:
     """Each class's validation F1 at IoU 0.5 with one threshold of 0.3 for all and with its fitted one."""
-    if not cal.detection_thresholds or detections is None:
+    if not cal.detection_thresholds or not matches:
         return {}
-    default = {c: DEFAULT_SCORE_THRESHOLD for c in objects}
-    return {"detection_f1_before": detection_f1(detections, truth, objects, default),
-            "detection_f1_after": detection_f1(detections, truth, objects, dict(cal.detection_thresholds))}
+    return {"detection_f1_before": _detection_f1(matches, {c: DEFAULT_SCORE_THRESHOLD for c in matches}),
+            "detection_f1_after": _detection_f1(matches, cal.detection_thresholds)}
 
 
 def _set_digest(file: Path, samples: Sequence[Sample]) -> str:
@@ -552,11 +553,12 @@ def calibrate_bundle(
     y = np.array([events.index(s.event) for s in samples])
     tag_true = np.array([[t in s.audio_tags for t in tags] for s in samples], np.float64)
     validation = {"samples": len(samples), "sha256": _set_digest(manifest_path(data), samples)}
-    truth = [[(b.label, b.x1, b.y1, b.x2, b.y2) for b in s.boxes] for s in samples]
+    # the validation boxes matched to the true ones once, for the fit and for the summary
+    matches = match_detections(out["detections"], [[(b.label, b.x1, b.y1, b.x2, b.y2) for b in s.boxes]
+                                                   for s in samples], objects) if objects else None
     cal = fit_calibration(out["event_logits"], out["tag_logits"], y, tag_true, tags, has_audio=out["has_audio"],
                           target_ood_rate=target_ood_rate, validation=validation, events=events,
-                          event_logits_without=out.get("event_logits_without"), detections=out.get("detections"),
-                          ground_truth=truth, objects=objects)
+                          event_logits_without=out.get("event_logits_without"), detection_matches=matches)
     manifest = {k: v for k, v in old_manifest.items()}
     manifest[CALIBRATION_KEY] = cal.to_manifest()
     validate_manifest(manifest)
@@ -581,7 +583,7 @@ def calibrate_bundle(
             "ece_before": expected_calibration_error(softmax(ev), y),
             "ece_after": expected_calibration_error(cal.event_probs(ev), y),
             "uncertain_rate": float(np.mean(scores > cal.threshold)),
-            **_detection_summary(out.get("detections"), truth, objects, cal),
+            **_detection_summary(matches, cal),
         },
         "digest": {"before": before, "after": after},
         "signature": signature,

@@ -94,7 +94,6 @@ def sample_logits(
     if not set(without) <= {"audio", "video"}:
         raise InputError(f"without must name 'audio' and/or 'video', got {list(without)!r}")
     ev, tg, audio, boxes = [], [], [], []
-    g = perception.geometry
     dead: dict[str, list] = {m: [] for m in without}
     bar = None
     if progress:
@@ -112,11 +111,7 @@ def sample_logits(
         tg.append(out["audio_tag_logits"])
         audio += [bool(p[1]) for _, _, p, _ in loaded]
         if detections:
-            boxes += [decode_centernet(out["det_heatmap"][i], out["det_size"][i], out["det_offset"][i],
-                                       stride=g.output_stride, labels=perception.labels["objects"],
-                                       score_threshold=EVAL_SCORE_THRESHOLD, top_k=EVAL_TOP_K, out_wh=wh,
-                                       in_wh=(g.width, g.height))
-                      for i, (_, _, _, wh) in enumerate(loaded)]
+            boxes += [_eval_boxes(out, i, perception, wh) for i, (_, _, _, wh) in enumerate(loaded)]
         if bar is not None:
             bar.update(len(loaded))
     if bar is not None:
@@ -128,6 +123,16 @@ def sample_logits(
     if detections:
         result["detections"] = boxes
     return result
+
+
+def _eval_boxes(out: dict, index: int, perception: Perception, frame_wh: tuple[int, int],
+                score_threshold: float = EVAL_SCORE_THRESHOLD) -> list:
+    """One clip's boxes in its own pixels, decoded down to a low score for an mAP or a threshold fit."""
+    g = perception.geometry
+    return decode_centernet(out["det_heatmap"][index], out["det_size"][index], out["det_offset"][index],
+                            stride=g.output_stride, labels=perception.labels["objects"],
+                            score_threshold=score_threshold, top_k=EVAL_TOP_K, out_wh=frame_wh,
+                            in_wh=(g.width, g.height))
 
 
 def _batches(samples: list[Sample], size: int) -> Iterator[list[Sample]]:
@@ -192,8 +197,6 @@ def evaluate(
     questions = question_scorer(perception, samples)  # None unless the bundle and the data have questions
     has_ev, has_tag, has_det = "event_logits" in heads, "audio_tag_logits" in heads, "det_heatmap" in heads
     geometry = perception.geometry
-    stride = geometry.output_stride
-    in_wh = (geometry.width, geometry.height)
 
     cal = perception.calibration
     raw_events, raw_tags = [], []  # the logits as the backend gave them, for ``clip_logits``
@@ -217,9 +220,7 @@ def evaluate(
             questions.add_batch(batch, loaded)
         for i, (s, (_, _, _, wh)) in enumerate(zip(batch, loaded)):
             if has_det:
-                det_pred.append(decode_centernet(
-                    out["det_heatmap"][i], out["det_size"][i], out["det_offset"][i], stride=stride,
-                    labels=objects, score_threshold=score_threshold, top_k=EVAL_TOP_K, out_wh=wh, in_wh=in_wh))
+                det_pred.append(_eval_boxes(out, i, perception, wh, score_threshold))
                 det_true.append([(b.label, b.x1, b.y1, b.x2, b.y2) for b in s.boxes])
             if has_tag:
                 tag_true.append([1.0 if t in s.audio_tags else 0.0 for t in tags])
