@@ -61,7 +61,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "qa report": ("fusionedge qa report --bundle bundle --data data/test --train-data data/train --out qa.md",),
     "explain": ("fusionedge explain --bundle bundle --video clip.mp4 --audio clip.wav --out explain.png",
                 "fusionedge explain --bundle bundle --data data/test --out explain-report"),
-    "quickstart": ("fusionedge quickstart --workdir qs",),
+    "quickstart": ("fusionedge quickstart --workdir qs",
+                   "fusionedge quickstart --workdir qs12k --train-samples 12000 --epochs 8"),
     "run": ("fusionedge run --bundle bundle --video /dev/video0 --audio mic://default --events events.jsonl",
             "fusionedge run --bundle bundle --video clip.mp4 --audio clip.wav --fast --json",
             "fusionedge run --bundle bundle --source front=/dev/video0 --source rear=/dev/video1 "

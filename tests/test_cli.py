@@ -224,6 +224,22 @@ def test_quickstart_orchestration_on_a_tiny_config(tmp_path, capsys):
     assert "quickstart finished" in capsys.readouterr().out
 
 
+def test_quickstart_refuses_a_bad_size_and_data_of_another_size(tmp_path, capsys):
+    work = tmp_path / "qs"
+    code, _, err = run_cli(capsys, "quickstart", "--workdir", work, "--train-samples", "0")
+    assert code != 0 and "train-samples" in err and "0" in err
+    code, _, err = run_cli(capsys, "quickstart", "--workdir", work, "--epochs", "-2")
+    assert code != 0 and "epochs" in err and "-2" in err
+    assert not work.exists(), "a refused size must not create the work folder"
+    # A train split of 3 clips left by an earlier run is not silently trained on as 5.
+    assert main(["data", "synth", "--out", str(work / "data" / "train"), "--samples", "3", "--seed", "0",
+                 "--workers", "1", "--json"]) == 0
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, "quickstart", "--workdir", work, "--train-samples", "5", "--epochs", "1")
+    assert code != 0 and "holds 3 clips, not the 5" in err and "--overwrite" in err
+    assert not (work / "run").exists() and not (work / "data" / "val").exists()
+
+
 def test_data_synth_cue_agreement(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "data", "synth", "--out", tmp_path / "pool", "--samples", "4", "--seed", "2",
                            "--workers", "1", "--cue-agreement", "1.0", "--json")
