@@ -16,7 +16,7 @@ Data sets already present in the work folder are reused (they are deterministic 
 size; a split of another size is refused rather than silently trained on); ``overwrite=True`` starts
 over. ``--train-samples`` and ``--epochs`` run the same recipe at a larger scale: 2,000 clips and 9
 epochs fit the 10 minutes; 12,000 clips and 8 epochs reach what ``training/EXPERIMENTS.md`` records
-for the open world at that size, in about 50 minutes and 13 GB (the sum of its measured stages). The
+for the open world at that size, in about an hour and 13.4 GB on 2 cores. The
 verb needs the ``train`` extra (torch), checked when it runs.
 """
 
@@ -226,7 +226,7 @@ def add_quickstart_parser(verbs: Any) -> argparse.ArgumentParser:
     defaults = QuickstartConfig(workdir=Path("."))
     p.add_argument("--train-samples", type=int, default=defaults.train_samples,
                    help="training clips to synthesize (default %(default)s, which fits 10 minutes on 2 cores; "
-                        "12000 with --epochs 8 is the recipe at scale: about 50 minutes and 13 GB)")
+                        "12000 with --epochs 8 is the recipe at scale: about an hour and 13 GB)")
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="start over in an existing workdir")
     p.set_defaults(func=needs("train", _cmd_quickstart))
