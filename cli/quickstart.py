@@ -65,12 +65,12 @@ def _log(msg: str) -> None:
 
 
 def _dataset(out: Path, samples: int, seed: int, progress: bool) -> Path:
+    from fusionedge.sdk.datamanifest import read_manifest
     from fusionedge.training.synth.generate import generate_dataset
 
     manifest = out / "manifest.jsonl"
     if manifest.exists():
-        with manifest.open("rb") as f:
-            have = sum(1 for line in f if line.strip())
+        have = len(read_manifest(manifest))  # also refuses a split left broken (a missing clip, a bad line)
         if have != samples:
             raise DataError(f"{out} holds {have} clips, not the {samples} asked for: pass --overwrite to "
                             f"start over, or use another --workdir")
