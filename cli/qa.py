@@ -221,6 +221,7 @@ def add_qa_parser(verbs: Any) -> None:
     p.add_argument("--train-data", type=Path, default=None,
                    help="the training manifest, for the question-only baseline")
     p.add_argument("--out", type=Path, default=None, help="write the Markdown report there")
-    p.add_argument("--latency-runs", type=int, default=30, help="interleaved ask/infer timing rounds (0: skip)")
+    p.add_argument("--latency-runs", type=int, default=100,
+                   help="interleaved ask/infer timing rounds (0: skip)")
     add_json_option(p)
     p.set_defaults(func=needs("qa", _cmd_report))

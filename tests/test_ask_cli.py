@@ -107,18 +107,26 @@ def _write_qa_set(root, clips, questions):
     return root
 
 
-def test_eval_reports_question_accuracy_per_type(qa_bundle, tmp_path, capsys):
-    clips = [write_toy_clip(tmp_path / "media", f"c{i}", 40 + 60 * i, 300.0 + 500 * i, TOY_GEOMETRY)
+def _graded_set(qa_bundle, root):
+    """Two toy clips whose truths make the bundle right on both 'hear' questions, on the first 'count'
+    question only and on no 'exist' question; returns the data folder and the truths per clip."""
+    clips = [write_toy_clip(root / "media", f"c{i}", 40 + 60 * i, 300.0 + 500 * i, TOY_GEOMETRY)
              for i in range(2)]
-    asked = [("is a siren heard?", "hear"), ("how many cars are ahead?", "count"), ("is there a car?", "exist")]
     with Perception.load(qa_bundle) as p:
-        given = [[a.answer for a in p.ask_batch([q for q, _ in asked], video_path=v, audio_path=a)]
+        given = [[a.answer for a in p.ask_batch([q for q, _ in _ASKED], video_path=v, audio_path=a)]
                  for v, a in clips]
     wrong = {a: next(x for x in TOY_ANSWERS if x != a) for row in given for a in row}
-    # hear: right on both clips; count: right on the first only; exist: wrong on both
     truth = [[given[c][0], given[c][1] if c == 0 else wrong[given[c][1]], wrong[given[c][2]]] for c in range(2)]
-    data = _write_qa_set(tmp_path / "data", clips,
-                         [[(q, truth[c][k], t) for k, (q, t) in enumerate(asked)] for c in range(2)])
+    data = _write_qa_set(root / "data", clips,
+                         [[(q, truth[c][k], t) for k, (q, t) in enumerate(_ASKED)] for c in range(2)])
+    return data, truth
+
+
+_ASKED = [("is a siren heard?", "hear"), ("how many cars are ahead?", "count"), ("is there a car?", "exist")]
+
+
+def test_eval_reports_question_accuracy_per_type(qa_bundle, tmp_path, capsys):
+    data, _ = _graded_set(qa_bundle, tmp_path)
     assert main(["eval", "--bundle", str(qa_bundle), "--data", str(data), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["questions"] == 6 and m["questions_per_type"] == {"count": 2, "exist": 2, "hear": 2}
@@ -139,3 +147,24 @@ def test_eval_without_questions_or_without_qa_reports_none(qa_bundle, tmp_path_f
     bare = _write_qa_set(tmp_path / "bare", clips, [[]])
     assert main(["eval", "--bundle", str(qa_bundle), "--data", str(bare), "--json"]) == 0
     assert "question_accuracy" not in json.loads(capsys.readouterr().out)
+
+
+def test_qa_report_scores_types_baseline_and_times_ask_against_infer(qa_bundle, tmp_path, capsys):
+    data, truth = _graded_set(qa_bundle, tmp_path)
+    out = tmp_path / "qa.md"
+    assert main(["qa", "report", "--bundle", str(qa_bundle), "--data", str(data), "--train-data", str(data),
+                 "--latency-runs", "3", "--out", str(out), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    everything = r["ablations"]["all"]
+    per_type = {k: v["accuracy"] for k, v in everything["per_type"].items()}
+    assert per_type == {"count": 0.5, "exist": 0.0, "hear": 1.0}
+    assert everything["overall"] == pytest.approx(0.5) and r["questions"] == 6 and r["clips"] == 2
+    # question-only baseline: each question's most frequent training answer (a tie: the first clip's)
+    expected = {t: (1 + (truth[1][k] == truth[0][k])) / 2 for k, (_, t) in enumerate(_ASKED)}
+    assert {k: v["accuracy"] for k, v in r["baseline"]["per_type"].items()} == expected
+    lat = r["latency"]
+    assert lat["runs"] == 3 and set(lat["median_ms"]) == {"infer", "ask", "model_onnx", "qa_onnx"}
+    assert all(v > 0 for v in lat["median_ms"].values())
+    assert lat["ask_over_infer"] == pytest.approx(lat["median_ms"]["ask"] / lat["median_ms"]["infer"])
+    text = out.read_text()
+    assert "| count | 2 | 50.0% |" in text and f"`ask` / `infer` = **{lat['ask_over_infer']:.2f}x**" in text
