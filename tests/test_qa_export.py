@@ -18,7 +18,7 @@ from fusionedge.sdk.errors import BundleError
 
 
 @pytest.mark.slow
-def test_train_export_and_ask(tmp_path):
+def test_train_export_and_ask(tmp_path, capsys):
     from fusionedge.cli.main import main
     from fusionedge.export import export_checkpoint
     from fusionedge.export.qa_export import _run_onnx, _run_torch, export_qa, qa_example_inputs
@@ -58,12 +58,18 @@ def test_train_export_and_ask(tmp_path):
                                      out=str(tmp_path / "qa"), epochs=1, progress=False, workers=1))
     assert summary["train_questions"] >= 16 and (tmp_path / "qa" / "best.pt").is_file()
     assert (tmp_path / "qa" / "context.pt").is_file()
-    again = train_qa(QATrainConfig(checkpoint=str(tuned_ckpt), data=str(data), val=str(data),
-                                   out=str(tmp_path / "qa"), epochs=1, progress=False, workers=1))  # kept contexts
+    capsys.readouterr()
+    args = ["qa", "train", "--checkpoint", str(tuned_ckpt), "--data", str(data), "--val", str(data),
+            "--out", str(tmp_path / "qa"), "--epochs", "1", "--json"]
+    assert main(args + ["--dim", "30"]) == 2  # the reader has 4 heads
+    assert "dim must be a multiple of heads (4), got 30" in capsys.readouterr().err
+    assert main(args + ["--dim", "32", "--layers", "1"]) == 0  # a smaller reader, on the kept contexts
+    again = json.loads(capsys.readouterr().out)
     assert again["train_questions"] == summary["train_questions"]
     assert set(json.loads((tmp_path / "qa" / "metrics.json").read_text())["val"]["ablations"]) == {
         "question_only", "question_video", "question_audio", "all"}
     loaded = load_qa_checkpoint(tmp_path / "qa" / "best.pt")
+    assert (loaded.model.reader.config.dim, loaded.model.reader.config.layers) == (32, 1)
     assert loaded.answers[:2] == ("no", "yes") or "yes" in loaded.answers
     for k, v in after.items():  # the QA checkpoint carries the fine-tuned student
         assert torch.equal(loaded.model.student.state_dict()[k], v), k

@@ -95,6 +95,8 @@ class QATrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
+        if self.dim % self.heads:
+            raise InputError(f"dim must be a multiple of heads ({self.heads}), got {self.dim}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise InputError(f"lr must be a positive number, got {self.lr!r}")
         p = self.modality_dropout
