@@ -107,6 +107,9 @@ def _write_qa_set(root, clips, questions):
     return root
 
 
+_ASKED = [("is a siren heard?", "hear"), ("how many cars are ahead?", "count"), ("is there a car?", "exist")]
+
+
 def _graded_set(qa_bundle, root):
     """Two toy clips whose truths make the bundle right on both 'hear' questions, on the first 'count'
     question only and on no 'exist' question; returns the data folder and the truths per clip."""
@@ -120,9 +123,6 @@ def _graded_set(qa_bundle, root):
     data = _write_qa_set(root / "data", clips,
                          [[(q, truth[c][k], t) for k, (q, t) in enumerate(_ASKED)] for c in range(2)])
     return data, truth
-
-
-_ASKED = [("is a siren heard?", "hear"), ("how many cars are ahead?", "count"), ("is there a car?", "exist")]
 
 
 def test_eval_reports_question_accuracy_per_type(qa_bundle, tmp_path, capsys):
