@@ -1,6 +1,8 @@
-"""``fusionedge data synth|outside|import|check``: make, bring in and check data sets.
+"""``fusionedge data synth|questions|outside|import|check``: make, bring in and check data sets.
 
 The scenes of ``synth`` (mp4 video, 16 kHz wav, labels) come from :mod:`fusionedge.training.synth`;
+``questions`` draws a generated data set's questions again under the current question rules
+(:mod:`fusionedge.training.synth.questions`), keeping its media;
 ``outside`` writes the outside-media evaluation set of :mod:`fusionedge.training.outside_media`
 (sox, ffmpeg, espeak-ng); ``import`` writes a manifest from COCO, MOTChallenge, AudioSet/ESC-style
 CSV or a folder per class (:mod:`fusionedge.training.data_import`); ``check`` reports label balance,
@@ -32,6 +34,25 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
                     "cue_agreement": args.cue_agreement})
     else:
         print(f"wrote {args.samples} samples to {manifest}")
+    return 0
+
+
+def _cmd_data_questions(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from fusionedge.sdk.datamanifest import read_manifest, write_manifest
+    from fusionedge.training.synth.questions import redraw_questions
+
+    samples = read_manifest(args.data, require_labels=False, events=None, audio_tags=None, objects=None)
+    redrawn, n = redraw_questions(samples, draws=args.draws)
+    write_manifest(args.out, redrawn)
+    types = Counter(q.type for s in redrawn for q in s.questions)
+    if args.json:
+        print_json({"manifest": str(args.out), "samples": len(redrawn), "redrawn": n, "draws": args.draws,
+                    "questions": sum(types.values()), "types": dict(sorted(types.items()))})
+    else:
+        print(f"redrew the questions of {n} of {len(redrawn)} samples into {args.out}: {sum(types.values())} "
+              f"questions ({', '.join(f'{k} {v}' for k, v in sorted(types.items()))})")
     return 0
 
 
@@ -137,7 +158,7 @@ def _add_check_parser(data: Any) -> None:
 
 
 def add_data_parser(verbs: Any) -> None:
-    """Add ``data`` and its ``synth``, ``outside``, ``import`` and ``check`` sub-verbs to the ``fusionedge`` parser.
+    """Add ``data`` and its ``synth``, ``questions``, ``outside``, ``import`` and ``check`` sub-verbs to the ``fusionedge`` parser.
 
     Args:
         verbs: the ``argparse`` sub-parsers object of the ``fusionedge`` parser.
@@ -156,6 +177,18 @@ def add_data_parser(verbs: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing data set in --out")
     add_json_option(p)
     p.set_defaults(func=_cmd_data_synth)
+    help = "draw a generated data set's questions again under the current question rules, keeping its media"
+    p = data.add_parser("questions", help=help, description=help + ". Each clip's questions come from its own "
+                        "random stream, so the same rules give the same questions; samples without the "
+                        "generator's truth (your own clips) keep theirs.")
+    p.add_argument("data", type=Path, help="the manifest or its folder")
+    p.add_argument("--out", required=True, type=Path,
+                   help="the manifest to write (written atomically; name the input to replace it)")
+    p.add_argument("--draws", type=int, default=1,
+                   help="independent draws per clip, joined: more questions per training clip (keep 1 for "
+                        "validation and test data, the mix a user is asked)")
+    add_json_option(p)
+    p.set_defaults(func=_cmd_data_questions)
     help = "make an evaluation set of non-road media with sox, ffmpeg and espeak-ng (never for training)"
     p = data.add_parser("outside", help=help, description=help)
     p.add_argument("--out", required=True, type=Path, help="output folder (manifest.jsonl + media/)")

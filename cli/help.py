@@ -25,6 +25,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "data": ("fusionedge data synth --out data/train --samples 2000",),
     "data synth": ("fusionedge data synth --out data/train --samples 2000 --seed 0",
                    "fusionedge data synth --out data/pool --samples 5000 --cue-agreement 0.9"),
+    "data questions": ("fusionedge data questions data/test --out data/test/manifest.jsonl",
+                       "fusionedge data questions data/train --out data/train/questions.jsonl --draws 2"),
     "data outside": ("fusionedge data outside --out data/outside --samples-per-kind 4",),
     "data import": ("fusionedge data import --format coco annotations/instances_val.json --out data/coco",
                     "fusionedge data import --format mot MOT17/train/MOT17-02 --out data/mot --clip-frames 8",

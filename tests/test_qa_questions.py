@@ -10,7 +10,9 @@ import pytest
 from fusionedge.sdk.datamanifest import Box, Sample, read_manifest
 from fusionedge.training.synth.questions import (
     ANSWER_RATES,
+    MAX_YES_NO_PER_CLIP,
     QUESTION_TYPES,
+    YES_NO_TYPES,
     SceneTruth,
     make_questions,
     questions_for_sample,
@@ -41,7 +43,8 @@ def test_answers_are_correct_by_construction():
     seen = Counter()
     for seed in range(300):
         qs = make_questions(SCENE, np.random.default_rng(seed))
-        assert 4 <= len(qs) <= 8
+        assert 1 <= len(qs) <= 8
+        assert sum(q.type in YES_NO_TYPES for q in qs) <= MAX_YES_NO_PER_CLIP == 1
         assert len({q.question for q in qs}) == len(qs)
         for q in qs:
             assert q.answer == _expected(q.type, q.question), q
@@ -98,7 +101,12 @@ def test_generated_data_set_carries_questions(tmp_path):
 
     manifest = generate_dataset(tmp_path / "d", samples=3, seed=3, workers=1, progress=False)
     samples = read_manifest(manifest)
-    assert all(4 <= len(s.questions) <= 8 for s in samples)
+    assert all(1 <= len(s.questions) <= 8 for s in samples)
+    # `data questions` draws them again from each clip's own stream: the same rules, the same questions
+    from fusionedge.cli.main import main
+
+    assert main(["data", "questions", str(manifest), "--out", str(tmp_path / "d" / "again.jsonl"), "--json"]) == 0
+    assert [s.questions for s in read_manifest(tmp_path / "d" / "again.jsonl")] == [s.questions for s in samples]
     for s in samples:  # every answer agrees with the sample's own labels
         tl = s.meta["synth"]["traffic_lights"]
         assert len(tl) == sum(b.label == "traffic_light" for b in s.boxes)
@@ -141,3 +149,51 @@ def test_measured_draw_rates_balance_a_subject_that_a_clip_without_road_is_asked
     after = kept(measured)
     assert before > 1.3 and measured[("exist", "car")]["no"] > 0.55, (before, measured[("exist", "car")])
     assert abs(after - 1.0) < 0.35 * (before - 1.0), (before, after)
+
+
+def test_an_object_too_small_to_see_is_not_asked_about():
+    """A 320 x 192 frame does not resolve a car a few pixels tall: no "is there a car?" and no "how
+    many cars?" while any car is under MIN_SEEN_PX; the pedestrians, all large enough, are asked."""
+    from dataclasses import replace
+
+    from fusionedge.training.synth.questions import MIN_SEEN_PX
+
+    small = replace(SCENE, counts={"car": 2, "pedestrian": 1}, smallest={"car": MIN_SEEN_PX - 1.0,
+                                                                         "pedestrian": MIN_SEEN_PX})
+    asked = [q for seed in range(200) for q in make_questions(small, np.random.default_rng(seed))
+             if q.type in ("exist", "count")]
+    assert not [q for q in asked if " car" in q.question], asked
+    assert any("pedestrian" in q.question for q in asked)
+    big = replace(small, smallest={"car": float(MIN_SEEN_PX), "pedestrian": float(MIN_SEEN_PX)})
+    assert any(" car" in q.question for seed in range(200) for q in make_questions(big, np.random.default_rng(seed))
+               if q.type in ("exist", "count"))
+
+
+def test_truth_keeps_the_smallest_box_per_label(tmp_path):
+    s = Sample("a", tmp_path / "a.mp4", None, "none", (), (Box("car", 1, 1, 20, 31), Box("car", 40, 50, 60, 58)),
+               320, 192, {"synth": {"traffic_lights": []}})
+    t = truth_from_sample(s)
+    assert t is not None and t.smallest == {"car": 8.0}
+
+
+def test_redrawing_keeps_a_users_questions_and_refuses_a_generated_clip_without_its_stream(tmp_path):
+    from fusionedge.sdk.datamanifest import Question
+    from fusionedge.sdk.errors import DataError
+    from fusionedge.training.synth.questions import redraw_questions
+
+    own = Sample("own", tmp_path / "a.mp4", None, "none", questions=(Question("is it raining?", "no", "weather"),))
+    synth = {"seed": 4, "index": 9, "traffic_lights": []}
+    gen = Sample("gen", tmp_path / "b.mp4", None, "none", ("siren",), (), 320, 192, {"synth": synth})
+    out, n = redraw_questions([own, gen])
+    assert n == 1 and out[0] == own and out[1].questions
+    assert out[1].questions == redraw_questions([gen])[0][0].questions  # the clip's own stream: the same draw
+    more = redraw_questions([gen], draws=4)[0][0].questions  # further draws join the first, each text once
+    assert more[:len(out[1].questions)] == out[1].questions and len(more) > len(out[1].questions)
+    assert len({q.question for q in more}) == len(more)
+    from fusionedge.sdk.errors import InputError
+
+    with pytest.raises(InputError, match="draws"):
+        redraw_questions([gen], draws=0)
+    broken = Sample("gen", tmp_path / "b.mp4", None, "none", (), (), 320, 192, {"synth": {"traffic_lights": []}})
+    with pytest.raises(DataError, match="'seed' and 'index'"):
+        redraw_questions([broken])

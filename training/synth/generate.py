@@ -41,7 +41,7 @@ from fusionedge.sdk.errors import FusionEdgeError, InputError, MediaError
 from fusionedge.sdk.fileio import write_bytes_atomic
 
 from . import rules
-from .questions import questions_for_sample
+from .questions import question_stream, questions_for_sample
 from .rules import SceneFlags
 from .scene import render_video
 from .sound import synthesize_audio
@@ -224,8 +224,7 @@ def _work(job: tuple[int, int, SynthConfig, Path, int]) -> Sample:
         height=config.height,
         meta={"synth": s.info},
     )
-    # questions from their own stream, so adding them changes no pixel or sample of the clip
-    return replace(sample, questions=questions_for_sample(sample, np.random.default_rng([seed, index, 1])))
+    return replace(sample, questions=questions_for_sample(sample, question_stream(seed, index)))
 
 
 def _init_worker() -> None:

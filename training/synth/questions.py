@@ -16,6 +16,10 @@ and motion, each traffic light's lit lamp). The types and what answers them:
 ``source``  where the siren comes from: ahead / behind / none (needs both: a siren heard, and a
             flashing vehicle seen or not)
 
+An object is asked about (``exist``, ``count``, ``light``) only when every box of its label in the last
+frame is at least :data:`MIN_SEEN_PX` tall: the CLEVR rule that a question is asked only about objects
+that can be seen, since a 320 x 192 frame does not resolve a car a few pixels high.
+
 Balance: a candidate (type, subject, answer) is kept with probability ``min_a p(a) / p(answer)``,
 where ``p`` is how often that answer comes up among the subject's draws (:data:`ANSWER_RATES`,
 measured over generated clips with :func:`measure_answer_rates`: not the scenes' own rates, since a
@@ -23,28 +27,36 @@ clip that supports fewer question types draws more of the others), so within eac
 the kept answers are near uniform and a question-only model is near chance. Each subject is drawn at most
 once per clip (a retry after a rejection would undo the balance). Clips are independent, so this is
 done per clip from the fixed rates, not by counting across a data set. Yes/no types are drawn less
-often (:data:`TYPE_WEIGHTS`, :data:`MAX_PER_CLIP`) so that the mix as a whole leaves a question-only
-guess under half right.
+often (:data:`TYPE_WEIGHTS`), and a clip gets at most one of them (:data:`YES_NO_TYPES`,
+:data:`MAX_YES_NO_PER_CLIP`), so that the mix as a whole leaves a question-only guess well under half
+right: a guess can do no better than half on a balanced yes/no question, and about a third on the
+others. Without the joint cap, a clip that supports few other questions fills up with yes/no ones.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from fusionedge.sdk.datamanifest import Question, Sample
+from fusionedge.sdk.errors import DataError, InputError
 
 __all__ = [
     "ANSWER_RATES",
-    "MAX_PER_CLIP",
+    "MAX_YES_NO_PER_CLIP",
+    "MIN_SEEN_PX",
     "QUESTION_TYPES",
     "TYPE_WEIGHTS",
+    "YES_NO_TYPES",
     "SceneTruth",
     "count_subject",
     "make_questions",
     "measure_answer_rates",
+    "question_stream",
     "questions_for_sample",
+    "redraw_questions",
     "truth_from_sample",
 ]
 
@@ -52,26 +64,26 @@ QUESTION_TYPES: tuple[str, ...] = ("exist", "count", "light", "side", "motion", 
 
 #: How often each answer comes up among the subjects :func:`make_questions` draws, per (type,
 #: subject); answers not listed are not asked (e.g. four or more cars). Measured with
-#: :func:`measure_answer_rates` (its defaults) over 2400 generated clips (``fusionedge data synth``,
-#: seeds 0 and 1, 2000 + 400 clips, the generator with negatives and non-road views):
-#: ``measure_answer_rates([truth_from_sample(s) for s in read_manifest(m)...])``.
+#: :func:`measure_answer_rates` (its defaults) over the first 4000 clips of a 12,000-clip training set
+#: (``fusionedge data synth``, seeds 0 and 7, the generator with negatives and non-road views):
+#: ``measure_answer_rates([truth_from_sample(s) for s in read_manifest(m)[:4000]])``.
 ANSWER_RATES: dict[tuple[str, str], dict[str, float]] = {
-    ("exist", "car"): {"yes": 0.820, "no": 0.180},
-    ("exist", "pedestrian"): {"yes": 0.689, "no": 0.311},
-    ("exist", "traffic_light"): {"yes": 0.423, "no": 0.577},
-    ("exist", "emergency_vehicle"): {"yes": 0.573, "no": 0.427},
-    ("exist", "flashing"): {"yes": 0.443, "no": 0.557},
-    ("count", "car"): {"0": 0.214, "1": 0.285, "2": 0.293, "3": 0.208},
-    ("count", "pedestrian"): {"0": 0.319, "1": 0.309, "2": 0.243, "3": 0.129},
-    ("count", "traffic_light"): {"0": 0.565, "1": 0.317, "2": 0.118},
-    ("light", "traffic_light"): {"red": 0.341, "amber": 0.372, "green": 0.287},
-    ("side", "flashing"): {"left": 0.311, "right": 0.416, "ahead": 0.273},
-    ("motion", "flashing"): {"approaching": 0.328, "receding": 0.311, "steady": 0.361},
-    ("hear", "siren"): {"yes": 0.491, "no": 0.509},
-    ("hear", "horn"): {"yes": 0.263, "no": 0.737},
-    ("hear", "speech"): {"yes": 0.414, "no": 0.586},
-    ("hear", "engine"): {"yes": 0.510, "no": 0.490},
-    ("source", "siren"): {"ahead": 0.250, "behind": 0.261, "none": 0.489},
+    ("exist", "car"): {"yes": 0.723, "no": 0.277},
+    ("exist", "pedestrian"): {"yes": 0.686, "no": 0.314},
+    ("exist", "traffic_light"): {"yes": 0.256, "no": 0.744},
+    ("exist", "emergency_vehicle"): {"yes": 0.595, "no": 0.405},
+    ("exist", "flashing"): {"yes": 0.498, "no": 0.502},
+    ("count", "car"): {"0": 0.285, "1": 0.354, "2": 0.241, "3": 0.120},
+    ("count", "pedestrian"): {"0": 0.316, "1": 0.311, "2": 0.244, "3": 0.129},
+    ("count", "traffic_light"): {"0": 0.752, "1": 0.211, "2": 0.037},
+    ("light", "traffic_light"): {"red": 0.347, "amber": 0.338, "green": 0.315},
+    ("side", "flashing"): {"left": 0.308, "right": 0.396, "ahead": 0.295},
+    ("motion", "flashing"): {"approaching": 0.340, "receding": 0.316, "steady": 0.344},
+    ("hear", "siren"): {"yes": 0.507, "no": 0.493},
+    ("hear", "horn"): {"yes": 0.265, "no": 0.735},
+    ("hear", "speech"): {"yes": 0.407, "no": 0.593},
+    ("hear", "engine"): {"yes": 0.502, "no": 0.498},
+    ("source", "siren"): {"ahead": 0.255, "behind": 0.259, "none": 0.486},
 }
 
 _NAMES = {"car": ("car", "cars"), "pedestrian": ("pedestrian", "pedestrians"),
@@ -107,11 +119,17 @@ _SOURCE = ("where is the siren coming from: ahead, behind, or none?",
 TYPE_WEIGHTS: dict[str, float] = {"exist": 0.3, "count": 2.0, "light": 1.0, "side": 1.0, "motion": 1.0,
                                   "hear": 0.4, "source": 1.0}
 
-#: At most this many yes/no questions of one type per clip (the rest of the clip's questions have more answers).
-MAX_PER_CLIP: dict[str, int] = {"exist": 1, "hear": 2}
+#: The question types answered yes or no.
+YES_NO_TYPES: tuple[str, ...] = ("exist", "hear")
+
+#: At most this many yes/no questions per clip, of all their types together (the rest of the clip's
+#: questions have three or more answers).
+MAX_YES_NO_PER_CLIP = 1
 
 _SIDE_LEFT, _SIDE_RIGHT = 0.4, 0.6  # box centre x as a fraction of the width: left of / right of
-_MIN_LIGHT_PX = 12  # a traffic light's box must be this tall (pixels) for its colour to be asked
+#: An object is asked about (is there, how many, what colour) only when every box of its label in the
+#: last frame is at least this tall, in pixels: a 320 x 192 frame does not resolve a smaller one.
+MIN_SEEN_PX = 12
 _MOTION_WORDS = {"approach": "approaching", "recede": "receding", "steady": "steady"}
 _SOURCE_OF_EVENT = {"emergency_ahead": "ahead", "emergency_behind": "behind"}
 
@@ -128,6 +146,7 @@ class SceneTruth:
         flashing_motion: its motion (``approach`` / ``recede`` / ``steady``), None when unknown.
         traffic_lights: ``(box height in pixels, lit lamp)`` of each boxed traffic light.
         width: the frame width in pixels.
+        smallest: the smallest box height in pixels per label (absent: no box, or not measured).
     """
 
     counts: Mapping[str, int]
@@ -137,6 +156,7 @@ class SceneTruth:
     flashing_motion: str | None
     traffic_lights: tuple[tuple[float, str], ...]
     width: int
+    smallest: Mapping[str, float] = field(default_factory=dict)
 
 
 def truth_from_sample(sample: Sample) -> SceneTruth | None:
@@ -150,14 +170,16 @@ def truth_from_sample(sample: Sample) -> SceneTruth | None:
     if not isinstance(synth, dict) or sample.width is None:
         return None
     counts: dict[str, int] = {}
+    smallest: dict[str, float] = {}
     for b in sample.boxes:
         counts[b.label] = counts.get(b.label, 0) + 1
+        smallest[b.label] = min(smallest.get(b.label, math.inf), float(b.y2 - b.y1))
     box = synth.get("lights_on_ev_box")
     lights = tuple((float(t["box"][3] - t["box"][1]), str(t["state"])) for t in synth.get("traffic_lights") or ())
     return SceneTruth(counts=counts, audio_tags=tuple(sample.audio_tags), event=sample.event,
                       flashing_box=None if box is None else tuple(float(v) for v in box),  # type: ignore[arg-type]
                       flashing_motion=synth.get("ev_motion") if box is not None else None,
-                      traffic_lights=lights, width=sample.width)
+                      traffic_lights=lights, width=sample.width, smallest=smallest)
 
 
 def _candidate(kind: str, truth: SceneTruth, rng: np.random.Generator) -> tuple[str, str, str] | None:
@@ -166,13 +188,17 @@ def _candidate(kind: str, truth: SceneTruth, rng: np.random.Generator) -> tuple[
         subject = str(rng.choice(["car", "pedestrian", "traffic_light", "emergency_vehicle", "flashing"]))
         if subject == "flashing":
             return subject, str(rng.choice(_EXIST_FLASHING)), "yes" if truth.flashing_box is not None else "no"
+        if truth.smallest.get(subject, math.inf) < MIN_SEEN_PX:
+            return None
         text = str(rng.choice(_EXIST)).format(o=_NAMES[subject][0])
         return subject, text, "yes" if truth.counts.get(subject, 0) else "no"
     if kind == "count":
         subject = str(rng.choice(["car", "pedestrian", "traffic_light"]))
+        if truth.smallest.get(subject, math.inf) < MIN_SEEN_PX:
+            return None
         return subject, str(rng.choice(_COUNT)).format(os=_NAMES[subject][1]), str(truth.counts.get(subject, 0))
     if kind == "light":
-        if len(truth.traffic_lights) != 1 or truth.traffic_lights[0][0] < _MIN_LIGHT_PX:
+        if len(truth.traffic_lights) != 1 or truth.traffic_lights[0][0] < MIN_SEEN_PX:
             return None
         return "traffic_light", str(rng.choice(_LIGHT)), truth.traffic_lights[0][1]
     if kind == "side":
@@ -207,13 +233,14 @@ def make_questions(truth: SceneTruth, rng: np.random.Generator, *, low: int = 4,
                    types: Sequence[str] = QUESTION_TYPES,
                    rates: Mapping[tuple[str, str], Mapping[str, float]] | None = None,
                    drawn: list[tuple[str, str, str]] | None = None) -> tuple[Question, ...]:
-    """Draw ``low``..``high`` distinct questions about one clip, answers balanced per subject.
+    """Draw up to ``low``..``high`` distinct questions about one clip, answers balanced per subject.
 
     Args:
         truth: what the clip contains.
         rng: the random generator (consumed).
         low, high: how many questions to aim for; fewer come back when the clip supports fewer
-            (e.g. a clip that shows no road has no side or motion question).
+            (a clip that shows no road has no side or motion question, and at most one yes/no
+            question is asked) or when the balance turns its over-frequent answers away.
         types: the question types to draw from.
         rates: the answer rates to balance with (default :data:`ANSWER_RATES`).
         drawn: if given, every (type, subject, answer) drawn is appended to it, kept or not (what
@@ -238,7 +265,8 @@ def make_questions(truth: SceneTruth, rng: np.random.Generator, *, low: int = 4,
             continue
         subject, text, answer = cand
         p = table[(kind, subject)]
-        if (kind, subject) in seen or sum(q.type == kind for q in out) >= MAX_PER_CLIP.get(kind, high):
+        if (kind, subject) in seen or (kind in YES_NO_TYPES
+                                       and sum(q.type in YES_NO_TYPES for q in out) >= MAX_YES_NO_PER_CLIP):
             continue
         seen.add((kind, subject))  # one draw per subject and clip, kept or not: a retry would undo the balance
         if drawn is not None:
@@ -284,7 +312,66 @@ def measure_answer_rates(truths: Sequence[SceneTruth], *, seed: int = 0, rounds:
     return rates
 
 
-def questions_for_sample(sample: Sample, rng: np.random.Generator) -> tuple[Question, ...]:
-    """Questions about a generated sample (see :func:`make_questions`); () without the truth."""
+def question_stream(seed: int, index: int, draw: int = 0) -> np.random.Generator:
+    """The random stream the questions of generated clip ``index`` of data set ``seed`` are drawn from:
+    its own, so adding or redrawing questions changes no pixel or sample of the clip. ``draw`` > 0
+    gives further independent streams, for more questions per training clip."""
+    return np.random.default_rng([seed, index, 1] if draw == 0 else [seed, index, 1, draw])
+
+
+def questions_for_sample(sample: Sample, rng: np.random.Generator | None = None, *,
+                         draws: int = 1) -> tuple[Question, ...]:
+    """Questions about a generated sample (see :func:`make_questions`); () without the truth.
+
+    Args:
+        sample: a sample the generator wrote (its ``synth`` details carry the truth).
+        rng: the random stream; default: the clip's own (:func:`question_stream` of its ``synth``
+            seed and index), so the same clip gets the same questions under the same rules.
+        draws: without ``rng``, how many independent draws to make from the clip's streams
+            (:func:`question_stream` draws 0, 1, ...); their questions are joined, each text once.
+            One draw is the mix a test split has; more give a training split more questions per
+            clip, each draw balanced as one is.
+    """
     truth = truth_from_sample(sample)
-    return () if truth is None else make_questions(truth, rng)
+    if truth is None:
+        return ()
+    if rng is not None:
+        return make_questions(truth, rng)
+    synth = sample.meta["synth"]
+    if not isinstance(synth.get("seed"), int) or not isinstance(synth.get("index"), int):
+        raise DataError(f"sample {sample.id!r}: its 'synth' details lack the integer 'seed' and 'index' "
+                        "that its questions are drawn with")
+    out: dict[str, Question] = {}
+    for draw in range(draws):
+        for q in make_questions(truth, question_stream(synth["seed"], synth["index"], draw)):
+            out.setdefault(q.question, q)
+    return tuple(out.values())
+
+
+def redraw_questions(samples: Sequence[Sample], *, draws: int = 1) -> tuple[list[Sample], int]:
+    """The samples with their questions drawn again under the current rules, from each clip's own streams.
+
+    Samples without the generator's truth (a user's own clips) keep their questions unchanged.
+
+    Args:
+        samples: the samples.
+        draws: independent draws per clip, joined (see :func:`questions_for_sample`).
+
+    Returns:
+        The samples, in order, and how many of them were redrawn.
+
+    Raises:
+        DataError: a generated sample without the seed and index its questions are drawn with.
+        InputError: ``draws`` is not a positive integer.
+    """
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise InputError(f"draws must be a positive integer, got {draws!r}")
+    out: list[Sample] = []
+    redrawn = 0
+    for s in samples:
+        if truth_from_sample(s) is None:
+            out.append(s)
+            continue
+        out.append(replace(s, questions=questions_for_sample(s, draws=draws)))
+        redrawn += 1
+    return out, redrawn
