@@ -335,8 +335,11 @@ def questions_for_sample(sample: Sample, rng: np.random.Generator | None = None,
     truth = truth_from_sample(sample)
     if truth is None:
         return ()
-    if rng is not None:
-        return make_questions(truth, rng)
+    return make_questions(truth, rng) if rng is not None else _own_questions(sample, truth, draws)
+
+
+def _own_questions(sample: Sample, truth: SceneTruth, draws: int) -> tuple[Question, ...]:
+    """``draws`` draws from the clip's own streams, joined (each text once)."""
     synth = sample.meta["synth"]
     if not isinstance(synth.get("seed"), int) or not isinstance(synth.get("index"), int):
         raise DataError(f"sample {sample.id!r}: its 'synth' details lack the integer 'seed' and 'index' "
@@ -369,9 +372,10 @@ def redraw_questions(samples: Sequence[Sample], *, draws: int = 1) -> tuple[list
     out: list[Sample] = []
     redrawn = 0
     for s in samples:
-        if truth_from_sample(s) is None:
+        truth = truth_from_sample(s)
+        if truth is None:
             out.append(s)
             continue
-        out.append(replace(s, questions=questions_for_sample(s, draws=draws)))
+        out.append(replace(s, questions=_own_questions(s, truth, draws)))
         redrawn += 1
     return out, redrawn
