@@ -61,7 +61,8 @@ def cmd_train(args: argparse.Namespace, extra: dict | None = None) -> int:
                 "task_weighting": args.task_weighting, "task_schedule": args.task_schedule,
                 "max_train_samples": args.max_train_samples, "encoder_lr_scale": args.encoder_lr_scale,
                 "frozen_encoder_epochs": args.frozen_encoder_epochs, "labels": args.labels,
-                "siren_swap": getattr(args, "siren_swap", None), **(extra or {})}
+                "siren_swap": getattr(args, "siren_swap", None), "clutter_swap": getattr(args, "clutter_swap", None),
+                **(extra or {})}
     geometry = geometry_from_args(args)
     if geometry is not None:
         optional["geometry"] = geometry
@@ -152,6 +153,10 @@ def add_train_parser(verbs: Any) -> argparse.ArgumentParser:
                    help="with probability P a training draw hears its scene without its siren or with "
                         "another clip's, event and siren tag following (generator data only; the "
                         "quickstart uses 0.5; default 0)")
+    p.add_argument("--clutter-swap", type=float, default=None, metavar="P",
+                   help="with probability P a swapped draw also hears another clip's untagged sound (a tone, "
+                        "a ringtone, music ...) or none in place of its own, no label following (needs "
+                        "--siren-swap; default 0)")
     _add_labels_option(p)
     add_geometry_options(p)
     p.set_defaults(func=needs("train", cmd_train))

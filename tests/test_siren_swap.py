@@ -1,4 +1,5 @@
-"""Siren swap: a generator clip's siren taken apart from the rest of its sound, and batches that swap it."""
+"""Siren swap: a generator clip's siren and untagged sound taken apart from the rest of its sound, and
+batches that swap them."""
 
 from __future__ import annotations
 
@@ -34,12 +35,20 @@ def data_dir(tmp_path_factory):
 def test_the_parts_render_the_same_wave_and_the_siren_at_its_drawn_level(monkeypatch):
     from fusionedge.training.synth import sound
 
-    seen = {"siren": 0, "band_limited_siren": 0, "band_limit_mattered": 0, "silent": 0}
+    seen = {"siren": 0, "band_limited_siren": 0, "band_limit_mattered": 0, "silent": 0, "clutter": 0}
     for i in range(160):
         flags = rules.sample_flags(np.random.default_rng([3, i]))
         wave_, info = synthesize_audio(flags, np.random.default_rng([4, i]))
         parts = synthesize_audio_parts(flags, np.random.default_rng([4, i]))
         assert np.array_equal(parts.wave, wave_) and parts.info == info  # the same stream, the same sound
+        if info.clutter_sound is None:
+            assert not parts.clutter.any()
+        elif info.band_limit_hz is None:
+            seen["clutter"] += 1  # the untagged sound at its drawn level, and nothing of it left once taken away
+            level = 20 * np.log10(rms(parts.clutter) / parts.road_rms)
+            assert level == pytest.approx(info.levels_db["clutter"], abs=1e-6)
+            rest = parts.wave - parts.clutter
+            assert abs(np.dot(rest, parts.clutter)) < 0.5 * np.dot(parts.clutter, parts.clutter)
         if info.ambience == "silent":
             seen["silent"] += 1
             assert parts.road_rms == 0.0 and not parts.siren.any()
@@ -88,11 +97,19 @@ def test_each_row_splits_into_its_rest_and_its_siren_exactly(data_dir):
         whole = swap.rest[i] + (swap.siren[donors.index(i)] if i in donors else 0.0)
         assert torch.allclose(whole, clips.audio[i], atol=1e-6)  # rest + siren is the stored sound
         assert (i in donors) == flags.siren
+        own = int(swap.clutter_of[i])
+        assert (own >= 0) == (info.clutter_sound is not None)
+        if own >= 0:  # the untagged sound is part of the rest, and taking it away lowers its energy by its own
+            assert int(swap.clutter_donors[own]) == i
+            without = swap.rest[i] - swap.clutter[own]
+            energy = [float(x.pow(2).sum()) for x in (swap.rest[i], without, swap.clutter[own])]
+            assert energy[0] == pytest.approx(energy[1] + energy[2], rel=0.25) and energy[1] < energy[0]
     assert swap.siren_tag == AUDIO_TAGS.index("siren")
     assert all(0.0 <= r <= 1.0 for r in swap.siren_rate)
     # processes give the same parts
     again = siren_swap_parts(rows, EVENTS, AUDIO_TAGS, GEOMETRY, workers=2, progress=False)
     assert torch.equal(again.rest, swap.rest) and torch.equal(again.siren, swap.siren)
+    assert torch.equal(again.clutter, swap.clutter) and 0.0 < swap.clutter_rate < 1.0
 
 
 def test_a_swapped_draw_hears_the_rest_with_or_without_a_siren_and_its_labels_follow(data_dir):
@@ -137,6 +154,50 @@ def test_a_swapped_draw_hears_the_rest_with_or_without_a_siren_and_its_labels_fo
     assert torch.equal(batch["audio"], clips.audio) and torch.equal(batch["event"], clips.event)  # option off
 
 
+def test_a_clutter_swap_hears_another_untagged_sound_or_none_and_changes_no_label(data_dir):
+    rows = read_manifest(data_dir)
+    clips = load_clips(rows, GEOMETRY, progress=False)
+    swap = siren_swap_parts(rows, EVENTS, AUDIO_TAGS, GEOMETRY, progress=False)
+    clips = dataclasses.replace(clips, siren_swap=swap)
+    gains = swap.road_rms[:, None] / swap.road_rms[None, :]  # (to row, from row)
+    sirens = [torch.zeros(GEOMETRY.audio_samples)] + list(swap.siren)
+    siren_rows = [None] + swap.donors.tolist()
+    clutters = [torch.zeros(GEOMETRY.audio_samples)] + list(swap.clutter)
+    clutter_rows = [None] + swap.clutter_donors.tolist()
+    heard, drawn, own_kept = 0, 0, 0
+    for seed in range(12):
+        with_clutter = Augment(modality_dropout=0.0, hflip=0.0, audio_gain_db=0.0, siren_swap=1.0, clutter_swap=1.0)
+        plain = Augment(modality_dropout=0.0, hflip=0.0, audio_gain_db=0.0, siren_swap=1.0)
+        batch = next(iterate_batches(clips, len(rows), generator=torch.Generator().manual_seed(seed),
+                                     augment=with_clutter))
+        same = next(iterate_batches(clips, len(rows), generator=torch.Generator().manual_seed(seed), augment=plain))
+        # the labels are the siren swap's own: the untagged sound decides nothing
+        assert torch.equal(batch["event"], same["event"]) and torch.equal(batch["audio_tags"], same["audio_tags"])
+        for j, i in enumerate(batch["index"].tolist()):
+            audio = batch["audio"][j]
+            if not swap.eligible[i]:
+                assert torch.equal(audio, clips.audio[i])
+                continue
+            if float(audio.abs().max()) >= 0.99 - 1e-6:
+                continue  # scaled down to full scale: the sum is not recoverable term by term
+            own = int(swap.clutter_of[i])
+            base = swap.rest[i] - (swap.clutter[own] if own >= 0 else 0.0)
+            siren_on = float(batch["audio_tags"][j, swap.siren_tag]) == 1.0
+            # rest, less its own untagged sound, plus one donor's siren (or none) and one row's untagged sound
+            # (or none), each at this clip's road level
+            err, which = min(
+                ((float((audio - base - (gains[i, sr] * s if sr is not None else 0.0)
+                        - (gains[i, cr] * c if cr is not None else 0.0)).abs().max()), cr)
+                 for sr, s in zip(siren_rows, sirens) if (sr is not None) == siren_on
+                 for cr, c in zip(clutter_rows, clutters)), key=lambda t: t[0])
+            assert err < 1e-5
+            drawn += 1
+            heard += which is not None
+            own_kept += which == i
+    assert drawn > 50 and own_kept < drawn
+    assert abs(heard / drawn - swap.clutter_rate) < 0.2, (heard / drawn, swap.clutter_rate)
+
+
 def test_rows_the_generator_did_not_make_and_tasks_without_its_labels_are_refused(data_dir, tmp_path):
     rows = read_manifest(data_dir)
     row = next(r for r in rows if r.event != "none")
@@ -163,6 +224,11 @@ def test_bad_probabilities_and_a_teacher_are_refused(tmp_path):
             TrainConfig(data=tmp_path, out=tmp_path / "r", siren_swap=bad)
     with pytest.raises(FusionEdgeError, match="teacher"):
         TrainConfig(data=tmp_path, out=tmp_path / "r", siren_swap=0.5, teacher=tmp_path / "t.pt")
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(FusionEdgeError, match="clutter_swap"):
+            TrainConfig(data=tmp_path, out=tmp_path / "r", siren_swap=0.5, clutter_swap=bad)
+    with pytest.raises(FusionEdgeError, match="clutter_swap=0.5 without siren_swap"):
+        TrainConfig(data=tmp_path, out=tmp_path / "r", clutter_swap=0.5)
 
 
 def test_a_run_with_siren_swap_trains_and_records_it(data_dir, tmp_path):
@@ -198,9 +264,11 @@ def test_the_train_verb_takes_siren_swap_and_refuses_a_bad_one(data_dir, tmp_pat
     tiny = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     run = tmp_path / "run"
     assert main(["train", "--data", str(data_dir), "--out", str(run), "--epochs", "1", "--batch-size", "8",
-                 "--siren-swap", "0.5", "--set", "audio_pitch_motion=true", *tiny, "--json"]) == 0
+                 "--siren-swap", "0.5", "--clutter-swap", "1", "--set", "audio_pitch_motion=true", *tiny,
+                 "--json"]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["siren_swap"] == 0.5 and config["model_config"]["audio_pitch_motion"] is True
+    assert config["train"]["clutter_swap"] == 1.0
     capsys.readouterr()
     assert main(["train", "--data", str(data_dir), "--out", str(tmp_path / "bad"), "--siren-swap", "2",
                  *tiny, "--json"]) == 2

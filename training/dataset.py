@@ -19,7 +19,10 @@ Decoding uses the runtime's one definition of preprocessing (``fusionedge.sdk.me
    one of them or its own, so a clip is not learnt by its one tone or ringtone.
 4. **Siren swap** (``Augment.siren_swap``, ``siren_swap.py``): with that probability a generator's
    clip hears the rest of its scene without its siren, or with another clip's siren, and its event
-   and siren tag follow the sound, so the same tone or voice is heard under both labels.
+   and siren tag follow the sound, so the same tone or voice is heard under both labels. With
+   ``Augment.clutter_swap`` such a clip also hears another clip's untagged sound (a tone, a
+   ringtone, music ...) or none in place of its own, no label following, so the tonal sounds a
+   siren is mistaken for meet every siren and every scene instead of the one they were rendered in.
 5. **Background mixing** (``Augment.background_mix``): with that probability a sample also hears the
    sound of another training clip that carries none of ``mix_exclude_tags`` (by default: no
    siren), at -12 to 0 dB. The event stays what it was, because the added sound holds no siren,
@@ -108,6 +111,8 @@ class Augment:
     # probability of swapping a clip's siren (its rest of the sound with another clip's siren or none;
     # the event and siren tag follow), when ClipCache.siren_swap holds the parts
     siren_swap: float = 0.0
+    # probability that a swapped clip also hears another clip's untagged sound (or none) in place of its own
+    clutter_swap: float = 0.0
 
 
 def background_pool(clips: ClipCache, exclude_tags: Sequence[str]) -> torch.Tensor:
@@ -315,7 +320,8 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
             frames[flip] = frames[flip].flip(4)
             _flip_targets(clips, idx, flip, targets)
         if augment.siren_swap > 0 and clips.siren_swap is not None:  # drawn only when swapping (same stream otherwise)
-            swap_sirens(clips.siren_swap, augment.siren_swap, idx, audio, event, tags, generator)
+            swap_sirens(clips.siren_swap, augment.siren_swap, idx, audio, event, tags, generator,
+                        clutter_probability=augment.clutter_swap)
         if pool is not None:  # drawn only when mixing, so runs without it keep their random stream
             u_mix, u_mix_gain = torch.rand(2, b, generator=generator)
             donor = pool[torch.randint(len(pool), (b,), generator=generator)]  # (B,)

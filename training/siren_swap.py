@@ -14,7 +14,15 @@ noise, and its event and siren tag are re-derived from the fusion rule
 same tone, ringtone or voice is then heard under both labels, and only the siren itself decides.
 
 The siren is drawn with the split's own rate given the clip's lights cue, so the event and tag
-priors (and the cues' independence) stay those of the data. Only the generator's rows can be split
+priors (and the cues' independence) stay those of the data.
+
+**Clutter swap** (``clutter_probability``) extends the minimal pairs to the sounds that a siren is
+mistaken for. The generator keeps each row's untagged sound apart too (a steady tone, a ringtone,
+a chord, a melody, wind ...: ``SoundParts.clutter``), and a swapped draw then also hears, in place
+of its own, the untagged sound of another training row (or none, at the split's rate), moved to its
+road level as a siren is. No label changes, since these sounds carry no tag and decide no event; a
+ringtone that came with one scene is heard under a siren, over silence and beside a horn in others,
+so the tonal sounds stop being tied to the scenes they were rendered in. Only the generator's rows can be split
 this way; every row is rendered again and must give back its stored sound bit for bit. Silent clips
 (no siren ever sounds there) and band-limited recordings (a full-band siren would betray itself
 above the band edge) keep their own sound.
@@ -56,9 +64,13 @@ class SirenSwap:
     event_without: torch.Tensor  # (N,) int64: ... and if none does
     siren_tag: int  # the siren's column in the audio tags
     siren_rate: tuple[float, float]  # P(siren) among eligible rows without / with the lights cue
+    clutter: torch.Tensor  # (C, S) float32: the untagged sound of each eligible row that has one, preprocessed
+    clutter_donors: torch.Tensor  # (C,) int64: the rows those sounds come from
+    clutter_of: torch.Tensor  # (N,) int64: each row's own untagged sound in ``clutter``, -1 for none
+    clutter_rate: float  # P(an untagged sound) among eligible rows
 
 
-def _parts(job: tuple[Sample, InputGeometry]) -> tuple[np.ndarray, np.ndarray, float, bool, bool, bool]:
+def _parts(job: tuple[Sample, InputGeometry]) -> tuple[np.ndarray, np.ndarray, float, bool, bool, bool, np.ndarray | None]:
     from .synth.sound import synthesize_audio_parts
 
     sample, geometry = job
@@ -68,13 +80,17 @@ def _parts(job: tuple[Sample, InputGeometry]) -> tuple[np.ndarray, np.ndarray, f
     eligible = parts.info.ambience != "silent" and parts.info.band_limit_hz is None and parts.road_rms > 0
     siren = (parts.siren / 32768.0).astype(np.float32)
     rest = preprocess_audio(stored - siren, config.sample_rate, geometry)
+    clutter = None
+    if parts.info.clutter_sound is not None:
+        clutter = preprocess_audio((parts.clutter / 32768.0).astype(np.float32), config.sample_rate, geometry)
     return rest, preprocess_audio(siren, config.sample_rate, geometry), parts.road_rms / 32768.0, \
-        bool(eligible), bool(flags.lights_on_ev), bool(flags.siren)
+        bool(eligible), bool(flags.lights_on_ev), bool(flags.siren), clutter
 
 
 def siren_swap_parts(samples: Sequence[Sample], events: Sequence[str], audio_tags: Sequence[str],
                      geometry: InputGeometry, *, workers: int = 1, progress: bool = True) -> SirenSwap:
-    """Take every row's siren apart from the rest of its sound (about 15 ms of CPU per 1 s clip).
+    """Take every row's siren and untagged sound apart from the rest of its sound (about 15 ms of CPU per
+    1 s clip).
 
     Args:
         samples: the training rows, in the order of the decoded split.
@@ -120,6 +136,11 @@ def siren_swap_parts(samples: Sequence[Sample], events: Sequence[str], audio_tag
         group = eligible & (lights == lit)
         rate.append(float(has_siren[group].mean()) if group.any() else 0.0)
     rest[~eligible] = 0.0  # never swapped: their own sound stays in the decoded split
+    clutter_donors = np.array([i for i, o in enumerate(out) if eligible[i] and o[6] is not None], np.int64)
+    clutter_of = np.full(len(out), -1, np.int64)
+    clutter_of[clutter_donors] = np.arange(len(clutter_donors))
+    clutter = (np.stack([out[i][6] for i in clutter_donors]) if len(clutter_donors)
+               else np.zeros((0, rest.shape[1]), np.float32))
     return SirenSwap(
         rest=torch.from_numpy(rest), siren=torch.from_numpy(np.stack([out[i][1] for i in donors])),
         donors=torch.from_numpy(donors.astype(np.int64)), road_rms=torch.from_numpy(road),
@@ -127,16 +148,21 @@ def siren_swap_parts(samples: Sequence[Sample], events: Sequence[str], audio_tag
         event_with=torch.tensor([events.index(event_from_cues(True, bool(x))) for x in lights], dtype=torch.int64),
         event_without=torch.tensor([events.index(event_from_cues(False, bool(x))) for x in lights],
                                    dtype=torch.int64),
-        siren_tag=list(audio_tags).index(SIREN_TAG), siren_rate=(rate[0], rate[1]))
+        siren_tag=list(audio_tags).index(SIREN_TAG), siren_rate=(rate[0], rate[1]),
+        clutter=torch.from_numpy(clutter), clutter_donors=torch.from_numpy(clutter_donors),
+        clutter_of=torch.from_numpy(clutter_of), clutter_rate=float(len(clutter_donors) / max(1, eligible.sum())))
 
 
 def swap_sirens(swap: SirenSwap, probability: float, idx: torch.Tensor, audio: torch.Tensor, event: torch.Tensor,
-                tags: torch.Tensor, generator: torch.Generator) -> None:
+                tags: torch.Tensor, generator: torch.Generator, clutter_probability: float = 0.0) -> None:
     """Swap the sirens of a batch in place: ``audio`` (B, S), ``event`` (B,), ``tags`` (B, A) of rows ``idx``.
 
     With ``probability`` an eligible row hears the rest of its scene, with the siren of a random donor
     row (moved to this clip's road level) drawn at the split's rate for its lights cue, or with none;
-    its event and siren tag follow. A sum louder than full scale is scaled down to 0.99 peak.
+    its event and siren tag follow. With ``clutter_probability`` such a row's untagged sound is drawn
+    again the same way (another row's, at the split's rate, or none); no label follows it. A sum
+    louder than full scale is scaled down to 0.99 peak. The clutter's random numbers are drawn only
+    when ``clutter_probability`` > 0, so runs without it keep their random stream.
     """
     b = len(idx)
     u_swap, u_on = torch.rand(2, b, generator=generator)
@@ -151,6 +177,17 @@ def swap_sirens(swap: SirenSwap, probability: float, idx: torch.Tensor, audio: t
     d = donor[rows]
     gain = swap.road_rms[at] / swap.road_rms[swap.donors[d]]
     mixed = swap.rest[at] + (on.float() * gain).unsqueeze(1) * swap.siren[d]
+    if clutter_probability > 0 and len(swap.clutter_donors):
+        u_clutter, u_clutter_on = torch.rand(2, b, generator=generator)
+        lender = torch.randint(len(swap.clutter_donors), (b,), generator=generator)
+        redraw = u_clutter[rows] < clutter_probability
+        own = swap.clutter_of[at]
+        drop = redraw & (own >= 0)
+        mixed[drop] -= swap.clutter[own[drop]]
+        add = redraw & (u_clutter_on[rows] < swap.clutter_rate)
+        c = lender[rows][add]
+        gain_c = swap.road_rms[at[add]] / swap.road_rms[swap.clutter_donors[c]]
+        mixed[add] += gain_c.unsqueeze(1) * swap.clutter[c]
     peak = mixed.abs().amax(dim=1, keepdim=True)
     audio[rows] = mixed / torch.clamp(peak / 0.99, min=1.0)
     event[rows] = torch.where(on, swap.event_with[at], swap.event_without[at])

@@ -22,7 +22,8 @@ up (linear probe, then fine-tune: Kumar et al. 2022) and ``encoder_lr_scale`` sl
 ``audio_variants`` renders each generator clip's sound again that many times (same event and tags;
 ``audio_resynth.py``), and every draw of the clip hears one of its sounds. ``siren_swap`` hears a
 clip's scene without its siren or with another clip's, its event and siren tag following the sound
-(``siren_swap.py``).
+(``siren_swap.py``); ``clutter_swap`` also gives such a draw another clip's untagged sound, or none,
+in place of its own.
 
 **Labels.** The events, audio tags and object classes are the task's own (``task_labels.py``): a
 ``labels`` file, a ``labels.json`` beside the manifest, or the labels the training manifest uses;
@@ -154,6 +155,9 @@ class TrainConfig(RunConfig):
     # per-sample probability of hearing the clip's scene without its siren or with another clip's, the
     # event and siren tag following (siren_swap.py): the generator's rows only, no teacher
     siren_swap: float = 0.0
+    # per swapped sample, the probability of hearing another clip's untagged sound (a tone, a ringtone,
+    # music ...) or none in place of its own, no label following (siren_swap.py); needs siren_swap
+    clutter_swap: float = 0.0
 
     KEY_ORDER: ClassVar[tuple[str, ...]] = (
         "data", "out", "val_data", "model", "model_overrides", "init", "encoder_lr_scale", "frozen_encoder_epochs",
@@ -202,6 +206,12 @@ class TrainConfig(RunConfig):
             bad.append(f"siren_swap={self.siren_swap!r} (need a number in 0..1)")
         elif self.siren_swap > 0 and self.teacher is not None:
             bad.append("siren_swap with a teacher (its outputs are cached for the clips as they are)")
+        if isinstance(self.clutter_swap, bool) or not isinstance(self.clutter_swap, (int, float)) \
+                or not 0.0 <= self.clutter_swap <= 1.0:
+            bad.append(f"clutter_swap={self.clutter_swap!r} (need a number in 0..1)")
+        elif self.clutter_swap > 0 and not self.siren_swap:
+            bad.append(f"clutter_swap={self.clutter_swap!r} without siren_swap (it redraws the untagged sound of "
+                       "the draws a siren swap hears)")
         if self.task_schedule not in TASK_SCHEDULES:
             bad.append(f"task_schedule={self.task_schedule!r} (need one of {', '.join(TASK_SCHEDULES)})")
         return bad
@@ -724,7 +734,8 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
     # -- the epoch loop: train, then (rank 0) validate and save while the other ranks wait
     warmup = max(1, int(cfg.warmup_epochs * run.steps_per_epoch()))
     augment = Augment(cfg.modality_dropout, cfg.hflip, cfg.audio_gain_db, background_mix=cfg.background_mix,
-                      audio_warp=cfg.audio_warp, audio_variants=cfg.audio_variants > 0, siren_swap=cfg.siren_swap)
+                      audio_warp=cfg.audio_warp, audio_variants=cfg.audio_variants > 0, siren_swap=cfg.siren_swap,
+                      clutter_swap=cfg.clutter_swap)
     term_weights = _term_weights(cfg)
     ckpt_meta = dict(model_name=cfg.model, model_config=mcfg.to_dict(), geometry=cfg.geometry,
                      labels=labels.to_dict(), extra={"train_config": json_safe(cfg.to_dict())})

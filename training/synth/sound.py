@@ -274,19 +274,22 @@ def _mix_in(mix: np.ndarray, src: np.ndarray, ref_rms: float, snr_db: float) -> 
 
 @dataclass
 class SoundParts:
-    """A clip's sound split at its siren, as :func:`synthesize_audio_parts` renders it.
+    """A clip's sound split at its siren and its untagged sound, as :func:`synthesize_audio_parts` renders it.
 
     ``wave`` is what the generator writes. ``siren`` is the siren as it sounds in ``wave`` (same
     recording level and band limit, float, int16 units; zeros without one), so ``wave - siren`` is
-    the scene without its siren to within the int16 rounding. ``road_rms`` is the RMS of the road
-    noise at the recording level (int16 units; 0 for a silent clip): the reference every source's
-    level is drawn against, so a siren moves to another clip at its own level by ``road_rms`` ratios.
+    the scene without its siren to within the int16 rounding; ``clutter`` is the same for the
+    untagged sound (``AudioInfo.clutter_sound``: a tone, a ringtone, music, wind ...). ``road_rms`` is
+    the RMS of the road noise at the recording level (int16 units; 0 for a silent clip): the
+    reference every source's level is drawn against, so a siren or an untagged sound moves to another
+    clip at its own level by ``road_rms`` ratios.
     """
 
     wave: np.ndarray  # int16 (n,)
     info: AudioInfo
     siren: np.ndarray  # float64 (n,)
     road_rms: float
+    clutter: np.ndarray  # float64 (n,)
 
 
 def synthesize_audio(
@@ -316,7 +319,8 @@ def synthesize_audio(
 def synthesize_audio_parts(
     flags: SceneFlags, rng: np.random.Generator, *, sample_rate: int = 16000, seconds: float = 1.0
 ) -> SoundParts:
-    """:func:`synthesize_audio`, with the siren as heard in the clip kept apart (same stream, same wave).
+    """:func:`synthesize_audio`, with the siren and the untagged sound as heard in the clip kept apart (same
+    stream, same wave).
 
     Raises:
         InputError: as :func:`synthesize_audio`.
@@ -335,7 +339,7 @@ def synthesize_audio_parts(
     if flags.ambience == "silent":
         if flags.siren or flags.horn or flags.speech or flags.engine or flags.cabin_voice or flags.clutter_sound:
             raise InputError("a silent ambience cannot have a sound source")
-        return SoundParts(_silence(rng, n, sr), AudioInfo(ambience="silent"), np.zeros(n), 0.0)
+        return SoundParts(_silence(rng, n, sr), AudioInfo(ambience="silent"), np.zeros(n), 0.0, np.zeros(n))
     info = AudioInfo(ambience=flags.ambience)
     road = _road_noise(rng, n, sr)
     ref = rms(road)  # the sources' levels are set against the roar, wet or dry
@@ -344,7 +348,7 @@ def synthesize_audio_parts(
         info.wet_road = True
         road = road + spray * ref
     mix = road.copy()
-    siren_part = np.zeros(n)
+    siren_part, clutter_part = np.zeros(n), np.zeros(n)
     if flags.engine:
         info.levels_db["engine"] = level_at_distance(
             flags.near_car_m, NEAR_CAR_M[0], ENGINE_SNR_DB[1], ENGINE_SPREAD_DB, rng)
@@ -369,7 +373,9 @@ def synthesize_audio_parts(
     if flags.clutter_sound is not None:
         info.clutter_sound = flags.clutter_sound
         info.levels_db["clutter"] = float(rng.uniform(*CLUTTER_SNR_DB))
+        before = mix
         mix = _mix_in(mix, clutter_sound(flags.clutter_sound, rng, n, sr), ref, info.levels_db["clutter"])
+        clutter_part = mix - before
     if flags.cabin_voice:
         voice, info.cabin_voice = cabin_voice(rng, n, sr)
         info.levels_db["cabin_voice"] = float(rng.uniform(*CABIN_VOICE_SNR_DB))
@@ -387,6 +393,7 @@ def synthesize_audio_parts(
         denominator = np.sqrt(1.0 + (np.fft.rfftfreq(n, 1.0 / sr) / cut) ** 16)  # 8th-order low-pass
         mix = np.fft.irfft(np.fft.rfft(mix) / denominator, n)
         siren_part = np.fft.irfft(np.fft.rfft(siren_part) / denominator, n)
+        clutter_part = np.fft.irfft(np.fft.rfft(clutter_part) / denominator, n)
     scale = target * 32767.0 / peak
     wave = np.round(np.clip(mix * scale, -32767.0, 32767.0)).astype(np.int16)
-    return SoundParts(wave, info, siren_part * scale, ref * scale)
+    return SoundParts(wave, info, siren_part * scale, ref * scale, clutter_part * scale)
