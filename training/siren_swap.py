@@ -14,7 +14,10 @@ noise, and its event and siren tag are re-derived from the fusion rule
 same tone, ringtone or voice is then heard under both labels, and only the siren itself decides.
 
 The siren is drawn with the split's own rate given the clip's lights cue, so the event and tag
-priors (and the cues' independence) stay those of the data.
+priors (and the cues' independence) stay those of the data. Only the generator's rows can be split
+this way; every row is rendered again and must give back its stored sound bit for bit. Silent clips
+(no siren ever sounds there) and band-limited recordings (a full-band siren would betray itself
+above the band edge) keep their own sound.
 
 **Clutter swap** (``clutter_probability``) extends the minimal pairs to the sounds that a siren is
 mistaken for. The generator keeps each row's untagged sound apart too (a steady tone, a ringtone,
@@ -22,10 +25,7 @@ a chord, a melody, wind ...: ``SoundParts.clutter``), and a swapped draw then al
 of its own, the untagged sound of another training row (or none, at the split's rate), moved to its
 road level as a siren is. No label changes, since these sounds carry no tag and decide no event; a
 ringtone that came with one scene is heard under a siren, over silence and beside a horn in others,
-so the tonal sounds stop being tied to the scenes they were rendered in. Only the generator's rows can be split
-this way; every row is rendered again and must give back its stored sound bit for bit. Silent clips
-(no siren ever sounds there) and band-limited recordings (a full-band siren would betray itself
-above the band edge) keep their own sound.
+so the tonal sounds stop being tied to the scenes they were rendered in.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ class SirenSwap:
     clutter_rate: float  # P(an untagged sound) among eligible rows
 
 
-def _parts(job: tuple[Sample, InputGeometry]) -> tuple[np.ndarray, np.ndarray, float, bool, bool, bool, np.ndarray | None]:
+def _parts(job: tuple[Sample, InputGeometry]
+           ) -> tuple[np.ndarray, np.ndarray, float, bool, bool, bool, np.ndarray | None]:
     from .synth.sound import synthesize_audio_parts
 
     sample, geometry = job
