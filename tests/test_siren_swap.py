@@ -12,7 +12,6 @@ import pytest
 import torch
 from fusionedge.sdk.datamanifest import read_manifest
 from fusionedge.sdk.errors import DataError, FusionEdgeError
-from fusionedge.sdk.preprocess import preprocess_audio
 from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, InputGeometry
 from fusionedge.training.audio_resynth import render_sound_again, scene_of
 from fusionedge.training.dataset import Augment, iterate_batches, load_clips
@@ -80,7 +79,7 @@ def test_the_parts_render_the_same_wave_and_the_siren_at_its_drawn_level(monkeyp
 
 def test_each_row_splits_into_its_rest_and_its_siren_exactly(data_dir):
     rows = read_manifest(data_dir)
-    swap = siren_swap_parts(rows, EVENTS, AUDIO_TAGS, GEOMETRY, progress=False)
+    swap = siren_swap_parts(rows, EVENTS, AUDIO_TAGS, GEOMETRY, progress=False, clutter=True)
     clips = load_clips(rows, GEOMETRY, progress=False)
     donors = swap.donors.tolist()
     assert len(donors) > 0 and swap.siren.shape == (len(donors), GEOMETRY.audio_samples)
@@ -107,9 +106,13 @@ def test_each_row_splits_into_its_rest_and_its_siren_exactly(data_dir):
     assert swap.siren_tag == AUDIO_TAGS.index("siren")
     assert all(0.0 <= r <= 1.0 for r in swap.siren_rate)
     # processes give the same parts
-    again = siren_swap_parts(rows, EVENTS, AUDIO_TAGS, GEOMETRY, workers=2, progress=False)
+    again = siren_swap_parts(rows, EVENTS, AUDIO_TAGS, GEOMETRY, workers=2, progress=False, clutter=True)
     assert torch.equal(again.rest, swap.rest) and torch.equal(again.siren, swap.siren)
     assert torch.equal(again.clutter, swap.clutter) and 0.0 < swap.clutter_rate < 1.0
+    # a plain siren swap keeps no untagged sound, and its other parts are the same
+    plain = siren_swap_parts(rows, EVENTS, AUDIO_TAGS, GEOMETRY, progress=False)
+    assert plain.clutter.shape[0] == 0 and bool((plain.clutter_of == -1).all()) and plain.clutter_rate == 0.0
+    assert torch.equal(plain.rest, swap.rest) and torch.equal(plain.siren, swap.siren)
 
 
 def test_a_swapped_draw_hears_the_rest_with_or_without_a_siren_and_its_labels_follow(data_dir):
@@ -157,7 +160,7 @@ def test_a_swapped_draw_hears_the_rest_with_or_without_a_siren_and_its_labels_fo
 def test_a_clutter_swap_hears_another_untagged_sound_or_none_and_changes_no_label(data_dir):
     rows = read_manifest(data_dir)
     clips = load_clips(rows, GEOMETRY, progress=False)
-    swap = siren_swap_parts(rows, EVENTS, AUDIO_TAGS, GEOMETRY, progress=False)
+    swap = siren_swap_parts(rows, EVENTS, AUDIO_TAGS, GEOMETRY, progress=False, clutter=True)
     clips = dataclasses.replace(clips, siren_swap=swap)
     gains = swap.road_rms[:, None] / swap.road_rms[None, :]  # (to row, from row)
     sirens = [torch.zeros(GEOMETRY.audio_samples)] + list(swap.siren)

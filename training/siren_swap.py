@@ -67,14 +67,14 @@ class SirenSwap:
     clutter: torch.Tensor  # (C, S) float32: the untagged sound of each eligible row that has one, preprocessed
     clutter_donors: torch.Tensor  # (C,) int64: the rows those sounds come from
     clutter_of: torch.Tensor  # (N,) int64: each row's own untagged sound in ``clutter``, -1 for none
-    clutter_rate: float  # P(an untagged sound) among eligible rows
+    clutter_rate: float  # P(an untagged sound) among eligible rows (0 when the sounds were not kept)
 
 
-def _parts(job: tuple[Sample, InputGeometry]
+def _parts(job: tuple[Sample, InputGeometry, bool]
            ) -> tuple[np.ndarray, np.ndarray, float, bool, bool, bool, np.ndarray | None]:
     from .synth.sound import synthesize_audio_parts
 
-    sample, geometry = job
+    sample, geometry, keep_clutter = job
     flags, config, rng_audio = scene_of(sample)
     parts = synthesize_audio_parts(flags, rng_audio, sample_rate=config.sample_rate, seconds=config.seconds)
     stored = stored_sound(sample, parts.wave)
@@ -82,16 +82,17 @@ def _parts(job: tuple[Sample, InputGeometry]
     siren = (parts.siren / 32768.0).astype(np.float32)
     rest = preprocess_audio(stored - siren, config.sample_rate, geometry)
     clutter = None
-    if parts.info.clutter_sound is not None:
+    if keep_clutter and parts.info.clutter_sound is not None:
         clutter = preprocess_audio((parts.clutter / 32768.0).astype(np.float32), config.sample_rate, geometry)
     return rest, preprocess_audio(siren, config.sample_rate, geometry), parts.road_rms / 32768.0, \
         bool(eligible), bool(flags.lights_on_ev), bool(flags.siren), clutter
 
 
 def siren_swap_parts(samples: Sequence[Sample], events: Sequence[str], audio_tags: Sequence[str],
-                     geometry: InputGeometry, *, workers: int = 1, progress: bool = True) -> SirenSwap:
-    """Take every row's siren and untagged sound apart from the rest of its sound (about 15 ms of CPU per
-    1 s clip).
+                     geometry: InputGeometry, *, workers: int = 1, progress: bool = True,
+                     clutter: bool = False) -> SirenSwap:
+    """Take every row's siren (and with ``clutter`` its untagged sound) apart from the rest of its sound
+    (about 15 ms of CPU per 1 s clip).
 
     Args:
         samples: the training rows, in the order of the decoded split.
@@ -100,6 +101,8 @@ def siren_swap_parts(samples: Sequence[Sample], events: Sequence[str], audio_tag
         geometry: the model input geometry.
         workers: processes.
         progress: a tqdm bar on stderr.
+        clutter: also keep each eligible row's untagged sound, for a clutter swap (without it the
+            ``clutter`` parts are empty: they cost 4 bytes per audio sample, 64 KB per 1 s row, for every row that has one).
 
     Raises:
         DataError: a row the generator did not make or that does not render as stored, a task without
@@ -117,7 +120,7 @@ def siren_swap_parts(samples: Sequence[Sample], events: Sequence[str], audio_tag
     for s in samples:
         if s.audio is None:
             raise DataError(f"siren swap: sample {s.id!r} has no audio (only the generator's clips can be swapped)")
-    jobs = [(s, geometry) for s in samples]
+    jobs = [(s, geometry, clutter) for s in samples]
     bar = dict(total=len(jobs), desc="take sirens apart", unit="clip", disable=not progress, leave=False)
     if workers <= 1:
         out = [_parts(j) for j in tqdm(jobs, **bar)]
@@ -140,8 +143,8 @@ def siren_swap_parts(samples: Sequence[Sample], events: Sequence[str], audio_tag
     clutter_donors = np.array([i for i, o in enumerate(out) if eligible[i] and o[6] is not None], np.int64)
     clutter_of = np.full(len(out), -1, np.int64)
     clutter_of[clutter_donors] = np.arange(len(clutter_donors))
-    clutter = (np.stack([out[i][6] for i in clutter_donors]) if len(clutter_donors)
-               else np.zeros((0, rest.shape[1]), np.float32))
+    clutter_parts = (np.stack([out[i][6] for i in clutter_donors]) if len(clutter_donors)
+                     else np.zeros((0, rest.shape[1]), np.float32))
     return SirenSwap(
         rest=torch.from_numpy(rest), siren=torch.from_numpy(np.stack([out[i][1] for i in donors])),
         donors=torch.from_numpy(donors.astype(np.int64)), road_rms=torch.from_numpy(road),
@@ -150,8 +153,8 @@ def siren_swap_parts(samples: Sequence[Sample], events: Sequence[str], audio_tag
         event_without=torch.tensor([events.index(event_from_cues(False, bool(x))) for x in lights],
                                    dtype=torch.int64),
         siren_tag=list(audio_tags).index(SIREN_TAG), siren_rate=(rate[0], rate[1]),
-        clutter=torch.from_numpy(clutter), clutter_donors=torch.from_numpy(clutter_donors),
-        clutter_of=torch.from_numpy(clutter_of), clutter_rate=float(len(clutter_donors) / max(1, eligible.sum())))
+        clutter=torch.from_numpy(clutter_parts), clutter_donors=torch.from_numpy(clutter_donors),
+        clutter_of=torch.from_numpy(clutter_of), clutter_rate=float(len(clutter_donors) / max(1, eligible.sum())) if clutter else 0.0)
 
 
 def swap_sirens(swap: SirenSwap, probability: float, idx: torch.Tensor, audio: torch.Tensor, event: torch.Tensor,

@@ -121,6 +121,11 @@ from .task_labels import TaskLabels, format_label_counts, label_counts, resolve_
 __all__ = ["TrainConfig", "train", "evaluate_model", "resolve_model_config", "ENCODER_PREFIXES"]
 
 
+def _is_probability(value: object) -> bool:
+    """A real number in 0..1 (a bool is not one)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 <= value <= 1.0
+
+
 @dataclass
 class TrainConfig(RunConfig):
     """One training run. Defaults are the quickstart's (``fusion_student``, ~2,000 synthetic clips, 2 CPU cores).
@@ -201,13 +206,11 @@ class TrainConfig(RunConfig):
             bad.append(f"audio_variants={self.audio_variants!r} (need an integer >= 0)")
         elif self.audio_variants > 0 and self.teacher is not None:
             bad.append("audio_variants with a teacher (its outputs are cached for the clips' own sounds)")
-        if isinstance(self.siren_swap, bool) or not isinstance(self.siren_swap, (int, float)) \
-                or not 0.0 <= self.siren_swap <= 1.0:
+        if not _is_probability(self.siren_swap):
             bad.append(f"siren_swap={self.siren_swap!r} (need a number in 0..1)")
         elif self.siren_swap > 0 and self.teacher is not None:
             bad.append("siren_swap with a teacher (its outputs are cached for the clips as they are)")
-        if isinstance(self.clutter_swap, bool) or not isinstance(self.clutter_swap, (int, float)) \
-                or not 0.0 <= self.clutter_swap <= 1.0:
+        if not _is_probability(self.clutter_swap):
             bad.append(f"clutter_swap={self.clutter_swap!r} (need a number in 0..1)")
         elif self.clutter_swap > 0 and not self.siren_swap:
             bad.append(f"clutter_swap={self.clutter_swap!r} without siren_swap (it redraws the untagged sound of "
@@ -717,7 +720,7 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
         run.train_clips = dataclasses.replace(run.train_clips, audio_variants=torch.from_numpy(variants))
     if cfg.siren_swap:
         parts = siren_swap_parts(train_rows, labels.events, labels.audio_tags, cfg.geometry,
-                                 workers=cfg.num_workers, progress=run.show)
+                                 workers=cfg.num_workers, progress=run.show, clutter=cfg.clutter_swap > 0)
         run.train_clips = dataclasses.replace(run.train_clips, siren_swap=parts)
     run.t_data = time.perf_counter() - t_start
     run.label_counts = {"train": label_counts(run.train_clips), "val": label_counts(run.val_clips)}
