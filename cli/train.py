@@ -62,6 +62,7 @@ def cmd_train(args: argparse.Namespace, extra: dict | None = None) -> int:
                 "max_train_samples": args.max_train_samples, "encoder_lr_scale": args.encoder_lr_scale,
                 "frozen_encoder_epochs": args.frozen_encoder_epochs, "labels": args.labels,
                 "siren_swap": getattr(args, "siren_swap", None), "clutter_swap": getattr(args, "clutter_swap", None),
+                "sound_naming": getattr(args, "sound_naming", None),
                 **(extra or {})}
     geometry = geometry_from_args(args)
     if geometry is not None:
@@ -157,6 +158,10 @@ def add_train_parser(verbs: Any) -> argparse.ArgumentParser:
                    help="with probability P a swapped draw also hears another clip's untagged sound (a tone, "
                         "a ringtone, music ...) or none in place of its own, no label following (needs "
                         "--siren-swap; default 0)")
+    p.add_argument("--sound-naming", type=float, default=None, metavar="W",
+                   help="weight W of an auxiliary loss that names each clip's untagged sound (a tone, a "
+                        "ringtone, a melody ... or none) from the audio tokens; its head is not exported "
+                        "(generator data only; default 0)")
     _add_labels_option(p)
     add_geometry_options(p)
     p.set_defaults(func=needs("train", cmd_train))

@@ -16,6 +16,7 @@ from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, InputGeometry
 from fusionedge.training.audio_resynth import render_sound_again, scene_of
 from fusionedge.training.dataset import Augment, iterate_batches, load_clips
 from fusionedge.training.siren_swap import siren_swap_parts
+from fusionedge.training.sound_naming import sound_names_of
 from fusionedge.training.synth import rules
 from fusionedge.training.synth.dsp import rms
 from fusionedge.training.synth.sound import synthesize_audio, synthesize_audio_parts
@@ -161,7 +162,8 @@ def test_a_clutter_swap_hears_another_untagged_sound_or_none_and_changes_no_labe
     rows = read_manifest(data_dir)
     clips = load_clips(rows, GEOMETRY, progress=False)
     swap = siren_swap_parts(rows, EVENTS, AUDIO_TAGS, GEOMETRY, progress=False, clutter=True)
-    clips = dataclasses.replace(clips, siren_swap=swap)
+    names = sound_names_of(rows)  # each row's own untagged sound, named
+    clips = dataclasses.replace(clips, siren_swap=swap, sound_names=names)
     gains = swap.road_rms[:, None] / swap.road_rms[None, :]  # (to row, from row)
     sirens = [torch.zeros(GEOMETRY.audio_samples)] + list(swap.siren)
     siren_rows = [None] + swap.donors.tolist()
@@ -179,7 +181,7 @@ def test_a_clutter_swap_hears_another_untagged_sound_or_none_and_changes_no_labe
         for j, i in enumerate(batch["index"].tolist()):
             audio = batch["audio"][j]
             if not swap.eligible[i]:
-                assert torch.equal(audio, clips.audio[i])
+                assert torch.equal(audio, clips.audio[i]) and batch["sound_name"][j] == names[i]
                 continue
             if float(audio.abs().max()) >= 0.99 - 1e-6:
                 continue  # scaled down to full scale: the sum is not recoverable term by term
@@ -194,10 +196,13 @@ def test_a_clutter_swap_hears_another_untagged_sound_or_none_and_changes_no_labe
                  for sr, s in zip(siren_rows, sirens) if (sr is not None) == siren_on
                  for cr, c in zip(clutter_rows, clutters)), key=lambda t: t[0])
             assert err < 1e-5
+            # the draw's name of its untagged sound is that of the sound it hears
+            assert int(batch["sound_name"][j]) == (0 if which is None else int(names[which]))
             drawn += 1
             heard += which is not None
             own_kept += which == i
     assert drawn > 50 and own_kept < drawn
+    assert swap.clutter_kind.tolist() == names[swap.clutter_donors].tolist()
     assert abs(heard / drawn - swap.clutter_rate) < 0.2, (heard / drawn, swap.clutter_rate)
 
 
@@ -276,3 +281,31 @@ def test_the_train_verb_takes_siren_swap_and_refuses_a_bad_one(data_dir, tmp_pat
     assert main(["train", "--data", str(data_dir), "--out", str(tmp_path / "bad"), "--siren-swap", "2",
                  *tiny, "--json"]) == 2
     assert "siren_swap=2.0" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_a_shard_of_the_split_swaps_the_sirens_of_its_own_rows(data_dir):
+    # torchrun gives each rank a copy of its share of the rows: a swap must still hear each row's own scene
+    from fusionedge.training.distributed import take_clips
+
+    rows = read_manifest(data_dir)
+    swap = siren_swap_parts(rows, EVENTS, AUDIO_TAGS, GEOMETRY, progress=False, clutter=True)
+    clips = dataclasses.replace(load_clips(rows, GEOMETRY, progress=False), siren_swap=swap)
+    order = torch.arange(len(rows)).flip(0)[::2]  # every other row, backwards
+    shard = take_clips(clips, order)
+    checked = 0
+    for seed in range(4):
+        batch = next(iterate_batches(shard, len(order), generator=torch.Generator().manual_seed(seed),
+                                     augment=Augment(modality_dropout=0.0, hflip=0.0, audio_gain_db=0.0,
+                                                     siren_swap=1.0)))
+        for j, p in enumerate(batch["index"].tolist()):
+            g = int(order[p])  # the row of the whole split
+            assert torch.equal(batch["video"][j], clips.video[g])
+            if not swap.eligible[g]:
+                assert torch.equal(batch["audio"][j], clips.audio[g])
+                continue
+            siren_on = bool(batch["audio_tags"][j, swap.siren_tag])
+            assert int(batch["event"][j]) == int((swap.event_with if siren_on else swap.event_without)[g])
+            if not siren_on and float(batch["audio"][j].abs().max()) < 0.99 - 1e-6:
+                assert torch.equal(batch["audio"][j], swap.rest[g])  # the rest of this row's own scene
+                checked += 1
+    assert checked > 3

@@ -54,6 +54,7 @@ from fusionedge.sdk.spec import AUDIO_TAGS, EVENTS, OBJECTS, InputGeometry
 from .audio_warp import warp_audio, warp_factors
 from .losses import IGNORE_INDEX
 from .siren_swap import SirenSwap, swap_sirens
+from .sound_naming import UNNAMED
 
 __all__ = ["Labels", "ClipCache", "Augment", "load_clips", "split_for_validation", "iterate_batches",
            "flipped_boxes", "background_pool"]
@@ -90,6 +91,8 @@ class ClipCache:
     # (N, R, S) float32: R more renderings of each clip's sound with the same labels (audio_resynth.py)
     audio_variants: torch.Tensor | None = None
     siren_swap: SirenSwap | None = None  # each row's sound taken apart at its siren (siren_swap.py)
+    # (N,) int64: each row's untagged sound, a class of sound_naming.SOUND_NAMES (-1: not known)
+    sound_names: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -278,7 +281,9 @@ def iterate_batches(clips: ClipCache, batch_size: int, *, shuffle: bool = False,
         ``video`` (B,T,3,H,W) float32 normalized, ``audio`` (B,S), ``presence`` (B,2), ``event`` (B,),
         ``audio_tags`` (B,A), ``heatmap`` (B,C,h,w), ``size`` (B,2,h,w), ``offset`` (B,2,h,w),
         ``mask`` (B,h,w), ``index`` (B,) positions in the cache, ``flipped`` (B,) bool: the samples
-        mirrored by the augmentation (all False without ``augment``).
+        mirrored by the augmentation (all False without ``augment``); with ``clips.sound_names``,
+        ``sound_name`` (B,): each draw's untagged sound as heard (``sound_naming.UNNAMED`` where its
+        audio was dropped or mixed with another clip's).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -308,6 +313,7 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
             audio[other] = clips.audio_variants[idx[other], pick[other] - 1]
     tags = clips.audio_tags[idx]  # (B, A) (a copy)
     event = clips.event[idx]  # (B,) (a copy)
+    names = None if clips.sound_names is None else clips.sound_names[idx]  # (B,) (a copy)
     video_on = torch.ones(b) if clips.has_video is None else clips.has_video[idx].float()  # (B,)
     presence = torch.stack([video_on, clips.has_audio[idx].float()], dim=1)  # (B, 2)
     targets = {k: v[idx].clone() for k, v in clips.targets.items()}
@@ -321,7 +327,7 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
             _flip_targets(clips, idx, flip, targets)
         if augment.siren_swap > 0 and clips.siren_swap is not None:  # drawn only when swapping (same stream otherwise)
             swap_sirens(clips.siren_swap, augment.siren_swap, idx, audio, event, tags, generator,
-                        clutter_probability=augment.clutter_swap)
+                        clutter_probability=augment.clutter_swap, names=names)
         if pool is not None:  # drawn only when mixing, so runs without it keep their random stream
             u_mix, u_mix_gain = torch.rand(2, b, generator=generator)
             donor = pool[torch.randint(len(pool), (b,), generator=generator)]  # (B,)
@@ -331,6 +337,8 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
                 g_mix = 10.0 ** ((lo + (hi - lo) * u_mix_gain[mix]) / 20.0)  # (M,)
                 audio[mix] = audio[mix] + g_mix.unsqueeze(1) * clips.audio[donor[mix]]
                 tags[mix] = torch.maximum(tags[mix], clips.audio_tags[donor[mix]])
+                if names is not None:  # two clips' untagged sounds: no one name
+                    names[mix] = UNNAMED
         if augment.audio_warp > 0:  # drawn only when warping, so runs without it keep their random stream
             audio = warp_audio(audio, warp_factors(torch.rand(b, generator=generator), augment.audio_warp))
         gain = 10.0 ** ((u_gain * 2.0 - 1.0) * augment.audio_gain_db / 20.0)  # (B,)
@@ -340,10 +348,15 @@ def _make_batch(clips: ClipCache, idx: torch.Tensor, generator: torch.Generator 
         drop_video = drop & ~drop_audio & (presence[:, 1] > 0)  # never leave a sample with nothing
         presence[drop_video, 0] = 0.0
         presence[drop_audio, 1] = 0.0
+        if names is not None:
+            names[drop_audio] = UNNAMED
     video = frames * presence[:, 0].reshape(-1, 1, 1, 1, 1)  # a missing modality's tensor is zeros
     audio = audio * presence[:, 1].reshape(-1, 1)
-    return {"video": video, "audio": audio, "presence": presence, "event": event,
-            "audio_tags": tags, **targets, "index": idx, "flipped": flip}
+    batch = {"video": video, "audio": audio, "presence": presence, "event": event,
+             "audio_tags": tags, **targets, "index": idx, "flipped": flip}
+    if names is not None:
+        batch["sound_name"] = names
+    return batch
 
 
 def _flip_targets(clips: ClipCache, idx: torch.Tensor, flip: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:

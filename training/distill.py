@@ -273,10 +273,11 @@ class FeatureTap:
     Args:
         model: the model; works under DDP, whose forward runs the hook.
         where: ``"fusion"``: ``model.fusion`` (the fused clip embedding ``(B, F)``);
-            ``"detection"``: ``model.det_head.shared`` (the detection feature map ``(B, D, h, w)``).
+            ``"detection"``: ``model.det_head.shared`` (the detection feature map ``(B, D, h, w)``);
+            ``"audio"``: ``model.audio_encoder``'s tokens ``(B, Na, Ca)``.
 
     Raises:
-        FusionEdgeError: unknown ``where``, or a model without that module (no video, no detection head).
+        FusionEdgeError: unknown ``where``, or a model without that module (no video, no detection head, no audio).
     """
 
     def __init__(self, model: MultimodalModel, where: str = "fusion") -> None:
@@ -290,12 +291,17 @@ class FeatureTap:
             if module is None:
                 raise FusionEdgeError(f"{type(model.det_head).__name__} has no detection features to tap "
                                       "(a model without video)")
+        elif where == "audio":
+            module = model.audio_encoder
+            if module is None:
+                raise FusionEdgeError("the model has no audio tokens to tap (a model without audio)")
         else:
-            raise FusionEdgeError(f"FeatureTap: where must be 'fusion' or 'detection', got {where!r}")
+            raise FusionEdgeError(f"FeatureTap: where must be 'fusion', 'detection' or 'audio', got {where!r}")
+        self._tuple = where == "audio"  # the audio encoder returns (tokens, pooled)
         self._handle = module.register_forward_hook(self._hook)
 
-    def _hook(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
-        self.output = output
+    def _hook(self, module: nn.Module, inputs, output) -> None:
+        self.output = output[0] if self._tuple else output
 
     def take(self) -> torch.Tensor:
         """The tapped output of the last forward pass, then forget it.

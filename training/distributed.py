@@ -26,6 +26,7 @@ from torch import nn
 from fusionedge.sdk.errors import FusionEdgeError
 
 from .dataset import ClipCache
+from .siren_swap import SirenSwap
 
 __all__ = ["DistContext", "resolve_device", "process_group", "shard_indices", "take_clips", "parameter_digest"]
 
@@ -150,8 +151,8 @@ def shard_indices(perm: torch.Tensor, rank: int, world_size: int) -> torch.Tenso
 def take_clips(clips: ClipCache, idx: torch.Tensor) -> ClipCache:
     """A ``ClipCache`` of the samples ``idx`` of ``clips``, in that order (tensors are copied).
 
-    Every per-sample field (tensors, lists and dicts of tensors of length ``N``) is indexed;
-    shared fields (geometry, labels) are kept.
+    Every per-sample field (tensors, lists and dicts of tensors of length ``N``, the per-row parts
+    of a siren swap) is indexed; shared fields (geometry, labels) are kept.
     """
     n = len(clips)
     pos = idx.tolist()
@@ -162,6 +163,8 @@ def take_clips(clips: ClipCache, idx: torch.Tensor) -> ClipCache:
             changes[f.name] = v[idx]
         elif isinstance(v, list) and len(v) == n:
             changes[f.name] = [v[i] for i in pos]
+        elif isinstance(v, SirenSwap):
+            changes[f.name] = v.take(idx)
         elif isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) and t.shape[0] == n for t in v.values()):
             changes[f.name] = {k: t[idx] for k, t in v.items()}
     return dataclasses.replace(clips, **changes)

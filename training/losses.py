@@ -12,7 +12,8 @@ The terms fall into three task groups (``TASK_GROUPS``): ``event``, ``audio_tags
 
 Each term honours the presence mask: the audio-tag loss counts only samples whose audio is present,
 the detection losses only samples whose video is present (a model cannot see boxes in a zero clip),
-and the event loss skips unlabelled samples (event index ``IGNORE_INDEX``).
+and the event loss skips unlabelled samples (event index ``IGNORE_INDEX``). The auxiliary
+``sound_naming`` term (``sound_naming.py``) counts in the ``audio_tags`` group.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ TASK_GROUPS: tuple[str, ...] = ("event", "audio_tags", "detection")
 TERM_GROUPS: dict[str, str] = {"event": "event", "audio_tags": "audio_tags", "heatmap": "detection",
                                "size": "detection", "offset": "detection", "kd_event": "event",
                                "kd_feature": "event", "kd_tags": "audio_tags", "kd_heatmap": "detection",
-                               "kd_box": "detection", "kd_det_feature": "detection"}
+                               "kd_box": "detection", "kd_det_feature": "detection", "sound_naming": "audio_tags"}
 TASK_WEIGHTINGS: tuple[str, ...] = ("fixed", "uncertainty")
 #: The task group of each head's outputs.
 _OUTPUT_GROUPS: dict[str, str] = {"event_logits": "event", "audio_tag_logits": "audio_tags",

@@ -26,7 +26,7 @@ TRAJECTORY_FIELDS = ("model", "model_overrides", "geometry", "epochs", "batch_si
                      "warmup_epochs", "weight_decay", "grad_clip", "seed", "loss_weights", "modality_dropout",
                      "hflip", "audio_gain_db", "max_train_samples", "amp", "teacher", "distill",
                      "task_weighting", "task_schedule", "encoder_lr_scale", "frozen_encoder_epochs", "background_mix",
-                     "audio_warp", "audio_variants", "siren_swap", "clutter_swap")
+                     "audio_warp", "audio_variants", "siren_swap", "clutter_swap", "sound_naming")
 
 
 def rng_state(gen: torch.Generator) -> dict:

@@ -25,11 +25,13 @@ a chord, a melody, wind ...: ``SoundParts.clutter``), and a swapped draw then al
 of its own, the untagged sound of another training row (or none, at the split's rate), moved to its
 road level as a siren is. No label changes, since these sounds carry no tag and decide no event; a
 ringtone that came with one scene is heard under a siren, over silence and beside a horn in others,
-so the tonal sounds stop being tied to the scenes they were rendered in.
+so the tonal sounds stop being tied to the scenes they were rendered in. With sound naming
+(``sound_naming.py``) the swapped draw's name of its untagged sound follows the sound it hears.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
@@ -44,6 +46,7 @@ from fusionedge.sdk.preprocess import preprocess_audio
 from fusionedge.sdk.spec import InputGeometry
 
 from .audio_resynth import scene_of, stored_sound
+from .sound_naming import sound_index
 
 __all__ = ["SirenSwap", "siren_swap_parts", "swap_sirens"]
 
@@ -68,10 +71,23 @@ class SirenSwap:
     clutter_donors: torch.Tensor  # (C,) int64: the rows those sounds come from
     clutter_of: torch.Tensor  # (N,) int64: each row's own untagged sound in ``clutter``, -1 for none
     clutter_rate: float  # P(an untagged sound) among eligible rows (0 when the sounds were not kept)
+    clutter_kind: torch.Tensor  # (C,) int64: what each of ``clutter`` is (a class of sound_naming.SOUND_NAMES)
+    siren_rms: torch.Tensor  # (D,) float32: each donor row's road noise RMS (its siren's reference level)
+    clutter_rms: torch.Tensor  # (C,) float32: the same for each row lending an untagged sound
+
+    #: The fields with one entry per row (the rest belong to the donors, whatever rows hold them).
+    ROW_FIELDS = ("rest", "road_rms", "eligible", "lights", "event_with", "event_without", "clutter_of")
+
+    def take(self, idx: torch.Tensor) -> SirenSwap:
+        """The parts of the rows ``idx`` (a data-parallel rank's share), every donor kept.
+
+        ``donors`` and ``clutter_donors`` still name rows of the whole split.
+        """
+        return dataclasses.replace(self, **{f: getattr(self, f)[idx] for f in self.ROW_FIELDS})
 
 
 def _parts(job: tuple[Sample, InputGeometry, bool]
-           ) -> tuple[np.ndarray, np.ndarray, float, bool, bool, bool, np.ndarray | None]:
+           ) -> tuple[np.ndarray, np.ndarray, float, bool, bool, bool, np.ndarray | None, int]:
     from .synth.sound import synthesize_audio_parts
 
     sample, geometry, keep_clutter = job
@@ -85,7 +101,7 @@ def _parts(job: tuple[Sample, InputGeometry, bool]
     if keep_clutter and parts.info.clutter_sound is not None:
         clutter = preprocess_audio((parts.clutter / 32768.0).astype(np.float32), config.sample_rate, geometry)
     return rest, preprocess_audio(siren, config.sample_rate, geometry), parts.road_rms / 32768.0, \
-        bool(eligible), bool(flags.lights_on_ev), bool(flags.siren), clutter
+        bool(eligible), bool(flags.lights_on_ev), bool(flags.siren), clutter, sound_index(parts.info.clutter_sound)
 
 
 def siren_swap_parts(samples: Sequence[Sample], events: Sequence[str], audio_tags: Sequence[str],
@@ -154,17 +170,22 @@ def siren_swap_parts(samples: Sequence[Sample], events: Sequence[str], audio_tag
                                    dtype=torch.int64),
         siren_tag=list(audio_tags).index(SIREN_TAG), siren_rate=(rate[0], rate[1]),
         clutter=torch.from_numpy(clutter_parts), clutter_donors=torch.from_numpy(clutter_donors),
-        clutter_of=torch.from_numpy(clutter_of), clutter_rate=float(len(clutter_donors) / max(1, eligible.sum())) if clutter else 0.0)
+        clutter_of=torch.from_numpy(clutter_of),
+        clutter_rate=float(len(clutter_donors) / max(1, eligible.sum())) if clutter else 0.0,
+        clutter_kind=torch.tensor([out[i][7] for i in clutter_donors], dtype=torch.int64),
+        siren_rms=torch.from_numpy(road[donors]), clutter_rms=torch.from_numpy(road[clutter_donors]))
 
 
 def swap_sirens(swap: SirenSwap, probability: float, idx: torch.Tensor, audio: torch.Tensor, event: torch.Tensor,
-                tags: torch.Tensor, generator: torch.Generator, clutter_probability: float = 0.0) -> None:
+                tags: torch.Tensor, generator: torch.Generator, clutter_probability: float = 0.0,
+                names: torch.Tensor | None = None) -> None:
     """Swap the sirens of a batch in place: ``audio`` (B, S), ``event`` (B,), ``tags`` (B, A) of rows ``idx``.
 
     With ``probability`` an eligible row hears the rest of its scene, with the siren of a random donor
     row (moved to this clip's road level) drawn at the split's rate for its lights cue, or with none;
     its event and siren tag follow. With ``clutter_probability`` such a row's untagged sound is drawn
-    again the same way (another row's, at the split's rate, or none); no label follows it. A sum
+    again the same way (another row's, at the split's rate, or none); no label follows it, but
+    ``names`` (B,), each draw's untagged sound as a class of ``sound_naming.SOUND_NAMES``, does. A sum
     louder than full scale is scaled down to 0.99 peak. The clutter's random numbers are drawn only
     when ``clutter_probability`` > 0, so runs without it keep their random stream.
     """
@@ -179,7 +200,7 @@ def swap_sirens(swap: SirenSwap, probability: float, idx: torch.Tensor, audio: t
     rate = torch.where(lit, swap.siren_rate[1], swap.siren_rate[0])
     on = u_on[rows] < rate
     d = donor[rows]
-    gain = swap.road_rms[at] / swap.road_rms[swap.donors[d]]
+    gain = swap.road_rms[at] / swap.siren_rms[d]
     mixed = swap.rest[at] + (on.float() * gain).unsqueeze(1) * swap.siren[d]
     if clutter_probability > 0 and len(swap.clutter_donors):
         u_clutter, u_clutter_on = torch.rand(2, b, generator=generator)
@@ -190,8 +211,13 @@ def swap_sirens(swap: SirenSwap, probability: float, idx: torch.Tensor, audio: t
         mixed[drop] -= swap.clutter[own[drop]]
         add = redraw & (u_clutter_on[rows] < swap.clutter_rate)
         c = lender[rows][add]
-        gain_c = swap.road_rms[at[add]] / swap.road_rms[swap.clutter_donors[c]]
+        gain_c = swap.road_rms[at[add]] / swap.clutter_rms[c]
         mixed[add] += gain_c.unsqueeze(1) * swap.clutter[c]
+        if names is not None:
+            heard = torch.where(add, swap.clutter_kind[lender[rows]], 0)
+            swapped = names[rows]
+            swapped[redraw] = heard[redraw]
+            names[rows] = swapped
     peak = mixed.abs().amax(dim=1, keepdim=True)
     audio[rows] = mixed / torch.clamp(peak / 0.99, min=1.0)
     event[rows] = torch.where(on, swap.event_with[at], swap.event_without[at])

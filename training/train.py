@@ -23,7 +23,8 @@ up (linear probe, then fine-tune: Kumar et al. 2022) and ``encoder_lr_scale`` sl
 ``audio_resynth.py``), and every draw of the clip hears one of its sounds. ``siren_swap`` hears a
 clip's scene without its siren or with another clip's, its event and siren tag following the sound
 (``siren_swap.py``); ``clutter_swap`` also gives such a draw another clip's untagged sound, or none,
-in place of its own.
+in place of its own. ``sound_naming`` trains a head beside the model that names each clip's untagged
+sound (``sound_naming.py``); it stays out of ``best.pt``.
 
 **Labels.** The events, audio tags and object classes are the task's own (``task_labels.py``): a
 ``labels`` file, a ``labels.json`` beside the manifest, or the labels the training manifest uses;
@@ -56,7 +57,7 @@ epoch's permutation: ``batch_size`` is per process. Only rank 0 validates and wr
 folder; the others wait. On CUDA the forward pass runs under autocast (bf16, or fp16 with a
 ``GradScaler`` where bf16 is not supported); on the CPU in float32.
 
-The module is past 600 lines (about 740) because it is the loop and its phases, one helper each; the
+The module is past 600 lines (about 780) because it is the loop and its phases, one helper each; the
 building blocks it shares with pretraining are in ``loop.py``, ``run_config.py`` and ``resume.py``.
 """
 
@@ -116,6 +117,7 @@ from .models.registry import model_config
 from .resume import resume_state, rng_state, set_rng_state
 from .run_config import RunConfig
 from .siren_swap import SIREN_TAG, siren_swap_parts
+from .sound_naming import SoundNamingHead, sound_naming_loss, sound_names_of
 from .task_labels import TaskLabels, format_label_counts, label_counts, resolve_labels
 
 __all__ = ["TrainConfig", "train", "evaluate_model", "resolve_model_config", "ENCODER_PREFIXES"]
@@ -163,6 +165,9 @@ class TrainConfig(RunConfig):
     # per swapped sample, the probability of hearing another clip's untagged sound (a tone, a ringtone,
     # music ...) or none in place of its own, no label following (siren_swap.py); needs siren_swap
     clutter_swap: float = 0.0
+    # weight of an auxiliary loss naming each generator row's untagged sound from the audio tokens
+    # (sound_naming.py): a head that trains with the model and is not exported; the generator's rows only
+    sound_naming: float = 0.0
 
     KEY_ORDER: ClassVar[tuple[str, ...]] = (
         "data", "out", "val_data", "model", "model_overrides", "init", "encoder_lr_scale", "frozen_encoder_epochs",
@@ -215,6 +220,9 @@ class TrainConfig(RunConfig):
         elif self.clutter_swap > 0 and not self.siren_swap:
             bad.append(f"clutter_swap={self.clutter_swap!r} without siren_swap (it redraws the untagged sound of "
                        "the draws a siren swap hears)")
+        if isinstance(self.sound_naming, bool) or not isinstance(self.sound_naming, (int, float)) \
+                or not (0.0 <= self.sound_naming and math.isfinite(self.sound_naming)):
+            bad.append(f"sound_naming={self.sound_naming!r} (need a loss weight >= 0)")
         if self.task_schedule not in TASK_SCHEDULES:
             bad.append(f"task_schedule={self.task_schedule!r} (need one of {', '.join(TASK_SCHEDULES)})")
         return bad
@@ -267,6 +275,8 @@ def _term_weights(cfg: TrainConfig) -> dict[str, float]:
         weights = {k: hard * v for k, v in weights.items()}
     if cfg.teacher is not None:
         weights.update(cfg.distill.term_weights())
+    if cfg.sound_naming > 0:
+        weights["sound_naming"] = cfg.sound_naming
     return weights
 
 
@@ -328,8 +338,9 @@ class _Run:
     teacher: _Teacher | None = None
     model: MultimodalModel | None = None
     net: torch.nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
-    aux: dict[str, torch.nn.Module] = field(default_factory=dict)  # projector, det_adapter, uncertainty
-    taps: dict[str, FeatureTap] = field(default_factory=dict)  # "fusion", "detection" (distillation)
+    # projector, det_adapter (distillation), uncertainty, sound_naming
+    aux: dict[str, torch.nn.Module] = field(default_factory=dict)
+    taps: dict[str, FeatureTap] = field(default_factory=dict)  # "fusion", "detection" (distillation), "audio"
     init_info: dict | None = None
     optimizer: torch.optim.Optimizer | None = None
     scaler: torch.amp.GradScaler | None = None
@@ -380,6 +391,9 @@ def _check_inputs(cfg: TrainConfig, dist: DistContext, labels: Labels) -> tuple[
         if lacking:
             raise InputError(f"siren_swap needs the generator's events and a {SIREN_TAG!r} audio tag; this task "
                              f"lacks {', '.join(lacking)}")
+    if cfg.sound_naming > 0 and "audio" not in mcfg.modalities:
+        raise InputError(f"sound_naming={cfg.sound_naming} needs a model that hears (its head reads the audio "
+                         f"tokens); this one reads {', '.join(mcfg.modalities)}")
     if cfg.teacher is not None and "event_logits" not in mcfg.output_names:
         raise InputError("distillation needs an event head (its feature term distils the fused clip "
                          "embedding that feeds it); this task has no events: train it without a teacher")
@@ -462,6 +476,9 @@ def _build_model(run: _Run) -> None:
             rec.update(det_adapter=[mcfg.det_channels, t.det_dim])
     if cfg.task_weighting == "uncertainty":
         run.aux["uncertainty"] = UncertaintyWeighting(output_groups(mcfg.output_names)).to(device)
+    if cfg.sound_naming > 0:
+        run.aux["sound_naming"] = SoundNamingHead(mcfg.audio_dim, mcfg.head_hidden).to(device)
+        run.taps["audio"] = FeatureTap(model, "audio")
     model.to(device)
     separate_encoders = cfg.encoder_lr_scale != 1.0 or cfg.frozen_encoder_epochs > 0
     groups = param_groups(model, cfg.weight_decay, *run.aux.values(),
@@ -537,6 +554,9 @@ def _step_loss(run: _Run, batch: dict, term_weights: dict[str, float],
         projected = run.aux["projector"](run.taps["fusion"].take().float())
         terms.update(distill_terms(outputs, projected, targets, batch["presence"], run.cfg.distill.temperature,
                                    adapted))
+    if "sound_naming" in run.aux:
+        logits = run.aux["sound_naming"](run.taps["audio"].take().float())
+        terms["sound_naming"] = sound_naming_loss(logits, batch["sound_name"])
     groups = scheduled_groups(run.cfg.task_schedule, run.step, output_groups(run.mcfg.output_names))
     loss = combine_task_losses(terms, term_weights, groups,
                                run.aux.get("uncertainty"))
@@ -722,6 +742,8 @@ def train(cfg: TrainConfig, dist: DistContext = DistContext()) -> dict:
         parts = siren_swap_parts(train_rows, labels.events, labels.audio_tags, cfg.geometry,
                                  workers=cfg.num_workers, progress=run.show, clutter=cfg.clutter_swap > 0)
         run.train_clips = dataclasses.replace(run.train_clips, siren_swap=parts)
+    if cfg.sound_naming:
+        run.train_clips = dataclasses.replace(run.train_clips, sound_names=sound_names_of(train_rows))
     run.t_data = time.perf_counter() - t_start
     run.label_counts = {"train": label_counts(run.train_clips), "val": label_counts(run.val_clips)}
     if run.show:
