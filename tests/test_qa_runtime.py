@@ -241,3 +241,25 @@ def test_ask_runs_without_torch_and_imports_tokenizers_only_when_asked(qa_bundle
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["answer"]["answer"] in TOY_ANSWERS
     assert report["tokenizers_before_ask"] is False and report["training"] == []
+
+
+def test_the_perception_and_question_sessions_stop_spinning_after_each_run(qa_bundle, clip):
+    # two sessions of one process take turns: one's workers must not spin on the cores the other's run needs
+    from fusionedge.sdk.backends.onnxruntime import OnnxRuntimeBackend
+    from fusionedge.sdk.errors import BackendError
+
+    video, audio = clip
+    key = "session.force_spinning_stop"
+
+    def sessions(p):
+        p.ask("is a siren heard?", video_path=video, audio_path=audio)  # loads the question model
+        return [b._session.get_session_options() for b in (p.backend, p.qa.backend)]
+
+    with Perception.load(qa_bundle) as p:
+        assert [so.get_session_config_entry(key) for so in sessions(p)] == ["1", "1"]
+    with Perception.load(qa_bundle, backend_options={"onnxruntime": {"stop_spinning": False}}) as p:
+        for so in sessions(p):  # ONNX Runtime's default: the entry is not set
+            with pytest.raises(RuntimeError, match=key):
+                so.get_session_config_entry(key)
+    with pytest.raises(BackendError, match="stop_spinning must be True or False"):
+        OnnxRuntimeBackend(stop_spinning="yes")

@@ -32,6 +32,13 @@ class OnnxRuntimeBackend(Backend):
         allow_spinning: False makes idle worker threads sleep instead of spin-waiting for work (ONNX
             Runtime's ``session.intra_op.allow_spinning``): on a device with few cores, spinning workers
             take CPU from capture, decode and encode threads; None keeps ONNX Runtime's default (spin).
+        stop_spinning: True (default) stops the workers' spinning at the end of each run (ONNX Runtime's
+            ``session.force_spinning_stop``); they still spin between the operators of one run. A
+            process holding several sessions (a bundle's perception and question models, several
+            bundles) otherwise has one session's workers spin on the cores the next session's run
+            needs: on 2 CPU cores ``ask`` after ``infer`` took 1.50-1.61x ``infer`` with the spin
+            left running, 1.24-1.37x with it stopped, while ``infer`` alone changed by 0-3%
+            (``training/EXPERIMENTS.md``). False keeps ONNX Runtime's default.
     """
 
     name = "onnxruntime"
@@ -44,6 +51,7 @@ class OnnxRuntimeBackend(Backend):
         intra_op_threads: int | None = None,
         inter_op_threads: int = 1,
         allow_spinning: bool | None = None,
+        stop_spinning: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(providers, str) or not providers:
@@ -54,6 +62,9 @@ class OnnxRuntimeBackend(Backend):
         self.intra_op_threads = intra_op_threads
         self.inter_op_threads = int(inter_op_threads)
         self.allow_spinning = allow_spinning
+        if not isinstance(stop_spinning, bool):
+            raise BackendError(f"{self.name}: stop_spinning must be True or False, got {stop_spinning!r}")
+        self.stop_spinning = stop_spinning
         self._session: Any = None
         self._output_names: list[str] = []
 
@@ -76,6 +87,8 @@ class OnnxRuntimeBackend(Backend):
             flag = "1" if self.allow_spinning else "0"
             options.add_session_config_entry("session.intra_op.allow_spinning", flag)
             options.add_session_config_entry("session.inter_op.allow_spinning", flag)
+        if self.stop_spinning:
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             session = ort.InferenceSession(
                 str(model_path), sess_options=options, providers=list(self.providers)
