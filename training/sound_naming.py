@@ -14,7 +14,8 @@ The head trains with the model and is saved with the run's extra modules (``last
 part of the model, so ``best.pt``, the export and the runtime are unchanged. The targets come from
 the generator's rows (``synth.clutter_sound`` in the manifest); a row without them, a draw whose
 audio was dropped or mixed with another clip's, is not counted. A clutter swap moves the name with
-the sound (``siren_swap.swap_sirens``).
+the sound (``siren_swap.swap_sirens``). On the open-world recipe it was measured without a gain in
+event accuracy (``training/EXPERIMENTS.md``), so it is an option, off by default.
 """
 
 from __future__ import annotations
