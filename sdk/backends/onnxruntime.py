@@ -36,7 +36,7 @@ class OnnxRuntimeBackend(Backend):
             ``session.force_spinning_stop``); they still spin between the operators of one run. A
             process holding several sessions (a bundle's perception and question models, several
             bundles) otherwise has one session's workers spin on the cores the next session's run
-            needs: on 2 CPU cores ``ask`` after ``infer`` took 1.50-1.61x ``infer`` with the spin
+            needs: on 2 CPU cores ``ask`` after ``infer`` took 1.38-1.61x ``infer`` with the spin
             left running, 1.24-1.37x with it stopped, while ``infer`` alone changed by 0-3%
             (``training/EXPERIMENTS.md``). False keeps ONNX Runtime's default.
     """
