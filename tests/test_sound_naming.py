@@ -85,7 +85,7 @@ def test_a_run_trains_the_head_beside_the_model_and_ships_the_model_alone(data_d
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["sound_naming"] == 0.5
     last, best = read_checkpoint(tmp_path / "run" / "last.pt"), read_checkpoint(tmp_path / "run" / "best.pt")
     head = last["training_state"]["aux"]["sound_naming"]
-    assert head["head.mlp.2.weight"].shape[0] == len(SOUND_NAMES)
+    assert head["mlp.2.weight"].shape[0] == len(SOUND_NAMES)
     assert not any("sound_naming" in k for k in best["state_dict"])  # the model alone: the export is unchanged
     plain = train(TrainConfig(data=data_dir, out=tmp_path / "plain", model_overrides=TINY, epochs=1, batch_size=8,
                               progress=False, report=False, siren_swap=0.5, clutter_swap=1.0))

@@ -215,9 +215,7 @@ def swap_sirens(swap: SirenSwap, probability: float, idx: torch.Tensor, audio: t
         mixed[add] += gain_c.unsqueeze(1) * swap.clutter[c]
         if names is not None:
             heard = torch.where(add, swap.clutter_kind[lender[rows]], 0)
-            swapped = names[rows]
-            swapped[redraw] = heard[redraw]
-            names[rows] = swapped
+            names[rows] = torch.where(redraw, heard, names[rows])
     peak = mixed.abs().amax(dim=1, keepdim=True)
     audio[rows] = mixed / torch.clamp(peak / 0.99, min=1.0)
     event[rows] = torch.where(on, swap.event_with[at], swap.event_without[at])

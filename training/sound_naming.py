@@ -24,7 +24,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fusionedge.sdk.datamanifest import Sample
 from fusionedge.sdk.errors import DataError
@@ -32,7 +31,7 @@ from fusionedge.sdk.errors import DataError
 from .models.heads import AudioTagHead
 from .synth.rules import CLUTTER_SOUNDS
 
-__all__ = ["SOUND_NAMES", "UNNAMED", "sound_index", "sound_names_of", "SoundNamingHead", "sound_naming_loss"]
+__all__ = ["SOUND_NAMES", "UNNAMED", "sound_index", "sound_names_of", "sound_naming_head", "sound_naming_loss"]
 
 #: The classes the head names: no untagged sound, then the generator's untagged sounds.
 SOUND_NAMES: tuple[str, ...] = ("none", *CLUTTER_SOUNDS)
@@ -77,15 +76,9 @@ def sound_names_of(samples: Sequence[Sample]) -> torch.Tensor:
     return kinds
 
 
-class SoundNamingHead(nn.Module):
+def sound_naming_head(audio_dim: int, hidden: int) -> AudioTagHead:
     """Audio tokens ``(B, Na, Ca)`` → ``(B, len(SOUND_NAMES))`` logits: the tag head's pooling and MLP."""
-
-    def __init__(self, audio_dim: int, hidden: int) -> None:
-        super().__init__()
-        self.head = AudioTagHead(audio_dim, hidden, len(SOUND_NAMES))
-
-    def forward(self, audio_tokens: torch.Tensor) -> torch.Tensor:
-        return self.head(audio_tokens)
+    return AudioTagHead(audio_dim, hidden, len(SOUND_NAMES))
 
 
 def sound_naming_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -117,7 +117,7 @@ from .models.registry import model_config
 from .resume import resume_state, rng_state, set_rng_state
 from .run_config import RunConfig
 from .siren_swap import SIREN_TAG, siren_swap_parts
-from .sound_naming import SoundNamingHead, sound_naming_loss, sound_names_of
+from .sound_naming import sound_naming_head, sound_naming_loss, sound_names_of
 from .task_labels import TaskLabels, format_label_counts, label_counts, resolve_labels
 
 __all__ = ["TrainConfig", "train", "evaluate_model", "resolve_model_config", "ENCODER_PREFIXES"]
@@ -477,7 +477,7 @@ def _build_model(run: _Run) -> None:
     if cfg.task_weighting == "uncertainty":
         run.aux["uncertainty"] = UncertaintyWeighting(output_groups(mcfg.output_names)).to(device)
     if cfg.sound_naming > 0:
-        run.aux["sound_naming"] = SoundNamingHead(mcfg.audio_dim, mcfg.head_hidden).to(device)
+        run.aux["sound_naming"] = sound_naming_head(mcfg.audio_dim, mcfg.head_hidden).to(device)
         run.taps["audio"] = FeatureTap(model, "audio")
     model.to(device)
     separate_encoders = cfg.encoder_lr_scale != 1.0 or cfg.frozen_encoder_epochs > 0
